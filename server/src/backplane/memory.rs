@@ -1,0 +1,255 @@
+//! The single-node backplane: history, presence and fanout in process memory. It is the
+//! embedded default (no Redis needed) and the reference the Redis backplane must match.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+
+use super::{now_us, Backplane, BackplaneError, EventSink, RoomSnapshot};
+use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};
+use crate::protocol::{Position, ServerFrame};
+
+pub struct MemoryBackplane {
+    sink: Arc<dyn EventSink>,
+    limits: HistoryLimits,
+    rooms: Mutex<HashMap<String, Arc<Mutex<RoomLog>>>>,
+    /// room → user → number of sessions of that user in the room.
+    presence: Mutex<HashMap<String, HashMap<String, usize>>>,
+}
+
+impl MemoryBackplane {
+    pub fn new(sink: Arc<dyn EventSink>, limits: HistoryLimits) -> Self {
+        MemoryBackplane {
+            sink,
+            limits,
+            rooms: Mutex::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn room(&self, room: &str) -> Arc<Mutex<RoomLog>> {
+        lock(&self.rooms)
+            .entry(room.to_owned())
+            .or_insert_with(|| Arc::new(Mutex::new(RoomLog::new(new_epoch(), self.limits))))
+            .clone()
+    }
+
+    fn members(&self, room: &str) -> Vec<String> {
+        let mut members: Vec<String> = lock(&self.presence)
+            .get(room)
+            .map(|users| users.keys().cloned().collect())
+            .unwrap_or_default();
+        members.sort();
+        members
+    }
+
+    fn announce(&self, room: &str, joined: &[String], left: &[String]) {
+        let frame: Utf8Bytes = ServerFrame::Presence { room, joined, left }
+            .to_json()
+            .into();
+        self.sink.room_frame(room, &frame);
+    }
+
+    /// Forgets rooms whose history has expired and that nobody is in, so memory stays
+    /// bounded by active rooms. A later resume into such a room gets `recovered: false`.
+    pub fn evict_idle_rooms(&self) -> usize {
+        let now_ms = now_us() / 1000;
+        let present = lock(&self.presence);
+        let mut rooms = lock(&self.rooms);
+        let before = rooms.len();
+        rooms.retain(|name, log| {
+            let mut log = lock(log);
+            log.prune(now_ms);
+            !log.is_empty() || present.contains_key(name)
+        });
+        before - rooms.len()
+    }
+}
+
+#[async_trait]
+impl Backplane for MemoryBackplane {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    async fn subscribe_room(&self, _room: &str) -> Result<(), BackplaneError> {
+        Ok(())
+    }
+
+    async fn unsubscribe_room(&self, _room: &str) -> Result<(), BackplaneError> {
+        Ok(())
+    }
+
+    async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError> {
+        let log = self.room(room);
+        let mut log = lock(&log);
+        let published_us = now_us();
+        let ts = published_us / 1000;
+        let offset = log.next_offset();
+        let frame: Utf8Bytes = ServerFrame::Message {
+            room,
+            epoch: log.epoch(),
+            offset,
+            from,
+            body,
+            ts,
+        }
+        .to_json()
+        .into();
+        log.append(ts, frame.clone(), ts);
+        // Fan out while holding the room lock so delivery order equals offset order.
+        self.sink.room_message(room, offset, published_us, &frame);
+        Ok(offset)
+    }
+
+    async fn snapshot(
+        &self,
+        room: &str,
+        since: Option<&Position>,
+    ) -> Result<RoomSnapshot, BackplaneError> {
+        let log = self.room(room);
+        let (epoch, head, decision, replay) = {
+            let mut log = lock(&log);
+            let (decision, replay) = log.replay(since, now_us() / 1000);
+            (log.epoch().to_owned(), log.head(), decision, replay)
+        };
+        Ok(RoomSnapshot {
+            epoch,
+            head,
+            recovered: decision != ResumeDecision::NotRecovered,
+            replay,
+            members: self.members(room),
+        })
+    }
+
+    async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+        let newly_present = {
+            let mut presence = lock(&self.presence);
+            let count = presence
+                .entry(room.to_owned())
+                .or_default()
+                .entry(user.to_owned())
+                .or_insert(0);
+            *count += 1;
+            *count == 1
+        };
+        if newly_present {
+            self.announce(room, &[user.to_owned()], &[]);
+        }
+        Ok(())
+    }
+
+    async fn presence_leave(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+        let gone = {
+            let mut presence = lock(&self.presence);
+            let Some(users) = presence.get_mut(room) else {
+                return Ok(());
+            };
+            let gone = match users.get_mut(user) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    false
+                }
+                Some(_) => {
+                    users.remove(user);
+                    true
+                }
+                None => false,
+            };
+            if users.is_empty() {
+                presence.remove(room);
+            }
+            gone
+        };
+        if gone {
+            self.announce(room, &[], &[user.to_owned()]);
+        }
+        Ok(())
+    }
+
+    async fn send_direct(&self, from: &str, to: &str, body: &str) -> Result<usize, BackplaneError> {
+        let frame: Utf8Bytes = ServerFrame::Dm {
+            from,
+            to,
+            body,
+            ts: now_us() / 1000,
+        }
+        .to_json()
+        .into();
+        Ok(self.sink.user_frame(to, &frame))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Hub, Outbound, SessionHandle};
+
+    fn setup() -> (Arc<Hub>, MemoryBackplane) {
+        let hub = Arc::new(Hub::new());
+        let bp = MemoryBackplane::new(
+            hub.clone(),
+            HistoryLimits {
+                max_messages: 100,
+                max_age_ms: 60_000,
+            },
+        );
+        (hub, bp)
+    }
+
+    #[tokio::test]
+    async fn publish_assigns_offsets_and_fans_out_in_order() {
+        let (hub, bp) = setup();
+        let (s, mut rx) = SessionHandle::new(1, "u".into(), 1 << 20);
+        hub.register(&s);
+        hub.join_room("r".into(), &s);
+        for i in 1..=3 {
+            assert_eq!(bp.publish("r", "u", "hi").await.unwrap(), i);
+        }
+        for i in 1..=3 {
+            match rx.try_recv() {
+                Ok(Outbound::Room { offset, .. }) => assert_eq!(offset, i),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let snap = bp.snapshot("r", None).await.unwrap();
+        assert_eq!(snap.head, 3);
+        let since = Position {
+            epoch: snap.epoch.clone(),
+            offset: 1,
+        };
+        let snap = bp.snapshot("r", Some(&since)).await.unwrap();
+        assert!(snap.recovered);
+        assert_eq!(snap.replay.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn presence_counts_sessions_per_user() {
+        let (hub, bp) = setup();
+        let (s, mut rx) = SessionHandle::new(1, "a".into(), 1 << 20);
+        hub.register(&s);
+        hub.join_room("r".into(), &s);
+        bp.presence_join("r", "a").await.unwrap();
+        bp.presence_join("r", "a").await.unwrap();
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))));
+        assert!(rx.try_recv().is_err(), "second session is not news");
+        assert_eq!(bp.members("r"), vec!["a".to_string()]);
+        bp.presence_leave("r", "a").await.unwrap();
+        assert!(rx.try_recv().is_err());
+        bp.presence_leave("r", "a").await.unwrap();
+        assert!(
+            matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f.as_str().contains("\"left\":[\"a\"]"))
+        );
+        assert!(bp.members("r").is_empty());
+    }
+}

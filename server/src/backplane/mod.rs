@@ -1,0 +1,94 @@
+//! The backplane joins chat-server nodes: it stores room history, assigns offsets, fans
+//! messages out to every node that hosts a member, tracks presence and routes direct
+//! messages. Sessions and the hub only see this trait, so the in-memory default and the
+//! Redis implementation are interchangeable.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+
+use crate::hub::Hub;
+use crate::protocol::Position;
+
+/// Why the backplane could not do what was asked. Sessions answer `unavailable`.
+#[derive(Debug, thiserror::Error)]
+pub enum BackplaneError {
+    #[error("the backplane is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A room's state for a joining session.
+#[derive(Debug, Clone)]
+pub struct RoomSnapshot {
+    pub epoch: String,
+    /// Last assigned offset (0 when the room has no messages yet).
+    pub head: u64,
+    /// False when the client's `since` gap could not be replayed whole.
+    pub recovered: bool,
+    /// Frames to replay, in offset order, all with offset ≤ `head`.
+    pub replay: Vec<Utf8Bytes>,
+    /// Users present in the room (cluster-wide).
+    pub members: Vec<String>,
+}
+
+/// Where the backplane delivers events for this node. The hub implements it.
+pub trait EventSink: Send + Sync {
+    fn room_message(&self, room: &str, offset: u64, published_us: u64, frame: &Utf8Bytes) -> usize;
+    fn room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize;
+    fn user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize;
+}
+
+impl EventSink for Hub {
+    fn room_message(&self, room: &str, offset: u64, published_us: u64, frame: &Utf8Bytes) -> usize {
+        self.deliver_room_message(room, offset, published_us, frame)
+    }
+    fn room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize {
+        self.deliver_room_frame(room, frame)
+    }
+    fn user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize {
+        self.deliver_user_frame(user, frame)
+    }
+}
+
+/// The operations sessions need. Implementations must deliver a room's messages to the
+/// sink in offset order: sessions rely on it to join replay and live traffic without a
+/// gap or a duplicate.
+#[async_trait]
+pub trait Backplane: Send + Sync {
+    /// Short name for logs and `/admin/status`.
+    fn kind(&self) -> &'static str;
+    /// Whether the backplane can currently accept publishes (readiness).
+    fn is_ready(&self) -> bool;
+    /// A local session joined `room`: make sure this node receives its traffic.
+    async fn subscribe_room(&self, room: &str) -> Result<(), BackplaneError>;
+    /// A local session left `room`.
+    async fn unsubscribe_room(&self, room: &str) -> Result<(), BackplaneError>;
+    /// Appends a message to the room's history and fans it out; returns its offset.
+    async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError>;
+    /// Current epoch, head, members and the replay for `since`.
+    async fn snapshot(
+        &self,
+        room: &str,
+        since: Option<&Position>,
+    ) -> Result<RoomSnapshot, BackplaneError>;
+    /// A session of `user` joined `room`; announces presence when the user is new there.
+    async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError>;
+    /// A session of `user` left `room`; announces presence when it was the user's last.
+    async fn presence_leave(&self, room: &str, user: &str) -> Result<(), BackplaneError>;
+    /// Sends a direct message to every session of `to`; returns how many sessions got it.
+    async fn send_direct(&self, from: &str, to: &str, body: &str) -> Result<usize, BackplaneError>;
+}
+
+/// Shared handle used throughout the server.
+pub type SharedBackplane = Arc<dyn Backplane>;
+
+/// Milliseconds and microseconds since the Unix epoch (message timestamps).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,451 @@
+//! Configuration: command-line flags with `CHAT_*` environment variables, turned into
+//! validated [`Settings`] at start. Every rejection says which flag or variable to fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// ChatCluster chat server: WebSocket rooms, direct messages, presence and resumable
+/// history, with graceful drain.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-server", version)]
+pub struct Args {
+    /// Development mode: anonymous users (`?user=`) allowed, any Origin, pretty logs.
+    #[arg(long, env = "CHAT_DEV")]
+    pub dev: bool,
+    /// Public address: `/ws` and the web client at `/`.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Admin address: health, readiness, metrics, drain, status. Never expose publicly.
+    #[arg(long, env = "CHAT_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: String,
+    /// Node name reported to clients and used by the backplane (the pod name on Kubernetes).
+    #[arg(long, env = "CHAT_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Allow anonymous users identified by the `user` query parameter.
+    #[arg(long, env = "CHAT_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// HS256 shared secret for client JWTs.
+    #[arg(long, env = "CHAT_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM file with the RS256 public key for client JWTs.
+    #[arg(long, env = "CHAT_JWT_RS256_PUBLIC_KEY_FILE")]
+    pub jwt_rs256_public_key_file: Option<PathBuf>,
+    /// Required JWT `iss`, when set.
+    #[arg(long, env = "CHAT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required JWT `aud`, when set.
+    #[arg(long, env = "CHAT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Comma-separated allowed `Origin` values, or `*` for any. Requests without an
+    /// Origin header (non-browser clients) are always allowed.
+    #[arg(long, env = "CHAT_ALLOWED_ORIGINS", default_value = "")]
+    pub allowed_origins: String,
+    /// Bearer token required on `/admin/*`, when set.
+    #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Largest WebSocket message a client may send, in bytes (larger: close 1009).
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Largest message body, in bytes.
+    #[arg(long, env = "CHAT_MAX_BODY_BYTES", default_value_t = 4 * 1024)]
+    pub max_body_bytes: usize,
+    /// Sustained client frames per second per connection (token bucket refill).
+    #[arg(long, env = "CHAT_RATE_PER_SEC", default_value_t = 20.0)]
+    pub rate_per_sec: f64,
+    /// Token bucket size: frames a client may send in a burst.
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 40)]
+    pub rate_burst: u32,
+    /// Bytes that may wait in one connection's send queue before it is closed as a slow
+    /// consumer (close 4000).
+    #[arg(long, env = "CHAT_SEND_QUEUE_BYTES", default_value_t = 1024 * 1024)]
+    pub send_queue_bytes: usize,
+    /// Most open connections on this process (more: 503 before the upgrade).
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 15_000)]
+    pub max_connections: usize,
+    /// Sustained new connections per second on this process.
+    #[arg(long, env = "CHAT_ACCEPT_RATE_PER_SEC", default_value_t = 2_000.0)]
+    pub accept_rate_per_sec: f64,
+    /// Burst of new connections above the sustained rate.
+    #[arg(long, env = "CHAT_ACCEPT_BURST", default_value_t = 4_000)]
+    pub accept_burst: u32,
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
+    pub max_rooms_per_connection: usize,
+    /// Messages kept per room for resume.
+    #[arg(long, env = "CHAT_HISTORY_MAX_MESSAGES", default_value_t = 1_000)]
+    pub history_max_messages: usize,
+    /// Oldest message kept per room for resume (e.g. 90s, 15m, 2h).
+    #[arg(long, env = "CHAT_HISTORY_MAX_AGE", default_value = "1h")]
+    pub history_max_age: String,
+    /// Drain: reconnect notices are spread evenly over this window.
+    #[arg(long, env = "CHAT_DRAIN_RECONNECT_WINDOW", default_value = "10s")]
+    pub drain_reconnect_window: String,
+    /// Drain: connections still open after this are closed and the process exits.
+    #[arg(long, env = "CHAT_DRAIN_DEADLINE", default_value = "25s")]
+    pub drain_deadline: String,
+    /// Drain: each notice tells the client to wait a random 0..this before reconnecting.
+    #[arg(long, env = "CHAT_DRAIN_MAX_JITTER", default_value = "1s")]
+    pub drain_max_jitter: String,
+    /// Interval of server pings; a connection silent for two intervals is closed (4001).
+    #[arg(long, env = "CHAT_PING_INTERVAL", default_value = "30s")]
+    pub ping_interval: String,
+    /// A write to a client that takes longer than this closes the connection.
+    #[arg(long, env = "CHAT_WRITE_TIMEOUT", default_value = "10s")]
+    pub write_timeout: String,
+    /// WebSocket read buffer per connection, in bytes (small keeps idle memory low).
+    #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 2048)]
+    pub ws_read_buffer_bytes: usize,
+    /// Log format.
+    #[arg(long, env = "CHAT_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub allow_anonymous: bool,
+    pub hs256_secret: Option<Vec<u8>>,
+    pub rs256_public_key_pem: Option<Vec<u8>>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// `None` allows any origin.
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub node_name: String,
+    pub auth: AuthSettings,
+    pub admin_token: Option<String>,
+    pub max_frame_bytes: usize,
+    pub max_body_bytes: usize,
+    pub rate_per_sec: f64,
+    pub rate_burst: u32,
+    pub send_queue_bytes: usize,
+    pub max_connections: usize,
+    pub accept_rate_per_sec: f64,
+    pub accept_burst: u32,
+    pub max_rooms_per_connection: usize,
+    pub history_max_messages: usize,
+    pub history_max_age: Duration,
+    pub drain_reconnect_window: Duration,
+    pub drain_deadline: Duration,
+    pub drain_max_jitter: Duration,
+    pub ping_interval: Duration,
+    pub write_timeout: Duration,
+    pub ws_read_buffer_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+/// A configuration value that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// Settings for tests and embedding: loopback ephemeral ports, anonymous users, short
+    /// timers. Callers adjust fields as needed.
+    pub fn local_test() -> Settings {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            node_name: "test-node".into(),
+            auth: AuthSettings {
+                allow_anonymous: true,
+                ..AuthSettings::default()
+            },
+            admin_token: None,
+            max_frame_bytes: 16 * 1024,
+            max_body_bytes: 4 * 1024,
+            rate_per_sec: 1_000.0,
+            rate_burst: 1_000,
+            send_queue_bytes: 1024 * 1024,
+            max_connections: 1_000,
+            accept_rate_per_sec: 10_000.0,
+            accept_burst: 10_000,
+            max_rooms_per_connection: 100,
+            history_max_messages: 1_000,
+            history_max_age: Duration::from_secs(3600),
+            drain_reconnect_window: Duration::from_secs(1),
+            drain_deadline: Duration::from_secs(3),
+            drain_max_jitter: Duration::from_millis(200),
+            ping_interval: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(10),
+            ws_read_buffer_bytes: 2048,
+            log_format: LogFormat::Pretty,
+        }
+    }
+
+    /// Checks cross-field rules. `from_args` calls it; embedders should too.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError(msg));
+        if self.drain_reconnect_window >= self.drain_deadline {
+            return fail(format!(
+                "CHAT_DRAIN_RECONNECT_WINDOW ({:?}) must be shorter than CHAT_DRAIN_DEADLINE ({:?}) so clients can reconnect before the deadline",
+                self.drain_reconnect_window, self.drain_deadline
+            ));
+        }
+        if self.max_frame_bytes < 256 {
+            return fail("CHAT_MAX_FRAME_BYTES must be at least 256".into());
+        }
+        if self.max_body_bytes == 0 || self.max_body_bytes + 256 > self.max_frame_bytes {
+            return fail(format!(
+                "CHAT_MAX_BODY_BYTES ({}) must be at least 1 and at most CHAT_MAX_FRAME_BYTES - 256 ({}) to leave room for the frame's other fields",
+                self.max_body_bytes,
+                self.max_frame_bytes.saturating_sub(256)
+            ));
+        }
+        if !(self.rate_per_sec > 0.0 && self.rate_per_sec.is_finite()) || self.rate_burst == 0 {
+            return fail("CHAT_RATE_PER_SEC must be > 0 and CHAT_RATE_BURST at least 1".into());
+        }
+        if !(self.accept_rate_per_sec > 0.0 && self.accept_rate_per_sec.is_finite())
+            || self.accept_burst == 0
+        {
+            return fail(
+                "CHAT_ACCEPT_RATE_PER_SEC must be > 0 and CHAT_ACCEPT_BURST at least 1".into(),
+            );
+        }
+        if self.send_queue_bytes < self.max_frame_bytes {
+            return fail(format!(
+                "CHAT_SEND_QUEUE_BYTES ({}) must be at least CHAT_MAX_FRAME_BYTES ({}) or no message would fit",
+                self.send_queue_bytes, self.max_frame_bytes
+            ));
+        }
+        if self.max_connections == 0 || self.max_rooms_per_connection == 0 {
+            return fail(
+                "CHAT_MAX_CONNECTIONS and CHAT_MAX_ROOMS_PER_CONNECTION must be at least 1".into(),
+            );
+        }
+        if self.history_max_messages == 0 {
+            return fail("CHAT_HISTORY_MAX_MESSAGES must be at least 1".into());
+        }
+        if self.ping_interval.is_zero() || self.write_timeout.is_zero() {
+            return fail("CHAT_PING_INTERVAL and CHAT_WRITE_TIMEOUT must be above zero".into());
+        }
+        if !(256..=1 << 20).contains(&self.ws_read_buffer_bytes) {
+            return fail("CHAT_WS_READ_BUFFER_BYTES must be between 256 and 1048576".into());
+        }
+        if !crate::protocol::validate_user(&self.node_name).is_ok() {
+            return fail(format!(
+                "CHAT_NODE_NAME `{}` must be 1 to 64 of A-Z a-z 0-9 _ - . :",
+                self.node_name
+            ));
+        }
+        let auth = &self.auth;
+        if !auth.allow_anonymous
+            && auth.hs256_secret.is_none()
+            && auth.rs256_public_key_pem.is_none()
+        {
+            return fail("no way to authenticate clients: set CHAT_JWT_HS256_SECRET or CHAT_JWT_RS256_PUBLIC_KEY_FILE, or allow anonymous users with --allow-anonymous (or --dev) for development".into());
+        }
+        if auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
+            return fail("CHAT_JWT_HS256_SECRET must be at least 32 bytes".into());
+        }
+        Ok(())
+    }
+
+    /// Turns parsed flags into validated settings.
+    pub fn from_args(args: &Args) -> Result<Settings, ConfigError> {
+        let addr = |name: &str, v: &str| -> Result<SocketAddr, ConfigError> {
+            v.parse().map_err(|_| {
+                ConfigError(format!(
+                    "{name} `{v}` is not an address; use IP:PORT such as 0.0.0.0:8080"
+                ))
+            })
+        };
+        let rs256 = match &args.jwt_rs256_public_key_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                ConfigError(format!(
+                    "CHAT_JWT_RS256_PUBLIC_KEY_FILE {}: cannot read: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
+        let allowed_origins = if args.dev || args.allowed_origins.trim() == "*" {
+            None
+        } else {
+            Some(
+                args.allowed_origins
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            )
+        };
+        let settings = Settings {
+            listen: addr("CHAT_LISTEN", &args.listen)?,
+            admin_listen: addr("CHAT_ADMIN_LISTEN", &args.admin_listen)?,
+            node_name: args.node_name.clone().unwrap_or_else(default_node_name),
+            auth: AuthSettings {
+                allow_anonymous: args.dev || args.allow_anonymous,
+                hs256_secret: args
+                    .jwt_hs256_secret
+                    .as_ref()
+                    .map(|s| s.as_bytes().to_vec()),
+                rs256_public_key_pem: rs256,
+                issuer: args.jwt_issuer.clone(),
+                audience: args.jwt_audience.clone(),
+                allowed_origins,
+            },
+            admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            max_frame_bytes: args.max_frame_bytes,
+            max_body_bytes: args.max_body_bytes,
+            rate_per_sec: args.rate_per_sec,
+            rate_burst: args.rate_burst,
+            send_queue_bytes: args.send_queue_bytes,
+            max_connections: args.max_connections,
+            accept_rate_per_sec: args.accept_rate_per_sec,
+            accept_burst: args.accept_burst,
+            max_rooms_per_connection: args.max_rooms_per_connection,
+            history_max_messages: args.history_max_messages,
+            history_max_age: parse_duration("CHAT_HISTORY_MAX_AGE", &args.history_max_age)?,
+            drain_reconnect_window: parse_duration(
+                "CHAT_DRAIN_RECONNECT_WINDOW",
+                &args.drain_reconnect_window,
+            )?,
+            drain_deadline: parse_duration("CHAT_DRAIN_DEADLINE", &args.drain_deadline)?,
+            drain_max_jitter: parse_duration("CHAT_DRAIN_MAX_JITTER", &args.drain_max_jitter)?,
+            ping_interval: parse_duration("CHAT_PING_INTERVAL", &args.ping_interval)?,
+            write_timeout: parse_duration("CHAT_WRITE_TIMEOUT", &args.write_timeout)?,
+            ws_read_buffer_bytes: args.ws_read_buffer_bytes,
+            log_format: args.log_format.unwrap_or(if args.dev {
+                LogFormat::Pretty
+            } else {
+                LogFormat::Json
+            }),
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+fn default_node_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| crate::protocol::validate_user(h).is_ok())
+        .unwrap_or_else(|| format!("chat-{:06x}", rand::random::<u32>() & 0xff_ffff))
+}
+
+/// Parses durations such as `250ms`, `10s`, `5m`, `2h`.
+pub fn parse_duration(name: &str, value: &str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let bad = || {
+        ConfigError(format!(
+            "{name} `{value}` is not a duration; use a whole number with ms, s, m or h, e.g. 30s"
+        ))
+    };
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["chat-server"];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("X", "250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("X", "10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("X", "5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("X", "2h"), Ok(Duration::from_secs(7200)));
+        let err = parse_duration("CHAT_DRAIN_DEADLINE", "10").unwrap_err();
+        assert!(err.0.contains("CHAT_DRAIN_DEADLINE"), "{err}");
+        assert!(parse_duration("X", "1.5s").is_err());
+        assert!(parse_duration("X", "s").is_err());
+    }
+
+    #[test]
+    fn dev_mode_is_a_complete_configuration() {
+        let s = Settings::from_args(&args(&["--dev"])).unwrap();
+        assert!(s.auth.allow_anonymous);
+        assert!(s.auth.allowed_origins.is_none());
+        assert_eq!(s.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn refuses_to_start_without_authentication() {
+        let err = Settings::from_args(&args(&[])).unwrap_err();
+        assert!(err.0.contains("CHAT_JWT_HS256_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn rejections_name_what_to_fix() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--dev", "--listen", "nope"], "CHAT_LISTEN"),
+            (
+                &[
+                    "--dev",
+                    "--drain-reconnect-window",
+                    "30s",
+                    "--drain-deadline",
+                    "20s",
+                ],
+                "must be shorter than CHAT_DRAIN_DEADLINE",
+            ),
+            (
+                &["--dev", "--max-body-bytes", "20000"],
+                "CHAT_MAX_BODY_BYTES",
+            ),
+            (
+                &["--dev", "--send-queue-bytes", "100"],
+                "CHAT_SEND_QUEUE_BYTES",
+            ),
+            (&["--dev", "--rate-per-sec", "0"], "CHAT_RATE_PER_SEC"),
+            (&["--dev", "--node-name", "bad name"], "CHAT_NODE_NAME"),
+            (&["--jwt-hs256-secret", "short"], "at least 32 bytes"),
+            (
+                &["--dev", "--history-max-age", "forever"],
+                "CHAT_HISTORY_MAX_AGE",
+            ),
+        ];
+        for (argv, expected) in cases {
+            let err = Settings::from_args(&args(argv)).unwrap_err();
+            assert!(err.0.contains(expected), "{argv:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn origins_are_normalized() {
+        let s = Settings::from_args(&args(&[
+            "--allow-anonymous",
+            "--allowed-origins",
+            "https://chat.example.com/, http://localhost:8080",
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.auth.allowed_origins,
+            Some(vec![
+                "https://chat.example.com".to_string(),
+                "http://localhost:8080".to_string()
+            ])
+        );
+    }
+}

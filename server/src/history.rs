@@ -1,0 +1,250 @@
+//! Per-room ordered history and the resume decision. Pure: no I/O, no clock reads
+//! (callers pass `now_ms`), so the "whole gap or nothing" rule is unit-tested here and
+//! shared by every backplane.
+
+use std::collections::VecDeque;
+
+use axum::extract::ws::Utf8Bytes;
+
+use crate::protocol::Position;
+
+/// How much history a room keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub max_messages: usize,
+    pub max_age_ms: u64,
+}
+
+/// One stored room message, with its frame already serialized so replay costs no JSON work.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub offset: u64,
+    pub ts_ms: u64,
+    pub frame: Utf8Bytes,
+}
+
+/// What a joining client gets for its `since`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeDecision {
+    /// No `since`: live messages only, nothing replayed.
+    Fresh,
+    /// Replay every message with offset in `from..=to` (empty when `from > to`).
+    Replay { from: u64, to: u64 },
+    /// The gap is not (wholly) in history, or the epoch changed: replay nothing.
+    NotRecovered,
+}
+
+/// Decides what to replay for a client that last saw `since`, given the room's current
+/// epoch, head offset (last assigned, 0 when none) and the oldest retained offset
+/// (`None` when nothing is retained).
+pub fn resume_decision(
+    epoch: &str,
+    head: u64,
+    oldest_retained: Option<u64>,
+    since: Option<&Position>,
+) -> ResumeDecision {
+    let Some(since) = since else {
+        return ResumeDecision::Fresh;
+    };
+    if since.epoch != epoch || since.offset > head {
+        return ResumeDecision::NotRecovered;
+    }
+    if since.offset == head {
+        return ResumeDecision::Replay {
+            from: head + 1,
+            to: head,
+        };
+    }
+    match oldest_retained {
+        Some(oldest) if oldest <= since.offset + 1 => ResumeDecision::Replay {
+            from: since.offset + 1,
+            to: head,
+        },
+        _ => ResumeDecision::NotRecovered,
+    }
+}
+
+/// A room's ordered log, bounded by count and age.
+#[derive(Debug)]
+pub struct RoomLog {
+    epoch: String,
+    head: u64,
+    entries: VecDeque<StoredMessage>,
+    limits: HistoryLimits,
+}
+
+impl RoomLog {
+    pub fn new(epoch: String, limits: HistoryLimits) -> Self {
+        RoomLog {
+            epoch,
+            head: 0,
+            entries: VecDeque::new(),
+            limits,
+        }
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// The next offset `append` will assign.
+    pub fn next_offset(&self) -> u64 {
+        self.head + 1
+    }
+
+    /// Appends a message whose frame was built for `next_offset()`.
+    pub fn append(&mut self, ts_ms: u64, frame: Utf8Bytes, now_ms: u64) -> u64 {
+        self.head += 1;
+        self.entries.push_back(StoredMessage {
+            offset: self.head,
+            ts_ms,
+            frame,
+        });
+        self.prune(now_ms);
+        self.head
+    }
+
+    /// Drops entries over the count bound or older than the age bound.
+    pub fn prune(&mut self, now_ms: u64) {
+        while self.entries.len() > self.limits.max_messages {
+            self.entries.pop_front();
+        }
+        let cutoff = now_ms.saturating_sub(self.limits.max_age_ms);
+        while self.entries.front().is_some_and(|m| m.ts_ms < cutoff) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Newest message time, used to forget idle rooms.
+    pub fn last_ts(&self) -> Option<u64> {
+        self.entries.back().map(|m| m.ts_ms)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Resume decision plus the frames to replay, in offset order.
+    pub fn replay(
+        &mut self,
+        since: Option<&Position>,
+        now_ms: u64,
+    ) -> (ResumeDecision, Vec<Utf8Bytes>) {
+        self.prune(now_ms);
+        let oldest = self.entries.front().map(|m| m.offset);
+        let decision = resume_decision(&self.epoch, self.head, oldest, since);
+        let frames = match decision {
+            ResumeDecision::Replay { from, to } if from <= to => self
+                .entries
+                .iter()
+                .filter(|m| m.offset >= from && m.offset <= to)
+                .map(|m| m.frame.clone())
+                .collect(),
+            _ => Vec::new(),
+        };
+        (decision, frames)
+    }
+}
+
+/// A fresh random room epoch: 16 hex digits.
+pub fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(epoch: &str, offset: u64) -> Position {
+        Position {
+            epoch: epoch.into(),
+            offset,
+        }
+    }
+
+    #[test]
+    fn decision_covers_every_case() {
+        assert_eq!(
+            resume_decision("e", 5, Some(1), None),
+            ResumeDecision::Fresh
+        );
+        assert_eq!(
+            resume_decision("e", 5, Some(1), Some(&pos("e", 2))),
+            ResumeDecision::Replay { from: 3, to: 5 }
+        );
+        assert_eq!(
+            resume_decision("e", 5, Some(3), Some(&pos("e", 2))),
+            ResumeDecision::Replay { from: 3, to: 5 }
+        );
+        // Offset 3 was pruned: replaying 4..5 would be partial.
+        assert_eq!(
+            resume_decision("e", 5, Some(4), Some(&pos("e", 2))),
+            ResumeDecision::NotRecovered
+        );
+        assert_eq!(
+            resume_decision("e", 5, Some(1), Some(&pos("other", 2))),
+            ResumeDecision::NotRecovered
+        );
+        assert_eq!(
+            resume_decision("e", 5, Some(1), Some(&pos("e", 9))),
+            ResumeDecision::NotRecovered
+        );
+        // Caught up, even with everything pruned: nothing was missed.
+        assert_eq!(
+            resume_decision("e", 5, None, Some(&pos("e", 5))),
+            ResumeDecision::Replay { from: 6, to: 5 }
+        );
+        assert_eq!(
+            resume_decision("e", 5, None, Some(&pos("e", 4))),
+            ResumeDecision::NotRecovered
+        );
+        assert_eq!(
+            resume_decision("e", 0, None, Some(&pos("e", 0))),
+            ResumeDecision::Replay { from: 1, to: 0 }
+        );
+    }
+
+    fn log(max_messages: usize, max_age_ms: u64) -> RoomLog {
+        RoomLog::new(
+            "e".into(),
+            HistoryLimits {
+                max_messages,
+                max_age_ms,
+            },
+        )
+    }
+
+    #[test]
+    fn bounded_by_count() {
+        let mut l = log(3, 1_000_000);
+        for i in 0..5 {
+            l.append(i, format!("m{}", i + 1).into(), 10);
+        }
+        assert_eq!(l.head(), 5);
+        let (d, frames) = l.replay(Some(&pos("e", 2)), 10);
+        assert_eq!(d, ResumeDecision::Replay { from: 3, to: 5 });
+        let texts: Vec<&str> = frames.iter().map(|f| f.as_str()).collect();
+        assert_eq!(texts, ["m3", "m4", "m5"]);
+        let (d, frames) = l.replay(Some(&pos("e", 1)), 10);
+        assert_eq!(d, ResumeDecision::NotRecovered);
+        assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn bounded_by_age() {
+        let mut l = log(100, 1_000);
+        l.append(0, "m1".into(), 0);
+        l.append(500, "m2".into(), 500);
+        l.append(1_200, "m3".into(), 1_200);
+        // At t=1200 the cutoff is 200: m1 is gone.
+        let (d, _) = l.replay(Some(&pos("e", 0)), 1_200);
+        assert_eq!(d, ResumeDecision::NotRecovered);
+        let (d, frames) = l.replay(Some(&pos("e", 1)), 1_200);
+        assert_eq!(d, ResumeDecision::Replay { from: 2, to: 3 });
+        assert_eq!(frames.len(), 2);
+    }
+}

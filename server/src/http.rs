@@ -1,0 +1,226 @@
+//! HTTP routing: the public port (`/ws`, the web client at `/`) and the admin port
+//! (`/healthz`, `/readyz`, `/metrics`, `/admin/drain`, `/admin/status`). Every refused
+//! upgrade is answered before the WebSocket opens, with a status and a plain message.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Query, Request, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use crate::state::AppState;
+
+const WEB_CLIENT: &str = include_str!("web/index.html");
+
+/// Frames of one batch are coalesced up to this many bytes before a socket write.
+const WRITE_COALESCE_BYTES: usize = 16 * 1024;
+
+/// Connections open or being upgraded; the per-process cap counts these.
+#[derive(Default)]
+pub struct ConnectionSlots(AtomicUsize);
+
+/// Releases its slot when the session ends or the upgrade never happens.
+struct SlotGuard(Arc<AppState>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.0.slots.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub fn public_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(WEB_CLIENT) }))
+        .route("/ws", get(upgrade))
+        .with_state(state)
+}
+
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .route("/admin/drain", post(drain))
+        .route("/admin/status", get(status))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_admin_token,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .with_state(state)
+}
+
+fn refuse(state: &AppState, status: StatusCode, reason: &str, message: String) -> Response {
+    state
+        .metrics
+        .upgrades_rejected
+        .with_label_values(&[reason])
+        .inc();
+    (status, format!("{message}\n")).into_response()
+}
+
+fn unavailable(state: &AppState, reason: &str, retry_after_secs: u64, message: String) -> Response {
+    let mut resp = refuse(state, StatusCode::SERVICE_UNAVAILABLE, reason, message);
+    if let Ok(v) = HeaderValue::from_str(&retry_after_secs.max(1).to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.drain.is_draining() {
+        return unavailable(
+            &state,
+            "draining",
+            1,
+            "this node is draining; connect again to reach another node".into(),
+        );
+    }
+    let max = state.settings.max_connections;
+    if state.slots.0.fetch_add(1, Ordering::Relaxed) >= max {
+        state.slots.0.fetch_sub(1, Ordering::Relaxed);
+        return unavailable(
+            &state,
+            "connection_cap",
+            1,
+            format!("this node holds its maximum of {max} connections"),
+        );
+    }
+    let slot = SlotGuard(state.clone());
+    let accept_wait = {
+        let mut bucket = state
+            .accept_bucket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if bucket.try_take(Instant::now()) {
+            None
+        } else {
+            Some(bucket.wait_secs().ceil() as u64)
+        }
+    };
+    if let Some(wait) = accept_wait {
+        return unavailable(
+            &state,
+            "accept_rate",
+            wait,
+            "too many new connections; retry shortly".into(),
+        );
+    }
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if let Err(e) = state.auth.check_origin(origin) {
+        return refuse(&state, StatusCode::FORBIDDEN, "origin", e.to_string());
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .or_else(|| query.get("token").map(String::as_str));
+    let user = match state
+        .auth
+        .authenticate(bearer, query.get("user").map(String::as_str))
+    {
+        Ok(user) => user,
+        Err(e) => {
+            let mut resp = refuse(
+                &state,
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                "auth",
+                e.to_string(),
+            );
+            if e.status() == 401 {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            return resp;
+        }
+    };
+    let settings = &state.settings;
+    let session_state = state.clone();
+    ws.read_buffer_size(settings.ws_read_buffer_bytes)
+        .write_buffer_size(WRITE_COALESCE_BYTES)
+        .max_write_buffer_size(settings.send_queue_bytes.saturating_mul(2))
+        .max_message_size(settings.max_frame_bytes)
+        .max_frame_size(settings.max_frame_bytes)
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            crate::session::run(session_state, socket, user).await;
+        })
+}
+
+async fn require_admin_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.settings.admin_token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "admin endpoints need `Authorization: Bearer <CHAT_ADMIN_TOKEN>`\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.drain.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !state.backplane.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn drain(State(state): State<Arc<AppState>>) -> Response {
+    let started = state.begin_drain();
+    let body = serde_json::json!({
+        "draining": true,
+        "started": started,
+        "connections": state.hub.connection_count(),
+    });
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    Json(serde_json::json!({
+        "node": state.settings.node_name,
+        "connections": state.hub.connection_count(),
+        "rooms": state.hub.room_count(),
+        "draining": state.drain.is_draining(),
+        "backplane": state.backplane.kind(),
+        "backplane_ready": state.backplane.is_ready(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,281 @@
+//! The local registry: which sessions on this node are in which room, and which sessions
+//! belong to which user. The backplane hands every event for this node to the hub, which
+//! puts it on the right sessions' send queues. No I/O and no awaits: every method takes
+//! short locks and returns.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, Notify};
+
+/// What the hub, the backplane or the drain controller asks a session to write or do.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A live room message; the session drops it when it already has `offset` (resume seam).
+    Room {
+        room: Arc<str>,
+        offset: u64,
+        published_us: u64,
+        frame: Utf8Bytes,
+    },
+    /// A direct message frame.
+    Direct(Utf8Bytes),
+    /// Any other ready-made frame (presence).
+    Frame(Utf8Bytes),
+    /// Drain: send a `reconnect` notice, then close with 1012.
+    Reconnect { after_ms: u64 },
+    /// Drain deadline passed: close now.
+    ForceClose,
+}
+
+/// The hub's and the drain controller's handle on one connected session.
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub user: Arc<str>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    queued_bytes: AtomicUsize,
+    overflowed: AtomicBool,
+    queue_limit_bytes: usize,
+    /// Woken when the queue overflows, so a session blocked writing to a stalled client
+    /// notices at once.
+    pub overflow_notify: Notify,
+}
+
+impl SessionHandle {
+    pub fn new(
+        id: u64,
+        user: Arc<str>,
+        queue_limit_bytes: usize,
+    ) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Arc::new(SessionHandle {
+            id,
+            user,
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            overflowed: AtomicBool::new(false),
+            queue_limit_bytes,
+            overflow_notify: Notify::new(),
+        });
+        (handle, rx)
+    }
+
+    /// Queues a frame of `bytes` bytes unless that would exceed the send-queue bound, in
+    /// which case the session is marked overflowed (it will be closed as a slow consumer)
+    /// and nothing more is queued for it.
+    pub fn offer(&self, out: Outbound, bytes: usize) -> bool {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.queue_limit_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.overflowed.store(true, Ordering::Relaxed);
+            self.overflow_notify.notify_one();
+            return false;
+        }
+        self.tx.send(out).is_ok()
+    }
+
+    /// Control messages bypass the byte bound: they are tiny and must always arrive.
+    pub fn control(&self, out: Outbound) {
+        let _ = self.tx.send(out);
+    }
+
+    /// The session wrote a frame of `bytes` bytes that came through `offer`.
+    pub fn written(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub fn is_overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+type Members = HashMap<Arc<str>, Vec<Arc<SessionHandle>>>;
+
+/// Room → local sessions and user → local sessions.
+#[derive(Debug, Default)]
+pub struct Hub {
+    sessions: RwLock<HashMap<u64, Arc<SessionHandle>>>,
+    rooms: RwLock<Members>,
+    users: RwLock<Members>,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&self, session: &Arc<SessionHandle>) {
+        write(&self.sessions).insert(session.id, session.clone());
+        add_member(&self.users, session.user.clone(), session);
+    }
+
+    pub fn unregister(&self, session: &SessionHandle) {
+        write(&self.sessions).remove(&session.id);
+        remove_member(&self.users, &session.user, session.id);
+    }
+
+    pub fn join_room(&self, room: Arc<str>, session: &Arc<SessionHandle>) {
+        add_member(&self.rooms, room, session);
+    }
+
+    pub fn leave_room(&self, room: &str, session_id: u64) {
+        remove_member(&self.rooms, room, session_id);
+    }
+
+    /// Queues a live room message for every local member; returns how many took it.
+    pub fn deliver_room_message(
+        &self,
+        room: &str,
+        offset: u64,
+        published_us: u64,
+        frame: &Utf8Bytes,
+    ) -> usize {
+        let rooms = read(&self.rooms);
+        let Some((key, members)) = rooms.get_key_value(room) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for member in members {
+            let out = Outbound::Room {
+                room: key.clone(),
+                offset,
+                published_us,
+                frame: frame.clone(),
+            };
+            if member.offer(out, frame.len()) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Queues a non-history frame (presence) for every local member of a room.
+    pub fn deliver_room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize {
+        deliver_frame(&self.rooms, room, frame, Outbound::Frame)
+    }
+
+    /// Queues a frame for every local session of a user; returns how many took it.
+    pub fn deliver_user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize {
+        deliver_frame(&self.users, user, frame, Outbound::Direct)
+    }
+
+    pub fn user_session_count(&self, user: &str) -> usize {
+        read(&self.users).get(user).map_or(0, Vec::len)
+    }
+
+    pub fn sessions(&self) -> Vec<Arc<SessionHandle>> {
+        read(&self.sessions).values().cloned().collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        read(&self.sessions).len()
+    }
+
+    pub fn room_count(&self) -> usize {
+        read(&self.rooms).len()
+    }
+}
+
+fn deliver_frame(
+    map: &RwLock<Members>,
+    key: &str,
+    frame: &Utf8Bytes,
+    wrap: fn(Utf8Bytes) -> Outbound,
+) -> usize {
+    let map = read(map);
+    let Some(members) = map.get(key) else {
+        return 0;
+    };
+    members
+        .iter()
+        .filter(|m| m.offer(wrap(frame.clone()), frame.len()))
+        .count()
+}
+
+fn add_member(map: &RwLock<Members>, key: Arc<str>, session: &Arc<SessionHandle>) {
+    let mut map = write(map);
+    let members = map.entry(key).or_default();
+    if !members.iter().any(|m| m.id == session.id) {
+        members.push(session.clone());
+    }
+}
+
+fn remove_member(map: &RwLock<Members>, key: &str, session_id: u64) {
+    let mut map = write(map);
+    if let Some(members) = map.get_mut(key) {
+        members.retain(|m| m.id != session_id);
+        if members.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+/// Lock helpers that survive poisoning: a panic elsewhere must not take down delivery.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivers_to_room_members_and_user_sessions() {
+        let hub = Hub::new();
+        let (a, mut ra) = SessionHandle::new(1, "alice".into(), 1024);
+        let (b, mut rb) = SessionHandle::new(2, "bob".into(), 1024);
+        let (a2, mut ra2) = SessionHandle::new(3, "alice".into(), 1024);
+        for s in [&a, &b, &a2] {
+            hub.register(s);
+        }
+        hub.join_room("r".into(), &a);
+        hub.join_room("r".into(), &b);
+        assert_eq!(hub.deliver_room_message("r", 1, 0, &"m".into()), 2);
+        assert!(matches!(
+            ra.try_recv(),
+            Ok(Outbound::Room { offset: 1, .. })
+        ));
+        assert!(matches!(
+            rb.try_recv(),
+            Ok(Outbound::Room { offset: 1, .. })
+        ));
+        assert!(ra2.try_recv().is_err());
+        assert_eq!(hub.deliver_user_frame("alice", &"dm".into()), 2);
+        assert_eq!(hub.user_session_count("alice"), 2);
+        hub.leave_room("r", 1);
+        assert_eq!(hub.deliver_room_message("r", 2, 0, &"m".into()), 1);
+        hub.unregister(&b);
+        hub.leave_room("r", 2);
+        assert_eq!(hub.room_count(), 0);
+        assert_eq!(hub.connection_count(), 2);
+    }
+
+    #[test]
+    fn queue_bound_marks_overflow_once() {
+        let (s, _rx) = SessionHandle::new(1, "u".into(), 10);
+        assert!(s.offer(Outbound::Frame("12345".into()), 5));
+        assert!(s.offer(Outbound::Frame("12345".into()), 5));
+        assert!(!s.offer(Outbound::Frame("1".into()), 1));
+        assert!(s.is_overflowed());
+        s.written(5);
+        assert!(
+            !s.offer(Outbound::Frame("1".into()), 1),
+            "overflow is final"
+        );
+        assert_eq!(s.queued_bytes(), 5);
+    }
+}

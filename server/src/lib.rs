@@ -1,0 +1,133 @@
+//! ChatCluster's chat server: one process per pod, WebSocket rooms with ordered,
+//! resumable history, direct messages, presence, limits and graceful drain.
+//!
+//! [`start`] binds the public and admin ports and returns a [`RunningServer`]; the
+//! binary in `main.rs` adds signals and logging. Tests embed the server the same way.
+
+pub mod auth;
+pub mod backplane;
+pub mod config;
+pub mod drain;
+pub mod history;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod protocol;
+pub mod ratelimit;
+pub mod session;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+
+use crate::auth::Authenticator;
+use crate::backplane::memory::MemoryBackplane;
+use crate::config::Settings;
+use crate::history::HistoryLimits;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] auth::KeyError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started server. Dropping it does not stop it; drain it and await [`RunningServer::stopped`].
+pub struct RunningServer {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub state: Arc<AppState>,
+}
+
+impl RunningServer {
+    /// Starts a drain (as SIGTERM or `POST /admin/drain` would).
+    pub fn begin_drain(&self) -> bool {
+        self.state.begin_drain()
+    }
+
+    /// Resolves when a drain has finished: the process may exit.
+    pub async fn stopped(&self) {
+        self.state.drain.stopped().await
+    }
+}
+
+/// Binds both ports and serves until a drain finishes.
+pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
+    settings.validate()?;
+    let auth = Authenticator::new(settings.auth.clone())?;
+    let hub = Arc::new(Hub::new());
+    let memory = Arc::new(MemoryBackplane::new(
+        hub.clone(),
+        HistoryLimits {
+            max_messages: settings.history_max_messages,
+            max_age_ms: settings.history_max_age.as_millis() as u64,
+        },
+    ));
+    let sweeper = memory.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            sweeper.evict_idle_rooms();
+        }
+    });
+    let public = bind("public", settings.listen).await?;
+    let admin = bind("admin", settings.admin_listen).await?;
+    let public_addr = local_addr("public", settings.listen, &public)?;
+    let admin_addr = local_addr("admin", settings.admin_listen, &admin)?;
+    let state = Arc::new(AppState::new(settings, hub, memory, Metrics::new(), auth));
+
+    for (listener, router) in [
+        (public, http::public_router(state.clone())),
+        (admin, http::admin_router(state.clone())),
+    ] {
+        let stop_state = state.clone();
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop_state.drain.stopped().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "listener failed");
+            }
+        });
+    }
+    tracing::info!(%public_addr, %admin_addr, node = %state.settings.node_name, backplane = state.backplane.kind(), "chat server listening");
+    Ok(RunningServer {
+        public_addr,
+        admin_addr,
+        state,
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    addr: SocketAddr,
+    l: &TcpListener,
+) -> Result<SocketAddr, StartError> {
+    l.local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}

@@ -1,0 +1,170 @@
+//! Prometheus metrics, following Prometheus conventions: base units, `_total` counters,
+//! no per-room or per-user labels (unbounded cardinality).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the chat server exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_closed: IntCounterVec,
+    pub upgrades_rejected: IntCounterVec,
+    pub messages_received: IntCounter,
+    pub messages_delivered: IntCounter,
+    pub publish_errors: IntCounter,
+    pub frame_errors: IntCounterVec,
+    pub delivery_latency: Histogram,
+    pub slow_consumer_closes: IntCounter,
+    pub resumes: IntCounterVec,
+    pub draining: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            connections: IntGauge::new("chat_connections", "Open WebSocket connections.")
+                .expect("static metric definition"),
+            connections_accepted: IntCounter::new(
+                "chat_connections_accepted_total",
+                "WebSocket connections accepted.",
+            )
+            .expect("static metric definition"),
+            connections_closed: IntCounterVec::new(
+                Opts::new(
+                    "chat_connections_closed_total",
+                    "WebSocket connections closed, by close code the server sent or saw.",
+                ),
+                &["code"],
+            )
+            .expect("static metric definition"),
+            upgrades_rejected: IntCounterVec::new(
+                Opts::new(
+                    "chat_upgrades_rejected_total",
+                    "WebSocket upgrades refused before the socket opened, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+            messages_received: IntCounter::new(
+                "chat_messages_received_total",
+                "Room messages and direct messages accepted from clients.",
+            )
+            .expect("static metric definition"),
+            messages_delivered: IntCounter::new(
+                "chat_messages_delivered_total",
+                "Room and direct messages written to client sockets.",
+            )
+            .expect("static metric definition"),
+            publish_errors: IntCounter::new(
+                "chat_publish_errors_total",
+                "Client messages refused because the backplane was unavailable.",
+            )
+            .expect("static metric definition"),
+            frame_errors: IntCounterVec::new(
+                Opts::new(
+                    "chat_frame_errors_total",
+                    "Error frames sent to clients, by error code.",
+                ),
+                &["code"],
+            )
+            .expect("static metric definition"),
+            delivery_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "chat_delivery_latency_seconds",
+                    "Time from a room message's publish to its write on a subscriber's socket.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5,
+                ]),
+            )
+            .expect("static metric definition"),
+            slow_consumer_closes: IntCounter::new(
+                "chat_slow_consumer_closes_total",
+                "Connections closed because their send queue overflowed.",
+            )
+            .expect("static metric definition"),
+            resumes: IntCounterVec::new(
+                Opts::new(
+                    "chat_resumes_total",
+                    "Joins with `since`, by result (recovered, not_recovered).",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
+            draining: IntGauge::new("chat_draining", "1 while this node drains, else 0.")
+                .expect("static metric definition"),
+            registry,
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.connections.clone()),
+            Box::new(m.connections_accepted.clone()),
+            Box::new(m.connections_closed.clone()),
+            Box::new(m.upgrades_rejected.clone()),
+            Box::new(m.messages_received.clone()),
+            Box::new(m.messages_delivered.clone()),
+            Box::new(m.publish_errors.clone()),
+            Box::new(m.frame_errors.clone()),
+            Box::new(m.delivery_latency.clone()),
+            Box::new(m.slow_consumer_closes.clone()),
+            Box::new(m.resumes.clone()),
+            Box::new(m.draining.clone()),
+        ];
+        for c in collectors {
+            m.registry
+                .register(c)
+                .expect("metric names are unique and registered once");
+        }
+        m
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            return format!("# error encoding metrics: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_documented_metric() {
+        let m = Metrics::new();
+        m.connections_closed.with_label_values(&["1000"]).inc();
+        m.resumes.with_label_values(&["recovered"]).inc();
+        m.delivery_latency.observe(0.001);
+        let text = m.render();
+        for name in [
+            "chat_connections ",
+            "chat_connections_accepted_total",
+            "chat_connections_closed_total{code=\"1000\"}",
+            "chat_messages_received_total",
+            "chat_messages_delivered_total",
+            "chat_publish_errors_total",
+            "chat_delivery_latency_seconds_bucket",
+            "chat_slow_consumer_closes_total",
+            "chat_resumes_total{result=\"recovered\"}",
+            "chat_draining",
+        ] {
+            assert!(text.contains(name), "missing {name} in\n{text}");
+        }
+    }
+}

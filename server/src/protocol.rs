@@ -1,0 +1,531 @@
+//! Wire protocol v1: JSON text frames, their validation, error codes and close codes.
+//!
+//! This module is pure (no I/O) so every rule here is unit-testable. docs/protocol.md is
+//! the authority for clients; keep the two in step.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest room name, user id or client `ref`, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A position in a room's history: the room's epoch and a message offset within it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    Join {
+        room: String,
+        #[serde(default)]
+        since: Option<Position>,
+    },
+    Leave {
+        room: String,
+    },
+    Send {
+        room: String,
+        body: String,
+        #[serde(default, rename = "ref")]
+        client_ref: Option<String>,
+    },
+    Dm {
+        to: String,
+        body: String,
+        #[serde(default, rename = "ref")]
+        client_ref: Option<String>,
+    },
+    Ping,
+}
+
+/// The frame types a client may send, to tell "unknown type" from "bad fields".
+const CLIENT_FRAME_TYPES: [&str; 5] = ["join", "leave", "send", "dm", "ping"];
+
+/// Frames the server sends. Borrowed fields keep serialization allocation-light.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    Welcome {
+        user: &'a str,
+        session: &'a str,
+        node: &'a str,
+    },
+    Joined {
+        room: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        recovered: bool,
+        members: &'a [String],
+    },
+    Left {
+        room: &'a str,
+    },
+    Message {
+        room: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        from: &'a str,
+        body: &'a str,
+        ts: u64,
+    },
+    Dm {
+        from: &'a str,
+        to: &'a str,
+        body: &'a str,
+        ts: u64,
+    },
+    Ack {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        client_ref: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+    },
+    Presence {
+        room: &'a str,
+        joined: &'a [String],
+        left: &'a [String],
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        client_ref: Option<&'a str>,
+    },
+    Reconnect {
+        reason: &'a str,
+        after_ms: u64,
+    },
+    Pong,
+}
+
+impl ServerFrame<'_> {
+    /// Serializes the frame to its JSON text. Serializing these types cannot fail
+    /// (string keys, no maps with non-string keys), so a failure is a programming error
+    /// reported as an `internal` error frame rather than a panic.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(r#"{{"type":"error","code":"internal","message":"serialize: {e}"}}"#)
+        })
+    }
+}
+
+/// Error codes carried by `error` frames. The connection stays open after each of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The text frame is not valid JSON.
+    BadJson,
+    /// The frame's `type` is not one this server knows.
+    UnknownType,
+    /// The frame has a known type but missing, extra or wrongly typed fields.
+    InvalidFrame,
+    /// Binary frames are not part of the protocol.
+    Unsupported,
+    InvalidRoom,
+    InvalidUser,
+    InvalidRef,
+    BodyTooLong,
+    RateLimited,
+    NotJoined,
+    AlreadyJoined,
+    TooManyRooms,
+    /// A direct message to a user with no connected session.
+    UserOffline,
+    /// The backplane (history/fanout) is not reachable; the message was NOT accepted.
+    Unavailable,
+    Internal,
+}
+
+/// WebSocket close codes. 4000–4099 mean "reconnect with backoff", 4400–4499 mean
+/// "do not reconnect"; 1012 means "this node is restarting, reconnect now (after the
+/// `reconnect` frame's `after_ms`)".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    Normal,
+    Policy,
+    TooBig,
+    Internal,
+    ServiceRestart,
+    /// The client read too slowly and its send queue overflowed.
+    SlowConsumer,
+    /// No frame (not even a pong) arrived within the idle timeout.
+    IdleTimeout,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::Policy => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::Internal => 1011,
+            CloseCode::ServiceRestart => 1012,
+            CloseCode::SlowConsumer => 4000,
+            CloseCode::IdleTimeout => 4001,
+        }
+    }
+
+    /// Whether a client should reconnect after this close.
+    pub fn should_reconnect(code: u16) -> bool {
+        matches!(code, 1001 | 1006 | 1011 | 1012 | 1013 | 4000..=4099)
+    }
+}
+
+/// Why a client frame was refused, with the error frame it should produce.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FrameError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub client_ref: Option<String>,
+}
+
+impl FrameError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        FrameError {
+            code,
+            message: message.into(),
+            client_ref: None,
+        }
+    }
+
+    pub fn with_ref(mut self, client_ref: Option<&str>) -> Self {
+        self.client_ref = client_ref.map(str::to_owned);
+        self
+    }
+
+    pub fn to_json(&self) -> String {
+        ServerFrame::Error {
+            code: self.code,
+            message: &self.message,
+            client_ref: self.client_ref.as_deref(),
+        }
+        .to_json()
+    }
+}
+
+/// Limits that frame validation needs.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameLimits {
+    pub max_body_bytes: usize,
+}
+
+/// Parses and validates one client text frame.
+pub fn parse_client_frame(text: &str, limits: FrameLimits) -> Result<ClientFrame, FrameError> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        #[serde(rename = "type")]
+        kind: Option<serde_json::Value>,
+    }
+    let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
+        FrameError::new(
+            ErrorCode::BadJson,
+            format!("frame is not a JSON object: {e}"),
+        )
+    })?;
+    let kind = match envelope.kind {
+        Some(serde_json::Value::String(kind)) => kind,
+        Some(_) => {
+            return Err(FrameError::new(
+                ErrorCode::InvalidFrame,
+                "field `type` must be a string",
+            ))
+        }
+        None => {
+            return Err(FrameError::new(
+                ErrorCode::InvalidFrame,
+                "frame has no `type` field",
+            ))
+        }
+    };
+    if !CLIENT_FRAME_TYPES.contains(&kind.as_str()) {
+        return Err(FrameError::new(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown frame type `{}`; expected one of: {}",
+                truncate(&kind, MAX_NAME_LEN),
+                CLIENT_FRAME_TYPES.join(", ")
+            ),
+        ));
+    }
+    let frame: ClientFrame = serde_json::from_str(text)
+        .map_err(|e| FrameError::new(ErrorCode::InvalidFrame, format!("invalid `{kind}`: {e}")))?;
+    validate(&frame, limits)?;
+    Ok(frame)
+}
+
+fn validate(frame: &ClientFrame, limits: FrameLimits) -> Result<(), FrameError> {
+    match frame {
+        ClientFrame::Join { room, since } => {
+            validate_room(room)?;
+            if let Some(since) = since {
+                if since.epoch.is_empty() || since.epoch.len() > MAX_NAME_LEN {
+                    return Err(FrameError::new(
+                        ErrorCode::InvalidFrame,
+                        format!("`since.epoch` must be 1 to {MAX_NAME_LEN} bytes"),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        ClientFrame::Leave { room } => validate_room(room),
+        ClientFrame::Send {
+            room,
+            body,
+            client_ref,
+        } => {
+            validate_ref(client_ref.as_deref())?;
+            let r = client_ref.as_deref();
+            validate_room(room).map_err(|e| e.with_ref(r))?;
+            validate_body(body, limits).map_err(|e| e.with_ref(r))
+        }
+        ClientFrame::Dm {
+            to,
+            body,
+            client_ref,
+        } => {
+            validate_ref(client_ref.as_deref())?;
+            let r = client_ref.as_deref();
+            validate_user(to).map_err(|e| e.with_ref(r))?;
+            validate_body(body, limits).map_err(|e| e.with_ref(r))
+        }
+        ClientFrame::Ping => Ok(()),
+    }
+}
+
+/// Room names: 1–64 bytes of ASCII letters, digits, `_`, `-`, `.`, `:`.
+pub fn validate_room(room: &str) -> Result<(), FrameError> {
+    if is_valid_name(room, |_| false) {
+        Ok(())
+    } else {
+        Err(FrameError::new(
+            ErrorCode::InvalidRoom,
+            format!(
+                "room `{}` is invalid: use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ - . :",
+                truncate(room, MAX_NAME_LEN)
+            ),
+        ))
+    }
+}
+
+/// User ids: 1–64 bytes of ASCII letters, digits, `_`, `-`, `.`, `:`, `@`.
+pub fn validate_user(user: &str) -> Result<(), FrameError> {
+    if is_valid_name(user, |c| c == b'@') {
+        Ok(())
+    } else {
+        Err(FrameError::new(
+            ErrorCode::InvalidUser,
+            format!(
+                "user `{}` is invalid: use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ - . : @",
+                truncate(user, MAX_NAME_LEN)
+            ),
+        ))
+    }
+}
+
+fn validate_ref(client_ref: Option<&str>) -> Result<(), FrameError> {
+    match client_ref {
+        Some(r) if r.len() > MAX_NAME_LEN => Err(FrameError::new(
+            ErrorCode::InvalidRef,
+            format!("`ref` must be at most {MAX_NAME_LEN} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn validate_body(body: &str, limits: FrameLimits) -> Result<(), FrameError> {
+    if body.len() > limits.max_body_bytes {
+        return Err(FrameError::new(
+            ErrorCode::BodyTooLong,
+            format!(
+                "body is {} bytes; the limit is {} bytes",
+                body.len(),
+                limits.max_body_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn is_valid_name(name: &str, extra: impl Fn(u8) -> bool) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.bytes().all(|c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':') || extra(c)
+        })
+}
+
+/// Cuts a string for inclusion in an error message, on a char boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: FrameLimits = FrameLimits { max_body_bytes: 16 };
+
+    fn code_of(text: &str) -> ErrorCode {
+        parse_client_frame(text, LIMITS).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_every_client_frame() {
+        assert_eq!(
+            parse_client_frame(r#"{"type":"join","room":"a"}"#, LIMITS),
+            Ok(ClientFrame::Join {
+                room: "a".into(),
+                since: None
+            })
+        );
+        assert_eq!(
+            parse_client_frame(
+                r#"{"type":"join","room":"a","since":{"epoch":"e1","offset":4}}"#,
+                LIMITS
+            ),
+            Ok(ClientFrame::Join {
+                room: "a".into(),
+                since: Some(Position {
+                    epoch: "e1".into(),
+                    offset: 4
+                })
+            })
+        );
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"leave","room":"a"}"#, LIMITS),
+            Ok(ClientFrame::Leave { .. })
+        ));
+        assert_eq!(
+            parse_client_frame(
+                r#"{"type":"send","room":"a","body":"hi","ref":"1"}"#,
+                LIMITS
+            ),
+            Ok(ClientFrame::Send {
+                room: "a".into(),
+                body: "hi".into(),
+                client_ref: Some("1".into())
+            })
+        );
+        assert!(matches!(
+            parse_client_frame(r#"{"type":"dm","to":"bob@x","body":"hi"}"#, LIMITS),
+            Ok(ClientFrame::Dm { .. })
+        ));
+        assert_eq!(
+            parse_client_frame(r#"{"type":"ping"}"#, LIMITS),
+            Ok(ClientFrame::Ping)
+        );
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        assert_eq!(code_of("not json"), ErrorCode::BadJson);
+        assert_eq!(code_of("[1,2]"), ErrorCode::BadJson);
+        assert_eq!(code_of(r#"{"room":"a"}"#), ErrorCode::InvalidFrame);
+        assert_eq!(code_of(r#"{"type":7}"#), ErrorCode::InvalidFrame);
+        assert_eq!(code_of(r#"{"type":"shout"}"#), ErrorCode::UnknownType);
+        assert_eq!(code_of(r#"{"type":"join"}"#), ErrorCode::InvalidFrame);
+        assert_eq!(
+            code_of(r#"{"type":"join","room":"a","extra":1}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join","room":"a b"}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join","room":""}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            code_of(r#"{"type":"dm","to":"b b","body":"x"}"#),
+            ErrorCode::InvalidUser
+        );
+        let long = "x".repeat(17);
+        let err = parse_client_frame(
+            &format!(r#"{{"type":"send","room":"a","body":"{long}","ref":"r9"}}"#),
+            LIMITS,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::BodyTooLong);
+        assert_eq!(err.client_ref.as_deref(), Some("r9"));
+        let long_ref = "r".repeat(65);
+        assert_eq!(
+            code_of(&format!(
+                r#"{{"type":"send","room":"a","body":"x","ref":"{long_ref}"}}"#
+            )),
+            ErrorCode::InvalidRef
+        );
+    }
+
+    #[test]
+    fn names_allow_only_the_documented_characters() {
+        assert!(validate_room("general.eu-1:ops_2").is_ok());
+        assert!(validate_room("é").is_err());
+        assert!(validate_room(&"a".repeat(64)).is_ok());
+        assert!(validate_room(&"a".repeat(65)).is_err());
+        assert!(validate_user("alice@example.com").is_ok());
+        assert!(validate_room("alice@example.com").is_err());
+    }
+
+    #[test]
+    fn error_message_truncates_on_char_boundary() {
+        let room = "é".repeat(40);
+        let err = validate_room(&room).unwrap_err();
+        assert!(err.message.len() < 200);
+    }
+
+    #[test]
+    fn server_frames_serialize_as_documented() {
+        let json = ServerFrame::Message {
+            room: "r",
+            epoch: "e",
+            offset: 3,
+            from: "u",
+            body: "b",
+            ts: 9,
+        }
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"type":"message","room":"r","epoch":"e","offset":3,"from":"u","body":"b","ts":9}"#
+        );
+        let ack = ServerFrame::Ack {
+            client_ref: Some("1"),
+            room: None,
+            offset: None,
+        }
+        .to_json();
+        assert_eq!(ack, r#"{"type":"ack","ref":"1"}"#);
+        let err = FrameError::new(ErrorCode::RateLimited, "slow down").to_json();
+        assert_eq!(
+            err,
+            r#"{"type":"error","code":"rate_limited","message":"slow down"}"#
+        );
+        assert_eq!(ServerFrame::Pong.to_json(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn close_codes_split_reconnect_from_terminal() {
+        assert!(CloseCode::should_reconnect(
+            CloseCode::ServiceRestart.code()
+        ));
+        assert!(CloseCode::should_reconnect(CloseCode::SlowConsumer.code()));
+        assert!(!CloseCode::should_reconnect(CloseCode::Policy.code()));
+        assert!(!CloseCode::should_reconnect(4400));
+        assert!(!CloseCode::should_reconnect(CloseCode::TooBig.code()));
+    }
+}

@@ -1,0 +1,579 @@
+//! One WebSocket connection: a single task that reads client frames, writes queued
+//! frames in batches, enforces the per-connection limits and runs the close handshake.
+//!
+//! Joining a room with `since` subscribes first and reads the snapshot second, so every
+//! message after the snapshot's head arrives through the queue; the session remembers the
+//! last offset it wrote per room and drops anything at or below it. That is how replay
+//! and live traffic meet with no gap and no duplicate.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::backplane::now_us;
+use crate::hub::{Outbound, SessionHandle};
+use crate::protocol::{
+    parse_client_frame, ClientFrame, CloseCode, ErrorCode, FrameError, FrameLimits, Position,
+    ServerFrame,
+};
+use crate::ratelimit::TokenBucket;
+use crate::state::AppState;
+
+/// Most queued frames written before one flush.
+const MAX_BATCH: usize = 256;
+/// How long to wait for the client's answer to our close frame.
+const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the session loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The client sent a close frame (its code, if any) or the stream ended.
+    PeerClosed(Option<u16>),
+    /// The socket failed (reset, protocol violation).
+    Broken,
+    SlowConsumer,
+    WriteTimeout,
+    TooBig,
+    Idle,
+    /// Drain notice sent: close with 1012 and wait for the client.
+    Drained,
+    /// Drain deadline: close now.
+    Forced,
+}
+
+impl Stop {
+    /// The close frame we send, if any.
+    fn close(self, max_frame_bytes: usize) -> Option<(CloseCode, String)> {
+        match self {
+            Stop::PeerClosed(_) | Stop::Broken | Stop::WriteTimeout => None,
+            Stop::SlowConsumer => Some((
+                CloseCode::SlowConsumer,
+                "slow consumer: send queue overflowed; reconnect with backoff".into(),
+            )),
+            Stop::TooBig => Some((
+                CloseCode::TooBig,
+                format!("message exceeds {max_frame_bytes} bytes"),
+            )),
+            Stop::Idle => Some((CloseCode::IdleTimeout, "idle timeout".into())),
+            Stop::Drained => Some((CloseCode::ServiceRestart, "node draining; reconnect".into())),
+            Stop::Forced => Some((CloseCode::ServiceRestart, "node stopping; reconnect".into())),
+        }
+    }
+
+    /// Label for `chat_connections_closed_total{code}`.
+    fn metric_code(self, max_frame_bytes: usize) -> String {
+        match (self, self.close(max_frame_bytes)) {
+            (_, Some((code, _))) => code.code().to_string(),
+            (Stop::PeerClosed(Some(code)), None) => code.to_string(),
+            (Stop::PeerClosed(None), None) => "1005".into(),
+            _ => "1006".into(),
+        }
+    }
+}
+
+struct Session {
+    state: Arc<AppState>,
+    handle: Arc<SessionHandle>,
+    socket: WebSocket,
+    /// Joined rooms and the last offset written for each.
+    rooms: HashMap<Arc<str>, u64>,
+    bucket: TokenBucket,
+    last_seen: Instant,
+    limits: FrameLimits,
+}
+
+/// Runs one accepted WebSocket for `user` until it closes.
+pub async fn run(state: Arc<AppState>, socket: WebSocket, user: String) {
+    let id = state.next_session_id();
+    let (handle, mut rx) = SessionHandle::new(id, user.into(), state.settings.send_queue_bytes);
+    state.hub.register(&handle);
+    state.metrics.connections.inc();
+    state.metrics.connections_accepted.inc();
+    let settings = &state.settings;
+    let mut session = Session {
+        bucket: TokenBucket::new(settings.rate_per_sec, settings.rate_burst, Instant::now()),
+        limits: FrameLimits {
+            max_body_bytes: settings.max_body_bytes,
+        },
+        state: state.clone(),
+        handle,
+        socket,
+        rooms: HashMap::new(),
+        last_seen: Instant::now(),
+    };
+    let stop = session.serve(&mut rx).await;
+    if stop == Stop::SlowConsumer {
+        state.metrics.slow_consumer_closes.inc();
+    }
+    tracing::debug!(session = id, user = %session.handle.user, ?stop, "session ending");
+    session.finish(stop, &mut rx).await;
+    session.leave_all().await;
+    state.hub.unregister(&session.handle);
+    state.metrics.connections.dec();
+    state
+        .metrics
+        .connections_closed
+        .with_label_values(&[&stop.metric_code(state.settings.max_frame_bytes)])
+        .inc();
+}
+
+impl Session {
+    async fn serve(&mut self, rx: &mut UnboundedReceiver<Outbound>) -> Stop {
+        let welcome = ServerFrame::Welcome {
+            user: &self.handle.user,
+            session: &format!("{}-{}", self.state.settings.node_name, self.handle.id),
+            node: &self.state.settings.node_name,
+        }
+        .to_json();
+        if let Err(stop) = self.write_now(welcome).await {
+            return stop;
+        }
+        let ping_every = self.state.settings.ping_interval;
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        loop {
+            let handle = self.handle.clone();
+            tokio::select! {
+                biased;
+                _ = handle.overflow_notify.notified() => return Stop::SlowConsumer,
+                out = rx.recv() => {
+                    // The handle (and so a sender) lives as long as the session.
+                    let Some(out) = out else { return Stop::Broken };
+                    if let Err(stop) = self.write_batch(out, rx).await {
+                        return stop;
+                    }
+                }
+                msg = self.socket.recv() => {
+                    if let Err(stop) = self.on_socket(msg).await {
+                        return stop;
+                    }
+                }
+                _ = ping.tick() => {
+                    if self.last_seen.elapsed() > ping_every * 2 {
+                        return Stop::Idle;
+                    }
+                    if let Err(stop) = self.guarded(Message::Ping(Default::default())).await {
+                        return stop;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is already queued, then flushes once.
+    async fn write_batch(
+        &mut self,
+        first: Outbound,
+        rx: &mut UnboundedReceiver<Outbound>,
+    ) -> Result<(), Stop> {
+        let mut next = Some(first);
+        let mut written = 0usize;
+        let mut delivered = 0u64;
+        let now = now_us();
+        while let Some(out) = next.take() {
+            match out {
+                Outbound::Room {
+                    room,
+                    offset,
+                    published_us,
+                    frame,
+                } => {
+                    self.handle.written(frame.len());
+                    let Some(last) = self.rooms.get_mut(&room) else {
+                        continue; // left the room since this was queued
+                    };
+                    if offset <= *last {
+                        continue; // already sent as part of a replay
+                    }
+                    *last = offset;
+                    self.state
+                        .metrics
+                        .delivery_latency
+                        .observe(now.saturating_sub(published_us) as f64 / 1e6);
+                    delivered += 1;
+                    self.feed(Message::Text(frame)).await?;
+                }
+                Outbound::Direct(frame) => {
+                    self.handle.written(frame.len());
+                    delivered += 1;
+                    self.feed(Message::Text(frame)).await?;
+                }
+                Outbound::Frame(frame) => {
+                    self.handle.written(frame.len());
+                    self.feed(Message::Text(frame)).await?;
+                }
+                Outbound::Reconnect { after_ms } => {
+                    let notice = ServerFrame::Reconnect {
+                        reason: "draining",
+                        after_ms,
+                    }
+                    .to_json();
+                    self.feed(Message::Text(notice.into())).await?;
+                    self.flush().await?;
+                    return Err(Stop::Drained);
+                }
+                Outbound::ForceClose => return Err(Stop::Forced),
+            }
+            written += 1;
+            if written < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.state.metrics.messages_delivered.inc_by(delivered);
+        self.flush().await
+    }
+
+    async fn on_socket(&mut self, msg: Option<Result<Message, axum::Error>>) -> Result<(), Stop> {
+        let msg = match msg {
+            None => return Err(Stop::PeerClosed(None)),
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return Err(classify_read_error(e)),
+        };
+        self.last_seen = Instant::now();
+        match msg {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(_) => {
+                self.send_error(FrameError::new(
+                    ErrorCode::Unsupported,
+                    "binary frames are not supported; send JSON text frames",
+                ))
+                .await
+            }
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(frame) => Err(Stop::PeerClosed(frame.map(|f| f.code))),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Stop> {
+        let parsed = parse_client_frame(text, self.limits);
+        if !self.bucket.try_take(Instant::now()) {
+            let client_ref = match &parsed {
+                Ok(ClientFrame::Send { client_ref, .. } | ClientFrame::Dm { client_ref, .. }) => {
+                    client_ref.as_deref()
+                }
+                _ => None,
+            };
+            let err = FrameError::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} frames per second (burst {}); this frame was dropped",
+                    self.state.settings.rate_per_sec, self.state.settings.rate_burst
+                ),
+            )
+            .with_ref(client_ref);
+            return self.send_error(err).await;
+        }
+        match parsed {
+            Err(err) => self.send_error(err).await,
+            Ok(frame) => self.dispatch(frame).await,
+        }
+    }
+
+    async fn dispatch(&mut self, frame: ClientFrame) -> Result<(), Stop> {
+        match frame {
+            ClientFrame::Join { room, since } => self.join(room, since).await,
+            ClientFrame::Leave { room } => self.leave(&room).await,
+            ClientFrame::Send {
+                room,
+                body,
+                client_ref,
+            } => self.publish(&room, &body, client_ref.as_deref()).await,
+            ClientFrame::Dm {
+                to,
+                body,
+                client_ref,
+            } => self.direct(&to, &body, client_ref.as_deref()).await,
+            ClientFrame::Ping => self.write_now(ServerFrame::Pong.to_json()).await,
+        }
+    }
+
+    async fn join(&mut self, room: String, since: Option<Position>) -> Result<(), Stop> {
+        if self.rooms.contains_key(room.as_str()) {
+            return self
+                .send_error(FrameError::new(
+                    ErrorCode::AlreadyJoined,
+                    format!("already in room `{room}`; leave it first to join again"),
+                ))
+                .await;
+        }
+        if self.rooms.len() >= self.state.settings.max_rooms_per_connection {
+            return self
+                .send_error(FrameError::new(
+                    ErrorCode::TooManyRooms,
+                    format!(
+                        "a connection may be in at most {} rooms",
+                        self.state.settings.max_rooms_per_connection
+                    ),
+                ))
+                .await;
+        }
+        let room: Arc<str> = room.into();
+        let bp = self.state.backplane.clone();
+        // Membership first, snapshot second: see the module comment.
+        self.state.hub.join_room(room.clone(), &self.handle);
+        let snapshot = async {
+            bp.subscribe_room(&room).await?;
+            bp.presence_join(&room, &self.handle.user).await?;
+            bp.snapshot(&room, since.as_ref()).await
+        }
+        .await;
+        let snapshot = match snapshot {
+            Ok(s) => s,
+            Err(e) => {
+                self.state.hub.leave_room(&room, self.handle.id);
+                let _ = bp.presence_leave(&room, &self.handle.user).await;
+                let _ = bp.unsubscribe_room(&room).await;
+                return self
+                    .send_error(FrameError::new(ErrorCode::Unavailable, e.to_string()))
+                    .await;
+            }
+        };
+        if since.is_some() {
+            let result = if snapshot.recovered {
+                "recovered"
+            } else {
+                "not_recovered"
+            };
+            self.state
+                .metrics
+                .resumes
+                .with_label_values(&[result])
+                .inc();
+        }
+        self.rooms.insert(room.clone(), snapshot.head);
+        let joined = ServerFrame::Joined {
+            room: &room,
+            epoch: &snapshot.epoch,
+            offset: snapshot.head,
+            recovered: snapshot.recovered,
+            members: &snapshot.members,
+        }
+        .to_json();
+        self.feed(Message::Text(joined.into())).await?;
+        let replayed = snapshot.replay.len() as u64;
+        for frame in snapshot.replay {
+            self.feed(Message::Text(frame)).await?;
+        }
+        self.state.metrics.messages_delivered.inc_by(replayed);
+        self.flush().await
+    }
+
+    async fn leave(&mut self, room: &str) -> Result<(), Stop> {
+        if self.rooms.remove(room).is_none() {
+            return self.send_error(not_joined(room, None)).await;
+        }
+        leave_room_everywhere(&self.state, &self.handle, room).await;
+        self.write_now(ServerFrame::Left { room }.to_json()).await
+    }
+
+    async fn leave_all(&mut self) {
+        let rooms: Vec<Arc<str>> = self.rooms.drain().map(|(r, _)| r).collect();
+        for room in rooms {
+            leave_room_everywhere(&self.state, &self.handle, &room).await;
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        room: &str,
+        body: &str,
+        client_ref: Option<&str>,
+    ) -> Result<(), Stop> {
+        if !self.rooms.contains_key(room) {
+            return self.send_error(not_joined(room, client_ref)).await;
+        }
+        match self
+            .state
+            .backplane
+            .publish(room, &self.handle.user, body)
+            .await
+        {
+            Ok(offset) => {
+                self.state.metrics.messages_received.inc();
+                let ack = ServerFrame::Ack {
+                    client_ref,
+                    room: Some(room),
+                    offset: Some(offset),
+                }
+                .to_json();
+                self.write_now(ack).await
+            }
+            Err(e) => {
+                self.state.metrics.publish_errors.inc();
+                self.send_error(
+                    FrameError::new(ErrorCode::Unavailable, format!("message not sent: {e}"))
+                        .with_ref(client_ref),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn direct(&mut self, to: &str, body: &str, client_ref: Option<&str>) -> Result<(), Stop> {
+        match self
+            .state
+            .backplane
+            .send_direct(&self.handle.user, to, body)
+            .await
+        {
+            Ok(0) => {
+                self.send_error(
+                    FrameError::new(
+                        ErrorCode::UserOffline,
+                        format!("user `{to}` has no connected session; message not delivered"),
+                    )
+                    .with_ref(client_ref),
+                )
+                .await
+            }
+            Ok(_) => {
+                self.state.metrics.messages_received.inc();
+                let ack = ServerFrame::Ack {
+                    client_ref,
+                    room: None,
+                    offset: None,
+                }
+                .to_json();
+                self.write_now(ack).await
+            }
+            Err(e) => {
+                self.state.metrics.publish_errors.inc();
+                self.send_error(
+                    FrameError::new(ErrorCode::Unavailable, format!("message not sent: {e}"))
+                        .with_ref(client_ref),
+                )
+                .await
+            }
+        }
+    }
+
+    async fn send_error(&mut self, err: FrameError) -> Result<(), Stop> {
+        let code = serde_json::to_value(err.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        self.state
+            .metrics
+            .frame_errors
+            .with_label_values(&[&code])
+            .inc();
+        self.write_now(err.to_json()).await
+    }
+
+    async fn write_now(&mut self, text: String) -> Result<(), Stop> {
+        self.guarded(Message::Text(text.into())).await
+    }
+
+    /// Sends and flushes one message, giving up on overflow or write timeout.
+    async fn guarded(&mut self, msg: Message) -> Result<(), Stop> {
+        let timeout = self.state.settings.write_timeout;
+        guard(&self.handle, timeout, self.socket.send(msg)).await
+    }
+
+    async fn feed(&mut self, msg: Message) -> Result<(), Stop> {
+        let timeout = self.state.settings.write_timeout;
+        guard(&self.handle, timeout, self.socket.feed(msg)).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        let timeout = self.state.settings.write_timeout;
+        guard(&self.handle, timeout, self.socket.flush()).await
+    }
+
+    /// Sends our close frame (if the stop calls for one) and waits briefly for the
+    /// client's answer. A drained session waits until the client closes or the drain
+    /// deadline force-closes it.
+    async fn finish(&mut self, stop: Stop, rx: &mut UnboundedReceiver<Outbound>) {
+        let Some((code, reason)) = stop.close(self.state.settings.max_frame_bytes) else {
+            return;
+        };
+        let close = Message::Close(Some(CloseFrame {
+            code: code.code(),
+            reason: Utf8Bytes::from(reason),
+        }));
+        let send_wait = self
+            .state
+            .settings
+            .write_timeout
+            .min(CLOSE_HANDSHAKE_WAIT * 5);
+        if tokio::time::timeout(send_wait, self.socket.send(close))
+            .await
+            .map_or(true, |r| r.is_err())
+        {
+            return;
+        }
+        let wait_for_peer = async {
+            while let Some(Ok(msg)) = self.socket.recv().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let force = async {
+            while let Some(out) = rx.recv().await {
+                if matches!(out, Outbound::ForceClose) {
+                    break;
+                }
+            }
+        };
+        let wait = if stop == Stop::Drained {
+            self.state.settings.drain_deadline
+        } else {
+            CLOSE_HANDSHAKE_WAIT
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(wait, wait_for_peer) => {}
+            _ = force => {}
+        }
+    }
+}
+
+/// Runs a socket write unless the send queue overflows or the write times out first.
+async fn guard(
+    handle: &SessionHandle,
+    timeout: Duration,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), Stop> {
+    tokio::select! {
+        biased;
+        r = tokio::time::timeout(timeout, write) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Broken),
+            Err(_) => Err(Stop::WriteTimeout),
+        },
+        _ = handle.overflow_notify.notified() => Err(Stop::SlowConsumer),
+    }
+}
+
+/// Removes a session from a room locally and in the backplane (presence, subscription).
+async fn leave_room_everywhere(state: &AppState, handle: &SessionHandle, room: &str) {
+    state.hub.leave_room(room, handle.id);
+    let bp = &state.backplane;
+    if let Err(e) = bp.presence_leave(room, &handle.user).await {
+        tracing::warn!(room, error = %e, "presence leave failed");
+    }
+    if let Err(e) = bp.unsubscribe_room(room).await {
+        tracing::warn!(room, error = %e, "unsubscribe failed");
+    }
+}
+
+fn not_joined(room: &str, client_ref: Option<&str>) -> FrameError {
+    FrameError::new(
+        ErrorCode::NotJoined,
+        format!("not in room `{room}`; join it first"),
+    )
+    .with_ref(client_ref)
+}
+
+fn classify_read_error(e: axum::Error) -> Stop {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Stop::TooBig,
+        _ => Stop::Broken,
+    }
+}
