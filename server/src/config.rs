@@ -237,7 +237,7 @@ impl Settings {
         if !(256..=1 << 20).contains(&self.ws_read_buffer_bytes) {
             return fail("CHAT_WS_READ_BUFFER_BYTES must be between 256 and 1048576".into());
         }
-        if !crate::protocol::validate_user(&self.node_name).is_ok() {
+        if crate::protocol::validate_user(&self.node_name).is_err() {
             return fail(format!(
                 "CHAT_NODE_NAME `{}` must be 1 to 64 of A-Z a-z 0-9 _ - . :",
                 self.node_name

@@ -1,0 +1,155 @@
+//! Authentication and origin checks happen before the WebSocket opens.
+
+mod common;
+
+use chat_server::config::{AuthSettings, Settings};
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde::Serialize;
+
+const SECRET: &str = "integration-test-secret-0123456789abcdef";
+const RS_PRIVATE: &[u8] = include_bytes!("fixtures/test-rs256-private.pem");
+const RS_PUBLIC: &[u8] = include_bytes!("fixtures/test-rs256-public.pem");
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+}
+
+fn now() -> u64 {
+    chat_server::backplane::now_us() / 1_000_000
+}
+
+fn hs256(sub: &str, exp: u64, secret: &str) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        &Claims { sub, exp },
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn rs256(sub: &str, exp: u64) -> String {
+    encode(
+        &Header::new(Algorithm::RS256),
+        &Claims { sub, exp },
+        &EncodingKey::from_rsa_pem(RS_PRIVATE).unwrap(),
+    )
+    .unwrap()
+}
+
+async fn server(allow_anonymous: bool) -> chat_server::RunningServer {
+    let mut settings = Settings::local_test();
+    settings.auth = AuthSettings {
+        allow_anonymous,
+        hs256_secret: Some(SECRET.as_bytes().to_vec()),
+        rs256_public_key_pem: Some(RS_PUBLIC.to_vec()),
+        issuer: None,
+        audience: None,
+        allowed_origins: Some(vec!["https://chat.example".into()]),
+    };
+    start(settings).await
+}
+
+async fn welcome_user(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> String {
+    use futures_util::StreamExt;
+    let msg = ws.next().await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(v["type"], "welcome");
+    v["user"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn valid_tokens_are_accepted_from_header_or_query() {
+    let s = server(false).await;
+    let token = hs256("alice", now() + 300, SECRET);
+    let bearer = format!("Bearer {token}");
+    let mut ws = try_connect_with(s.public_addr, "", &[("authorization", &bearer)])
+        .await
+        .expect("header token accepted");
+    assert_eq!(welcome_user(&mut ws).await, "alice");
+    let mut ws = try_connect_with(s.public_addr, &format!("token={token}"), &[])
+        .await
+        .expect("query token accepted");
+    assert_eq!(welcome_user(&mut ws).await, "alice");
+    let rs = format!("Bearer {}", rs256("bob@example.com", now() + 300));
+    let mut ws = try_connect_with(s.public_addr, "", &[("authorization", &rs)])
+        .await
+        .expect("RS256 accepted");
+    assert_eq!(welcome_user(&mut ws).await, "bob@example.com");
+    let mut ws = try_connect_with(
+        s.public_addr,
+        &format!("token={token}"),
+        &[("origin", "https://chat.example")],
+    )
+    .await
+    .expect("allowed origin");
+    assert_eq!(welcome_user(&mut ws).await, "alice");
+}
+
+#[tokio::test]
+async fn bad_credentials_are_refused_before_the_socket_opens() {
+    let s = server(false).await;
+    let cases = [
+        ("".to_string(), 401, "missing credentials"),
+        ("user=anon".to_string(), 401, "missing credentials"),
+        (
+            format!("token={}", hs256("alice", now() - 600, SECRET)),
+            401,
+            "expired",
+        ),
+        (
+            format!(
+                "token={}",
+                hs256("alice", now() + 300, "some-other-secret-some-other-secret")
+            ),
+            401,
+            "token rejected",
+        ),
+        ("token=not.a.jwt".to_string(), 401, "token rejected"),
+        (
+            format!("token={}", hs256("no spaces allowed", now() + 300, SECRET)),
+            401,
+            "sub",
+        ),
+    ];
+    for (query, status, text) in cases {
+        let refused = try_connect_with(s.public_addr, &query, &[])
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.status, status, "{query}");
+        assert!(refused.body.contains(text), "{query}: {}", refused.body);
+    }
+    let token = hs256("alice", now() + 300, SECRET);
+    let refused = try_connect_with(
+        s.public_addr,
+        &format!("token={token}"),
+        &[("origin", "https://evil.example")],
+    )
+    .await
+    .expect_err("wrong origin");
+    assert_eq!(refused.status, 403);
+    assert!(refused.body.contains("evil.example"));
+    assert_eq!(
+        metric(s.admin_addr, "chat_connections_accepted_total").await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn anonymous_users_only_when_enabled() {
+    let s = server(true).await;
+    let mut ws = try_connect_with(s.public_addr, "user=guest1", &[])
+        .await
+        .expect("anonymous allowed");
+    assert_eq!(welcome_user(&mut ws).await, "guest1");
+    let refused = try_connect_with(s.public_addr, "user=bad%20name", &[])
+        .await
+        .expect_err("invalid anonymous name");
+    assert_eq!(refused.status, 401);
+}

@@ -1,0 +1,225 @@
+//! Test harness: start a chat server on ephemeral loopback ports and talk to it with a
+//! real WebSocket client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_server::config::Settings;
+use chat_server::RunningServer;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub async fn start(settings: Settings) -> RunningServer {
+    chat_server::start(settings).await.expect("server starts")
+}
+
+pub async fn start_default() -> RunningServer {
+    start(Settings::local_test()).await
+}
+
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub user: String,
+}
+
+/// The HTTP answer to a refused upgrade.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+pub async fn try_connect_with(
+    addr: SocketAddr,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<WebSocketStream<MaybeTlsStream<TcpStream>>, Refused> {
+    let mut req = format!("ws://{addr}/ws?{query}")
+        .into_client_request()
+        .expect("valid request");
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(http_name(k), v.parse().expect("valid header value"));
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(Refused {
+            status: resp.status().as_u16(),
+            retry_after: resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default(),
+        }),
+        Err(e) => panic!("connect failed unexpectedly: {e}"),
+    }
+}
+
+fn http_name(k: &str) -> tokio_tungstenite::tungstenite::http::HeaderName {
+    k.parse().expect("valid header name")
+}
+
+impl Client {
+    /// Connects as an anonymous user and consumes the `welcome` frame.
+    pub async fn connect(addr: SocketAddr, user: &str) -> Client {
+        let ws = try_connect_with(addr, &format!("user={user}"), &[])
+            .await
+            .expect("upgrade accepted");
+        let mut c = Client {
+            ws,
+            user: user.to_owned(),
+        };
+        let welcome = c.recv().await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        assert_eq!(welcome["user"], user);
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// Next JSON frame (skips pings), failing after `WAIT`.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event(WAIT).await {
+            Event::Frame(v) => v,
+            other => panic!("{}: expected a frame, got {other:?}", self.user),
+        }
+    }
+
+    /// Next frame of the given type, skipping presence frames.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == kind {
+                return v;
+            }
+            assert_eq!(
+                v["type"], "presence",
+                "{}: expected {kind}, got {v}",
+                self.user
+            );
+        }
+    }
+
+    pub async fn next_event(&mut self, wait: Duration) -> Event {
+        loop {
+            let next = tokio::time::timeout(wait, self.ws.next()).await;
+            return match next {
+                Err(_) => Event::Timeout,
+                Ok(None) => Event::Ended,
+                Ok(Some(Err(e))) => Event::Error(e.to_string()),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    Event::Frame(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+                }
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    Event::Closed(f.map(|f: CloseFrame| (u16::from(f.code), f.reason.to_string())))
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_event(WAIT).await {
+                Event::Frame(_) => continue,
+                Event::Closed(Some(c)) => return c,
+                other => panic!("{}: expected a close frame, got {other:?}", self.user),
+            }
+        }
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"type":"join","room":room})).await;
+        let j = self.recv_type("joined").await;
+        assert_eq!(j["room"], room);
+        j
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+        while let Ok(Some(_)) = tokio::time::timeout(WAIT, self.ws.next()).await {}
+    }
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Frame(Value),
+    Closed(Option<(u16, String)>),
+    Ended,
+    Error(String),
+    Timeout,
+}
+
+/// GET on the admin port; returns (status, body).
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, None).await
+}
+
+pub async fn admin_post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    http_request(addr, "POST", path, token).await
+}
+
+/// A tiny HTTP/1.1 client (one request per connection) so tests need no HTTP crate.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.expect("connect admin");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("admin answers in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// Value of a metric line such as `chat_connections 3` from `/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, body) = admin_get(addr, "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not found in\n{body}"))
+}
