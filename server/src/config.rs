@@ -102,7 +102,7 @@ pub struct Args {
     #[arg(long, env = "CHAT_WRITE_TIMEOUT", default_value = "10s")]
     pub write_timeout: String,
     /// WebSocket read buffer per connection, in bytes (small keeps idle memory low).
-    #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 2048)]
+    #[arg(long, env = "CHAT_WS_READ_BUFFER_BYTES", default_value_t = 512)]
     pub ws_read_buffer_bytes: usize,
     /// Log format.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum)]
@@ -183,7 +183,7 @@ impl Settings {
             drain_max_jitter: Duration::from_millis(200),
             ping_interval: Duration::from_secs(30),
             write_timeout: Duration::from_secs(10),
-            ws_read_buffer_bytes: 2048,
+            ws_read_buffer_bytes: 512,
             log_format: LogFormat::Pretty,
         }
     }

@@ -10,24 +10,39 @@ use std::sync::{Arc, RwLock};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, Notify};
 
-/// What the hub, the backplane or the drain controller asks a session to write or do.
+/// One ready-made frame, shared by every session it goes to.
 #[derive(Debug)]
-pub enum Outbound {
-    /// A live room message; the session drops it when it already has `offset` (resume seam).
+pub struct Delivery {
+    pub kind: DeliveryKind,
+    pub frame: Utf8Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// A live room message; the session drops it when it already has `offset` (the
+    /// resume seam) or has left `room`.
     Room {
         room: Arc<str>,
         offset: u64,
         published_us: u64,
-        frame: Utf8Bytes,
     },
-    /// A direct message frame.
-    Direct(Utf8Bytes),
-    /// Any other ready-made frame (presence).
-    Frame(Utf8Bytes),
+    /// A direct message.
+    Direct,
+    /// Anything else (presence).
+    Notice,
+}
+
+/// What the hub, the backplane or the drain controller asks a session to write or do.
+/// Kept to 16 bytes: every connection's queue preallocates a block of these.
+#[derive(Debug)]
+pub enum Outbound {
+    Deliver(Arc<Delivery>),
     /// Drain: send a `reconnect` notice, then close with 1012.
     Reconnect { after_ms: u64 },
     /// Drain deadline passed: close now.
     ForceClose,
+    /// The send queue overflowed: close as a slow consumer.
+    Overflowed,
 }
 
 /// The hub's and the drain controller's handle on one connected session.
@@ -74,6 +89,9 @@ impl SessionHandle {
         if before + bytes > self.queue_limit_bytes {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             self.overflowed.store(true, Ordering::Relaxed);
+            // The queued marker reaches an idle session; the notify wakes one that is
+            // blocked writing to a client that stopped reading.
+            let _ = self.tx.send(Outbound::Overflowed);
             self.overflow_notify.notify_one();
             return false;
         }
@@ -144,29 +162,28 @@ impl Hub {
         let Some((key, members)) = rooms.get_key_value(room) else {
             return 0;
         };
-        let mut delivered = 0;
-        for member in members {
-            let out = Outbound::Room {
+        let delivery = Arc::new(Delivery {
+            kind: DeliveryKind::Room {
                 room: key.clone(),
                 offset,
                 published_us,
-                frame: frame.clone(),
-            };
-            if member.offer(out, frame.len()) {
-                delivered += 1;
-            }
-        }
-        delivered
+            },
+            frame: frame.clone(),
+        });
+        members
+            .iter()
+            .filter(|m| m.offer(Outbound::Deliver(delivery.clone()), frame.len()))
+            .count()
     }
 
     /// Queues a non-history frame (presence) for every local member of a room.
     pub fn deliver_room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize {
-        deliver_frame(&self.rooms, room, frame, Outbound::Frame)
+        deliver_frame(&self.rooms, room, frame, DeliveryKind::Notice)
     }
 
     /// Queues a frame for every local session of a user; returns how many took it.
     pub fn deliver_user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize {
-        deliver_frame(&self.users, user, frame, Outbound::Direct)
+        deliver_frame(&self.users, user, frame, DeliveryKind::Direct)
     }
 
     pub fn user_session_count(&self, user: &str) -> usize {
@@ -190,15 +207,19 @@ fn deliver_frame(
     map: &RwLock<Members>,
     key: &str,
     frame: &Utf8Bytes,
-    wrap: fn(Utf8Bytes) -> Outbound,
+    kind: DeliveryKind,
 ) -> usize {
     let map = read(map);
     let Some(members) = map.get(key) else {
         return 0;
     };
+    let delivery = Arc::new(Delivery {
+        kind,
+        frame: frame.clone(),
+    });
     members
         .iter()
-        .filter(|m| m.offer(wrap(frame.clone()), frame.len()))
+        .filter(|m| m.offer(Outbound::Deliver(delivery.clone()), frame.len()))
         .count()
 }
 
@@ -245,14 +266,14 @@ mod tests {
         hub.join_room("r".into(), &a);
         hub.join_room("r".into(), &b);
         assert_eq!(hub.deliver_room_message("r", 1, 0, &"m".into()), 2);
-        assert!(matches!(
-            ra.try_recv(),
-            Ok(Outbound::Room { offset: 1, .. })
-        ));
-        assert!(matches!(
-            rb.try_recv(),
-            Ok(Outbound::Room { offset: 1, .. })
-        ));
+        for rx in [&mut ra, &mut rb] {
+            match rx.try_recv() {
+                Ok(Outbound::Deliver(d)) => {
+                    assert!(matches!(d.kind, DeliveryKind::Room { offset: 1, .. }))
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
         assert!(ra2.try_recv().is_err());
         assert_eq!(hub.deliver_user_frame("alice", &"dm".into()), 2);
         assert_eq!(hub.user_session_count("alice"), 2);
@@ -265,17 +286,25 @@ mod tests {
     }
 
     #[test]
+    fn outbound_stays_small() {
+        assert!(std::mem::size_of::<Outbound>() <= 16);
+    }
+
+    #[test]
     fn queue_bound_marks_overflow_once() {
         let (s, _rx) = SessionHandle::new(1, "u".into(), 10);
-        assert!(s.offer(Outbound::Frame("12345".into()), 5));
-        assert!(s.offer(Outbound::Frame("12345".into()), 5));
-        assert!(!s.offer(Outbound::Frame("1".into()), 1));
+        let frame = |t: &str| {
+            Outbound::Deliver(Arc::new(Delivery {
+                kind: DeliveryKind::Notice,
+                frame: t.into(),
+            }))
+        };
+        assert!(s.offer(frame("12345"), 5));
+        assert!(s.offer(frame("12345"), 5));
+        assert!(!s.offer(frame("1"), 1));
         assert!(s.is_overflowed());
         s.written(5);
-        assert!(
-            !s.offer(Outbound::Frame("1".into()), 1),
-            "overflow is final"
-        );
+        assert!(!s.offer(frame("1"), 1), "overflow is final");
         assert_eq!(s.queued_bytes(), 5);
     }
 }

@@ -16,7 +16,7 @@ use futures_util::SinkExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::backplane::now_us;
-use crate::hub::{Outbound, SessionHandle};
+use crate::hub::{DeliveryKind, Outbound, SessionHandle};
 use crate::protocol::{
     parse_client_frame, ClientFrame, CloseCode, ErrorCode, FrameError, FrameLimits, Position,
     ServerFrame,
@@ -137,10 +137,8 @@ impl Session {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         loop {
-            let handle = self.handle.clone();
             tokio::select! {
                 biased;
-                _ = handle.overflow_notify.notified() => return Stop::SlowConsumer,
                 out = rx.recv() => {
                     // The handle (and so a sender) lives as long as the session.
                     let Some(out) = out else { return Stop::Broken };
@@ -176,36 +174,36 @@ impl Session {
         let mut delivered = 0u64;
         let now = now_us();
         while let Some(out) = next.take() {
+            written += 1;
+            if written < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
             match out {
-                Outbound::Room {
-                    room,
-                    offset,
-                    published_us,
-                    frame,
-                } => {
-                    self.handle.written(frame.len());
-                    let Some(last) = self.rooms.get_mut(&room) else {
-                        continue; // left the room since this was queued
-                    };
-                    if offset <= *last {
-                        continue; // already sent as part of a replay
+                Outbound::Deliver(d) => {
+                    self.handle.written(d.frame.len());
+                    match &d.kind {
+                        DeliveryKind::Room {
+                            room,
+                            offset,
+                            published_us,
+                        } => {
+                            let Some(last) = self.rooms.get_mut(room) else {
+                                continue; // left the room since this was queued
+                            };
+                            if *offset <= *last {
+                                continue; // already sent as part of a replay
+                            }
+                            *last = *offset;
+                            self.state
+                                .metrics
+                                .delivery_latency
+                                .observe(now.saturating_sub(*published_us) as f64 / 1e6);
+                            delivered += 1;
+                        }
+                        DeliveryKind::Direct => delivered += 1,
+                        DeliveryKind::Notice => {}
                     }
-                    *last = offset;
-                    self.state
-                        .metrics
-                        .delivery_latency
-                        .observe(now.saturating_sub(published_us) as f64 / 1e6);
-                    delivered += 1;
-                    self.feed(Message::Text(frame)).await?;
-                }
-                Outbound::Direct(frame) => {
-                    self.handle.written(frame.len());
-                    delivered += 1;
-                    self.feed(Message::Text(frame)).await?;
-                }
-                Outbound::Frame(frame) => {
-                    self.handle.written(frame.len());
-                    self.feed(Message::Text(frame)).await?;
+                    self.feed(Message::Text(d.frame.clone())).await?;
                 }
                 Outbound::Reconnect { after_ms } => {
                     let notice = ServerFrame::Reconnect {
@@ -218,10 +216,7 @@ impl Session {
                     return Err(Stop::Drained);
                 }
                 Outbound::ForceClose => return Err(Stop::Forced),
-            }
-            written += 1;
-            if written < MAX_BATCH {
-                next = rx.try_recv().ok();
+                Outbound::Overflowed => return Err(Stop::SlowConsumer),
             }
         }
         self.state.metrics.messages_delivered.inc_by(delivered);

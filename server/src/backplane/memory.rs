@@ -193,7 +193,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{Hub, Outbound, SessionHandle};
+    use crate::hub::{DeliveryKind, Hub, Outbound, SessionHandle};
 
     fn setup() -> (Arc<Hub>, MemoryBackplane) {
         let hub = Arc::new(Hub::new());
@@ -218,7 +218,10 @@ mod tests {
         }
         for i in 1..=3 {
             match rx.try_recv() {
-                Ok(Outbound::Room { offset, .. }) => assert_eq!(offset, i),
+                Ok(Outbound::Deliver(d)) => match d.kind {
+                    DeliveryKind::Room { offset, .. } => assert_eq!(offset, i),
+                    ref other => panic!("unexpected {other:?}"),
+                },
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -241,14 +244,14 @@ mod tests {
         hub.join_room("r".into(), &s);
         bp.presence_join("r", "a").await.unwrap();
         bp.presence_join("r", "a").await.unwrap();
-        assert!(matches!(rx.try_recv(), Ok(Outbound::Frame(_))));
+        assert!(matches!(rx.try_recv(), Ok(Outbound::Deliver(_))));
         assert!(rx.try_recv().is_err(), "second session is not news");
         assert_eq!(bp.members("r"), vec!["a".to_string()]);
         bp.presence_leave("r", "a").await.unwrap();
         assert!(rx.try_recv().is_err());
         bp.presence_leave("r", "a").await.unwrap();
         assert!(
-            matches!(rx.try_recv(), Ok(Outbound::Frame(f)) if f.as_str().contains("\"left\":[\"a\"]"))
+            matches!(rx.try_recv(), Ok(Outbound::Deliver(d)) if d.frame.as_str().contains("\"left\":[\"a\"]"))
         );
         assert!(bp.members("r").is_empty());
     }

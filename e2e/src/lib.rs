@@ -1,0 +1,4 @@
+//! Shared pieces of ChatCluster's load generator and end-to-end suites.
+
+pub mod procstat;
+pub mod stats;
