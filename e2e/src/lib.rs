@@ -1,4 +1,5 @@
 //! Shared pieces of ChatCluster's load generator and end-to-end suites.
 
 pub mod procstat;
+pub mod server_process;
 pub mod stats;

@@ -23,7 +23,10 @@ pub fn sample(pid: u32) -> std::io::Result<ProcSample> {
 }
 
 fn bad(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("cannot parse {what}"))
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("cannot parse {what}"),
+    )
 }
 
 fn clock_ticks_per_sec() -> u64 {

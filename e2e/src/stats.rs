@@ -13,7 +13,8 @@ pub fn percentiles(samples: &mut [u64]) -> Percentiles {
         return Percentiles::default();
     }
     samples.sort_unstable();
-    let at = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
     Percentiles {
         p50: at(0.50),
         p99: at(0.99),

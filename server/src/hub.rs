@@ -38,7 +38,9 @@ pub enum DeliveryKind {
 pub enum Outbound {
     Deliver(Arc<Delivery>),
     /// Drain: send a `reconnect` notice, then close with 1012.
-    Reconnect { after_ms: u64 },
+    Reconnect {
+        after_ms: u64,
+    },
     /// Drain deadline passed: close now.
     ForceClose,
     /// The send queue overflowed: close as a slow consumer.
@@ -203,12 +205,7 @@ impl Hub {
     }
 }
 
-fn deliver_frame(
-    map: &RwLock<Members>,
-    key: &str,
-    frame: &Utf8Bytes,
-    kind: DeliveryKind,
-) -> usize {
+fn deliver_frame(map: &RwLock<Members>, key: &str, frame: &Utf8Bytes, kind: DeliveryKind) -> usize {
     let map = read(map);
     let Some(members) = map.get(key) else {
         return 0;

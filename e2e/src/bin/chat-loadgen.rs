@@ -29,7 +29,10 @@ use tokio_tungstenite::WebSocketStream;
 type Ws = WebSocketStream<tokio::net::TcpStream>;
 
 #[derive(Parser)]
-#[command(name = "chat-loadgen", about = "Load generator for ChatCluster chat servers (loopback only)")]
+#[command(
+    name = "chat-loadgen",
+    about = "Load generator for ChatCluster chat servers (loopback only)"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -38,8 +41,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Scenario {
     /// C subscribers in one room, publishers at a fixed total rate.
+    #[command(args_override_self = true)]
     Fanout(FanoutArgs),
     /// N idle connections; reports server RSS per connection.
+    #[command(args_override_self = true)]
     Idle(IdleArgs),
     /// Internal: one worker process of `idle`.
     #[command(hide = true)]
@@ -127,7 +132,9 @@ fn now_us() -> u64 {
 
 /// Parses a ws:// URL and refuses anything that is not a loopback address.
 fn loopback_target(url: &str) -> Result<SocketAddr> {
-    let req = url.into_client_request().with_context(|| format!("bad URL {url}"))?;
+    let req = url
+        .into_client_request()
+        .with_context(|| format!("bad URL {url}"))?;
     let uri = req.uri();
     if uri.scheme_str() != Some("ws") {
         bail!("{url}: only ws:// URLs are supported");
@@ -186,8 +193,10 @@ async fn connect_retrying(url: &str, query: &str, source: Option<Ipv4Addr>) -> R
 }
 
 async fn join(ws: &mut Ws, room: &str) -> Result<()> {
-    ws.send(Message::Text(json!({"type":"join","room":room}).to_string().into()))
-        .await?;
+    ws.send(Message::Text(
+        json!({"type":"join","room":room}).to_string().into(),
+    ))
+    .await?;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("\"joined\"") => return Ok(()),
@@ -220,14 +229,20 @@ struct SubscriberTally {
 }
 
 /// Reads a subscriber's stream until it has `expected` messages or `until` passes.
-async fn subscribe_loop(mut ws: Ws, expected: Arc<AtomicU64>, until: Arc<AtomicU64>) -> SubscriberTally {
+async fn subscribe_loop(
+    mut ws: Ws,
+    expected: Arc<AtomicU64>,
+    until: Arc<AtomicU64>,
+) -> SubscriberTally {
     let mut t = SubscriberTally::default();
     let mut last_offset = 0u64;
     let started = Instant::now();
     loop {
         let deadline_ms = until.load(Ordering::Relaxed);
         let elapsed_ms = started.elapsed().as_millis() as u64;
-        if deadline_ms > 0 && (elapsed_ms >= deadline_ms || t.received >= expected.load(Ordering::Relaxed)) {
+        if deadline_ms > 0
+            && (elapsed_ms >= deadline_ms || t.received >= expected.load(Ordering::Relaxed))
+        {
             break;
         }
         let next = tokio::time::timeout(Duration::from_millis(100), ws.next()).await;
@@ -266,7 +281,9 @@ async fn subscribe_loop(mut ws: Ws, expected: Arc<AtomicU64>, until: Arc<AtomicU
 
 async fn fanout(a: FanoutArgs) -> Result<()> {
     if a.body_bytes < 48 || a.publishers == 0 || a.rate == 0 || a.subscribers == 0 {
-        bail!("need --body-bytes >= 48 and at least one publisher, subscriber and message per second");
+        bail!(
+            "need --body-bytes >= 48 and at least one publisher, subscriber and message per second"
+        );
     }
     if a.duration == 0 || a.duration > 600 {
         bail!("--duration must be 1..=600 seconds");
@@ -277,14 +294,21 @@ async fn fanout(a: FanoutArgs) -> Result<()> {
     let total = u64::from(a.rate) * a.duration;
     let expected = Arc::new(AtomicU64::new(total));
     let until = Arc::new(AtomicU64::new(0));
-    eprintln!("connecting {} subscribers and {} publishers", a.subscribers, a.publishers);
+    eprintln!(
+        "connecting {} subscribers and {} publishers",
+        a.subscribers, a.publishers
+    );
     let mut subs = Vec::new();
     for i in 0..a.subscribers {
         let url = &a.urls[i % a.urls.len()];
         let src = Ipv4Addr::new(127, 0, 0, 1 + (i % 8) as u8);
         let mut ws = connect_retrying(url, &format!("user=sub{i}"), Some(src)).await?;
         join(&mut ws, &a.room).await?;
-        subs.push(tokio::spawn(subscribe_loop(ws, expected.clone(), until.clone())));
+        subs.push(tokio::spawn(subscribe_loop(
+            ws,
+            expected.clone(),
+            until.clone(),
+        )));
     }
     let mut pubs = Vec::new();
     for p in 0..a.publishers {
@@ -345,7 +369,10 @@ async fn fanout(a: FanoutArgs) -> Result<()> {
     }
     let publish_secs = start.elapsed().as_secs_f64();
     // Let the last messages arrive: subscribers stop at `total` or 5 s from now.
-    until.store(start.elapsed().as_millis() as u64 + 5_000, Ordering::Relaxed);
+    until.store(
+        start.elapsed().as_millis() as u64 + 5_000,
+        Ordering::Relaxed,
+    );
     let mut tallies = Vec::new();
     for s in subs {
         tallies.push(s.await?);
@@ -426,7 +453,10 @@ async fn idle(a: IdleArgs) -> Result<()> {
         cmd.arg("idle-worker")
             .args(["--count", &count.to_string(), "--worker", &w.to_string()])
             .args(["--source-ips", &a.source_ips.to_string()])
-            .args(["--connect-rate", &(a.connect_rate / a.workers as u32).max(1).to_string()]);
+            .args([
+                "--connect-rate",
+                &(a.connect_rate / a.workers as u32).max(1).to_string(),
+            ]);
         for url in &a.urls {
             cmd.args(["--url", url]);
         }
@@ -439,7 +469,8 @@ async fn idle(a: IdleArgs) -> Result<()> {
         children.push((child, BufReader::new(stdout).lines()));
     }
     let t0 = Instant::now();
-    let budget = Duration::from_secs(60 + a.connections as u64 / u64::from(a.connect_rate).max(1) * 2);
+    let budget =
+        Duration::from_secs(60 + a.connections as u64 / u64::from(a.connect_rate).max(1) * 2);
     let mut opened = 0usize;
     for (_, lines) in children.iter_mut() {
         let line = tokio::time::timeout(budget, lines.next_line())
@@ -492,7 +523,12 @@ async fn idle_worker(a: WorkerArgs) -> Result<()> {
     for i in 0..a.count {
         tick.tick().await;
         let url = &a.urls[i % a.urls.len()];
-        let src = Ipv4Addr::new(127, 0, 0, 1 + ((i + a.worker) % usize::from(a.source_ips)) as u8);
+        let src = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + ((i + a.worker) % usize::from(a.source_ips)) as u8,
+        );
         let ws = connect_retrying(url, &format!("user=idle{}-{i}", a.worker), Some(src)).await?;
         held.push(tokio::spawn(async move {
             // Keep reading so pings are answered; ends when the server closes.
