@@ -3,7 +3,8 @@
 # test command; .ci/run calls it after installing what it needs.
 #
 # Tiers: formatting and lints, unit tests, loopback integration tests (real WebSocket
-# clients against real chat-server processes), and the load generator's smoke test.
+# clients against real chat-server processes), the load generator's smoke test, and the
+# web client driven in headless Chromium. Needs: Rust, Node/npm, /usr/bin/chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,11 +17,18 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== build (binaries are needed by the process-level suites)"
 cargo build --workspace --locked
 
+status=0
 echo "== cargo test"
-cargo test --workspace --locked 2>&1 | tee target/test-output.txt
-status=${PIPESTATUS[0]}
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt || status=1
 
-# One summary line over every test binary, in the form CI reads.
+echo "== web client in a real browser (node --test, playwright-core, Debian Chromium)"
+if [ ! -d e2e/web/node_modules/playwright-core ]; then
+  (cd e2e/web && npm ci --no-audit --no-fund)
+fi
+node --test e2e/web/ 2>&1 | tee target/web-test-output.txt || status=1
+
+# One summary line over every runner, in the form CI reads.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
-     END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt
+     /^# pass / { p += $3 } /^# fail / { f += $3 }
+     END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt target/web-test-output.txt
 exit "$status"

@@ -340,10 +340,10 @@ async fn fanout(a: FanoutArgs) -> Result<()> {
                 let s = t.as_str();
                 if s.contains("\"type\":\"message\"") {
                     echoes.fetch_add(1, Ordering::Relaxed);
-                } else if s.contains("\"type\":\"error\"") {
-                    if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                        eprintln!("publisher error: {s}");
-                    }
+                } else if s.contains("\"type\":\"error\"")
+                    && errors.fetch_add(1, Ordering::Relaxed) < 3
+                {
+                    eprintln!("publisher error: {s}");
                 }
             }
         });
