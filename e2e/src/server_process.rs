@@ -20,14 +20,18 @@ impl ServerProcess {
     /// Starts `binary --dev` on 127.0.0.1 ephemeral ports plus `extra` flags and waits for
     /// its "listening" log line (at most 10 s).
     pub fn start(binary: &Path, extra: &[&str]) -> Result<ServerProcess> {
+        Self::start_on(binary, "127.0.0.1:0", "127.0.0.1:0", extra)
+    }
+
+    /// Like [`ServerProcess::start`] on given addresses (a restarted node keeps its ports).
+    pub fn start_on(
+        binary: &Path,
+        listen: &str,
+        admin: &str,
+        extra: &[&str],
+    ) -> Result<ServerProcess> {
         let mut child = Command::new(binary)
-            .args([
-                "--dev",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["--dev", "--listen", listen, "--admin-listen", admin])
             .args(["--log-format", "json"])
             .args(extra)
             .env_remove("CHAT_LOG")

@@ -115,14 +115,20 @@ impl Authenticator {
         .ok_or(AuthError::WrongAlgorithm(header.alg))?;
         let mut validation = Validation::new(header.alg);
         validation.leeway = 5;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience must be present, not just match when present.
+        let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.settings.issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
         match &self.settings.audience {
-            Some(aud) => validation.set_audience(&[aud]),
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         let data = decode::<Claims>(token, key, &validation).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::InvalidToken(e.to_string()),
@@ -200,6 +206,20 @@ mod tests {
         .unwrap();
         assert!(matches!(
             a.authenticate(Some(&forged), None),
+            Err(AuthError::InvalidToken(_))
+        ));
+    }
+
+    #[test]
+    fn configured_issuer_must_be_present() {
+        let a = Authenticator::new(AuthSettings {
+            hs256_secret: Some(SECRET.to_vec()),
+            issuer: Some("https://issuer.example".into()),
+            ..AuthSettings::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            a.authenticate(Some(&hs_token("alice", now() + 60)), None),
             Err(AuthError::InvalidToken(_))
         ));
     }

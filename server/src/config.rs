@@ -107,6 +107,19 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "CHAT_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Redis backplane URL (`redis://` or `rediss://`). Unset: the in-memory backplane
+    /// (one node only).
+    #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Redis password; overrides any password in the URL.
+    #[arg(long, env = "CHAT_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Prefix of every Redis key and channel, so one Redis can serve several clusters.
+    #[arg(long, env = "CHAT_REDIS_KEY_PREFIX", default_value = "chat")]
+    pub redis_key_prefix: String,
+    /// How long a dead node's registry and presence entries survive it.
+    #[arg(long, env = "CHAT_REDIS_PRESENCE_TTL", default_value = "15s")]
+    pub redis_presence_ttl: String,
 }
 
 /// Authentication settings.
@@ -147,6 +160,8 @@ pub struct Settings {
     pub write_timeout: Duration,
     pub ws_read_buffer_bytes: usize,
     pub log_format: LogFormat,
+    /// `None`: the in-memory backplane.
+    pub redis: Option<crate::backplane::redis::RedisSettings>,
 }
 
 /// A configuration value that cannot be used, with what to do about it.
@@ -185,6 +200,7 @@ impl Settings {
             write_timeout: Duration::from_secs(10),
             ws_read_buffer_bytes: 512,
             log_format: LogFormat::Pretty,
+            redis: None,
         }
     }
 
@@ -196,6 +212,19 @@ impl Settings {
                 "CHAT_DRAIN_RECONNECT_WINDOW ({:?}) must be shorter than CHAT_DRAIN_DEADLINE ({:?}) so clients can reconnect before the deadline",
                 self.drain_reconnect_window, self.drain_deadline
             ));
+        }
+        let day = Duration::from_secs(24 * 3600);
+        for (name, d) in [
+            ("CHAT_HISTORY_MAX_AGE", self.history_max_age),
+            ("CHAT_DRAIN_RECONNECT_WINDOW", self.drain_reconnect_window),
+            ("CHAT_DRAIN_DEADLINE", self.drain_deadline),
+            ("CHAT_DRAIN_MAX_JITTER", self.drain_max_jitter),
+            ("CHAT_PING_INTERVAL", self.ping_interval),
+            ("CHAT_WRITE_TIMEOUT", self.write_timeout),
+        ] {
+            if d > day {
+                return fail(format!("{name} ({d:?}) must be at most 24h"));
+            }
         }
         if self.max_frame_bytes < 256 {
             return fail("CHAT_MAX_FRAME_BYTES must be at least 256".into());
@@ -242,6 +271,24 @@ impl Settings {
                 "CHAT_NODE_NAME `{}` must be 1 to 64 of A-Z a-z 0-9 _ - . :",
                 self.node_name
             ));
+        }
+        if let Some(redis) = &self.redis {
+            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+                return fail("CHAT_REDIS_URL must start with redis:// or rediss://".into());
+            }
+            if redis.key_prefix.is_empty()
+                || redis.key_prefix.len() > 64
+                || redis
+                    .key_prefix
+                    .contains(|c: char| c.is_whitespace() || c == '|')
+            {
+                return fail(
+                    "CHAT_REDIS_KEY_PREFIX must be 1 to 64 characters without spaces or `|`".into(),
+                );
+            }
+            if redis.presence_ttl < Duration::from_secs(1) {
+                return fail("CHAT_REDIS_PRESENCE_TTL must be at least 1s".into());
+            }
         }
         let auth = &self.auth;
         if !auth.allow_anonymous
@@ -326,6 +373,18 @@ impl Settings {
             } else {
                 LogFormat::Json
             }),
+            redis: match args.redis_url.as_deref().filter(|u| !u.is_empty()) {
+                None => None,
+                Some(url) => Some(crate::backplane::redis::RedisSettings {
+                    url: url.to_owned(),
+                    password: args.redis_password.clone(),
+                    key_prefix: args.redis_key_prefix.clone(),
+                    presence_ttl: parse_duration(
+                        "CHAT_REDIS_PRESENCE_TTL",
+                        &args.redis_presence_ttl,
+                    )?,
+                }),
+            },
         };
         settings.validate()?;
         Ok(settings)

@@ -67,7 +67,7 @@ pub fn resume_decision(
 /// A room's ordered log, bounded by count and age.
 #[derive(Debug)]
 pub struct RoomLog {
-    epoch: String,
+    epoch: std::sync::Arc<str>,
     head: u64,
     entries: VecDeque<StoredMessage>,
     limits: HistoryLimits,
@@ -76,14 +76,14 @@ pub struct RoomLog {
 impl RoomLog {
     pub fn new(epoch: String, limits: HistoryLimits) -> Self {
         RoomLog {
-            epoch,
+            epoch: epoch.into(),
             head: 0,
             entries: VecDeque::new(),
             limits,
         }
     }
 
-    pub fn epoch(&self) -> &str {
+    pub fn epoch(&self) -> &std::sync::Arc<str> {
         &self.epoch
     }
 

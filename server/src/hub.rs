@@ -23,9 +23,13 @@ pub enum DeliveryKind {
     /// resume seam) or has left `room`.
     Room {
         room: Arc<str>,
+        epoch: Arc<str>,
         offset: u64,
         published_us: u64,
     },
+    /// The backplane may have missed messages for `room` (it reconnected): the session
+    /// fetches whatever it has not seen from history.
+    Resync { room: Arc<str> },
     /// A direct message.
     Direct,
     /// Anything else (presence).
@@ -156,6 +160,7 @@ impl Hub {
     pub fn deliver_room_message(
         &self,
         room: &str,
+        epoch: &Arc<str>,
         offset: u64,
         published_us: u64,
         frame: &Utf8Bytes,
@@ -167,6 +172,7 @@ impl Hub {
         let delivery = Arc::new(Delivery {
             kind: DeliveryKind::Room {
                 room: key.clone(),
+                epoch: epoch.clone(),
                 offset,
                 published_us,
             },
@@ -176,6 +182,27 @@ impl Hub {
             .iter()
             .filter(|m| m.offer(Outbound::Deliver(delivery.clone()), frame.len()))
             .count()
+    }
+
+    /// Asks every local member of `room` to catch up from history; returns how many.
+    pub fn resync_room(&self, room: &str) -> usize {
+        let rooms = read(&self.rooms);
+        let Some((key, members)) = rooms.get_key_value(room) else {
+            return 0;
+        };
+        let delivery = Arc::new(Delivery {
+            kind: DeliveryKind::Resync { room: key.clone() },
+            frame: Utf8Bytes::from_static(""),
+        });
+        members
+            .iter()
+            .filter(|m| m.offer(Outbound::Deliver(delivery.clone()), 0))
+            .count()
+    }
+
+    /// Rooms with at least one local member.
+    pub fn local_rooms(&self) -> Vec<Arc<str>> {
+        read(&self.rooms).keys().cloned().collect()
     }
 
     /// Queues a non-history frame (presence) for every local member of a room.
@@ -262,7 +289,10 @@ mod tests {
         }
         hub.join_room("r".into(), &a);
         hub.join_room("r".into(), &b);
-        assert_eq!(hub.deliver_room_message("r", 1, 0, &"m".into()), 2);
+        assert_eq!(
+            hub.deliver_room_message("r", &"e".into(), 1, 0, &"m".into()),
+            2
+        );
         for rx in [&mut ra, &mut rb] {
             match rx.try_recv() {
                 Ok(Outbound::Deliver(d)) => {
@@ -275,7 +305,10 @@ mod tests {
         assert_eq!(hub.deliver_user_frame("alice", &"dm".into()), 2);
         assert_eq!(hub.user_session_count("alice"), 2);
         hub.leave_room("r", 1);
-        assert_eq!(hub.deliver_room_message("r", 2, 0, &"m".into()), 1);
+        assert_eq!(
+            hub.deliver_room_message("r", &"e".into(), 2, 0, &"m".into()),
+            1
+        );
         hub.unregister(&b);
         hub.leave_room("r", 2);
         assert_eq!(hub.room_count(), 0);

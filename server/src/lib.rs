@@ -26,6 +26,8 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::backplane::memory::MemoryBackplane;
+use crate::backplane::redis::RedisBackplane;
+use crate::backplane::SharedBackplane;
 use crate::config::Settings;
 use crate::history::HistoryLimits;
 use crate::hub::Hub;
@@ -39,6 +41,8 @@ pub enum StartError {
     Config(#[from] config::ConfigError),
     #[error(transparent)]
     Key(#[from] auth::KeyError),
+    #[error(transparent)]
+    Redis(#[from] backplane::redis::RedisConfigError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -71,26 +75,37 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     settings.validate()?;
     let auth = Authenticator::new(settings.auth.clone())?;
     let hub = Arc::new(Hub::new());
-    let memory = Arc::new(MemoryBackplane::new(
-        hub.clone(),
-        HistoryLimits {
-            max_messages: settings.history_max_messages,
-            max_age_ms: settings.history_max_age.as_millis() as u64,
-        },
-    ));
-    let sweeper = memory.clone();
-    tokio::spawn(async move {
-        let mut every = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            every.tick().await;
-            sweeper.evict_idle_rooms();
+    let metrics = Metrics::new();
+    let limits = HistoryLimits {
+        max_messages: settings.history_max_messages,
+        max_age_ms: settings.history_max_age.as_millis() as u64,
+    };
+    let backplane: SharedBackplane = match &settings.redis {
+        Some(redis) => RedisBackplane::start(
+            redis,
+            &settings.node_name,
+            limits,
+            hub.clone(),
+            metrics.clone(),
+        )?,
+        None => {
+            let memory = Arc::new(MemoryBackplane::new(hub.clone(), limits));
+            let sweeper = memory.clone();
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    every.tick().await;
+                    sweeper.evict_idle_rooms();
+                }
+            });
+            memory
         }
-    });
+    };
     let public = bind("public", settings.listen).await?;
     let admin = bind("admin", settings.admin_listen).await?;
     let public_addr = local_addr("public", settings.listen, &public)?;
     let admin_addr = local_addr("admin", settings.admin_listen, &admin)?;
-    let state = Arc::new(AppState::new(settings, hub, memory, Metrics::new(), auth));
+    let state = Arc::new(AppState::new(settings, hub, backplane, metrics, auth));
 
     for (listener, router) in [
         (public, http::public_router(state.clone())),

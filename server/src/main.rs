@@ -38,7 +38,10 @@ async fn main() -> anyhow::Result<()> {
         _ = server.stopped() => {}
     }
     server.begin_drain();
-    server.stopped().await;
-    tracing::info!("stopped");
+    tokio::select! {
+        _ = server.stopped() => tracing::info!("stopped"),
+        _ = term.recv() => tracing::warn!("second SIGTERM: exiting without finishing the drain"),
+        _ = int.recv() => tracing::warn!("second SIGINT: exiting without finishing the drain"),
+    }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub slow_consumer_closes: IntCounter,
     pub resumes: IntCounterVec,
     pub draining: IntGauge,
+    pub backplane_received: IntCounter,
 }
 
 impl Metrics {
@@ -100,6 +101,11 @@ impl Metrics {
             .expect("static metric definition"),
             draining: IntGauge::new("chat_draining", "1 while this node drains, else 0.")
                 .expect("static metric definition"),
+            backplane_received: IntCounter::new(
+                "chat_backplane_messages_received_total",
+                "Room messages this node received from the Redis backplane.",
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -115,6 +121,7 @@ impl Metrics {
             Box::new(m.slow_consumer_closes.clone()),
             Box::new(m.resumes.clone()),
             Box::new(m.draining.clone()),
+            Box::new(m.backplane_received.clone()),
         ];
         for c in collectors {
             m.registry

@@ -39,7 +39,7 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         client_ref: Option<String>,
     },
-    Ping,
+    Ping {},
 }
 
 /// The frame types a client may send, to tell "unknown type" from "bad fields".
@@ -295,7 +295,7 @@ fn validate(frame: &ClientFrame, limits: FrameLimits) -> Result<(), FrameError> 
             validate_user(to).map_err(|e| e.with_ref(r))?;
             validate_body(body, limits).map_err(|e| e.with_ref(r))
         }
-        ClientFrame::Ping => Ok(()),
+        ClientFrame::Ping {} => Ok(()),
     }
 }
 
@@ -426,8 +426,9 @@ mod tests {
         ));
         assert_eq!(
             parse_client_frame(r#"{"type":"ping"}"#, LIMITS),
-            Ok(ClientFrame::Ping)
+            Ok(ClientFrame::Ping {})
         );
+        assert_eq!(code_of(r#"{"type":"ping","x":1}"#), ErrorCode::InvalidFrame);
     }
 
     #[test]

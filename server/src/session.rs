@@ -69,19 +69,31 @@ impl Stop {
     fn metric_code(self, max_frame_bytes: usize) -> String {
         match (self, self.close(max_frame_bytes)) {
             (_, Some((code, _))) => code.code().to_string(),
-            (Stop::PeerClosed(Some(code)), None) => code.to_string(),
+            (Stop::PeerClosed(Some(code)), None) => match code {
+                // Client-chosen codes: keep the label set bounded.
+                1000..=1015 => code.to_string(),
+                _ => "other".into(),
+            },
             (Stop::PeerClosed(None), None) => "1005".into(),
             _ => "1006".into(),
         }
     }
 }
 
+/// Where a session is in one room's history.
+#[derive(Debug)]
+struct Cursor {
+    epoch: Arc<str>,
+    /// Last offset written to the client (replayed or live).
+    last: u64,
+}
+
 struct Session {
     state: Arc<AppState>,
     handle: Arc<SessionHandle>,
     socket: WebSocket,
-    /// Joined rooms and the last offset written for each.
-    rooms: HashMap<Arc<str>, u64>,
+    /// Joined rooms and how far this client has been sent in each.
+    rooms: HashMap<Arc<str>, Cursor>,
     bucket: TokenBucket,
     last_seen: Instant,
     limits: FrameLimits,
@@ -92,6 +104,9 @@ pub async fn run(state: Arc<AppState>, socket: WebSocket, user: String) {
     let id = state.next_session_id();
     let (handle, mut rx) = SessionHandle::new(id, user.into(), state.settings.send_queue_bytes);
     state.hub.register(&handle);
+    if let Err(e) = state.backplane.register_user(&handle.user).await {
+        tracing::warn!(user = %handle.user, error = %e, "user registry update failed; restored on reconnect");
+    }
     state.metrics.connections.inc();
     state.metrics.connections_accepted.inc();
     let settings = &state.settings;
@@ -114,6 +129,9 @@ pub async fn run(state: Arc<AppState>, socket: WebSocket, user: String) {
     session.finish(stop, &mut rx).await;
     session.leave_all().await;
     state.hub.unregister(&session.handle);
+    if let Err(e) = state.backplane.unregister_user(&session.handle.user).await {
+        tracing::warn!(user = %session.handle.user, error = %e, "user registry update failed");
+    }
     state.metrics.connections.dec();
     state
         .metrics
@@ -137,8 +155,8 @@ impl Session {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         loop {
+            // Unbiased: a busy room must not starve reading the client (or its pongs).
             tokio::select! {
-                biased;
                 out = rx.recv() => {
                     // The handle (and so a sender) lives as long as the session.
                     let Some(out) = out else { return Stop::Broken };
@@ -184,21 +202,38 @@ impl Session {
                     match &d.kind {
                         DeliveryKind::Room {
                             room,
+                            epoch,
                             offset,
                             published_us,
                         } => {
-                            let Some(last) = self.rooms.get_mut(room) else {
+                            let Some(cursor) = self.rooms.get(room) else {
                                 continue; // left the room since this was queued
                             };
-                            if *offset <= *last {
-                                continue; // already sent as part of a replay
+                            if *epoch != cursor.epoch || *offset > cursor.last + 1 {
+                                // History broke or live traffic skipped offsets (the
+                                // backplane reconnected): fill from history first.
+                                self.catch_up(room, epoch, offset.saturating_sub(1)).await?;
                             }
-                            *last = *offset;
+                            let Some(cursor) = self.rooms.get_mut(room) else {
+                                continue;
+                            };
+                            if *epoch != cursor.epoch || *offset <= cursor.last {
+                                // Already replayed, or from an epoch that history has
+                                // since replaced (the client was told recovered: false).
+                                continue;
+                            }
+                            cursor.last = *offset;
                             self.state
                                 .metrics
                                 .delivery_latency
                                 .observe(now.saturating_sub(*published_us) as f64 / 1e6);
                             delivered += 1;
+                        }
+                        DeliveryKind::Resync { room } => {
+                            if self.rooms.contains_key(room) {
+                                self.catch_up_all(room).await?;
+                            }
+                            continue;
                         }
                         DeliveryKind::Direct => delivered += 1,
                         DeliveryKind::Notice => {}
@@ -233,6 +268,9 @@ impl Session {
         match msg {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
+                if !self.bucket.try_take(Instant::now()) {
+                    return Ok(()); // dropped silently: already over the rate limit
+                }
                 self.send_error(FrameError::new(
                     ErrorCode::Unsupported,
                     "binary frames are not supported; send JSON text frames",
@@ -283,7 +321,7 @@ impl Session {
                 body,
                 client_ref,
             } => self.direct(&to, &body, client_ref.as_deref()).await,
-            ClientFrame::Ping => self.write_now(ServerFrame::Pong.to_json()).await,
+            ClientFrame::Ping {} => self.write_now(ServerFrame::Pong.to_json()).await,
         }
     }
 
@@ -311,18 +349,28 @@ impl Session {
         let bp = self.state.backplane.clone();
         // Membership first, snapshot second: see the module comment.
         self.state.hub.join_room(room.clone(), &self.handle);
+        let user = &self.handle.user;
+        let mut subscribed = false;
+        let mut present = false;
         let snapshot = async {
             bp.subscribe_room(&room).await?;
-            bp.presence_join(&room, &self.handle.user).await?;
+            subscribed = true;
+            bp.presence_join(&room, user).await?;
+            present = true;
             bp.snapshot(&room, since.as_ref()).await
         }
         .await;
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {
+                // Undo exactly the steps that succeeded.
                 self.state.hub.leave_room(&room, self.handle.id);
-                let _ = bp.presence_leave(&room, &self.handle.user).await;
-                let _ = bp.unsubscribe_room(&room).await;
+                if present {
+                    let _ = bp.presence_leave(&room, user).await;
+                }
+                if subscribed {
+                    let _ = bp.unsubscribe_room(&room).await;
+                }
                 return self
                     .send_error(FrameError::new(ErrorCode::Unavailable, e.to_string()))
                     .await;
@@ -340,7 +388,13 @@ impl Session {
                 .with_label_values(&[result])
                 .inc();
         }
-        self.rooms.insert(room.clone(), snapshot.head);
+        self.rooms.insert(
+            room.clone(),
+            Cursor {
+                epoch: snapshot.epoch.as_str().into(),
+                last: snapshot.head,
+            },
+        );
         let joined = ServerFrame::Joined {
             room: &room,
             epoch: &snapshot.epoch,
@@ -356,6 +410,85 @@ impl Session {
         }
         self.state.metrics.messages_delivered.inc_by(replayed);
         self.flush().await
+    }
+
+    /// Sends what this client missed in `room` since its cursor, before the live message
+    /// (epoch `live_epoch`, offset `before + 1`) that revealed the gap. When the gap is
+    /// not in history (or the epoch changed), tells the client with an unsolicited
+    /// `joined` carrying `recovered: false` and continues from the live message.
+    async fn catch_up(
+        &mut self,
+        room: &Arc<str>,
+        live_epoch: &Arc<str>,
+        before: u64,
+    ) -> Result<(), Stop> {
+        self.fill_from_history(room, Some((live_epoch, before)))
+            .await
+    }
+
+    /// Catches up after a backplane reconnect, with no live message in hand.
+    async fn catch_up_all(&mut self, room: &Arc<str>) -> Result<(), Stop> {
+        self.fill_from_history(room, None).await
+    }
+
+    /// Shared by both: `live` is the epoch and offset-before of the live message that
+    /// revealed the gap, if any.
+    async fn fill_from_history(
+        &mut self,
+        room: &Arc<str>,
+        live: Option<(&Arc<str>, u64)>,
+    ) -> Result<(), Stop> {
+        let Some(cursor) = self.rooms.get(room) else {
+            return Ok(());
+        };
+        let since = Position {
+            epoch: cursor.epoch.to_string(),
+            offset: cursor.last,
+        };
+        let snapshot = match self.state.backplane.snapshot(room, Some(&since)).await {
+            Ok(s) => s,
+            Err(e) => {
+                let err = FrameError::new(
+                    ErrorCode::Unavailable,
+                    format!("room `{room}`: history unavailable, messages may be missing: {e}"),
+                );
+                self.feed(Message::Text(err.to_json().into())).await?;
+                if let (Some((live_epoch, before)), Some(c)) = (live, self.rooms.get_mut(room)) {
+                    if *live_epoch == c.epoch {
+                        c.last = c.last.max(before);
+                    }
+                }
+                return Ok(());
+            }
+        };
+        let epoch: Arc<str> = snapshot.epoch.as_str().into();
+        if snapshot.recovered {
+            let replayed = snapshot.replay.len() as u64;
+            for frame in snapshot.replay {
+                self.feed(Message::Text(frame)).await?;
+            }
+            self.state.metrics.messages_delivered.inc_by(replayed);
+            if let Some(c) = self.rooms.get_mut(room) {
+                c.last = c.last.max(snapshot.head);
+            }
+            return Ok(());
+        }
+        // Continue right before the live message only if it belongs to the new epoch.
+        let last = match live {
+            Some((live_epoch, before)) if **live_epoch == *epoch => before.min(snapshot.head),
+            _ => snapshot.head,
+        };
+        let joined = ServerFrame::Joined {
+            room,
+            epoch: &epoch,
+            offset: last,
+            recovered: false,
+            members: &snapshot.members,
+        }
+        .to_json();
+        self.feed(Message::Text(joined.into())).await?;
+        self.rooms.insert(room.clone(), Cursor { epoch, last });
+        Ok(())
     }
 
     async fn leave(&mut self, room: &str) -> Result<(), Stop> {
@@ -485,6 +618,10 @@ impl Session {
     /// deadline force-closes it.
     async fn finish(&mut self, stop: Stop, rx: &mut UnboundedReceiver<Outbound>) {
         let Some((code, reason)) = stop.close(self.state.settings.max_frame_bytes) else {
+            if let Stop::PeerClosed(_) = stop {
+                // tungstenite queued the close reply; flushing sends it (clean close).
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, self.socket.flush()).await;
+            }
             return;
         };
         let close = Message::Close(Some(CloseFrame {

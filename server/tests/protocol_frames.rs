@@ -209,3 +209,21 @@ async fn presence_is_per_user_not_per_session() {
         json!({"type":"presence","room":"r","joined":[],"left":["bob"]})
     );
 }
+
+#[tokio::test]
+async fn client_initiated_close_is_answered_cleanly() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let server = start_default().await;
+    let mut a = Client::connect(server.public_addr, "alice").await;
+    a.send_raw(Message::Close(Some(CloseFrame {
+        code: WsCode::Normal,
+        reason: "bye".into(),
+    })))
+    .await;
+    match a.next_event(WAIT).await {
+        Event::Closed(Some((code, _))) => assert_eq!(code, 1000),
+        other => panic!("expected the server's close reply, got {other:?}"),
+    }
+    assert!(matches!(a.next_event(WAIT).await, Event::Ended));
+}

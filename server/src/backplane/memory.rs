@@ -104,7 +104,8 @@ impl Backplane for MemoryBackplane {
         .into();
         log.append(ts, frame.clone(), ts);
         // Fan out while holding the room lock so delivery order equals offset order.
-        self.sink.room_message(room, offset, published_us, &frame);
+        self.sink
+            .room_message(room, log.epoch(), offset, published_us, &frame);
         Ok(offset)
     }
 
@@ -117,7 +118,7 @@ impl Backplane for MemoryBackplane {
         let (epoch, head, decision, replay) = {
             let mut log = lock(&log);
             let (decision, replay) = log.replay(since, now_us() / 1000);
-            (log.epoch().to_owned(), log.head(), decision, replay)
+            (log.epoch().to_string(), log.head(), decision, replay)
         };
         Ok(RoomSnapshot {
             epoch,

@@ -4,6 +4,7 @@
 //! Redis implementation are interchangeable.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -36,20 +37,44 @@ pub struct RoomSnapshot {
 
 /// Where the backplane delivers events for this node. The hub implements it.
 pub trait EventSink: Send + Sync {
-    fn room_message(&self, room: &str, offset: u64, published_us: u64, frame: &Utf8Bytes) -> usize;
+    fn room_message(
+        &self,
+        room: &str,
+        epoch: &Arc<str>,
+        offset: u64,
+        published_us: u64,
+        frame: &Utf8Bytes,
+    ) -> usize;
     fn room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize;
     fn user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize;
+    /// Live traffic for `room` may have been missed; members should catch up from history.
+    fn room_resync(&self, room: &str) -> usize;
+    /// Rooms this node has members in (the backplane resubscribes them after a reconnect).
+    fn local_rooms(&self) -> Vec<Arc<str>>;
 }
 
 impl EventSink for Hub {
-    fn room_message(&self, room: &str, offset: u64, published_us: u64, frame: &Utf8Bytes) -> usize {
-        self.deliver_room_message(room, offset, published_us, frame)
+    fn room_message(
+        &self,
+        room: &str,
+        epoch: &Arc<str>,
+        offset: u64,
+        published_us: u64,
+        frame: &Utf8Bytes,
+    ) -> usize {
+        self.deliver_room_message(room, epoch, offset, published_us, frame)
     }
     fn room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize {
         self.deliver_room_frame(room, frame)
     }
     fn user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize {
         self.deliver_user_frame(user, frame)
+    }
+    fn room_resync(&self, room: &str) -> usize {
+        self.resync_room(room)
+    }
+    fn local_rooms(&self) -> Vec<Arc<str>> {
+        Hub::local_rooms(self)
     }
 }
 
@@ -62,10 +87,19 @@ pub trait Backplane: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Whether the backplane can currently accept publishes (readiness).
     fn is_ready(&self) -> bool;
-    /// A local session joined `room`: make sure this node receives its traffic.
+    /// A local session joined `room`: make sure this node receives its traffic before
+    /// returning. Reference-counted per node; on error nothing was counted.
     async fn subscribe_room(&self, room: &str) -> Result<(), BackplaneError>;
-    /// A local session left `room`.
+    /// A local session left `room` (after a successful `subscribe_room`).
     async fn unsubscribe_room(&self, room: &str) -> Result<(), BackplaneError>;
+    /// A session of `user` connected to this node (user → node registry for DMs).
+    async fn register_user(&self, _user: &str) -> Result<(), BackplaneError> {
+        Ok(())
+    }
+    /// A session of `user` on this node ended.
+    async fn unregister_user(&self, _user: &str) -> Result<(), BackplaneError> {
+        Ok(())
+    }
     /// Appends a message to the room's history and fans it out; returns its offset.
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError>;
     /// Current epoch, head, members and the replay for `since`.

@@ -1,0 +1,344 @@
+//! A ChatCluster on loopback: a real `redis-server`, several `chat-server` processes and a
+//! real `haproxy` with cookie stickiness in front, each on ephemeral 127.0.0.1 ports.
+//! Every process is started here and stopped by PID when the cluster is dropped.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+
+use crate::server_process::ServerProcess;
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_listening(addr: SocketAddr, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listening on {addr} after {within:?}")
+}
+
+/// A scratch directory for config files, removed on drop.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(tag: &str) -> Result<ScratchDir> {
+        let dir = std::env::temp_dir().join(format!(
+            "chatcluster-{tag}-{}-{}",
+            std::process::id(),
+            free_port()?
+        ));
+        std::fs::create_dir_all(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `redis-server` without persistence (a restart loses every key, like a Redis pod
+/// without a volume).
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl RedisProcess {
+    pub fn start(port: u16, dir: &Path) -> Result<RedisProcess> {
+        let mut r = RedisProcess {
+            port,
+            child: None,
+            dir: dir.to_owned(),
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Stops the server (SIGKILL: its data is gone).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting redis-server (apt-get install redis-server)")?;
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(mut s) = TcpStream::connect(addr) {
+                let mut buf = [0u8; 16];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("redis-server did not answer PING on {addr}")
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One chat-server node with fixed ports so it can be restarted in place.
+pub struct Node {
+    pub name: String,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub process: Option<ServerProcess>,
+}
+
+impl Node {
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ServerProcess::pid)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.public)
+    }
+}
+
+/// Redis, N chat-server nodes and haproxy.
+pub struct LocalCluster {
+    pub redis: RedisProcess,
+    pub nodes: Vec<Node>,
+    pub haproxy_addr: SocketAddr,
+    haproxy: Option<Child>,
+    binary: PathBuf,
+    extra: Vec<String>,
+    _dir: ScratchDir,
+}
+
+impl LocalCluster {
+    /// Starts Redis, `n` nodes (named s1..sn, each with `extra` flags) and haproxy.
+    pub fn start(binary: &Path, n: usize, extra: &[&str]) -> Result<LocalCluster> {
+        let dir = ScratchDir::new("cluster")?;
+        let redis = RedisProcess::start(free_port()?, &dir.0)?;
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            nodes.push(Node {
+                name: format!("s{i}"),
+                public: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                process: None,
+            });
+        }
+        let haproxy_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut cluster = LocalCluster {
+            redis,
+            nodes,
+            haproxy_addr,
+            haproxy: None,
+            binary: binary.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        for i in 0..n {
+            cluster.start_node(i)?;
+        }
+        cluster.start_haproxy()?;
+        Ok(cluster)
+    }
+
+    pub fn start_node(&mut self, i: usize) -> Result<()> {
+        let url = self.redis.url();
+        let node = &self.nodes[i];
+        let mut args: Vec<&str> = vec!["--redis-url", &url, "--node-name", &node.name];
+        args.extend(self.extra.iter().map(String::as_str));
+        let process = ServerProcess::start_on(
+            &self.binary,
+            &node.public.to_string(),
+            &node.admin.to_string(),
+            &args,
+        )?;
+        self.nodes[i].process = Some(process);
+        Ok(())
+    }
+
+    /// Sends SIGTERM to node `i` and waits (at most `within`) for it to exit; returns its
+    /// exit code.
+    pub fn drain_node(&mut self, i: usize, within: Duration) -> Result<Option<i32>> {
+        let mut process = self.nodes[i].process.take().context("node not running")?;
+        signal(process.pid(), "TERM")?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = process.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node {} did not exit within {within:?} of SIGTERM",
+                    self.nodes[i].name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the node dies without draining.
+    pub fn kill_node(&mut self, i: usize) -> Result<()> {
+        let mut process = self.nodes[i].process.take().context("node not running")?;
+        process.child.kill()?;
+        process.child.wait()?;
+        Ok(())
+    }
+
+    /// `GET /readyz` status of node `i` (0 when it does not answer).
+    pub fn readyz(&self, i: usize) -> u16 {
+        http_status(self.nodes[i].admin, "/readyz")
+    }
+
+    /// Waits until every running node reports ready.
+    pub fn wait_ready(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let all = (0..self.nodes.len())
+                .filter(|i| self.nodes[*i].process.is_some())
+                .all(|i| self.readyz(i) == 200);
+            if all {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("nodes not ready within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn haproxy_url(&self) -> String {
+        format!("ws://{}/ws", self.haproxy_addr)
+    }
+
+    fn start_haproxy(&mut self) -> Result<()> {
+        let mut servers = String::new();
+        for n in &self.nodes {
+            servers.push_str(&format!(
+                "  server {name} {public} cookie {name} check port {admin_port}\n",
+                name = n.name,
+                public = n.public,
+                admin_port = n.admin.port()
+            ));
+        }
+        let config = format!(
+            "global\n  maxconn 4096\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 60s\n\
+             \x20 option redispatch 1\n  retries 3\n  retry-on conn-failure empty-response 503\n\
+             frontend chat\n  bind {addr}\n  default_backend chat_servers\n\
+             backend chat_servers\n  balance roundrobin\n  cookie CHATNODE insert indirect nocache\n\
+             \x20 option httpchk GET /readyz\n  default-server inter 200ms fall 1 rise 2\n{servers}",
+            addr = self.haproxy_addr
+        );
+        let path = self._dir.0.join("haproxy.cfg");
+        std::fs::write(&path, config)?;
+        let child = Command::new("haproxy")
+            .arg("-f")
+            .arg(&path)
+            .arg("-db")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting haproxy (apt-get install haproxy)")?;
+        self.haproxy = Some(child);
+        wait_listening(self.haproxy_addr, Duration::from_secs(10))
+    }
+
+    /// Value of a metric on node `i`.
+    pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
+        let body = http_body(self.nodes[i].admin, "/metrics")?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if let Some(mut h) = self.haproxy.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+        for n in &mut self.nodes {
+            n.process.take();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill -{sig} {pid} failed");
+    }
+    Ok(())
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    http_get(addr, path)
+        .and_then(|r| r.split_whitespace().nth(1).and_then(|c| c.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
+    http_get(addr, path).and_then(|r| r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()))
+}
