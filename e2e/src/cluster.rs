@@ -270,7 +270,7 @@ impl LocalCluster {
              \x20 option redispatch 1\n  retries 3\n  retry-on conn-failure empty-response 503\n\
              frontend chat\n  bind {addr}\n  default_backend chat_servers\n\
              backend chat_servers\n  balance roundrobin\n  cookie CHATNODE insert indirect nocache\n\
-             \x20 option httpchk GET /readyz\n  default-server inter 200ms fall 1 rise 2\n{servers}",
+             \x20 option httpchk GET /readyz\n  default-server inter 200ms fall 2 rise 2\n{servers}",
             addr = self.haproxy_addr
         );
         let path = self._dir.0.join("haproxy.cfg");
@@ -284,7 +284,11 @@ impl LocalCluster {
             .spawn()
             .context("starting haproxy (apt-get install haproxy)")?;
         self.haproxy = Some(child);
-        wait_listening(self.haproxy_addr, Duration::from_secs(10))
+        wait_listening(self.haproxy_addr, Duration::from_secs(10))?;
+        // Servers count as up only after `rise` (2) passing checks 200 ms apart; before
+        // that haproxy would send every client to whichever node passed first.
+        std::thread::sleep(Duration::from_millis(800));
+        Ok(())
     }
 
     /// Value of a metric on node `i`.

@@ -1,5 +1,6 @@
 //! Shared pieces of ChatCluster's load generator and end-to-end suites.
 
+pub mod client;
 pub mod cluster;
 pub mod procstat;
 pub mod server_process;

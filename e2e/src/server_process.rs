@@ -34,7 +34,10 @@ impl ServerProcess {
             .args(["--dev", "--listen", listen, "--admin-listen", admin])
             .args(["--log-format", "json"])
             .args(extra)
-            .env_remove("CHAT_LOG")
+            .env(
+                "CHAT_LOG",
+                std::env::var("CHAT_E2E_SERVER_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -42,7 +45,12 @@ impl ServerProcess {
         let stdout = child.stdout.take().context("server stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // CHAT_E2E_SERVER_LOGS=1 copies every server log line to stderr for debugging.
+            let echo = std::env::var_os("CHAT_E2E_SERVER_LOGS").is_some();
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if echo {
+                    eprintln!("{line}");
+                }
                 let _ = tx.send(line);
             }
         });

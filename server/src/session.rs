@@ -614,8 +614,7 @@ impl Session {
     }
 
     /// Sends our close frame (if the stop calls for one) and waits briefly for the
-    /// client's answer. A drained session waits until the client closes or the drain
-    /// deadline force-closes it.
+    /// client's answer (or a drain force-close).
     async fn finish(&mut self, stop: Stop, rx: &mut UnboundedReceiver<Outbound>) {
         let Some((code, reason)) = stop.close(self.state.settings.max_frame_bytes) else {
             if let Stop::PeerClosed(_) = stop {
@@ -639,10 +638,14 @@ impl Session {
         {
             return;
         }
+        let id = self.handle.id;
         let wait_for_peer = async {
-            while let Some(Ok(msg)) = self.socket.recv().await {
-                if matches!(msg, Message::Close(_)) {
-                    break;
+            loop {
+                match self.socket.recv().await {
+                    Some(Ok(Message::Close(_))) => break "close answered",
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) => break "socket error",
+                    None => break "socket ended",
                 }
             }
         };
@@ -653,15 +656,13 @@ impl Session {
                 }
             }
         };
-        let wait = if stop == Stop::Drained {
-            self.state.settings.drain_deadline
-        } else {
-            CLOSE_HANDSHAKE_WAIT
+        // The client was told to reconnect; it gets the usual close-handshake time to
+        // answer, so a client (or proxy) that never answers cannot hold the drain open.
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, wait_for_peer) => r.unwrap_or("close not answered in time"),
+            _ = force => "force-closed",
         };
-        tokio::select! {
-            _ = tokio::time::timeout(wait, wait_for_peer) => {}
-            _ = force => {}
-        }
+        tracing::debug!(session = id, outcome, "close handshake");
     }
 }
 

@@ -214,6 +214,8 @@ pub struct RedisBackplane {
     conn: RwLock<Option<ConnectionManager>>,
     commands_ok: AtomicBool,
     pubsub_ok: AtomicBool,
+    /// The last heartbeat reached Redis (this node is routable for DMs).
+    alive: AtomicBool,
     subs: mpsc::UnboundedSender<SubCommand>,
     sink: Arc<dyn EventSink>,
     metrics: Metrics,
@@ -255,6 +257,7 @@ impl RedisBackplane {
             conn: RwLock::new(None),
             commands_ok: AtomicBool::new(false),
             pubsub_ok: AtomicBool::new(false),
+            alive: AtomicBool::new(false),
             subs: tx,
             sink,
             metrics,
@@ -393,16 +396,17 @@ impl RedisBackplane {
 
     /// After a reconnect: re-register local users and presence (Redis may have lost
     /// them) and ask every local room's sessions to catch up from history.
-    async fn restore_and_resync(&self) {
+    async fn restore_and_resync(&self) -> Result<(), BackplaneError> {
+        self.heartbeat().await?;
         let users: Vec<String> = lock(&self.local_users).keys().cloned().collect();
-        if let Ok(mut conn) = self.connection() {
-            for user in &users {
-                let _: Result<(), _> = redis::cmd("SADD")
-                    .arg(self.key(&["user", user, "nodes"]))
-                    .arg(&self.node)
-                    .query_async(&mut conn)
-                    .await;
-            }
+        let mut conn = self.connection()?;
+        for user in &users {
+            redis::cmd("SADD")
+                .arg(self.key(&["user", user, "nodes"]))
+                .arg(&self.node)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| BackplaneError::Unavailable(format!("Redis: {e}")))?;
         }
         let presence: Vec<((String, String), usize)> = lock(&self.local_presence)
             .iter()
@@ -416,13 +420,12 @@ impl RedisBackplane {
                 .arg(&user)
                 .arg(count)
                 .arg(self.room_channel(&room));
-            if let Err(e) = self.run::<i64>(&inv).await {
-                tracing::warn!(room, error = %e, "presence restore failed");
-            }
+            self.run::<i64>(&inv).await?;
         }
         for room in self.sink.local_rooms() {
             self.sink.room_resync(&room);
         }
+        Ok(())
     }
 
     /// Heartbeat: marks this node alive and sweeps dead nodes' presence in local rooms.
@@ -545,7 +548,9 @@ impl Backplane for RedisBackplane {
     }
 
     fn is_ready(&self) -> bool {
-        self.commands_ok.load(Ordering::Relaxed) && self.pubsub_ok.load(Ordering::Relaxed)
+        self.commands_ok.load(Ordering::Relaxed)
+            && self.pubsub_ok.load(Ordering::Relaxed)
+            && self.alive.load(Ordering::Relaxed)
     }
 
     async fn subscribe_room(&self, room: &str) -> Result<(), BackplaneError> {
@@ -814,7 +819,16 @@ async fn pubsub_task(
         b.pubsub_ok.store(true, Ordering::Relaxed);
         tracing::info!(channels = channels.len(), "Redis pub/sub subscribed");
         if connected_before {
-            b.restore_and_resync().await;
+            // The command connection may still be reconnecting: retry for a while.
+            for attempt in 0..40 {
+                match b.restore_and_resync().await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "restore after reconnect failed; retrying");
+                        tokio::time::sleep(backoff(attempt.min(3))).await;
+                    }
+                }
+            }
         }
         connected_before = true;
         drop(b);
@@ -873,10 +887,17 @@ fn release(refcounts: &mut HashMap<String, usize>, channel: &str) {
 async fn heartbeat_task(bp: std::sync::Weak<RedisBackplane>) {
     loop {
         let Some(b) = bp.upgrade() else { return };
-        let every = (b.presence_ttl / 3).max(Duration::from_millis(200));
-        if let Err(e) = b.heartbeat().await {
-            tracing::debug!(error = %e, "heartbeat failed");
-        }
+        let every = match b.heartbeat().await {
+            Ok(()) => {
+                b.alive.store(true, Ordering::Relaxed);
+                (b.presence_ttl / 3).max(Duration::from_millis(200))
+            }
+            Err(e) => {
+                b.alive.store(false, Ordering::Relaxed);
+                tracing::debug!(error = %e, "heartbeat failed");
+                Duration::from_millis(250)
+            }
+        };
         drop(b);
         tokio::time::sleep(every).await;
     }
