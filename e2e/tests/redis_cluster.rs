@@ -16,7 +16,8 @@ use chatcluster_e2e::server_process::chat_server_binary;
 use serde_json::json;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
-static SERIAL: Mutex<()> = Mutex::new(());
+/// One suite at a time: each runs a whole cluster on 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Starts a cluster. The harness blocks (it waits on processes), so suites run on a
 /// multi-threaded runtime and call it through `block_in_place`: the clients' tasks keep
@@ -29,13 +30,13 @@ fn cluster(n: usize, extra: &[&str]) -> LocalCluster {
     })
 }
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_dms_and_presence_span_nodes_and_each_node_gets_only_its_rooms() {
-    let _s = serial();
+    let _s = serial().await;
     let c = cluster(3, &[]);
     let (mut alice, _, w) = connect(&c.nodes[0].ws_url(), "user=alice", None)
         .await
@@ -148,7 +149,7 @@ async fn rooms_dms_and_presence_span_nodes_and_each_node_gets_only_its_rooms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_another_node_replays_the_gap() {
-    let _s = serial();
+    let _s = serial().await;
     let c = cluster(3, &[]);
     let (mut sub, _, _) = connect(&c.nodes[0].ws_url(), "user=sub", None)
         .await
@@ -240,7 +241,7 @@ async fn resume_on_another_node_replays_the_gap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_fails_loudly_then_recovers_with_a_new_epoch() {
-    let _s = serial();
+    let _s = serial().await;
     let mut c = cluster(2, &["--redis-presence-ttl", "3s"]);
     let (mut a, _, _) = connect(&c.nodes[0].ws_url(), "user=a", None).await.unwrap();
     send_json(&mut a, json!({"type":"join","room":"r"}))
@@ -339,7 +340,7 @@ async fn redis_restart_fails_loudly_then_recovers_with_a_new_epoch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_clients_resume_elsewhere_and_its_presence_expires() {
-    let _s = serial();
+    let _s = serial().await;
     let mut c = cluster(
         3,
         &[
@@ -485,7 +486,7 @@ async fn killed_node_clients_resume_elsewhere_and_its_presence_expires() {
 /// once, in offset order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_loses_nothing() {
-    let _s = serial();
+    let _s = serial().await;
     let mut c = cluster(
         3,
         &[
