@@ -3,8 +3,9 @@
 # test command; .ci/run calls it after installing what it needs.
 #
 # Tiers: formatting and lints, unit tests, loopback integration tests (real WebSocket
-# clients against real chat-server processes), the load generator's smoke test, and the
-# web client driven in headless Chromium. Needs: Rust, Node/npm, /usr/bin/chromium.
+# clients against real chat-server processes), multi-node suites (real redis-server and
+# haproxy), the load generator's smoke test, and the web client driven in headless
+# Chromium. Needs: Rust, Node/npm, /usr/bin/chromium, redis-server, haproxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,10 @@ echo "== build (binaries are needed by the process-level suites)"
 cargo build --workspace --locked
 
 status=0
+for tool in redis-server haproxy chromium node; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: run .ci/run or apt-get install it" >&2; exit 1; }
+done
+
 echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt || status=1
 
