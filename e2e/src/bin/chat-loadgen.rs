@@ -59,6 +59,9 @@ struct FanoutArgs {
     /// PIDs of the server processes whose CPU and RSS are measured (summed).
     #[arg(long = "server-pid")]
     server_pids: Vec<u32>,
+    /// PID of the Redis server, whose CPU is reported separately.
+    #[arg(long)]
+    redis_pid: Option<u32>,
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
     #[arg(long, default_value_t = 2)]
@@ -319,7 +322,9 @@ async fn fanout(a: FanoutArgs) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let redis_pids: Vec<u32> = a.redis_pid.into_iter().collect();
     let before = sample_all(&a.server_pids)?;
+    let redis_before = sample_all(&redis_pids)?;
     let start = Instant::now();
     let echoes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
@@ -378,6 +383,7 @@ async fn fanout(a: FanoutArgs) -> Result<()> {
         tallies.push(s.await?);
     }
     let after = sample_all(&a.server_pids)?;
+    let redis_after = sample_all(&redis_pids)?;
     let elapsed = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for (mut sink, reader) in closers {
@@ -415,11 +421,14 @@ async fn fanout(a: FanoutArgs) -> Result<()> {
         "server_cpu_us_per_delivery": if delivered > 0 { cpu_us as f64 / delivered as f64 } else { 0.0 },
         "server_cpu_percent": cpu_us as f64 / (elapsed * 1e4),
         "server_rss_bytes": after.rss_bytes,
+        "redis_cpu_us": redis_after.cpu_micros.saturating_sub(redis_before.cpu_micros),
+        "redis_cpu_us_per_published": redis_after.cpu_micros.saturating_sub(redis_before.cpu_micros) as f64 / total as f64,
     });
     println!(
-        "fanout: {} subs x {} msg/s for {}s over {} server(s): {} deliveries ({:.0}/s), loss {}, dup {}, latency p50 {} us p99 {} us max {} us, server CPU {:.2} us/delivery",
+        "fanout: {} subs x {} msg/s for {}s over {} server(s): {} deliveries ({:.0}/s), loss {}, dup {}, latency p50 {} us p99 {} us max {} us, server CPU {:.2} us/delivery, Redis CPU {} us",
         a.subscribers, a.rate, a.duration, a.urls.len(), delivered, delivered as f64 / publish_secs, loss, duplicates,
-        pct.p50, pct.p99, pct.max, report["server_cpu_us_per_delivery"].as_f64().unwrap_or(0.0)
+        pct.p50, pct.p99, pct.max, report["server_cpu_us_per_delivery"].as_f64().unwrap_or(0.0),
+        report["redis_cpu_us"]
     );
     println!("{report}");
     if loss > 0 || duplicates > 0 {
