@@ -56,14 +56,25 @@ pub struct RedisProcess {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    password: Option<String>,
 }
 
 impl RedisProcess {
     pub fn start(port: u16, dir: &Path) -> Result<RedisProcess> {
+        Self::start_with_password(port, dir, None)
+    }
+
+    /// Starts a Redis that requires `password` (`requirepass`), when given.
+    pub fn start_with_password(
+        port: u16,
+        dir: &Path,
+        password: Option<&str>,
+    ) -> Result<RedisProcess> {
         let mut r = RedisProcess {
             port,
             child: None,
             dir: dir.to_owned(),
+            password: password.map(str::to_owned),
         };
         r.restart()?;
         Ok(r)
@@ -94,6 +105,11 @@ impl RedisProcess {
                 "--protected-mode",
                 "yes",
             ])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass", p.as_str()]),
+            )
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -106,9 +122,11 @@ impl RedisProcess {
         while Instant::now() < deadline {
             if let Ok(mut s) = TcpStream::connect(addr) {
                 let mut buf = [0u8; 16];
+                // Without the password Redis answers -NOAUTH: it is up either way.
                 if s.write_all(b"PING\r\n").is_ok()
-                    && s.read(&mut buf)
-                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                    && s.read(&mut buf).is_ok_and(|n| {
+                        buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH")
+                    })
                 {
                     return Ok(());
                 }
@@ -157,8 +175,23 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts Redis, `n` nodes (named s1..sn, each with `extra` flags) and haproxy.
     pub fn start(binary: &Path, n: usize, extra: &[&str]) -> Result<LocalCluster> {
+        Self::start_with_redis_password(binary, n, extra, None)
+    }
+
+    /// Like [`LocalCluster::start`] with a Redis that requires `password`; the nodes get
+    /// it through `--redis-password` (as a Kubernetes Secret would provide it).
+    pub fn start_with_redis_password(
+        binary: &Path,
+        n: usize,
+        extra: &[&str],
+        password: Option<&str>,
+    ) -> Result<LocalCluster> {
         let dir = ScratchDir::new("cluster")?;
-        let redis = RedisProcess::start(free_port()?, &dir.0)?;
+        let redis = RedisProcess::start_with_password(free_port()?, &dir.0, password)?;
+        let mut extra: Vec<&str> = extra.to_vec();
+        if let Some(p) = password {
+            extra.extend(["--redis-password", p]);
+        }
         let mut nodes = Vec::new();
         for i in 1..=n {
             nodes.push(Node {
@@ -335,6 +368,12 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
+}
+
+/// Status code and body of `GET path` on `addr` (status 0 when nothing answers).
+pub fn http_status_of(addr: SocketAddr, path: &str) -> (u16, String) {
+    let status = http_status(addr, path);
+    (status, http_body(addr, path).unwrap_or_default())
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> u16 {

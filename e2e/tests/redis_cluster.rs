@@ -12,7 +12,7 @@ use chatcluster_e2e::client::{
     SubscriberLog,
 };
 use chatcluster_e2e::cluster::LocalCluster;
-use chatcluster_e2e::server_process::chat_server_binary;
+use chatcluster_e2e::server_process::{chat_server_binary, ServerProcess};
 use serde_json::json;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
@@ -608,4 +608,146 @@ async fn rolling_restart_loses_nothing() {
         reconnect_times.len(),
         reconnect_times.len() as f64 / span
     );
+}
+
+/// One Redis with a password serves two clusters (key prefixes) without crosstalk, and
+/// history is bounded by count through Redis too. A node with the wrong password never
+/// becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_prefixes_and_history_bounds() {
+    let _s = serial().await;
+    let c = tokio::task::block_in_place(|| {
+        let c = LocalCluster::start_with_redis_password(
+            &chat_server_binary(LOADGEN).unwrap(),
+            2,
+            &[
+                "--redis-key-prefix",
+                "cluster-a",
+                "--history-max-messages",
+                "5",
+            ],
+            Some("s3cret-pass"),
+        )
+        .unwrap();
+        c.wait_ready(Duration::from_secs(15)).unwrap();
+        c
+    });
+    let binary = chat_server_binary(LOADGEN).unwrap();
+    let url = c.redis.url();
+    let other = tokio::task::block_in_place(|| {
+        ServerProcess::start(
+            &binary,
+            &[
+                "--redis-url",
+                &url,
+                "--redis-password",
+                "s3cret-pass",
+                "--redis-key-prefix",
+                "cluster-b",
+            ],
+        )
+    })
+    .unwrap();
+    let wrong = tokio::task::block_in_place(|| {
+        ServerProcess::start(
+            &binary,
+            &[
+                "--redis-url",
+                &url,
+                "--redis-password",
+                "wrong",
+                "--redis-key-prefix",
+                "cluster-c",
+            ],
+        )
+    })
+    .unwrap();
+
+    let (mut a1, _, _) = connect(&c.nodes[0].ws_url(), "user=a1", None)
+        .await
+        .unwrap();
+    send_json(&mut a1, json!({"type":"join","room":"r"}))
+        .await
+        .unwrap();
+    let epoch = recv_type(&mut a1, "joined").await.unwrap()["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (mut b1, _, _) = connect(&other.ws_url(), "user=b1", None).await.unwrap();
+    send_json(&mut b1, json!({"type":"join","room":"r"}))
+        .await
+        .unwrap();
+    let jb = recv_type(&mut b1, "joined").await.unwrap();
+    assert_eq!(
+        jb["members"],
+        json!(["b1"]),
+        "cluster-b does not see cluster-a's presence"
+    );
+    for i in 1..=10 {
+        send_json(
+            &mut a1,
+            json!({"type":"send","room":"r","body":format!("a{i}"),"ref":format!("{i}")}),
+        )
+        .await
+        .unwrap();
+    }
+    loop {
+        let v = recv_json(&mut a1, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        if v["type"] == "ack" && v["ref"] == "10" {
+            assert_eq!(v["offset"], 10);
+            break;
+        }
+    }
+    send_json(
+        &mut b1,
+        json!({"type":"send","room":"r","body":"b","ref":"b"}),
+    )
+    .await
+    .unwrap();
+    let ack = recv_type(&mut b1, "ack").await.unwrap();
+    assert_eq!(ack["offset"], 1, "cluster-b's room r has its own offsets");
+    let m = recv_type(&mut b1, "message").await.unwrap();
+    assert_eq!(m["body"], "b", "no cluster-a message reached cluster-b");
+
+    // History keeps the last 5 of 10: a gap from offset 2 is gone, from 5 it is whole.
+    let (mut late, _, _) = connect(&c.nodes[1].ws_url(), "user=late", None)
+        .await
+        .unwrap();
+    send_json(
+        &mut late,
+        json!({"type":"join","room":"r","since":{"epoch":epoch,"offset":2}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        recv_type(&mut late, "joined").await.unwrap()["recovered"],
+        false
+    );
+    let (mut ok, _, _) = connect(&c.nodes[1].ws_url(), "user=ok", None)
+        .await
+        .unwrap();
+    send_json(
+        &mut ok,
+        json!({"type":"join","room":"r","since":{"epoch":epoch,"offset":5}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        recv_type(&mut ok, "joined").await.unwrap()["recovered"],
+        true
+    );
+    for i in 6..=10u64 {
+        assert_eq!(recv_type(&mut ok, "message").await.unwrap()["offset"], i);
+    }
+
+    // Wrong password: the node runs but never reports ready, and refuses to publish.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, _) = {
+        let addr = wrong.admin_addr;
+        tokio::task::block_in_place(|| chatcluster_e2e::cluster::http_status_of(addr, "/readyz"))
+    };
+    assert_eq!(status, 503);
 }
