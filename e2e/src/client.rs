@@ -99,6 +99,35 @@ pub async fn send_json(ws: &mut Ws, v: Value) -> Result<()> {
     Ok(())
 }
 
+/// Joins `room` (resuming from `since` = (epoch, offset) when given); returns `joined`.
+pub async fn join(ws: &mut Ws, room: &str, since: Option<(&str, u64)>) -> Result<Value> {
+    let frame = match since {
+        Some((epoch, offset)) => {
+            json!({"type":"join","room":room,"since":{"epoch":epoch,"offset":offset}})
+        }
+        None => json!({"type":"join","room":room}),
+    };
+    send_json(ws, frame).await?;
+    recv_type(ws, "joined").await
+}
+
+/// Sends `body` to `room` with `ref` and waits for that message's ack; returns its offset.
+/// Frames before the ack (messages, presence, other acks) are skipped.
+pub async fn send_and_ack(ws: &mut Ws, room: &str, body: &str, r: &str) -> Result<u64> {
+    send_json(ws, json!({"type":"send","room":room,"body":body,"ref":r})).await?;
+    loop {
+        let v = recv_json(ws, Duration::from_secs(5))
+            .await?
+            .context("connection closed")?;
+        if v["type"] == "ack" && v["ref"] == r {
+            return v["offset"].as_u64().context("ack without offset");
+        }
+        if v["type"] == "error" && v["ref"] == r {
+            bail!("send refused: {v}");
+        }
+    }
+}
+
 /// What a resuming subscriber saw, shared with the test.
 #[derive(Debug, Default)]
 pub struct SubscriberLog {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chatcluster_e2e::client::{
-    connect, recv_json, recv_type, run_publisher, run_resuming_subscriber, send_json, PublisherLog,
-    SubscriberLog,
+    connect, join, recv_json, recv_type, run_publisher, run_resuming_subscriber, send_and_ack,
+    send_json, PublisherLog, SubscriberLog,
 };
 use chatcluster_e2e::cluster::LocalCluster;
 use chatcluster_e2e::server_process::{chat_server_binary, ServerProcess};
@@ -28,6 +28,31 @@ fn cluster(n: usize, extra: &[&str]) -> LocalCluster {
         c.wait_ready(Duration::from_secs(15)).unwrap();
         c
     })
+}
+
+/// Starts `n` resuming subscribers (sub0..) through `url`, each joined to `rooms`.
+fn spawn_subscribers(
+    n: usize,
+    url: &str,
+    rooms: &[String],
+    stop: &Arc<AtomicBool>,
+) -> (
+    Vec<Arc<Mutex<SubscriberLog>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    (0..n)
+        .map(|i| {
+            let log = Arc::new(Mutex::new(SubscriberLog::default()));
+            let task = tokio::spawn(run_resuming_subscriber(
+                url.to_owned(),
+                format!("sub{i}"),
+                rooms.to_vec(),
+                log.clone(),
+                stop.clone(),
+            ));
+            (log, task)
+        })
+        .unzip()
 }
 
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
@@ -52,14 +77,8 @@ async fn rooms_dms_and_presence_span_nodes_and_each_node_gets_only_its_rooms() {
         .await
         .unwrap();
 
-    send_json(&mut alice, json!({"type":"join","room":"r"}))
-        .await
-        .unwrap();
-    recv_type(&mut alice, "joined").await.unwrap();
-    send_json(&mut bob, json!({"type":"join","room":"r"}))
-        .await
-        .unwrap();
-    let j = recv_type(&mut bob, "joined").await.unwrap();
+    join(&mut alice, "r", None).await.unwrap();
+    let j = join(&mut bob, "r", None).await.unwrap();
     assert_eq!(
         j["members"],
         json!(["alice", "bob"]),
@@ -154,20 +173,14 @@ async fn resume_on_another_node_replays_the_gap() {
     let (mut sub, _, _) = connect(&c.nodes[0].ws_url(), "user=sub", None)
         .await
         .unwrap();
-    send_json(&mut sub, json!({"type":"join","room":"r"}))
-        .await
-        .unwrap();
-    let epoch = recv_type(&mut sub, "joined").await.unwrap()["epoch"]
+    let epoch = join(&mut sub, "r", None).await.unwrap()["epoch"]
         .as_str()
         .unwrap()
         .to_owned();
     let (mut publisher, _, _) = connect(&c.nodes[1].ws_url(), "user=pub", None)
         .await
         .unwrap();
-    send_json(&mut publisher, json!({"type":"join","room":"r"}))
-        .await
-        .unwrap();
-    recv_type(&mut publisher, "joined").await.unwrap();
+    join(&mut publisher, "r", None).await.unwrap();
     for i in 1..=3 {
         send_json(
             &mut publisher,
@@ -181,32 +194,14 @@ async fn resume_on_another_node_replays_the_gap() {
     }
     drop(sub);
     for i in 4..=8 {
-        send_json(
-            &mut publisher,
-            json!({"type":"send","room":"r","body":format!("m{i}"),"ref":format!("r{i}")}),
-        )
-        .await
-        .unwrap();
-    }
-    loop {
-        let v = recv_json(&mut publisher, Duration::from_secs(5))
+        send_and_ack(&mut publisher, "r", &format!("m{i}"), &format!("r{i}"))
             .await
-            .unwrap()
             .unwrap();
-        if v["type"] == "ack" && v["ref"] == "r8" {
-            break;
-        }
     }
     let (mut sub, _, _) = connect(&c.nodes[2].ws_url(), "user=sub", None)
         .await
         .unwrap();
-    send_json(
-        &mut sub,
-        json!({"type":"join","room":"r","since":{"epoch":epoch,"offset":3}}),
-    )
-    .await
-    .unwrap();
-    let j = recv_type(&mut sub, "joined").await.unwrap();
+    let j = join(&mut sub, "r", Some((&epoch, 3))).await.unwrap();
     assert_eq!(j["recovered"], true);
     assert_eq!(j["offset"], 8);
     for i in 4..=8u64 {
@@ -227,16 +222,10 @@ async fn resume_on_another_node_replays_the_gap() {
     let (mut stale, _, _) = connect(&c.nodes[0].ws_url(), "user=stale", None)
         .await
         .unwrap();
-    send_json(
-        &mut stale,
-        json!({"type":"join","room":"r","since":{"epoch":"0000000000000000","offset":2}}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        recv_type(&mut stale, "joined").await.unwrap()["recovered"],
-        false
-    );
+    let j = join(&mut stale, "r", Some(("0000000000000000", 2)))
+        .await
+        .unwrap();
+    assert_eq!(j["recovered"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,18 +233,12 @@ async fn redis_restart_fails_loudly_then_recovers_with_a_new_epoch() {
     let _s = serial().await;
     let mut c = cluster(2, &["--redis-presence-ttl", "3s"]);
     let (mut a, _, _) = connect(&c.nodes[0].ws_url(), "user=a", None).await.unwrap();
-    send_json(&mut a, json!({"type":"join","room":"r"}))
-        .await
-        .unwrap();
-    let old_epoch = recv_type(&mut a, "joined").await.unwrap()["epoch"]
+    let old_epoch = join(&mut a, "r", None).await.unwrap()["epoch"]
         .as_str()
         .unwrap()
         .to_owned();
     let (mut b, _, _) = connect(&c.nodes[1].ws_url(), "user=b", None).await.unwrap();
-    send_json(&mut b, json!({"type":"join","room":"r"}))
-        .await
-        .unwrap();
-    recv_type(&mut b, "joined").await.unwrap();
+    join(&mut b, "r", None).await.unwrap();
     send_json(
         &mut a,
         json!({"type":"send","room":"r","body":"before","ref":"1"}),
@@ -324,13 +307,7 @@ async fn redis_restart_fails_loudly_then_recovers_with_a_new_epoch() {
     );
     // Presence was restored: a newcomer sees both users.
     let (mut n, _, _) = connect(&c.nodes[1].ws_url(), "user=n", None).await.unwrap();
-    send_json(
-        &mut n,
-        json!({"type":"join","room":"r","since":{"epoch":old_epoch,"offset":1}}),
-    )
-    .await
-    .unwrap();
-    let j = recv_type(&mut n, "joined").await.unwrap();
+    let j = join(&mut n, "r", Some((&old_epoch, 1))).await.unwrap();
     assert_eq!(
         j["recovered"], false,
         "resuming into a lost history is never recovered"
@@ -354,19 +331,7 @@ async fn killed_node_clients_resume_elsewhere_and_its_presence_expires() {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let rooms = vec!["k".to_string()];
-    let mut logs = Vec::new();
-    let mut tasks = Vec::new();
-    for i in 0..6 {
-        let log = Arc::new(Mutex::new(SubscriberLog::default()));
-        logs.push(log.clone());
-        tasks.push(tokio::spawn(run_resuming_subscriber(
-            c.haproxy_url(),
-            format!("sub{i}"),
-            rooms.clone(),
-            log,
-            stop.clone(),
-        )));
-    }
+    let (logs, tasks) = spawn_subscribers(6, &c.haproxy_url(), &rooms, &stop);
     // Kill the node that subscriber 0 landed on, so at least one subscriber must move.
     let deadline = Instant::now() + Duration::from_secs(10);
     let victim = loop {
@@ -385,17 +350,11 @@ async fn killed_node_clients_resume_elsewhere_and_its_presence_expires() {
     let (mut ghost, _, _) = connect(&c.nodes[victim].ws_url(), "user=ghost", None)
         .await
         .unwrap();
-    send_json(&mut ghost, json!({"type":"join","room":"k"}))
-        .await
-        .unwrap();
-    recv_type(&mut ghost, "joined").await.unwrap();
+    join(&mut ghost, "k", None).await.unwrap();
     let (mut watcher, _, _) = connect(&c.nodes[survivor].ws_url(), "user=watcher", None)
         .await
         .unwrap();
-    send_json(&mut watcher, json!({"type":"join","room":"k"}))
-        .await
-        .unwrap();
-    let j = recv_type(&mut watcher, "joined").await.unwrap();
+    let j = join(&mut watcher, "k", None).await.unwrap();
     assert!(j["members"].as_array().unwrap().contains(&json!("ghost")));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -504,19 +463,7 @@ async fn rolling_restart_loses_nothing() {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let rooms: Vec<String> = (0..3).map(|i| format!("room{i}")).collect();
-    let mut logs = Vec::new();
-    let mut tasks = Vec::new();
-    for i in 0..12 {
-        let log = Arc::new(Mutex::new(SubscriberLog::default()));
-        logs.push(log.clone());
-        tasks.push(tokio::spawn(run_resuming_subscriber(
-            c.haproxy_url(),
-            format!("sub{i}"),
-            rooms.clone(),
-            log,
-            stop.clone(),
-        )));
-    }
+    let (logs, tasks) = spawn_subscribers(12, &c.haproxy_url(), &rooms, &stop);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let publog = Arc::new(Mutex::new(PublisherLog::default()));
     let publisher = tokio::spawn(run_publisher(
@@ -666,40 +613,22 @@ async fn password_prefixes_and_history_bounds() {
     let (mut a1, _, _) = connect(&c.nodes[0].ws_url(), "user=a1", None)
         .await
         .unwrap();
-    send_json(&mut a1, json!({"type":"join","room":"r"}))
-        .await
-        .unwrap();
-    let epoch = recv_type(&mut a1, "joined").await.unwrap()["epoch"]
+    let epoch = join(&mut a1, "r", None).await.unwrap()["epoch"]
         .as_str()
         .unwrap()
         .to_owned();
     let (mut b1, _, _) = connect(&other.ws_url(), "user=b1", None).await.unwrap();
-    send_json(&mut b1, json!({"type":"join","room":"r"}))
-        .await
-        .unwrap();
-    let jb = recv_type(&mut b1, "joined").await.unwrap();
+    let jb = join(&mut b1, "r", None).await.unwrap();
     assert_eq!(
         jb["members"],
         json!(["b1"]),
         "cluster-b does not see cluster-a's presence"
     );
     for i in 1..=10 {
-        send_json(
-            &mut a1,
-            json!({"type":"send","room":"r","body":format!("a{i}"),"ref":format!("{i}")}),
-        )
-        .await
-        .unwrap();
-    }
-    loop {
-        let v = recv_json(&mut a1, Duration::from_secs(5))
+        let offset = send_and_ack(&mut a1, "r", &format!("a{i}"), &format!("{i}"))
             .await
-            .unwrap()
             .unwrap();
-        if v["type"] == "ack" && v["ref"] == "10" {
-            assert_eq!(v["offset"], 10);
-            break;
-        }
+        assert_eq!(offset, i);
     }
     send_json(
         &mut b1,
@@ -716,29 +645,13 @@ async fn password_prefixes_and_history_bounds() {
     let (mut late, _, _) = connect(&c.nodes[1].ws_url(), "user=late", None)
         .await
         .unwrap();
-    send_json(
-        &mut late,
-        json!({"type":"join","room":"r","since":{"epoch":epoch,"offset":2}}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        recv_type(&mut late, "joined").await.unwrap()["recovered"],
-        false
-    );
+    let j = join(&mut late, "r", Some((&epoch, 2))).await.unwrap();
+    assert_eq!(j["recovered"], false);
     let (mut ok, _, _) = connect(&c.nodes[1].ws_url(), "user=ok", None)
         .await
         .unwrap();
-    send_json(
-        &mut ok,
-        json!({"type":"join","room":"r","since":{"epoch":epoch,"offset":5}}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        recv_type(&mut ok, "joined").await.unwrap()["recovered"],
-        true
-    );
+    let j = join(&mut ok, "r", Some((&epoch, 5))).await.unwrap();
+    assert_eq!(j["recovered"], true);
     for i in 6..=10u64 {
         assert_eq!(recv_type(&mut ok, "message").await.unwrap()["offset"], i);
     }

@@ -15,7 +15,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::backplane::now_us;
+use crate::backplane::{now_us, BackplaneError};
 use crate::hub::{DeliveryKind, Outbound, SessionHandle};
 use crate::protocol::{
     parse_client_frame, ClientFrame, CloseCode, ErrorCode, FrameError, FrameLimits, Position,
@@ -521,25 +521,36 @@ impl Session {
             .publish(room, &self.handle.user, body)
             .await
         {
-            Ok(offset) => {
-                self.state.metrics.messages_received.inc();
-                let ack = ServerFrame::Ack {
-                    client_ref,
-                    room: Some(room),
-                    offset: Some(offset),
-                }
-                .to_json();
-                self.write_now(ack).await
-            }
-            Err(e) => {
-                self.state.metrics.publish_errors.inc();
-                self.send_error(
-                    FrameError::new(ErrorCode::Unavailable, format!("message not sent: {e}"))
-                        .with_ref(client_ref),
-                )
-                .await
-            }
+            Ok(offset) => self.accepted(client_ref, Some(room), Some(offset)).await,
+            Err(e) => self.not_sent(e, client_ref).await,
         }
+    }
+
+    /// A client message was taken by the backplane: count it and acknowledge it.
+    async fn accepted(
+        &mut self,
+        client_ref: Option<&str>,
+        room: Option<&str>,
+        offset: Option<u64>,
+    ) -> Result<(), Stop> {
+        self.state.metrics.messages_received.inc();
+        let ack = ServerFrame::Ack {
+            client_ref,
+            room,
+            offset,
+        }
+        .to_json();
+        self.write_now(ack).await
+    }
+
+    /// The backplane refused a client message: say so, never drop it silently.
+    async fn not_sent(&mut self, e: BackplaneError, client_ref: Option<&str>) -> Result<(), Stop> {
+        self.state.metrics.publish_errors.inc();
+        self.send_error(
+            FrameError::new(ErrorCode::Unavailable, format!("message not sent: {e}"))
+                .with_ref(client_ref),
+        )
+        .await
     }
 
     async fn direct(&mut self, to: &str, body: &str, client_ref: Option<&str>) -> Result<(), Stop> {
@@ -559,24 +570,8 @@ impl Session {
                 )
                 .await
             }
-            Ok(_) => {
-                self.state.metrics.messages_received.inc();
-                let ack = ServerFrame::Ack {
-                    client_ref,
-                    room: None,
-                    offset: None,
-                }
-                .to_json();
-                self.write_now(ack).await
-            }
-            Err(e) => {
-                self.state.metrics.publish_errors.inc();
-                self.send_error(
-                    FrameError::new(ErrorCode::Unavailable, format!("message not sent: {e}"))
-                        .with_ref(client_ref),
-                )
-                .await
-            }
+            Ok(_) => self.accepted(client_ref, None, None).await,
+            Err(e) => self.not_sent(e, client_ref).await,
         }
     }
 

@@ -399,14 +399,8 @@ impl RedisBackplane {
     async fn restore_and_resync(&self) -> Result<(), BackplaneError> {
         self.heartbeat().await?;
         let users: Vec<String> = lock(&self.local_users).keys().cloned().collect();
-        let mut conn = self.connection()?;
         for user in &users {
-            redis::cmd("SADD")
-                .arg(self.key(&["user", user, "nodes"]))
-                .arg(&self.node)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| BackplaneError::Unavailable(format!("Redis: {e}")))?;
+            self.registry_update("SADD", user).await?;
         }
         let presence: Vec<((String, String), usize)> = lock(&self.local_presence)
             .iter()
@@ -426,6 +420,17 @@ impl RedisBackplane {
             self.sink.room_resync(&room);
         }
         Ok(())
+    }
+
+    /// Adds this node to (`SADD`) or removes it from (`SREM`) the user's DM routing set.
+    async fn registry_update(&self, command: &str, user: &str) -> Result<(), BackplaneError> {
+        let mut conn = self.connection()?;
+        redis::cmd(command)
+            .arg(self.key(&["user", user, "nodes"]))
+            .arg(&self.node)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| BackplaneError::Unavailable(format!("Redis: {e}")))
     }
 
     /// Heartbeat: marks this node alive and sweeps dead nodes' presence in local rooms.
@@ -661,13 +666,7 @@ impl Backplane for RedisBackplane {
         if !first {
             return Ok(());
         }
-        let mut conn = self.connection()?;
-        redis::cmd("SADD")
-            .arg(self.key(&["user", user, "nodes"]))
-            .arg(&self.node)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| BackplaneError::Unavailable(format!("Redis: {e}")))
+        self.registry_update("SADD", user).await
     }
 
     async fn unregister_user(&self, user: &str) -> Result<(), BackplaneError> {
@@ -688,13 +687,7 @@ impl Backplane for RedisBackplane {
         if !last {
             return Ok(());
         }
-        let mut conn = self.connection()?;
-        redis::cmd("SREM")
-            .arg(self.key(&["user", user, "nodes"]))
-            .arg(&self.node)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| BackplaneError::Unavailable(format!("Redis: {e}")))
+        self.registry_update("SREM", user).await
     }
 
     async fn send_direct(&self, from: &str, to: &str, body: &str) -> Result<usize, BackplaneError> {
