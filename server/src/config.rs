@@ -30,6 +30,10 @@ pub struct Args {
     /// Node name reported to clients and used by the backplane (the pod name on Kubernetes).
     #[arg(long, env = "CHAT_NODE_NAME")]
     pub node_name: Option<String>,
+    /// This pod's IP (set by the operator from the downward API); reported in
+    /// `/admin/status` so the operator can reach each pod's admin port.
+    #[arg(long, env = "CHAT_POD_IP")]
+    pub pod_ip: Option<String>,
     /// Allow anonymous users identified by the `user` query parameter.
     #[arg(long, env = "CHAT_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
@@ -140,6 +144,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub node_name: String,
+    pub pod_ip: Option<String>,
     pub auth: AuthSettings,
     pub admin_token: Option<String>,
     pub max_frame_bytes: usize,
@@ -177,6 +182,7 @@ impl Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             node_name: "test-node".into(),
+            pod_ip: None,
             auth: AuthSettings {
                 allow_anonymous: true,
                 ..AuthSettings::default()
@@ -336,6 +342,7 @@ impl Settings {
             listen: addr("CHAT_LISTEN", &args.listen)?,
             admin_listen: addr("CHAT_ADMIN_LISTEN", &args.admin_listen)?,
             node_name: args.node_name.clone().unwrap_or_else(default_node_name),
+            pod_ip: args.pod_ip.clone().filter(|ip| !ip.is_empty()),
             auth: AuthSettings {
                 allow_anonymous: args.dev || args.allow_anonymous,
                 hs256_secret: args

@@ -216,6 +216,7 @@ async fn drain(State(state): State<Arc<AppState>>) -> Response {
 async fn status(State(state): State<Arc<AppState>>) -> Response {
     Json(serde_json::json!({
         "node": state.settings.node_name,
+        "pod_ip": state.settings.pod_ip,
         "connections": state.hub.connection_count(),
         "rooms": state.hub.room_count(),
         "draining": state.drain.is_draining(),

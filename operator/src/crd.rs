@@ -1,0 +1,389 @@
+//! The `ChatCluster` custom resource (group `chatcluster.dev`, version `v1alpha1`).
+//!
+//! Every field has a default, so a manifest with only a name runs a working cluster.
+//! CEL rules (`x-kubernetes-validations`) make the API server reject impossible specs
+//! with a message that says what to fix; `crds/chatcluster.yaml` is generated from these
+//! types by the `crdgen` binary.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a ChatCluster.
+// clippy reads `type_ = "integer"` in two separate `printcolumn(...)` lists as a
+// duplicated attribute; they are distinct columns.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "chatcluster.dev",
+    version = "v1alpha1",
+    kind = "ChatCluster",
+    namespaced,
+    shortname = "chat",
+    status = "ChatClusterStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(
+        name = "Connections",
+        type_ = "integer",
+        json_path = ".status.connections"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.autoscaling) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)"
+).message("spec.replicas must lie between autoscaling.minReplicas and autoscaling.maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterSpec {
+    /// Number of chat-server pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+    /// chat-server container image.
+    #[serde(default = "default_image")]
+    #[x_kube(validation = Rule::new("self.size() > 0").message("image must not be empty"))]
+    pub image: String,
+    /// Image pull policy (Always, IfNotPresent, Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+    /// CPU and memory for each chat-server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Redis backplane: managed by the operator (default) or an existing one.
+    #[serde(default)]
+    pub redis: RedisSpec,
+    /// How clients reach the cluster. Without it only the in-cluster Service exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expose: Option<ExposeSpec>,
+    /// Graceful drain before a pod goes away.
+    #[serde(default)]
+    pub drain: DrainSpec,
+    /// Scale from Prometheus connection metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Per-connection and per-pod limits.
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Client authentication.
+    #[serde(default)]
+    pub auth: AuthSpec,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Exactly one of `managed` and `external`; neither means a managed Redis with defaults.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!(has(self.managed) && has(self.external))")
+    .message("redis: set either redis.managed or redis.external, not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedRedis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalRedis>,
+}
+
+/// A Redis StatefulSet run by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedRedis {
+    #[serde(default = "default_redis_image")]
+    pub image: String,
+    /// Append-only persistence on a PersistentVolumeClaim of `storage`.
+    #[serde(default = "default_true")]
+    pub persistence: bool,
+    /// Size of the Redis volume, e.g. `1Gi`.
+    #[serde(default = "default_redis_storage")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(Ki|Mi|Gi|Ti)$')")
+        .message("redis.managed.storage must be a size such as 512Mi or 1Gi"))]
+    pub storage: String,
+    /// Storage class of the volume (cluster default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+impl Default for ManagedRedis {
+    fn default() -> Self {
+        ManagedRedis {
+            image: default_redis_image(),
+            persistence: true,
+            storage: default_redis_storage(),
+            storage_class_name: None,
+            resources: None,
+        }
+    }
+}
+
+/// An existing Redis; its URL (`redis://` or `rediss://`, with the password) is read from
+/// a Secret in the ChatCluster's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalRedis {
+    #[x_kube(validation = Rule::new("self.size() > 0").message("redis.external.secretName must not be empty"))]
+    pub secret_name: String,
+    /// Key of the URL in the Secret.
+    #[serde(default = "default_url_key")]
+    pub url_key: String,
+}
+
+/// Exposure through an ingress-nginx Ingress and/or a Gateway API HTTPRoute.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.ingress) || has(self.httpRoute)")
+    .message("expose: set expose.ingress, expose.httpRoute or both (or remove expose)"))]
+#[serde(rename_all = "camelCase")]
+pub struct ExposeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_route: Option<HttpRouteSpec>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Public host name, e.g. chat.example.com.
+    #[x_kube(validation = Rule::new("self.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\\\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$') && self.size() <= 253")
+        .message("expose.ingress.host must be a DNS name such as chat.example.com (lowercase letters, digits, '-' and '.')"))]
+    pub host: String,
+    /// IngressClass name.
+    #[serde(default = "default_ingress_class")]
+    pub class_name: String,
+    /// Secret with the TLS certificate for `host` (no TLS when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// Gateway to attach to.
+    pub gateway_name: String,
+    /// Namespace of the Gateway (the ChatCluster's when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_namespace: Option<String>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+}
+
+/// Drain timing. The pod's terminationGracePeriodSeconds is derived from it:
+/// preStop + deadline + 5 s margin.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.reconnectWindowSeconds < self.deadlineSeconds")
+    .message("drain.reconnectWindowSeconds must be shorter than drain.deadlineSeconds so clients can reconnect before the deadline"))]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// Reconnect notices are spread evenly over this window.
+    #[serde(default = "default_reconnect_window")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub reconnect_window_seconds: i32,
+    /// Connections still open after this are closed.
+    #[serde(default = "default_drain_deadline")]
+    #[schemars(range(min = 2, max = 3600))]
+    pub deadline_seconds: i32,
+    /// preStop sleep so endpoint removal propagates before the drain starts.
+    #[serde(default = "default_prestop")]
+    #[schemars(range(min = 0, max = 120))]
+    pub pre_stop_seconds: i32,
+}
+
+impl Default for DrainSpec {
+    fn default() -> Self {
+        DrainSpec {
+            reconnect_window_seconds: default_reconnect_window(),
+            deadline_seconds: default_drain_deadline(),
+            pre_stop_seconds: default_prestop(),
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Connections per pod the autoscaler aims for.
+    #[serde(default = "default_target_connections")]
+    #[schemars(range(min = 1))]
+    pub target_connections_per_pod: i32,
+    /// Prometheus base URL, e.g. http://prometheus.monitoring:9090.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus_url: Option<String>,
+    /// PromQL giving the cluster's total connections (a default query is used when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default = "default_stabilization")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.maxBodyBytes + 256 <= self.maxFrameBytes")
+    .message("limits.maxBodyBytes must be at most limits.maxFrameBytes - 256"))]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    #[serde(default = "default_max_connections")]
+    #[schemars(range(min = 1, max = 19000))]
+    pub max_connections_per_pod: i32,
+    #[serde(default = "default_max_frame")]
+    #[schemars(range(min = 256, max = 1048576))]
+    pub max_frame_bytes: i32,
+    #[serde(default = "default_max_body")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_body_bytes: i32,
+    #[serde(default = "default_rate")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub messages_per_second: i32,
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: i32,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        LimitsSpec {
+            max_connections_per_pod: default_max_connections(),
+            max_frame_bytes: default_max_frame(),
+            max_body_bytes: default_max_body(),
+            messages_per_second: default_rate(),
+            burst: default_burst(),
+        }
+    }
+}
+
+/// Client authentication. The default accepts anonymous users so that a bare manifest
+/// works; production clusters set `jwtSecretName` and `allowAnonymous: false`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.allowAnonymous || has(self.jwtSecretName)")
+    .message("auth: with allowAnonymous: false, set auth.jwtSecretName to a Secret holding hs256Secret or rs256PublicKey"))]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    #[serde(default = "default_true")]
+    pub allow_anonymous: bool,
+    /// Secret with key `hs256Secret` and/or `rs256PublicKey` (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_name: Option<String>,
+    /// Browser origins allowed to connect (any when empty).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        AuthSpec {
+            allow_anonymous: true,
+            jwt_secret_name: None,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Open client connections over all pods (from their metrics).
+    #[serde(default)]
+    pub connections: i64,
+    /// Label selector of the chat-server pods (for /scale, HPA and KEDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+fn default_image() -> String {
+    "ghcr.io/chatcluster/chat-server:0.1.0".into()
+}
+fn default_redis_image() -> String {
+    "redis:7.2-alpine".into()
+}
+fn default_redis_storage() -> String {
+    "1Gi".into()
+}
+fn default_url_key() -> String {
+    "url".into()
+}
+fn default_ingress_class() -> String {
+    "nginx".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_reconnect_window() -> i32 {
+    10
+}
+fn default_drain_deadline() -> i32 {
+    25
+}
+fn default_prestop() -> i32 {
+    5
+}
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_target_connections() -> i32 {
+    5000
+}
+fn default_stabilization() -> i32 {
+    300
+}
+fn default_max_connections() -> i32 {
+    15000
+}
+fn default_max_frame() -> i32 {
+    16384
+}
+fn default_max_body() -> i32 {
+    4096
+}
+fn default_rate() -> i32 {
+    20
+}
+fn default_burst() -> i32 {
+    40
+}

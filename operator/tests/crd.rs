@@ -1,0 +1,154 @@
+//! The committed CRD matches the Rust types, and its CEL rules reject bad specs with
+//! messages that say what to fix.
+
+use chatcluster_operator::crd::ChatClusterSpec;
+use serde_json::json;
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/chatcluster.yaml");
+    let generated = chatcluster_operator::crd_yaml().unwrap();
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "crds/chatcluster.yaml is stale: run `cargo run -p chatcluster-operator --bin crdgen crds/chatcluster.yaml` (or UPDATE_GOLDEN=1 cargo test) and commit it"
+    );
+}
+
+#[test]
+fn crd_has_scale_status_columns_and_short_name() {
+    let crd = serde_json::to_value(chatcluster_operator::crd().unwrap()).unwrap();
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["chat"]));
+    let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    assert!(
+        root.get("required").is_none(),
+        "spec is optional: a name is enough"
+    );
+    assert_eq!(root["properties"]["spec"]["default"], json!({}));
+    let v = &crd["spec"]["versions"][0];
+    assert_eq!(v["name"], "v1alpha1");
+    assert_eq!(
+        v["subresources"]["scale"]["specReplicasPath"],
+        ".spec.replicas"
+    );
+    assert_eq!(
+        v["subresources"]["scale"]["statusReplicasPath"],
+        ".status.replicas"
+    );
+    assert_eq!(
+        v["subresources"]["scale"]["labelSelectorPath"],
+        ".status.selector"
+    );
+    assert!(v["subresources"]["status"].is_object());
+    let columns: Vec<&str> = v["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Ready", "Replicas", "Connections", "Age"]);
+}
+
+#[test]
+fn a_manifest_with_only_a_name_gets_working_defaults() {
+    let spec: ChatClusterSpec = serde_json::from_value(json!({})).unwrap();
+    assert_eq!(spec.replicas, 3);
+    assert!(spec.auth.allow_anonymous);
+    assert!(spec.redis.managed.is_none() && spec.redis.external.is_none());
+    assert_eq!(spec.drain.reconnect_window_seconds, 10);
+    assert_eq!(spec.drain.deadline_seconds, 25);
+    assert!(spec.expose.is_none());
+}
+
+/// Every CEL rule in the schema, evaluated locally against specs a user might write.
+#[test]
+fn cel_rules_reject_impossible_specs_with_clear_messages() {
+    let cases = [
+        (
+            json!({"redis": {"managed": {}, "external": {"secretName": "r"}}}),
+            "either redis.managed or redis.external",
+        ),
+        (
+            json!({"drain": {"reconnectWindowSeconds": 30, "deadlineSeconds": 20}}),
+            "drain.reconnectWindowSeconds must be shorter",
+        ),
+        (
+            json!({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}),
+            "minReplicas must be less than or equal",
+        ),
+        (
+            json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
+            "spec.replicas must lie between",
+        ),
+        (
+            json!({"expose": {"ingress": {"host": "Not A Host!"}}}),
+            "expose.ingress.host must be a DNS name",
+        ),
+        (
+            json!({"expose": {}}),
+            "set expose.ingress, expose.httpRoute or both",
+        ),
+        (
+            json!({"auth": {"allowAnonymous": false}}),
+            "set auth.jwtSecretName",
+        ),
+        (
+            json!({"limits": {"maxFrameBytes": 1024, "maxBodyBytes": 1000}}),
+            "limits.maxBodyBytes must be at most",
+        ),
+        (
+            json!({"redis": {"managed": {"storage": "lots"}}}),
+            "storage must be a size",
+        ),
+    ];
+    for (spec, expected) in cases {
+        let err = validate_spec(&spec).expect_err(&format!("{spec} should be rejected"));
+        assert!(err.contains(expected), "{spec}: {err}");
+    }
+    for ok in [
+        json!({}),
+        json!({"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
+        json!({"expose": {"ingress": {"host": "chat.example.com"}}}),
+        json!({"auth": {"allowAnonymous": false, "jwtSecretName": "jwt"}}),
+        json!({"redis": {"external": {"secretName": "redis-url"}}}),
+    ] {
+        assert!(
+            validate_spec(&ok).is_ok(),
+            "{ok} should be accepted: {:?}",
+            validate_spec(&ok)
+        );
+    }
+}
+
+/// Applies serde defaults (as the API server's structural defaulting would), then runs
+/// the CRD's CEL rules on the spec.
+fn validate_spec(spec: &serde_json::Value) -> Result<(), String> {
+    let typed: ChatClusterSpec = serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+    let defaulted = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let crd = serde_json::to_value(chatcluster_operator::crd().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    kube::core::cel::Validator::new()
+        .validate(schema, &defaulted, None)
+        .map_err(|e| e.to_string())
+}
+
+/// The examples a user applies are valid ChatClusters.
+#[test]
+fn examples_pass_the_crd_rules() {
+    for file in ["minimal.yaml", "full.yaml"] {
+        let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let spec = serde_json::to_value(&doc["spec"]).unwrap();
+        let spec = if spec.is_null() { json!({}) } else { spec };
+        assert!(
+            validate_spec(&spec).is_ok(),
+            "{file}: {:?}",
+            validate_spec(&spec)
+        );
+    }
+}
