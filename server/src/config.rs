@@ -87,6 +87,14 @@ pub struct Args {
     /// Messages kept per room for resume.
     #[arg(long, env = "CHAT_HISTORY_MAX_MESSAGES", default_value_t = 1_000)]
     pub history_max_messages: usize,
+    /// In-memory backplane only: most rooms this node keeps (idle rooms are forgotten
+    /// first; at the cap with every room in use, new rooms are refused).
+    #[arg(long, env = "CHAT_MAX_ROOMS", default_value_t = 10_000)]
+    pub max_rooms: usize,
+    /// In-memory backplane only: history bytes over all rooms (oldest messages of the
+    /// least active rooms are dropped first).
+    #[arg(long, env = "CHAT_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub history_max_bytes: usize,
     /// Oldest message kept per room for resume (e.g. 90s, 15m, 2h).
     #[arg(long, env = "CHAT_HISTORY_MAX_AGE", default_value = "1h")]
     pub history_max_age: String,
@@ -158,6 +166,8 @@ pub struct Settings {
     pub max_rooms_per_connection: usize,
     pub history_max_messages: usize,
     pub history_max_age: Duration,
+    pub max_rooms: usize,
+    pub history_max_bytes: usize,
     pub drain_reconnect_window: Duration,
     pub drain_deadline: Duration,
     pub drain_max_jitter: Duration,
@@ -199,6 +209,8 @@ impl Settings {
             max_rooms_per_connection: 100,
             history_max_messages: 1_000,
             history_max_age: Duration::from_secs(3600),
+            max_rooms: 10_000,
+            history_max_bytes: 256 * 1024 * 1024,
             drain_reconnect_window: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(3),
             drain_max_jitter: Duration::from_millis(200),
@@ -262,6 +274,12 @@ impl Settings {
             return fail(
                 "CHAT_MAX_CONNECTIONS and CHAT_MAX_ROOMS_PER_CONNECTION must be at least 1".into(),
             );
+        }
+        if self.max_rooms == 0 || self.history_max_bytes < self.max_frame_bytes {
+            return fail(format!(
+                "CHAT_MAX_ROOMS must be at least 1 and CHAT_HISTORY_MAX_BYTES at least CHAT_MAX_FRAME_BYTES ({})",
+                self.max_frame_bytes
+            ));
         }
         if self.history_max_messages == 0 {
             return fail("CHAT_HISTORY_MAX_MESSAGES must be at least 1".into());
@@ -366,6 +384,8 @@ impl Settings {
             max_rooms_per_connection: args.max_rooms_per_connection,
             history_max_messages: args.history_max_messages,
             history_max_age: parse_duration("CHAT_HISTORY_MAX_AGE", &args.history_max_age)?,
+            max_rooms: args.max_rooms,
+            history_max_bytes: args.history_max_bytes,
             drain_reconnect_window: parse_duration(
                 "CHAT_DRAIN_RECONNECT_WINDOW",
                 &args.drain_reconnect_window,

@@ -71,6 +71,8 @@ pub struct RoomLog {
     head: u64,
     entries: VecDeque<StoredMessage>,
     limits: HistoryLimits,
+    /// Sum of the retained frames' lengths (for the node-wide history budget).
+    bytes: usize,
 }
 
 impl RoomLog {
@@ -80,6 +82,7 @@ impl RoomLog {
             head: 0,
             entries: VecDeque::new(),
             limits,
+            bytes: 0,
         }
     }
 
@@ -99,6 +102,7 @@ impl RoomLog {
     /// Appends a message whose frame was built for `next_offset()`.
     pub fn append(&mut self, ts_ms: u64, frame: Utf8Bytes, now_ms: u64) -> u64 {
         self.head += 1;
+        self.bytes += frame.len();
         self.entries.push_back(StoredMessage {
             offset: self.head,
             ts_ms,
@@ -111,12 +115,24 @@ impl RoomLog {
     /// Drops entries over the count bound or older than the age bound.
     pub fn prune(&mut self, now_ms: u64) {
         while self.entries.len() > self.limits.max_messages {
-            self.entries.pop_front();
+            self.drop_oldest();
         }
         let cutoff = now_ms.saturating_sub(self.limits.max_age_ms);
         while self.entries.front().is_some_and(|m| m.ts_ms < cutoff) {
-            self.entries.pop_front();
+            self.drop_oldest();
         }
+    }
+
+    /// Forgets the oldest retained message; returns the bytes freed (0 when empty).
+    pub fn drop_oldest(&mut self) -> usize {
+        let freed = self.entries.pop_front().map_or(0, |m| m.frame.len());
+        self.bytes -= freed;
+        freed
+    }
+
+    /// Bytes of history this room retains.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Newest message time, used to forget idle rooms.
@@ -232,6 +248,20 @@ mod tests {
         let (d, frames) = l.replay(Some(&pos("e", 1)), 10);
         assert_eq!(d, ResumeDecision::NotRecovered);
         assert!(frames.is_empty());
+    }
+
+    #[test]
+    fn tracks_retained_bytes() {
+        let mut l = log(2, 1_000_000);
+        l.append(0, "aaaa".into(), 0);
+        l.append(0, "bb".into(), 0);
+        assert_eq!(l.bytes(), 6);
+        l.append(0, "c".into(), 0);
+        assert_eq!(l.bytes(), 3, "the oldest fell out of the count bound");
+        assert_eq!(l.drop_oldest(), 2);
+        assert_eq!(l.drop_oldest(), 1);
+        assert_eq!(l.drop_oldest(), 0);
+        assert_eq!(l.bytes(), 0);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
-use crate::backplane::memory::MemoryBackplane;
+use crate::backplane::memory::{MemoryBackplane, MemoryBudget};
 use crate::backplane::redis::RedisBackplane;
 use crate::backplane::SharedBackplane;
 use crate::config::Settings;
@@ -89,7 +89,14 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
             metrics.clone(),
         )?,
         None => {
-            let memory = Arc::new(MemoryBackplane::new(hub.clone(), limits));
+            let memory = Arc::new(MemoryBackplane::new(
+                hub.clone(),
+                limits,
+                MemoryBudget {
+                    max_rooms: settings.max_rooms,
+                    max_history_bytes: settings.history_max_bytes,
+                },
+            ));
             let sweeper = memory.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(60));

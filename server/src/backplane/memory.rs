@@ -2,6 +2,7 @@
 //! embedded default (no Redis needed) and the reference the Redis backplane must match.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -11,29 +12,108 @@ use super::{now_us, Backplane, BackplaneError, EventSink, RoomSnapshot};
 use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};
 use crate::protocol::{Position, ServerFrame};
 
+/// Node-wide bounds, so no client can grow this node's memory without limit by creating
+/// rooms or filling history.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryBudget {
+    pub max_rooms: usize,
+    pub max_history_bytes: usize,
+}
+
 pub struct MemoryBackplane {
     sink: Arc<dyn EventSink>,
     limits: HistoryLimits,
+    budget: MemoryBudget,
+    /// Bytes of history over all rooms.
+    history_bytes: AtomicUsize,
     rooms: Mutex<HashMap<String, Arc<Mutex<RoomLog>>>>,
     /// room → user → number of sessions of that user in the room.
     presence: Mutex<HashMap<String, HashMap<String, usize>>>,
 }
 
 impl MemoryBackplane {
-    pub fn new(sink: Arc<dyn EventSink>, limits: HistoryLimits) -> Self {
+    pub fn new(sink: Arc<dyn EventSink>, limits: HistoryLimits, budget: MemoryBudget) -> Self {
         MemoryBackplane {
             sink,
             limits,
+            budget,
+            history_bytes: AtomicUsize::new(0),
             rooms: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
         }
     }
 
-    fn room(&self, room: &str) -> Arc<Mutex<RoomLog>> {
-        lock(&self.rooms)
+    /// The room's log, created if needed. At the room cap, rooms nobody is in are
+    /// forgotten (least recently active first); if every room has members, the new room
+    /// is refused.
+    fn room(&self, room: &str) -> Result<Arc<Mutex<RoomLog>>, BackplaneError> {
+        if let Some(log) = lock(&self.rooms).get(room) {
+            return Ok(log.clone());
+        }
+        let present = lock(&self.presence);
+        let mut rooms = lock(&self.rooms);
+        if rooms.len() >= self.budget.max_rooms {
+            let mut idle: Vec<(u64, String)> = rooms
+                .iter()
+                .filter(|(name, _)| !present.contains_key(*name))
+                .map(|(name, log)| (lock(log).last_ts().unwrap_or(0), name.clone()))
+                .collect();
+            idle.sort();
+            let excess = rooms.len() + 1 - self.budget.max_rooms;
+            for (_, name) in idle.into_iter().take(excess) {
+                if let Some(log) = rooms.remove(&name) {
+                    self.history_bytes
+                        .fetch_sub(lock(&log).bytes(), Ordering::Relaxed);
+                }
+            }
+            if rooms.len() >= self.budget.max_rooms {
+                return Err(BackplaneError::Unavailable(format!(
+                    "this node holds its maximum of {} active rooms",
+                    self.budget.max_rooms
+                )));
+            }
+        }
+        Ok(rooms
             .entry(room.to_owned())
             .or_insert_with(|| Arc::new(Mutex::new(RoomLog::new(new_epoch(), self.limits))))
-            .clone()
+            .clone())
+    }
+
+    /// Keeps total history under the byte budget by dropping the oldest messages of the
+    /// least recently active rooms first (their clients then resume with
+    /// `recovered: false`, never a partial replay).
+    fn enforce_history_budget(&self) {
+        if self.history_bytes.load(Ordering::Relaxed) <= self.budget.max_history_bytes {
+            return;
+        }
+        let target = self.budget.max_history_bytes / 10 * 9;
+        let rooms: Vec<Arc<Mutex<RoomLog>>> = lock(&self.rooms).values().cloned().collect();
+        let mut by_age: Vec<(u64, Arc<Mutex<RoomLog>>)> = rooms
+            .into_iter()
+            .map(|log| {
+                let ts = lock(&log).last_ts().unwrap_or(0);
+                (ts, log)
+            })
+            .collect();
+        by_age.sort_by_key(|(ts, _)| *ts);
+        for (_, log) in by_age {
+            let mut log = lock(&log);
+            while self.history_bytes.load(Ordering::Relaxed) > target {
+                let freed = log.drop_oldest();
+                if freed == 0 {
+                    break;
+                }
+                self.history_bytes.fetch_sub(freed, Ordering::Relaxed);
+            }
+            if self.history_bytes.load(Ordering::Relaxed) <= target {
+                return;
+            }
+        }
+    }
+
+    /// Bytes of history held over all rooms.
+    pub fn history_bytes(&self) -> usize {
+        self.history_bytes.load(Ordering::Relaxed)
     }
 
     fn members(&self, room: &str) -> Vec<String> {
@@ -61,7 +141,10 @@ impl MemoryBackplane {
         let before = rooms.len();
         rooms.retain(|name, log| {
             let mut log = lock(log);
+            let before = log.bytes();
             log.prune(now_ms);
+            self.history_bytes
+                .fetch_sub(before - log.bytes(), Ordering::Relaxed);
             !log.is_empty() || present.contains_key(name)
         });
         before - rooms.len()
@@ -87,9 +170,10 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError> {
-        let log = self.room(room);
+        let log = self.room(room)?;
         let mut log = lock(&log);
         let published_us = now_us();
+        let bytes_before = log.bytes();
         let ts = published_us / 1000;
         let offset = log.next_offset();
         let frame: Utf8Bytes = ServerFrame::Message {
@@ -106,6 +190,16 @@ impl Backplane for MemoryBackplane {
         // Fan out while holding the room lock so delivery order equals offset order.
         self.sink
             .room_message(room, log.epoch(), offset, published_us, &frame);
+        let bytes_after = log.bytes();
+        drop(log);
+        if bytes_after >= bytes_before {
+            self.history_bytes
+                .fetch_add(bytes_after - bytes_before, Ordering::Relaxed);
+        } else {
+            self.history_bytes
+                .fetch_sub(bytes_before - bytes_after, Ordering::Relaxed);
+        }
+        self.enforce_history_budget();
         Ok(offset)
     }
 
@@ -114,10 +208,13 @@ impl Backplane for MemoryBackplane {
         room: &str,
         since: Option<&Position>,
     ) -> Result<RoomSnapshot, BackplaneError> {
-        let log = self.room(room);
+        let log = self.room(room)?;
         let (epoch, head, decision, replay) = {
             let mut log = lock(&log);
+            let before = log.bytes();
             let (decision, replay) = log.replay(since, now_us() / 1000);
+            self.history_bytes
+                .fetch_sub(before - log.bytes(), Ordering::Relaxed);
             (log.epoch().to_string(), log.head(), decision, replay)
         };
         Ok(RoomSnapshot {
@@ -197,6 +294,13 @@ mod tests {
     use crate::hub::{DeliveryKind, Hub, Outbound, SessionHandle};
 
     fn setup() -> (Arc<Hub>, MemoryBackplane) {
+        setup_with(MemoryBudget {
+            max_rooms: 1000,
+            max_history_bytes: 1 << 30,
+        })
+    }
+
+    fn setup_with(budget: MemoryBudget) -> (Arc<Hub>, MemoryBackplane) {
         let hub = Arc::new(Hub::new());
         let bp = MemoryBackplane::new(
             hub.clone(),
@@ -204,8 +308,55 @@ mod tests {
                 max_messages: 100,
                 max_age_ms: 60_000,
             },
+            budget,
         );
         (hub, bp)
+    }
+
+    #[tokio::test]
+    async fn room_cap_evicts_idle_rooms_and_refuses_when_all_are_in_use() {
+        let (_hub, bp) = setup_with(MemoryBudget {
+            max_rooms: 2,
+            max_history_bytes: 1 << 30,
+        });
+        bp.publish("a", "u", "x").await.unwrap();
+        bp.publish("b", "u", "x").await.unwrap();
+        // Neither has members: "a" (least recently active) makes way for "c".
+        bp.publish("c", "u", "x").await.unwrap();
+        assert!(!lock(&bp.rooms).contains_key("a"));
+        bp.presence_join("b", "u").await.unwrap();
+        bp.presence_join("c", "u").await.unwrap();
+        let err = bp.publish("d", "u", "x").await.unwrap_err();
+        assert!(
+            err.to_string().contains("maximum of 2 active rooms"),
+            "{err}"
+        );
+        // Existing rooms keep working at the cap.
+        assert_eq!(bp.publish("b", "u", "y").await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn history_stays_within_the_byte_budget() {
+        let (_hub, bp) = setup_with(MemoryBudget {
+            max_rooms: 1000,
+            max_history_bytes: 20_000,
+        });
+        let body = "z".repeat(500);
+        for i in 0..200 {
+            bp.publish(&format!("room{}", i % 20), "u", &body)
+                .await
+                .unwrap();
+        }
+        assert!(bp.history_bytes() <= 20_000, "{}", bp.history_bytes());
+        let actual: usize = lock(&bp.rooms).values().map(|l| lock(l).bytes()).sum();
+        assert_eq!(actual, bp.history_bytes(), "accounting matches the logs");
+        // The most recent message is always kept.
+        let snap = bp.snapshot("room19", None).await.unwrap();
+        let since = Position {
+            epoch: snap.epoch.clone(),
+            offset: snap.head - 1,
+        };
+        assert!(bp.snapshot("room19", Some(&since)).await.unwrap().recovered);
     }
 
     #[tokio::test]
