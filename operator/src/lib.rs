@@ -1,8 +1,11 @@
 //! ChatCluster operator: the `ChatCluster` custom resource and the pure pieces of its
-//! controller (validation and the builders that turn a spec into Kubernetes objects).
+//! controller: validation, the builders that turn a spec into Kubernetes objects, and
+//! the status conditions computed from what was observed.
 
 pub mod build;
+pub mod conditions;
 pub mod crd;
+pub mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

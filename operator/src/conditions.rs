@@ -1,0 +1,249 @@
+//! Status conditions from what was observed. Pure: the caller passes the observation,
+//! the previous conditions, the generation and the current time, so transitions are
+//! unit-tested. `lastTransitionTime` moves only when a condition's status changes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+pub const READY: &str = "Ready";
+pub const REDIS_READY: &str = "RedisReady";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// What the reconciler saw of the cluster's objects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observation {
+    /// `None` when the spec is valid; otherwise (reason, message) for Degraded.
+    pub invalid: Option<(String, String)>,
+    pub desired_replicas: i32,
+    pub ready_replicas: i32,
+    /// Pods running the current template (StatefulSet `updatedReplicas`).
+    pub updated_replicas: i32,
+    /// Managed Redis: its pod is ready. External Redis: assumed reachable (the pods'
+    /// readiness reports a failing backplane).
+    pub redis_ready: bool,
+    pub redis_managed: bool,
+}
+
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: kind.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: Some(generation),
+        last_transition_time: now.clone(),
+    }
+}
+
+/// The conditions for `obs`, keeping each previous `lastTransitionTime` whose status
+/// did not change.
+pub fn next_conditions(
+    previous: &[Condition],
+    obs: &Observation,
+    generation: i64,
+    now: Timestamp,
+) -> Vec<Condition> {
+    let now = Time(now);
+    let mut out = Vec::with_capacity(4);
+    if let Some((reason, message)) = &obs.invalid {
+        out.push(condition(
+            DEGRADED,
+            true,
+            reason,
+            message.clone(),
+            generation,
+            &now,
+        ));
+        out.push(condition(
+            READY,
+            false,
+            "InvalidSpec",
+            "the spec is invalid; see the Degraded condition".into(),
+            generation,
+            &now,
+        ));
+        out.push(condition(
+            PROGRESSING,
+            false,
+            "InvalidSpec",
+            "waiting for a valid spec".into(),
+            generation,
+            &now,
+        ));
+        out.push(condition(
+            REDIS_READY,
+            false,
+            "InvalidSpec",
+            "waiting for a valid spec".into(),
+            generation,
+            &now,
+        ));
+        return keep_transition_times(previous, out);
+    }
+    let (redis_reason, redis_message) = match (obs.redis_managed, obs.redis_ready) {
+        (true, true) => ("RedisRunning", "the managed Redis pod is ready".to_owned()),
+        (true, false) => (
+            "RedisStarting",
+            "waiting for the managed Redis pod to become ready".to_owned(),
+        ),
+        (false, _) => (
+            "ExternalRedis",
+            "using the external Redis from the configured Secret".to_owned(),
+        ),
+    };
+    out.push(condition(
+        REDIS_READY,
+        obs.redis_ready,
+        redis_reason,
+        redis_message,
+        generation,
+        &now,
+    ));
+    let rolled_out =
+        obs.updated_replicas >= obs.desired_replicas && obs.ready_replicas >= obs.desired_replicas;
+    out.push(condition(
+        PROGRESSING,
+        !rolled_out,
+        if rolled_out {
+            "RolloutComplete"
+        } else {
+            "RollingOut"
+        },
+        format!(
+            "{}/{} pods updated, {}/{} ready",
+            obs.updated_replicas, obs.desired_replicas, obs.ready_replicas, obs.desired_replicas
+        ),
+        generation,
+        &now,
+    ));
+    let ready = obs.redis_ready && obs.ready_replicas >= obs.desired_replicas;
+    let (reason, message) = if ready {
+        (
+            "AllReplicasReady",
+            format!(
+                "{} of {} chat-server pods ready",
+                obs.ready_replicas, obs.desired_replicas
+            ),
+        )
+    } else if !obs.redis_ready {
+        ("RedisNotReady", "Redis is not ready yet".to_owned())
+    } else {
+        (
+            "ReplicasNotReady",
+            format!(
+                "{} of {} chat-server pods ready",
+                obs.ready_replicas, obs.desired_replicas
+            ),
+        )
+    };
+    out.push(condition(READY, ready, reason, message, generation, &now));
+    out.push(condition(
+        DEGRADED,
+        false,
+        "AsExpected",
+        "the spec is valid".into(),
+        generation,
+        &now,
+    ));
+    keep_transition_times(previous, out)
+}
+
+fn keep_transition_times(previous: &[Condition], mut next: Vec<Condition>) -> Vec<Condition> {
+    for c in &mut next {
+        if let Some(old) = previous
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+    next
+}
+
+/// The status of a condition type, if present.
+pub fn status_of<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a str> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    fn obs(ready: i32, updated: i32, redis: bool) -> Observation {
+        Observation {
+            invalid: None,
+            desired_replicas: 3,
+            ready_replicas: ready,
+            updated_replicas: updated,
+            redis_ready: redis,
+            redis_managed: true,
+        }
+    }
+
+    fn get<'a>(c: &'a [Condition], kind: &str) -> &'a Condition {
+        c.iter().find(|x| x.type_ == kind).unwrap()
+    }
+
+    #[test]
+    fn becomes_ready_when_redis_and_every_pod_are_ready() {
+        let c1 = next_conditions(&[], &obs(0, 0, false), 1, t(0));
+        assert_eq!(status_of(&c1, READY), Some("False"));
+        assert_eq!(get(&c1, READY).reason, "RedisNotReady");
+        assert_eq!(status_of(&c1, PROGRESSING), Some("True"));
+        let c2 = next_conditions(&c1, &obs(2, 3, true), 1, t(10));
+        assert_eq!(get(&c2, READY).reason, "ReplicasNotReady");
+        let c3 = next_conditions(&c2, &obs(3, 3, true), 1, t(20));
+        assert_eq!(status_of(&c3, READY), Some("True"));
+        assert_eq!(status_of(&c3, PROGRESSING), Some("False"));
+        assert_eq!(status_of(&c3, DEGRADED), Some("False"));
+        assert!(c3.iter().all(|c| c.observed_generation == Some(1)));
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_a_status_change() {
+        let c1 = next_conditions(&[], &obs(1, 3, true), 1, t(0));
+        let c2 = next_conditions(&c1, &obs(2, 3, true), 2, t(30));
+        assert_eq!(
+            get(&c2, READY).last_transition_time,
+            Time(t(0)),
+            "still False"
+        );
+        assert_eq!(get(&c2, READY).observed_generation, Some(2));
+        let c3 = next_conditions(&c2, &obs(3, 3, true), 2, t(60));
+        assert_eq!(
+            get(&c3, READY).last_transition_time,
+            Time(t(60)),
+            "False → True"
+        );
+        assert_eq!(
+            get(&c3, REDIS_READY).last_transition_time,
+            Time(t(0)),
+            "RedisReady never changed"
+        );
+    }
+
+    #[test]
+    fn invalid_spec_is_degraded_and_not_ready() {
+        let mut o = obs(3, 3, true);
+        o.invalid = Some(("InvalidSpec".into(), "drain window too long".into()));
+        let c = next_conditions(&[], &o, 4, t(0));
+        assert_eq!(status_of(&c, DEGRADED), Some("True"));
+        assert_eq!(get(&c, DEGRADED).message, "drain window too long");
+        assert_eq!(status_of(&c, READY), Some("False"));
+    }
+}

@@ -1,0 +1,120 @@
+//! Validation, the first stage of reconcile. Pure. It re-runs the CRD's own CEL rules
+//! in-process (so a cluster whose CRD was installed without them still gets clear
+//! errors) and adds checks CEL cannot express, such as name lengths that the objects
+//! derived from the ChatCluster's name must fit.
+
+use serde_json::Value;
+
+use crate::crd::ChatCluster;
+
+/// Longest ChatCluster name: its StatefulSet pods carry a `controller-revision-hash`
+/// label of `NAME-redis-<10 characters>`, and labels are at most 63 characters.
+pub const MAX_NAME_LEN: usize = 46;
+
+/// Why a spec cannot be reconciled; becomes the Degraded condition and an Event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Validates `cluster`; `Ok` means the builders can run.
+pub fn validate(cluster: &ChatCluster) -> Result<(), Invalid> {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            "NameTooLong",
+            format!("metadata.name is {} characters; use at most {MAX_NAME_LEN} so every derived object name fits", name.len()),
+        ));
+    }
+    let spec =
+        serde_json::to_value(&cluster.spec).map_err(|e| invalid("InvalidSpec", e.to_string()))?;
+    check_cel(&spec)?;
+    if cluster.spec.image.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            "InvalidImage",
+            "spec.image must not contain spaces",
+        ));
+    }
+    if let Some(url) = cluster
+        .spec
+        .autoscaling
+        .as_ref()
+        .and_then(|a| a.prometheus_url.as_deref())
+    {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "InvalidPrometheusUrl",
+                format!(
+                    "spec.autoscaling.prometheusUrl `{url}` must start with http:// or https://"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates the CRD's CEL rules on the spec, as the API server would.
+fn check_cel(spec: &Value) -> Result<(), Invalid> {
+    let crd = crate::crd().map_err(|e| invalid("InternalError", e.to_string()))?;
+    let crd = serde_json::to_value(crd).map_err(|e| invalid("InternalError", e.to_string()))?;
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    kube::core::cel::Validator::new()
+        .validate(schema, spec, None)
+        .map_err(|e| invalid("InvalidSpec", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ChatClusterSpec;
+    use serde_json::json;
+
+    fn cluster(name: &str, spec: Value) -> ChatCluster {
+        let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
+        ChatCluster::new(name, spec)
+    }
+
+    #[test]
+    fn accepts_defaults_and_rejects_with_reasons() {
+        assert_eq!(validate(&cluster("chat", json!({}))), Ok(()));
+        let long = "c".repeat(47);
+        assert_eq!(
+            validate(&cluster(&long, json!({}))).unwrap_err().reason,
+            "NameTooLong"
+        );
+        let e = validate(&cluster(
+            "chat",
+            json!({"drain": {"reconnectWindowSeconds": 50, "deadlineSeconds": 40}}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.reason, "InvalidSpec");
+        assert!(
+            e.message.contains("reconnectWindowSeconds must be shorter"),
+            "{e}"
+        );
+        assert_eq!(
+            validate(&cluster("chat", json!({"image": "bad image"})))
+                .unwrap_err()
+                .reason,
+            "InvalidImage"
+        );
+        assert_eq!(
+            validate(&cluster(
+                "chat",
+                json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "prometheus:9090"}})
+            ))
+            .unwrap_err()
+            .reason,
+            "InvalidPrometheusUrl"
+        );
+    }
+}
