@@ -2,6 +2,7 @@
 //! controller: validation, the builders that turn a spec into Kubernetes objects, and
 //! the status conditions computed from what was observed.
 
+pub mod apply;
 pub mod build;
 pub mod conditions;
 pub mod crd;

@@ -1,0 +1,234 @@
+//! Apply and orphan stages of reconcile. Apply uses server-side apply with one field
+//! manager and `force`, so the operator owns exactly the fields it sets and users'
+//! other fields survive. The orphan stage deletes objects this ChatCluster created that
+//! the spec no longer wants (e.g. the Ingress after `expose` is removed); which ones is
+//! decided by a pure function.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::build::Desired;
+
+/// The field manager of every server-side apply this operator makes.
+pub const FIELD_MANAGER: &str = "chatcluster-operator";
+
+/// The Gateway API HTTPRoute resource (no typed struct in k8s-openapi).
+pub fn http_route_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ))
+}
+
+fn params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply_one<K>(client: &Client, ns: &str, obj: &K) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(&name, &params(), &Patch::Apply(obj))
+        .await
+        .map(|_| ())
+}
+
+/// Applies every desired object. Redis first, so chat-server pods find it sooner.
+pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<(), kube::Error> {
+    if let Some(s) = &d.redis_service {
+        apply_one::<Service>(client, ns, s).await?;
+    }
+    if let Some(s) = &d.redis_statefulset {
+        apply_one::<StatefulSet>(client, ns, s).await?;
+    }
+    apply_one::<ServiceAccount>(client, ns, &d.service_account).await?;
+    apply_one::<ConfigMap>(client, ns, &d.config_map).await?;
+    apply_one::<Service>(client, ns, &d.headless_service).await?;
+    apply_one::<Service>(client, ns, &d.client_service).await?;
+    apply_one::<StatefulSet>(client, ns, &d.chat_statefulset).await?;
+    if let Some(p) = &d.pdb {
+        apply_one::<PodDisruptionBudget>(client, ns, p).await?;
+    }
+    if let Some(i) = &d.ingress {
+        apply_one::<Ingress>(client, ns, i).await?;
+    }
+    if let Some(route) = &d.http_route {
+        let obj: DynamicObject =
+            serde_json::from_value(route.clone()).map_err(kube::Error::SerdeError)?;
+        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &http_route_resource())
+            .patch(&obj.name_any(), &params(), &Patch::Apply(&obj))
+            .await?;
+    }
+    Ok(())
+}
+
+/// An existing object of an optional kind: its name and its controller owner's uid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Existing {
+    pub name: String,
+    pub owner_uid: Option<String>,
+}
+
+/// Which existing objects to delete: those owned by this ChatCluster (`owner_uid`) that
+/// are not the desired one. Objects owned by anything else are never touched.
+pub fn orphans(existing: &[Existing], owner_uid: &str, desired_name: Option<&str>) -> Vec<String> {
+    existing
+        .iter()
+        .filter(|e| e.owner_uid.as_deref() == Some(owner_uid))
+        .filter(|e| Some(e.name.as_str()) != desired_name)
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+fn existing<K: Resource>(items: &[K]) -> Vec<Existing> {
+    items
+        .iter()
+        .map(|o| Existing {
+            name: o.meta().name.clone().unwrap_or_default(),
+            owner_uid: o
+                .meta()
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|r| r.controller == Some(true))
+                .map(|r| r.uid.clone()),
+        })
+        .collect()
+}
+
+async fn delete_orphans_of<K>(
+    api: Api<K>,
+    selector: &str,
+    owner_uid: &str,
+    desired_name: Option<&str>,
+) -> Result<Vec<String>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let list = api.list(&ListParams::default().labels(selector)).await?;
+    let doomed = orphans(&existing(&list.items), owner_uid, desired_name);
+    for name in &doomed {
+        api.delete(name, &DeleteParams::background()).await?;
+    }
+    Ok(doomed)
+}
+
+/// Deletes this cluster's objects of optional kinds that are no longer desired; returns
+/// `kind/name` of each deleted object (for Events).
+pub async fn delete_orphans(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    owner_uid: &str,
+    d: &Desired,
+    gateway_api: bool,
+) -> Result<Vec<String>, kube::Error> {
+    let mine = format!(
+        "app.kubernetes.io/instance={cluster},app.kubernetes.io/managed-by={FIELD_MANAGER}"
+    );
+    let name_of = |m: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
+        m.and_then(|m| m.name.clone())
+    };
+    let mut deleted = Vec::new();
+    let pdb = name_of(d.pdb.as_ref().map(|p| &p.metadata));
+    for n in delete_orphans_of(
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &mine,
+        owner_uid,
+        pdb.as_deref(),
+    )
+    .await?
+    {
+        deleted.push(format!("PodDisruptionBudget/{n}"));
+    }
+    let ingress = name_of(d.ingress.as_ref().map(|i| &i.metadata));
+    for n in delete_orphans_of(
+        Api::<Ingress>::namespaced(client.clone(), ns),
+        &mine,
+        owner_uid,
+        ingress.as_deref(),
+    )
+    .await?
+    {
+        deleted.push(format!("Ingress/{n}"));
+    }
+    let redis = format!("{mine},app.kubernetes.io/component=redis");
+    let redis_sts = name_of(d.redis_statefulset.as_ref().map(|s| &s.metadata));
+    for n in delete_orphans_of(
+        Api::<StatefulSet>::namespaced(client.clone(), ns),
+        &redis,
+        owner_uid,
+        redis_sts.as_deref(),
+    )
+    .await?
+    {
+        deleted.push(format!("StatefulSet/{n}"));
+    }
+    let redis_svc = name_of(d.redis_service.as_ref().map(|s| &s.metadata));
+    for n in delete_orphans_of(
+        Api::<Service>::namespaced(client.clone(), ns),
+        &redis,
+        owner_uid,
+        redis_svc.as_deref(),
+    )
+    .await?
+    {
+        deleted.push(format!("Service/{n}"));
+    }
+    if gateway_api {
+        let route = d
+            .http_route
+            .as_ref()
+            .and_then(|r| r["metadata"]["name"].as_str());
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &http_route_resource());
+        for n in delete_orphans_of(api, &mine, owner_uid, route).await? {
+            deleted.push(format!("HTTPRoute/{n}"));
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(name: &str, owner: Option<&str>) -> Existing {
+        Existing {
+            name: name.into(),
+            owner_uid: owner.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn only_this_clusters_undesired_objects_are_orphans() {
+        let existing = [
+            e("chat", Some("uid-1")),
+            e("chat-old", Some("uid-1")),
+            e("someone-else", Some("uid-2")),
+            e("unowned", None),
+        ];
+        assert_eq!(
+            orphans(&existing, "uid-1", Some("chat")),
+            vec!["chat-old".to_string()]
+        );
+        assert_eq!(
+            orphans(&existing, "uid-1", None),
+            vec!["chat".to_string(), "chat-old".to_string()]
+        );
+        assert!(orphans(&existing, "uid-3", None).is_empty());
+    }
+}
