@@ -6,6 +6,8 @@ pub mod apply;
 pub mod build;
 pub mod conditions;
 pub mod crd;
+pub mod reconcile;
+pub mod status;
 pub mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

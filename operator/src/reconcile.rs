@@ -1,0 +1,95 @@
+//! The reconcile pipeline: validate (pure) → build (pure) → apply → delete orphans →
+//! status. An invalid spec sets Degraded and waits for a change; API errors requeue with
+//! backoff (see `error_policy`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::Client;
+
+use crate::apply::{apply, delete_orphans};
+use crate::build::{build, BuildContext, BuildError};
+use crate::conditions::Observation;
+use crate::crd::ChatCluster;
+use crate::status::{observe, status_for, write};
+use crate::validate::validate;
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    /// Whether the Gateway API CRDs are installed (HTTPRoutes can be created).
+    pub gateway_api: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+/// How soon to look again when nothing changes: sooner while the cluster is not ready.
+pub fn requeue_after(ready: bool) -> Duration {
+    if ready {
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(5)
+    }
+}
+
+pub async fn reconcile(
+    cluster: Arc<ChatCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let ns = cluster.metadata.namespace.clone().unwrap_or_default();
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    if let Err(invalid) = validate(&cluster) {
+        tracing::warn!(%ns, %name, reason = invalid.reason, message = %invalid.message, "invalid ChatCluster");
+        let obs = Observation {
+            invalid: Some((invalid.reason.to_owned(), invalid.message.clone())),
+            desired_replicas: cluster.spec.replicas,
+            ..Observation::default()
+        };
+        write(
+            &ctx.client,
+            &cluster,
+            status_for(&cluster, &obs, Timestamp::now()),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+    let desired = build(
+        &cluster,
+        BuildContext {
+            gateway_api: ctx.gateway_api,
+        },
+    )?;
+    apply(&ctx.client, &ns, &desired).await?;
+    let uid = cluster.metadata.uid.clone().unwrap_or_default();
+    let deleted = delete_orphans(&ctx.client, &ns, &name, &uid, &desired, ctx.gateway_api).await?;
+    if !deleted.is_empty() {
+        tracing::info!(%ns, %name, ?deleted, "deleted objects no longer in the spec");
+    }
+    let obs = observe(&ctx.client, &ns, &cluster).await?;
+    let ready = obs.redis_ready && obs.ready_replicas >= obs.desired_replicas;
+    write(
+        &ctx.client,
+        &cluster,
+        status_for(&cluster, &obs, Timestamp::now()),
+    )
+    .await?;
+    Ok(Action::requeue(requeue_after(ready)))
+}
+
+/// Transient errors retry with a delay; the controller's own backoff spreads repeats.
+pub fn error_policy(
+    cluster: Arc<ChatCluster>,
+    error: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(name = cluster.metadata.name.as_deref().unwrap_or(""), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(10))
+}

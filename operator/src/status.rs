@@ -1,0 +1,114 @@
+//! Status stage: observe the cluster's StatefulSets and write `status` (replicas, ready
+//! replicas, selector, observedGeneration, conditions) through the status subresource.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::Client;
+use serde_json::json;
+
+use crate::apply::FIELD_MANAGER;
+use crate::build::selector_string;
+use crate::conditions::{next_conditions, Observation};
+use crate::crd::{ChatCluster, ChatClusterStatus};
+
+/// Reads what the StatefulSets report. A missing object counts as "nothing ready".
+pub async fn observe(
+    client: &Client,
+    ns: &str,
+    cluster: &ChatCluster,
+) -> Result<Observation, kube::Error> {
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+    let chat = sts.get_opt(&name).await?;
+    let managed = cluster.spec.redis.external.is_none();
+    let redis_ready = if managed {
+        sts.get_opt(&format!("{name}-redis"))
+            .await?
+            .and_then(|s| s.status)
+            .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= 1)
+    } else {
+        true
+    };
+    let status = chat.and_then(|s| s.status).unwrap_or_default();
+    Ok(Observation {
+        invalid: None,
+        desired_replicas: cluster.spec.replicas,
+        ready_replicas: status.ready_replicas.unwrap_or(0),
+        updated_replicas: status.updated_replicas.unwrap_or(0),
+        redis_ready,
+        redis_managed: managed,
+    })
+}
+
+/// The status for `obs` (pure).
+pub fn status_for(cluster: &ChatCluster, obs: &Observation, now: Timestamp) -> ChatClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation.unwrap_or(0);
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    ChatClusterStatus {
+        observed_generation: Some(generation),
+        replicas: obs.desired_replicas,
+        ready_replicas: obs.ready_replicas,
+        connections: previous.connections,
+        selector: Some(selector_string(name)),
+        conditions: next_conditions(&previous.conditions, obs, generation, now),
+    }
+}
+
+/// Writes `status` unless it is unchanged (so an idle cluster causes no writes).
+pub async fn write(
+    client: &Client,
+    cluster: &ChatCluster,
+    status: ChatClusterStatus,
+) -> Result<bool, kube::Error> {
+    if cluster.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    let ns = cluster.metadata.namespace.clone().unwrap_or_default();
+    let name = cluster.metadata.name.clone().unwrap_or_default();
+    let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
+    let patch = json!({"status": status});
+    // A merge patch (force is only for apply patches), attributed to the operator.
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_status(&name, &params, &Patch::Merge(&patch))
+        .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ChatClusterSpec;
+
+    #[test]
+    fn unchanged_observation_gives_an_identical_status() {
+        let spec: ChatClusterSpec = serde_json::from_value(json!({})).unwrap();
+        let mut c = ChatCluster::new("chat", spec);
+        c.metadata.generation = Some(2);
+        let obs = Observation {
+            invalid: None,
+            desired_replicas: 3,
+            ready_replicas: 3,
+            updated_replicas: 3,
+            redis_ready: true,
+            redis_managed: true,
+        };
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let first = status_for(&c, &obs, t0);
+        assert_eq!(first.observed_generation, Some(2));
+        assert_eq!(
+            first.selector.as_deref(),
+            Some(selector_string("chat").as_str())
+        );
+        c.status = Some(first.clone());
+        let later = status_for(&c, &obs, Timestamp::from_second(1_800_000_600).unwrap());
+        assert_eq!(
+            later, first,
+            "no transition, so nothing to write (no resourceVersion churn)"
+        );
+    }
+}

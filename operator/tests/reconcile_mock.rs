@@ -1,0 +1,135 @@
+//! The whole reconcile pipeline against a mocked API server.
+
+use std::sync::Arc;
+
+use chatcluster_operator::crd::{ChatCluster, ChatClusterSpec};
+use chatcluster_operator::reconcile::{reconcile, requeue_after, Context};
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::json;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn cluster(spec: serde_json::Value) -> ChatCluster {
+    let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
+    let mut c = ChatCluster::new("chat", spec);
+    c.metadata.namespace = Some("ns1".into());
+    c.metadata.uid = Some("uid-1".into());
+    c.metadata.generation = Some(7);
+    c
+}
+
+/// A tiny API server: applies echo, lists are empty, StatefulSets do not exist yet
+/// (404), status patches are recorded.
+fn fake(mut handle: Handle) -> tokio::task::JoinHandle<Vec<(Method, String, serde_json::Value)>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let body: serde_json::Value =
+                serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap_or(json!(null));
+            let path = parts.uri.path().to_owned();
+            let (code, answer) = match parts.method.as_str() {
+                "PATCH" if path.ends_with("/status") => (StatusCode::OK, {
+                    let mut c = json!({"apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster", "metadata": {"name": "chat", "namespace": "ns1"}, "spec": {}});
+                    c["status"] = body["status"].clone();
+                    c
+                }),
+                "PATCH" => (StatusCode::OK, body.clone()),
+                "GET"
+                    if parts
+                        .uri
+                        .query()
+                        .is_some_and(|q| q.contains("labelSelector")) =>
+                {
+                    (
+                        StatusCode::OK,
+                        json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
+                    )
+                }
+                "GET" => (
+                    StatusCode::NOT_FOUND,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+                ),
+                other => panic!("unexpected {other} {path}"),
+            };
+            seen.push((parts.method, parts.uri.to_string(), body));
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(answer.to_string().into_bytes()))
+                    .unwrap(),
+            );
+        }
+        seen
+    })
+}
+
+#[tokio::test]
+async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context {
+        client: kube::Client::new(svc, "default"),
+        gateway_api: false,
+    });
+    let server = fake(handle);
+    let action = reconcile(Arc::new(cluster(json!({}))), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    let seen = server.await.unwrap();
+    assert_eq!(action, Action::requeue(requeue_after(false)));
+    let applies = seen
+        .iter()
+        .filter(|(m, u, _)| m == Method::PATCH && u.contains("force=true"))
+        .count();
+    assert_eq!(
+        applies, 8,
+        "SA, ConfigMap, 2 Services, StatefulSet, PDB, Redis StatefulSet and Service"
+    );
+    let (_, _, status) = seen
+        .iter()
+        .find(|(m, u, _)| m == Method::PATCH && u.contains("/status"))
+        .expect("status written");
+    let status = &status["status"];
+    assert_eq!(status["observedGeneration"], 7);
+    assert_eq!(status["replicas"], 3);
+    assert_eq!(status["readyReplicas"], 0);
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "RedisNotReady");
+}
+
+#[tokio::test]
+async fn an_invalid_cluster_is_degraded_and_nothing_is_applied() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context {
+        client: kube::Client::new(svc, "default"),
+        gateway_api: false,
+    });
+    let server = fake(handle);
+    let bad = cluster(json!({"drain": {"reconnectWindowSeconds": 60, "deadlineSeconds": 30}}));
+    let action = reconcile(Arc::new(bad), ctx.clone()).await.unwrap();
+    drop(ctx);
+    let seen = server.await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(seen.len(), 1, "only the status is written: {seen:?}");
+    let degraded = seen[0].2["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["status"], "True");
+    assert!(degraded["message"]
+        .as_str()
+        .unwrap()
+        .contains("reconnectWindowSeconds must be shorter"));
+}
