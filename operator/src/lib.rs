@@ -6,6 +6,8 @@ pub mod apply;
 pub mod build;
 pub mod conditions;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
 pub mod reconcile;
 pub mod status;
 pub mod validate;

@@ -1,0 +1,208 @@
+//! chatcluster-operator: watches ChatClusters and reconciles them, as the leader of a
+//! coordination.k8s.io Lease. Serves /healthz, /readyz and /metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::routing::get;
+use chatcluster_operator::crd::ChatCluster;
+use chatcluster_operator::leader::Elector;
+use chatcluster_operator::metrics::OperatorMetrics;
+use chatcluster_operator::reconcile::{error_policy, reconcile, Context, ReconcileError};
+use clap::Parser;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(name = "chatcluster-operator", version)]
+struct Args {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "OPERATOR_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    metrics_listen: SocketAddr,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "OPERATOR_LEASE_NAME",
+        default_value = "chatcluster-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a Lease stays valid without renewal; a standby takes over after this.
+    #[arg(long, env = "OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity in the Lease (the pod name on Kubernetes).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Log format: json or pretty.
+    #[arg(long, env = "OPERATOR_LOG_FORMAT", default_value = "json")]
+    log_format: String,
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPERATOR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if format == "pretty" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.lease_seconds < 3 {
+        anyhow::bail!("OPERATOR_LEASE_SECONDS must be at least 3");
+    }
+    init_logging(&args.log_format);
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()),
+            rand_u32()
+        )
+    });
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let metrics = OperatorMetrics::new();
+
+    let http_metrics = metrics.clone();
+    let listener = tokio::net::TcpListener::bind(args.metrics_listen)
+        .await
+        .with_context(|| format!("listening on {}", args.metrics_listen))?;
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || async move { http_metrics.render() }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
+    });
+
+    let elector = Elector::new(
+        client.clone(),
+        &args.lease_namespace,
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(args.lease_seconds),
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tracing::info!(%identity, lease = %args.lease_name, "waiting to become leader");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            r = elector.try_acquire_or_renew() => match r {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+            }
+        }
+        tokio::time::sleep(elector.retry_period()).await;
+    }
+    metrics.leader.set(1);
+    tracing::info!(%identity, "became leader");
+
+    let gateway_api = gateway_api_installed(&client).await;
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        gateway_api,
+    });
+    let clusters: Api<ChatCluster> = Api::all(client.clone());
+    let reconcile_metrics = metrics.clone();
+    let controller = Controller::new(clusters, watcher::Config::default())
+        .owns(
+            Api::<StatefulSet>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .owns(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .run(
+            move |obj, ctx| {
+                let m = reconcile_metrics.clone();
+                async move {
+                    let started = Instant::now();
+                    m.reconciles.inc();
+                    let result: Result<Action, ReconcileError> = reconcile(obj, ctx).await;
+                    m.duration.observe(started.elapsed().as_secs_f64());
+                    if let Err(e) = &result {
+                        let reason = match e {
+                            ReconcileError::Kube(_) => "api",
+                            ReconcileError::Build(_) => "build",
+                        };
+                        m.errors.with_label_values(&[reason]).inc();
+                    }
+                    result
+                }
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|_| async {});
+    tokio::pin!(controller);
+
+    // Lead until a signal, or until the Lease cannot be renewed (then exit: a fresh
+    // process re-enters the election rather than risk acting alongside a new leader).
+    let mut renew = tokio::time::interval(elector.retry_period());
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut controller => break "controller stopped",
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = renew.tick() => match elector.try_acquire_or_renew().await {
+                Ok(true) => {}
+                Ok(false) => break "lost the Lease",
+                Err(e) => tracing::warn!(error = %e, "Lease renewal failed; retrying"),
+            },
+        }
+    };
+    metrics.leader.set(0);
+    tracing::info!(outcome, "stopping");
+    if outcome == "lost the Lease" {
+        std::process::exit(1);
+    }
+    if let Err(e) = elector.release().await {
+        tracing::warn!(error = %e, "could not release the Lease; a standby takes over when it expires");
+    }
+    Ok(())
+}
+
+/// Whether the Gateway API group is served (HTTPRoutes can be created).
+async fn gateway_api_installed(client: &Client) -> bool {
+    match client.list_api_groups().await {
+        Ok(groups) => groups
+            .groups
+            .iter()
+            .any(|g| g.name == "gateway.networking.k8s.io"),
+        Err(e) => {
+            tracing::warn!(error = %e, "API discovery failed; assuming no Gateway API");
+            false
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos ^ std::process::id().rotate_left(16)
+}
