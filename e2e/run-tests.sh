@@ -5,7 +5,7 @@
 # Tiers: formatting and lints, unit tests, loopback integration tests (real WebSocket
 # clients against real chat-server processes), multi-node suites (real redis-server and
 # haproxy), the load generator's smoke test, and the web client driven in headless
-# Chromium. Needs: Rust, Node/npm, /usr/bin/chromium, redis-server, haproxy.
+# Chromium. Needs: Rust, Node/npm, /usr/bin/chromium, redis-server, haproxy, openssl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,7 @@ echo "== build (binaries are needed by the process-level suites)"
 cargo build --workspace --locked
 
 status=0
-for tool in redis-server haproxy chromium node; do
+for tool in redis-server haproxy openssl chromium node; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run .ci/run or apt-get install it" >&2; exit 1; }
 done
 

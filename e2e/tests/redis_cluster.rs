@@ -664,3 +664,155 @@ async fn password_prefixes_and_history_bounds() {
     };
     assert_eq!(status, 503);
 }
+
+/// `rediss://`: a real redis-server with TLS on loopback and a certificate from a
+/// private CA. A node given the CA (`--redis-ca-file`) works; one without it refuses the
+/// untrusted certificate and stays unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_verifies_the_server_certificate() {
+    let _s = serial().await;
+    let dir = chatcluster_e2e::cluster::ScratchDir::new("tls").unwrap();
+    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let (ca, ca_key) = (dir.0.join("ca.pem"), dir.0.join("ca.key"));
+    let (csr, ext) = (dir.0.join("server.csr"), dir.0.join("ext.cnf"));
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let openssl = |args: Vec<std::ffi::OsString>| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (apt-get install openssl)")
+            .success();
+        assert!(ok, "openssl failed");
+    };
+    let os = |parts: &[&dyn AsRef<std::ffi::OsStr>]| {
+        parts
+            .iter()
+            .map(|p| p.as_ref().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // A private CA, and a server certificate for 127.0.0.1 signed by it.
+    openssl(os(&[
+        &"req",
+        &"-x509",
+        &"-newkey",
+        &"rsa:2048",
+        &"-nodes",
+        &"-days",
+        &"1",
+        &"-subj",
+        &"/CN=chatcluster-test-ca",
+        &"-keyout",
+        &ca_key,
+        &"-out",
+        &ca,
+    ]));
+    openssl(os(&[
+        &"req",
+        &"-newkey",
+        &"rsa:2048",
+        &"-nodes",
+        &"-subj",
+        &"/CN=127.0.0.1",
+        &"-keyout",
+        &key,
+        &"-out",
+        &csr,
+    ]));
+    openssl(os(&[
+        &"x509",
+        &"-req",
+        &"-in",
+        &csr,
+        &"-CA",
+        &ca,
+        &"-CAkey",
+        &ca_key,
+        &"-CAcreateserial",
+        &"-days",
+        &"1",
+        &"-extfile",
+        &ext,
+        &"-out",
+        &cert,
+    ]));
+    let port = chatcluster_e2e::cluster::free_port().unwrap();
+    let redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .args(["--tls-auth-clients", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Stopped by PID on every path, a failing assertion included.
+    let _redis = KillOnDrop(redis);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    tokio::task::block_in_place(|| {
+        chatcluster_e2e::cluster::wait_listening(addr, Duration::from_secs(10))
+    })
+    .unwrap();
+    let url = format!("rediss://127.0.0.1:{port}/");
+    let binary = chat_server_binary(LOADGEN).unwrap();
+    let cert_arg = ca.to_string_lossy().into_owned();
+    let trusted = tokio::task::block_in_place(|| {
+        ServerProcess::start(
+            &binary,
+            &["--redis-url", &url, "--redis-ca-file", &cert_arg],
+        )
+    })
+    .unwrap();
+    let untrusted =
+        tokio::task::block_in_place(|| ServerProcess::start(&binary, &["--redis-url", &url]))
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, _) = tokio::task::block_in_place(|| {
+            chatcluster_e2e::cluster::http_status_of(trusted.admin_addr, "/readyz")
+        });
+        if code == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node with the CA never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut a, _, _) = connect(&trusted.ws_url(), "user=a", None).await.unwrap();
+    join(&mut a, "r", None).await.unwrap();
+    assert_eq!(send_and_ack(&mut a, "r", "over tls", "1").await.unwrap(), 1);
+    assert_eq!(
+        recv_type(&mut a, "message").await.unwrap()["body"],
+        "over tls"
+    );
+    let (code, _) = tokio::task::block_in_place(|| {
+        chatcluster_e2e::cluster::http_status_of(untrusted.admin_addr, "/readyz")
+    });
+    assert_eq!(code, 503, "a certificate from an unknown CA is refused");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -129,6 +129,9 @@ pub struct Args {
     /// Prefix of every Redis key and channel, so one Redis can serve several clusters.
     #[arg(long, env = "CHAT_REDIS_KEY_PREFIX", default_value = "chat")]
     pub redis_key_prefix: String,
+    /// PEM file of the CA that signed the Redis server's TLS certificate (`rediss://`).
+    #[arg(long, env = "CHAT_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// How long a dead node's registry and presence entries survive it.
     #[arg(long, env = "CHAT_REDIS_PRESENCE_TTL", default_value = "15s")]
     pub redis_presence_ttl: String,
@@ -310,6 +313,9 @@ impl Settings {
                     "CHAT_REDIS_KEY_PREFIX must be 1 to 64 characters without spaces or `|`".into(),
                 );
             }
+            if redis.ca_file.is_some() && !redis.url.starts_with("rediss://") {
+                return fail("CHAT_REDIS_CA_FILE needs a rediss:// CHAT_REDIS_URL (TLS)".into());
+            }
             if redis.presence_ttl < Duration::from_secs(1) {
                 return fail("CHAT_REDIS_PRESENCE_TTL must be at least 1s".into());
             }
@@ -410,6 +416,7 @@ impl Settings {
                         "CHAT_REDIS_PRESENCE_TTL",
                         &args.redis_presence_ttl,
                     )?,
+                    ca_file: args.redis_ca_file.clone(),
                 }),
             },
         };

@@ -44,6 +44,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// A node's registry and presence entries outlive it by at most this.
     pub presence_ttl: Duration,
+    /// PEM CA certificate that signed a `rediss://` server's certificate (the system's
+    /// public roots are used when unset).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Error building the backplane from configuration.
@@ -246,7 +249,22 @@ impl RedisBackplane {
             let redis = info.redis_settings().clone().set_password(pw);
             info = info.set_redis_settings(redis);
         }
-        let client = redis::Client::open(info).map_err(|e| RedisConfigError(e.to_string()))?;
+        let client = match &settings.ca_file {
+            None => redis::Client::open(info),
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    RedisConfigError(format!("CHAT_REDIS_CA_FILE {}: {e}", path.display()))
+                })?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+        }
+        .map_err(|e| RedisConfigError(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let bp = Arc::new(RedisBackplane {
             node: node.to_owned(),
