@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SecretKeySelector, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
-    SleepAction, Volume, VolumeMount, VolumeResourceRequirements,
+    Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -293,6 +293,14 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// Required by the "restricted" Pod Security level.
+fn runtime_default_seccomp() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".to_owned(),
+        ..SeccompProfile::default()
+    }
+}
+
 fn restricted_container_security() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
@@ -364,7 +372,9 @@ fn chat_statefulset(n: &Names, cluster: &ChatCluster, config: &ConfigMap) -> Sta
         resources: s.resources.clone(),
         readiness_probe: Some(http_probe("/readyz", 2, 1)),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
-        lifecycle: Some(Lifecycle {
+        // The sleep action needs Kubernetes 1.30+; a zero sleep is left out (rejected
+        // before 1.33).
+        lifecycle: (s.drain.pre_stop_seconds > 0).then(|| Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 sleep: Some(SleepAction {
                     seconds: i64::from(s.drain.pre_stop_seconds),
@@ -409,6 +419,7 @@ fn chat_statefulset(n: &Names, cluster: &ChatCluster, config: &ConfigMap) -> Sta
                         run_as_non_root: Some(true),
                         run_as_user: Some(65532),
                         run_as_group: Some(65532),
+                        seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
@@ -543,7 +554,9 @@ fn ingress(n: &Names, spec: &crate::crd::IngressSpec) -> Ingress {
     }
 }
 
-/// Gateway API HTTPRoute with cookie session persistence.
+/// Gateway API HTTPRoute (standard channel). Cookie session persistence
+/// (`sessionPersistence`) is only in the experimental channel, which a standard install
+/// rejects, so stickiness comes from the Gateway implementation's own policy.
 fn http_route(n: &Names, spec: &crate::crd::HttpRouteSpec) -> serde_json::Value {
     let meta = n.meta(n.name.to_owned(), "chat-server");
     let mut parent = json!({"name": spec.gateway_name});
@@ -559,7 +572,6 @@ fn http_route(n: &Names, spec: &crate::crd::HttpRouteSpec) -> serde_json::Value 
             "hostnames": spec.hostnames,
             "rules": [{
                 "backendRefs": [{"name": n.name, "port": 80}],
-                "sessionPersistence": {"sessionName": AFFINITY_COOKIE, "type": "Cookie"},
                 "timeouts": {"request": "0s"},
             }],
         },
@@ -649,6 +661,7 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster) -> StatefulSet {
                         run_as_user: Some(999),
                         run_as_group: Some(999),
                         fs_group: Some(999),
+                        seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],

@@ -16,6 +16,8 @@ pub struct Observation {
     /// `None` when the spec is valid; otherwise (reason, message) for Degraded.
     pub invalid: Option<(String, String)>,
     pub desired_replicas: i32,
+    /// Pods the StatefulSet currently has (status.replicas).
+    pub observed_replicas: i32,
     pub ready_replicas: i32,
     /// Pods running the current template (StatefulSet `updatedReplicas`).
     pub updated_replicas: i32,
@@ -188,6 +190,7 @@ mod tests {
         Observation {
             invalid: None,
             desired_replicas: 3,
+            observed_replicas: 3,
             ready_replicas: ready,
             updated_replicas: updated,
             redis_ready: redis,

@@ -112,8 +112,12 @@ pub struct RedisSpec {
     pub external: Option<ExternalRedis>,
 }
 
-/// A Redis StatefulSet run by the operator.
+/// A Redis StatefulSet run by the operator. Its volume settings cannot change after
+/// creation: StatefulSet volume claim templates are immutable.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "self.storage == oldSelf.storage && self.persistence == oldSelf.persistence && (has(self.storageClassName) ? (has(oldSelf.storageClassName) && self.storageClassName == oldSelf.storageClassName) : !has(oldSelf.storageClassName))"
+).message("redis.managed storage, storageClassName and persistence cannot be changed after creation (the Redis volume claim is immutable); create a new ChatCluster to change them"))]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedRedis {
     #[serde(default = "default_redis_image")]
@@ -290,12 +294,12 @@ impl Default for LimitsSpec {
 /// works; production clusters set `jwtSecretName` and `allowAnonymous: false`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.allowAnonymous || has(self.jwtSecretName)")
-    .message("auth: with allowAnonymous: false, set auth.jwtSecretName to a Secret holding hs256Secret or rs256PublicKey"))]
+    .message("auth: with allowAnonymous: false, set auth.jwtSecretName to a Secret holding hs256Secret"))]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
     #[serde(default = "default_true")]
     pub allow_anonymous: bool,
-    /// Secret with key `hs256Secret` and/or `rs256PublicKey` (PEM).
+    /// Secret with key `hs256Secret` (at least 32 bytes): the HS256 key of client JWTs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_name: Option<String>,
     /// Browser origins allowed to connect (any when empty).

@@ -126,15 +126,12 @@ async fn main() -> anyhow::Result<()> {
     });
     let clusters: Api<ChatCluster> = Api::all(client.clone());
     let reconcile_metrics = metrics.clone();
+    // Watch only what this operator manages, not every StatefulSet and Service.
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=chatcluster-operator");
     let controller = Controller::new(clusters, watcher::Config::default())
-        .owns(
-            Api::<StatefulSet>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned)
         .run(
             move |obj, ctx| {
                 let m = reconcile_metrics.clone();
@@ -161,17 +158,27 @@ async fn main() -> anyhow::Result<()> {
 
     // Lead until a signal, or until the Lease cannot be renewed (then exit: a fresh
     // process re-enters the election rather than risk acting alongside a new leader).
+    // Renewals are bounded in time, and leadership ends once no renewal has succeeded
+    // for two thirds of the lease duration: well before a standby may take over.
+    let renew_deadline = Duration::from_secs(args.lease_seconds) * 2 / 3;
+    let mut last_renewed = Instant::now();
     let mut renew = tokio::time::interval(elector.retry_period());
     let outcome = loop {
         tokio::select! {
             _ = &mut controller => break "controller stopped",
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
-            _ = renew.tick() => match elector.try_acquire_or_renew().await {
-                Ok(true) => {}
-                Ok(false) => break "lost the Lease",
-                Err(e) => tracing::warn!(error = %e, "Lease renewal failed; retrying"),
-            },
+            _ = renew.tick() => {
+                match tokio::time::timeout(elector.retry_period(), elector.try_acquire_or_renew()).await {
+                    Ok(Ok(true)) => last_renewed = Instant::now(),
+                    Ok(Ok(false)) => break "lost the Lease",
+                    Ok(Err(e)) => tracing::warn!(error = %e, "Lease renewal failed; retrying"),
+                    Err(_) => tracing::warn!("Lease renewal timed out; retrying"),
+                }
+                if last_renewed.elapsed() > renew_deadline {
+                    break "lost the Lease";
+                }
+            }
         }
     };
     metrics.leader.set(0);
@@ -187,11 +194,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// Whether the Gateway API group is served (HTTPRoutes can be created).
 async fn gateway_api_installed(client: &Client) -> bool {
-    match client.list_api_groups().await {
-        Ok(groups) => groups
-            .groups
-            .iter()
-            .any(|g| g.name == "gateway.networking.k8s.io"),
+    match client
+        .list_api_group_resources("gateway.networking.k8s.io/v1")
+        .await
+    {
+        Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
+        Err(kube::Error::Api(e)) if e.code == 404 => false,
         Err(e) => {
             tracing::warn!(error = %e, "API discovery failed; assuming no Gateway API");
             false

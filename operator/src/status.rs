@@ -34,6 +34,7 @@ pub async fn observe(
     Ok(Observation {
         invalid: None,
         desired_replicas: cluster.spec.replicas,
+        observed_replicas: status.replicas,
         ready_replicas: status.ready_replicas.unwrap_or(0),
         updated_replicas: status.updated_replicas.unwrap_or(0),
         redis_ready,
@@ -48,7 +49,8 @@ pub fn status_for(cluster: &ChatCluster, obs: &Observation, now: Timestamp) -> C
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
     ChatClusterStatus {
         observed_generation: Some(generation),
-        replicas: obs.desired_replicas,
+        // Observed, not desired: /scale and HPA read this.
+        replicas: obs.observed_replicas,
         ready_replicas: obs.ready_replicas,
         connections: previous.connections,
         selector: Some(selector_string(name)),
@@ -92,6 +94,7 @@ mod tests {
         let obs = Observation {
             invalid: None,
             desired_replicas: 3,
+            observed_replicas: 3,
             ready_replicas: 3,
             updated_replicas: 3,
             redis_ready: true,

@@ -29,6 +29,24 @@ fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
 /// Validates `cluster`; `Ok` means the builders can run.
 pub fn validate(cluster: &ChatCluster) -> Result<(), Invalid> {
     let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let dns1035 = name.bytes().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !name.ends_with('-');
+    if !dns1035 {
+        return Err(invalid(
+            "InvalidName",
+            format!("metadata.name `{name}` must start with a lowercase letter and contain only a-z, 0-9 and '-' (it names Services)"),
+        ));
+    }
+    let namespace = cluster.metadata.namespace.as_deref().unwrap_or_default();
+    if namespace.len() + 1 + name.len() > 64 {
+        return Err(invalid(
+            "NameTooLong",
+            format!("namespace and name together are {} characters; the Redis key prefix `{namespace}.{name}` must fit in 64", namespace.len() + 1 + name.len()),
+        ));
+    }
     if name.len() > MAX_NAME_LEN {
         return Err(invalid(
             "NameTooLong",
@@ -86,6 +104,14 @@ mod tests {
     #[test]
     fn accepts_defaults_and_rejects_with_reasons() {
         assert_eq!(validate(&cluster("chat", json!({}))), Ok(()));
+        assert_eq!(
+            validate(&cluster("chat.v2", json!({}))).unwrap_err().reason,
+            "InvalidName"
+        );
+        assert_eq!(
+            validate(&cluster("1chat", json!({}))).unwrap_err().reason,
+            "InvalidName"
+        );
         let long = "c".repeat(47);
         assert_eq!(
             validate(&cluster(&long, json!({}))).unwrap_err().reason,

@@ -127,9 +127,13 @@ fn admin_port_is_never_exposed_to_clients() {
     let a = ingress.metadata.annotations.unwrap();
     assert_eq!(a["nginx.ingress.kubernetes.io/affinity"], "cookie");
     assert_eq!(a["nginx.ingress.kubernetes.io/proxy-read-timeout"], "3600");
-    assert_eq!(
-        d.http_route.unwrap()["spec"]["rules"][0]["sessionPersistence"]["type"],
-        "Cookie"
+    let route = d.http_route.unwrap();
+    assert_eq!(route["spec"]["rules"][0]["backendRefs"][0]["port"], 80);
+    assert!(
+        route["spec"]["rules"][0]
+            .get("sessionPersistence")
+            .is_none(),
+        "experimental-channel field left out: a standard Gateway API install rejects it"
     );
 }
 
@@ -215,4 +219,14 @@ fn missing_metadata_is_an_error_not_a_panic() {
     let mut c = example("minimal.yaml");
     c.metadata.uid = None;
     assert!(build(&c, BuildContext::default()).is_err());
+}
+
+#[test]
+fn zero_prestop_is_left_out() {
+    let mut c = example("minimal.yaml");
+    c.spec.drain.pre_stop_seconds = 0;
+    let d = build(&c, BuildContext::default()).unwrap();
+    let pod = d.chat_statefulset.spec.unwrap().template.spec.unwrap();
+    assert!(pod.containers[0].lifecycle.is_none());
+    assert_eq!(pod.termination_grace_period_seconds, Some(25 + 5));
 }

@@ -152,3 +152,30 @@ fn examples_pass_the_crd_rules() {
         );
     }
 }
+
+/// Volume settings of a managed Redis cannot change after creation (transition rule).
+#[test]
+fn managed_redis_volume_is_immutable() {
+    let crd = serde_json::to_value(chatcluster_operator::crd().unwrap()).unwrap();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let spec = |storage: &str| {
+        let typed: ChatClusterSpec =
+            serde_json::from_value(json!({"redis": {"managed": {"storage": storage}}})).unwrap();
+        serde_json::to_value(typed).unwrap()
+    };
+    let validator = kube::core::cel::Validator::new();
+    let err = validator
+        .validate(schema, &spec("2Gi"), Some(&spec("1Gi")))
+        .expect_err("storage change rejected");
+    assert!(
+        err.to_string().contains("cannot be changed after creation"),
+        "{err}"
+    );
+    assert!(validator
+        .validate(schema, &spec("1Gi"), Some(&spec("1Gi")))
+        .is_ok());
+    assert!(
+        validator.validate(schema, &spec("2Gi"), None).is_ok(),
+        "any size on create"
+    );
+}
