@@ -94,7 +94,10 @@ async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
         .expect("status written");
     let status = &status["status"];
     assert_eq!(status["observedGeneration"], 7);
-    assert_eq!(status["replicas"], 3);
+    assert_eq!(
+        status["replicas"], 0,
+        "observed pods, not the desired count"
+    );
     assert_eq!(status["readyReplicas"], 0);
     let ready = status["conditions"]
         .as_array()
