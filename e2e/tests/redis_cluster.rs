@@ -816,3 +816,26 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// History through Redis is bounded by age too: a gap older than the history age is
+/// not recovered, a younger one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_age_bound_through_redis() {
+    let _s = serial().await;
+    let c = cluster(1, &["--history-max-age", "400ms"]);
+    let (mut p, _, _) = connect(&c.nodes[0].ws_url(), "user=p", None).await.unwrap();
+    let epoch = join(&mut p, "r", None).await.unwrap()["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    send_and_ack(&mut p, "r", "old", "1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    send_and_ack(&mut p, "r", "new", "2").await.unwrap();
+    let (mut a, _, _) = connect(&c.nodes[0].ws_url(), "user=a", None).await.unwrap();
+    let j = join(&mut a, "r", Some((&epoch, 0))).await.unwrap();
+    assert_eq!(j["recovered"], false, "offset 1 aged out of history");
+    let (mut b, _, _) = connect(&c.nodes[0].ws_url(), "user=b", None).await.unwrap();
+    let j = join(&mut b, "r", Some((&epoch, 1))).await.unwrap();
+    assert_eq!(j["recovered"], true);
+    assert_eq!(recv_type(&mut b, "message").await.unwrap()["body"], "new");
+}
