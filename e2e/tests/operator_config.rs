@@ -12,12 +12,8 @@ const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
 
 fn pod_environment(example: &str) -> BTreeMap<String, String> {
     let path = format!("{}/../examples/{example}", env!("CARGO_MANIFEST_DIR"));
-    let mut doc: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    if doc.get("spec").is_none() {
-        doc["spec"] = serde_yaml::Value::Mapping(Default::default());
-    }
-    let mut cluster: ChatCluster = serde_yaml::from_value(doc).unwrap();
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut cluster: ChatCluster = chatcluster_operator::parse_manifest(&text).unwrap();
     cluster
         .metadata
         .namespace

@@ -8,12 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 fn example(file: &str) -> ChatCluster {
     let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-    // The API server defaults a missing spec to {} (see the CRD); do the same here.
-    if doc.get("spec").is_none() {
-        doc["spec"] = serde_yaml::Value::Mapping(Default::default());
-    }
-    let mut cluster: ChatCluster = serde_yaml::from_value(doc).unwrap();
+    let mut cluster = chatcluster_operator::parse_manifest(&text).unwrap();
     cluster
         .metadata
         .namespace
