@@ -15,6 +15,8 @@ pub const DEGRADED: &str = "Degraded";
 pub struct Observation {
     /// `None` when the spec is valid; otherwise (reason, message) for Degraded.
     pub invalid: Option<(String, String)>,
+    /// The last apply failed (e.g. the API server rejected an object): its message.
+    pub apply_failed: Option<String>,
     pub desired_replicas: i32,
     /// Pods the StatefulSet currently has (status.replicas).
     pub observed_replicas: i32,
@@ -85,6 +87,33 @@ pub fn next_conditions(
             false,
             "InvalidSpec",
             "waiting for a valid spec".into(),
+            generation,
+            &now,
+        ));
+        return keep_transition_times(previous, out);
+    }
+    if let Some(message) = &obs.apply_failed {
+        out.push(condition(
+            DEGRADED,
+            true,
+            "ApplyFailed",
+            message.clone(),
+            generation,
+            &now,
+        ));
+        out.push(condition(
+            READY,
+            false,
+            "ApplyFailed",
+            "objects could not be applied; see the Degraded condition".into(),
+            generation,
+            &now,
+        ));
+        out.push(condition(
+            PROGRESSING,
+            true,
+            "ApplyFailed",
+            "retrying".into(),
             generation,
             &now,
         ));
@@ -189,6 +218,7 @@ mod tests {
     fn obs(ready: i32, updated: i32, redis: bool) -> Observation {
         Observation {
             invalid: None,
+            apply_failed: None,
             desired_replicas: 3,
             observed_replicas: 3,
             ready_replicas: ready,

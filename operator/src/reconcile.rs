@@ -67,7 +67,20 @@ pub async fn reconcile(
             gateway_api: ctx.gateway_api,
         },
     )?;
-    apply(&ctx.client, &ns, &desired).await?;
+    if let Err(e) = apply(&ctx.client, &ns, &desired).await {
+        // Make a persistent failure (e.g. a rejected object) visible in status; the
+        // error itself goes to error_policy for a retry.
+        let obs = Observation {
+            apply_failed: Some(e.to_string()),
+            desired_replicas: cluster.spec.replicas,
+            ..Observation::default()
+        };
+        let status = status_for(&cluster, &obs, Timestamp::now());
+        if let Err(write_err) = write(&ctx.client, &cluster, status).await {
+            tracing::warn!(%ns, %name, error = %write_err, "could not record the apply failure in status");
+        }
+        return Err(e.into());
+    }
     let uid = cluster.metadata.uid.clone().unwrap_or_default();
     let deleted = delete_orphans(&ctx.client, &ns, &name, &uid, &desired, ctx.gateway_api).await?;
     if !deleted.is_empty() {

@@ -33,6 +33,7 @@ pub async fn observe(
     let status = chat.and_then(|s| s.status).unwrap_or_default();
     Ok(Observation {
         invalid: None,
+        apply_failed: None,
         desired_replicas: cluster.spec.replicas,
         observed_replicas: status.replicas,
         ready_replicas: status.ready_replicas.unwrap_or(0),
@@ -93,6 +94,7 @@ mod tests {
         c.metadata.generation = Some(2);
         let obs = Observation {
             invalid: None,
+            apply_failed: None,
             desired_replicas: 3,
             observed_replicas: 3,
             ready_replicas: 3,

@@ -136,3 +136,61 @@ async fn an_invalid_cluster_is_degraded_and_nothing_is_applied() {
         .unwrap()
         .contains("reconnectWindowSeconds must be shorter"));
 }
+
+/// An object the API server rejects: the error is returned for a retry, and status says
+/// Degraded/ApplyFailed with the server's message instead of staying silent.
+#[tokio::test]
+async fn a_rejected_object_shows_as_degraded() {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context {
+        client: kube::Client::new(svc, "default"),
+        gateway_api: false,
+    });
+    let server = tokio::spawn(async move {
+        let mut status_patch = None;
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let body: serde_json::Value =
+                serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap();
+            let (code, answer) = if parts.uri.path().ends_with("/status") {
+                status_patch = Some(body.clone());
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster", "metadata": {"name": "chat"}, "spec": {}}),
+                )
+            } else {
+                (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Invalid", "code": 422, "message": "StatefulSet.apps \"chat-redis\" is invalid: spec: Forbidden: updates to statefulset spec are forbidden"}),
+                )
+            };
+            send.send_response(
+                Response::builder()
+                    .status(code)
+                    .body(Body::from(answer.to_string().into_bytes()))
+                    .unwrap(),
+            );
+        }
+        status_patch
+    });
+    let result = reconcile(Arc::new(cluster(json!({}))), ctx.clone()).await;
+    drop(ctx);
+    assert!(
+        result.is_err(),
+        "the failure is returned for a retry with backoff"
+    );
+    let status = server.await.unwrap().expect("status written")["status"].clone();
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "ApplyFailed");
+    assert!(degraded["message"]
+        .as_str()
+        .unwrap()
+        .contains("updates to statefulset spec are forbidden"));
+}
