@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod k8s;
 pub mod procstat;
 pub mod server_process;
 pub mod stats;

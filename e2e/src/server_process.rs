@@ -102,11 +102,17 @@ impl Drop for ServerProcess {
 /// The workspace's built `chat-server` binary next to `sibling` (another binary of the
 /// same build, e.g. `env!("CARGO_BIN_EXE_chat-loadgen")`).
 pub fn chat_server_binary(sibling: &str) -> Result<PathBuf> {
+    workspace_binary(sibling, "chat-server")
+}
+
+/// A binary of another workspace crate (`chat-server`, `chatcluster-operator`) from the
+/// same build as `sibling`.
+pub fn workspace_binary(sibling: &str, name: &str) -> Result<PathBuf> {
     let dir = Path::new(sibling).parent().context("binary directory")?;
-    let path = dir.join("chat-server");
+    let path = dir.join(name);
     if !path.exists() {
         bail!(
-            "{} not found: build it first with `cargo build -p chat-server` (the README's test command does)",
+            "{} not found: build it first with `cargo build --workspace` (the README's test command does)",
             path.display()
         );
     }

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod build;
 pub mod conditions;
 pub mod crd;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

@@ -14,8 +14,11 @@ use chatcluster_operator::reconcile::{error_policy, reconcile, Context, Reconcil
 use clap::Parser;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tokio::signal::unix::{signal, SignalKind};
@@ -42,6 +45,10 @@ struct Args {
     /// This replica's identity in the Lease (the pod name on Kubernetes).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Watch only this namespace (empty: every namespace). A namespace-scoped operator
+    /// needs only a Role in that namespace, and several can share one cluster.
+    #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+    watch_namespace: String,
     /// Log format: json or pretty.
     #[arg(long, env = "OPERATOR_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -103,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tracing::info!(%identity, lease = %args.lease_name, "waiting to become leader");
+    tracing::info!(%identity, lease = %args.lease_name, namespace = %args.watch_namespace, "waiting to become leader");
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -120,40 +127,56 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%identity, "became leader");
 
     let gateway_api = gateway_api_installed(&client).await;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "chatcluster-operator".into(),
+            instance: Some(identity.clone()),
+        },
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         gateway_api,
+        recorder,
     });
-    let clusters: Api<ChatCluster> = Api::all(client.clone());
+    let scope = Scope(args.watch_namespace.clone());
     let reconcile_metrics = metrics.clone();
-    // Watch only what this operator manages, not every StatefulSet and Service.
+    // Watch only what this operator manages, not every StatefulSet and Service. A change
+    // to (or the deletion of) any child brings its ChatCluster back to reconcile.
     let owned =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=chatcluster-operator");
-    let controller = Controller::new(clusters, watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned)
-        .run(
-            move |obj, ctx| {
-                let m = reconcile_metrics.clone();
-                async move {
-                    let started = Instant::now();
-                    m.reconciles.inc();
-                    let result: Result<Action, ReconcileError> = reconcile(obj, ctx).await;
-                    m.duration.observe(started.elapsed().as_secs_f64());
-                    if let Err(e) = &result {
-                        let reason = match e {
-                            ReconcileError::Kube(_) => "api",
-                            ReconcileError::Build(_) => "build",
-                        };
-                        m.errors.with_label_values(&[reason]).inc();
-                    }
-                    result
+    let controller = Controller::new(
+        scope.api::<ChatCluster>(&client),
+        watcher::Config::default(),
+    )
+    .owns(scope.api::<StatefulSet>(&client), owned.clone())
+    .owns(scope.api::<Service>(&client), owned.clone())
+    .owns(scope.api::<ConfigMap>(&client), owned.clone())
+    .owns(scope.api::<ServiceAccount>(&client), owned.clone())
+    .owns(scope.api::<PodDisruptionBudget>(&client), owned.clone())
+    .owns(scope.api::<Ingress>(&client), owned)
+    .run(
+        move |obj, ctx| {
+            let m = reconcile_metrics.clone();
+            async move {
+                let started = Instant::now();
+                m.reconciles.inc();
+                let result: Result<Action, ReconcileError> = reconcile(obj, ctx).await;
+                m.duration.observe(started.elapsed().as_secs_f64());
+                if let Err(e) = &result {
+                    let reason = match e {
+                        ReconcileError::Kube(_) => "api",
+                        ReconcileError::Build(_) => "build",
+                    };
+                    m.errors.with_label_values(&[reason]).inc();
                 }
-            },
-            error_policy,
-            ctx,
-        )
-        .for_each(|_| async {});
+                result
+            }
+        },
+        error_policy,
+        ctx,
+    )
+    .for_each(|_| async {});
     tokio::pin!(controller);
 
     // Lead until a signal, or until the Lease cannot be renewed (then exit: a fresh
@@ -190,6 +213,23 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not release the Lease; a standby takes over when it expires");
     }
     Ok(())
+}
+
+/// The namespace the operator watches, or all of them.
+struct Scope(String);
+
+impl Scope {
+    fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        if self.0.is_empty() {
+            Api::all(client.clone())
+        } else {
+            Api::namespaced(client.clone(), &self.0)
+        }
+    }
 }
 
 /// Whether the Gateway API group is served (HTTPRoutes can be created).

@@ -5,14 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
-use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource};
 
 use crate::apply::{apply, delete_orphans};
 use crate::build::{build, BuildContext, BuildError};
 use crate::conditions::Observation;
-use crate::crd::ChatCluster;
+use crate::crd::{ChatCluster, ChatClusterStatus};
+use crate::events::{for_condition_changes, for_deleted_orphans, for_scaling, Notice};
 use crate::status::{observe, status_for, write};
 use crate::validate::validate;
 
@@ -21,6 +24,8 @@ pub struct Context {
     pub client: Client,
     /// Whether the Gateway API CRDs are installed (HTTPRoutes can be created).
     pub gateway_api: bool,
+    /// Publishes Events about ChatClusters (events.k8s.io, deduplicated into series).
+    pub recorder: Recorder,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,12 +58,10 @@ pub async fn reconcile(
             desired_replicas: cluster.spec.replicas,
             ..Observation::default()
         };
-        write(
-            &ctx.client,
-            &cluster,
-            status_for(&cluster, &obs, Timestamp::now()),
-        )
-        .await?;
+        let status = status_for(&cluster, &obs, Timestamp::now());
+        let notices = for_condition_changes(previous_conditions(&cluster), &status.conditions);
+        write(&ctx.client, &cluster, status).await?;
+        publish(&ctx, &cluster, notices).await;
         return Ok(Action::await_change());
     }
     let desired = build(
@@ -67,6 +70,11 @@ pub async fn reconcile(
             gateway_api: ctx.gateway_api,
         },
     )?;
+    let replicas_before = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&name)
+        .await?
+        .and_then(|s| s.spec)
+        .and_then(|s| s.replicas);
     if let Err(e) = apply(&ctx.client, &ns, &desired).await {
         // Make a persistent failure (e.g. a rejected object) visible in status; the
         // error itself goes to error_policy for a retry.
@@ -76,25 +84,66 @@ pub async fn reconcile(
             ..Observation::default()
         };
         let status = status_for(&cluster, &obs, Timestamp::now());
+        let notices = for_condition_changes(previous_conditions(&cluster), &status.conditions);
         if let Err(write_err) = write(&ctx.client, &cluster, status).await {
             tracing::warn!(%ns, %name, error = %write_err, "could not record the apply failure in status");
         }
+        publish(&ctx, &cluster, notices).await;
         return Err(e.into());
     }
+    let mut notices: Vec<Notice> = for_scaling(replicas_before, cluster.spec.replicas)
+        .into_iter()
+        .collect();
     let uid = cluster.metadata.uid.clone().unwrap_or_default();
     let deleted = delete_orphans(&ctx.client, &ns, &name, &uid, &desired, ctx.gateway_api).await?;
     if !deleted.is_empty() {
         tracing::info!(%ns, %name, ?deleted, "deleted objects no longer in the spec");
     }
+    notices.extend(for_deleted_orphans(&deleted));
     let obs = observe(&ctx.client, &ns, &cluster).await?;
     let ready = obs.redis_ready && obs.ready_replicas >= obs.desired_replicas;
-    write(
-        &ctx.client,
-        &cluster,
-        status_for(&cluster, &obs, Timestamp::now()),
-    )
-    .await?;
+    let status = status_for(&cluster, &obs, Timestamp::now());
+    notices.extend(for_condition_changes(
+        previous_conditions(&cluster),
+        &status.conditions,
+    ));
+    write(&ctx.client, &cluster, status).await?;
+    publish(&ctx, &cluster, notices).await;
     Ok(Action::requeue(requeue_after(ready)))
+}
+
+fn previous_conditions(
+    cluster: &ChatCluster,
+) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+    cluster
+        .status
+        .as_ref()
+        .map(|s: &ChatClusterStatus| s.conditions.as_slice())
+        .unwrap_or_default()
+}
+
+/// Events are best effort: a failure to publish one is logged, never fails a reconcile.
+async fn publish(ctx: &Context, cluster: &ChatCluster, notices: Vec<Notice>) {
+    if notices.is_empty() {
+        return;
+    }
+    let reference = cluster.object_ref(&());
+    for n in notices {
+        let event = Event {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason,
+            note: Some(n.note),
+            action: n.action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, reason = %event.reason, "could not publish an Event");
+        }
+    }
 }
 
 /// Transient errors retry with a delay; the controller's own backoff spreads repeats.

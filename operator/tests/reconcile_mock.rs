@@ -7,9 +7,26 @@ use chatcluster_operator::reconcile::{reconcile, requeue_after, Context};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
 use serde_json::json;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+type MockService = tower_test::mock::Mock<Request<Body>, Response<Body>>;
+
+fn context(svc: MockService) -> Arc<Context> {
+    let client = kube::Client::new(svc, "default");
+    Arc::new(Context {
+        client: client.clone(),
+        gateway_api: false,
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: "chatcluster-operator".into(),
+                instance: Some("test".into()),
+            },
+        ),
+    })
+}
 
 fn cluster(spec: serde_json::Value) -> ChatCluster {
     let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
@@ -37,6 +54,7 @@ fn fake(mut handle: Handle) -> tokio::task::JoinHandle<Vec<(Method, String, serd
                     c
                 }),
                 "PATCH" => (StatusCode::OK, body.clone()),
+                "POST" if path.contains("/events") => (StatusCode::CREATED, body.clone()),
                 "GET"
                     if parts
                         .uri
@@ -69,10 +87,7 @@ fn fake(mut handle: Handle) -> tokio::task::JoinHandle<Vec<(Method, String, serd
 #[tokio::test]
 async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = Arc::new(Context {
-        client: kube::Client::new(svc, "default"),
-        gateway_api: false,
-    });
+    let ctx = context(svc);
     let server = fake(handle);
     let action = reconcile(Arc::new(cluster(json!({}))), ctx.clone())
         .await
@@ -94,6 +109,21 @@ async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
         .expect("status written");
     let status = &status["status"];
     assert_eq!(status["observedGeneration"], 7);
+    let event_reasons: Vec<&str> = seen
+        .iter()
+        .filter(|(m, u, _)| {
+            m == Method::POST && u.contains("/apis/events.k8s.io/v1/namespaces/ns1/events")
+        })
+        .map(|(_, _, e)| {
+            assert_eq!(e["regarding"]["name"], "chat");
+            assert_eq!(e["reportingController"], "chatcluster-operator");
+            e["reason"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        event_reasons,
+        ["RedisStarting", "RollingOut", "RedisNotReady"]
+    );
     assert_eq!(
         status["replicas"], 0,
         "observed pods, not the desired count"
@@ -112,18 +142,25 @@ async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
 #[tokio::test]
 async fn an_invalid_cluster_is_degraded_and_nothing_is_applied() {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = Arc::new(Context {
-        client: kube::Client::new(svc, "default"),
-        gateway_api: false,
-    });
+    let ctx = context(svc);
     let server = fake(handle);
     let bad = cluster(json!({"drain": {"reconnectWindowSeconds": 60, "deadlineSeconds": 30}}));
     let action = reconcile(Arc::new(bad), ctx.clone()).await.unwrap();
     drop(ctx);
     let seen = server.await.unwrap();
     assert_eq!(action, Action::await_change());
-    assert_eq!(seen.len(), 1, "only the status is written: {seen:?}");
-    let degraded = seen[0].2["status"]["conditions"]
+    let (events, writes): (Vec<_>, Vec<_>) =
+        seen.iter().partition(|(_, uri, _)| uri.contains("/events"));
+    assert_eq!(writes.len(), 1, "only the status is written: {writes:?}");
+    let warning = events
+        .iter()
+        .find(|(_, _, e)| e["type"] == "Warning")
+        .expect("a Warning Event for the invalid spec");
+    assert!(warning.2["note"]
+        .as_str()
+        .unwrap()
+        .contains("reconnectWindowSeconds must be shorter"));
+    let degraded = writes[0].2["status"]["conditions"]
         .as_array()
         .unwrap()
         .iter()
@@ -142,17 +179,21 @@ async fn an_invalid_cluster_is_degraded_and_nothing_is_applied() {
 #[tokio::test]
 async fn a_rejected_object_shows_as_degraded() {
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let ctx = Arc::new(Context {
-        client: kube::Client::new(svc, "default"),
-        gateway_api: false,
-    });
+    let ctx = context(svc);
     let server = tokio::spawn(async move {
         let mut status_patch = None;
         while let Some((req, send)) = handle.next_request().await {
             let (parts, body) = req.into_parts();
             let body: serde_json::Value =
-                serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap();
-            let (code, answer) = if parts.uri.path().ends_with("/status") {
+                serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap_or(json!(null));
+            let (code, answer) = if parts.uri.path().contains("/events") {
+                (StatusCode::CREATED, body.clone())
+            } else if parts.method == Method::GET {
+                (
+                    StatusCode::NOT_FOUND,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+                )
+            } else if parts.uri.path().ends_with("/status") {
                 status_patch = Some(body.clone());
                 (
                     StatusCode::OK,

@@ -1,0 +1,11 @@
+//go:build tools
+
+// Package controlplane only pins the commands built by e2e/k8s/build-control-plane.sh.
+package controlplane
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)

@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Starts a simulated Kubernetes cluster on loopback: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler and KWOK (one fake node, pods made Running and
+# Ready, PVCs provisioned by KWOK's volume stages). Every component binds to 127.0.0.1,
+# the node's InternalIP is 127.0.0.1 and pod IPs come from 127.10.0.0/16, so anything
+# that dials a node or a pod stays on loopback. Service cluster IPs are allocated but
+# never dialled.
+#
+# Usage: e2e/k8s/start-cluster.sh [STATE_DIR]     (default /tmp/chatcluster-k8s)
+# Writes STATE_DIR/kubeconfig (admin), STATE_DIR/kubectl (a matching kubectl),
+# STATE_DIR/logs/*.log and STATE_DIR/pids/*.pid.
+# Stop with e2e/k8s/stop-cluster.sh STATE_DIR.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=e2e/k8s/versions.sh
+source "$here/versions.sh"
+
+state="${1:-/tmp/chatcluster-k8s}"
+bin="$("$here/build-control-plane.sh")"
+kwok_src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$KWOK_VERSION"
+
+etcd_port="${K8S_E2E_ETCD_PORT:-23790}"
+etcd_peer_port="${K8S_E2E_ETCD_PEER_PORT:-23800}"
+api_port="${K8S_E2E_API_PORT:-26443}"
+kcm_port="${K8S_E2E_KCM_PORT:-20257}"
+sched_port="${K8S_E2E_SCHEDULER_PORT:-20259}"
+kwok_port="${K8S_E2E_KWOK_PORT:-20247}"
+pod_cidr="127.10.0.0/16"
+
+say() { echo "start-cluster: $*" >&2; }
+
+if [[ -d "$state/pids" ]] && compgen -G "$state/pids/*.pid" >/dev/null; then
+  say "$state already has running components; stopping them first"
+  "$here/stop-cluster.sh" "$state"
+fi
+rm -rf "$state"
+mkdir -p "$state"/{pki,logs,pids,etcd}
+
+for port in "$etcd_port" "$etcd_peer_port" "$api_port" "$kcm_port" "$sched_port" "$kwok_port"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    say "port $port on 127.0.0.1 is in use; set the K8S_E2E_*_PORT variables to free ports"
+    exit 1
+  fi
+done
+
+# --- certificates and credentials -------------------------------------------------
+pki="$state/pki"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=chatcluster-e2e-ca" \
+  -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+  -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
+cat >"$pki/apiserver.ext" <<'EOF'
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
+extendedKeyUsage=serverAuth
+EOF
+openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+  -CAcreateserial -days 2 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
+openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+
+# Static bearer tokens, one identity per component. The components are in system:masters
+# (a test cluster: their RBAC is not what is under test; the operator's is, in its chart).
+token() { openssl rand -hex 24; }
+admin_token="$(token)"
+kcm_token="$(token)"
+sched_token="$(token)"
+kwok_token="$(token)"
+cat >"$pki/tokens.csv" <<EOF
+$admin_token,chatcluster-e2e-admin,uid-admin,"system:masters"
+$kcm_token,system:kube-controller-manager,uid-kcm,"system:masters"
+$sched_token,system:kube-scheduler,uid-scheduler,"system:masters"
+$kwok_token,kwok-controller,uid-kwok,"system:masters"
+EOF
+
+write_kubeconfig() {
+  local file="$1" user="$2" tok="$3"
+  cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: chatcluster-e2e
+  cluster:
+    server: https://127.0.0.1:$api_port
+    certificate-authority-data: $(base64 -w0 <"$pki/ca.crt")
+users:
+- name: $user
+  user:
+    token: $tok
+contexts:
+- name: chatcluster-e2e
+  context:
+    cluster: chatcluster-e2e
+    user: $user
+current-context: chatcluster-e2e
+EOF
+}
+write_kubeconfig "$state/kubeconfig" admin "$admin_token"
+write_kubeconfig "$pki/kcm.kubeconfig" kube-controller-manager "$kcm_token"
+write_kubeconfig "$pki/scheduler.kubeconfig" kube-scheduler "$sched_token"
+write_kubeconfig "$pki/kwok.kubeconfig" kwok "$kwok_token"
+
+# --- processes ----------------------------------------------------------------------
+start() {
+  local name="$1"
+  shift
+  "$@" >"$state/logs/$name.log" 2>&1 &
+  echo $! >"$state/pids/$name.pid"
+}
+
+wait_for() {
+  local what="$1" tries="$2"
+  shift 2
+  for ((i = 0; i < tries; i++)); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 0.5
+  done
+  say "$what did not come up; last lines of its log:"
+  tail -n 30 "$state/logs/$what.log" >&2 || true
+  "$here/stop-cluster.sh" "$state"
+  exit 1
+}
+
+start etcd "$bin/etcd" --name e2e --data-dir "$state/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" \
+  --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer_port" \
+  --initial-cluster "e2e=http://127.0.0.1:$etcd_peer_port" \
+  --listen-metrics-urls "" \
+  --unsafe-no-fsync --quota-backend-bytes 1073741824 --log-level warn
+wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_port/health"
+
+# The "kubernetes" Service's endpoint reconciler is off: Endpoints may not hold
+# loopback addresses, and nothing in this cluster dials the Service.
+start kube-apiserver "$bin/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$etcd_port" \
+  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" \
+  --authorization-mode RBAC \
+  --service-account-issuer https://kubernetes.default.svc \
+  --service-account-key-file "$pki/sa.pub" \
+  --service-account-signing-key-file "$pki/sa.key" \
+  --service-cluster-ip-range 10.96.0.0/16 \
+  --endpoint-reconciler-type none \
+  --enable-priority-and-fairness=false \
+  --profiling=false
+ln -s "$bin/kubectl" "$state/kubectl"
+kubectl=("$bin/kubectl" --kubeconfig "$state/kubeconfig")
+wait_for kube-apiserver 240 "${kubectl[@]}" get --raw /readyz
+
+# The controllers the e2e suite relies on (StatefulSet, garbage collector, namespace,
+# service account and token controllers, PV protection…); node IPAM and cloud
+# controllers are off because pod IPs come from KWOK.
+start kube-controller-manager "$bin/kube-controller-manager" \
+  --kubeconfig "$pki/kcm.kubeconfig" --authentication-kubeconfig "$pki/kcm.kubeconfig" \
+  --authorization-kubeconfig "$pki/kcm.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$kcm_port" \
+  --leader-elect=false --use-service-account-credentials=false \
+  --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
+  --controllers '*,-nodeipam-controller,-cloud-node-lifecycle-controller,-service-lb-controller,-node-route-controller' \
+  --allocate-node-cidrs=false --profiling=false
+
+start kube-scheduler "$bin/kube-scheduler" \
+  --kubeconfig "$pki/scheduler.kubeconfig" --authentication-kubeconfig "$pki/scheduler.kubeconfig" \
+  --authorization-kubeconfig "$pki/scheduler.kubeconfig" \
+  --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --profiling=false
+
+# KWOK: its default node and pod stages, plus its volume stages (from the module source
+# the build step downloaded) so that StatefulSet volume claims are provisioned.
+volume_stages="$state/kwok-volume-stages.yaml"
+for f in pv-bind pv-delete pvc-provision pvc-delete; do
+  cat "$kwok_src/kustomize/stage/volume/fast/$f.yaml"
+  echo "---"
+done >"$volume_stages"
+start kwok "$bin/kwok" --kubeconfig "$pki/kwok.kubeconfig" \
+  --config "$volume_stages" \
+  --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+  --node-ip 127.0.0.1 --cidr "$pod_cidr" \
+  --server-address "127.0.0.1:$kwok_port"
+
+"${kubectl[@]}" apply -f "$kwok_src/kustomize/stage/volume/fast/storage-class.yaml" >/dev/null
+"${kubectl[@]}" apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: Node
+metadata:
+  name: kwok-node-0
+  annotations:
+    kwok.x-k8s.io/node: fake
+    node.alpha.kubernetes.io/ttl: "0"
+  labels:
+    kubernetes.io/hostname: kwok-node-0
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+status:
+  allocatable: {cpu: "64", memory: 256Gi, pods: "250"}
+  capacity: {cpu: "64", memory: 256Gi, pods: "250"}
+EOF
+wait_for kwok 120 "${kubectl[@]}" wait --for=condition=Ready node/kwok-node-0 --timeout=1s
+# Pods need the default ServiceAccount, made by the controller manager.
+wait_for kube-controller-manager 120 "${kubectl[@]}" get serviceaccount default -n default
+
+say "cluster up: KUBECONFIG=$state/kubeconfig ($("${kubectl[@]}" version -o json | grep -m1 gitVersion | tr -d ' ",'))"
+echo "$state/kubeconfig"

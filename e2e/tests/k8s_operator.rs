@@ -1,0 +1,688 @@
+//! The operator against a real API server: the simulated control plane of
+//! `e2e/k8s/start-cluster.sh` (kube-apiserver, kube-controller-manager, kube-scheduler,
+//! etcd, KWOK) or any cluster named by `CHATCLUSTER_KUBECONFIG`.
+//!
+//! Each test gets its own namespace and its own operator process watching only that
+//! namespace (with its Lease there), so tests are independent and may run in parallel.
+//! Nothing here dials a pod or a Service: the API server and the operator's metrics port
+//! on 127.0.0.1 are the only addresses used.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chatcluster_e2e::k8s::{
+    eventually, pod_kind, shared_cluster, OperatorOptions, OperatorProcess, PodKind, TestCluster,
+    TestNamespace,
+};
+use chatcluster_e2e::server_process::workspace_binary;
+use kube::Client;
+use serde_json::Value;
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
+
+/// Everything one test needs: the cluster, an admin client, a namespace and (when asked
+/// for) an operator watching that namespace.
+struct Setup {
+    cluster: &'static TestCluster,
+    client: Client,
+    ns: TestNamespace,
+    operator: Option<OperatorProcess>,
+}
+
+async fn setup(tag: &str, with_operator: bool) -> Setup {
+    let cluster = shared_cluster().expect("cluster");
+    cluster.install_crds().expect("CRD installed");
+    let client = cluster.client().await.expect("client");
+    let ns = TestNamespace::create(cluster, &client, tag)
+        .await
+        .expect("namespace");
+    let operator = with_operator.then(|| start_operator(cluster, &ns.name, "op-a", 15));
+    Setup {
+        cluster,
+        client,
+        ns,
+        operator,
+    }
+}
+
+fn start_operator(
+    cluster: &TestCluster,
+    ns: &str,
+    identity: &str,
+    lease_seconds: u64,
+) -> OperatorProcess {
+    let binary = workspace_binary(LOADGEN, "chatcluster-operator").expect("operator binary");
+    OperatorProcess::start(
+        &binary,
+        cluster,
+        &OperatorOptions {
+            namespace: ns,
+            lease_name: "chatcluster-operator",
+            lease_seconds,
+            identity,
+        },
+    )
+    .expect("operator started")
+}
+
+impl Setup {
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        let mut all = vec!["-n", self.ns.name.as_str()];
+        all.extend_from_slice(args);
+        self.cluster.kubectl(&all, stdin).expect("kubectl runs")
+    }
+
+    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.operator_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn operator_log(&self) -> String {
+        match &self.operator {
+            Some(op) => format!("\n--- operator log ---\n{}", op.log_text()),
+            None => String::new(),
+        }
+    }
+
+    /// `kubectl get KIND NAME -o json`, or None when it does not exist.
+    fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        let out = self.kubectl(&["get", kind, name, "-o", "json"], None);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn apply(&self, manifest: &str) {
+        self.kubectl_ok(&["apply", "-f", "-"], Some(manifest));
+    }
+
+    /// Waits until the ChatCluster is Ready for its current generation; returns it.
+    async fn wait_ready(&self, name: &str, within: Duration) -> Value {
+        let what = format!("ChatCluster {name} Ready at its generation");
+        let result = eventually(&what, within, || async {
+            let Some(cc) = self.get("chatcluster", name) else {
+                return Ok(None);
+            };
+            let generation = cc["metadata"]["generation"].as_i64();
+            let ready = condition(&cc, "Ready");
+            let done = ready.is_some_and(|c| {
+                c["status"] == "True" && c["observedGeneration"].as_i64() == generation
+            }) && cc["status"]["observedGeneration"].as_i64() == generation;
+            Ok(done.then_some(cc))
+        })
+        .await;
+        match result {
+            Ok(cc) => cc,
+            Err(e) => panic!(
+                "{e}\nlast seen: {}{}",
+                self.get("chatcluster", name)
+                    .map(|v| v["status"].to_string())
+                    .unwrap_or_default(),
+                self.operator_log()
+            ),
+        }
+    }
+
+    /// Waits until `kind/name` no longer exists.
+    async fn wait_gone(&self, kind: &str, name: &str, within: Duration) {
+        let what = format!("{kind}/{name} to be deleted");
+        if let Err(e) = eventually(&what, within, || async {
+            Ok(self.get(kind, name).is_none().then_some(()))
+        })
+        .await
+        {
+            panic!("{e}{}", self.operator_log());
+        }
+    }
+
+    /// Waits until `kind/name` exists; returns it.
+    async fn wait_exists(&self, kind: &str, name: &str, within: Duration) -> Value {
+        let what = format!("{kind}/{name} to exist");
+        match eventually(&what, within, || async { Ok(self.get(kind, name)) }).await {
+            Ok(v) => v,
+            Err(e) => panic!("{e}{}", self.operator_log()),
+        }
+    }
+}
+
+fn condition<'a>(cc: &'a Value, kind: &str) -> Option<&'a Value> {
+    cc["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// A ChatCluster with a managed Redis and an Ingress, small enough for a quick rollout.
+fn manifest(name: &str, replicas: i32, image: &str, with_ingress: bool) -> String {
+    let expose = if with_ingress {
+        "  expose:\n    ingress:\n      host: chat.e2e.example\n      className: nginx\n"
+    } else {
+        ""
+    };
+    format!(
+        "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\n\
+         spec:\n  replicas: {replicas}\n  image: {image}\n\
+         \x20 redis:\n    managed:\n      storage: 1Gi\n{expose}"
+    )
+}
+
+const IMAGE_A: &str = "ghcr.io/chatcluster/chat-server:0.1.0";
+const IMAGE_B: &str = "ghcr.io/chatcluster/chat-server:0.1.1";
+const READY_WITHIN: Duration = Duration::from_secs(90);
+
+/// Every child object of ChatCluster `name` (kind, object name), as the operator builds
+/// it with an Ingress.
+fn children(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("serviceaccount", name.to_owned()),
+        ("configmap", format!("{name}-config")),
+        ("statefulset", name.to_owned()),
+        ("service", format!("{name}-headless")),
+        ("service", name.to_owned()),
+        ("poddisruptionbudget", name.to_owned()),
+        ("statefulset", format!("{name}-redis")),
+        ("service", format!("{name}-redis")),
+        ("ingress", name.to_owned()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_message() {
+    let s = setup("invalid", false).await;
+    let cases = [
+        (
+            "spec:\n  autoscaling:\n    minReplicas: 5\n    maxReplicas: 2\n",
+            "autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas",
+        ),
+        (
+            "spec:\n  redis:\n    managed: {}\n    external:\n      secretName: redis\n",
+            "redis: set either redis.managed or redis.external, not both",
+        ),
+        (
+            "spec:\n  drain:\n    reconnectWindowSeconds: 30\n    deadlineSeconds: 20\n",
+            "drain.reconnectWindowSeconds must be shorter than drain.deadlineSeconds",
+        ),
+        (
+            "spec:\n  expose:\n    ingress:\n      host: Not_A_Host\n",
+            "expose.ingress.host must be a DNS name",
+        ),
+        ("spec:\n  replicas: -1\n", "spec.replicas"),
+    ];
+    for (spec, message) in cases {
+        let doc = format!(
+            "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: bad\n{spec}"
+        );
+        let out = s.kubectl(&["apply", "-f", "-"], Some(&doc));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{doc}");
+        assert!(
+            stderr.contains(message),
+            "the rejection of\n{doc}\nshould say {message:?}; kubectl said: {stderr}"
+        );
+        assert!(s.get("chatcluster", "bad").is_none(), "nothing stored");
+    }
+
+    // The transition rule: a managed Redis volume cannot be resized after creation.
+    s.apply(&manifest("vol", 1, IMAGE_A, false));
+    let changed = manifest("vol", 1, IMAGE_A, false).replace("storage: 1Gi", "storage: 2Gi");
+    let out = s.kubectl(&["apply", "-f", "-"], Some(&changed));
+    assert!(!out.status.success(), "a volume resize was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be changed after creation"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A name-only manifest is valid: every field has a default.
+    s.apply(
+        "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: minimal\n",
+    );
+    let minimal = s.get("chatcluster", "minimal").expect("stored");
+    assert_eq!(minimal["spec"]["replicas"], 3, "defaulted: {minimal}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_cluster_gets_every_child_with_owner_references_and_labels() {
+    let s = setup("children", true).await;
+    s.apply(&manifest("chat", 2, IMAGE_A, true));
+    let cc = s.wait_exists("chatcluster", "chat", READY_WITHIN).await;
+    let uid = cc["metadata"]["uid"].as_str().expect("uid").to_owned();
+    for (kind, name) in children("chat") {
+        let obj = s.wait_exists(kind, &name, READY_WITHIN).await;
+        let owners = obj["metadata"]["ownerReferences"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{kind}/{name} has no ownerReferences"));
+        assert_eq!(owners.len(), 1, "{kind}/{name}: {owners:?}");
+        assert_eq!(owners[0]["uid"], uid.as_str(), "{kind}/{name}");
+        assert_eq!(owners[0]["kind"], "ChatCluster");
+        assert_eq!(owners[0]["controller"], true);
+        assert_eq!(owners[0]["blockOwnerDeletion"], true);
+        let labels = &obj["metadata"]["labels"];
+        assert_eq!(
+            labels["app.kubernetes.io/managed-by"],
+            "chatcluster-operator"
+        );
+        assert_eq!(
+            labels["app.kubernetes.io/instance"], "chat",
+            "{kind}/{name}"
+        );
+        assert_eq!(labels["app.kubernetes.io/name"], "chatcluster");
+        // One field manager owns what the operator sets.
+        let managers: Vec<&str> = obj["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["operation"] == "Apply")
+            .filter_map(|m| m["manager"].as_str())
+            .collect();
+        assert_eq!(managers, ["chatcluster-operator"], "{kind}/{name}");
+    }
+    let ingress = s.get("ingress", "chat").expect("ingress");
+    let annotations = &ingress["metadata"]["annotations"];
+    assert_eq!(
+        annotations["nginx.ingress.kubernetes.io/affinity"],
+        "cookie"
+    );
+    // The client Service exposes only the public port; the admin port stays inside.
+    let svc = s.get("service", "chat").expect("client service");
+    let ports: Vec<&str> = svc["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(ports, ["ws"]);
+    // The chat StatefulSet's pods learn their name and IP for the user → pod registry.
+    let sts = s.get("statefulset", "chat").expect("statefulset");
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("metadata.name") && env.contains("status.podIP"),
+        "{env}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_become_ready_and_the_cluster_turns_ready_at_its_generation() {
+    let s = setup("ready", true).await;
+    assert_eq!(
+        pod_kind(&s.client).await.expect("nodes"),
+        PodKind::Simulated,
+        "this suite's pod checks expect KWOK's simulated pods"
+    );
+    s.apply(&manifest("chat", 3, IMAGE_A, false));
+    let cc = s.wait_ready("chat", READY_WITHIN).await;
+    assert_eq!(cc["status"]["replicas"], 3);
+    assert_eq!(cc["status"]["readyReplicas"], 3);
+    assert_eq!(
+        condition(&cc, "RedisReady").map(|c| c["status"].clone()),
+        Some("True".into())
+    );
+    assert_eq!(
+        condition(&cc, "Degraded").map(|c| c["status"].clone()),
+        Some("False".into())
+    );
+    let selector = cc["status"]["selector"].as_str().expect("selector");
+    let pods: Value =
+        serde_json::from_str(&s.kubectl_ok(&["get", "pods", "-l", selector, "-o", "json"], None))
+            .expect("pod list");
+    let pods = pods["items"].as_array().expect("items");
+    assert_eq!(pods.len(), 3, "selector {selector} selects the chat pods");
+    for pod in pods {
+        assert_eq!(pod["status"]["phase"], "Running");
+        let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
+        assert!(ip.starts_with("127."), "pod IPs stay on loopback: {ip}");
+    }
+    // The managed Redis volume claim was provisioned and bound.
+    let pvc = s
+        .wait_exists("pvc", "data-chat-redis-0", READY_WITHIN)
+        .await;
+    let bound = eventually("the Redis PVC to be Bound", READY_WITHIN, || async {
+        Ok(s.get("pvc", "data-chat-redis-0")
+            .filter(|p| p["status"]["phase"] == "Bound"))
+    })
+    .await;
+    assert!(bound.is_ok(), "{pvc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_get_chat_shows_the_printer_columns() {
+    let s = setup("columns", true).await;
+    s.apply(&manifest("chat", 1, IMAGE_A, false));
+    s.wait_ready("chat", READY_WITHIN).await;
+    let table = s.kubectl_ok(&["get", "chat"], None);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "REPLICAS", "CONNECTIONS", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.first(), Some(&"chat"), "{table}");
+    assert_eq!(row.get(1), Some(&"True"), "{table}");
+    assert_eq!(row.get(2), Some(&"1"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_scale_works_through_the_scale_subresource() {
+    let s = setup("scale", true).await;
+    s.apply(&manifest("chat", 2, IMAGE_A, false));
+    s.wait_ready("chat", READY_WITHIN).await;
+    let scale: Value = serde_json::from_str(&s.kubectl_ok(
+        &[
+            "get",
+            "chatcluster",
+            "chat",
+            "--subresource=scale",
+            "-o",
+            "json",
+        ],
+        None,
+    ))
+    .expect("scale json");
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 2);
+    assert!(
+        scale["status"]["selector"]
+            .as_str()
+            .is_some_and(|sel| sel.contains("app.kubernetes.io/instance=chat")),
+        "{scale}"
+    );
+
+    s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=4"], None);
+    let cc = s.wait_ready("chat", READY_WITHIN).await;
+    assert_eq!(cc["spec"]["replicas"], 4);
+    assert_eq!(cc["status"]["readyReplicas"], 4);
+    let sts = s.get("statefulset", "chat").expect("statefulset");
+    assert_eq!(sts["spec"]["replicas"], 4);
+
+    s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
+    let cc = s.wait_ready("chat", READY_WITHIN).await;
+    assert_eq!(cc["status"]["replicas"], 1);
+    s.wait_gone("pod", "chat-1", READY_WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_change_rolls_out_to_every_pod() {
+    let s = setup("rollout", true).await;
+    s.apply(&manifest("chat", 3, IMAGE_A, false));
+    let before = s.wait_ready("chat", READY_WITHIN).await;
+    let generation = before["metadata"]["generation"]
+        .as_i64()
+        .expect("generation");
+
+    s.apply(&manifest("chat", 3, IMAGE_B, false));
+    let rolled = eventually("every pod on the new image", READY_WITHIN, || async {
+        let Some(sts) = s.get("statefulset", "chat") else {
+            return Ok(None);
+        };
+        let st = &sts["status"];
+        let done = st["updateRevision"] == st["currentRevision"]
+            && st["updatedReplicas"] == 3
+            && st["readyReplicas"] == 3;
+        if !done {
+            return Ok(None);
+        }
+        let pods: Value = serde_json::from_str(&s.kubectl_ok(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/component=chat-server",
+                "-o",
+                "json",
+            ],
+            None,
+        ))?;
+        let images: Vec<String> = pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| p["spec"]["containers"][0]["image"].to_string())
+            .collect();
+        Ok((images.len() == 3 && images.iter().all(|i| i.contains(IMAGE_B))).then_some(images))
+    })
+    .await;
+    if let Err(e) = rolled {
+        panic!("{e}{}", s.operator_log());
+    }
+    let after = s.wait_ready("chat", READY_WITHIN).await;
+    assert_eq!(
+        after["status"]["observedGeneration"].as_i64(),
+        Some(generation + 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_child_is_recreated() {
+    let s = setup("recreate", true).await;
+    s.apply(&manifest("chat", 1, IMAGE_A, true));
+    s.wait_ready("chat", READY_WITHIN).await;
+    for (kind, name) in [
+        ("service", "chat"),
+        ("configmap", "chat-config"),
+        ("poddisruptionbudget", "chat"),
+        ("ingress", "chat"),
+        ("statefulset", "chat-redis"),
+    ] {
+        let old = s.get(kind, name).expect("child exists");
+        let old_uid = old["metadata"]["uid"].clone();
+        s.kubectl_ok(&["delete", kind, name, "--wait=true"], None);
+        let what = format!("{kind}/{name} to be recreated");
+        let recreated = eventually(&what, Duration::from_secs(30), || async {
+            Ok(s.get(kind, name)
+                .filter(|o| o["metadata"]["uid"] != old_uid))
+        })
+        .await;
+        if let Err(e) = recreated {
+            panic!("{e}{}", s.operator_log());
+        }
+    }
+    s.wait_ready("chat", READY_WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_expose_deletes_the_orphaned_ingress() {
+    let s = setup("orphan", true).await;
+    s.apply(&manifest("chat", 1, IMAGE_A, true));
+    s.wait_exists("ingress", "chat", READY_WITHIN).await;
+    s.kubectl_ok(
+        &[
+            "patch",
+            "chatcluster",
+            "chat",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"expose":null}}"#,
+        ],
+        None,
+    );
+    s.wait_gone("ingress", "chat", Duration::from_secs(30))
+        .await;
+    // Only the orphan went: the rest of the cluster stays.
+    assert!(s.get("service", "chat").is_some());
+    assert!(s.get("statefulset", "chat").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_chatcluster_garbage_collects_everything() {
+    let s = setup("gc", true).await;
+    s.apply(&manifest("chat", 2, IMAGE_A, true));
+    s.wait_ready("chat", READY_WITHIN).await;
+    s.kubectl_ok(&["delete", "chatcluster", "chat", "--wait=true"], None);
+    for (kind, name) in children("chat") {
+        s.wait_gone(kind, &name, Duration::from_secs(60)).await;
+    }
+    let left = eventually(
+        "the chat pods to be deleted",
+        Duration::from_secs(60),
+        || async {
+            let out = s.kubectl_ok(
+                &[
+                    "get",
+                    "pods",
+                    "-l",
+                    "app.kubernetes.io/instance=chat",
+                    "-o",
+                    "name",
+                ],
+                None,
+            );
+            Ok(out.trim().is_empty().then_some(()))
+        },
+    )
+    .await;
+    assert!(left.is_ok(), "{left:?}");
+}
+
+/// resourceVersion of the ChatCluster and of each child and pod.
+fn resource_versions(s: &Setup) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let kinds = "chatcluster,serviceaccount,configmap,statefulset,service,poddisruptionbudget,ingress,pod,pvc";
+    let list: Value = serde_json::from_str(&s.kubectl_ok(&["get", kinds, "-o", "json"], None))
+        .expect("list json");
+    for item in list["items"].as_array().into_iter().flatten() {
+        let key = format!(
+            "{}/{}",
+            item["kind"].as_str().unwrap_or_default(),
+            item["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let rv = item["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        out.insert(key, rv.to_owned());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_operator_changes_nothing() {
+    let mut s = setup("restart", true).await;
+    s.apply(&manifest("chat", 2, IMAGE_A, true));
+    s.wait_ready("chat", READY_WITHIN).await;
+    // Let the first operator settle (its last status write and requeues).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(mut op) = s.operator.take() {
+        assert!(op.stop().is_some_and(|st| st.success()), "graceful exit");
+    }
+    let before = resource_versions(&s);
+    assert!(before.len() >= 12, "{before:?}");
+
+    let op = start_operator(s.cluster, &s.ns.name, "op-b", 15);
+    let reconciled = eventually(
+        "the new operator to reconcile",
+        Duration::from_secs(30),
+        || async {
+            Ok(op
+                .metric("chatcluster_reconciles_total")
+                .filter(|n| *n >= 1.0))
+        },
+    )
+    .await;
+    s.operator = Some(op);
+    if let Err(e) = reconciled {
+        panic!("{e}{}", s.operator_log());
+    }
+    // A second pass (the requeue after ready) must also be a no-op; give it time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = resource_versions(&s);
+    let moved: Vec<String> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}: {v} -> {:?}", after.get(k)))
+        .collect();
+    assert!(
+        moved.is_empty() && after.len() == before.len(),
+        "an unchanged cluster was modified: {moved:?}{}",
+        s.operator_log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_operators_one_reconciles_and_the_standby_takes_over() {
+    let lease_seconds = 6;
+    let mut s = setup("leader", false).await;
+    let mut a = start_operator(s.cluster, &s.ns.name, "op-a", lease_seconds);
+    let leader = eventually("op-a to lead", Duration::from_secs(30), || async {
+        Ok(a.is_leader().then_some(()))
+    })
+    .await;
+    assert!(leader.is_ok(), "{leader:?}\n{}", a.log_text());
+    let b = start_operator(s.cluster, &s.ns.name, "op-b", lease_seconds);
+    s.apply(&manifest("chat", 1, IMAGE_A, false));
+    s.wait_ready("chat", READY_WITHIN).await;
+    eventually("op-b to serve metrics", Duration::from_secs(10), || async {
+        Ok(b.metric("chatcluster_operator_leader"))
+    })
+    .await
+    .expect("standby metrics");
+    assert!(!b.is_leader(), "two leaders");
+    assert!(
+        b.metric("chatcluster_reconciles_total").unwrap_or(0.0) == 0.0,
+        "the standby reconciled"
+    );
+    let lease = s.get("lease", "chatcluster-operator").expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "op-a");
+
+    // SIGKILL: the leader cannot release the Lease; the standby waits for it to expire.
+    a.kill();
+    let killed = Instant::now();
+    let took_over = eventually(
+        "op-b to take over",
+        Duration::from_secs(3 * lease_seconds),
+        || async { Ok(b.is_leader().then_some(())) },
+    )
+    .await;
+    assert!(took_over.is_ok(), "{took_over:?}\n{}", b.log_text());
+    let waited = killed.elapsed();
+    // At most one lease duration after the last renewal, plus the standby's retry period.
+    let bound = Duration::from_secs(lease_seconds) + Duration::from_secs(lease_seconds) / 3;
+    assert!(
+        waited <= bound + Duration::from_secs(1),
+        "takeover took {waited:?}, more than the lease duration plus one retry period ({bound:?})"
+    );
+    eprintln!("standby took over {waited:?} after the leader was killed (lease {lease_seconds} s)");
+    let lease = s.get("lease", "chatcluster-operator").expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "op-b");
+    // The new leader acts: a deleted child comes back.
+    s.kubectl_ok(&["delete", "configmap", "chat-config", "--wait=true"], None);
+    s.operator = Some(b);
+    s.wait_exists("configmap", "chat-config", Duration::from_secs(30))
+        .await;
+}
+
+/// The harness's own sanity check, so a broken cluster fails loudly and first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_serves_the_chatcluster_api() -> Result<()> {
+    let cluster = shared_cluster()?;
+    cluster.install_crds()?;
+    let out = cluster.kubectl_ok(&["api-resources", "--api-group=chatcluster.dev"], None)?;
+    if !out.contains("chatclusters") || !out.contains("chat ") {
+        bail!("the CRD is not served with its short name:\n{out}");
+    }
+    let version = cluster.kubectl_ok(&["version", "-o", "json"], None)?;
+    let v: Value = serde_json::from_str(&version).context("version json")?;
+    let server = v["serverVersion"]["gitVersion"]
+        .as_str()
+        .unwrap_or_default();
+    if !server.starts_with("v1.") {
+        bail!("unexpected server version {server:?}");
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! Which Kubernetes Events a reconcile emits. Pure: the reconciler passes the conditions
+//! before and after and what it did; `kubectl describe chat NAME` then tells the story of
+//! the cluster (became ready, lost pods, Redis down, invalid spec, orphans deleted).
+//!
+//! Events mark changes, not states: an unchanged cluster emits nothing, so a periodic
+//! requeue or an operator restart adds no noise.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use crate::conditions::{DEGRADED, PROGRESSING, READY, REDIS_READY};
+
+/// One Event to publish about the ChatCluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub warning: bool,
+    /// PascalCase, at most 128 characters (the API server's limit).
+    pub reason: String,
+    /// PascalCase verb of what the operator did or saw.
+    pub action: &'static str,
+    pub note: String,
+}
+
+/// Events for the conditions whose status or reason changed from `previous` to `next`.
+pub fn for_condition_changes(previous: &[Condition], next: &[Condition]) -> Vec<Notice> {
+    let mut out = Vec::new();
+    for c in next {
+        let before = previous.iter().find(|p| p.type_ == c.type_);
+        if before.is_some_and(|b| b.status == c.status && b.reason == c.reason) {
+            continue;
+        }
+        let was_true = before.is_some_and(|b| b.status == "True");
+        let is_true = c.status == "True";
+        let (warning, action) = match c.type_.as_str() {
+            DEGRADED => (is_true, "Validate"),
+            // Losing readiness is worth a warning; not being ready yet at creation is not.
+            READY | REDIS_READY => (!is_true && was_true, "Observe"),
+            PROGRESSING => (false, "Rollout"),
+            _ => (false, "Observe"),
+        };
+        // A fresh cluster starts "not degraded": no Event for the absence of a problem.
+        if c.type_ == DEGRADED && before.is_none() && !is_true {
+            continue;
+        }
+        out.push(Notice {
+            warning,
+            reason: truncate(&c.reason, 128),
+            action,
+            note: truncate(&format!("{} is {}: {}", c.type_, c.status, c.message), 1000),
+        });
+    }
+    out
+}
+
+/// The Event for objects deleted because the spec no longer asks for them.
+pub fn for_deleted_orphans(deleted: &[String]) -> Option<Notice> {
+    if deleted.is_empty() {
+        return None;
+    }
+    Some(Notice {
+        warning: false,
+        reason: "DeletedOrphans".into(),
+        action: "Delete",
+        note: truncate(
+            &format!(
+                "deleted objects no longer in the spec: {}",
+                deleted.join(", ")
+            ),
+            1000,
+        ),
+    })
+}
+
+/// The Event for a spec change that resizes the chat-server StatefulSet.
+pub fn for_scaling(previous_replicas: Option<i32>, desired: i32) -> Option<Notice> {
+    let previous = previous_replicas?;
+    if previous == desired {
+        return None;
+    }
+    Some(Notice {
+        warning: false,
+        reason: if desired > previous {
+            "ScalingUp"
+        } else {
+            "ScalingDown"
+        }
+        .into(),
+        action: "Scale",
+        note: format!("chat-server pods: {previous} → {desired}"),
+    })
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max - 3;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn c(kind: &str, status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: kind.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{reason} message"),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn unchanged_conditions_emit_nothing() {
+        let now = vec![
+            c(READY, "True", "AllReplicasReady"),
+            c(DEGRADED, "False", "AsExpected"),
+        ];
+        assert!(for_condition_changes(&now, &now).is_empty());
+    }
+
+    #[test]
+    fn a_fresh_cluster_reports_progress_but_not_the_absence_of_problems() {
+        let next = vec![
+            c(REDIS_READY, "False", "RedisStarting"),
+            c(PROGRESSING, "True", "RollingOut"),
+            c(READY, "False", "RedisNotReady"),
+            c(DEGRADED, "False", "AsExpected"),
+        ];
+        let events = for_condition_changes(&[], &next);
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["RedisStarting", "RollingOut", "RedisNotReady"]);
+        assert!(events.iter().all(|e| !e.warning), "nothing is wrong yet");
+    }
+
+    #[test]
+    fn losing_readiness_is_a_warning_and_regaining_it_is_normal() {
+        let ready = vec![c(READY, "True", "AllReplicasReady")];
+        let lost = vec![c(READY, "False", "ReplicasNotReady")];
+        let down = for_condition_changes(&ready, &lost);
+        assert_eq!(down.len(), 1);
+        assert!(down[0].warning);
+        assert_eq!(down[0].note, "Ready is False: ReplicasNotReady message");
+        let up = for_condition_changes(&lost, &ready);
+        assert!(!up[0].warning);
+        assert_eq!(up[0].reason, "AllReplicasReady");
+    }
+
+    #[test]
+    fn an_invalid_spec_is_a_warning_with_the_reason() {
+        let before = vec![c(DEGRADED, "False", "AsExpected")];
+        let after = vec![c(DEGRADED, "True", "InvalidRedis")];
+        let events = for_condition_changes(&before, &after);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].warning);
+        assert_eq!(events[0].reason, "InvalidRedis");
+        assert_eq!(events[0].action, "Validate");
+    }
+
+    #[test]
+    fn a_reason_change_with_the_same_status_is_reported() {
+        let before = vec![c(READY, "False", "RedisNotReady")];
+        let after = vec![c(READY, "False", "ReplicasNotReady")];
+        assert_eq!(for_condition_changes(&before, &after).len(), 1);
+    }
+
+    #[test]
+    fn scaling_and_orphans() {
+        assert_eq!(for_scaling(None, 3), None, "first creation is not a scale");
+        assert_eq!(for_scaling(Some(3), 3), None);
+        assert_eq!(for_scaling(Some(3), 5).unwrap().reason, "ScalingUp");
+        assert_eq!(for_scaling(Some(3), 1).unwrap().reason, "ScalingDown");
+        assert_eq!(for_deleted_orphans(&[]), None);
+        let n = for_deleted_orphans(&["Ingress/chat".into()]).unwrap();
+        assert!(n.note.contains("Ingress/chat"));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let mut long = c(DEGRADED, "True", "ApplyFailed");
+        long.message = "é".repeat(800);
+        let n = &for_condition_changes(&[], &[long])[0];
+        assert!(n.note.len() <= 1000);
+        assert!(n.note.ends_with("..."));
+    }
+}
