@@ -4,8 +4,11 @@
 #
 # Tiers: formatting and lints, unit tests, loopback integration tests (real WebSocket
 # clients against real chat-server processes), multi-node suites (real redis-server and
-# haproxy), the load generator's smoke test, and the web client driven in headless
-# Chromium. Needs: Rust, Node/npm, /usr/bin/chromium, redis-server, haproxy, openssl.
+# haproxy), the load generator's smoke test, the Kubernetes suite against a simulated
+# control plane on loopback (kube-apiserver, controller-manager, scheduler, etcd and KWOK
+# built from Go modules, cached under ~/.cache/chatcluster-tools), and the web client
+# driven in headless Chromium.
+# Needs: Rust, Go, Node/npm, /usr/bin/chromium, redis-server, haproxy, openssl, curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,9 +22,20 @@ echo "== build (binaries are needed by the process-level suites)"
 cargo build --workspace --locked
 
 status=0
-for tool in redis-server haproxy openssl chromium node; do
+for tool in redis-server haproxy openssl chromium node go curl; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run .ci/run or apt-get install it" >&2; exit 1; }
 done
+
+echo "== simulated Kubernetes control plane (builds the binaries on the first run)"
+k8s_state="$(mktemp -d /tmp/chatcluster-k8s-XXXXXX)"
+# Torn down whatever happens next, test failures included.
+trap 'bash e2e/k8s/stop-cluster.sh "$k8s_state"' EXIT
+if kubeconfig="$(bash e2e/k8s/start-cluster.sh "$k8s_state")"; then
+  export CHATCLUSTER_KUBECONFIG="$kubeconfig" CHATCLUSTER_KUBECTL="$k8s_state/kubectl"
+else
+  echo "the simulated control plane did not start; the Kubernetes suite will fail" >&2
+  status=1
+fi
 
 echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt || status=1

@@ -150,16 +150,15 @@ ln -s "$bin/kubectl" "$state/kubectl"
 kubectl=("$bin/kubectl" --kubeconfig "$state/kubeconfig")
 wait_for kube-apiserver 240 "${kubectl[@]}" get --raw /readyz
 
-# The controllers the e2e suite relies on (StatefulSet, garbage collector, namespace,
-# service account and token controllers, PV protection…); node IPAM and cloud
-# controllers are off because pod IPs come from KWOK.
+# The default controllers (StatefulSet, garbage collector, namespace, service account
+# and token, PV binder…); node IPAM is off because pod IPs come from KWOK.
 start kube-controller-manager "$bin/kube-controller-manager" \
   --kubeconfig "$pki/kcm.kubeconfig" --authentication-kubeconfig "$pki/kcm.kubeconfig" \
   --authorization-kubeconfig "$pki/kcm.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$kcm_port" \
   --leader-elect=false --use-service-account-credentials=false \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
-  --controllers '*,-nodeipam-controller,-cloud-node-lifecycle-controller,-service-lb-controller,-node-route-controller' \
+  --controllers '*,-node-ipam-controller' \
   --allocate-node-cidrs=false --profiling=false
 
 start kube-scheduler "$bin/kube-scheduler" \
@@ -167,15 +166,19 @@ start kube-scheduler "$bin/kube-scheduler" \
   --authorization-kubeconfig "$pki/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --profiling=false
 
-# KWOK: its default node and pod stages, plus its volume stages (from the module source
-# the build step downloaded) so that StatefulSet volume claims are provisioned.
-volume_stages="$state/kwok-volume-stages.yaml"
-for f in pv-bind pv-delete pvc-provision pvc-delete; do
-  cat "$kwok_src/kustomize/stage/volume/fast/$f.yaml"
+# KWOK's own stages, read from the module source the build step downloaded: nodes are
+# initialised (InternalIP 127.0.0.1) and kept alive through node Leases, pods become
+# Running and Ready (and go away when deleted), and StatefulSet volume claims are
+# provisioned and bound by its volume stages.
+stages="$state/kwok-stages.yaml"
+for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+  pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete \
+  volume/fast/pv-bind volume/fast/pv-delete volume/fast/pvc-provision volume/fast/pvc-delete; do
+  cat "$kwok_src/kustomize/stage/$f.yaml"
   echo "---"
-done >"$volume_stages"
+done >"$stages"
 start kwok "$bin/kwok" --kubeconfig "$pki/kwok.kubeconfig" \
-  --config "$volume_stages" \
+  --config "$stages" --node-lease-duration-seconds 40 \
   --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
   --node-ip 127.0.0.1 --cidr "$pod_cidr" \
   --server-address "127.0.0.1:$kwok_port"
@@ -198,7 +201,7 @@ status:
   allocatable: {cpu: "64", memory: 256Gi, pods: "250"}
   capacity: {cpu: "64", memory: 256Gi, pods: "250"}
 EOF
-wait_for kwok 120 "${kubectl[@]}" wait --for=condition=Ready node/kwok-node-0 --timeout=1s
+wait_for kwok 60 "${kubectl[@]}" wait --for=condition=Ready node/kwok-node-0 --timeout=1s
 # Pods need the default ServiceAccount, made by the controller manager.
 wait_for kube-controller-manager 120 "${kubectl[@]}" get serviceaccount default -n default
 

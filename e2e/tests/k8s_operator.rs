@@ -276,7 +276,12 @@ async fn a_valid_cluster_gets_every_child_with_owner_references_and_labels() {
         );
         assert_eq!(labels["app.kubernetes.io/name"], "chatcluster");
         // One field manager owns what the operator sets.
-        let managers: Vec<&str> = obj["metadata"]["managedFields"]
+        let full: Value = serde_json::from_str(&s.kubectl_ok(
+            &["get", kind, &name, "-o", "json", "--show-managed-fields"],
+            None,
+        ))
+        .expect("json");
+        let managers: Vec<&str> = full["metadata"]["managedFields"]
             .as_array()
             .into_iter()
             .flatten()
@@ -339,6 +344,36 @@ async fn pods_become_ready_and_the_cluster_turns_ready_at_its_generation() {
         assert_eq!(pod["status"]["phase"], "Running");
         let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
         assert!(ip.starts_with("127."), "pod IPs stay on loopback: {ip}");
+    }
+    // The story is told in Events: `kubectl describe chat` and `kubectl get events` show it.
+    let events = eventually("a Ready Event", Duration::from_secs(30), || async {
+        let out = s.kubectl_ok(
+            &[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.kind=ChatCluster,involvedObject.name=chat",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let list: Value = serde_json::from_str(&out)?;
+        let reasons: Vec<String> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["reportingComponent"] == "chatcluster-operator")
+            .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+            .collect();
+        Ok(reasons
+            .iter()
+            .any(|r| r == "AllReplicasReady")
+            .then_some(reasons))
+    })
+    .await;
+    if let Err(e) = events {
+        panic!("{e}{}", s.operator_log());
     }
     // The managed Redis volume claim was provisioned and bound.
     let pvc = s
@@ -413,9 +448,23 @@ async fn kubectl_scale_works_through_the_scale_subresource() {
     assert_eq!(sts["spec"]["replicas"], 4);
 
     s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
-    let cc = s.wait_ready("chat", READY_WITHIN).await;
-    assert_eq!(cc["status"]["replicas"], 1);
+    let scaled_down = eventually("status.replicas = 1", READY_WITHIN, || async {
+        Ok(s.get("chatcluster", "chat")
+            .filter(|c| c["status"]["replicas"] == 1))
+    })
+    .await;
+    if let Err(e) = scaled_down {
+        panic!("{e}{}", s.operator_log());
+    }
     s.wait_gone("pod", "chat-1", READY_WITHIN).await;
+    // At one replica there is no PodDisruptionBudget (it would block every eviction).
+    s.wait_gone("poddisruptionbudget", "chat", READY_WITHIN)
+        .await;
+    let cc = s.wait_ready("chat", READY_WITHIN).await;
+    assert_eq!(
+        condition(&cc, "Progressing").map(|c| c["status"].clone()),
+        Some("False".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -472,7 +521,7 @@ async fn a_spec_change_rolls_out_to_every_pod() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_child_is_recreated() {
     let s = setup("recreate", true).await;
-    s.apply(&manifest("chat", 1, IMAGE_A, true));
+    s.apply(&manifest("chat", 2, IMAGE_A, true));
     s.wait_ready("chat", READY_WITHIN).await;
     for (kind, name) in [
         ("service", "chat"),
@@ -685,4 +734,62 @@ async fn the_cluster_serves_the_chatcluster_api() -> Result<()> {
         bail!("unexpected server version {server:?}");
     }
     Ok(())
+}
+
+/// status.connections comes from the pods' own metrics. KWOK gives the simulated pod a
+/// loopback IP; a real chat-server bound to that IP stands in for the container, so the
+/// operator's scrape of `podIP:9090/metrics` reaches a real server (still on loopback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_connections_counts_the_clients_of_every_pod() {
+    let s = setup("connections", true).await;
+    s.apply(&manifest("chat", 1, IMAGE_A, false));
+    s.wait_ready("chat", READY_WITHIN).await;
+    let pod = s.get("pod", "chat-0").expect("pod chat-0");
+    let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_owned();
+    assert!(ip.starts_with("127."), "{ip}");
+    let server_binary =
+        chatcluster_e2e::server_process::chat_server_binary(LOADGEN).expect("chat-server");
+    let server = chatcluster_e2e::server_process::ServerProcess::start_on(
+        &server_binary,
+        &format!("{ip}:0"),
+        &format!("{ip}:9090"),
+        &[],
+    )
+    .expect("a chat-server on the pod's IP");
+    let url = format!("ws://{}/ws", server.public_addr);
+    let mut clients = Vec::new();
+    for user in ["ann", "ben", "cat"] {
+        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user={user}"), None)
+            .await
+            .expect("client connects");
+        clients.push(ws);
+    }
+    // Any change to the ChatCluster brings a reconcile (and a fresh scrape) now.
+    s.kubectl_ok(
+        &[
+            "annotate",
+            "chatcluster",
+            "chat",
+            "e2e/poke=1",
+            "--overwrite",
+        ],
+        None,
+    );
+    let counted = eventually(
+        "status.connections = 3",
+        Duration::from_secs(30),
+        || async {
+            let cc = s.get("chatcluster", "chat");
+            Ok(cc.filter(|c| c["status"]["connections"] == 3))
+        },
+    )
+    .await;
+    if let Err(e) = counted {
+        panic!("{e}{}", s.operator_log());
+    }
+    let table = s.kubectl_ok(&["get", "chat", "chat", "--no-headers"], None);
+    let columns: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(columns.get(3), Some(&"3"), "CONNECTIONS column: {table}");
+    drop(clients);
+    drop(server);
 }

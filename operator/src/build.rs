@@ -133,9 +133,12 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
         .namespace
         .as_deref()
         .ok_or(BuildError::MissingMetadata("namespace"))?;
-    let owner = cluster
+    let mut owner = cluster
         .controller_owner_ref(&())
         .ok_or(BuildError::MissingMetadata("uid"))?;
+    // Foreground deletion of the ChatCluster waits for its children (needs `update` on
+    // chatclusters/finalizers where OwnerReferencesPermissionEnforcement is on).
+    owner.block_owner_deletion = Some(true);
     let n = Names {
         name,
         namespace,

@@ -27,6 +27,8 @@ pub struct Observation {
     /// readiness reports a failing backplane).
     pub redis_ready: bool,
     pub redis_managed: bool,
+    /// Open client connections summed over the pods that answered; `None` if none did.
+    pub connections: Option<i64>,
 }
 
 fn condition(
@@ -138,8 +140,11 @@ pub fn next_conditions(
         generation,
         &now,
     ));
-    let rolled_out =
-        obs.updated_replicas >= obs.desired_replicas && obs.ready_replicas >= obs.desired_replicas;
+    // Done when every desired pod runs the current template and is ready, and no extra
+    // pod is left from a scale-down.
+    let rolled_out = obs.updated_replicas >= obs.desired_replicas
+        && obs.ready_replicas >= obs.desired_replicas
+        && obs.observed_replicas <= obs.desired_replicas;
     out.push(condition(
         PROGRESSING,
         !rolled_out,
@@ -149,8 +154,12 @@ pub fn next_conditions(
             "RollingOut"
         },
         format!(
-            "{}/{} pods updated, {}/{} ready",
-            obs.updated_replicas, obs.desired_replicas, obs.ready_replicas, obs.desired_replicas
+            "{}/{} pods updated, {}/{} ready, {} running",
+            obs.updated_replicas,
+            obs.desired_replicas,
+            obs.ready_replicas,
+            obs.desired_replicas,
+            obs.observed_replicas
         ),
         generation,
         &now,
@@ -225,6 +234,7 @@ mod tests {
             updated_replicas: updated,
             redis_ready: redis,
             redis_managed: true,
+            connections: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod build;
 pub mod conditions;
+pub mod connections;
 pub mod crd;
 pub mod events;
 pub mod leader;

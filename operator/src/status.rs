@@ -1,15 +1,17 @@
-//! Status stage: observe the cluster's StatefulSets and write `status` (replicas, ready
-//! replicas, selector, observedGeneration, conditions) through the status subresource.
+//! Status stage: observe the cluster's StatefulSets and pods and write `status` (replicas,
+//! ready replicas, connections, selector, observedGeneration, conditions) through the status subresource.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde_json::json;
 
 use crate::apply::FIELD_MANAGER;
-use crate::build::selector_string;
+use crate::build::{selector_string, ADMIN_PORT};
 use crate::conditions::{next_conditions, Observation};
+use crate::connections::{ready_pod_addresses, total_connections};
 use crate::crd::{ChatCluster, ChatClusterStatus};
 
 /// Reads what the StatefulSets report. A missing object counts as "nothing ready".
@@ -31,6 +33,12 @@ pub async fn observe(
         true
     };
     let status = chat.and_then(|s| s.status).unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let chat_pods = pods
+        .list(&ListParams::default().labels(&selector_string(&name)))
+        .await?;
+    let connections =
+        total_connections(&ready_pod_addresses(&chat_pods.items, ADMIN_PORT as u16)).await;
     Ok(Observation {
         invalid: None,
         apply_failed: None,
@@ -40,6 +48,7 @@ pub async fn observe(
         updated_replicas: status.updated_replicas.unwrap_or(0),
         redis_ready,
         redis_managed: managed,
+        connections,
     })
 }
 
@@ -53,7 +62,8 @@ pub fn status_for(cluster: &ChatCluster, obs: &Observation, now: Timestamp) -> C
         // Observed, not desired: /scale and HPA read this.
         replicas: obs.observed_replicas,
         ready_replicas: obs.ready_replicas,
-        connections: previous.connections,
+        // No pod answered: keep the last figure rather than claim zero.
+        connections: obs.connections.unwrap_or(previous.connections),
         selector: Some(selector_string(name)),
         conditions: next_conditions(&previous.conditions, obs, generation, now),
     }
@@ -101,6 +111,7 @@ mod tests {
             updated_replicas: 3,
             redis_ready: true,
             redis_managed: true,
+            connections: None,
         };
         let t0 = Timestamp::from_second(1_800_000_000).unwrap();
         let first = status_for(&c, &obs, t0);
