@@ -8,9 +8,14 @@
 # control plane on loopback (kube-apiserver, controller-manager, scheduler, etcd and KWOK
 # built from Go modules, cached under ~/.cache/chatcluster-tools), and the web client
 # driven in headless Chromium.
-# Needs: Rust, Go, Node/npm, /usr/bin/chromium, redis-server, haproxy, openssl, curl.
+# Needs: Rust, Go, Node/npm, /usr/bin/chromium, redis-server, haproxy, openssl, curl and
+# the shellcheck linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+for tool in redis-server haproxy openssl chromium node go curl shellcheck; do
+  command -v "$tool" >/dev/null || { echo "missing $tool: run .ci/run or apt-get install it" >&2; exit 1; }
+done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -18,18 +23,18 @@ cargo fmt --all -- --check
 echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== shellcheck (every script)"
+shellcheck -x .ci/run e2e/*.sh e2e/k8s/*.sh
+
 echo "== build (binaries are needed by the process-level suites)"
 cargo build --workspace --locked
 
 status=0
-for tool in redis-server haproxy openssl chromium node go curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: run .ci/run or apt-get install it" >&2; exit 1; }
-done
 
 echo "== simulated Kubernetes control plane (builds the binaries on the first run)"
 k8s_state="$(mktemp -d /tmp/chatcluster-k8s-XXXXXX)"
 # Torn down whatever happens next, test failures included.
-trap 'bash e2e/k8s/stop-cluster.sh "$k8s_state"' EXIT
+trap 'bash e2e/k8s/stop-cluster.sh "$k8s_state"; rm -rf "$k8s_state"' EXIT
 if kubeconfig="$(bash e2e/k8s/start-cluster.sh "$k8s_state")"; then
   export CHATCLUSTER_KUBECONFIG="$kubeconfig" CHATCLUSTER_KUBECTL="$k8s_state/kubectl"
 else

@@ -121,7 +121,12 @@ wait_for() {
   exit 1
 }
 
-start etcd "$bin/etcd" --name e2e --data-dir "$state/etcd" \
+etcd_bin="$bin/etcd"
+if [[ ! -x "$etcd_bin" ]]; then
+  etcd_bin="$bin/../etcd-fallback"
+  say "WARNING: using the fallback etcd $(readlink -f "$etcd_bin"), older than Kubernetes supports"
+fi
+start etcd "$etcd_bin" --name e2e --data-dir "$state/etcd" \
   --listen-client-urls "http://127.0.0.1:$etcd_port" \
   --advertise-client-urls "http://127.0.0.1:$etcd_port" \
   --listen-peer-urls "http://127.0.0.1:$etcd_peer_port" \

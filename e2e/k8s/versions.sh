@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Versions of the simulated control plane, sourced by the e2e/k8s scripts.
 # Bumping one builds into a new cache directory; e2e/k8s/controlplane/go.mod must be
 # regenerated for a Kubernetes bump (one replace per staging module at v0.<minor>.<patch>).

@@ -87,7 +87,11 @@ impl Setup {
 
     fn operator_log(&self) -> String {
         match &self.operator {
-            Some(op) => format!("\n--- operator log ---\n{}", op.log_text()),
+            Some(op) => format!(
+                "\n--- operator log ({}) ---\n{}",
+                op.log.display(),
+                op.log_text()
+            ),
             None => String::new(),
         }
     }

@@ -138,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         client: client.clone(),
         gateway_api,
         recorder,
+        failures: Default::default(),
     });
     let scope = Scope(args.watch_namespace.clone());
     let reconcile_metrics = metrics.clone();

@@ -1,6 +1,6 @@
 //! The reconcile pipeline: validate (pure) → build (pure) → apply → delete orphans →
 //! status. An invalid spec sets Degraded and waits for a change; API errors requeue with
-//! backoff (see `error_policy`).
+//! exponential backoff per ChatCluster (see `error_policy`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub struct Context {
     pub gateway_api: bool,
     /// Publishes Events about ChatClusters (events.k8s.io, deduplicated into series).
     pub recorder: Recorder,
+    /// Consecutive failures per ChatCluster, for the retry backoff.
+    pub failures: Failures,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,7 @@ pub async fn reconcile(
         let notices = for_condition_changes(previous_conditions(&cluster), &status.conditions);
         write(&ctx.client, &cluster, status).await?;
         publish(&ctx, &cluster, notices).await;
+        ctx.failures.succeeded(&cluster);
         return Ok(Action::await_change());
     }
     let desired = build(
@@ -109,6 +112,7 @@ pub async fn reconcile(
     ));
     write(&ctx.client, &cluster, status).await?;
     publish(&ctx, &cluster, notices).await;
+    ctx.failures.succeeded(&cluster);
     Ok(Action::requeue(requeue_after(ready)))
 }
 
@@ -146,12 +150,82 @@ async fn publish(ctx: &Context, cluster: &ChatCluster, notices: Vec<Notice>) {
     }
 }
 
-/// Transient errors retry with a delay; the controller's own backoff spreads repeats.
+/// Delay before retry number `failures` (1 = the first retry): 2 s doubling to 5 min, so
+/// a flapping API server is not hammered and a lasting failure is still retried.
+pub fn backoff(failures: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(2);
+    const MAX: Duration = Duration::from_secs(300);
+    let doubled = FIRST.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    doubled.min(MAX)
+}
+
+/// Consecutive failed reconciles per ChatCluster (namespace/name), reset by a success.
+#[derive(Default)]
+pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl Failures {
+    fn key(cluster: &ChatCluster) -> String {
+        format!(
+            "{}/{}",
+            cluster.metadata.namespace.as_deref().unwrap_or_default(),
+            cluster.metadata.name.as_deref().unwrap_or_default()
+        )
+    }
+
+    /// Records a failure; returns how many in a row.
+    pub fn failed(&self, cluster: &ChatCluster) -> u32 {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(Self::key(cluster)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn succeeded(&self, cluster: &ChatCluster) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&Self::key(cluster));
+    }
+}
+
+/// Failed reconciles retry with exponential backoff per ChatCluster.
 pub fn error_policy(
     cluster: Arc<ChatCluster>,
     error: &ReconcileError,
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 ) -> Action {
-    tracing::warn!(name = cluster.metadata.name.as_deref().unwrap_or(""), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
+    let failures = ctx.failures.failed(&cluster);
+    let delay = backoff(failures);
+    tracing::warn!(
+        name = cluster.metadata.name.as_deref().unwrap_or(""),
+        namespace = cluster.metadata.namespace.as_deref().unwrap_or(""),
+        %error,
+        failures,
+        retry_in_seconds = delay.as_secs(),
+        "reconcile failed; retrying"
+    );
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_up_to_five_minutes() {
+        let secs: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+        assert_eq!(backoff(0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let spec: crate::crd::ChatClusterSpec =
+            serde_json::from_value(serde_json::json!({})).unwrap();
+        let c = ChatCluster::new("chat", spec);
+        let f = Failures::default();
+        assert_eq!(f.failed(&c), 1);
+        assert_eq!(f.failed(&c), 2);
+        f.succeeded(&c);
+        assert_eq!(f.failed(&c), 1);
+    }
 }

@@ -1,9 +1,10 @@
 //! The whole reconcile pipeline against a mocked API server.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chatcluster_operator::crd::{ChatCluster, ChatClusterSpec};
-use chatcluster_operator::reconcile::{reconcile, requeue_after, Context};
+use chatcluster_operator::reconcile::{error_policy, reconcile, requeue_after, Context};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::controller::Action;
@@ -25,6 +26,7 @@ fn context(svc: MockService) -> Arc<Context> {
                 instance: Some("test".into()),
             },
         ),
+        failures: Default::default(),
     })
 }
 
@@ -214,12 +216,19 @@ async fn a_rejected_object_shows_as_degraded() {
         }
         status_patch
     });
-    let result = reconcile(Arc::new(cluster(json!({}))), ctx.clone()).await;
-    drop(ctx);
-    assert!(
-        result.is_err(),
-        "the failure is returned for a retry with backoff"
+    let chat = Arc::new(cluster(json!({})));
+    let result = reconcile(chat.clone(), ctx.clone()).await;
+    let error = result.expect_err("the failure is returned for a retry with backoff");
+    // Retries back off per ChatCluster: 2 s, then 4 s.
+    assert_eq!(
+        error_policy(chat.clone(), &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(2))
     );
+    assert_eq!(
+        error_policy(chat, &error, ctx.clone()),
+        Action::requeue(Duration::from_secs(4))
+    );
+    drop(ctx);
     let status = server.await.unwrap().expect("status written")["status"].clone();
     let degraded = status["conditions"]
         .as_array()
