@@ -6,8 +6,9 @@
 # clients against real chat-server processes), multi-node suites (real redis-server and
 # haproxy), the load generator's smoke test, the Kubernetes suite against a simulated
 # control plane on loopback (kube-apiserver, controller-manager, scheduler, etcd and KWOK
-# built from Go modules, cached under ~/.cache/chatcluster-tools), and the web client
-# driven in headless Chromium.
+# built from Go modules, cached under ~/.cache/chatcluster-tools), the Helm chart tests
+# (lint, render, install, RBAC proven by running the operator as the chart's
+# ServiceAccount), and the web client driven in headless Chromium.
 # Needs: Rust, Go, Node/npm, /usr/bin/chromium, redis-server, haproxy, openssl, curl and
 # the shellcheck linter.
 set -euo pipefail
@@ -29,6 +30,9 @@ shellcheck -x .ci/run e2e/*.sh e2e/k8s/*.sh
 echo "== build (binaries are needed by the process-level suites)"
 cargo build --workspace --locked
 
+echo "== release binaries (what the Dockerfiles ship)"
+cargo build --release --locked -p chat-server -p chatcluster-operator
+
 status=0
 
 echo "== simulated Kubernetes control plane (builds the binaries on the first run)"
@@ -39,6 +43,14 @@ if kubeconfig="$(bash e2e/k8s/start-cluster.sh "$k8s_state")"; then
   export CHATCLUSTER_KUBECONFIG="$kubeconfig" CHATCLUSTER_KUBECTL="$k8s_state/kubectl"
 else
   echo "the simulated control plane did not start; the Kubernetes suite will fail" >&2
+  status=1
+fi
+
+echo "== helm (pinned, built from its Go module on the first run)"
+if helm="$(bash e2e/k8s/build-helm.sh)"; then
+  export CHATCLUSTER_HELM="$helm"
+else
+  echo "helm did not build; the chart tests will fail" >&2
   status=1
 fi
 

@@ -158,6 +158,52 @@ impl TestCluster {
     }
 }
 
+/// The pinned helm binary: `CHATCLUSTER_HELM`, or built (once) by e2e/k8s/build-helm.sh.
+pub fn helm_binary() -> Result<PathBuf> {
+    if let Some(helm) = std::env::var_os("CHATCLUSTER_HELM") {
+        return Ok(helm.into());
+    }
+    let out = Command::new("bash")
+        .arg(repo_root().join("e2e/k8s/build-helm.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running e2e/k8s/build-helm.sh")?;
+    if !out.status.success() {
+        bail!("build-helm.sh failed ({})", out.status);
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+impl TestCluster {
+    /// A kubeconfig for ServiceAccount `ns/name`, with a token from the TokenRequest API:
+    /// a client holding it has exactly that ServiceAccount's permissions.
+    pub fn service_account_kubeconfig(&self, ns: &str, name: &str, path: &Path) -> Result<()> {
+        let token = self.kubectl_ok(&["create", "token", name, "-n", ns, "--duration=1h"], None)?;
+        let admin = Kubeconfig::read_from(&self.kubeconfig)?;
+        let cluster = admin
+            .clusters
+            .first()
+            .and_then(|c| c.cluster.clone())
+            .context("the admin kubeconfig names no cluster")?;
+        // Same server and CA as the admin's; only the credentials change. JSON is YAML.
+        let out = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": {
+                "server": cluster.server,
+                "certificate-authority-data": cluster.certificate_authority_data,
+                "certificate-authority": cluster.certificate_authority,
+            }}],
+            "users": [{"name": name, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name}}],
+            "current-context": "e2e",
+        })
+        .to_string();
+        std::fs::write(path, out)?;
+        Ok(())
+    }
+}
+
 /// What the cluster's pods are: processes on real nodes, or simulated by KWOK (whose
 /// nodes carry the `kwok.x-k8s.io/node: fake` annotation). Data-plane checks (dialling
 /// pods through an ingress) run only on real pods.
@@ -237,10 +283,16 @@ pub struct OperatorProcess {
 
 /// How an operator process is started.
 pub struct OperatorOptions<'a> {
-    pub namespace: &'a str,
+    /// The namespace to watch; empty for every namespace.
+    pub watch_namespace: &'a str,
+    /// Where the Lease lives (the operator's own namespace).
+    pub lease_namespace: &'a str,
     pub lease_name: &'a str,
     pub lease_seconds: u64,
     pub identity: &'a str,
+    /// Run with these credentials instead of the cluster's admin kubeconfig (e.g. a
+    /// ServiceAccount token, to prove a chart's RBAC).
+    pub kubeconfig: Option<&'a Path>,
 }
 
 impl OperatorProcess {
@@ -252,9 +304,9 @@ impl OperatorProcess {
         ));
         let file = std::fs::File::create(&log)?;
         let child = Command::new(binary)
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("WATCH_NAMESPACE", opts.namespace)
-            .env("POD_NAMESPACE", opts.namespace)
+            .env("KUBECONFIG", opts.kubeconfig.unwrap_or(&cluster.kubeconfig))
+            .env("WATCH_NAMESPACE", opts.watch_namespace)
+            .env("POD_NAMESPACE", opts.lease_namespace)
             .env("POD_NAME", opts.identity)
             .env("OPERATOR_LEASE_NAME", opts.lease_name)
             .env("OPERATOR_LEASE_SECONDS", opts.lease_seconds.to_string())

@@ -57,10 +57,12 @@ fn start_operator(
         &binary,
         cluster,
         &OperatorOptions {
-            namespace: ns,
+            watch_namespace: ns,
+            lease_namespace: ns,
             lease_name: "chatcluster-operator",
             lease_seconds,
             identity,
+            kubeconfig: None,
         },
     )
     .expect("operator started")

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The ChatCluster e2e suite on kind, with real pods and a real ingress controller.
+# Needs Docker, kind, kubectl and helm on PATH; everything else (the simulated control
+# plane) runs without Docker through the README's test command.
+#
+# Steps: create the kind cluster (e2e/kind/cluster.yaml), install ingress-nginx, build
+# both images and load them into the nodes, install the operator chart, apply
+# examples/minimal.yaml, then run the Rust Kubernetes suite against the cluster with its
+# data-plane tests included (chat across pods through the ingress, the sticky cookie,
+# a scale-down that drains a pod without losing a message).
+#
+# Usage: e2e/kind/run.sh            # KEEP_CLUSTER=1 leaves the cluster running after
+#        INGRESS_NGINX_MANIFEST=...  # path or URL of the ingress-nginx kind manifest
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cluster=chatcluster-e2e
+tag=e2e
+ingress_manifest="${INGRESS_NGINX_MANIFEST:-https://raw.githubusercontent.com/kubernetes/ingress-nginx/controller-v1.12.1/deploy/static/provider/kind/deploy.yaml}"
+
+for tool in docker kind kubectl helm cargo; do
+  command -v "$tool" >/dev/null || { echo "kind e2e: $tool is required" >&2; exit 1; }
+done
+
+kubeconfig="$(mktemp)"
+cleanup() {
+  if [[ "${KEEP_CLUSTER:-0}" != 1 ]]; then
+    kind delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  fi
+  rm -f "$kubeconfig"
+}
+trap cleanup EXIT
+
+echo "== kind cluster"
+kind create cluster --config "$here/cluster.yaml" --kubeconfig "$kubeconfig" --wait 120s
+export KUBECONFIG="$kubeconfig"
+
+echo "== ingress-nginx"
+kubectl apply -f "$ingress_manifest"
+kubectl wait -n ingress-nginx --for=condition=Available deploy/ingress-nginx-controller --timeout=180s
+
+echo "== images"
+docker build -f "$repo/server/Dockerfile" -t "chatcluster/chat-server:$tag" "$repo"
+docker build -f "$repo/operator/Dockerfile" -t "chatcluster/chatcluster-operator:$tag" "$repo"
+kind load docker-image --name "$cluster" "chatcluster/chat-server:$tag" "chatcluster/chatcluster-operator:$tag"
+
+echo "== operator chart"
+helm install chatcluster-operator "$repo/charts/chatcluster-operator" \
+  --namespace chatcluster-system --create-namespace \
+  --set image.repository=chatcluster/chatcluster-operator --set image.tag="$tag" \
+  --set image.pullPolicy=Never --wait --timeout 180s
+
+echo "== examples"
+kubectl create namespace chat-example --dry-run=client -o yaml | kubectl apply -f -
+sed "s|^metadata:|metadata:\n  namespace: chat-example|" "$repo/examples/minimal.yaml" | kubectl apply -f -
+kubectl patch chatcluster chat -n chat-example --type merge \
+  -p "{\"spec\":{\"image\":\"chatcluster/chat-server:$tag\",\"imagePullPolicy\":\"Never\"}}"
+kubectl wait -n chat-example --for=condition=Ready chatcluster/chat --timeout=300s
+kubectl get chat -n chat-example
+
+echo "== Rust suite (control plane and data plane)"
+cd "$repo"
+cargo build --workspace --locked
+CHATCLUSTER_KUBECONFIG="$kubeconfig" CHATCLUSTER_KUBECTL="$(command -v kubectl)" \
+  CHATCLUSTER_E2E_IMAGE="chatcluster/chat-server:$tag" \
+  CHATCLUSTER_E2E_INGRESS="127.0.0.1:18080" \
+  cargo test -p chatcluster-e2e --test k8s_operator --locked -- --include-ignored

@@ -1,0 +1,552 @@
+//! The Helm charts: lint and render with default and non-default values, reject wrong
+//! values with the schema's message, install into the real API server of the simulated
+//! control plane, and prove the operator chart's RBAC by running the operator with the
+//! chart's ServiceAccount token through the main scenario.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use chatcluster_e2e::k8s::{
+    eventually, helm_binary, repo_root, shared_cluster, OperatorOptions, OperatorProcess,
+    TestCluster, TestNamespace,
+};
+use chatcluster_e2e::server_process::workspace_binary;
+use serde_json::Value;
+
+const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
+const OPERATOR_CHART: &str = "charts/chatcluster-operator";
+const CLUSTER_CHART: &str = "charts/chatcluster";
+const WITHIN: Duration = Duration::from_secs(90);
+
+fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Output {
+    let mut cmd = Command::new(helm_binary().expect("helm"));
+    cmd.current_dir(repo_root()).args(args);
+    if let Some(k) = kubeconfig {
+        cmd.arg("--kubeconfig").arg(k);
+    }
+    cmd.output().expect("helm runs")
+}
+
+fn helm_ok(args: &[&str], kubeconfig: Option<&Path>) -> String {
+    let out = helm(args, kubeconfig);
+    assert!(
+        out.status.success(),
+        "helm {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn non_default(chart: &str) -> String {
+    format!("{chart}/ci/non-default-values.yaml")
+}
+
+/// The documents of a `helm template` output, as JSON values.
+fn render(args: &[&str]) -> Vec<Value> {
+    let text = helm_ok(&[&["template"], args].concat(), None);
+    serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|doc| {
+            let v: Value = serde::Deserialize::deserialize(doc).expect("rendered YAML parses");
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| d["kind"] == kind)
+}
+
+fn env_of(deployment: &Value, name: &str) -> Option<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)?["value"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[test]
+fn the_chart_crd_is_a_copy_of_crds_dir() {
+    let root = repo_root();
+    let chart =
+        std::fs::read_to_string(root.join(OPERATOR_CHART).join("files/chatcluster.crd.yaml"))
+            .expect("chart CRD");
+    let crd = std::fs::read_to_string(root.join("crds/chatcluster.yaml")).expect("crds/");
+    assert!(
+        chart == crd,
+        "charts/chatcluster-operator/files/chatcluster.crd.yaml differs from crds/chatcluster.yaml: \
+         copy it over (cp crds/chatcluster.yaml {OPERATOR_CHART}/files/chatcluster.crd.yaml)"
+    );
+}
+
+#[test]
+fn both_charts_lint_with_default_and_non_default_values() {
+    for chart in [OPERATOR_CHART, CLUSTER_CHART] {
+        helm_ok(&["lint", "--strict", chart], None);
+        helm_ok(
+            &["lint", "--strict", chart, "-f", &non_default(chart)],
+            None,
+        );
+    }
+}
+
+#[test]
+fn the_operator_chart_renders_its_defaults() {
+    let docs = render(&["op", OPERATOR_CHART, "--namespace", "chatcluster-system"]);
+    let crd = find(&docs, "CustomResourceDefinition").expect("the CRD is installed by default");
+    assert_eq!(crd["metadata"]["name"], "chatclusters.chatcluster.dev");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "kept on uninstall"
+    );
+    let deployment = find(&docs, "Deployment").expect("Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(env_of(deployment, "WATCH_NAMESPACE").as_deref(), Some(""));
+    assert_eq!(
+        env_of(deployment, "OPERATOR_LEASE_NAME").as_deref(),
+        Some("op-chatcluster-operator")
+    );
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+    assert_eq!(pod["serviceAccountName"], "op-chatcluster-operator");
+    for d in &docs {
+        let labels = &d["metadata"]["labels"];
+        if d["kind"] != "CustomResourceDefinition" || labels.is_object() {
+            assert_eq!(
+                labels["app.kubernetes.io/name"], "chatcluster-operator",
+                "{}",
+                d["kind"]
+            );
+            assert_eq!(
+                labels["app.kubernetes.io/managed-by"], "Helm",
+                "{}",
+                d["kind"]
+            );
+        }
+    }
+    // Least privilege: no wildcard anywhere, and Leases only in the operator's namespace.
+    let cluster_role = find(&docs, "ClusterRole").expect("ClusterRole");
+    let rules = cluster_role["rules"].to_string();
+    assert!(!rules.contains("\"*\""), "no wildcards: {rules}");
+    assert!(
+        !rules.contains("secrets"),
+        "the operator never reads Secrets: {rules}"
+    );
+    assert!(!rules.contains("leases"), "Leases are namespaced: {rules}");
+    let role = find(&docs, "Role").expect("leader-election Role");
+    assert_eq!(role["metadata"]["namespace"], "chatcluster-system");
+    assert!(role["rules"].to_string().contains("leases"));
+    assert!(find(&docs, "ServiceMonitor").is_none(), "off by default");
+    assert!(find(&docs, "Service").is_some(), "metrics Service");
+}
+
+#[test]
+fn the_operator_chart_renders_non_default_values() {
+    let docs = render(&["op", OPERATOR_CHART, "-f", &non_default(OPERATOR_CHART)]);
+    assert!(
+        find(&docs, "CustomResourceDefinition").is_none(),
+        "crds.install=false leaves the CRD out"
+    );
+    let deployment = find(&docs, "Deployment").expect("Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(
+        env_of(deployment, "WATCH_NAMESPACE").as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        env_of(deployment, "OPERATOR_LEASE_SECONDS").as_deref(),
+        Some("20")
+    );
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com/chatcluster/operator:0.1.0-rc1"
+    );
+    let monitor = find(&docs, "ServiceMonitor").expect("ServiceMonitor when enabled");
+    assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
+    assert_eq!(
+        find(&docs, "ServiceAccount").expect("SA")["metadata"]["name"],
+        "chat-operator"
+    );
+}
+
+#[test]
+fn wrong_values_fail_at_install_with_a_clear_message() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["--set", "logFormat=xml"], "/logFormat"),
+        (
+            &["--set", "leaderElection.leaseSeconds=1"],
+            "/leaderElection/leaseSeconds",
+        ),
+        (
+            &["--set", "replicas=3"],
+            "additional properties 'replicas' not allowed",
+        ),
+        (
+            &["--set", "watchNamespace=Not_A_Namespace"],
+            "/watchNamespace",
+        ),
+        (&["--set", "metrics.port=80"], "/metrics/port"),
+    ];
+    for (args, message) in cases {
+        let out = helm(&[&["template", "op", OPERATOR_CHART], args].concat(), None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in:\n{stderr}"
+        );
+    }
+    let out = helm(
+        &["template", "c", CLUSTER_CHART, "--set", "name=Bad_Name"],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/name"));
+}
+
+#[test]
+fn the_chatcluster_chart_renders_one_chatcluster() {
+    let docs = render(&["chat", CLUSTER_CHART, "--namespace", "team-a"]);
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0]["kind"], "ChatCluster");
+    assert_eq!(docs[0]["metadata"]["name"], "chat");
+    assert_eq!(docs[0]["metadata"]["namespace"], "team-a");
+    assert_eq!(docs[0]["spec"], serde_json::json!({}));
+    let docs = render(&["chat", CLUSTER_CHART, "-f", &non_default(CLUSTER_CHART)]);
+    assert_eq!(docs[0]["metadata"]["name"], "chat-prod");
+    assert_eq!(docs[0]["spec"]["replicas"], 4);
+    assert_eq!(
+        docs[0]["spec"]["expose"]["ingress"]["host"],
+        "chat.example.com"
+    );
+}
+
+fn kubectl_json(cluster: &TestCluster, args: &[&str]) -> Option<Value> {
+    let out = cluster.kubectl(args, None).ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// An installed release, uninstalled on drop (its cluster-scoped RBAC must not outlive a
+/// failed test).
+struct Release {
+    name: String,
+    namespace: String,
+    kubeconfig: PathBuf,
+}
+
+impl Release {
+    fn install(name: &str, namespace: &str, kubeconfig: &Path, extra: &[&str]) -> Release {
+        let mut args = vec!["install", name, OPERATOR_CHART, "--namespace", namespace];
+        args.extend_from_slice(extra);
+        helm_ok(&args, Some(kubeconfig));
+        Release {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            kubeconfig: kubeconfig.to_owned(),
+        }
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm(
+            &[
+                "uninstall",
+                &self.name,
+                "--namespace",
+                &self.namespace,
+                "--wait",
+            ],
+            Some(&self.kubeconfig),
+        );
+    }
+}
+
+/// A scratch file path, removed on drop.
+struct TempPath(PathBuf);
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `helm install` into the real API server: the CRD (kept on uninstall), RBAC and the
+/// Deployment are accepted and created; KWOK runs the Deployment's pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_chart_installs_into_the_real_api_server() {
+    let cluster = shared_cluster().expect("cluster");
+    let client = cluster.client().await.expect("client");
+    let ns = TestNamespace::create(cluster, &client, "helm-install")
+        .await
+        .expect("ns");
+    let release = "chatcluster-operator";
+    // The CRD may already exist (other suites apply crds/ directly): mark it as this
+    // release's, as a team adopting the chart would, so Helm takes it over.
+    if kubectl_json(
+        cluster,
+        &["get", "crd", "chatclusters.chatcluster.dev", "-o", "json"],
+    )
+    .is_some()
+    {
+        cluster
+            .kubectl_ok(
+                &[
+                    "annotate",
+                    "--overwrite",
+                    "crd",
+                    "chatclusters.chatcluster.dev",
+                    &format!("meta.helm.sh/release-name={release}"),
+                    &format!("meta.helm.sh/release-namespace={}", ns.name),
+                ],
+                None,
+            )
+            .expect("annotate");
+        cluster
+            .kubectl_ok(
+                &[
+                    "label",
+                    "--overwrite",
+                    "crd",
+                    "chatclusters.chatcluster.dev",
+                    "app.kubernetes.io/managed-by=Helm",
+                ],
+                None,
+            )
+            .expect("label");
+    }
+    let installed = Release::install(
+        release,
+        &ns.name,
+        &cluster.kubeconfig,
+        &["--wait", "--timeout", "120s"],
+    );
+    let crd = kubectl_json(
+        cluster,
+        &["get", "crd", "chatclusters.chatcluster.dev", "-o", "json"],
+    )
+    .expect("CRD");
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let full = release.to_owned();
+    assert!(kubectl_json(cluster, &["get", "clusterrole", &full, "-o", "json"]).is_some());
+    assert!(kubectl_json(cluster, &["get", "clusterrolebinding", &full, "-o", "json"]).is_some());
+    assert!(kubectl_json(
+        cluster,
+        &[
+            "-n",
+            &ns.name,
+            "get",
+            "role",
+            &format!("{full}-leader-election"),
+            "-o",
+            "json"
+        ]
+    )
+    .is_some());
+    let deployment = kubectl_json(
+        cluster,
+        &["-n", &ns.name, "get", "deployment", &full, "-o", "json"],
+    )
+    .expect("Deployment");
+    assert_eq!(
+        deployment["status"]["availableReplicas"], 1,
+        "{}",
+        deployment["status"]
+    );
+    let notes = helm_ok(
+        &["status", release, "--namespace", &ns.name],
+        Some(&cluster.kubeconfig),
+    );
+    assert!(
+        notes.contains("kubectl get chat -w"),
+        "NOTES tell what to do next:\n{notes}"
+    );
+
+    drop(installed);
+    assert!(
+        kubectl_json(
+            cluster,
+            &["get", "crd", "chatclusters.chatcluster.dev", "-o", "json"]
+        )
+        .is_some(),
+        "the CRD is kept on uninstall"
+    );
+    assert!(kubectl_json(cluster, &["get", "clusterrole", &full, "-o", "json"]).is_none());
+}
+
+/// The operator, run with the token of the chart's ServiceAccount, takes a ChatCluster
+/// through the main scenario without a single `forbidden`; and the ServiceAccount cannot
+/// do what the operator never needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
+    let cluster = shared_cluster().expect("cluster");
+    cluster.install_crds().expect("CRD");
+    let client = cluster.client().await.expect("client");
+    let ops = TestNamespace::create(cluster, &client, "helm-rbac")
+        .await
+        .expect("ns");
+    let apps = TestNamespace::create(cluster, &client, "helm-rbac-apps")
+        .await
+        .expect("ns");
+    // Unique per run: ClusterRoles are cluster-wide.
+    let release = format!("rbac-{}", std::process::id());
+    let _installed = Release::install(
+        &release,
+        &ops.name,
+        &cluster.kubeconfig,
+        &[
+            "--set",
+            "crds.install=false",
+            "--set",
+            "metrics.service.enabled=false",
+        ],
+    );
+    let sa = format!("{release}-chatcluster-operator");
+    let kubeconfig = TempPath(std::env::temp_dir().join(format!("sa-{}.kubeconfig", ops.name)));
+    cluster
+        .service_account_kubeconfig(&ops.name, &sa, &kubeconfig.0)
+        .expect("token kubeconfig");
+
+    // Least privilege, asked of the API server's own authorizer.
+    let subject = format!("system:serviceaccount:{}:{sa}", ops.name);
+    for (verb_resource, namespace, allowed) in [
+        ("list chatclusters.chatcluster.dev", "", true),
+        (
+            "patch chatclusters.chatcluster.dev --subresource=status",
+            &apps.name as &str,
+            true,
+        ),
+        ("delete chatclusters.chatcluster.dev", &apps.name, false),
+        ("get secrets", &apps.name, false),
+        ("create pods", &apps.name, false),
+        ("update leases.coordination.k8s.io", &ops.name, true),
+        ("update leases.coordination.k8s.io", &apps.name, false),
+        ("create statefulsets.apps", &apps.name, true),
+    ] {
+        let mut args: Vec<&str> = vec!["auth", "can-i"];
+        args.extend(verb_resource.split(' '));
+        args.extend(["--as", &subject]);
+        if namespace.is_empty() {
+            args.push("--all-namespaces");
+        } else {
+            args.extend(["-n", namespace]);
+        }
+        let out = cluster.kubectl(&args, None).expect("kubectl auth can-i");
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            answer == "yes",
+            allowed,
+            "can {subject} {verb_resource} in {namespace:?}? got {answer}"
+        );
+    }
+
+    let binary = workspace_binary(LOADGEN, "chatcluster-operator").expect("operator binary");
+    let operator = OperatorProcess::start(
+        &binary,
+        cluster,
+        &OperatorOptions {
+            watch_namespace: "",
+            lease_namespace: &ops.name,
+            lease_name: &sa,
+            lease_seconds: 15,
+            identity: "rbac-check",
+            kubeconfig: Some(&kubeconfig.0),
+        },
+    )
+    .expect("operator");
+    let log = || format!("\n--- operator log ---\n{}", operator.log_text());
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut all = vec!["-n", apps.name.as_str()];
+        all.extend_from_slice(args);
+        cluster
+            .kubectl_ok(&all, stdin)
+            .unwrap_or_else(|e| panic!("{e}{}", log()))
+    };
+    let manifest =
+        "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: chat\n\
+                    spec:\n  replicas: 2\n  expose:\n    ingress:\n      host: chat.rbac.example\n";
+    kubectl(&["apply", "-f", "-"], Some(manifest));
+    let ready = |replicas: i64| {
+        let kubectl = &kubectl;
+        async move {
+            eventually(
+                &format!("Ready with {replicas} replicas"),
+                WITHIN,
+                || async {
+                    let cc: Value = serde_json::from_str(&kubectl(
+                        &["get", "chatcluster", "chat", "-o", "json"],
+                        None,
+                    ))?;
+                    let ok = cc["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    }) && cc["status"]["replicas"] == replicas
+                        && cc["status"]["observedGeneration"] == cc["metadata"]["generation"];
+                    Ok(ok.then_some(()))
+                },
+            )
+            .await
+        }
+    };
+    ready(2).await.unwrap_or_else(|e| panic!("{e}{}", log()));
+    // Scale to one (the PDB is deleted as an orphan), drop the Ingress, delete a child.
+    kubectl(&["scale", "chatcluster/chat", "--replicas=1"], None);
+    kubectl(
+        &[
+            "patch",
+            "chatcluster",
+            "chat",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"expose":null}}"#,
+        ],
+        None,
+    );
+    ready(1).await.unwrap_or_else(|e| panic!("{e}{}", log()));
+    eventually("the PDB and the Ingress to go", WITHIN, || async {
+        let left = kubectl(&["get", "pdb,ingress", "-o", "name"], None);
+        Ok(left.trim().is_empty().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}{}", log()));
+    kubectl(&["delete", "configmap", "chat-config"], None);
+    eventually("the ConfigMap to come back", WITHIN, || async {
+        Ok(cluster
+            .kubectl(&["-n", &apps.name, "get", "configmap", "chat-config"], None)?
+            .status
+            .success()
+            .then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}{}", log()));
+    let events = kubectl(&["get", "events", "-o", "name"], None);
+    assert!(!events.trim().is_empty(), "Events were published{}", log());
+    // An RBAC denial reads `... is forbidden: User "system:serviceaccount:..." cannot ...`
+    // (other 403s, e.g. writes into a namespace being deleted, are not about RBAC).
+    let denial = format!("forbidden: User \\\"{subject}\\\" cannot");
+    let text = operator.log_text();
+    assert!(
+        !text.contains(&denial) && !text.contains(&format!("forbidden: User \"{subject}\" cannot")),
+        "the chart's RBAC refused something the operator does:{}",
+        log()
+    );
+    assert!(
+        operator.is_leader(),
+        "it held the Lease in its namespace{}",
+        log()
+    );
+    drop(operator);
+}
