@@ -25,7 +25,7 @@ echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== shellcheck (every script)"
-shellcheck -x .ci/run e2e/*.sh e2e/k8s/*.sh
+shellcheck -x .ci/run e2e/*.sh e2e/k8s/*.sh e2e/kind/*.sh
 
 echo "== build (binaries are needed by the process-level suites)"
 cargo build --workspace --locked

@@ -43,13 +43,18 @@ kubectl wait -n ingress-nginx --for=condition=Available deploy/ingress-nginx-con
 echo "== images"
 docker build -f "$repo/server/Dockerfile" -t "chatcluster/chat-server:$tag" "$repo"
 docker build -f "$repo/operator/Dockerfile" -t "chatcluster/chatcluster-operator:$tag" "$repo"
-kind load docker-image --name "$cluster" "chatcluster/chat-server:$tag" "chatcluster/chatcluster-operator:$tag"
+# A second tag of the same image: the suite's rollout test changes the image.
+docker tag "chatcluster/chat-server:$tag" "chatcluster/chat-server:$tag-b"
+kind load docker-image --name "$cluster" "chatcluster/chat-server:$tag" \
+  "chatcluster/chat-server:$tag-b" "chatcluster/chatcluster-operator:$tag"
 
 echo "== operator chart"
 helm install chatcluster-operator "$repo/charts/chatcluster-operator" \
   --namespace chatcluster-system --create-namespace \
   --set image.repository=chatcluster/chatcluster-operator --set image.tag="$tag" \
-  --set image.pullPolicy=Never --wait --timeout 180s
+  --set image.pullPolicy=Never --set watchNamespace=chat-example --wait --timeout 180s
+# (The suite runs its own namespace-scoped operators in its test namespaces; the chart's
+# operator watches only the example's namespace so the two never share a ChatCluster.)
 
 echo "== examples"
 kubectl create namespace chat-example --dry-run=client -o yaml | kubectl apply -f -
@@ -64,5 +69,6 @@ cd "$repo"
 cargo build --workspace --locked
 CHATCLUSTER_KUBECONFIG="$kubeconfig" CHATCLUSTER_KUBECTL="$(command -v kubectl)" \
   CHATCLUSTER_E2E_IMAGE="chatcluster/chat-server:$tag" \
-  CHATCLUSTER_E2E_INGRESS="127.0.0.1:18080" \
+  CHATCLUSTER_E2E_IMAGE_B="chatcluster/chat-server:$tag-b" \
+  CHATCLUSTER_E2E_INGRESS="localhost:18080" \
   cargo test -p chatcluster-e2e --test k8s_operator --locked -- --include-ignored

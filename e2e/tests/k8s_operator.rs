@@ -176,13 +176,22 @@ fn manifest(name: &str, replicas: i32, image: &str, with_ingress: bool) -> Strin
     };
     format!(
         "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\n\
-         spec:\n  replicas: {replicas}\n  image: {image}\n\
+         spec:\n  replicas: {replicas}\n  image: {image}\n  imagePullPolicy: IfNotPresent\n\
          \x20 redis:\n    managed:\n      storage: 1Gi\n{expose}"
     )
 }
 
-const IMAGE_A: &str = "ghcr.io/chatcluster/chat-server:0.1.0";
-const IMAGE_B: &str = "ghcr.io/chatcluster/chat-server:0.1.1";
+/// The chat-server image of the test clusters: any name on simulated pods; on kind, the
+/// image e2e/kind/run.sh built and loaded (`CHATCLUSTER_E2E_IMAGE`, and a second tag of it
+/// in `CHATCLUSTER_E2E_IMAGE_B` for the rollout).
+static IMAGE_A: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("CHATCLUSTER_E2E_IMAGE")
+        .unwrap_or_else(|_| "ghcr.io/chatcluster/chat-server:0.1.0".into())
+});
+static IMAGE_B: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("CHATCLUSTER_E2E_IMAGE_B")
+        .unwrap_or_else(|_| "ghcr.io/chatcluster/chat-server:0.1.1".into())
+});
 const READY_WITHIN: Duration = Duration::from_secs(90);
 
 /// Every child object of ChatCluster `name` (kind, object name), as the operator builds
@@ -238,8 +247,8 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
     }
 
     // The transition rule: a managed Redis volume cannot be resized after creation.
-    s.apply(&manifest("vol", 1, IMAGE_A, false));
-    let changed = manifest("vol", 1, IMAGE_A, false).replace("storage: 1Gi", "storage: 2Gi");
+    s.apply(&manifest("vol", 1, &IMAGE_A, false));
+    let changed = manifest("vol", 1, &IMAGE_A, false).replace("storage: 1Gi", "storage: 2Gi");
     let out = s.kubectl(&["apply", "-f", "-"], Some(&changed));
     assert!(!out.status.success(), "a volume resize was accepted");
     assert!(
@@ -258,7 +267,7 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_cluster_gets_every_child_with_owner_references_and_labels() {
     let s = setup("children", true).await;
-    s.apply(&manifest("chat", 2, IMAGE_A, true));
+    s.apply(&manifest("chat", 2, &IMAGE_A, true));
     let cc = s.wait_exists("chatcluster", "chat", READY_WITHIN).await;
     let uid = cc["metadata"]["uid"].as_str().expect("uid").to_owned();
     for (kind, name) in children("chat") {
@@ -323,12 +332,8 @@ async fn a_valid_cluster_gets_every_child_with_owner_references_and_labels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_become_ready_and_the_cluster_turns_ready_at_its_generation() {
     let s = setup("ready", true).await;
-    assert_eq!(
-        pod_kind(&s.client).await.expect("nodes"),
-        PodKind::Simulated,
-        "this suite's pod checks expect KWOK's simulated pods"
-    );
-    s.apply(&manifest("chat", 3, IMAGE_A, false));
+    let kind = pod_kind(&s.client).await.expect("nodes");
+    s.apply(&manifest("chat", 3, &IMAGE_A, false));
     let cc = s.wait_ready("chat", READY_WITHIN).await;
     assert_eq!(cc["status"]["replicas"], 3);
     assert_eq!(cc["status"]["readyReplicas"], 3);
@@ -349,7 +354,10 @@ async fn pods_become_ready_and_the_cluster_turns_ready_at_its_generation() {
     for pod in pods {
         assert_eq!(pod["status"]["phase"], "Running");
         let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
-        assert!(ip.starts_with("127."), "pod IPs stay on loopback: {ip}");
+        match kind {
+            PodKind::Simulated => assert!(ip.starts_with("127."), "pod IPs stay on loopback: {ip}"),
+            PodKind::Real => assert!(!ip.is_empty(), "a real pod has an IP"),
+        }
     }
     // The story is told in Events: `kubectl describe chat` and `kubectl get events` show it.
     let events = eventually("a Ready Event", Duration::from_secs(30), || async {
@@ -396,7 +404,7 @@ async fn pods_become_ready_and_the_cluster_turns_ready_at_its_generation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_chat_shows_the_printer_columns() {
     let s = setup("columns", true).await;
-    s.apply(&manifest("chat", 1, IMAGE_A, false));
+    s.apply(&manifest("chat", 1, &IMAGE_A, false));
     s.wait_ready("chat", READY_WITHIN).await;
     let table = s.kubectl_ok(&["get", "chat"], None);
     let mut lines = table.lines();
@@ -423,7 +431,7 @@ async fn kubectl_get_chat_shows_the_printer_columns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_scale_works_through_the_scale_subresource() {
     let s = setup("scale", true).await;
-    s.apply(&manifest("chat", 2, IMAGE_A, false));
+    s.apply(&manifest("chat", 2, &IMAGE_A, false));
     s.wait_ready("chat", READY_WITHIN).await;
     let scale: Value = serde_json::from_str(&s.kubectl_ok(
         &[
@@ -476,13 +484,13 @@ async fn kubectl_scale_works_through_the_scale_subresource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_change_rolls_out_to_every_pod() {
     let s = setup("rollout", true).await;
-    s.apply(&manifest("chat", 3, IMAGE_A, false));
+    s.apply(&manifest("chat", 3, &IMAGE_A, false));
     let before = s.wait_ready("chat", READY_WITHIN).await;
     let generation = before["metadata"]["generation"]
         .as_i64()
         .expect("generation");
 
-    s.apply(&manifest("chat", 3, IMAGE_B, false));
+    s.apply(&manifest("chat", 3, &IMAGE_B, false));
     let rolled = eventually("every pod on the new image", READY_WITHIN, || async {
         let Some(sts) = s.get("statefulset", "chat") else {
             return Ok(None);
@@ -511,7 +519,10 @@ async fn a_spec_change_rolls_out_to_every_pod() {
             .flatten()
             .map(|p| p["spec"]["containers"][0]["image"].to_string())
             .collect();
-        Ok((images.len() == 3 && images.iter().all(|i| i.contains(IMAGE_B))).then_some(images))
+        Ok(
+            (images.len() == 3 && images.iter().all(|i| i.contains(IMAGE_B.as_str())))
+                .then_some(images),
+        )
     })
     .await;
     if let Err(e) = rolled {
@@ -527,7 +538,7 @@ async fn a_spec_change_rolls_out_to_every_pod() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_child_is_recreated() {
     let s = setup("recreate", true).await;
-    s.apply(&manifest("chat", 2, IMAGE_A, true));
+    s.apply(&manifest("chat", 2, &IMAGE_A, true));
     s.wait_ready("chat", READY_WITHIN).await;
     for (kind, name) in [
         ("service", "chat"),
@@ -555,7 +566,7 @@ async fn a_deleted_child_is_recreated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_expose_deletes_the_orphaned_ingress() {
     let s = setup("orphan", true).await;
-    s.apply(&manifest("chat", 1, IMAGE_A, true));
+    s.apply(&manifest("chat", 1, &IMAGE_A, true));
     s.wait_exists("ingress", "chat", READY_WITHIN).await;
     s.kubectl_ok(
         &[
@@ -578,7 +589,7 @@ async fn removing_expose_deletes_the_orphaned_ingress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_chatcluster_garbage_collects_everything() {
     let s = setup("gc", true).await;
-    s.apply(&manifest("chat", 2, IMAGE_A, true));
+    s.apply(&manifest("chat", 2, &IMAGE_A, true));
     s.wait_ready("chat", READY_WITHIN).await;
     s.kubectl_ok(&["delete", "chatcluster", "chat", "--wait=true"], None);
     for (kind, name) in children("chat") {
@@ -629,7 +640,7 @@ fn resource_versions(s: &Setup) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_the_operator_changes_nothing() {
     let mut s = setup("restart", true).await;
-    s.apply(&manifest("chat", 2, IMAGE_A, true));
+    s.apply(&manifest("chat", 2, &IMAGE_A, true));
     s.wait_ready("chat", READY_WITHIN).await;
     // Let the first operator settle (its last status write and requeues).
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -680,7 +691,7 @@ async fn with_two_operators_one_reconciles_and_the_standby_takes_over() {
     .await;
     assert!(leader.is_ok(), "{leader:?}\n{}", a.log_text());
     let b = start_operator(s.cluster, &s.ns.name, "op-b", lease_seconds);
-    s.apply(&manifest("chat", 1, IMAGE_A, false));
+    s.apply(&manifest("chat", 1, &IMAGE_A, false));
     s.wait_ready("chat", READY_WITHIN).await;
     eventually("op-b to serve metrics", Duration::from_secs(10), || async {
         Ok(b.metric("chatcluster_operator_leader"))
@@ -748,7 +759,11 @@ async fn the_cluster_serves_the_chatcluster_api() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_connections_counts_the_clients_of_every_pod() {
     let s = setup("connections", true).await;
-    s.apply(&manifest("chat", 1, IMAGE_A, false));
+    if pod_kind(&s.client).await.expect("nodes") == PodKind::Real {
+        // Real pods serve their own metrics: the data-plane test counts real clients.
+        return data_plane_connections(&s).await;
+    }
+    s.apply(&manifest("chat", 1, &IMAGE_A, false));
     s.wait_ready("chat", READY_WITHIN).await;
     let pod = s.get("pod", "chat-0").expect("pod chat-0");
     let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_owned();
@@ -798,4 +813,220 @@ async fn status_connections_counts_the_clients_of_every_pod() {
     assert_eq!(columns.get(3), Some(&"3"), "CONNECTIONS column: {table}");
     drop(clients);
     drop(server);
+}
+
+// ---------------------------------------------------------------------------------------
+// Data plane: real pods behind a real ingress controller (kind, via e2e/kind/run.sh).
+// These need a cluster whose pods run the chat-server image and an ingress reachable at
+// CHATCLUSTER_E2E_INGRESS (e.g. localhost:18080); on the simulated control plane there
+// is no container to talk to, so they are #[ignore]d there and run with
+// `--include-ignored` by the kind script, which also asserts it has real pods.
+
+/// `host:port` of the ingress controller, and the host part the Ingress must match.
+fn ingress_address() -> (String, String) {
+    let addr = std::env::var("CHATCLUSTER_E2E_INGRESS").expect(
+        "CHATCLUSTER_E2E_INGRESS=host:port of the ingress controller (e2e/kind/run.sh sets it)",
+    );
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr.as_str(), |(h, _)| h)
+        .to_owned();
+    (addr, host)
+}
+
+/// A ChatCluster exposed through the ingress, with a short drain so a scale-down is quick.
+fn data_plane_manifest(name: &str, replicas: i32, host: &str) -> String {
+    format!(
+        "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\n\
+         spec:\n  replicas: {replicas}\n  image: {}\n  imagePullPolicy: IfNotPresent\n\
+         \x20 expose:\n    ingress:\n      host: {host}\n      className: nginx\n\
+         \x20 drain:\n    reconnectWindowSeconds: 3\n    deadlineSeconds: 15\n    preStopSeconds: 2\n\
+         \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n",
+        IMAGE_A.as_str()
+    )
+}
+
+async fn data_plane_connections(s: &Setup) {
+    let (addr, host) = ingress_address();
+    s.apply(&data_plane_manifest("chat", 2, &host));
+    s.wait_ready("chat", Duration::from_secs(180)).await;
+    let url = format!("ws://{addr}/ws");
+    let mut clients = Vec::new();
+    for user in ["ann", "ben", "cat"] {
+        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user={user}"), None)
+            .await
+            .expect("client connects through the ingress");
+        clients.push(ws);
+    }
+    s.kubectl_ok(
+        &[
+            "annotate",
+            "chatcluster",
+            "chat",
+            "e2e/poke=1",
+            "--overwrite",
+        ],
+        None,
+    );
+    let counted = eventually(
+        "status.connections = 3",
+        Duration::from_secs(60),
+        || async {
+            Ok(s.get("chatcluster", "chat")
+                .filter(|c| c["status"]["connections"] == 3))
+        },
+    )
+    .await;
+    if let Err(e) = counted {
+        panic!("{e}{}", s.operator_log());
+    }
+    drop(clients);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs real pods and an ingress controller: run by e2e/kind/run.sh"]
+async fn data_plane_chat_is_sticky_spans_pods_and_survives_a_scale_down() {
+    use chatcluster_e2e::client::{
+        connect, join, recv_type, run_publisher, run_resuming_subscriber, send_and_ack, send_json,
+        PublisherLog, SubscriberLog,
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let s = setup("dataplane", true).await;
+    assert_eq!(
+        pod_kind(&s.client).await.expect("nodes"),
+        PodKind::Real,
+        "the data-plane test needs real pods (run it through e2e/kind/run.sh)"
+    );
+    let (addr, host) = ingress_address();
+    s.apply(&data_plane_manifest("chat", 3, &host));
+    s.wait_ready("chat", Duration::from_secs(180)).await;
+    let url = format!("ws://{addr}/ws");
+
+    // The sticky cookie keeps a client on its pod.
+    let (_first, cookie, welcome) = connect(&url, "user=sticky", None).await.expect("connect");
+    let cookie = cookie.expect("ingress-nginx sets the affinity cookie");
+    assert!(cookie.starts_with("CHATNODE="), "{cookie}");
+    let pod = welcome["node"].as_str().expect("node").to_owned();
+    for _ in 0..5 {
+        let (_ws, _, w) = connect(&url, "user=sticky", Some(&cookie))
+            .await
+            .expect("connect");
+        assert_eq!(w["node"], pod.as_str(), "the cookie pins the pod");
+    }
+
+    // Without a cookie, clients spread over pods; chat and DMs cross them.
+    let mut by_pod: BTreeMap<String, (String, _)> = BTreeMap::new();
+    for i in 0..30 {
+        let (ws, c, w) = connect(&url, &format!("user=u{i}"), None)
+            .await
+            .expect("connect");
+        let node = w["node"].as_str().unwrap_or_default().to_owned();
+        by_pod.entry(node).or_insert((format!("u{i}"), (ws, c)));
+        if by_pod.len() >= 2 {
+            break;
+        }
+    }
+    assert!(
+        by_pod.len() >= 2,
+        "30 cookie-less clients all landed on one pod"
+    );
+    let mut pods = by_pod.into_values();
+    let (alice, (mut alice_ws, _)) = pods.next().expect("first pod");
+    let (bob, (mut bob_ws, _)) = pods.next().expect("second pod");
+    join(&mut alice_ws, "lobby", None).await.expect("join");
+    join(&mut bob_ws, "lobby", None).await.expect("join");
+    send_and_ack(&mut alice_ws, "lobby", "hello across pods", "r1")
+        .await
+        .expect("ack");
+    let got = recv_type(&mut bob_ws, "message").await.expect("message");
+    assert_eq!(got["body"], "hello across pods");
+    assert_eq!(got["from"], alice.as_str());
+    send_json(
+        &mut bob_ws,
+        serde_json::json!({"type": "dm", "to": alice, "body": "psst", "ref": "d1"}),
+    )
+    .await
+    .expect("dm");
+    let dm = loop {
+        let v = chatcluster_e2e::client::recv_json(&mut alice_ws, Duration::from_secs(5))
+            .await
+            .expect("read")
+            .expect("open");
+        if v["type"] == "dm" {
+            break v;
+        }
+    };
+    assert_eq!(dm["from"], bob.as_str());
+
+    // Scale 3 → 1 while subscribers listen and a publisher sends: the two pods that go
+    // drain (reconnect notices, 1012), their clients resume on the survivor, and every
+    // acknowledged message reaches every subscriber exactly once.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rooms: Vec<String> = (0..2).map(|i| format!("room{i}")).collect();
+    let (logs, tasks): (Vec<_>, Vec<_>) = (0..6)
+        .map(|i| {
+            let log = Arc::new(Mutex::new(SubscriberLog::default()));
+            let task = tokio::spawn(run_resuming_subscriber(
+                url.clone(),
+                format!("sub{i}"),
+                rooms.clone(),
+                log.clone(),
+                stop.clone(),
+            ));
+            (log, task)
+        })
+        .unzip();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let publog = Arc::new(Mutex::new(PublisherLog::default()));
+    let publisher = tokio::spawn(run_publisher(
+        url.clone(),
+        rooms.clone(),
+        20,
+        400,
+        publog.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
+    publisher.await.expect("publisher task").expect("publisher");
+    let scaled = eventually("one pod left", Duration::from_secs(120), || async {
+        Ok(s.get("chatcluster", "chat")
+            .filter(|c| c["status"]["replicas"] == 1))
+    })
+    .await;
+    assert!(scaled.is_ok(), "{scaled:?}{}", s.operator_log());
+    let acked = publog.lock().expect("log").acked.clone();
+    let caught_up = eventually(
+        "subscribers to catch up",
+        Duration::from_secs(30),
+        || async {
+            let done = logs.iter().all(|l| {
+                let l = l.lock().expect("log");
+                acked
+                    .iter()
+                    .all(|(room, m)| l.messages.get(room).map_or(0, |s| s.len()) >= m.len())
+            });
+            Ok(done.then_some(()))
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("subscriber task");
+    }
+    assert!(caught_up.is_ok(), "{caught_up:?}");
+    assert_eq!(acked.values().map(|m| m.len()).sum::<usize>(), 400);
+    for (i, l) in logs.iter().enumerate() {
+        let l = l.lock().expect("log");
+        assert_eq!(l.duplicates, 0, "sub{i} got a duplicate");
+        for (room, expected) in &acked {
+            let got = l.messages.get(room).cloned().unwrap_or_default();
+            assert_eq!(
+                &got, expected,
+                "sub{i} in {room}: every message exactly once"
+            );
+        }
+        assert_eq!(l.not_recovered, 0, "sub{i}: every resume was recovered");
+    }
 }
