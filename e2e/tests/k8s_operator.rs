@@ -778,9 +778,24 @@ async fn status_connections_counts_the_clients_of_every_pod() {
     )
     .expect("a chat-server on the pod's IP");
     let url = format!("ws://{}/ws", server.public_addr);
+    let clients = three_clients_are_counted(&s, &url, Duration::from_secs(30)).await;
+    let table = s.kubectl_ok(&["get", "chat", "chat", "--no-headers"], None);
+    let columns: Vec<&str> = table.split_whitespace().collect();
+    assert_eq!(columns.get(3), Some(&"3"), "CONNECTIONS column: {table}");
+    drop(clients);
+    drop(server);
+}
+
+/// Connects three clients to `url`, brings a reconcile, and waits until
+/// `status.connections` counts them; returns the open sockets.
+async fn three_clients_are_counted(
+    s: &Setup,
+    url: &str,
+    within: Duration,
+) -> Vec<chatcluster_e2e::client::Ws> {
     let mut clients = Vec::new();
     for user in ["ann", "ben", "cat"] {
-        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user={user}"), None)
+        let (ws, _, _) = chatcluster_e2e::client::connect(url, &format!("user={user}"), None)
             .await
             .expect("client connects");
         clients.push(ws);
@@ -796,23 +811,15 @@ async fn status_connections_counts_the_clients_of_every_pod() {
         ],
         None,
     );
-    let counted = eventually(
-        "status.connections = 3",
-        Duration::from_secs(30),
-        || async {
-            let cc = s.get("chatcluster", "chat");
-            Ok(cc.filter(|c| c["status"]["connections"] == 3))
-        },
-    )
+    let counted = eventually("status.connections = 3", within, || async {
+        Ok(s.get("chatcluster", "chat")
+            .filter(|c| c["status"]["connections"] == 3))
+    })
     .await;
     if let Err(e) = counted {
         panic!("{e}{}", s.operator_log());
     }
-    let table = s.kubectl_ok(&["get", "chat", "chat", "--no-headers"], None);
-    let columns: Vec<&str> = table.split_whitespace().collect();
-    assert_eq!(columns.get(3), Some(&"3"), "CONNECTIONS column: {table}");
-    drop(clients);
-    drop(server);
+    clients
 }
 
 // ---------------------------------------------------------------------------------------
@@ -851,35 +858,7 @@ async fn data_plane_connections(s: &Setup) {
     s.apply(&data_plane_manifest("chat", 2, &host));
     s.wait_ready("chat", Duration::from_secs(180)).await;
     let url = format!("ws://{addr}/ws");
-    let mut clients = Vec::new();
-    for user in ["ann", "ben", "cat"] {
-        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user={user}"), None)
-            .await
-            .expect("client connects through the ingress");
-        clients.push(ws);
-    }
-    s.kubectl_ok(
-        &[
-            "annotate",
-            "chatcluster",
-            "chat",
-            "e2e/poke=1",
-            "--overwrite",
-        ],
-        None,
-    );
-    let counted = eventually(
-        "status.connections = 3",
-        Duration::from_secs(60),
-        || async {
-            Ok(s.get("chatcluster", "chat")
-                .filter(|c| c["status"]["connections"] == 3))
-        },
-    )
-    .await;
-    if let Err(e) = counted {
-        panic!("{e}{}", s.operator_log());
-    }
+    let clients = three_clients_are_counted(s, &url, Duration::from_secs(60)).await;
     drop(clients);
 }
 
