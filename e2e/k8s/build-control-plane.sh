@@ -53,7 +53,7 @@ if $k8s_missing; then
   log_step "building Kubernetes v$K8S_VERSION (cold: tens of minutes on 2 cores)"
   (
     cd "$here/controlplane"
-    timed "kubernetes v$K8S_VERSION" env CGO_ENABLED=0 GOFLAGS=-mod=mod \
+    timed "kubernetes v$K8S_VERSION" env CGO_ENABLED=0 GOFLAGS=-mod=readonly \
       go build -trimpath -ldflags "$(version_ldflags)" -o "$bin/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
@@ -66,7 +66,7 @@ if [[ ! -x "$bin/etcd" ]]; then
   log_step "building etcd v$ETCD_VERSION"
   if ! (
     cd "$here/etcd"
-    timed "etcd v$ETCD_VERSION" env CGO_ENABLED=0 GOFLAGS=-mod=mod \
+    timed "etcd v$ETCD_VERSION" env CGO_ENABLED=0 GOFLAGS=-mod=readonly \
       go build -trimpath -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3
   ); then
     # Debian's etcd-server (3.4) is older than Kubernetes supports: a reported fallback
@@ -87,6 +87,18 @@ if [[ ! -x "$bin/kwok" || ! -x "$bin/kwokctl" ]]; then
   timed "kwok v$KWOK_VERSION" env CGO_ENABLED=0 GOBIN="$bin" \
     go install -trimpath -ldflags "-s -w" \
     "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@v$KWOK_VERSION"
+fi
+
+# KWOK's stage definitions (node, pod and volume lifecycles) live in its module source;
+# keep a copy with the binaries so a cleaned Go module cache does not break a start.
+stages="$bin/../kwok-stages"
+if [[ ! -d "$stages" ]]; then
+  kwok_src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$KWOK_VERSION"
+  [[ -d "$kwok_src" ]] || go mod download "sigs.k8s.io/kwok@v$KWOK_VERSION"
+  mkdir -p "$stages.tmp"
+  cp -r "$kwok_src/kustomize/stage/." "$stages.tmp/"
+  chmod -R u+w "$stages.tmp"
+  mv "$stages.tmp" "$stages"
 fi
 
 # A binary that does not start is worse than a missing one: check each before use.

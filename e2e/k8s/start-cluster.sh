@@ -18,7 +18,7 @@ source "$here/versions.sh"
 
 state="${1:-/tmp/chatcluster-k8s}"
 bin="$("$here/build-control-plane.sh")"
-kwok_src="$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$KWOK_VERSION"
+kwok_stages="$bin/../kwok-stages"
 
 etcd_port="${K8S_E2E_ETCD_PORT:-23790}"
 etcd_peer_port="${K8S_E2E_ETCD_PEER_PORT:-23800}"
@@ -30,12 +30,22 @@ pod_cidr="127.10.0.0/16"
 
 say() { echo "start-cluster: $*" >&2; }
 
+# The state directory is wiped: only one this script made (it carries a marker), or an
+# empty or missing one.
+marker="$state/.chatcluster-k8s-state"
+if [[ -d "$state" && ! -f "$marker" ]] && [[ -n "$(ls -A "$state")" ]]; then
+  say "$state exists and was not made by this script; give a new or empty directory"
+  exit 1
+fi
 if [[ -d "$state/pids" ]] && compgen -G "$state/pids/*.pid" >/dev/null; then
   say "$state already has running components; stopping them first"
   "$here/stop-cluster.sh" "$state"
 fi
 rm -rf "$state"
 mkdir -p "$state"/{pki,logs,pids,etcd}
+touch "$marker"
+# Any failure from here on stops what was started.
+trap '"$here/stop-cluster.sh" "$state"' ERR
 
 for port in "$etcd_port" "$etcd_peer_port" "$api_port" "$kcm_port" "$sched_port" "$kwok_port"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -136,6 +146,9 @@ start etcd "$etcd_bin" --name e2e --data-dir "$state/etcd" \
   --unsafe-no-fsync --quota-backend-bytes 1073741824 --log-level warn
 wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_port/health"
 
+# OwnerReferencesPermissionEnforcement is on, as on some production clusters: setting
+# blockOwnerDeletion then needs update on the owner's finalizers, which the chart's RBAC
+# test proves the operator has.
 # The "kubernetes" Service's endpoint reconciler is off: Endpoints may not hold
 # loopback addresses, and nothing in this cluster dials the Service.
 start kube-apiserver "$bin/kube-apiserver" \
@@ -144,6 +157,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" \
   --authorization-mode RBAC \
+  --enable-admission-plugins OwnerReferencesPermissionEnforcement \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.pub" \
   --service-account-signing-key-file "$pki/sa.key" \
@@ -171,7 +185,7 @@ start kube-scheduler "$bin/kube-scheduler" \
   --authorization-kubeconfig "$pki/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --profiling=false
 
-# KWOK's own stages, read from the module source the build step downloaded: nodes are
+# KWOK's own stages, copied from its module source by the build step: nodes are
 # initialised (InternalIP 127.0.0.1) and kept alive through node Leases, pods become
 # Running and Ready (and go away when deleted), and StatefulSet volume claims are
 # provisioned and bound by its volume stages.
@@ -179,7 +193,7 @@ stages="$state/kwok-stages.yaml"
 for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
   pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete \
   volume/fast/pv-bind volume/fast/pv-delete volume/fast/pvc-provision volume/fast/pvc-delete; do
-  cat "$kwok_src/kustomize/stage/$f.yaml"
+  cat "$kwok_stages/$f.yaml"
   echo "---"
 done >"$stages"
 start kwok "$bin/kwok" --kubeconfig "$pki/kwok.kubeconfig" \
@@ -188,7 +202,7 @@ start kwok "$bin/kwok" --kubeconfig "$pki/kwok.kubeconfig" \
   --node-ip 127.0.0.1 --cidr "$pod_cidr" \
   --server-address "127.0.0.1:$kwok_port"
 
-"${kubectl[@]}" apply -f "$kwok_src/kustomize/stage/volume/fast/storage-class.yaml" >/dev/null
+"${kubectl[@]}" apply -f "$kwok_stages/volume/fast/storage-class.yaml" >/dev/null
 "${kubectl[@]}" apply -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: Node

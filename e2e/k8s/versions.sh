@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Versions of the simulated control plane, sourced by the e2e/k8s scripts.
 # Bumping one builds into a new cache directory; e2e/k8s/controlplane/go.mod must be
-# regenerated for a Kubernetes bump (one replace per staging module at v0.<minor>.<patch>).
+# updated for a Kubernetes bump (one replace per staging module at v0.<minor>.<patch>).
 K8S_VERSION=1.37.2
 ETCD_VERSION=3.6.16
 KWOK_VERSION=0.8.0

@@ -50,9 +50,20 @@ fn start_or_reuse() -> Result<TestCluster> {
     }
     let scripts = repo_root().join("e2e/k8s");
     let state = std::env::temp_dir().join(format!("chatcluster-k8s-{}", std::process::id()));
-    let out = Command::new("bash")
-        .arg(scripts.join("start-cluster.sh"))
-        .arg(&state)
+    let mut start = Command::new("bash");
+    start.arg(scripts.join("start-cluster.sh")).arg(&state);
+    // Free ports of our own: another test binary's cluster may still be shutting down.
+    for var in [
+        "K8S_E2E_ETCD_PORT",
+        "K8S_E2E_ETCD_PEER_PORT",
+        "K8S_E2E_API_PORT",
+        "K8S_E2E_KCM_PORT",
+        "K8S_E2E_SCHEDULER_PORT",
+        "K8S_E2E_KWOK_PORT",
+    ] {
+        start.env(var, free_port()?.to_string());
+    }
+    let out = start
         .stderr(Stdio::inherit())
         .output()
         .context("running e2e/k8s/start-cluster.sh")?;
@@ -158,8 +169,16 @@ impl TestCluster {
     }
 }
 
-/// The pinned helm binary: `CHATCLUSTER_HELM`, or built (once) by e2e/k8s/build-helm.sh.
+/// The pinned helm binary: `CHATCLUSTER_HELM`, or built (once per test process) by
+/// e2e/k8s/build-helm.sh.
 pub fn helm_binary() -> Result<PathBuf> {
+    static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    HELM.get_or_init(|| find_or_build_helm().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn find_or_build_helm() -> Result<PathBuf> {
     if let Some(helm) = std::env::var_os("CHATCLUSTER_HELM") {
         return Ok(helm.into());
     }

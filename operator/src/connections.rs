@@ -25,7 +25,12 @@ pub fn parse_connections(exposition: &str) -> Option<i64> {
         if !(rest.starts_with(' ') || rest.starts_with('{')) {
             return None;
         }
-        let value: f64 = rest.rsplit(' ').next()?.trim().parse().ok()?;
+        // `name{labels} value [timestamp]`: the value is the first field after the name.
+        let after_labels = match rest.find('}') {
+            Some(end) if rest.starts_with('{') => &rest[end + 1..],
+            _ => rest,
+        };
+        let value: f64 = after_labels.split_whitespace().next()?.parse().ok()?;
         (value.is_finite() && value >= 0.0).then_some(value as i64)
     })
 }
@@ -44,8 +49,12 @@ pub fn ready_pod_addresses(pods: &[Pod], admin_port: u16) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Sum of `chat_connections` over the pods that answered; `None` when none did.
+/// Sum of `chat_connections` over the pods that answered; `Some(0)` when there is no
+/// ready pod to ask; `None` when pods exist but none answered.
 pub async fn total_connections(addresses: &[SocketAddr]) -> Option<i64> {
+    if addresses.is_empty() {
+        return Some(0);
+    }
     let scrapes = addresses.iter().map(|addr| async move {
         match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(*addr)).await {
             Ok(Ok(text)) => parse_connections(&text),
@@ -64,7 +73,8 @@ pub async fn total_connections(addresses: &[SocketAddr]) -> Option<i64> {
         .into_iter()
         .flatten()
         .collect();
-    (!answers.is_empty()).then(|| answers.iter().sum())
+    // Saturating: the figures come from pods, whose image the user chooses.
+    (!answers.is_empty()).then(|| answers.iter().fold(0i64, |a, b| a.saturating_add(*b)))
 }
 
 async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
@@ -115,6 +125,14 @@ mod tests {
         );
         assert_eq!(parse_connections("chat_connections NaN\n"), None);
         assert_eq!(parse_connections("chat_connections -1\n"), None);
+        assert_eq!(
+            parse_connections("chat_connections 5 1700000000000\n"),
+            Some(5)
+        );
+        assert_eq!(
+            parse_connections("chat_connections{a=\"x y\"} 6\n"),
+            Some(6)
+        );
         assert_eq!(parse_connections(""), None);
     }
 
@@ -169,7 +187,15 @@ mod tests {
             l.local_addr().unwrap()
         };
         assert_eq!(total_connections(&[a, b, closed]).await, Some(12));
-        assert_eq!(total_connections(&[closed]).await, None);
-        assert_eq!(total_connections(&[]).await, None);
+        assert_eq!(
+            total_connections(&[closed]).await,
+            None,
+            "pods, none answering"
+        );
+        assert_eq!(
+            total_connections(&[]).await,
+            Some(0),
+            "no ready pod: no clients"
+        );
     }
 }

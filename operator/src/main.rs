@@ -177,7 +177,13 @@ async fn main() -> anyhow::Result<()> {
         error_policy,
         ctx,
     )
-    .for_each(|_| async {});
+    .for_each(|result| async move {
+        // Reconcile errors are logged by error_policy; this also shows watch failures
+        // (e.g. RBAC denials on a watched kind), which would otherwise vanish.
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "controller error");
+        }
+    });
     tokio::pin!(controller);
 
     // Lead until a signal, or until the Lease cannot be renewed (then exit: a fresh

@@ -53,6 +53,12 @@ pub async fn reconcile(
 ) -> Result<Action, ReconcileError> {
     let ns = cluster.metadata.namespace.clone().unwrap_or_default();
     let name = cluster.metadata.name.clone().unwrap_or_default();
+    if cluster.metadata.deletion_timestamp.is_some() {
+        // Being deleted (e.g. a foreground delete waiting for its children): applying now
+        // would recreate what the garbage collector is removing.
+        ctx.failures.succeeded(&cluster);
+        return Ok(Action::await_change());
+    }
     if let Err(invalid) = validate(&cluster) {
         tracing::warn!(%ns, %name, reason = invalid.reason, message = %invalid.message, "invalid ChatCluster");
         let obs = Observation {
@@ -79,11 +85,19 @@ pub async fn reconcile(
         .and_then(|s| s.spec)
         .and_then(|s| s.replicas);
     if let Err(e) = apply(&ctx.client, &ns, &desired).await {
-        // Make a persistent failure (e.g. a rejected object) visible in status; the
-        // error itself goes to error_policy for a retry.
+        if !is_rejection(&e) {
+            // Transient (timeout, conflict, throttling, 5xx): retry without touching status.
+            return Err(e.into());
+        }
+        // A rejected object will not fix itself: make it visible in status (keeping the
+        // observed replica counts, which /scale and HPA read); the error still goes to
+        // error_policy for a retry with backoff.
+        let previous = cluster.status.clone().unwrap_or_default();
         let obs = Observation {
             apply_failed: Some(e.to_string()),
             desired_replicas: cluster.spec.replicas,
+            observed_replicas: previous.replicas,
+            ready_replicas: previous.ready_replicas,
             ..Observation::default()
         };
         let status = status_for(&cluster, &obs, Timestamp::now());
@@ -114,6 +128,12 @@ pub async fn reconcile(
     publish(&ctx, &cluster, notices).await;
     ctx.failures.succeeded(&cluster);
     Ok(Action::requeue(requeue_after(ready)))
+}
+
+/// The API server refused the request as such (invalid, forbidden…), as opposed to a
+/// transient failure worth a quiet retry.
+fn is_rejection(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 409 && status.code != 429)
 }
 
 fn previous_conditions(

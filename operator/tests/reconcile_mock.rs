@@ -244,3 +244,21 @@ async fn a_rejected_object_shows_as_degraded() {
         .unwrap()
         .contains("updates to statefulset spec are forbidden"));
 }
+
+/// A ChatCluster being deleted (foreground: it waits for its children) is left alone:
+/// applying would recreate what the garbage collector removes.
+#[tokio::test]
+async fn a_cluster_being_deleted_is_not_applied() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(svc);
+    let server = fake(handle);
+    let mut c = cluster(json!({}));
+    c.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let action = reconcile(Arc::new(c), ctx.clone()).await.unwrap();
+    drop(ctx);
+    let seen = server.await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(seen.is_empty(), "no request at all: {seen:?}");
+}

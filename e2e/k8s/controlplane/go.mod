@@ -2,7 +2,8 @@
 // k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every staging
 // module with a relative path. Requiring it here and pinning each staging module
 // to its published v0.Y.Z restores a buildable module graph.
-// Regenerate with e2e/k8s/gen-controlplane-mod.sh when the version changes.
+// For another version: update the require and every replace (v0.<minor>.<patch> of
+// the same release), then `GOFLAGS=-mod=mod go mod tidy` and bump versions.sh.
 module chatcluster.dev/e2e/controlplane
 
 go 1.26.0
