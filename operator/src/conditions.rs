@@ -31,6 +31,13 @@ pub struct Observation {
     pub connections: Option<i64>,
 }
 
+impl Observation {
+    /// Redis is up and every desired chat-server pod is ready (the Ready condition).
+    pub fn is_ready(&self) -> bool {
+        self.redis_ready && self.ready_replicas >= self.desired_replicas
+    }
+}
+
 fn condition(
     kind: &str,
     ok: bool,
@@ -58,67 +65,41 @@ pub fn next_conditions(
     now: Timestamp,
 ) -> Vec<Condition> {
     let now = Time(now);
+    let c = |kind: &str, ok: bool, reason: &str, message: String| {
+        condition(kind, ok, reason, message, generation, &now)
+    };
     let mut out = Vec::with_capacity(4);
     if let Some((reason, message)) = &obs.invalid {
-        out.push(condition(
-            DEGRADED,
-            true,
-            reason,
-            message.clone(),
-            generation,
-            &now,
-        ));
-        out.push(condition(
+        out.push(c(DEGRADED, true, reason, message.clone()));
+        out.push(c(
             READY,
             false,
             "InvalidSpec",
             "the spec is invalid; see the Degraded condition".into(),
-            generation,
-            &now,
         ));
-        out.push(condition(
+        out.push(c(
             PROGRESSING,
             false,
             "InvalidSpec",
             "waiting for a valid spec".into(),
-            generation,
-            &now,
         ));
-        out.push(condition(
+        out.push(c(
             REDIS_READY,
             false,
             "InvalidSpec",
             "waiting for a valid spec".into(),
-            generation,
-            &now,
         ));
         return keep_transition_times(previous, out);
     }
     if let Some(message) = &obs.apply_failed {
-        out.push(condition(
-            DEGRADED,
-            true,
-            "ApplyFailed",
-            message.clone(),
-            generation,
-            &now,
-        ));
-        out.push(condition(
+        out.push(c(DEGRADED, true, "ApplyFailed", message.clone()));
+        out.push(c(
             READY,
             false,
             "ApplyFailed",
             "objects could not be applied; see the Degraded condition".into(),
-            generation,
-            &now,
         ));
-        out.push(condition(
-            PROGRESSING,
-            true,
-            "ApplyFailed",
-            "retrying".into(),
-            generation,
-            &now,
-        ));
+        out.push(c(PROGRESSING, true, "ApplyFailed", "retrying".into()));
         return keep_transition_times(previous, out);
     }
     let (redis_reason, redis_message) = match (obs.redis_managed, obs.redis_ready) {
@@ -132,20 +113,13 @@ pub fn next_conditions(
             "using the external Redis from the configured Secret".to_owned(),
         ),
     };
-    out.push(condition(
-        REDIS_READY,
-        obs.redis_ready,
-        redis_reason,
-        redis_message,
-        generation,
-        &now,
-    ));
+    out.push(c(REDIS_READY, obs.redis_ready, redis_reason, redis_message));
     // Done when every desired pod runs the current template and is ready, and no extra
     // pod is left from a scale-down.
     let rolled_out = obs.updated_replicas >= obs.desired_replicas
         && obs.ready_replicas >= obs.desired_replicas
         && obs.observed_replicas <= obs.desired_replicas;
-    out.push(condition(
+    out.push(c(
         PROGRESSING,
         !rolled_out,
         if rolled_out {
@@ -161,10 +135,8 @@ pub fn next_conditions(
             obs.desired_replicas,
             obs.observed_replicas
         ),
-        generation,
-        &now,
     ));
-    let ready = obs.redis_ready && obs.ready_replicas >= obs.desired_replicas;
+    let ready = obs.is_ready();
     let (reason, message) = if ready {
         (
             "AllReplicasReady",
@@ -184,15 +156,8 @@ pub fn next_conditions(
             ),
         )
     };
-    out.push(condition(READY, ready, reason, message, generation, &now));
-    out.push(condition(
-        DEGRADED,
-        false,
-        "AsExpected",
-        "the spec is valid".into(),
-        generation,
-        &now,
-    ));
+    out.push(c(READY, ready, reason, message));
+    out.push(c(DEGRADED, false, "AsExpected", "the spec is valid".into()));
     keep_transition_times(previous, out)
 }
 

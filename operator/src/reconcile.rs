@@ -66,10 +66,7 @@ pub async fn reconcile(
             desired_replicas: cluster.spec.replicas,
             ..Observation::default()
         };
-        let status = status_for(&cluster, &obs, Timestamp::now());
-        let notices = for_condition_changes(previous_conditions(&cluster), &status.conditions);
-        write(&ctx.client, &cluster, status).await?;
-        publish(&ctx, &cluster, notices).await;
+        report(&ctx, &cluster, &obs, Vec::new()).await?;
         ctx.failures.succeeded(&cluster);
         return Ok(Action::await_change());
     }
@@ -100,12 +97,9 @@ pub async fn reconcile(
             ready_replicas: previous.ready_replicas,
             ..Observation::default()
         };
-        let status = status_for(&cluster, &obs, Timestamp::now());
-        let notices = for_condition_changes(previous_conditions(&cluster), &status.conditions);
-        if let Err(write_err) = write(&ctx.client, &cluster, status).await {
+        if let Err(write_err) = report(&ctx, &cluster, &obs, Vec::new()).await {
             tracing::warn!(%ns, %name, error = %write_err, "could not record the apply failure in status");
         }
-        publish(&ctx, &cluster, notices).await;
         return Err(e.into());
     }
     let mut notices: Vec<Notice> = for_scaling(replicas_before, cluster.spec.replicas)
@@ -118,16 +112,28 @@ pub async fn reconcile(
     }
     notices.extend(for_deleted_orphans(&deleted));
     let obs = observe(&ctx.client, &ns, &cluster).await?;
-    let ready = obs.redis_ready && obs.ready_replicas >= obs.desired_replicas;
-    let status = status_for(&cluster, &obs, Timestamp::now());
+    report(&ctx, &cluster, &obs, notices).await?;
+    ctx.failures.succeeded(&cluster);
+    Ok(Action::requeue(requeue_after(obs.is_ready())))
+}
+
+/// The status stage: writes the status for `obs` and, once it is written, publishes
+/// `notices` plus an Event for each condition that changed. (Publishing only after the
+/// write keeps a retried reconcile from repeating the same Events.)
+async fn report(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    obs: &Observation,
+    mut notices: Vec<Notice>,
+) -> Result<(), kube::Error> {
+    let status = status_for(cluster, obs, Timestamp::now());
     notices.extend(for_condition_changes(
-        previous_conditions(&cluster),
+        previous_conditions(cluster),
         &status.conditions,
     ));
-    write(&ctx.client, &cluster, status).await?;
-    publish(&ctx, &cluster, notices).await;
-    ctx.failures.succeeded(&cluster);
-    Ok(Action::requeue(requeue_after(ready)))
+    write(&ctx.client, cluster, status).await?;
+    publish(ctx, cluster, notices).await;
+    Ok(())
 }
 
 /// The API server refused the request as such (invalid, forbidden…), as opposed to a

@@ -41,7 +41,15 @@ fn cluster(spec: serde_json::Value) -> ChatCluster {
 
 /// A tiny API server: applies echo, lists are empty, StatefulSets do not exist yet
 /// (404), status patches are recorded.
-fn fake(mut handle: Handle) -> tokio::task::JoinHandle<Vec<(Method, String, serde_json::Value)>> {
+fn fake(handle: Handle) -> tokio::task::JoinHandle<Vec<(Method, String, serde_json::Value)>> {
+    fake_answering_applies(handle, None)
+}
+
+/// Like [`fake`], but every apply gets `rejection` (status code and body) when given.
+fn fake_answering_applies(
+    mut handle: Handle,
+    rejection: Option<(StatusCode, serde_json::Value)>,
+) -> tokio::task::JoinHandle<Vec<(Method, String, serde_json::Value)>> {
     tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Some((req, send)) = handle.next_request().await {
@@ -55,7 +63,7 @@ fn fake(mut handle: Handle) -> tokio::task::JoinHandle<Vec<(Method, String, serd
                     c["status"] = body["status"].clone();
                     c
                 }),
-                "PATCH" => (StatusCode::OK, body.clone()),
+                "PATCH" => rejection.clone().unwrap_or((StatusCode::OK, body.clone())),
                 "POST" if path.contains("/events") => (StatusCode::CREATED, body.clone()),
                 "GET"
                     if parts
@@ -180,42 +188,15 @@ async fn an_invalid_cluster_is_degraded_and_nothing_is_applied() {
 /// Degraded/ApplyFailed with the server's message instead of staying silent.
 #[tokio::test]
 async fn a_rejected_object_shows_as_degraded() {
-    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let ctx = context(svc);
-    let server = tokio::spawn(async move {
-        let mut status_patch = None;
-        while let Some((req, send)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let body: serde_json::Value =
-                serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap_or(json!(null));
-            let (code, answer) = if parts.uri.path().contains("/events") {
-                (StatusCode::CREATED, body.clone())
-            } else if parts.method == Method::GET {
-                (
-                    StatusCode::NOT_FOUND,
-                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-                )
-            } else if parts.uri.path().ends_with("/status") {
-                status_patch = Some(body.clone());
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster", "metadata": {"name": "chat"}, "spec": {}}),
-                )
-            } else {
-                (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Invalid", "code": 422, "message": "StatefulSet.apps \"chat-redis\" is invalid: spec: Forbidden: updates to statefulset spec are forbidden"}),
-                )
-            };
-            send.send_response(
-                Response::builder()
-                    .status(code)
-                    .body(Body::from(answer.to_string().into_bytes()))
-                    .unwrap(),
-            );
-        }
-        status_patch
-    });
+    let server = fake_answering_applies(
+        handle,
+        Some((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "Invalid", "code": 422, "message": "StatefulSet.apps \"chat-redis\" is invalid: spec: Forbidden: updates to statefulset spec are forbidden"}),
+        )),
+    );
     let chat = Arc::new(cluster(json!({})));
     let result = reconcile(chat.clone(), ctx.clone()).await;
     let error = result.expect_err("the failure is returned for a retry with backoff");
@@ -229,7 +210,12 @@ async fn a_rejected_object_shows_as_degraded() {
         Action::requeue(Duration::from_secs(4))
     );
     drop(ctx);
-    let status = server.await.unwrap().expect("status written")["status"].clone();
+    let seen = server.await.unwrap();
+    let (_, _, patch) = seen
+        .iter()
+        .find(|(m, u, _)| m == Method::PATCH && u.contains("/status"))
+        .expect("status written");
+    let status = patch["status"].clone();
     let degraded = status["conditions"]
         .as_array()
         .unwrap()
