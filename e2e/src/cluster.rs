@@ -29,6 +29,22 @@ pub fn wait_listening(addr: SocketAddr, within: Duration) -> Result<()> {
     bail!("nothing listening on {addr} after {within:?}")
 }
 
+/// A command that runs `binary` as `uid:gid` (through `setpriv`, which execs it, so the
+/// child's PID is the binary's; the caller must be root), or as the caller when `None`.
+pub fn command_as(binary: &Path, run_as: Option<(u32, u32)>) -> Command {
+    match run_as {
+        Some((uid, gid)) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={gid}"))
+                .args(["--clear-groups", "--"])
+                .arg(binary);
+            c
+        }
+        None => Command::new(binary),
+    }
+}
+
 /// A scratch directory for config files, removed on drop.
 pub struct ScratchDir(pub PathBuf);
 

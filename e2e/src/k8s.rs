@@ -17,7 +17,7 @@ use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
-use crate::cluster::free_port;
+use crate::cluster::{command_as, free_port};
 
 /// A cluster the suite can use: its admin kubeconfig and a kubectl of a matching version.
 pub struct TestCluster {
@@ -312,6 +312,9 @@ pub struct OperatorOptions<'a> {
     /// Run with these credentials instead of the cluster's admin kubeconfig (e.g. a
     /// ServiceAccount token, to prove a chart's RBAC).
     pub kubeconfig: Option<&'a Path>,
+    /// Run as this uid:gid (through `setpriv`, so the test process must be root), as a
+    /// pod's securityContext would; `None` runs as the test's own user.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl OperatorProcess {
@@ -322,7 +325,8 @@ impl OperatorProcess {
             opts.identity, metrics_port
         ));
         let file = std::fs::File::create(&log)?;
-        let child = Command::new(binary)
+        let mut command = command_as(binary, opts.run_as);
+        let child = command
             .env("KUBECONFIG", opts.kubeconfig.unwrap_or(&cluster.kubeconfig))
             .env("WATCH_NAMESPACE", opts.watch_namespace)
             .env("POD_NAMESPACE", opts.lease_namespace)
@@ -345,6 +349,10 @@ impl OperatorProcess {
             metrics_port,
             log,
         })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The operator's own log so far (for failure messages).

@@ -472,6 +472,7 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
             lease_seconds: 15,
             identity: "rbac-check",
             kubeconfig: Some(&kubeconfig.0),
+            run_as: None,
         },
     )
     .expect("operator");

@@ -64,6 +64,7 @@ fn start_operator(
             lease_seconds,
             identity,
             kubeconfig: None,
+            run_as: None,
         },
     )
     .expect("operator started")

@@ -205,7 +205,10 @@ struct Scripts {
 /// Commands to the task that owns the pub/sub connection.
 enum SubCommand {
     Subscribe(String, oneshot::Sender<Result<(), BackplaneError>>),
-    Unsubscribe(String),
+    /// Answered once Redis has confirmed the UNSUBSCRIBE (or at once when other local
+    /// members still need the channel), so a `left` reply means this node no longer
+    /// receives the room's traffic.
+    Unsubscribe(String, oneshot::Sender<()>),
 }
 
 pub struct RedisBackplane {
@@ -595,9 +598,22 @@ impl Backplane for RedisBackplane {
     }
 
     async fn unsubscribe_room(&self, room: &str) -> Result<(), BackplaneError> {
+        let (tx, rx) = oneshot::channel();
         self.subs
-            .send(SubCommand::Unsubscribe(self.room_channel(room)))
-            .map_err(|_| BackplaneError::Unavailable("pub/sub task stopped".into()))
+            .send(SubCommand::Unsubscribe(self.room_channel(room), tx))
+            .map_err(|_| BackplaneError::Unavailable("pub/sub task stopped".into()))?;
+        // The reference is released whatever happens; only the confirmation can be late.
+        // While pub/sub is down there is nothing to confirm: the channel is simply not
+        // resubscribed, so no session waits on a Redis outage to leave a room.
+        if !self.pubsub_ok.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(BackplaneError::Unavailable(
+                "Redis did not confirm the unsubscribe".into(),
+            )),
+        }
     }
 
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError> {
@@ -803,7 +819,10 @@ async fn pubsub_task(
                                 "Redis pub/sub is disconnected".into(),
                             )));
                         }
-                        SubCommand::Unsubscribe(ch) => release(&mut refcounts, &ch),
+                        SubCommand::Unsubscribe(ch, reply) => {
+                            release(&mut refcounts, &ch);
+                            let _ = reply.send(());
+                        }
                     }
                 }
                 continue;
@@ -868,11 +887,14 @@ async fn pubsub_task(
                             }
                             let _ = reply.send(Ok(()));
                         }
-                        SubCommand::Unsubscribe(ch) => {
+                        SubCommand::Unsubscribe(ch, reply) => {
                             release(&mut refcounts, &ch);
                             if !refcounts.contains_key(&ch) {
-                                let _ = sink.unsubscribe(&ch).await;
+                                if let Err(e) = sink.unsubscribe(&ch).await {
+                                    tracing::debug!(error = %e, "Redis unsubscribe failed");
+                                }
                             }
+                            let _ = reply.send(());
                         }
                     }
                 }
