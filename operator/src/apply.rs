@@ -10,11 +10,13 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::build::Desired;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::build::{Desired, MANAGED_BY};
 
 /// The field manager of every server-side apply this operator makes.
 pub const FIELD_MANAGER: &str = "chatcluster-operator";
@@ -67,10 +69,9 @@ pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<(), kube::E
         apply_one::<Ingress>(client, ns, i).await?;
     }
     if let Some(route) = &d.http_route {
-        let obj: DynamicObject =
-            serde_json::from_value(route.clone()).map_err(kube::Error::SerdeError)?;
+        let name = route["metadata"]["name"].as_str().unwrap_or_default();
         Api::<DynamicObject>::namespaced_with(client.clone(), ns, &http_route_resource())
-            .patch(&obj.name_any(), &params(), &Patch::Apply(&obj))
+            .patch(name, &params(), &Patch::Apply(route))
             .await?;
     }
     Ok(())
@@ -110,8 +111,11 @@ fn existing<K: Resource>(items: &[K]) -> Vec<Existing> {
         .collect()
 }
 
+/// Deletes the orphans of one kind among the objects matching `selector`; returns them as
+/// `kind/name`.
 async fn delete_orphans_of<K>(
     api: Api<K>,
+    kind: &str,
     selector: &str,
     owner_uid: &str,
     desired_name: Option<&str>,
@@ -124,7 +128,7 @@ where
     for name in &doomed {
         api.delete(name, &DeleteParams::background()).await?;
     }
-    Ok(doomed)
+    Ok(doomed.iter().map(|n| format!("{kind}/{n}")).collect())
 }
 
 /// Deletes this cluster's objects of optional kinds that are no longer desired; returns
@@ -137,67 +141,63 @@ pub async fn delete_orphans(
     d: &Desired,
     gateway_api: bool,
 ) -> Result<Vec<String>, kube::Error> {
-    let mine = format!(
-        "app.kubernetes.io/instance={cluster},app.kubernetes.io/managed-by={FIELD_MANAGER}"
-    );
-    let name_of = |m: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>| {
-        m.and_then(|m| m.name.clone())
-    };
-    let mut deleted = Vec::new();
-    let pdb = name_of(d.pdb.as_ref().map(|p| &p.metadata));
-    for n in delete_orphans_of(
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
-        &mine,
-        owner_uid,
-        pdb.as_deref(),
-    )
-    .await?
-    {
-        deleted.push(format!("PodDisruptionBudget/{n}"));
-    }
-    let ingress = name_of(d.ingress.as_ref().map(|i| &i.metadata));
-    for n in delete_orphans_of(
-        Api::<Ingress>::namespaced(client.clone(), ns),
-        &mine,
-        owner_uid,
-        ingress.as_deref(),
-    )
-    .await?
-    {
-        deleted.push(format!("Ingress/{n}"));
-    }
+    let mine =
+        format!("app.kubernetes.io/instance={cluster},app.kubernetes.io/managed-by={MANAGED_BY}");
     let redis = format!("{mine},app.kubernetes.io/component=redis");
-    let redis_sts = name_of(d.redis_statefulset.as_ref().map(|s| &s.metadata));
-    for n in delete_orphans_of(
-        Api::<StatefulSet>::namespaced(client.clone(), ns),
-        &redis,
-        owner_uid,
-        redis_sts.as_deref(),
-    )
-    .await?
-    {
-        deleted.push(format!("StatefulSet/{n}"));
-    }
-    let redis_svc = name_of(d.redis_service.as_ref().map(|s| &s.metadata));
-    for n in delete_orphans_of(
-        Api::<Service>::namespaced(client.clone(), ns),
-        &redis,
-        owner_uid,
-        redis_svc.as_deref(),
-    )
-    .await?
-    {
-        deleted.push(format!("Service/{n}"));
-    }
+    let name = |m: &ObjectMeta| m.name.clone();
+    let pdb = d.pdb.as_ref().and_then(|p| name(&p.metadata));
+    let ingress = d.ingress.as_ref().and_then(|i| name(&i.metadata));
+    let redis_sts = d.redis_statefulset.as_ref().and_then(|s| name(&s.metadata));
+    let redis_svc = d.redis_service.as_ref().and_then(|s| name(&s.metadata));
+    let mut deleted = Vec::new();
+    deleted.extend(
+        delete_orphans_of(
+            Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+            "PodDisruptionBudget",
+            &mine,
+            owner_uid,
+            pdb.as_deref(),
+        )
+        .await?,
+    );
+    deleted.extend(
+        delete_orphans_of(
+            Api::<Ingress>::namespaced(client.clone(), ns),
+            "Ingress",
+            &mine,
+            owner_uid,
+            ingress.as_deref(),
+        )
+        .await?,
+    );
+    deleted.extend(
+        delete_orphans_of(
+            Api::<StatefulSet>::namespaced(client.clone(), ns),
+            "StatefulSet",
+            &redis,
+            owner_uid,
+            redis_sts.as_deref(),
+        )
+        .await?,
+    );
+    deleted.extend(
+        delete_orphans_of(
+            Api::<Service>::namespaced(client.clone(), ns),
+            "Service",
+            &redis,
+            owner_uid,
+            redis_svc.as_deref(),
+        )
+        .await?,
+    );
     if gateway_api {
         let route = d
             .http_route
             .as_ref()
             .and_then(|r| r["metadata"]["name"].as_str());
-        let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &http_route_resource());
-        for n in delete_orphans_of(api, &mine, owner_uid, route).await? {
-            deleted.push(format!("HTTPRoute/{n}"));
-        }
+        let routes =
+            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &http_route_resource());
+        deleted.extend(delete_orphans_of(routes, "HTTPRoute", &mine, owner_uid, route).await?);
     }
     Ok(deleted)
 }

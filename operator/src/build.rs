@@ -82,17 +82,23 @@ impl Names<'_> {
     }
 
     fn redis_name(&self) -> String {
-        format!("{}-redis", self.name)
+        redis_name(self.name)
     }
 }
+
+/// The managed Redis StatefulSet and Service of ChatCluster `cluster`.
+pub fn redis_name(cluster: &str) -> String {
+    format!("{cluster}-redis")
+}
+
+/// `app.kubernetes.io/managed-by` of every object the operator creates (its watches and
+/// orphan deletion select on it).
+pub const MANAGED_BY: &str = "chatcluster-operator";
 
 /// Standard labels of every object of a ChatCluster.
 pub fn labels(cluster: &str, component: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(cluster, component);
-    l.insert(
-        "app.kubernetes.io/managed-by".into(),
-        "chatcluster-operator".into(),
-    );
+    l.insert("app.kubernetes.io/managed-by".into(), MANAGED_BY.into());
     l.insert("app.kubernetes.io/part-of".into(), "chatcluster".into());
     l
 }

@@ -137,24 +137,18 @@ pub fn next_conditions(
         ),
     ));
     let ready = obs.is_ready();
-    let (reason, message) = if ready {
-        (
-            "AllReplicasReady",
-            format!(
-                "{} of {} chat-server pods ready",
-                obs.ready_replicas, obs.desired_replicas
-            ),
+    let pods_ready = || {
+        format!(
+            "{} of {} chat-server pods ready",
+            obs.ready_replicas, obs.desired_replicas
         )
+    };
+    let (reason, message) = if ready {
+        ("AllReplicasReady", pods_ready())
     } else if !obs.redis_ready {
         ("RedisNotReady", "Redis is not ready yet".to_owned())
     } else {
-        (
-            "ReplicasNotReady",
-            format!(
-                "{} of {} chat-server pods ready",
-                obs.ready_replicas, obs.desired_replicas
-            ),
-        )
+        ("ReplicasNotReady", pods_ready())
     };
     out.push(c(READY, ready, reason, message));
     out.push(c(DEGRADED, false, "AsExpected", "the spec is valid".into()));

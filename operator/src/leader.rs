@@ -36,7 +36,12 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
             let expired = spec
                 .renew_time
                 .as_ref()
-                .is_none_or(|t| t.0 + SignedDuration::from_secs(duration) < now);
+                // checked: renewTime and the duration come from the Lease, which anyone
+                // allowed to write it controls; an unrepresentable expiry never expires.
+                .is_none_or(|t| {
+                    t.0.checked_add(SignedDuration::from_secs(duration))
+                        .is_ok_and(|expiry| expiry < now)
+                });
             if expired {
                 Decision::TakeOver
             } else {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::routing::get;
+use chatcluster_operator::build::MANAGED_BY;
 use chatcluster_operator::crd::ChatCluster;
 use chatcluster_operator::leader::Elector;
 use chatcluster_operator::metrics::OperatorMetrics;
@@ -68,8 +69,9 @@ fn init_logging(format: &str) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.lease_seconds < 3 {
-        anyhow::bail!("OPERATOR_LEASE_SECONDS must be at least 3");
+    // The same bounds as the chart's values.schema.json (leaderElection.leaseSeconds).
+    if !(3..=300).contains(&args.lease_seconds) {
+        anyhow::bail!("OPERATOR_LEASE_SECONDS must be between 3 and 300");
     }
     init_logging(&args.log_format);
     let identity = args.identity.clone().unwrap_or_else(|| {
@@ -145,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
     // Watch only what this operator manages, not every StatefulSet and Service. A change
     // to (or the deletion of) any child brings its ChatCluster back to reconcile.
     let owned =
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=chatcluster-operator");
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     let controller = Controller::new(
         scope.api::<ChatCluster>(&client),
         watcher::Config::default(),
@@ -193,27 +195,27 @@ async fn main() -> anyhow::Result<()> {
     let renew_deadline = Duration::from_secs(args.lease_seconds) * 2 / 3;
     let mut last_renewed = Instant::now();
     let mut renew = tokio::time::interval(elector.retry_period());
-    let outcome = loop {
+    let (outcome, lost_lease) = loop {
         tokio::select! {
-            _ = &mut controller => break "controller stopped",
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
+            _ = &mut controller => break ("controller stopped", false),
+            _ = term.recv() => break ("SIGTERM", false),
+            _ = int.recv() => break ("SIGINT", false),
             _ = renew.tick() => {
                 match tokio::time::timeout(elector.retry_period(), elector.try_acquire_or_renew()).await {
                     Ok(Ok(true)) => last_renewed = Instant::now(),
-                    Ok(Ok(false)) => break "lost the Lease",
+                    Ok(Ok(false)) => break ("lost the Lease", true),
                     Ok(Err(e)) => tracing::warn!(error = %e, "Lease renewal failed; retrying"),
                     Err(_) => tracing::warn!("Lease renewal timed out; retrying"),
                 }
                 if last_renewed.elapsed() > renew_deadline {
-                    break "lost the Lease";
+                    break ("lost the Lease", true);
                 }
             }
         }
     };
     metrics.leader.set(0);
     tracing::info!(outcome, "stopping");
-    if outcome == "lost the Lease" {
+    if lost_lease {
         std::process::exit(1);
     }
     if let Err(e) = elector.release().await {

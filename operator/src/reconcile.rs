@@ -51,27 +51,34 @@ pub async fn reconcile(
     cluster: Arc<ChatCluster>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    let result = reconcile_stages(&cluster, &ctx).await;
+    if result.is_ok() {
+        // Any success resets this cluster's retry backoff.
+        ctx.failures.succeeded(&cluster);
+    }
+    result
+}
+
+async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = cluster.metadata.namespace.clone().unwrap_or_default();
     let name = cluster.metadata.name.clone().unwrap_or_default();
     if cluster.metadata.deletion_timestamp.is_some() {
         // Being deleted (e.g. a foreground delete waiting for its children): applying now
         // would recreate what the garbage collector is removing.
-        ctx.failures.succeeded(&cluster);
         return Ok(Action::await_change());
     }
-    if let Err(invalid) = validate(&cluster) {
+    if let Err(invalid) = validate(cluster) {
         tracing::warn!(%ns, %name, reason = invalid.reason, message = %invalid.message, "invalid ChatCluster");
         let obs = Observation {
             invalid: Some((invalid.reason.to_owned(), invalid.message.clone())),
             desired_replicas: cluster.spec.replicas,
             ..Observation::default()
         };
-        report(&ctx, &cluster, &obs, Vec::new()).await?;
-        ctx.failures.succeeded(&cluster);
+        report(ctx, cluster, &obs, Vec::new()).await?;
         return Ok(Action::await_change());
     }
     let desired = build(
-        &cluster,
+        cluster,
         BuildContext {
             gateway_api: ctx.gateway_api,
         },
@@ -97,7 +104,7 @@ pub async fn reconcile(
             ready_replicas: previous.ready_replicas,
             ..Observation::default()
         };
-        if let Err(write_err) = report(&ctx, &cluster, &obs, Vec::new()).await {
+        if let Err(write_err) = report(ctx, cluster, &obs, Vec::new()).await {
             tracing::warn!(%ns, %name, error = %write_err, "could not record the apply failure in status");
         }
         return Err(e.into());
@@ -111,9 +118,8 @@ pub async fn reconcile(
         tracing::info!(%ns, %name, ?deleted, "deleted objects no longer in the spec");
     }
     notices.extend(for_deleted_orphans(&deleted));
-    let obs = observe(&ctx.client, &ns, &cluster).await?;
-    report(&ctx, &cluster, &obs, notices).await?;
-    ctx.failures.succeeded(&cluster);
+    let obs = observe(&ctx.client, &ns, cluster).await?;
+    report(ctx, cluster, &obs, notices).await?;
     Ok(Action::requeue(requeue_after(obs.is_ready())))
 }
 
@@ -154,9 +160,6 @@ fn previous_conditions(
 
 /// Events are best effort: a failure to publish one is logged, never fails a reconcile.
 async fn publish(ctx: &Context, cluster: &ChatCluster, notices: Vec<Notice>) {
-    if notices.is_empty() {
-        return;
-    }
     let reference = cluster.object_ref(&());
     for n in notices {
         let event = Event {

@@ -25,7 +25,7 @@ pub async fn observe(
     let chat = sts.get_opt(&name).await?;
     let managed = cluster.spec.redis.external.is_none();
     let redis_ready = if managed {
-        sts.get_opt(&format!("{name}-redis"))
+        sts.get_opt(&crate::build::redis_name(&name))
             .await?
             .and_then(|s| s.status)
             .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= 1)

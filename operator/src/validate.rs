@@ -3,6 +3,8 @@
 //! errors) and adds checks CEL cannot express, such as name lengths that the objects
 //! derived from the ChatCluster's name must fit.
 
+use std::sync::LazyLock;
+
 use serde_json::Value;
 
 use crate::crd::ChatCluster;
@@ -80,11 +82,19 @@ pub fn validate(cluster: &ChatCluster) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// The CRD's schema of `spec`, generated once: it is fixed at compile time, and
+/// generating it costs a schemars run and serde round trips on every reconcile.
+static SPEC_SCHEMA: LazyLock<Result<Value, String>> = LazyLock::new(|| {
+    let crd = crate::crd().map_err(|e| e.to_string())?;
+    let crd = serde_json::to_value(crd).map_err(|e| e.to_string())?;
+    Ok(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone())
+});
+
 /// Evaluates the CRD's CEL rules on the spec, as the API server would.
 fn check_cel(spec: &Value) -> Result<(), Invalid> {
-    let crd = crate::crd().map_err(|e| invalid("InternalError", e.to_string()))?;
-    let crd = serde_json::to_value(crd).map_err(|e| invalid("InternalError", e.to_string()))?;
-    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let schema = SPEC_SCHEMA
+        .as_ref()
+        .map_err(|e| invalid("InternalError", e.clone()))?;
     kube::core::cel::Validator::new()
         .validate(schema, spec, None)
         .map_err(|e| invalid("InvalidSpec", e.to_string()))

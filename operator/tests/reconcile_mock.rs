@@ -14,6 +14,25 @@ use serde_json::json;
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type MockService = tower_test::mock::Mock<Request<Body>, Response<Body>>;
 
+/// The status of the first status PATCH the fake API server saw.
+fn written_status(seen: &[(Method, String, serde_json::Value)]) -> &serde_json::Value {
+    let (_, _, patch) = seen
+        .iter()
+        .find(|(m, u, _)| m == Method::PATCH && u.contains("/status"))
+        .expect("status written");
+    &patch["status"]
+}
+
+/// The condition of type `kind` in a written status.
+fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    status["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {status}"))
+}
+
 fn context(svc: MockService) -> Arc<Context> {
     let client = kube::Client::new(svc, "default");
     Arc::new(Context {
@@ -113,11 +132,7 @@ async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
         applies, 8,
         "SA, ConfigMap, 2 Services, StatefulSet, PDB, Redis StatefulSet and Service"
     );
-    let (_, _, status) = seen
-        .iter()
-        .find(|(m, u, _)| m == Method::PATCH && u.contains("/status"))
-        .expect("status written");
-    let status = &status["status"];
+    let status = written_status(&seen);
     assert_eq!(status["observedGeneration"], 7);
     let event_reasons: Vec<&str> = seen
         .iter()
@@ -139,12 +154,7 @@ async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
         "observed pods, not the desired count"
     );
     assert_eq!(status["readyReplicas"], 0);
-    let ready = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap();
+    let ready = condition(status, "Ready");
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "RedisNotReady");
 }
@@ -170,13 +180,7 @@ async fn an_invalid_cluster_is_degraded_and_nothing_is_applied() {
         .as_str()
         .unwrap()
         .contains("reconnectWindowSeconds must be shorter"));
-    let degraded = writes[0].2["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap()
-        .clone();
+    let degraded = condition(&writes[0].2["status"], "Degraded");
     assert_eq!(degraded["status"], "True");
     assert!(degraded["message"]
         .as_str()
@@ -211,18 +215,7 @@ async fn a_rejected_object_shows_as_degraded() {
     );
     drop(ctx);
     let seen = server.await.unwrap();
-    let (_, _, patch) = seen
-        .iter()
-        .find(|(m, u, _)| m == Method::PATCH && u.contains("/status"))
-        .expect("status written");
-    let status = patch["status"].clone();
-    let degraded = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Degraded")
-        .unwrap()
-        .clone();
+    let degraded = condition(written_status(&seen), "Degraded");
     assert_eq!(degraded["status"], "True");
     assert_eq!(degraded["reason"], "ApplyFailed");
     assert!(degraded["message"]
