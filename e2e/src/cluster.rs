@@ -45,6 +45,25 @@ pub fn command_as(binary: &Path, run_as: Option<(u32, u32)>) -> Command {
     }
 }
 
+/// SIGTERM to `child`, then its exit status; SIGKILL (and `None`) if it has not exited
+/// within `within`.
+pub fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    // SAFETY: kill(2) on the PID of a child the caller owns and has not reaped.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// A scratch directory for config files, removed on drop.
 pub struct ScratchDir(pub PathBuf);
 
@@ -386,16 +405,25 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     Some(out)
 }
 
-/// Status code and body of `GET path` on `addr` (status 0 when nothing answers).
+/// Status code and body of one `GET path` on `addr` (status 0 when nothing answers).
 pub fn http_status_of(addr: SocketAddr, path: &str) -> (u16, String) {
-    let status = http_status(addr, path);
-    (status, http_body(addr, path).unwrap_or_default())
+    let Some(response) = http_get(addr, path) else {
+        return (0, String::new());
+    };
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }
 
 fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    http_get(addr, path)
-        .and_then(|r| r.split_whitespace().nth(1).and_then(|c| c.parse().ok()))
-        .unwrap_or(0)
+    http_status_of(addr, path).0
 }
 
 fn http_body(addr: SocketAddr, path: &str) -> Option<String> {

@@ -17,7 +17,7 @@ use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
-use crate::cluster::{command_as, free_port};
+use crate::cluster::{command_as, free_port, terminate};
 
 /// A cluster the suite can use: its admin kubeconfig and a kubectl of a matching version.
 pub struct TestCluster {
@@ -146,6 +146,16 @@ impl TestCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// kubectl `args` (ending in `-o json`) parsed, or None when kubectl fails (e.g. the
+    /// object does not exist).
+    pub fn kubectl_json(&self, args: &[&str]) -> Option<serde_json::Value> {
+        let out = self.kubectl(args, None).ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
     /// Installs (or updates) the ChatCluster CRD from crds/ and waits until it is served.
     pub fn install_crds(&self) -> Result<()> {
         let crd = repo_root().join("crds/chatcluster.yaml");
@@ -173,22 +183,28 @@ impl TestCluster {
 /// e2e/k8s/build-helm.sh.
 pub fn helm_binary() -> Result<PathBuf> {
     static HELM: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    HELM.get_or_init(|| find_or_build_helm().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    HELM.get_or_init(|| {
+        path_from_env_or_script("CHATCLUSTER_HELM", "e2e/k8s/build-helm.sh", &[])
+            .map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
 }
 
-fn find_or_build_helm() -> Result<PathBuf> {
-    if let Some(helm) = std::env::var_os("CHATCLUSTER_HELM") {
-        return Ok(helm.into());
+/// A path the README's test command passes in `var`, or else the one that `script`
+/// (relative to the repository root; it builds what is missing) prints on stdout.
+pub fn path_from_env_or_script(var: &str, script: &str, args: &[&Path]) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(var) {
+        return Ok(path.into());
     }
     let out = Command::new("bash")
-        .arg(repo_root().join("e2e/k8s/build-helm.sh"))
+        .arg(repo_root().join(script))
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
-        .context("running e2e/k8s/build-helm.sh")?;
+        .with_context(|| format!("running {script}"))?;
     if !out.status.success() {
-        bail!("build-helm.sh failed ({})", out.status);
+        bail!("{script} failed ({})", out.status);
     }
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
@@ -253,14 +269,13 @@ pub async fn pod_kind(client: &Client) -> Result<PodKind> {
 }
 
 /// A namespace for one test, deleted (without waiting) when dropped.
-pub struct TestNamespace {
+pub struct TestNamespace<'a> {
     pub name: String,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
+    cluster: &'a TestCluster,
 }
 
-impl TestNamespace {
-    pub async fn create(cluster: &TestCluster, client: &Client, tag: &str) -> Result<Self> {
+impl<'a> TestNamespace<'a> {
+    pub async fn create(cluster: &'a TestCluster, client: &Client, tag: &str) -> Result<Self> {
         let name = format!("e2e-{tag}-{}", std::process::id());
         let ns: Namespace = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1",
@@ -271,23 +286,15 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
-        Ok(TestNamespace {
-            name,
-            kubeconfig: cluster.kubeconfig.clone(),
-            kubectl: cluster.kubectl.clone(),
-        })
+        Ok(TestNamespace { name, cluster })
     }
 }
 
-impl Drop for TestNamespace {
+impl Drop for TestNamespace<'_> {
     fn drop(&mut self) {
-        let _ = Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["delete", "namespace", &self.name, "--wait=false"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
     }
 }
 
@@ -295,7 +302,6 @@ impl Drop for TestNamespace {
 /// (SIGTERM, then SIGKILL) when dropped. Its log goes to a file shown on failure.
 pub struct OperatorProcess {
     child: Option<Child>,
-    pub identity: String,
     pub metrics_port: u16,
     pub log: PathBuf,
 }
@@ -345,7 +351,6 @@ impl OperatorProcess {
             .with_context(|| format!("starting {}", binary.display()))?;
         Ok(OperatorProcess {
             child: Some(child),
-            identity: opts.identity.to_owned(),
             metrics_port,
             log,
         })
@@ -385,13 +390,6 @@ impl OperatorProcess {
         self.metric("chatcluster_operator_leader") == Some(1.0)
     }
 
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
     /// SIGKILL: the process gets no chance to release its Lease.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -400,22 +398,9 @@ impl OperatorProcess {
         }
     }
 
-    /// SIGTERM and wait (at most 10 s) for a graceful exit.
+    /// SIGTERM and wait (at most 10 s) for a graceful exit; `None` if it had to be killed.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        // SAFETY: plain kill(2) on the PID of a child this struct owns and has not reaped.
-        unsafe {
-            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = c.kill();
-        c.wait().ok()
+        terminate(&mut self.child.take()?, Duration::from_secs(10))
     }
 }
 

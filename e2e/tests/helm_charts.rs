@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use chatcluster_e2e::cluster::ScratchDir;
 use chatcluster_e2e::k8s::{
     eventually, helm_binary, repo_root, shared_cluster, OperatorOptions, OperatorProcess,
-    TestCluster, TestNamespace,
+    TestNamespace,
 };
 use chatcluster_e2e::server_process::workspace_binary;
 use serde_json::Value;
@@ -240,14 +241,6 @@ fn the_chatcluster_chart_renders_one_chatcluster() {
     );
 }
 
-fn kubectl_json(cluster: &TestCluster, args: &[&str]) -> Option<Value> {
-    let out = cluster.kubectl(args, None).ok()?;
-    out.status
-        .success()
-        .then(|| serde_json::from_slice(&out.stdout).ok())
-        .flatten()
-}
-
 /// An installed release, uninstalled on drop (its cluster-scoped RBAC must not outlive a
 /// failed test).
 struct Release {
@@ -285,13 +278,6 @@ impl Drop for Release {
 }
 
 /// A scratch file path, removed on drop.
-struct TempPath(PathBuf);
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// `helm install` into the real API server: the CRD (kept on uninstall), RBAC and the
 /// Deployment are accepted and created; KWOK runs the Deployment's pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,69 +292,64 @@ async fn the_operator_chart_installs_into_the_real_api_server() {
     // moment: make sure it exists, then mark it as this release's, as a team adopting
     // the chart would, so Helm takes it over.
     cluster.install_crds().expect("CRD");
-    {
-        cluster
-            .kubectl_ok(
-                &[
-                    "annotate",
-                    "--overwrite",
-                    "crd",
-                    "chatclusters.chatcluster.dev",
-                    &format!("meta.helm.sh/release-name={release}"),
-                    &format!("meta.helm.sh/release-namespace={}", ns.name),
-                ],
-                None,
-            )
-            .expect("annotate");
-        cluster
-            .kubectl_ok(
-                &[
-                    "label",
-                    "--overwrite",
-                    "crd",
-                    "chatclusters.chatcluster.dev",
-                    "app.kubernetes.io/managed-by=Helm",
-                ],
-                None,
-            )
-            .expect("label");
-    }
+    cluster
+        .kubectl_ok(
+            &[
+                "annotate",
+                "--overwrite",
+                "crd",
+                "chatclusters.chatcluster.dev",
+                &format!("meta.helm.sh/release-name={release}"),
+                &format!("meta.helm.sh/release-namespace={}", ns.name),
+            ],
+            None,
+        )
+        .expect("annotate");
+    cluster
+        .kubectl_ok(
+            &[
+                "label",
+                "--overwrite",
+                "crd",
+                "chatclusters.chatcluster.dev",
+                "app.kubernetes.io/managed-by=Helm",
+            ],
+            None,
+        )
+        .expect("label");
     let installed = Release::install(
         release,
         &ns.name,
         &cluster.kubeconfig,
         &["--wait", "--timeout", "120s"],
     );
-    let crd = kubectl_json(
-        cluster,
-        &["get", "crd", "chatclusters.chatcluster.dev", "-o", "json"],
-    )
-    .expect("CRD");
+    let crd = cluster
+        .kubectl_json(&["get", "crd", "chatclusters.chatcluster.dev", "-o", "json"])
+        .expect("CRD");
     assert_eq!(
         crd["metadata"]["annotations"]["helm.sh/resource-policy"],
         "keep"
     );
-    let full = release.to_owned();
-    assert!(kubectl_json(cluster, &["get", "clusterrole", &full, "-o", "json"]).is_some());
-    assert!(kubectl_json(cluster, &["get", "clusterrolebinding", &full, "-o", "json"]).is_some());
-    assert!(kubectl_json(
-        cluster,
-        &[
+    assert!(cluster
+        .kubectl_json(&["get", "clusterrole", release, "-o", "json"])
+        .is_some());
+    assert!(cluster
+        .kubectl_json(&["get", "clusterrolebinding", release, "-o", "json"])
+        .is_some());
+    assert!(cluster
+        .kubectl_json(&[
             "-n",
             &ns.name,
             "get",
             "role",
-            &format!("{full}-leader-election"),
+            &format!("{release}-leader-election"),
             "-o",
             "json"
-        ]
-    )
-    .is_some());
-    let deployment = kubectl_json(
-        cluster,
-        &["-n", &ns.name, "get", "deployment", &full, "-o", "json"],
-    )
-    .expect("Deployment");
+        ])
+        .is_some());
+    let deployment = cluster
+        .kubectl_json(&["-n", &ns.name, "get", "deployment", release, "-o", "json"])
+        .expect("Deployment");
     assert_eq!(
         deployment["status"]["availableReplicas"], 1,
         "{}",
@@ -385,14 +366,14 @@ async fn the_operator_chart_installs_into_the_real_api_server() {
 
     drop(installed);
     assert!(
-        kubectl_json(
-            cluster,
-            &["get", "crd", "chatclusters.chatcluster.dev", "-o", "json"]
-        )
-        .is_some(),
+        cluster
+            .kubectl_json(&["get", "crd", "chatclusters.chatcluster.dev", "-o", "json"])
+            .is_some(),
         "the CRD is kept on uninstall"
     );
-    assert!(kubectl_json(cluster, &["get", "clusterrole", &full, "-o", "json"]).is_none());
+    assert!(cluster
+        .kubectl_json(&["get", "clusterrole", release, "-o", "json"])
+        .is_none());
 }
 
 /// The operator, run with the token of the chart's ServiceAccount, takes a ChatCluster
@@ -423,9 +404,10 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
         ],
     );
     let sa = format!("{release}-chatcluster-operator");
-    let kubeconfig = TempPath(std::env::temp_dir().join(format!("sa-{}.kubeconfig", ops.name)));
+    let scratch = ScratchDir::new("sa").expect("scratch dir");
+    let kubeconfig = scratch.0.join("kubeconfig");
     cluster
-        .service_account_kubeconfig(&ops.name, &sa, &kubeconfig.0)
+        .service_account_kubeconfig(&ops.name, &sa, &kubeconfig)
         .expect("token kubeconfig");
 
     // Least privilege, asked of the API server's own authorizer.
@@ -471,7 +453,7 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
             lease_name: &sa,
             lease_seconds: 15,
             identity: "rbac-check",
-            kubeconfig: Some(&kubeconfig.0),
+            kubeconfig: Some(&kubeconfig),
             run_as: None,
         },
     )

@@ -20,9 +20,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chatcluster_e2e::cluster::{command_as, free_port, http_status_of, RedisProcess, ScratchDir};
+use chatcluster_e2e::cluster::{
+    command_as, free_port, http_status_of, terminate, RedisProcess, ScratchDir,
+};
 use chatcluster_e2e::k8s::{
-    eventually, shared_cluster, OperatorOptions, OperatorProcess, TestNamespace,
+    eventually, path_from_env_or_script, repo_root, shared_cluster, OperatorOptions,
+    OperatorProcess, TestNamespace,
 };
 use chatcluster_operator::build::{ADMIN_PORT, PUBLIC_PORT};
 use serde::Deserialize;
@@ -96,18 +99,9 @@ const IMAGES: [&str; 2] = ["chat-server", "chatcluster-operator"];
 fn images_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("CHATCLUSTER_IMAGE_DIR") {
-            return dir.into();
-        }
-        let root = chatcluster_e2e::k8s::repo_root();
-        let out = Command::new("bash")
-            .arg(root.join("e2e/images/build.sh"))
-            .arg(root.join("target/image-build"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running e2e/images/build.sh");
-        assert!(out.status.success(), "e2e/images/build.sh failed");
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        let out = repo_root().join("target/image-build");
+        path_from_env_or_script("CHATCLUSTER_IMAGE_DIR", "e2e/images/build.sh", &[&out])
+            .expect("the assembled images")
     })
 }
 
@@ -228,10 +222,8 @@ fn image_ports_and_users_are_the_ones_the_pods_use() {
 
     let operator = Image::load("chatcluster-operator");
     let values: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(
-            chatcluster_e2e::k8s::repo_root().join("charts/chatcluster-operator/values.yaml"),
-        )
-        .unwrap(),
+        &std::fs::read_to_string(repo_root().join("charts/chatcluster-operator/values.yaml"))
+            .unwrap(),
     )
     .unwrap();
     let metrics_port = values["metrics"]["port"].as_u64().expect("metrics.port");
@@ -241,8 +233,7 @@ fn image_ports_and_users_are_the_ones_the_pods_use() {
         "operator EXPOSE matches the chart's metrics port"
     );
     let deployment = std::fs::read_to_string(
-        chatcluster_e2e::k8s::repo_root()
-            .join("charts/chatcluster-operator/templates/deployment.yaml"),
+        repo_root().join("charts/chatcluster-operator/templates/deployment.yaml"),
     )
     .unwrap();
     let (uid, gid) = operator.uid_gid();
@@ -268,24 +259,6 @@ fn wait_http_ok(addr: SocketAddr, path: &str, within: Duration, child: &mut Chil
     }
 }
 
-/// SIGTERM, then the exit status (at most `within`; SIGKILL after that).
-fn terminate(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    // SAFETY: kill(2) on the PID of a child we own and have not reaped.
-    unsafe {
-        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
 #[test]
 fn chat_server_image_runs_as_its_user_with_the_pods_environment() {
     let image = Image::load("chat-server");
@@ -304,12 +277,8 @@ fn chat_server_image_runs_as_its_user_with_the_pods_environment() {
     let readiness = probe_path(container.readiness_probe);
     let liveness = probe_path(container.liveness_probe);
 
-    let public: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
-        .parse()
-        .unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
-        .parse()
-        .unwrap();
+    let public = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut env = common::pod_environment("minimal.yaml");
     env.insert("CHAT_LISTEN".into(), public.to_string());
     env.insert("CHAT_ADMIN_LISTEN".into(), admin.to_string());
@@ -407,9 +376,7 @@ async fn operator_image_runs_as_its_user_and_reconciles() {
             "runs as the image's user"
         );
     }
-    let manifest =
-        std::fs::read_to_string(chatcluster_e2e::k8s::repo_root().join("examples/minimal.yaml"))
-            .unwrap();
+    let manifest = std::fs::read_to_string(repo_root().join("examples/minimal.yaml")).unwrap();
     cluster
         .kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest))
         .expect("apply examples/minimal.yaml");

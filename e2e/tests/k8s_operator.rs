@@ -27,7 +27,7 @@ const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
 struct Setup {
     cluster: &'static TestCluster,
     client: Client,
-    ns: TestNamespace,
+    ns: TestNamespace<'static>,
     operator: Option<OperatorProcess>,
 }
 
@@ -108,11 +108,8 @@ impl Setup {
 
     /// `kubectl get KIND NAME -o json`, or None when it does not exist.
     fn get(&self, kind: &str, name: &str) -> Option<Value> {
-        let out = self.kubectl(&["get", kind, name, "-o", "json"], None);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+        self.cluster
+            .kubectl_json(&["-n", &self.ns.name, "get", kind, name, "-o", "json"])
     }
 
     fn apply(&self, manifest: &str) {

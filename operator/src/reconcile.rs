@@ -59,6 +59,7 @@ pub async fn reconcile(
     result
 }
 
+/// The pipeline, one stage after another: validate, build, apply, delete orphans, report.
 async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action, ReconcileError> {
     let ns = cluster.metadata.namespace.clone().unwrap_or_default();
     let name = cluster.metadata.name.clone().unwrap_or_default();

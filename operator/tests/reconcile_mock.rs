@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcluster_operator::crd::{ChatCluster, ChatClusterSpec};
+use chatcluster_operator::crd::ChatCluster;
 use chatcluster_operator::reconcile::{error_policy, reconcile, requeue_after, Context};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
@@ -11,7 +11,8 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::json;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+mod common;
+use common::{Handle, Seen};
 type MockService = tower_test::mock::Mock<Request<Body>, Response<Body>>;
 
 /// The status of the first status PATCH the fake API server saw.
@@ -49,67 +50,44 @@ fn context(svc: MockService) -> Arc<Context> {
     })
 }
 
+/// `common::cluster` at generation 7.
 fn cluster(spec: serde_json::Value) -> ChatCluster {
-    let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
-    let mut c = ChatCluster::new("chat", spec);
-    c.metadata.namespace = Some("ns1".into());
-    c.metadata.uid = Some("uid-1".into());
+    let mut c = common::cluster(spec);
     c.metadata.generation = Some(7);
     c
 }
 
 /// A tiny API server: applies echo, lists are empty, StatefulSets do not exist yet
 /// (404), status patches are recorded.
-fn fake(handle: Handle) -> tokio::task::JoinHandle<Vec<(Method, String, serde_json::Value)>> {
+fn fake(handle: Handle) -> tokio::task::JoinHandle<Seen> {
     fake_answering_applies(handle, None)
 }
 
 /// Like [`fake`], but every apply gets `rejection` (status code and body) when given.
 fn fake_answering_applies(
-    mut handle: Handle,
+    handle: Handle,
     rejection: Option<(StatusCode, serde_json::Value)>,
-) -> tokio::task::JoinHandle<Vec<(Method, String, serde_json::Value)>> {
-    tokio::spawn(async move {
-        let mut seen = Vec::new();
-        while let Some((req, send)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let body: serde_json::Value =
-                serde_json::from_slice(&body.collect_bytes().await.unwrap()).unwrap_or(json!(null));
-            let path = parts.uri.path().to_owned();
-            let (code, answer) = match parts.method.as_str() {
-                "PATCH" if path.ends_with("/status") => (StatusCode::OK, {
-                    let mut c = json!({"apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster", "metadata": {"name": "chat", "namespace": "ns1"}, "spec": {}});
-                    c["status"] = body["status"].clone();
-                    c
-                }),
-                "PATCH" => rejection.clone().unwrap_or((StatusCode::OK, body.clone())),
-                "POST" if path.contains("/events") => (StatusCode::CREATED, body.clone()),
-                "GET"
-                    if parts
-                        .uri
-                        .query()
-                        .is_some_and(|q| q.contains("labelSelector")) =>
-                {
-                    (
-                        StatusCode::OK,
-                        json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
-                    )
-                }
-                "GET" => (
-                    StatusCode::NOT_FOUND,
-                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-                ),
-                other => panic!("unexpected {other} {path}"),
-            };
-            seen.push((parts.method, parts.uri.to_string(), body));
-            send.send_response(
-                Response::builder()
-                    .status(code)
-                    .body(Body::from(answer.to_string().into_bytes()))
-                    .unwrap(),
-            );
+) -> tokio::task::JoinHandle<Seen> {
+    common::fake_apiserver(handle, move |method, uri, body| {
+        let path = uri.path();
+        match method.as_str() {
+            "PATCH" if path.ends_with("/status") => (StatusCode::OK, {
+                let mut c = json!({"apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster", "metadata": {"name": "chat", "namespace": "ns1"}, "spec": {}});
+                c["status"] = body["status"].clone();
+                c
+            }),
+            "PATCH" => rejection.clone().unwrap_or((StatusCode::OK, body.clone())),
+            "POST" if path.contains("/events") => (StatusCode::CREATED, body.clone()),
+            "GET" if uri.query().is_some_and(|q| q.contains("labelSelector")) => (
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
+            ),
+            "GET" => (
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            ),
+            other => panic!("unexpected {other} {path}"),
         }
-        seen
     })
 }
 

@@ -73,9 +73,6 @@ impl RunningServer {
 /// Binds both ports and serves until a drain finishes.
 pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     settings.validate()?;
-    // TLS to Redis (`rediss://`) uses rustls, which needs one process-wide crypto
-    // provider; without it the first TLS handshake panics. Already installed: fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let auth = Authenticator::new(settings.auth.clone())?;
     let hub = Arc::new(Hub::new());
     let metrics = Metrics::new();

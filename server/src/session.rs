@@ -495,14 +495,14 @@ impl Session {
         if self.rooms.remove(room).is_none() {
             return self.send_error(not_joined(room, None)).await;
         }
-        leave_room_everywhere(&self.state, &self.handle, room).await;
+        leave_room_everywhere(&self.state, &self.handle, room, true).await;
         self.write_now(ServerFrame::Left { room }.to_json()).await
     }
 
     async fn leave_all(&mut self) {
         let rooms: Vec<Arc<str>> = self.rooms.drain().map(|(r, _)| r).collect();
         for room in rooms {
-            leave_room_everywhere(&self.state, &self.handle, &room).await;
+            leave_room_everywhere(&self.state, &self.handle, &room, false).await;
         }
     }
 
@@ -679,13 +679,25 @@ async fn guard(
 }
 
 /// Removes a session from a room locally and in the backplane (presence, subscription).
-async fn leave_room_everywhere(state: &AppState, handle: &SessionHandle, room: &str) {
+/// `confirm`: return only once this node no longer receives the room's traffic, as an
+/// explicit `leave` promises; a disconnect does not wait for that.
+async fn leave_room_everywhere(
+    state: &AppState,
+    handle: &SessionHandle,
+    room: &str,
+    confirm: bool,
+) {
     state.hub.leave_room(room, handle.id);
     let bp = &state.backplane;
     if let Err(e) = bp.presence_leave(room, &handle.user).await {
         tracing::warn!(room, error = %e, "presence leave failed");
     }
-    if let Err(e) = bp.unsubscribe_room(room).await {
+    let unsubscribed = if confirm {
+        bp.unsubscribe_room_confirmed(room).await
+    } else {
+        bp.unsubscribe_room(room).await
+    };
+    if let Err(e) = unsubscribed {
         tracing::warn!(room, error = %e, "unsubscribe failed");
     }
 }

@@ -8,7 +8,9 @@ use k8s_openapi::api::core::v1::PodSpec;
 
 /// The objects the operator builds for one of the manifests under examples/.
 pub fn desired_for_example(example: &str) -> Desired {
-    let path = format!("{}/../examples/{example}", env!("CARGO_MANIFEST_DIR"));
+    let path = chatcluster_e2e::k8s::repo_root()
+        .join("examples")
+        .join(example);
     let text = std::fs::read_to_string(path).unwrap();
     let mut cluster: ChatCluster = chatcluster_operator::parse_manifest(&text).unwrap();
     cluster

@@ -90,8 +90,15 @@ pub trait Backplane: Send + Sync {
     /// A local session joined `room`: make sure this node receives its traffic before
     /// returning. Reference-counted per node; on error nothing was counted.
     async fn subscribe_room(&self, room: &str) -> Result<(), BackplaneError>;
-    /// A local session left `room` (after a successful `subscribe_room`).
+    /// A local session left `room` (after a successful `subscribe_room`). Returns without
+    /// waiting for the backplane: a disconnect need not wait for it.
     async fn unsubscribe_room(&self, room: &str) -> Result<(), BackplaneError>;
+    /// Like `unsubscribe_room`, but returns only once this node no longer receives the
+    /// room's traffic (when this was its last local member): an explicit `leave` answers
+    /// `left` after it.
+    async fn unsubscribe_room_confirmed(&self, room: &str) -> Result<(), BackplaneError> {
+        self.unsubscribe_room(room).await
+    }
     /// A session of `user` connected to this node (user → node registry for DMs).
     async fn register_user(&self, _user: &str) -> Result<(), BackplaneError> {
         Ok(())

@@ -205,10 +205,9 @@ struct Scripts {
 /// Commands to the task that owns the pub/sub connection.
 enum SubCommand {
     Subscribe(String, oneshot::Sender<Result<(), BackplaneError>>),
-    /// Answered once Redis has confirmed the UNSUBSCRIBE (or at once when other local
-    /// members still need the channel), so a `left` reply means this node no longer
-    /// receives the room's traffic.
-    Unsubscribe(String, oneshot::Sender<()>),
+    /// With a sender: answered once Redis has answered the UNSUBSCRIBE (at once when
+    /// other local members still need the channel or pub/sub is down).
+    Unsubscribe(String, Option<oneshot::Sender<()>>),
 }
 
 pub struct RedisBackplane {
@@ -243,6 +242,9 @@ impl RedisBackplane {
         sink: Arc<dyn EventSink>,
         metrics: Metrics,
     ) -> Result<Arc<RedisBackplane>, RedisConfigError> {
+        // TLS to Redis (`rediss://`) uses rustls, which needs one process-wide crypto
+        // provider; without it the first TLS handshake panics. Already installed: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut info = settings
             .url
             .as_str()
@@ -598,9 +600,15 @@ impl Backplane for RedisBackplane {
     }
 
     async fn unsubscribe_room(&self, room: &str) -> Result<(), BackplaneError> {
+        self.subs
+            .send(SubCommand::Unsubscribe(self.room_channel(room), None))
+            .map_err(|_| BackplaneError::Unavailable("pub/sub task stopped".into()))
+    }
+
+    async fn unsubscribe_room_confirmed(&self, room: &str) -> Result<(), BackplaneError> {
         let (tx, rx) = oneshot::channel();
         self.subs
-            .send(SubCommand::Unsubscribe(self.room_channel(room), tx))
+            .send(SubCommand::Unsubscribe(self.room_channel(room), Some(tx)))
             .map_err(|_| BackplaneError::Unavailable("pub/sub task stopped".into()))?;
         // The reference is released whatever happens; only the confirmation can be late.
         // While pub/sub is down there is nothing to confirm: the channel is simply not
@@ -821,7 +829,9 @@ async fn pubsub_task(
                         }
                         SubCommand::Unsubscribe(ch, reply) => {
                             release(&mut refcounts, &ch);
-                            let _ = reply.send(());
+                            if let Some(reply) = reply {
+                                let _ = reply.send(());
+                            }
                         }
                     }
                 }
@@ -894,7 +904,9 @@ async fn pubsub_task(
                                     tracing::debug!(error = %e, "Redis unsubscribe failed");
                                 }
                             }
-                            let _ = reply.send(());
+                            if let Some(reply) = reply {
+                                let _ = reply.send(());
+                            }
                         }
                     }
                 }
