@@ -8,7 +8,9 @@
 # control plane on loopback (kube-apiserver, controller-manager, scheduler, etcd and KWOK
 # built from Go modules, cached under ~/.cache/chatcluster-tools), the Helm chart tests
 # (lint, render, install, RBAC proven by running the operator as the chart's
-# ServiceAccount), and the web client driven in headless Chromium.
+# ServiceAccount), the autoscaler's Prometheus source against a real Prometheus (built
+# from its Go module, cached likewise) scraping chat-server processes, and the web client
+# driven in headless Chromium.
 # The container images are checked without a Docker engine: hadolint lints the
 # Dockerfiles, e2e/images/build.sh reproduces them (build stage on the host, runtime stage
 # assembled as a root filesystem) and e2e/tests/images.rs runs what they would ship.
@@ -65,6 +67,14 @@ if helm="$(bash e2e/k8s/build-helm.sh)"; then
   export CHATCLUSTER_HELM="$helm"
 else
   echo "helm did not build; the chart tests will fail" >&2
+  status=1
+fi
+
+echo "== prometheus (pinned, built from its Go module on the first run)"
+if prometheus="$(bash e2e/k8s/build-prometheus.sh)"; then
+  export CHATCLUSTER_PROMETHEUS="$prometheus"
+else
+  echo "prometheus did not build; the Prometheus source tests will fail" >&2
   status=1
 fi
 

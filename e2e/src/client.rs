@@ -3,23 +3,59 @@
 //! that resends what was not acknowledged. Both keep the load balancer's sticky cookie.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use chat_server::sync::lock;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// What the server said when it refused an upgrade.
+/// What the server said when it refused an upgrade. It is the error [`connect`] and
+/// [`connect_with`] return then, so a caller can tell a refusal (e.g. 503 while a node is
+/// full or draining, worth retrying) from a broken connection:
+/// `err.downcast_ref::<Refused>()`.
 #[derive(Debug)]
 pub struct Refused {
     pub status: u16,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WebSocket upgrade refused with HTTP {}", self.status)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// How [`connect_with`] connects; `Default` is what [`connect`] does.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions<'a> {
+    /// The load balancer's sticky cookie to send back.
+    pub cookie: Option<&'a str>,
+    /// Local address to bind before connecting: a load generator spreads its clients over
+    /// 127.0.0.x so that one source address does not run out of ephemeral ports.
+    pub source: Option<IpAddr>,
+    /// Bound on the TCP connect plus upgrade, and again on the `welcome` frame.
+    pub within: Duration,
+}
+
+impl Default for ConnectOptions<'_> {
+    fn default() -> Self {
+        ConnectOptions {
+            cookie: None,
+            source: None,
+            within: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Connects, sending `cookie` if any; returns the socket, the sticky cookie the load
@@ -29,39 +65,95 @@ pub async fn connect(
     query: &str,
     cookie: Option<&str>,
 ) -> Result<(Ws, Option<String>, Value)> {
-    let mut req = format!("{url}?{query}").into_client_request()?;
-    if let Some(c) = cookie {
-        req.headers_mut().insert("cookie", c.parse()?);
-    }
-    let (mut ws, resp) = match tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_tungstenite::connect_async(req),
+    connect_with(
+        url,
+        query,
+        ConnectOptions {
+            cookie,
+            ..ConnectOptions::default()
+        },
     )
     .await
-    {
-        Err(_) => bail!("connect timed out"),
-        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {
-            bail!(Refused {
-                status: resp.status().as_u16()
+}
+
+/// Like [`connect`], with a source address and time bound of the caller's choosing. A
+/// refused upgrade is a [`Refused`] error.
+pub async fn connect_with(
+    url: &str,
+    query: &str,
+    opts: ConnectOptions<'_>,
+) -> Result<(Ws, Option<String>, Value)> {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut req = format!("{url}{sep}{query}").into_client_request()?;
+    if let Some(c) = opts.cookie {
+        req.headers_mut().insert("cookie", c.parse()?);
+    }
+    let handshake = async {
+        let stream = open_tcp(req.uri(), opts.source).await?;
+        match tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await {
+            Ok(r) => Ok(r),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                Err(anyhow::Error::new(Refused {
+                    status: resp.status().as_u16(),
+                }))
             }
-            .status
-            .to_string())
+            Err(e) => Err(anyhow::Error::new(e)),
         }
-        Ok(r) => r?,
     };
+    let (mut ws, resp) = tokio::time::timeout(opts.within, handshake)
+        .await
+        .context("connect timed out")??;
     let set_cookie = resp
         .headers()
         .get("set-cookie")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(str::to_owned);
-    let welcome = recv_json(&mut ws, Duration::from_secs(5))
+    let welcome = recv_json(&mut ws, opts.within)
         .await?
         .context("closed before welcome")?;
     if welcome["type"] != "welcome" {
         bail!("expected welcome, got {welcome}");
     }
     Ok((ws, set_cookie, welcome))
+}
+
+/// A TCP connection to the URL's host (`ws://` only: this crate has no TLS client), from
+/// `source` when given, with Nagle off so small frames are not held back.
+async fn open_tcp(uri: &Uri, source: Option<IpAddr>) -> Result<TcpStream> {
+    if uri.scheme_str() != Some("ws") {
+        bail!("{uri}: only ws:// URLs are supported");
+    }
+    let host = uri.host().context("URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let mut last_err = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        if source.is_some_and(|s| s.is_ipv4() != addr.is_ipv4()) {
+            continue;
+        }
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(src) = source {
+            socket
+                .bind(SocketAddr::new(src, 0))
+                .with_context(|| format!("binding source address {src}"))?;
+        }
+        match socket.connect(addr).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    match last_err {
+        Some(e) => Err(anyhow::Error::new(e).context(format!("connecting to {host}:{port}"))),
+        None => bail!("{host}:{port}: no address to connect to (from {source:?})"),
+    }
 }
 
 /// Next JSON frame; `Ok(None)` when the connection closed.
@@ -136,6 +228,9 @@ pub struct SubscriberLog {
     pub duplicates: u64,
     /// Joins answered with `recovered: false` (or unsolicited ones).
     pub not_recovered: u64,
+    /// `joined` frames received (one per room per (re)connection): a test waits for the
+    /// subscriber's rooms to be joined instead of guessing with a sleep.
+    pub joins: u64,
     pub reconnects: u64,
     /// When each reconnect happened (for the reconnect-rate figure).
     pub reconnect_times: Vec<Instant>,
@@ -219,8 +314,12 @@ pub async fn run_resuming_subscriber(
                         let room = v["room"].as_str().unwrap_or("").to_owned();
                         let epoch = v["epoch"].as_str().unwrap_or("").to_owned();
                         let offset = v["offset"].as_u64().unwrap_or(0);
-                        if v["recovered"] == false {
-                            lock(&log).not_recovered += 1;
+                        {
+                            let mut l = lock(&log);
+                            l.joins += 1;
+                            if v["recovered"] == false {
+                                l.not_recovered += 1;
+                            }
                         }
                         match cursors.get(&room) {
                             // A resumed join keeps the cursor; replay follows.
@@ -340,8 +439,4 @@ pub async fn run_publisher(
         bail!("{} messages never acknowledged", pending.len());
     }
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

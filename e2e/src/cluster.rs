@@ -2,7 +2,9 @@
 //! real `haproxy` with cookie stickiness in front, each on ephemeral 127.0.0.1 ports.
 //! Every process is started here and stopped by PID when the cluster is dropped.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -301,21 +303,50 @@ impl LocalCluster {
         http_status(self.nodes[i].admin, "/readyz")
     }
 
-    /// Waits until every running node reports ready.
+    /// Waits until every running node reports ready and haproxy routes to each of them
+    /// (its health checks report the server UP).
     pub fn wait_ready(&self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            let all = (0..self.nodes.len())
+            let running: Vec<usize> = (0..self.nodes.len())
                 .filter(|i| self.nodes[*i].process.is_some())
-                .all(|i| self.readyz(i) == 200);
-            if all {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
+                .collect();
+            if running.iter().all(|i| self.readyz(*i) == 200) {
+                let servers = self.haproxy_servers();
+                let routed = |i: &usize| {
+                    servers.as_ref().is_ok_and(|s| {
+                        s.get(&self.nodes[*i].name)
+                            .is_some_and(HaproxyServer::routable)
+                    })
+                };
+                if running.iter().all(routed) {
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    bail!("nodes ready but not all UP in haproxy within {within:?}: {servers:?}");
+                }
+            } else if Instant::now() >= deadline {
                 bail!("nodes not ready within {within:?}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// What haproxy's health checks currently say about each node (by name), from
+    /// `show stat` on its stats socket.
+    pub fn haproxy_servers(&self) -> Result<BTreeMap<String, HaproxyServer>> {
+        let mut s = UnixStream::connect(self.haproxy_socket())
+            .context("connecting to haproxy's stats socket")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_write_timeout(Some(Duration::from_secs(2)))?;
+        s.write_all(b"show stat\n")?;
+        let mut csv = String::new();
+        s.read_to_string(&mut csv)?;
+        parse_show_stat(&csv, BACKEND)
+    }
+
+    fn haproxy_socket(&self) -> PathBuf {
+        self._dir.0.join("haproxy.sock")
     }
 
     pub fn haproxy_url(&self) -> String {
@@ -333,13 +364,14 @@ impl LocalCluster {
             ));
         }
         let config = format!(
-            "global\n  maxconn 4096\n\
+            "global\n  maxconn 4096\n  stats socket {socket} mode 600 level user\n\
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 60s\n\
              \x20 option redispatch 1\n  retries 3\n  retry-on conn-failure empty-response 503\n\
-             frontend chat\n  bind {addr}\n  default_backend chat_servers\n\
-             backend chat_servers\n  balance roundrobin\n  cookie CHATNODE insert indirect nocache\n\
+             frontend chat\n  bind {addr}\n  default_backend {BACKEND}\n\
+             backend {BACKEND}\n  balance roundrobin\n  cookie CHATNODE insert indirect nocache\n\
              \x20 option httpchk GET /readyz\n  default-server inter 200ms fall 2 rise 2\n{servers}",
-            addr = self.haproxy_addr
+            addr = self.haproxy_addr,
+            socket = self.haproxy_socket().display(),
         );
         let path = self._dir.0.join("haproxy.cfg");
         std::fs::write(&path, config)?;
@@ -352,11 +384,8 @@ impl LocalCluster {
             .spawn()
             .context("starting haproxy (apt-get install haproxy)")?;
         self.haproxy = Some(child);
-        wait_listening(self.haproxy_addr, Duration::from_secs(10))?;
-        // Servers count as up only after `rise` (2) passing checks 200 ms apart; before
-        // that haproxy would send every client to whichever node passed first.
-        std::thread::sleep(Duration::from_millis(800));
-        Ok(())
+        // Whether it routes to every node yet is for `wait_ready` (its stats socket).
+        wait_listening(self.haproxy_addr, Duration::from_secs(10))
     }
 
     /// Value of a metric on node `i`.
@@ -379,6 +408,60 @@ impl Drop for LocalCluster {
             n.process.take();
         }
     }
+}
+
+/// The haproxy backend holding the chat-server nodes.
+const BACKEND: &str = "chat_servers";
+
+/// One server line of haproxy's `show stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaproxyServer {
+    /// `UP`, `DOWN`, `UP 1/2` (going down), `DOWN 1/2` (going up), `MAINT`, ...
+    pub status: String,
+    /// Result of the last health check: `L7OK` when `/readyz` answered 200, `INI`
+    /// before the first check, `L7STS` on another status, ...
+    pub check_status: String,
+}
+
+impl HaproxyServer {
+    /// haproxy sends new clients to it: fully UP, and the last check really passed
+    /// (not the state assumed before any check ran).
+    pub fn routable(&self) -> bool {
+        self.status == "UP" && self.check_status == "L7OK"
+    }
+}
+
+/// The servers of `backend` in `show stat` CSV output, by name.
+fn parse_show_stat(csv: &str, backend: &str) -> Result<BTreeMap<String, HaproxyServer>> {
+    let mut lines = csv.lines();
+    let header = lines
+        .next()
+        .and_then(|h| h.strip_prefix("# "))
+        .context("`show stat` output without its header")?;
+    let column = |name: &str| {
+        header
+            .split(',')
+            .position(|c| c == name)
+            .with_context(|| format!("`show stat` has no `{name}` column"))
+    };
+    let (px, sv) = (column("pxname")?, column("svname")?);
+    let (status, check) = (column("status")?, column("check_status")?);
+    let mut servers = BTreeMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        let field = |i: usize| fields.get(i).copied().unwrap_or("");
+        if field(px) != backend || matches!(field(sv), "FRONTEND" | "BACKEND") {
+            continue;
+        }
+        servers.insert(
+            field(sv).to_owned(),
+            HaproxyServer {
+                status: field(status).to_owned(),
+                check_status: field(check).to_owned(),
+            },
+        );
+    }
+    Ok(servers)
 }
 
 fn signal(pid: u32, sig: &str) -> Result<()> {
@@ -428,4 +511,26 @@ fn http_status(addr: SocketAddr, path: &str) -> u16 {
 
 fn http_body(addr: SocketAddr, path: &str) -> Option<String> {
     http_get(addr, path).and_then(|r| r.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_stat_servers_of_one_backend() {
+        let csv = "# pxname,svname,qcur,status,weight,check_status,\n\
+                   chat,FRONTEND,,OPEN,,,\n\
+                   chat_servers,s1,0,UP,1,L7OK,\n\
+                   chat_servers,s2,0,DOWN 1/2,1,L7STS,\n\
+                   chat_servers,s3,0,UP,1,INI,\n\
+                   chat_servers,BACKEND,0,UP,2,,\n\
+                   other,s1,0,DOWN,1,L4CON,\n";
+        let servers = parse_show_stat(csv, "chat_servers").unwrap();
+        assert_eq!(servers.len(), 3);
+        assert!(servers["s1"].routable());
+        assert!(!servers["s2"].routable());
+        assert!(!servers["s3"].routable(), "no check has passed yet");
+        assert!(parse_show_stat("", "chat_servers").is_err());
+    }
 }

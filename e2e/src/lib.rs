@@ -3,6 +3,8 @@
 pub mod client;
 pub mod cluster;
 pub mod k8s;
+pub mod loadgen;
 pub mod procstat;
+pub mod prometheus;
 pub mod server_process;
 pub mod stats;

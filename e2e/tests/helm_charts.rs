@@ -136,9 +136,18 @@ fn the_operator_chart_renders_its_defaults() {
     let cluster_role = find(&docs, "ClusterRole").expect("ClusterRole");
     let rules = cluster_role["rules"].to_string();
     assert!(!rules.contains("\"*\""), "no wildcards: {rules}");
-    assert!(
-        !rules.contains("secrets"),
-        "the operator never reads Secrets: {rules}"
+    // Secrets: `get` only (to check the ones a ChatCluster names), never list or watch.
+    let secret_verbs: Vec<&Value> = cluster_role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|r| r["resources"].to_string().contains("secrets"))
+        .map(|r| &r["verbs"])
+        .collect();
+    assert_eq!(
+        secret_verbs,
+        [&serde_json::json!(["get"])],
+        "Secrets: get only, in a rule of their own: {rules}"
     );
     assert!(!rules.contains("leases"), "Leases are namespaced: {rules}");
     let role = find(&docs, "Role").expect("leader-election Role");
@@ -420,7 +429,9 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
             true,
         ),
         ("delete chatclusters.chatcluster.dev", &apps.name, false),
-        ("get secrets", &apps.name, false),
+        ("get secrets", &apps.name, true),
+        ("list secrets", &apps.name, false),
+        ("watch secrets", &apps.name, false),
         ("create pods", &apps.name, false),
         ("update leases.coordination.k8s.io", &ops.name, true),
         ("update leases.coordination.k8s.io", &apps.name, false),
@@ -466,9 +477,22 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
             .kubectl_ok(&all, stdin)
             .unwrap_or_else(|e| panic!("{e}{}", log()))
     };
+    // A JWT Secret the operator must read (get) before it applies anything.
+    let jwt_key = "r".repeat(32);
+    kubectl(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "chat-jwt",
+            &format!("--from-literal=hs256Secret={jwt_key}"),
+        ],
+        None,
+    );
     let manifest =
         "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: chat\n\
-                    spec:\n  replicas: 2\n  expose:\n    ingress:\n      host: chat.rbac.example\n";
+                    spec:\n  replicas: 2\n  expose:\n    ingress:\n      host: chat.rbac.example\n\
+                    \x20 auth:\n    jwtSecretName: chat-jwt\n";
     kubectl(&["apply", "-f", "-"], Some(manifest));
     let ready = |replicas: i64| {
         let kubectl = &kubectl;

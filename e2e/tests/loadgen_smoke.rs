@@ -17,8 +17,11 @@ fn last_json_line(stdout: &[u8]) -> serde_json::Value {
     serde_json::from_str(line).expect("valid JSON report")
 }
 
+/// Values that a broken load generator gets wrong, not just keys that exist: every
+/// message reaches every subscriber exactly once and in order, latency and server CPU are
+/// measured, and the publishers' lag behind schedule is reported.
 #[test]
-fn fanout_reports_zero_loss_and_server_cpu() {
+fn fanout_reports_every_delivery_latency_lag_and_server_cpu() {
     let server = ServerProcess::start(
         &chat_server_binary(LOADGEN).unwrap(),
         &["--rate-per-sec", "1000", "--rate-burst", "1000"],
@@ -45,12 +48,39 @@ fn fanout_reports_zero_loss_and_server_cpu() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r = last_json_line(&out.stdout);
-    assert_eq!(r["published"], 100);
-    assert_eq!(r["deliveries_to_subscribers"], 1000);
-    assert_eq!(r["loss"], 0);
-    assert_eq!(r["duplicates"], 0);
-    assert!(r["server_cpu_us"].as_u64().is_some());
-    assert!(r["latency_us"]["p99"].as_u64().unwrap() > 0);
+    let n = |k: &str| {
+        r[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing or not a count in {r}"))
+    };
+    assert_eq!(n("published"), 100, "{r}");
+    assert_eq!(n("deliveries_to_subscribers"), 100 * 10, "{r}");
+    // Both publishers are in the room too, so each also gets every message back.
+    assert_eq!(n("deliveries_including_echoes"), 100 * 12, "{r}");
+    for k in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "gaps",
+        "other_traffic",
+    ] {
+        assert_eq!(n(k), 0, "{k} in {r}");
+    }
+    let lat = &r["latency_us"];
+    assert!(lat["p99"].as_u64().unwrap() > 0, "{r}");
+    assert!(lat["p50"].as_u64() <= lat["p99"].as_u64(), "{r}");
+    assert!(lat["p99"].as_u64() <= lat["max"].as_u64(), "{r}");
+    // Latency is counted from the scheduled send, so it can never undercut the lag.
+    let lag = &r["publisher_lag_us"];
+    for q in ["p50", "p99", "max"] {
+        assert!(lag[q].as_u64().is_some(), "publisher_lag_us.{q} in {r}");
+    }
+    assert!(lag["max"].as_u64() <= lat["max"].as_u64(), "{r}");
+    assert!(n("server_cpu_us") > 0, "{r}");
+    assert!(
+        r["server_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[test]

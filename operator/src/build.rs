@@ -163,7 +163,7 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
         config_map,
         headless_service: headless_service(&n),
         client_service: client_service(&n),
-        pdb: (spec.replicas > 1).then(|| pdb(&n)),
+        pdb: (spec.effective_replicas() > 1).then(|| pdb(&n)),
         ingress: spec
             .expose
             .as_ref()
@@ -359,7 +359,9 @@ fn chat_statefulset(n: &Names, cluster: &ChatCluster, config: &ConfigMap) -> Sta
             "CHAT_JWT_HS256_SECRET",
             secret,
             "hs256Secret",
-            true,
+            // Required: a missing Secret stops the pod at CreateContainerConfigError,
+            // which names the Secret, instead of a crash loop on a config error.
+            false,
         ));
     }
     let grace = i64::from(s.drain.pre_stop_seconds)
@@ -400,7 +402,7 @@ fn chat_statefulset(n: &Names, cluster: &ChatCluster, config: &ConfigMap) -> Sta
     StatefulSet {
         metadata: n.meta(n.name.to_owned(), "chat-server"),
         spec: Some(StatefulSetSpec {
-            replicas: Some(s.replicas),
+            replicas: Some(s.effective_replicas()),
             service_name: Some(format!("{}-headless", n.name)),
             pod_management_policy: Some("Parallel".to_owned()),
             selector: LabelSelector {
@@ -451,8 +453,8 @@ fn service_port(name: &str, port: i32, target: &str) -> ServicePort {
     }
 }
 
-/// Stable per-pod DNS names for the StatefulSet; includes the admin port so the operator
-/// can drain pods.
+/// Stable per-pod DNS names for the StatefulSet. Public port only: the admin port is
+/// reached on pod IPs (by the operator and Prometheus), never through a Service.
 fn headless_service(n: &Names) -> Service {
     Service {
         metadata: n.meta(format!("{}-headless", n.name), "chat-server"),
@@ -460,10 +462,7 @@ fn headless_service(n: &Names) -> Service {
             cluster_ip: Some("None".to_owned()),
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(n.name, "chat-server")),
-            ports: Some(vec![
-                service_port("ws", PUBLIC_PORT, "ws"),
-                service_port("admin", ADMIN_PORT, "admin"),
-            ]),
+            ports: Some(vec![service_port("ws", PUBLIC_PORT, "ws")]),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -9,6 +9,8 @@ pub const READY: &str = "Ready";
 pub const REDIS_READY: &str = "RedisReady";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
+/// Only with `spec.autoscaling`: whether the autoscaler has usable data, and what it did.
+pub const SCALING_ACTIVE: &str = "ScalingActive";
 
 /// What the reconciler saw of the cluster's objects.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -21,14 +23,25 @@ pub struct Observation {
     /// Pods the StatefulSet currently has (status.replicas).
     pub observed_replicas: i32,
     pub ready_replicas: i32,
-    /// Pods running the current template (StatefulSet `updatedReplicas`).
+    /// Pods running the current template (StatefulSet `updatedReplicas`). Only meaningful
+    /// once `statefulset_current` is true: before the StatefulSet controller has seen the
+    /// new template, it still counts pods against the old one.
     pub updated_replicas: i32,
+    /// The StatefulSet controller has observed the StatefulSet's latest generation
+    /// (`status.observedGeneration == metadata.generation`) and finished rolling it out
+    /// (`currentRevision == updateRevision`).
+    pub statefulset_current: bool,
+    /// Set when `spec.replicas` was clamped to the autoscaling bounds: what runs and what
+    /// to change (shown in the Ready message).
+    pub replicas_note: Option<String>,
     /// Managed Redis: its pod is ready. External Redis: assumed reachable (the pods'
     /// readiness reports a failing backplane).
     pub redis_ready: bool,
     pub redis_managed: bool,
     /// Open client connections summed over the pods that answered; `None` if none did.
     pub connections: Option<i64>,
+    /// What the autoscaler did this reconcile (`None` without `spec.autoscaling`).
+    pub autoscaling: Option<crate::autoscaler::Outcome>,
 }
 
 impl Observation {
@@ -71,23 +84,25 @@ pub fn next_conditions(
     let mut out = Vec::with_capacity(4);
     if let Some((reason, message)) = &obs.invalid {
         out.push(c(DEGRADED, true, reason, message.clone()));
+        // The other conditions carry Degraded's reason (InvalidSpec, SecretMissing…) so
+        // `kubectl get -o wide`-style views show the cause wherever they look.
         out.push(c(
             READY,
             false,
-            "InvalidSpec",
-            "the spec is invalid; see the Degraded condition".into(),
+            reason,
+            "cannot proceed; see the Degraded condition".into(),
         ));
         out.push(c(
             PROGRESSING,
             false,
-            "InvalidSpec",
-            "waiting for a valid spec".into(),
+            reason,
+            "waiting for the Degraded condition to be fixed".into(),
         ));
         out.push(c(
             REDIS_READY,
             false,
-            "InvalidSpec",
-            "waiting for a valid spec".into(),
+            reason,
+            "waiting for the Degraded condition to be fixed".into(),
         ));
         return keep_transition_times(previous, out);
     }
@@ -114,9 +129,12 @@ pub fn next_conditions(
         ),
     };
     out.push(c(REDIS_READY, obs.redis_ready, redis_reason, redis_message));
-    // Done when every desired pod runs the current template and is ready, and no extra
-    // pod is left from a scale-down.
-    let rolled_out = obs.updated_replicas >= obs.desired_replicas
+    // Done when the StatefulSet controller has seen the current template and finished
+    // rolling it out, every desired pod runs it and is ready, and no extra pod is left
+    // from a scale-down. (Right after a spec change the StatefulSet's counts still
+    // describe the previous generation, so they alone would claim "complete" too early.)
+    let rolled_out = obs.statefulset_current
+        && obs.updated_replicas >= obs.desired_replicas
         && obs.ready_replicas >= obs.desired_replicas
         && obs.observed_replicas <= obs.desired_replicas;
     out.push(c(
@@ -138,10 +156,14 @@ pub fn next_conditions(
     ));
     let ready = obs.is_ready();
     let pods_ready = || {
-        format!(
+        let counts = format!(
             "{} of {} chat-server pods ready",
             obs.ready_replicas, obs.desired_replicas
-        )
+        );
+        match &obs.replicas_note {
+            Some(note) => format!("{counts}; {note}"),
+            None => counts,
+        }
     };
     let (reason, message) = if ready {
         ("AllReplicasReady", pods_ready())
@@ -152,6 +174,9 @@ pub fn next_conditions(
     };
     out.push(c(READY, ready, reason, message));
     out.push(c(DEGRADED, false, "AsExpected", "the spec is valid".into()));
+    if let Some(a) = &obs.autoscaling {
+        out.push(c(SCALING_ACTIVE, a.active, &a.reason, a.message.clone()));
+    }
     keep_transition_times(previous, out)
 }
 
@@ -191,9 +216,12 @@ mod tests {
             observed_replicas: 3,
             ready_replicas: ready,
             updated_replicas: updated,
+            statefulset_current: true,
+            replicas_note: None,
             redis_ready: redis,
             redis_managed: true,
             connections: None,
+            autoscaling: None,
         }
     }
 
@@ -240,6 +268,46 @@ mod tests {
     }
 
     #[test]
+    fn a_template_change_the_statefulset_controller_has_not_seen_is_still_rolling_out() {
+        // Right after the image changes, the StatefulSet still reports the counts of the
+        // previous generation: 3 updated, 3 ready.
+        let mut o = obs(3, 3, true);
+        o.statefulset_current = false;
+        let c = next_conditions(&[], &o, 2, t(0));
+        assert_eq!(status_of(&c, PROGRESSING), Some("True"));
+        assert_eq!(get(&c, PROGRESSING).reason, "RollingOut");
+        assert_eq!(get(&c, PROGRESSING).observed_generation, Some(2));
+        o.statefulset_current = true;
+        let c = next_conditions(&c, &o, 2, t(30));
+        assert_eq!(get(&c, PROGRESSING).reason, "RolloutComplete");
+    }
+
+    #[test]
+    fn a_clamped_replica_count_is_explained_in_ready() {
+        let mut o = obs(3, 3, true);
+        o.replicas_note = Some("spec.replicas 9 is outside autoscaling [1, 3]".into());
+        let c = next_conditions(&[], &o, 1, t(0));
+        assert!(get(&c, READY).message.contains("outside autoscaling"));
+    }
+
+    #[test]
+    fn scaling_active_appears_only_with_autoscaling_and_carries_its_reason() {
+        let c = next_conditions(&[], &obs(3, 3, true), 1, t(0));
+        assert_eq!(status_of(&c, SCALING_ACTIVE), None);
+        let mut o = obs(3, 3, true);
+        o.autoscaling = Some(crate::autoscaler::Outcome {
+            active: false,
+            reason: "NoData".into(),
+            message: "only 2 of 3 ready pods answered".into(),
+            desired_replicas: 3,
+            scaled: None,
+        });
+        let c = next_conditions(&[], &o, 1, t(0));
+        assert_eq!(status_of(&c, SCALING_ACTIVE), Some("False"));
+        assert_eq!(get(&c, SCALING_ACTIVE).reason, "NoData");
+    }
+
+    #[test]
     fn invalid_spec_is_degraded_and_not_ready() {
         let mut o = obs(3, 3, true);
         o.invalid = Some(("InvalidSpec".into(), "drain window too long".into()));
@@ -247,5 +315,6 @@ mod tests {
         assert_eq!(status_of(&c, DEGRADED), Some("True"));
         assert_eq!(get(&c, DEGRADED).message, "drain window too long");
         assert_eq!(status_of(&c, READY), Some("False"));
+        assert_eq!(get(&c, READY).reason, "InvalidSpec");
     }
 }

@@ -1,36 +1,64 @@
 //! `status.connections`: the open client connections over all chat-server pods, read
 //! from each ready pod's `chat_connections` gauge on its admin port (`/metrics`).
 //!
-//! The operator runs in the cluster and reaches pod IPs directly; the admin port is never
-//! exposed by a Service. A pod that does not answer within a second is left out; when no
+//! The operator runs in the cluster and reaches pod IPs directly (no Service exposes the
+//! admin port). A pod that does not answer within a second is left out; when no
 //! pod answers, the previous figure is kept rather than reported as zero.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::http_client::{HttpClient, HttpError};
 
 /// Per-pod limit on connect + request + response.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 /// A metrics page is a few KiB; more than this is not a chat-server.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
 
-/// The value of the `chat_connections` gauge in a Prometheus text exposition.
+/// The client for pod scrapes: `SCRAPE_TIMEOUT` and `MAX_RESPONSE_BYTES`.
+pub fn scrape_client() -> Result<HttpClient, HttpError> {
+    HttpClient::new(SCRAPE_TIMEOUT, MAX_RESPONSE_BYTES)
+}
+
+/// One exposition line split into metric name, label block (without braces) and the rest
+/// (value and optional timestamp). Label values may contain `}`, `"` and `\` escaped
+/// as the text format allows, so the block ends at the first `}` outside quotes.
+fn split_sample(line: &str) -> Option<(&str, &str, &str)> {
+    let name_end = line
+        .find(|c: char| c == '{' || c.is_ascii_whitespace())
+        .unwrap_or(line.len());
+    let (name, rest) = line.split_at(name_end);
+    let Some(labels_and_rest) = rest.strip_prefix('{') else {
+        return Some((name, "", rest));
+    };
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in labels_and_rest.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '}' if !in_quotes => {
+                return Some((name, &labels_and_rest[..i], &labels_and_rest[i + 1..]));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The value of the `chat_connections` gauge in a Prometheus text exposition: finite and
+/// not negative, or `None` (missing, `NaN`, `±Inf`, negative or malformed).
 pub fn parse_connections(exposition: &str) -> Option<i64> {
     exposition.lines().find_map(|line| {
-        let rest = line.strip_prefix("chat_connections")?;
-        // `chat_connections 12` or `chat_connections{...} 12`, not `chat_connections_total`.
-        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+        let (name, _labels, rest) = split_sample(line.trim_start())?;
+        if name != "chat_connections" {
             return None;
         }
-        // `name{labels} value [timestamp]`: the value is the first field after the name.
-        let after_labels = match rest.find('}') {
-            Some(end) if rest.starts_with('{') => &rest[end + 1..],
-            _ => rest,
-        };
-        let value: f64 = after_labels.split_whitespace().next()?.parse().ok()?;
+        // `value [timestamp]`: the value is the first field.
+        let value: f64 = rest.split_whitespace().next()?.parse().ok()?;
         (value.is_finite() && value >= 0.0).then_some(value as i64)
     })
 }
@@ -49,21 +77,43 @@ pub fn ready_pod_addresses(pods: &[Pod], admin_port: u16) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Sum of `chat_connections` over the pods that answered; `Some(0)` when there is no
-/// ready pod to ask; `None` when pods exist but none answered.
-pub async fn total_connections(addresses: &[SocketAddr]) -> Option<i64> {
-    if addresses.is_empty() {
-        return Some(0);
+/// What the ready pods' `/metrics` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodConnections {
+    /// Ready pods asked.
+    pub asked: usize,
+    /// Pods that answered with a usable `chat_connections`.
+    pub answered: usize,
+    /// Sum over the pods that answered (saturating: the figures come from pods).
+    pub total: i64,
+}
+
+impl PodConnections {
+    /// The figure for `status.connections`: `Some(0)` when there is no ready pod to ask,
+    /// `None` when pods exist but none answered.
+    pub fn best_effort_total(&self) -> Option<i64> {
+        (self.asked == 0 || self.answered > 0).then_some(self.total)
     }
+
+    /// Every ready pod answered, so the total counts every connection.
+    pub fn complete(&self) -> bool {
+        self.answered == self.asked
+    }
+}
+
+/// Scrapes every address's `/metrics` concurrently (each bounded by the client's timeout).
+pub async fn scrape_connections(client: &HttpClient, addresses: &[SocketAddr]) -> PodConnections {
     let scrapes = addresses.iter().map(|addr| async move {
-        match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(*addr)).await {
-            Ok(Ok(text)) => parse_connections(&text),
-            Ok(Err(e)) => {
-                tracing::debug!(%addr, error = %e, "metrics scrape failed");
-                None
+        match client.get_text(&format!("http://{addr}/metrics")).await {
+            Ok(text) => {
+                let value = parse_connections(&text);
+                if value.is_none() {
+                    tracing::debug!(%addr, "no usable chat_connections in /metrics");
+                }
+                value
             }
-            Err(_) => {
-                tracing::debug!(%addr, "metrics scrape timed out");
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics scrape failed");
                 None
             }
         }
@@ -73,42 +123,17 @@ pub async fn total_connections(addresses: &[SocketAddr]) -> Option<i64> {
         .into_iter()
         .flatten()
         .collect();
-    // Saturating: the figures come from pods, whose image the user chooses.
-    (!answers.is_empty()).then(|| answers.iter().fold(0i64, |a, b| a.saturating_add(*b)))
-}
-
-async fn scrape(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut body = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-        if body.len() > MAX_RESPONSE_BYTES {
-            return Err(std::io::Error::other("metrics response too large"));
-        }
+    PodConnections {
+        asked: addresses.len(),
+        answered: answers.len(),
+        total: answers.iter().fold(0i64, |a, b| a.saturating_add(*b)),
     }
-    let text = String::from_utf8_lossy(&body);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!(
-            "metrics answered {}",
-            head.lines().next().unwrap_or_default()
-        )));
-    }
-    Ok(rest.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn reads_the_gauge_and_not_the_counters() {
@@ -134,6 +159,28 @@ mod tests {
             Some(6)
         );
         assert_eq!(parse_connections(""), None);
+    }
+
+    #[test]
+    fn reads_escaped_labels_exponents_and_refuses_non_finite_values() {
+        // A `}` and an escaped quote inside a label value do not end the label block.
+        assert_eq!(
+            parse_connections("chat_connections{a=\"x}\\\"y\",b=\"\\\\\"} 9\n"),
+            Some(9)
+        );
+        assert_eq!(parse_connections("chat_connections 1.5e3\n"), Some(1500));
+        assert_eq!(parse_connections("chat_connections 2E+2\n"), Some(200));
+        assert_eq!(parse_connections("chat_connections +Inf\n"), None);
+        assert_eq!(parse_connections("chat_connections -Inf\n"), None);
+        assert_eq!(
+            parse_connections("chat_connections{a=\"unterminated} 3\n"),
+            None
+        );
+        // A later valid line is still found after an unusable one for another metric.
+        assert_eq!(
+            parse_connections("chat_draining 0\nchat_connections 4\n"),
+            Some(4)
+        );
     }
 
     fn pod(ip: Option<&str>, ready: bool) -> Pod {
@@ -162,7 +209,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn sums_the_pods_that_answer_and_skips_the_rest() {
+    async fn sums_the_pods_that_answer_and_counts_the_rest() {
         async fn serve(count: i64) -> SocketAddr {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -179,6 +226,7 @@ mod tests {
             });
             addr
         }
+        let client = scrape_client().unwrap();
         let a = serve(5).await;
         let b = serve(7).await;
         // A port with nothing listening: refused, left out.
@@ -186,16 +234,25 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()
         };
-        assert_eq!(total_connections(&[a, b, closed]).await, Some(12));
+        let three = scrape_connections(&client, &[a, b, closed]).await;
         assert_eq!(
-            total_connections(&[closed]).await,
-            None,
-            "pods, none answering"
+            three,
+            PodConnections {
+                asked: 3,
+                answered: 2,
+                total: 12
+            }
         );
+        assert_eq!(three.best_effort_total(), Some(12));
+        assert!(!three.complete());
+        let none = scrape_connections(&client, &[closed]).await;
+        assert_eq!(none.best_effort_total(), None, "pods, none answering");
+        let empty = scrape_connections(&client, &[]).await;
         assert_eq!(
-            total_connections(&[]).await,
+            empty.best_effort_total(),
             Some(0),
             "no ready pod: no clients"
         );
+        assert!(empty.complete());
     }
 }

@@ -44,12 +44,12 @@ use serde::{Deserialize, Serialize};
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new(
-    "!has(self.autoscaling) || (self.replicas >= self.autoscaling.minReplicas && self.replicas <= self.autoscaling.maxReplicas)"
-).message("spec.replicas must lie between autoscaling.minReplicas and autoscaling.maxReplicas"))]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {
-    /// Number of chat-server pods.
+    /// Number of chat-server pods. With `autoscaling` set, the autoscaler writes it, and
+    /// the number that runs is this value clamped to `[autoscaling.minReplicas,
+    /// autoscaling.maxReplicas]` (as an HPA clamps), so `kubectl scale` never fails and a
+    /// value outside the range is reported in the Ready condition's message.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
     pub replicas: i32,
@@ -72,7 +72,8 @@ pub struct ChatClusterSpec {
     /// Graceful drain before a pod goes away.
     #[serde(default)]
     pub drain: DrainSpec,
-    /// Scale from Prometheus connection metrics.
+    /// Autoscaling: the operator sets `replicas` (through /scale) from the cluster's open
+    /// connections, read from Prometheus or from the pods. See docs/autoscaling.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
     /// Per-connection and per-pod limits.
@@ -81,6 +82,36 @@ pub struct ChatClusterSpec {
     /// Client authentication.
     #[serde(default)]
     pub auth: AuthSpec,
+}
+
+impl ChatClusterSpec {
+    /// The chat-server pods that should run: `replicas`, clamped to the autoscaling
+    /// bounds when `autoscaling` is set (the way an HPA clamps a manual scale).
+    pub fn effective_replicas(&self) -> i32 {
+        match &self.autoscaling {
+            // max(min) rather than clamp(): clamp panics if min > max, which only the CRD
+            // rule (and validate) rule out.
+            Some(a) => self.replicas.min(a.max_replicas).max(a.min_replicas),
+            None => self.replicas,
+        }
+    }
+
+    /// Why `effective_replicas` differs from `replicas`, and what to do about it.
+    pub fn replicas_clamp_note(&self) -> Option<String> {
+        let a = self.autoscaling.as_ref()?;
+        let running = self.effective_replicas();
+        (running != self.replicas).then(|| {
+            let (bound, value) = if self.replicas > a.max_replicas {
+                ("maxReplicas", a.max_replicas)
+            } else {
+                ("minReplicas", a.min_replicas)
+            };
+            format!(
+                "spec.replicas {} is outside autoscaling [{}, {}], so {running} run: change autoscaling.{bound} ({value}) to allow it, or remove spec.autoscaling to set replicas by hand",
+                self.replicas, a.min_replicas, a.max_replicas
+            )
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -231,6 +262,7 @@ impl Default for DrainSpec {
     }
 }
 
+/// Autoscaling bounds and target. `minReplicas`/`maxReplicas` also clamp `spec.replicas`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
     .message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"))]
@@ -241,16 +273,20 @@ pub struct AutoscalingSpec {
     pub min_replicas: i32,
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
-    /// Connections per pod the autoscaler aims for.
+    /// Connections per pod the autoscaler aims for (10 % tolerance).
     #[serde(default = "default_target_connections")]
     #[schemars(range(min = 1))]
     pub target_connections_per_pod: i32,
-    /// Prometheus base URL, e.g. http://prometheus.monitoring:9090.
+    /// Prometheus base URL, e.g. http://prometheus.monitoring:9090. Unset: the operator
+    /// reads `chat_connections` from each ready pod's /metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus_url: Option<String>,
-    /// PromQL giving the cluster's total connections (a default query is used when unset).
+    /// PromQL for the cluster's total connections (one series or a scalar); `{{namespace}}`
+    /// and `{{name}}` are replaced. Default: `sum(chat_connections{namespace="NS",
+    /// pod=~"NAME-[0-9]+"})`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// A scale-down goes only to the highest recommendation seen in this window.
     #[serde(default = "default_stabilization")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
@@ -330,6 +366,13 @@ pub struct ChatClusterStatus {
     /// Open client connections over all pods (from their metrics).
     #[serde(default)]
     pub connections: i64,
+    /// The replica count the autoscaler decided last (only with `spec.autoscaling`).
+    /// Serialized as null when unset, so the status merge patch removes a stale value.
+    #[serde(default)]
+    pub desired_replicas: Option<i32>,
+    /// When the autoscaler last changed `spec.replicas`.
+    #[serde(default)]
+    pub last_scale_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// Label selector of the chat-server pods (for /scale, HPA and KEDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

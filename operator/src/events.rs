@@ -7,7 +7,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::conditions::{DEGRADED, PROGRESSING, READY, REDIS_READY};
+use crate::conditions::{DEGRADED, PROGRESSING, READY, REDIS_READY, SCALING_ACTIVE};
 
 /// One Event to publish about the ChatCluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,7 +25,10 @@ pub fn for_condition_changes(previous: &[Condition], next: &[Condition]) -> Vec<
     let mut out = Vec::new();
     for c in next {
         let before = previous.iter().find(|p| p.type_ == c.type_);
-        if before.is_some_and(|b| b.status == c.status && b.reason == c.reason) {
+        // ScalingActive's reason changes with every decision (ScaledUp, WithinTolerance…);
+        // only its status is news here (each write to replicas has its own Event).
+        let same_reason = |b: &Condition| b.reason == c.reason || c.type_ == SCALING_ACTIVE;
+        if before.is_some_and(|b| b.status == c.status && same_reason(b)) {
             continue;
         }
         let was_true = before.is_some_and(|b| b.status == "True");
@@ -35,6 +38,8 @@ pub fn for_condition_changes(previous: &[Condition], next: &[Condition]) -> Vec<
             // Losing readiness is worth a warning; not being ready yet at creation is not.
             READY | REDIS_READY => (!is_true && was_true, "Observe"),
             PROGRESSING => (false, "Rollout"),
+            // The autoscaler losing its data (or it coming back) is worth a warning.
+            SCALING_ACTIVE => (!is_true, "Autoscale"),
             _ => (false, "Observe"),
         };
         // A fresh cluster starts "not degraded": no Event for the absence of a problem.
@@ -86,6 +91,28 @@ pub fn for_scaling(previous_replicas: Option<i32>, desired: i32) -> Option<Notic
         .into(),
         action: "Scale",
         note: format!("chat-server pods: {previous} → {desired}"),
+    })
+}
+
+/// The Event for an autoscaler write to `spec.replicas`, with the numbers behind it.
+pub fn for_autoscaling(outcome: &crate::autoscaler::Outcome) -> Option<Notice> {
+    let (from, to) = outcome.scaled?;
+    Some(Notice {
+        warning: false,
+        reason: if to > from {
+            "AutoscaledUp"
+        } else {
+            "AutoscaledDown"
+        }
+        .into(),
+        action: "Autoscale",
+        note: truncate(
+            &format!(
+                "spec.replicas {from} → {to} ({}): {}",
+                outcome.reason, outcome.message
+            ),
+            1000,
+        ),
     })
 }
 
@@ -189,5 +216,37 @@ mod tests {
         let n = &for_condition_changes(&[], &[long])[0];
         assert!(n.note.len() <= 1000);
         assert!(n.note.ends_with("..."));
+    }
+
+    #[test]
+    fn an_autoscaler_write_is_an_event_with_its_numbers_and_a_hold_is_not() {
+        let mut outcome = crate::autoscaler::Outcome {
+            active: true,
+            reason: "ScaledUp".into(),
+            message: "350 connections need 4 pods of 100".into(),
+            desired_replicas: 4,
+            scaled: Some((2, 4)),
+        };
+        let n = for_autoscaling(&outcome).unwrap();
+        assert_eq!(n.reason, "AutoscaledUp");
+        assert!(
+            n.note.contains("2 → 4") && n.note.contains("350 connections"),
+            "{}",
+            n.note
+        );
+        outcome.scaled = None;
+        assert_eq!(for_autoscaling(&outcome), None);
+    }
+
+    #[test]
+    fn scaling_active_reason_changes_alone_are_not_events() {
+        let before = [c(SCALING_ACTIVE, "True", "ScaledUp")];
+        assert!(
+            for_condition_changes(&before, &[c(SCALING_ACTIVE, "True", "WithinTolerance")])
+                .is_empty()
+        );
+        let lost = for_condition_changes(&before, &[c(SCALING_ACTIVE, "False", "NoData")]);
+        assert_eq!(lost.len(), 1);
+        assert!(lost[0].warning);
     }
 }

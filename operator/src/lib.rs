@@ -1,16 +1,26 @@
-//! ChatCluster operator: the `ChatCluster` custom resource and the pure pieces of its
-//! controller: validation, the builders that turn a spec into Kubernetes objects, and
-//! the status conditions computed from what was observed.
+//! ChatCluster operator: the `ChatCluster` custom resource and its controller.
+//!
+//! Pure modules (no I/O, unit-tested): `crd`, `validate`, `build`, `conditions`, `events`,
+//! `autoscale` (the autoscaler's decision) and the decision half of `leader`. Modules
+//! that call the API server, the pods or Prometheus: `apply`, `status`, `secrets`,
+//! `connections`, `autoscaler` (the loop around the decision), `reconcile`, the Lease
+//! writes in `leader`, and `http_client` (the one HTTP client for pods and Prometheus).
+//! `metrics` holds the operator's own Prometheus metrics.
 
 pub mod apply;
+pub mod autoscale;
+pub mod autoscaler;
 pub mod build;
 pub mod conditions;
 pub mod connections;
 pub mod crd;
 pub mod events;
+pub mod http_client;
 pub mod leader;
 pub mod metrics;
+pub mod prometheus;
 pub mod reconcile;
+pub mod secrets;
 pub mod status;
 pub mod validate;
 

@@ -141,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
         gateway_api,
         recorder,
         failures: Default::default(),
+        http: chatcluster_operator::connections::scrape_client()?,
+        prometheus_http: chatcluster_operator::autoscaler::prometheus_client()?,
+        autoscaler: Default::default(),
+        metrics: metrics.clone(),
     });
     let scope = Scope(args.watch_namespace.clone());
     let reconcile_metrics = metrics.clone();

@@ -1,4 +1,5 @@
-//! Operator metrics: reconciles, errors by reason, reconcile duration, leadership.
+//! Operator metrics: reconciles, errors by reason, reconcile duration, leadership,
+//! autoscaler decisions by reason.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -12,6 +13,9 @@ pub struct OperatorMetrics {
     pub errors: IntCounterVec,
     pub duration: Histogram,
     pub leader: IntGauge,
+    /// Autoscaler decisions by reason (`ScaledUp`, `WithinTolerance`, `NoData`…): the bad
+    /// data reasons count data errors.
+    pub autoscaler_decisions: IntCounterVec,
 }
 
 impl OperatorMetrics {
@@ -38,6 +42,14 @@ impl OperatorMetrics {
                 "1 while this replica holds the leader Lease.",
             )
             .expect("static metric"),
+            autoscaler_decisions: IntCounterVec::new(
+                Opts::new(
+                    "chatcluster_autoscaler_decisions_total",
+                    "Autoscaler decisions, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric"),
             registry,
         };
         for c in [
@@ -45,6 +57,7 @@ impl OperatorMetrics {
             Box::new(m.errors.clone()),
             Box::new(m.duration.clone()),
             Box::new(m.leader.clone()),
+            Box::new(m.autoscaler_decisions.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }

@@ -1,5 +1,5 @@
-//! The reconcile pipeline: validate (pure) → build (pure) → apply → delete orphans →
-//! status. An invalid spec sets Degraded and waits for a change; API errors requeue with
+//! The reconcile pipeline: validate (pure) → check referenced Secrets → build (pure) →
+//! apply → delete orphans → observe → autoscale (with `spec.autoscaling`) → status. An invalid spec sets Degraded and waits for a change; API errors requeue with
 //! exponential backoff per ChatCluster (see `error_policy`).
 
 use std::sync::Arc;
@@ -12,10 +12,16 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Client, Resource};
 
 use crate::apply::{apply, delete_orphans};
+use crate::autoscaler;
 use crate::build::{build, BuildContext, BuildError};
 use crate::conditions::Observation;
 use crate::crd::{ChatCluster, ChatClusterStatus};
-use crate::events::{for_condition_changes, for_deleted_orphans, for_scaling, Notice};
+use crate::events::{
+    for_autoscaling, for_condition_changes, for_deleted_orphans, for_scaling, Notice,
+};
+use crate::http_client::HttpClient;
+use crate::metrics::OperatorMetrics;
+use crate::secrets::check_all as check_secrets;
 use crate::status::{observe, status_for, write};
 use crate::validate::validate;
 
@@ -28,6 +34,14 @@ pub struct Context {
     pub recorder: Recorder,
     /// Consecutive failures per ChatCluster, for the retry backoff.
     pub failures: Failures,
+    /// Reads the pods' `/metrics` (bounded in time and size).
+    pub http: HttpClient,
+    /// Queries Prometheus for the autoscaler (bounded in time and size).
+    pub prometheus_http: HttpClient,
+    /// The autoscaler's stabilization histories.
+    pub autoscaler: autoscaler::Histories,
+    /// The operator's metrics (autoscaler decisions are counted here).
+    pub metrics: OperatorMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +51,9 @@ pub enum ReconcileError {
     #[error(transparent)]
     Build(#[from] BuildError),
 }
+
+/// How soon to look again at a ChatCluster waiting for a Secret to be created or fixed.
+pub const SECRET_RECHECK: Duration = Duration::from_secs(10);
 
 /// How soon to look again when nothing changes: sooner while the cluster is not ready.
 pub fn requeue_after(ready: bool) -> Duration {
@@ -72,11 +89,21 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         tracing::warn!(%ns, %name, reason = invalid.reason, message = %invalid.message, "invalid ChatCluster");
         let obs = Observation {
             invalid: Some((invalid.reason.to_owned(), invalid.message.clone())),
-            desired_replicas: cluster.spec.replicas,
+            desired_replicas: cluster.spec.effective_replicas(),
             ..Observation::default()
         };
         report(ctx, cluster, &obs, Vec::new()).await?;
         return Ok(Action::await_change());
+    }
+    // Referenced Secrets are checked before anything is applied: pods started against a
+    // missing or unusable Secret would only fail later, less clearly.
+    if let Err(invalid) = check_secrets(&ctx.client, &ns, &cluster.spec).await? {
+        tracing::warn!(%ns, %name, reason = invalid.reason, message = %invalid.message, "unusable Secret");
+        let (mut obs, _) = observe(&ctx.client, &ctx.http, &ns, cluster).await?;
+        obs.invalid = Some((invalid.reason.to_owned(), invalid.message));
+        report(ctx, cluster, &obs, Vec::new()).await?;
+        // Secrets are not watched: look again soon, so creating the Secret is enough.
+        return Ok(Action::requeue(SECRET_RECHECK));
     }
     let desired = build(
         cluster,
@@ -100,7 +127,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         let previous = cluster.status.clone().unwrap_or_default();
         let obs = Observation {
             apply_failed: Some(e.to_string()),
-            desired_replicas: cluster.spec.replicas,
+            desired_replicas: cluster.spec.effective_replicas(),
             observed_replicas: previous.replicas,
             ready_replicas: previous.ready_replicas,
             ..Observation::default()
@@ -110,7 +137,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         }
         return Err(e.into());
     }
-    let mut notices: Vec<Notice> = for_scaling(replicas_before, cluster.spec.replicas)
+    let mut notices: Vec<Notice> = for_scaling(replicas_before, cluster.spec.effective_replicas())
         .into_iter()
         .collect();
     let uid = cluster.metadata.uid.clone().unwrap_or_default();
@@ -119,9 +146,29 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         tracing::info!(%ns, %name, ?deleted, "deleted objects no longer in the spec");
     }
     notices.extend(for_deleted_orphans(&deleted));
-    let obs = observe(&ctx.client, &ns, cluster).await?;
+    let (mut obs, pods) = observe(&ctx.client, &ctx.http, &ns, cluster).await?;
+    let reading = autoscaler::read(cluster, &ctx.prometheus_http, pods).await;
+    obs.autoscaling = autoscaler::run(
+        &ctx.client,
+        &ctx.autoscaler,
+        cluster,
+        &reading,
+        Timestamp::now(),
+    )
+    .await?;
+    if let Some(outcome) = &obs.autoscaling {
+        ctx.metrics
+            .autoscaler_decisions
+            .with_label_values(&[outcome.reason.as_str()])
+            .inc();
+        notices.extend(for_autoscaling(outcome));
+    }
     report(ctx, cluster, &obs, notices).await?;
-    Ok(Action::requeue(requeue_after(obs.is_ready())))
+    let mut next = requeue_after(obs.is_ready());
+    if obs.autoscaling.is_some() {
+        next = next.min(autoscaler::SYNC_PERIOD);
+    }
+    Ok(Action::requeue(next))
 }
 
 /// The status stage: writes the status for `obs` and, once it is written, publishes

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
@@ -11,15 +12,18 @@ use serde_json::json;
 use crate::apply::FIELD_MANAGER;
 use crate::build::{selector_string, ADMIN_PORT};
 use crate::conditions::{next_conditions, Observation};
-use crate::connections::{ready_pod_addresses, total_connections};
+use crate::connections::{ready_pod_addresses, scrape_connections, PodConnections};
 use crate::crd::{ChatCluster, ChatClusterStatus};
+use crate::http_client::HttpClient;
 
-/// Reads what the StatefulSets report. A missing object counts as "nothing ready".
+/// Reads what the StatefulSets report (a missing object counts as "nothing ready") and
+/// scrapes the ready pods' connection counts, which the autoscaler also uses.
 pub async fn observe(
     client: &Client,
+    http: &HttpClient,
     ns: &str,
     cluster: &ChatCluster,
-) -> Result<Observation, kube::Error> {
+) -> Result<(Observation, PodConnections), kube::Error> {
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let chat = sts.get_opt(&name).await?;
@@ -32,24 +36,46 @@ pub async fn observe(
     } else {
         true
     };
+    let statefulset_current = chat.as_ref().is_some_and(statefulset_rolled_out);
     let status = chat.and_then(|s| s.status).unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let chat_pods = pods
         .list(&ListParams::default().labels(&selector_string(&name)))
         .await?;
-    let connections =
-        total_connections(&ready_pod_addresses(&chat_pods.items, ADMIN_PORT as u16)).await;
-    Ok(Observation {
+    let scrape = scrape_connections(
+        http,
+        &ready_pod_addresses(&chat_pods.items, ADMIN_PORT as u16),
+    )
+    .await;
+    let observation = Observation {
         invalid: None,
         apply_failed: None,
-        desired_replicas: cluster.spec.replicas,
+        desired_replicas: cluster.spec.effective_replicas(),
         observed_replicas: status.replicas,
         ready_replicas: status.ready_replicas.unwrap_or(0),
         updated_replicas: status.updated_replicas.unwrap_or(0),
+        statefulset_current,
+        replicas_note: cluster.spec.replicas_clamp_note(),
         redis_ready,
         redis_managed: managed,
-        connections,
-    })
+        connections: scrape.best_effort_total(),
+        autoscaling: None,
+    };
+    Ok((observation, scrape))
+}
+
+/// Whether the StatefulSet controller has observed `sts`'s latest generation and
+/// finished rolling it out (pure). Until then its replica counts describe the previous
+/// template.
+pub fn statefulset_rolled_out(sts: &StatefulSet) -> bool {
+    let generation = sts.metadata.generation;
+    let Some(status) = &sts.status else {
+        return false;
+    };
+    generation.is_some()
+        && status.observed_generation >= generation
+        && status.current_revision.is_some()
+        && status.current_revision == status.update_revision
 }
 
 /// The status for `obs` (pure).
@@ -64,6 +90,12 @@ pub fn status_for(cluster: &ChatCluster, obs: &Observation, now: Timestamp) -> C
         ready_replicas: obs.ready_replicas,
         // No pod answered: keep the last figure rather than claim zero.
         connections: obs.connections.unwrap_or(previous.connections),
+        desired_replicas: obs.autoscaling.as_ref().map(|a| a.desired_replicas),
+        last_scale_time: match &obs.autoscaling {
+            Some(a) if a.scaled.is_some() => Some(Time(now)),
+            Some(_) => previous.last_scale_time.clone(),
+            None => None,
+        },
         selector: Some(selector_string(name)),
         conditions: next_conditions(&previous.conditions, obs, generation, now),
     }
@@ -96,6 +128,33 @@ pub async fn write(
 mod tests {
     use super::*;
     use crate::crd::ChatClusterSpec;
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+
+    fn sts(generation: i64, observed: i64, current: &str, update: &str) -> StatefulSet {
+        let mut s = StatefulSet::default();
+        s.metadata.generation = Some(generation);
+        s.status = Some(StatefulSetStatus {
+            observed_generation: Some(observed),
+            current_revision: Some(current.to_owned()),
+            update_revision: Some(update.to_owned()),
+            ..StatefulSetStatus::default()
+        });
+        s
+    }
+
+    #[test]
+    fn rolled_out_only_when_the_controller_saw_the_generation_and_revisions_match() {
+        assert!(statefulset_rolled_out(&sts(2, 2, "r2", "r2")));
+        assert!(
+            !statefulset_rolled_out(&sts(2, 1, "r1", "r1")),
+            "new generation not observed yet"
+        );
+        assert!(
+            !statefulset_rolled_out(&sts(2, 2, "r1", "r2")),
+            "pods still being replaced"
+        );
+        assert!(!statefulset_rolled_out(&StatefulSet::default()));
+    }
 
     #[test]
     fn unchanged_observation_gives_an_identical_status() {
@@ -109,9 +168,12 @@ mod tests {
             observed_replicas: 3,
             ready_replicas: 3,
             updated_replicas: 3,
+            statefulset_current: true,
+            replicas_note: None,
             redis_ready: true,
             redis_managed: true,
             connections: None,
+            autoscaling: None,
         };
         let t0 = Timestamp::from_second(1_800_000_000).unwrap();
         let first = status_for(&c, &obs, t0);

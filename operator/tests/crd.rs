@@ -80,10 +80,6 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
             "minReplicas must be less than or equal",
         ),
         (
-            json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
-            "spec.replicas must lie between",
-        ),
-        (
             json!({"expose": {"ingress": {"host": "Not A Host!"}}}),
             "expose.ingress.host must be a DNS name",
         ),
@@ -111,6 +107,8 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
     for ok in [
         json!({}),
         json!({"replicas": 2, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
+        // Outside the bounds is accepted (kubectl scale must not fail); the operator clamps.
+        json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
         json!({"expose": {"ingress": {"host": "chat.example.com"}}}),
         json!({"auth": {"allowAnonymous": false, "jwtSecretName": "jwt"}}),
         json!({"redis": {"external": {"secretName": "redis-url"}}}),
@@ -178,4 +176,28 @@ fn managed_redis_volume_is_immutable() {
         validator.validate(schema, &spec("2Gi"), None).is_ok(),
         "any size on create"
     );
+}
+
+#[test]
+fn autoscaling_bounds_clamp_the_replicas_that_run_and_say_what_to_change() {
+    let spec = |v: serde_json::Value| -> ChatClusterSpec { serde_json::from_value(v).unwrap() };
+    let plain = spec(json!({"replicas": 9}));
+    assert_eq!(plain.effective_replicas(), 9);
+    assert_eq!(plain.replicas_clamp_note(), None);
+    let within = spec(json!({"replicas": 3, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}));
+    assert_eq!(within.effective_replicas(), 3);
+    assert_eq!(within.replicas_clamp_note(), None);
+    let above = spec(json!({"replicas": 9, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}));
+    assert_eq!(above.effective_replicas(), 4);
+    let note = above.replicas_clamp_note().unwrap();
+    assert!(
+        note.contains("so 4 run") && note.contains("autoscaling.maxReplicas (4)"),
+        "{note}"
+    );
+    let below = spec(json!({"replicas": 0, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}));
+    assert_eq!(below.effective_replicas(), 2);
+    assert!(below
+        .replicas_clamp_note()
+        .unwrap()
+        .contains("autoscaling.minReplicas (2)"));
 }

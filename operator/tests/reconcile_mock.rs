@@ -47,6 +47,10 @@ fn context(svc: MockService) -> Arc<Context> {
             },
         ),
         failures: Default::default(),
+        http: chatcluster_operator::connections::scrape_client().unwrap(),
+        prometheus_http: chatcluster_operator::autoscaler::prometheus_client().unwrap(),
+        autoscaler: Default::default(),
+        metrics: Default::default(),
     })
 }
 

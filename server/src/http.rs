@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use crate::state::AppState;
+use crate::sync::lock;
 
 const WEB_CLIENT: &str = include_str!("web/index.html");
 
@@ -100,10 +101,7 @@ async fn upgrade(
     }
     let slot = SlotGuard(state.clone());
     let accept_wait = {
-        let mut bucket = state
-            .accept_bucket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut bucket = lock(&state.accept_bucket);
         if bucket.try_take(Instant::now()) {
             None
         } else {
@@ -213,6 +211,9 @@ async fn drain(State(state): State<Arc<AppState>>) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
+/// The node at a glance. `backplane` (kind) and `backplane_ready` (readiness) stay for
+/// existing readers; `backplane_status` adds the connection state and the last
+/// connection error (e.g. Redis refused the password or the certificate), without secrets.
 async fn status(State(state): State<Arc<AppState>>) -> Response {
     Json(serde_json::json!({
         "node": state.settings.node_name,
@@ -222,6 +223,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "draining": state.drain.is_draining(),
         "backplane": state.backplane.kind(),
         "backplane_ready": state.backplane.is_ready(),
+        "backplane_status": state.backplane.status(),
     }))
     .into_response()
 }

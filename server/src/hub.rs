@@ -10,6 +10,8 @@ use std::sync::{Arc, RwLock};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, Notify};
 
+use crate::sync::{read, write};
+
 /// One ready-made frame, shared by every session it goes to.
 #[derive(Debug)]
 pub struct Delivery {
@@ -263,15 +265,6 @@ fn remove_member(map: &RwLock<Members>, key: &str, session_id: u64) {
             map.remove(key);
         }
     }
-}
-
-/// Lock helpers that survive poisoning: a panic elsewhere must not take down delivery.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod session;
 pub mod state;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

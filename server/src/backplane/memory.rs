@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
@@ -11,6 +11,7 @@ use axum::extract::ws::Utf8Bytes;
 use super::{now_us, Backplane, BackplaneError, EventSink, RoomSnapshot};
 use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};
 use crate::protocol::{Position, ServerFrame};
+use crate::sync::lock;
 
 /// Node-wide bounds, so no client can grow this node's memory without limit by creating
 /// rooms or filling history.
@@ -282,10 +283,6 @@ impl Backplane for MemoryBackplane {
         .into();
         Ok(self.sink.user_frame(to, &frame))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -21,6 +21,22 @@ pub enum BackplaneError {
     Unavailable(String),
 }
 
+/// The backplane's connection state, as `/admin/status` reports it. Never holds a
+/// secret: error texts have the Redis password removed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackplaneStatus {
+    /// `memory` or `redis`.
+    pub kind: &'static str,
+    /// Connected to what it needs (always true in memory; for Redis, the command and the
+    /// pub/sub connections are both up).
+    pub connected: bool,
+    /// The last connection-level failure (e.g. authentication or certificate
+    /// verification refused), kept after recovery; `None` if there was none.
+    pub last_error: Option<String>,
+    /// When `last_error` happened, milliseconds since the Unix epoch.
+    pub last_error_unix_ms: Option<u64>,
+}
+
 /// A room's state for a joining session.
 #[derive(Debug, Clone)]
 pub struct RoomSnapshot {
@@ -87,6 +103,15 @@ pub trait Backplane: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Whether the backplane can currently accept publishes (readiness).
     fn is_ready(&self) -> bool;
+    /// Connection state and the last failure, for `/admin/status`.
+    fn status(&self) -> BackplaneStatus {
+        BackplaneStatus {
+            kind: self.kind(),
+            connected: self.is_ready(),
+            last_error: None,
+            last_error_unix_ms: None,
+        }
+    }
     /// A local session joined `room`: make sure this node receives its traffic before
     /// returning. Reference-counted per node; on error nothing was counted.
     async fn subscribe_room(&self, room: &str) -> Result<(), BackplaneError>;
@@ -126,7 +151,8 @@ pub trait Backplane: Send + Sync {
 /// Shared handle used throughout the server.
 pub type SharedBackplane = Arc<dyn Backplane>;
 
-/// Milliseconds and microseconds since the Unix epoch (message timestamps).
+/// Microseconds since the Unix epoch (wall clock; message `ts` fields). 0 if the clock
+/// reads before 1970.
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

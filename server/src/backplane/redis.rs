@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,10 +28,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_us, Backplane, BackplaneError, EventSink, RoomSnapshot};
+use super::{now_us, Backplane, BackplaneError, BackplaneStatus, EventSink, RoomSnapshot};
 use crate::history::{new_epoch, HistoryLimits};
 use crate::metrics::Metrics;
 use crate::protocol::{Position, ServerFrame};
+use crate::sync::{lock, read, write};
 
 /// How the Redis backplane connects and names things.
 #[derive(Debug, Clone)]
@@ -229,6 +230,11 @@ pub struct RedisBackplane {
     /// can be restored after Redis loses data.
     local_users: Mutex<HashMap<String, usize>>,
     local_presence: Mutex<HashMap<(String, String), usize>>,
+    /// The last connection-level failure (password removed) and when it happened (Unix
+    /// ms), for `/admin/status`.
+    last_error: Mutex<Option<(String, u64)>>,
+    /// Removed from every error text this node logs or reports.
+    password: Option<String>,
 }
 
 impl RedisBackplane {
@@ -254,6 +260,11 @@ impl RedisBackplane {
             let redis = info.redis_settings().clone().set_password(pw);
             info = info.set_redis_settings(redis);
         }
+        let password = info
+            .redis_settings()
+            .password()
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned);
         let client = match &settings.ca_file {
             None => redis::Client::open(info),
             Some(path) => {
@@ -295,6 +306,8 @@ impl RedisBackplane {
             },
             local_users: Mutex::new(HashMap::new()),
             local_presence: Mutex::new(HashMap::new()),
+            last_error: Mutex::new(None),
+            password,
         });
         tokio::spawn(command_connection_task(Arc::downgrade(&bp)));
         tokio::spawn(pubsub_task(Arc::downgrade(&bp), rx));
@@ -333,11 +346,26 @@ impl RedisBackplane {
     }
 
     fn connection(&self) -> Result<ConnectionManager, BackplaneError> {
-        self.conn
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+        read(&self.conn)
             .clone()
             .ok_or_else(|| BackplaneError::Unavailable("not connected to Redis yet".into()))
+    }
+
+    /// `error` without the password, should the client library ever echo it.
+    fn redact(&self, error: impl std::fmt::Display) -> String {
+        let text = error.to_string();
+        match self.password.as_deref() {
+            Some(pw) => text.replace(pw, "[redacted]"),
+            None => text,
+        }
+    }
+
+    /// Remembers a connection-level failure for `/admin/status`; returns its text (password
+    /// removed) for the log.
+    fn record_error(&self, what: &str, error: impl std::fmt::Display) -> String {
+        let text = format!("{what}: {}", self.redact(error));
+        *lock(&self.last_error) = Some((text.clone(), now_us() / 1000));
+        text
     }
 
     /// Runs a script; a failure marks commands unhealthy until the heartbeat succeeds.
@@ -351,8 +379,12 @@ impl RedisBackplane {
             Err(e) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     self.commands_ok.store(false, Ordering::Relaxed);
+                    self.record_error("command", &e);
                 }
-                Err(BackplaneError::Unavailable(format!("Redis: {e}")))
+                Err(BackplaneError::Unavailable(format!(
+                    "Redis: {}",
+                    self.redact(e)
+                )))
             }
         }
     }
@@ -453,7 +485,7 @@ impl RedisBackplane {
             .arg(&self.node)
             .query_async::<()>(&mut conn)
             .await
-            .map_err(|e| BackplaneError::Unavailable(format!("Redis: {e}")))
+            .map_err(|e| BackplaneError::Unavailable(format!("Redis: {}", self.redact(e))))
     }
 
     /// Heartbeat: marks this node alive and sweeps dead nodes' presence in local rooms.
@@ -466,7 +498,9 @@ impl RedisBackplane {
             .arg(self.ttl_secs())
             .query_async(&mut conn)
             .await;
-        alive.map_err(|e| BackplaneError::Unavailable(format!("Redis: {e}")))?;
+        alive.map_err(|e| {
+            BackplaneError::Unavailable(format!("Redis: {}", self.record_error("heartbeat", e)))
+        })?;
         for room in self.sink.local_rooms() {
             let mut inv = self.scripts.presence_sweep.prepare_invoke();
             inv.key(self.key(&["room", &room, "presence"]))
@@ -579,6 +613,17 @@ impl Backplane for RedisBackplane {
         self.commands_ok.load(Ordering::Relaxed)
             && self.pubsub_ok.load(Ordering::Relaxed)
             && self.alive.load(Ordering::Relaxed)
+    }
+
+    fn status(&self) -> BackplaneStatus {
+        let last_error = lock(&self.last_error).clone();
+        BackplaneStatus {
+            kind: self.kind(),
+            connected: self.commands_ok.load(Ordering::Relaxed)
+                && self.pubsub_ok.load(Ordering::Relaxed),
+            last_error_unix_ms: last_error.as_ref().map(|(_, at)| *at),
+            last_error: last_error.map(|(text, _)| text),
+        }
     }
 
     async fn subscribe_room(&self, room: &str) -> Result<(), BackplaneError> {
@@ -750,10 +795,6 @@ impl Backplane for RedisBackplane {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Reconnect delays: 100 ms doubling to 5 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6)).min(5_000))
@@ -765,7 +806,7 @@ async fn command_connection_task(bp: std::sync::Weak<RedisBackplane>) {
     let mut attempt = 0;
     loop {
         let Some(b) = bp.upgrade() else { return };
-        let needs_connection = b.conn.read().unwrap_or_else(|e| e.into_inner()).is_none();
+        let needs_connection = read(&b.conn).is_none();
         if needs_connection {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -774,13 +815,14 @@ async fn command_connection_task(bp: std::sync::Weak<RedisBackplane>) {
                 .set_max_delay(Duration::from_secs(2));
             match b.client.get_connection_manager_with_config(config).await {
                 Ok(cm) => {
-                    *b.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(cm);
+                    *write(&b.conn) = Some(cm);
                     attempt = 0;
                     tracing::info!("connected to Redis");
                 }
                 Err(e) => {
                     b.commands_ok.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "Redis unreachable; retrying");
+                    let error = b.record_error("connect", e);
+                    tracing::warn!(%error, "Redis unreachable; retrying");
                     drop(b);
                     tokio::time::sleep(backoff(attempt)).await;
                     attempt += 1;
@@ -791,6 +833,9 @@ async fn command_connection_task(bp: std::sync::Weak<RedisBackplane>) {
         if let Ok(mut conn) = b.connection() {
             let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
             let ok = pong.is_ok();
+            if let Err(e) = pong {
+                b.record_error("PING", e);
+            }
             if ok != b.commands_ok.swap(ok, Ordering::Relaxed) {
                 tracing::info!(ok, "Redis command connection health changed");
             }
@@ -815,7 +860,8 @@ async fn pubsub_task(
         let pubsub = match b.client.get_async_pubsub().await {
             Ok(p) => p,
             Err(e) => {
-                tracing::warn!(error = %e, "Redis pub/sub unreachable; retrying");
+                let error = b.record_error("pub/sub connect", e);
+                tracing::warn!(%error, "Redis pub/sub unreachable; retrying");
                 drop(b);
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
@@ -844,7 +890,8 @@ async fn pubsub_task(
         let mut resubscribed = true;
         for chunk in channels.chunks(500) {
             if let Err(e) = sink.subscribe(chunk).await {
-                tracing::warn!(error = %e, "Redis resubscribe failed");
+                let error = b.record_error("pub/sub subscribe", e);
+                tracing::warn!(%error, "Redis resubscribe failed");
                 resubscribed = false;
                 break;
             }
@@ -875,7 +922,12 @@ async fn pubsub_task(
         loop {
             tokio::select! {
                 msg = stream.next() => {
-                    let Some(msg) = msg else { break };
+                    let Some(msg) = msg else {
+                        if let Some(b) = bp.upgrade() {
+                            b.record_error("pub/sub", "connection lost");
+                        }
+                        break;
+                    };
                     let Some(b) = bp.upgrade() else { return };
                     match (msg.get_channel::<String>(), msg.get_payload::<String>()) {
                         (Ok(channel), Ok(payload)) => b.dispatch(&channel, &payload),
@@ -891,7 +943,11 @@ async fn pubsub_task(
                             if *n == 1 {
                                 if let Err(e) = sink.subscribe(&ch).await {
                                     release(&mut refcounts, &ch);
-                                    let _ = reply.send(Err(BackplaneError::Unavailable(format!("Redis subscribe: {e}"))));
+                                    let error = match bp.upgrade() {
+                                        Some(b) => b.record_error("pub/sub subscribe", e),
+                                        None => return,
+                                    };
+                                    let _ = reply.send(Err(BackplaneError::Unavailable(format!("Redis {error}"))));
                                     break;
                                 }
                             }
@@ -901,7 +957,10 @@ async fn pubsub_task(
                             release(&mut refcounts, &ch);
                             if !refcounts.contains_key(&ch) {
                                 if let Err(e) = sink.unsubscribe(&ch).await {
-                                    tracing::debug!(error = %e, "Redis unsubscribe failed");
+                                    if let Some(b) = bp.upgrade() {
+                                        let error = b.redact(e);
+                                        tracing::debug!(%error, "Redis unsubscribe failed");
+                                    }
                                 }
                             }
                             if let Some(reply) = reply {

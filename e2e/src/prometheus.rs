@@ -1,0 +1,124 @@
+//! A real Prometheus on 127.0.0.1 for the suites: the pinned build of
+//! e2e/k8s/build-prometheus.sh, its config and TSDB in a scratch directory, stopped by PID
+//! (SIGTERM, then SIGKILL) with the directory removed on drop. Its log is printed when a
+//! test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cluster::{free_port, http_status_of, terminate, ScratchDir};
+use crate::k8s::path_from_env_or_script;
+
+/// The pinned Prometheus binary (`CHATCLUSTER_PROMETHEUS`, which the README's test command
+/// sets, or built by the script on first use).
+pub fn prometheus_binary() -> Result<PathBuf> {
+    path_from_env_or_script("CHATCLUSTER_PROMETHEUS", "e2e/k8s/build-prometheus.sh", &[]).context(
+        "Prometheus: set CHATCLUSTER_PROMETHEUS or let e2e/k8s/build-prometheus.sh build it",
+    )
+}
+
+pub struct PrometheusProcess {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub base_url: String,
+    port: u16,
+    log: PathBuf,
+    /// Removed on drop, after the process is stopped (fields drop after `drop`).
+    dir: Option<ScratchDir>,
+}
+
+impl PrometheusProcess {
+    /// Starts Prometheus with `config` (YAML) and waits for `/-/ready` (at most 60 s).
+    /// Blocking: call it before the test's clients start.
+    pub fn start(binary: &Path, config: &str) -> Result<PrometheusProcess> {
+        let mut dir = ScratchDir::new("prometheus")?;
+        let config_file = dir.0.join("prometheus.yml");
+        std::fs::write(&config_file, config)?;
+        let log = dir.0.join("prometheus.log");
+        // A port picked then released may be taken in between: a few attempts, each
+        // only if Prometheus exited (a port conflict), never on a slow start.
+        for _attempt in 0..3 {
+            let port = free_port()?;
+            let file = std::fs::File::create(&log)?;
+            let child = Command::new(binary)
+                .arg(format!("--config.file={}", config_file.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.0.join("data").display()
+                ))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdin(Stdio::null())
+                .stdout(file.try_clone()?)
+                .stderr(file)
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
+            let mut p = PrometheusProcess {
+                child: Some(child),
+                base_url: format!("http://127.0.0.1:{port}"),
+                port,
+                log: log.clone(),
+                dir: Some(dir),
+            };
+            match p.wait_ready(Duration::from_secs(60)) {
+                Ok(()) => return Ok(p),
+                Err(e) if p.exited() => {
+                    eprintln!("Prometheus exited ({e:#}); log:\n{}", p.log_text());
+                    dir = p.dir.take().context("scratch directory")?;
+                }
+                Err(e) => bail!("{e:#}; Prometheus log:\n{}", p.log_text()),
+            }
+        }
+        bail!("Prometheus did not start in 3 attempts")
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> Result<()> {
+        let addr = format!("127.0.0.1:{}", self.port).parse()?;
+        let deadline = Instant::now() + within;
+        loop {
+            if self.exited() {
+                bail!("Prometheus exited before it was ready");
+            }
+            if http_status_of(addr, "/-/ready").0 == 200 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("Prometheus not ready within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether the process has exited; an exited child is reaped and forgotten, so its
+    /// PID (free for reuse) is never signalled.
+    fn exited(&mut self) -> bool {
+        if let Some(c) = self.child.as_mut() {
+            if matches!(c.try_wait(), Ok(Some(_))) {
+                self.child = None;
+            }
+        }
+        self.child.is_none()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PrometheusProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child, Duration::from_secs(10));
+        }
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- Prometheus log (last 40 lines) ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

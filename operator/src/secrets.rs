@@ -1,0 +1,192 @@
+//! The Secrets a ChatCluster refers to (the JWT key, an external Redis URL), checked
+//! before anything is applied. A missing Secret, a missing key or a value the chat-server
+//! would refuse becomes `Degraded` with a message naming the Secret and the key, instead
+//! of pods that fail at start. The check itself is pure; `check_all` reads the Secrets.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+
+use crate::crd::ChatClusterSpec;
+use crate::validate::Invalid;
+
+/// Key of the HS256 client-JWT key in `auth.jwtSecretName`.
+pub const JWT_KEY: &str = "hs256Secret";
+/// The chat-server refuses a shorter HS256 key (`CHAT_JWT_HS256_SECRET`).
+pub const MIN_JWT_KEY_BYTES: usize = 32;
+
+/// One Secret key the spec needs, and what its value must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKeyRef {
+    /// The spec field that names the Secret, for the message.
+    pub field: &'static str,
+    pub secret: String,
+    pub key: String,
+    pub requirement: Requirement,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// At least this many bytes (a signing key).
+    MinBytes(usize),
+    /// A `redis://` or `rediss://` URL.
+    RedisUrl,
+}
+
+/// Every Secret key `spec` refers to.
+pub fn references(spec: &ChatClusterSpec) -> Vec<SecretKeyRef> {
+    let mut out = Vec::new();
+    if let Some(secret) = &spec.auth.jwt_secret_name {
+        out.push(SecretKeyRef {
+            field: "spec.auth.jwtSecretName",
+            secret: secret.clone(),
+            key: JWT_KEY.to_owned(),
+            requirement: Requirement::MinBytes(MIN_JWT_KEY_BYTES),
+        });
+    }
+    if let Some(ext) = &spec.redis.external {
+        out.push(SecretKeyRef {
+            field: "spec.redis.external.secretName",
+            secret: ext.secret_name.clone(),
+            key: ext.url_key.clone(),
+            requirement: Requirement::RedisUrl,
+        });
+    }
+    out
+}
+
+/// Checks one reference against the Secret as read (`None`: it does not exist). The
+/// message never contains the value.
+pub fn check(reference: &SecretKeyRef, ns: &str, secret: Option<&Secret>) -> Result<(), Invalid> {
+    let SecretKeyRef {
+        field,
+        secret: name,
+        key,
+        requirement,
+    } = reference;
+    let Some(secret) = secret else {
+        return Err(Invalid {
+            reason: "SecretMissing",
+            message: format!(
+                "Secret {ns}/{name} (named by {field}) does not exist; create it with key `{key}`"
+            ),
+        });
+    };
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| v.0.as_slice());
+    let Some(value) = value else {
+        return Err(Invalid {
+            reason: "SecretKeyMissing",
+            message: format!("Secret {ns}/{name} (named by {field}) has no key `{key}`"),
+        });
+    };
+    let problem = match requirement {
+        Requirement::MinBytes(min) if value.len() < *min => Some(format!(
+            "is {} bytes; it must be at least {min}",
+            value.len()
+        )),
+        Requirement::RedisUrl
+            if !std::str::from_utf8(value)
+                .is_ok_and(|u| u.starts_with("redis://") || u.starts_with("rediss://")) =>
+        {
+            Some("must be a redis:// or rediss:// URL".to_owned())
+        }
+        _ => None,
+    };
+    match problem {
+        Some(p) => Err(Invalid {
+            reason: "SecretInvalid",
+            message: format!("key `{key}` of Secret {ns}/{name} (named by {field}) {p}"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Reads every Secret `spec` refers to and checks it; the outer error is an API failure
+/// (retried), the inner one a Secret the user must fix.
+pub async fn check_all(
+    client: &Client,
+    ns: &str,
+    spec: &ChatClusterSpec,
+) -> Result<Result<(), Invalid>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for reference in references(spec) {
+        let secret = api.get_opt(&reference.secret).await?;
+        if let Err(invalid) = check(&reference, ns, secret.as_ref()) {
+            return Ok(Err(invalid));
+        }
+    }
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> ChatClusterSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn secret(key: &str, value: &[u8]) -> Secret {
+        Secret {
+            data: Some([(key.to_owned(), ByteString(value.to_vec()))].into()),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn the_spec_names_the_jwt_and_external_redis_secrets() {
+        assert!(references(&spec(json!({}))).is_empty());
+        let refs = references(&spec(json!({
+            "auth": {"jwtSecretName": "jwt"},
+            "redis": {"external": {"secretName": "redis", "urlKey": "u"}}
+        })));
+        let names: Vec<(&str, &str)> = refs
+            .iter()
+            .map(|r| (r.secret.as_str(), r.key.as_str()))
+            .collect();
+        assert_eq!(names, [("jwt", JWT_KEY), ("redis", "u")]);
+    }
+
+    #[test]
+    fn missing_secret_key_or_short_value_is_named_without_the_value() {
+        let jwt = &references(&spec(json!({"auth": {"jwtSecretName": "jwt"}})))[0];
+        let e = check(jwt, "chat", None).unwrap_err();
+        assert_eq!(e.reason, "SecretMissing");
+        assert!(e.message.contains("Secret chat/jwt"), "{}", e.message);
+        assert!(e.message.contains("hs256Secret"), "{}", e.message);
+
+        let e = check(jwt, "chat", Some(&secret("other", b"x"))).unwrap_err();
+        assert_eq!(e.reason, "SecretKeyMissing");
+        assert!(e.message.contains("no key `hs256Secret`"), "{}", e.message);
+
+        let e = check(jwt, "chat", Some(&secret(JWT_KEY, b"too-short-key"))).unwrap_err();
+        assert_eq!(e.reason, "SecretInvalid");
+        assert!(e.message.contains("13 bytes"), "{}", e.message);
+        assert!(!e.message.contains("too-short-key"), "never the value");
+
+        assert_eq!(
+            check(jwt, "chat", Some(&secret(JWT_KEY, &[7u8; 32]))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn external_redis_url_must_be_a_redis_url() {
+        let r = &references(&spec(json!({"redis": {"external": {"secretName": "r"}}})))[0];
+        assert_eq!(
+            check(r, "ns", Some(&secret("url", b"http://x")))
+                .unwrap_err()
+                .reason,
+            "SecretInvalid"
+        );
+        assert_eq!(
+            check(r, "ns", Some(&secret("url", b"rediss://:pw@redis:6380/0"))),
+            Ok(())
+        );
+    }
+}
