@@ -136,7 +136,8 @@ fn the_operator_chart_renders_its_defaults() {
     let cluster_role = find(&docs, "ClusterRole").expect("ClusterRole");
     let rules = cluster_role["rules"].to_string();
     assert!(!rules.contains("\"*\""), "no wildcards: {rules}");
-    // Secrets: `get` only (to check the ones a ChatCluster names), never list or watch.
+    // Secrets: `get` (to check the ones a ChatCluster names) and `create` (the generated
+    // admin token and Redis password), never list, watch or update.
     let secret_verbs: Vec<&Value> = cluster_role["rules"]
         .as_array()
         .expect("rules")
@@ -146,8 +147,8 @@ fn the_operator_chart_renders_its_defaults() {
         .collect();
     assert_eq!(
         secret_verbs,
-        [&serde_json::json!(["get"])],
-        "Secrets: get only, in a rule of their own: {rules}"
+        [&serde_json::json!(["get", "create"])],
+        "Secrets: get and create only, in a rule of their own: {rules}"
     );
     assert!(!rules.contains("leases"), "Leases are namespaced: {rules}");
     let role = find(&docs, "Role").expect("leader-election Role");
@@ -430,6 +431,8 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
         ),
         ("delete chatclusters.chatcluster.dev", &apps.name, false),
         ("get secrets", &apps.name, true),
+        ("create secrets", &apps.name, true),
+        ("update secrets", &apps.name, false),
         ("list secrets", &apps.name, false),
         ("watch secrets", &apps.name, false),
         ("create pods", &apps.name, false),

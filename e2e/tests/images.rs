@@ -264,7 +264,14 @@ fn chat_server_image_runs_as_its_user_with_the_pods_environment() {
     let image = Image::load("chat-server");
     let scratch = ScratchDir::new("image-server").unwrap();
     let binary = image.entrypoint_copy(&scratch);
-    let mut redis = RedisProcess::start(free_port().unwrap(), &scratch.0).unwrap();
+    // The pods' environment carries the managed Redis' password: Redis requires it.
+    let pod_env = common::pod_environment("minimal.yaml");
+    let mut redis = RedisProcess::start_with_password(
+        free_port().unwrap(),
+        &scratch.0,
+        pod_env.get("CHAT_REDIS_PASSWORD").map(String::as_str),
+    )
+    .unwrap();
 
     let container = common::pod_spec(&common::desired_for_example("minimal.yaml"))
         .containers
@@ -279,7 +286,7 @@ fn chat_server_image_runs_as_its_user_with_the_pods_environment() {
 
     let public = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let mut env = common::pod_environment("minimal.yaml");
+    let mut env = pod_env;
     env.insert("CHAT_LISTEN".into(), public.to_string());
     env.insert("CHAT_ADMIN_LISTEN".into(), admin.to_string());
     env.insert("CHAT_REDIS_URL".into(), redis.url());

@@ -555,6 +555,113 @@ async fn with_autoscaling_kubectl_scale_outside_the_bounds_runs_clamped() {
     wait_event(&s, "spec.replicas 5 → 2").await;
 }
 
+/// The operator generates the admin token and the managed Redis' password once, as owned
+/// Secrets the pods reference; they survive reconciles unchanged, their values never reach
+/// the operator's log, and a deleted one comes back with a new value that restarts the pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_secrets_are_created_once_referenced_and_recreated() {
+    let s = setup("gensecrets", true).await;
+    s.apply(&manifest("chat", 1, &IMAGE_A, None));
+    s.wait_ready("chat", READY_WITHIN).await;
+    let admin = s.get("secret", "chat-admin").expect("admin Secret");
+    let redis = s
+        .get("secret", "chat-redis-auth")
+        .expect("Redis password Secret");
+    for secret in [&admin, &redis] {
+        let owners = secret["metadata"]["ownerReferences"].to_string();
+        assert!(owners.contains("ChatCluster"), "owned: {owners}");
+    }
+    let decode = |secret: &Value, key: &str| {
+        let b64 = secret["data"][key].as_str().expect("key").to_owned();
+        let out = std::process::Command::new("base64")
+            .args(["-d"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("base64 -d");
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let token = decode(&admin, "token");
+    let password = decode(&redis, "password");
+    assert_eq!(token.len(), 64, "a 32-byte random token, hex");
+    assert_eq!(
+        decode(&redis, "redis.conf"),
+        format!("requirepass {password}\n")
+    );
+    let sts = s.get("statefulset", "chat").expect("statefulset");
+    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(
+        env.contains("chat-admin") && env.contains("CHAT_ADMIN_TOKEN"),
+        "{env}"
+    );
+    assert!(
+        env.contains("chat-redis-auth") && env.contains("CHAT_REDIS_PASSWORD"),
+        "{env}"
+    );
+    let redis_sts = s
+        .get("statefulset", "chat-redis")
+        .expect("redis statefulset");
+    let redis_args = redis_sts["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        !redis_args.contains(&password),
+        "never in the arguments: {redis_args}"
+    );
+    let revision = |sts: &Value| {
+        sts["spec"]["template"]["metadata"]["annotations"]["chatcluster.dev/secrets-revision"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let before = revision(&sts);
+    assert!(
+        before.contains(admin["metadata"]["uid"].as_str().expect("uid")),
+        "{before}"
+    );
+
+    // Deleted by a user: recreated with a new value, and the pods are rolled to read it.
+    s.kubectl_ok(&["delete", "secret", "chat-admin", "--wait=true"], None);
+    s.kubectl_ok(
+        &[
+            "annotate",
+            "chatcluster",
+            "chat",
+            "e2e/poke=1",
+            "--overwrite",
+        ],
+        None,
+    );
+    let again = s.wait_exists("secret", "chat-admin", READY_WITHIN).await;
+    assert_ne!(decode(&again, "token"), token, "a new value");
+    let rolled = eventually(
+        "the pod template to follow the new Secret",
+        READY_WITHIN,
+        || async {
+            Ok(s.get("statefulset", "chat")
+                .filter(|sts| revision(sts) != before))
+        },
+    )
+    .await;
+    assert!(rolled.is_ok(), "{rolled:?}{}", s.operator_log());
+    let log = s.operator_log();
+    assert!(
+        !log.contains(&token) && !log.contains(&password),
+        "generated values never appear in the operator's log"
+    );
+    assert_eq!(
+        decode(
+            &s.get("secret", "chat-redis-auth").expect("kept"),
+            "password"
+        ),
+        password,
+        "the other Secret is kept as it was"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_chat_shows_the_printer_columns() {
     let s = setup("columns", true).await;

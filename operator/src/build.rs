@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount, VolumeResourceRequirements,
+    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler,
+    ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -40,10 +41,80 @@ pub enum BuildError {
 }
 
 /// What the builders need besides the spec.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BuildContext {
     /// Whether the Gateway API CRDs are installed (an HTTPRoute can be created).
     pub gateway_api: bool,
+    /// The uids of the generated Secrets (`generated_secret_names`), joined: put on the pod
+    /// templates so pods restart when a generated Secret is recreated with a new value
+    /// (pods read Secret values only at start).
+    pub secrets_revision: Option<String>,
+}
+
+/// Key of the admin token in the `NAME-admin` Secret (pods get it as CHAT_ADMIN_TOKEN).
+pub const ADMIN_TOKEN_KEY: &str = "token";
+/// Key of the managed Redis password in the `NAME-redis-auth` Secret (chat pods get it as
+/// CHAT_REDIS_PASSWORD).
+pub const REDIS_PASSWORD_KEY: &str = "password";
+/// Key of the managed Redis' config file (`requirepass …`) in the same Secret, so the
+/// password never appears in the Redis pod's arguments.
+pub const REDIS_CONFIG_KEY: &str = "redis.conf";
+/// Where the Redis container mounts that config file.
+const REDIS_AUTH_DIR: &str = "/etc/redis-auth";
+/// Pod-template annotation carrying `BuildContext::secrets_revision`.
+pub const SECRETS_REVISION_ANNOTATION: &str = "chatcluster.dev/secrets-revision";
+
+/// The admin-token Secret of ChatCluster `cluster`.
+pub fn admin_secret_name(cluster: &str) -> String {
+    format!("{cluster}-admin")
+}
+
+/// The managed Redis' password Secret of ChatCluster `cluster`.
+pub fn redis_auth_secret_name(cluster: &str) -> String {
+    format!("{cluster}-redis-auth")
+}
+
+/// The Secrets the operator generates for `cluster` (created once with random values,
+/// then kept): the admin token, and the Redis password with a managed Redis.
+pub fn generated_secret_names(cluster: &ChatCluster) -> Vec<String> {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let mut names = vec![admin_secret_name(name)];
+    if cluster.spec.redis.external.is_none() {
+        names.push(redis_auth_secret_name(name));
+    }
+    names
+}
+
+/// Generated Secret `secret` of `cluster` holding `value` (random, made by the caller):
+/// labelled and owned like every child, so it goes with the ChatCluster.
+pub fn generated_secret(
+    cluster: &ChatCluster,
+    secret: &str,
+    value: &str,
+) -> Result<Secret, BuildError> {
+    let n = names(cluster)?;
+    let data = if secret == redis_auth_secret_name(n.name) {
+        BTreeMap::from([
+            (REDIS_PASSWORD_KEY.to_owned(), value.to_owned()),
+            (
+                REDIS_CONFIG_KEY.to_owned(),
+                format!("requirepass {value}\n"),
+            ),
+        ])
+    } else {
+        BTreeMap::from([(ADMIN_TOKEN_KEY.to_owned(), value.to_owned())])
+    };
+    let component = if secret == redis_auth_secret_name(n.name) {
+        "redis"
+    } else {
+        "chat-server"
+    };
+    Ok(Secret {
+        metadata: n.meta(secret.to_owned(), component),
+        string_data: Some(data),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    })
 }
 
 /// Every object one ChatCluster needs. `None` means "must not exist" (the orphan stage
@@ -127,8 +198,8 @@ pub fn selector_string(cluster: &str) -> String {
         .join(",")
 }
 
-/// Builds every desired object for `cluster`.
-pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildError> {
+/// Names and the owner reference for `cluster`'s children.
+fn names(cluster: &ChatCluster) -> Result<Names<'_>, BuildError> {
     let name = cluster
         .metadata
         .name
@@ -145,11 +216,17 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
     // Foreground deletion of the ChatCluster waits for its children (needs `update` on
     // chatclusters/finalizers where OwnerReferencesPermissionEnforcement is on).
     owner.block_owner_deletion = Some(true);
-    let n = Names {
+    Ok(Names {
         name,
         namespace,
         owner,
-    };
+    })
+}
+
+/// Builds every desired object for `cluster`.
+pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildError> {
+    let n = names(cluster)?;
+    let name = n.name;
     let spec = &cluster.spec;
     let managed = spec.redis.external.is_none();
     let config_map = config_map(&n, cluster);
@@ -159,7 +236,7 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
             automount_service_account_token: Some(false),
             ..ServiceAccount::default()
         },
-        chat_statefulset: chat_statefulset(&n, cluster, &config_map),
+        chat_statefulset: chat_statefulset(&n, cluster, &config_map, &ctx),
         config_map,
         headless_service: headless_service(&n),
         client_service: client_service(&n),
@@ -175,7 +252,7 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
             .and_then(|e| e.http_route.as_ref())
             .filter(|_| ctx.gateway_api)
             .map(|r| http_route(&n, r)),
-        redis_statefulset: managed.then(|| redis_statefulset(&n, cluster)),
+        redis_statefulset: managed.then(|| redis_statefulset(&n, cluster, &ctx)),
         redis_service: managed.then(|| redis_service(&n)),
     })
 }
@@ -332,11 +409,35 @@ fn port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
-fn chat_statefulset(n: &Names, cluster: &ChatCluster, config: &ConfigMap) -> StatefulSet {
+/// Pod-template annotations: `base` plus the generated Secrets' revision, if known.
+fn template_annotations(
+    base: Vec<(String, String)>,
+    ctx: &BuildContext,
+) -> Option<BTreeMap<String, String>> {
+    let mut annotations: BTreeMap<String, String> = base.into_iter().collect();
+    if let Some(revision) = &ctx.secrets_revision {
+        annotations.insert(SECRETS_REVISION_ANNOTATION.to_owned(), revision.clone());
+    }
+    (!annotations.is_empty()).then_some(annotations)
+}
+
+fn chat_statefulset(
+    n: &Names,
+    cluster: &ChatCluster,
+    config: &ConfigMap,
+    ctx: &BuildContext,
+) -> StatefulSet {
     let s = &cluster.spec;
     let mut env = vec![
         env_field("CHAT_NODE_NAME", "metadata.name"),
         env_field("CHAT_POD_IP", "status.podIP"),
+        // Protects /admin/* (drain, status); generated by the operator, never logged.
+        env_secret(
+            "CHAT_ADMIN_TOKEN",
+            &admin_secret_name(n.name),
+            ADMIN_TOKEN_KEY,
+            false,
+        ),
     ];
     match &s.redis.external {
         Some(ext) => env.push(env_secret(
@@ -345,14 +446,22 @@ fn chat_statefulset(n: &Names, cluster: &ChatCluster, config: &ConfigMap) -> Sta
             &ext.url_key,
             false,
         )),
-        None => env.push(env_value(
-            "CHAT_REDIS_URL",
-            format!(
-                "redis://{}.{}.svc:{REDIS_PORT}/",
-                n.redis_name(),
-                n.namespace
-            ),
-        )),
+        None => {
+            env.push(env_value(
+                "CHAT_REDIS_URL",
+                format!(
+                    "redis://{}.{}.svc:{REDIS_PORT}/",
+                    n.redis_name(),
+                    n.namespace
+                ),
+            ));
+            env.push(env_secret(
+                "CHAT_REDIS_PASSWORD",
+                &redis_auth_secret_name(n.name),
+                REDIS_PASSWORD_KEY,
+                false,
+            ));
+        }
     }
     if let Some(secret) = &s.auth.jwt_secret_name {
         env.push(env_secret(
@@ -412,14 +521,17 @@ fn chat_statefulset(n: &Names, cluster: &ChatCluster, config: &ConfigMap) -> Sta
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([
-                        (
-                            "chatcluster.dev/config-hash".to_owned(),
-                            config_hash(config),
-                        ),
-                        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-                        ("prometheus.io/port".to_owned(), ADMIN_PORT.to_string()),
-                    ])),
+                    annotations: template_annotations(
+                        vec![
+                            (
+                                "chatcluster.dev/config-hash".to_owned(),
+                                config_hash(config),
+                            ),
+                            ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+                            ("prometheus.io/port".to_owned(), ADMIN_PORT.to_string()),
+                        ],
+                        ctx,
+                    ),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -586,10 +698,14 @@ fn http_route(n: &Names, spec: &crate::crd::HttpRouteSpec) -> serde_json::Value 
     })
 }
 
-fn redis_statefulset(n: &Names, cluster: &ChatCluster) -> StatefulSet {
+fn redis_statefulset(n: &Names, cluster: &ChatCluster, ctx: &BuildContext) -> StatefulSet {
     let managed = cluster.spec.redis.managed.clone().unwrap_or_default();
     let persistence = managed.persistence;
+    // The config file from the Secret holds `requirepass`: the password stays out of the
+    // pod's arguments (visible in the API and in `ps`).
+    let config_file = format!("{REDIS_AUTH_DIR}/{REDIS_CONFIG_KEY}");
     let args: Vec<String> = [
+        config_file.as_str(),
         "--appendonly",
         if persistence { "yes" } else { "no" },
         "--save",
@@ -600,6 +716,20 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster) -> StatefulSet {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    let auth_volume = Volume {
+        name: "auth".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(redis_auth_secret_name(n.name)),
+            items: Some(vec![KeyToPath {
+                key: REDIS_CONFIG_KEY.to_owned(),
+                path: REDIS_CONFIG_KEY.to_owned(),
+                mode: None,
+            }]),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    };
     let data_volume = (!persistence).then(|| Volume {
         name: "data".to_owned(),
         empty_dir: Some(Default::default()),
@@ -631,6 +761,13 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster) -> StatefulSet {
         name: "redis".to_owned(),
         image: Some(managed.image.clone()),
         args: Some(args),
+        // redis-cli (the readiness probe) reads the password from REDISCLI_AUTH.
+        env: Some(vec![env_secret(
+            "REDISCLI_AUTH",
+            &redis_auth_secret_name(n.name),
+            REDIS_PASSWORD_KEY,
+            false,
+        )]),
         ports: Some(vec![port("redis", REDIS_PORT)]),
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
@@ -639,12 +776,36 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster) -> StatefulSet {
             period_seconds: Some(5),
             ..Probe::default()
         }),
-        resources: managed.resources.clone(),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".to_owned(),
-            mount_path: "/data".to_owned(),
-            ..VolumeMount::default()
-        }]),
+        // A Redis that stops accepting connections is restarted.
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("redis".to_owned()),
+                ..TCPSocketAction::default()
+            }),
+            initial_delay_seconds: Some(10),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        resources: Some(
+            managed
+                .resources
+                .clone()
+                .unwrap_or_else(default_redis_resources),
+        ),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".to_owned(),
+                mount_path: "/data".to_owned(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "auth".to_owned(),
+                mount_path: REDIS_AUTH_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         security_context: Some(restricted_container_security()),
         ..Container::default()
     };
@@ -660,6 +821,7 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster) -> StatefulSet {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(n.name, "redis")),
+                    annotations: template_annotations(Vec::new(), ctx),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -673,7 +835,7 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster) -> StatefulSet {
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
-                    volumes: data_volume.map(|v| vec![v]),
+                    volumes: Some(data_volume.into_iter().chain([auth_volume]).collect()),
                     ..PodSpec::default()
                 }),
             },
@@ -681,6 +843,19 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster) -> StatefulSet {
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
+    }
+}
+
+/// Requests for a managed Redis without `resources`: enough to be scheduled honestly; no
+/// limit, since a memory limit would OOM-kill Redis (and lose unpersisted history) rather
+/// than let it grow into spare memory.
+fn default_redis_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("128Mi".to_owned())),
+        ])),
+        ..ResourceRequirements::default()
     }
 }
 

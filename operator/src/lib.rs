@@ -3,6 +3,7 @@
 //! Pure modules (no I/O, unit-tested): `crd`, `validate`, `build`, `conditions`, `events`,
 //! `autoscale` (the autoscaler's decision) and the decision half of `leader`. Modules
 //! that call the API server, the pods or Prometheus: `apply`, `status`, `secrets`,
+//! `generated_secrets`,
 //! `connections`, `autoscaler` (the loop around the decision), `reconcile`, the Lease
 //! writes in `leader`, and `http_client` (the one HTTP client for pods and Prometheus).
 //! `metrics` holds the operator's own Prometheus metrics.
@@ -15,6 +16,7 @@ pub mod conditions;
 pub mod connections;
 pub mod crd;
 pub mod events;
+pub mod generated_secrets;
 pub mod http_client;
 pub mod leader;
 pub mod metrics;

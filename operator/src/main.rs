@@ -174,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
                     let reason = match e {
                         ReconcileError::Kube(_) => "api",
                         ReconcileError::Build(_) => "build",
+                        ReconcileError::GeneratedSecret(_) => "generated_secret",
                     };
                     m.errors.with_label_values(&[reason]).inc();
                 }

@@ -1,4 +1,5 @@
-//! The reconcile pipeline: validate (pure) → check referenced Secrets → build (pure) →
+//! The reconcile pipeline: validate (pure) → check referenced Secrets → generated Secrets
+//! (admin token, Redis password: created once) → build (pure) →
 //! apply → delete orphans → observe → autoscale (with `spec.autoscaling`) → status. An invalid spec sets Degraded and waits for a change; API errors requeue with
 //! exponential backoff per ChatCluster (see `error_policy`).
 
@@ -19,6 +20,7 @@ use crate::crd::{ChatCluster, ChatClusterStatus};
 use crate::events::{
     for_autoscaling, for_condition_changes, for_deleted_orphans, for_scaling, Notice,
 };
+use crate::generated_secrets;
 use crate::http_client::HttpClient;
 use crate::metrics::OperatorMetrics;
 use crate::secrets::check_all as check_secrets;
@@ -50,6 +52,8 @@ pub enum ReconcileError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("generated Secret: {0}")]
+    GeneratedSecret(#[from] generated_secrets::GeneratedSecretError),
 }
 
 /// How soon to look again at a ChatCluster waiting for a Secret to be created or fixed.
@@ -105,10 +109,13 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         // Secrets are not watched: look again soon, so creating the Secret is enough.
         return Ok(Action::requeue(SECRET_RECHECK));
     }
+    // Generated Secrets first: the pod templates carry their revision.
+    let secrets_revision = generated_secrets::ensure(&ctx.client, cluster).await?;
     let desired = build(
         cluster,
         BuildContext {
             gateway_api: ctx.gateway_api,
+            secrets_revision: Some(secrets_revision),
         },
     )?;
     let replicas_before = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)

@@ -65,7 +65,14 @@ fn minimal_cluster_objects() {
 
 #[test]
 fn full_cluster_objects() {
-    let d = build(&example("full.yaml"), BuildContext { gateway_api: true }).unwrap();
+    let d = build(
+        &example("full.yaml"),
+        BuildContext {
+            gateway_api: true,
+            ..BuildContext::default()
+        },
+    )
+    .unwrap();
     golden("full", &to_yaml(&d));
 }
 
@@ -114,7 +121,14 @@ fn chat_pods_follow_the_drain_and_security_rules() {
 
 #[test]
 fn admin_port_is_never_exposed_to_clients() {
-    let d = build(&example("full.yaml"), BuildContext { gateway_api: true }).unwrap();
+    let d = build(
+        &example("full.yaml"),
+        BuildContext {
+            gateway_api: true,
+            ..BuildContext::default()
+        },
+    )
+    .unwrap();
     let ports = d.client_service.spec.unwrap().ports.unwrap();
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0].target_port, Some(IntOrString::String("ws".into())));
@@ -149,7 +163,7 @@ fn optional_objects_follow_the_spec() {
     );
     let full = example("full.yaml");
     assert!(
-        build(&full, BuildContext { gateway_api: false })
+        build(&full, BuildContext::default())
             .unwrap()
             .http_route
             .is_none(),
@@ -186,7 +200,14 @@ fn optional_objects_follow_the_spec() {
 
 #[test]
 fn every_object_is_owned_and_labelled() {
-    let d = build(&example("full.yaml"), BuildContext { gateway_api: true }).unwrap();
+    let d = build(
+        &example("full.yaml"),
+        BuildContext {
+            gateway_api: true,
+            ..BuildContext::default()
+        },
+    )
+    .unwrap();
     let yaml = to_yaml(&d);
     let docs: Vec<serde_yaml::Value> = yaml
         .split("---\n")

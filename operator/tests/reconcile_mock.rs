@@ -82,6 +82,12 @@ fn fake_answering_applies(
             }),
             "PATCH" => rejection.clone().unwrap_or((StatusCode::OK, body.clone())),
             "POST" if path.contains("/events") => (StatusCode::CREATED, body.clone()),
+            // Generated Secrets do not exist yet (GET is 404) and are created.
+            "POST" if path.ends_with("/secrets") => (StatusCode::CREATED, {
+                let mut created = body.clone();
+                created["metadata"]["uid"] = json!(format!("uid-{}", body["metadata"]["name"]));
+                created
+            }),
             "GET" if uri.query().is_some_and(|q| q.contains("labelSelector")) => (
                 StatusCode::OK,
                 json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
@@ -113,6 +119,16 @@ async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
     assert_eq!(
         applies, 8,
         "SA, ConfigMap, 2 Services, StatefulSet, PDB, Redis StatefulSet and Service"
+    );
+    let created_secrets: Vec<&str> = seen
+        .iter()
+        .filter(|(m, u, _)| m == Method::POST && u.contains("/secrets"))
+        .map(|(_, _, s)| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        created_secrets,
+        ["chat-admin", "chat-redis-auth"],
+        "generated once, before anything is applied"
     );
     let status = written_status(&seen);
     assert_eq!(status["observedGeneration"], 7);

@@ -6,8 +6,9 @@ use chatcluster_operator::build::{build, BuildContext, Desired};
 use chatcluster_operator::crd::ChatCluster;
 use k8s_openapi::api::core::v1::PodSpec;
 
-/// The objects the operator builds for one of the manifests under examples/.
-pub fn desired_for_example(example: &str) -> Desired {
+/// One of the manifests under examples/, as the API server would store it (namespace
+/// `default`, uid `uid-1`).
+pub fn cluster_for_example(example: &str) -> ChatCluster {
     let path = chatcluster_e2e::k8s::repo_root()
         .join("examples")
         .join(example);
@@ -18,7 +19,12 @@ pub fn desired_for_example(example: &str) -> Desired {
         .namespace
         .get_or_insert_with(|| "default".into());
     cluster.metadata.uid = Some("uid-1".into());
-    build(&cluster, BuildContext::default()).unwrap()
+    cluster
+}
+
+/// The objects the operator builds for one of the manifests under examples/.
+pub fn desired_for_example(example: &str) -> Desired {
+    build(&cluster_for_example(example), BuildContext::default()).unwrap()
 }
 
 /// The chat-server pod template of those objects.
@@ -50,6 +56,8 @@ pub fn pod_environment(example: &str) -> BTreeMap<String, String> {
                 match from.secret_key_ref.unwrap().key.as_str() {
                     "hs256Secret" => "an-hs256-secret-that-is-at-least-32-bytes".into(),
                     "url" => "redis://127.0.0.1:1/".into(),
+                    "token" => "an-admin-token-the-operator-generated".into(),
+                    "password" => "a-redis-password-the-operator-generated".into(),
                     other => panic!("unexpected secret key {other}"),
                 }
             }
