@@ -209,6 +209,11 @@ impl Setup {
     }
 }
 
+/// The chat-server container's `env` of StatefulSet `sts`, as JSON text to search.
+fn chat_container_env(sts: &Value) -> String {
+    sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string()
+}
+
 fn condition<'a>(cc: &'a Value, kind: &str) -> Option<&'a Value> {
     cc["status"]["conditions"]
         .as_array()?
@@ -373,7 +378,7 @@ async fn a_valid_cluster_gets_every_child_with_owner_references_and_labels() {
     }
     // The chat StatefulSet's pods learn their name and IP for the user → pod registry.
     let sts = s.get("statefulset", "chat").expect("statefulset");
-    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    let env = chat_container_env(&sts);
     assert!(
         env.contains("metadata.name") && env.contains("status.podIP"),
         "{env}"
@@ -518,7 +523,7 @@ async fn a_missing_or_short_jwt_secret_is_degraded_naming_it_until_fixed() {
     let sts = s
         .get("statefulset", "chat")
         .expect("applied once the Secret is fixed");
-    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    let env = chat_container_env(&sts);
     assert!(
         env.contains("\"name\":\"chat-jwt\"") && env.contains("\"optional\":false"),
         "the JWT Secret is a required reference: {env}"
@@ -594,7 +599,7 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
         format!("requirepass {password}\n")
     );
     let sts = s.get("statefulset", "chat").expect("statefulset");
-    let env = sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    let env = chat_container_env(&sts);
     assert!(
         env.contains("chat-admin") && env.contains("CHAT_ADMIN_TOKEN"),
         "{env}"
@@ -1118,22 +1123,11 @@ async fn status_connections_counts_the_clients_of_every_pod() {
     );
     s.apply(&manifest("chat", 2, &IMAGE_A, None));
     s.wait_ready("chat", READY_WITHIN).await;
-    let server_binary =
-        chatcluster_e2e::server_process::chat_server_binary(LOADGEN).expect("chat-server");
     // One stand-in server per pod; 2 clients on chat-0 and 1 on chat-1.
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for (pod_name, users) in [("chat-0", &["ann", "ben"][..]), ("chat-1", &["cat"][..])] {
-        let pod = s.get("pod", pod_name).expect("pod");
-        let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_owned();
-        assert!(ip.starts_with("127."), "{ip}");
-        let server = chatcluster_e2e::server_process::ServerProcess::start_on(
-            &server_binary,
-            &format!("{ip}:0"),
-            &format!("{ip}:9090"),
-            &[],
-        )
-        .expect("a chat-server on the pod's IP");
+        let server = stand_in_for(&s, pod_name).await;
         let url = format!("ws://{}/ws", server.public_addr);
         for user in users {
             let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user={user}"), None)

@@ -238,7 +238,7 @@ pub async fn run(
 ) -> Result<Option<Outcome>, kube::Error> {
     let ns = cluster.metadata.namespace.clone().unwrap_or_default();
     let name = cluster.metadata.name.clone().unwrap_or_default();
-    let key = format!("{ns}/{name}");
+    let key = crate::reconcile::cluster_key(cluster);
     let history = histories.take(&key);
     let Some((outcome, history)) = plan(cluster, reading, &history, now) else {
         histories.forget(&key);

@@ -93,21 +93,20 @@ pub fn generated_secret(
     value: &str,
 ) -> Result<Secret, BuildError> {
     let n = names(cluster)?;
-    let data = if secret == redis_auth_secret_name(n.name) {
-        BTreeMap::from([
-            (REDIS_PASSWORD_KEY.to_owned(), value.to_owned()),
-            (
-                REDIS_CONFIG_KEY.to_owned(),
-                format!("requirepass {value}\n"),
-            ),
-        ])
+    let (component, data) = if secret == redis_auth_secret_name(n.name) {
+        let config = format!("requirepass {value}\n");
+        (
+            "redis",
+            BTreeMap::from([
+                (REDIS_PASSWORD_KEY.to_owned(), value.to_owned()),
+                (REDIS_CONFIG_KEY.to_owned(), config),
+            ]),
+        )
     } else {
-        BTreeMap::from([(ADMIN_TOKEN_KEY.to_owned(), value.to_owned())])
-    };
-    let component = if secret == redis_auth_secret_name(n.name) {
-        "redis"
-    } else {
-        "chat-server"
+        (
+            "chat-server",
+            BTreeMap::from([(ADMIN_TOKEN_KEY.to_owned(), value.to_owned())]),
+        )
     };
     Ok(Secret {
         metadata: n.meta(secret.to_owned(), component),

@@ -243,30 +243,32 @@ pub fn backoff(failures: u32) -> Duration {
     doubled.min(MAX)
 }
 
+/// `namespace/name` of a ChatCluster: the key of the per-cluster state kept between
+/// reconciles (retry counts here, autoscaler histories).
+pub fn cluster_key(cluster: &ChatCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.metadata.namespace.as_deref().unwrap_or_default(),
+        cluster.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
 /// Consecutive failed reconciles per ChatCluster (namespace/name), reset by a success.
 #[derive(Default)]
 pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
 
 impl Failures {
-    fn key(cluster: &ChatCluster) -> String {
-        format!(
-            "{}/{}",
-            cluster.metadata.namespace.as_deref().unwrap_or_default(),
-            cluster.metadata.name.as_deref().unwrap_or_default()
-        )
-    }
-
     /// Records a failure; returns how many in a row.
     pub fn failed(&self, cluster: &ChatCluster) -> u32 {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(Self::key(cluster)).or_insert(0);
+        let n = map.entry(cluster_key(cluster)).or_insert(0);
         *n = n.saturating_add(1);
         *n
     }
 
     pub fn succeeded(&self, cluster: &ChatCluster) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&Self::key(cluster));
+        map.remove(&cluster_key(cluster));
     }
 }
 
