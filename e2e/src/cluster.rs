@@ -323,7 +323,11 @@ impl LocalCluster {
                     return Ok(());
                 }
                 if Instant::now() >= deadline {
-                    bail!("nodes ready but not all UP in haproxy within {within:?}: {servers:?}");
+                    bail!(
+                        "nodes ready but not all UP in haproxy within {within:?}: {servers:?}\n\
+                         haproxy's log:\n{}",
+                        self.haproxy_log()
+                    );
                 }
             } else if Instant::now() >= deadline {
                 bail!("nodes not ready within {within:?}");
@@ -353,7 +357,29 @@ impl LocalCluster {
         format!("ws://{}/ws", self.haproxy_addr)
     }
 
+    /// Starts haproxy on a free port and waits until its stats socket answers. The port
+    /// is only known free when picked; if another process takes it first haproxy exits
+    /// on the bind, and it is started again on a new port.
     fn start_haproxy(&mut self) -> Result<()> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            let mut child = self.spawn_haproxy()?;
+            let Err(e) = self.wait_haproxy_answers(&mut child, Duration::from_secs(10)) else {
+                self.haproxy = Some(child);
+                return Ok(());
+            };
+            let _ = terminate(&mut child, Duration::from_secs(2));
+            let log = self.haproxy_log();
+            if attempt == ATTEMPTS || !log.contains("cannot bind") {
+                return Err(e.context(format!("haproxy's log:\n{log}")));
+            }
+            attempt += 1;
+            self.haproxy_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        }
+    }
+
+    fn spawn_haproxy(&self) -> Result<Child> {
         let mut servers = String::new();
         for n in &self.nodes {
             servers.push_str(&format!(
@@ -375,17 +401,51 @@ impl LocalCluster {
         );
         let path = self._dir.0.join("haproxy.cfg");
         std::fs::write(&path, config)?;
-        let child = Command::new("haproxy")
+        // A socket file left by an earlier attempt would refuse connections.
+        let _ = std::fs::remove_file(self.haproxy_socket());
+        let log = std::fs::File::create(self.haproxy_log_path())?;
+        Command::new("haproxy")
             .arg("-f")
             .arg(&path)
             .arg("-db")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
-            .context("starting haproxy (apt-get install haproxy)")?;
-        self.haproxy = Some(child);
-        // Whether it routes to every node yet is for `wait_ready` (its stats socket).
-        wait_listening(self.haproxy_addr, Duration::from_secs(10))
+            .context("starting haproxy (apt-get install haproxy)")
+    }
+
+    /// Waits until haproxy answers on its stats socket and accepts on its frontend. Its
+    /// own socket answering proves the process holding the frontend port is this
+    /// haproxy (not another process that had the port); it exiting is an error at once.
+    fn wait_haproxy_answers(&self, child: &mut Child, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("haproxy exited at start ({status})");
+            }
+            if self.haproxy_servers().is_ok()
+                && TcpStream::connect_timeout(&self.haproxy_addr, Duration::from_millis(200))
+                    .is_ok()
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "haproxy did not answer on its stats socket and {} within {within:?}",
+                    self.haproxy_addr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn haproxy_log_path(&self) -> PathBuf {
+        self._dir.0.join("haproxy.log")
+    }
+
+    /// What haproxy wrote to stderr (its warnings and why it exited).
+    fn haproxy_log(&self) -> String {
+        std::fs::read_to_string(self.haproxy_log_path()).unwrap_or_default()
     }
 
     /// Value of a metric on node `i`.
