@@ -249,7 +249,21 @@ pub async fn run_resuming_subscriber(
     log: Arc<Mutex<SubscriberLog>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    run_resuming_subscriber_over(vec![url], user, rooms, log, stop).await
+}
+
+/// [`run_resuming_subscriber`] for clients that know several addresses instead of one
+/// load balancer: it starts on the first, and moves on to the next whenever a connection
+/// attempt is refused (e.g. a drained node answering 503).
+pub async fn run_resuming_subscriber_over(
+    urls: Vec<String>,
+    user: String,
+    rooms: Vec<String>,
+    log: Arc<Mutex<SubscriberLog>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::sync::atomic::Ordering;
+    let mut current = 0usize;
     let mut cookie: Option<String> = None;
     let mut cursors: HashMap<String, (String, u64)> = HashMap::new();
     let mut disconnected_at: Option<Instant> = None;
@@ -257,11 +271,15 @@ pub async fn run_resuming_subscriber(
     let mut attempts = 0u32;
     while !stop.load(Ordering::Relaxed) && attempts < 200 {
         tokio::time::sleep(wait).await;
+        let Some(url) = urls.get(current % urls.len().max(1)) else {
+            return;
+        };
         let (mut ws, set_cookie, welcome) =
-            match connect(&url, &format!("user={user}"), cookie.as_deref()).await {
+            match connect(url, &format!("user={user}"), cookie.as_deref()).await {
                 Ok(c) => c,
                 Err(_) => {
                     attempts += 1;
+                    current += 1;
                     wait = Duration::from_millis(50);
                     continue;
                 }

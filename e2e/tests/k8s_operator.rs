@@ -576,26 +576,11 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
         let owners = secret["metadata"]["ownerReferences"].to_string();
         assert!(owners.contains("ChatCluster"), "owned: {owners}");
     }
-    let decode = |secret: &Value, key: &str| {
-        let b64 = secret["data"][key].as_str().expect("key").to_owned();
-        let out = std::process::Command::new("base64")
-            .args(["-d"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("base64 -d");
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
-    let token = decode(&admin, "token");
-    let password = decode(&redis, "password");
+    let token = secret_value(&s, "chat-admin", "token");
+    let password = secret_value(&s, "chat-redis-auth", "password");
     assert_eq!(token.len(), 64, "a 32-byte random token, hex");
     assert_eq!(
-        decode(&redis, "redis.conf"),
+        secret_value(&s, "chat-redis-auth", "redis.conf"),
         format!("requirepass {password}\n")
     );
     let sts = s.get("statefulset", "chat").expect("statefulset");
@@ -640,8 +625,12 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
         ],
         None,
     );
-    let again = s.wait_exists("secret", "chat-admin", READY_WITHIN).await;
-    assert_ne!(decode(&again, "token"), token, "a new value");
+    s.wait_exists("secret", "chat-admin", READY_WITHIN).await;
+    assert_ne!(
+        secret_value(&s, "chat-admin", "token"),
+        token,
+        "a new value"
+    );
     let rolled = eventually(
         "the pod template to follow the new Secret",
         READY_WITHIN,
@@ -658,10 +647,7 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
         "generated values never appear in the operator's log"
     );
     assert_eq!(
-        decode(
-            &s.get("secret", "chat-redis-auth").expect("kept"),
-            "password"
-        ),
+        secret_value(&s, "chat-redis-auth", "password"),
         password,
         "the other Secret is kept as it was"
     );
@@ -1171,6 +1157,15 @@ async fn status_connections_counts_the_clients_of_every_pod() {
 /// loopback IP, admin port 9090, so the operator's scrape of `podIP:9090/metrics` reaches
 /// it. Waits for the pod to be Ready with an IP.
 async fn stand_in_for(s: &Setup, pod: &str) -> chatcluster_e2e::server_process::ServerProcess {
+    stand_in_with(s, pod, &[]).await
+}
+
+/// [`stand_in_for`] with extra chat-server flags.
+async fn stand_in_with(
+    s: &Setup,
+    pod: &str,
+    args: &[&str],
+) -> chatcluster_e2e::server_process::ServerProcess {
     let what = format!("pod {pod} Ready with an IP");
     let ip = eventually(&what, READY_WITHIN, || async {
         Ok(s.get("pod", pod).and_then(|p| {
@@ -1192,9 +1187,201 @@ async fn stand_in_for(s: &Setup, pod: &str) -> chatcluster_e2e::server_process::
         &binary,
         &format!("{ip}:0"),
         &format!("{ip}:9090"),
-        &[],
+        args,
     )
     .expect("a chat-server on the pod's IP")
+}
+
+/// The value under `key` of Secret `name`, decoded.
+fn secret_value(s: &Setup, name: &str, key: &str) -> String {
+    let secret = s.get("secret", name).expect("Secret");
+    let b64 = secret["data"][key].as_str().expect("key").to_owned();
+    let out = std::process::Command::new("base64")
+        .args(["-d"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("base64 -d");
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// ChatCluster `chat` at 3 replicas with the given drain settings, and stand-in servers for its
+/// pods that share one real Redis and the cluster's generated admin token (as the pods
+/// get it from the Secret). Returns the Redis and the stand-ins, by ordinal.
+async fn three_stand_ins_sharing_redis(
+    s: &Setup,
+    window_seconds: u32,
+    deadline_seconds: u32,
+    budget: u32,
+) -> (
+    chatcluster_e2e::cluster::RedisProcess,
+    chatcluster_e2e::cluster::ScratchDir,
+    Vec<chatcluster_e2e::server_process::ServerProcess>,
+) {
+    assert_eq!(
+        pod_kind(&s.client).await.expect("nodes"),
+        PodKind::Simulated,
+        "stand-in servers need simulated pods' loopback IPs"
+    );
+    s.apply(&format!(
+        "{}  drain:\n    reconnectWindowSeconds: {window_seconds}\n    deadlineSeconds: {deadline_seconds}\n    maxReconnectsPerSecond: {budget}\n",
+        manifest("chat", 3, &IMAGE_A, None)
+    ));
+    s.wait_exists("secret", "chat-admin", READY_WITHIN).await;
+    let token = secret_value(s, "chat-admin", "token");
+    let dir = chatcluster_e2e::cluster::ScratchDir::new("drain-redis").expect("dir");
+    let port = chatcluster_e2e::cluster::free_port().expect("port");
+    let redis = chatcluster_e2e::cluster::RedisProcess::start(port, &dir.0).expect("redis-server");
+    let url = redis.url();
+    // What the pods' environment says (CHAT_DRAIN_*, from the spec).
+    let (window, deadline) = (format!("{window_seconds}s"), format!("{deadline_seconds}s"));
+    let mut servers = Vec::new();
+    for i in 0..3 {
+        let pod = format!("chat-{i}");
+        let args = [
+            "--redis-url",
+            url.as_str(),
+            "--admin-token",
+            token.as_str(),
+            "--node-name",
+            pod.as_str(),
+            "--drain-reconnect-window",
+            window.as_str(),
+            "--drain-deadline",
+            deadline.as_str(),
+        ];
+        servers.push(stand_in_with(s, &pod, &args).await);
+    }
+    (redis, dir, servers)
+}
+
+/// `/admin/status` of a stand-in server, with the cluster's admin token.
+async fn admin_status_of(
+    s: &Setup,
+    server: &chatcluster_e2e::server_process::ServerProcess,
+) -> Value {
+    let token = secret_value(s, "chat-admin", "token");
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "2", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("http://{}/admin/status", server.admin_addr))
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+/// A scale-down is an operator-driven drain: the StatefulSet keeps its 3 pods while the
+/// two leaving ones (stand-in servers sharing a real Redis) are drained through their
+/// admin port, their clients get reconnect notices and resume on the survivor, and only
+/// then does `replicas` drop to 1. Every acknowledged message reaches every subscriber
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_go() {
+    use chatcluster_e2e::client::{run_publisher, PublisherLog};
+    use std::sync::{Arc, Mutex};
+
+    let s = setup("drain", true).await;
+    let (_redis, _dir, servers) = three_stand_ins_sharing_redis(&s, 2, 20, 100).await;
+    let ws = |i: usize| format!("ws://{}/ws", servers[i].public_addr);
+    let rooms = vec!["room0".to_owned()];
+    // Three subscribers on each leaving pod; each knows the survivor as its next address.
+    let (logs, tasks, stop) = subscribers_joined(6, |i| vec![ws(1 + i % 2), ws(0)], &rooms).await;
+    let publog = Arc::new(Mutex::new(PublisherLog::default()));
+    let publisher = tokio::spawn(run_publisher(ws(0), rooms.clone(), 40, 300, publog.clone()));
+
+    s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
+    let cc = wait_chat(&s, "Draining True", |cc| {
+        condition(cc, "Draining").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    let draining = cc["status"]["draining"].to_string();
+    assert!(
+        draining.contains("chat-2") && draining.contains("chat-1"),
+        "{draining}"
+    );
+    // The leaving pods are drained before the StatefulSet is lowered.
+    let sts = s.get("statefulset", "chat").expect("statefulset");
+    assert_eq!(
+        sts["spec"]["replicas"], 3,
+        "no pod goes before it is drained"
+    );
+    let lowered = eventually("the StatefulSet lowered to 1", READY_WITHIN, || async {
+        Ok(s.get("statefulset", "chat")
+            .filter(|st| st["spec"]["replicas"] == 1))
+    })
+    .await;
+    assert!(lowered.is_ok(), "{lowered:?}{}", s.operator_log());
+    // By then the leaving servers hold no connection and stay up, drained.
+    for server in &servers[1..] {
+        let status = admin_status_of(&s, server).await;
+        assert_eq!(status["phase"], "drained", "{status}");
+        assert_eq!(status["connections"], 0, "{status}");
+        assert_eq!(status["drain"]["keep_running"], true, "{status}");
+    }
+    wait_event(&s, "DrainStarted").await;
+    wait_event(&s, "DrainFinished").await;
+    wait_chat(&s, "Draining False", |cc| {
+        condition(cc, "Draining").is_some_and(|c| c["status"] == "False")
+            && cc["status"]["draining"].is_null()
+    })
+    .await;
+
+    publisher.await.expect("publisher task").expect("publisher");
+    let acked = publog.lock().expect("log").acked.clone();
+    assert_eq!(acked.values().map(|m| m.len()).sum::<usize>(), 300);
+    for (i, l) in logs.iter().enumerate() {
+        let l = l.lock().expect("log");
+        assert!(l.reconnects >= 1, "sub{i} moved: {:?}", l.nodes_seen);
+        assert_eq!(l.nodes_seen.last().map(String::as_str), Some("chat-0"));
+    }
+    every_subscriber_got_every_message_once(&acked, &logs, stop, tasks).await;
+}
+
+/// A scale back up while pods are draining cancels their drains: the operator undrains
+/// the pods wanted again (they serve and are counted again) instead of replacing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_back_up_mid_drain_undrains_the_pods() {
+    let s = setup("undrain", true).await;
+    // A long window: the client on chat-2 is still there when the scale-up comes.
+    let (_redis, _dir, servers) = three_stand_ins_sharing_redis(&s, 60, 90, 100).await;
+    let url = format!("ws://{}/ws", servers[2].public_addr);
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user=u{i}"), None)
+            .await
+            .expect("client connects");
+        clients.push(ws);
+    }
+    s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=2"], None);
+    wait_chat(&s, "Draining True for chat-2", |cc| {
+        condition(cc, "Draining").is_some_and(|c| {
+            c["status"] == "True" && c["message"].as_str().is_some_and(|m| m.contains("chat-2"))
+        })
+    })
+    .await;
+    assert_eq!(admin_status_of(&s, &servers[2]).await["phase"], "draining");
+    s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=3"], None);
+    wait_event(&s, "Undrained").await;
+    let status = admin_status_of(&s, &servers[2]).await;
+    assert_eq!(status["phase"], "serving", "{status}");
+    wait_chat(&s, "Draining False at 3", |cc| {
+        condition(cc, "Draining").is_some_and(|c| c["status"] == "False")
+    })
+    .await;
+    assert_eq!(
+        s.get("statefulset", "chat").expect("statefulset")["spec"]["replicas"],
+        3
+    );
+    // The server serves again: a new client is accepted.
+    chatcluster_e2e::client::connect(&url, "user=late", None)
+        .await
+        .expect("an undrained server accepts clients");
+    drop(clients);
 }
 
 /// Waits until an Event about ChatCluster `chat` contains `text` (Events are published
@@ -1465,10 +1652,8 @@ fn data_plane_manifest(name: &str, replicas: i32, host: &str) -> String {
 #[ignore = "needs real pods and an ingress controller: run by e2e/kind/run.sh"]
 async fn data_plane_chat_is_sticky_spans_pods_and_survives_a_scale_down() {
     use chatcluster_e2e::client::{
-        connect, join, recv_type, run_publisher, run_resuming_subscriber, send_and_ack, send_json,
-        PublisherLog, SubscriberLog,
+        connect, join, recv_type, run_publisher, send_and_ack, send_json, PublisherLog,
     };
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     let s = setup("dataplane", true).await;
@@ -1541,35 +1726,10 @@ async fn data_plane_chat_is_sticky_spans_pods_and_survives_a_scale_down() {
     // Scale 3 → 1 while subscribers listen and a publisher sends: the two pods that go
     // drain (reconnect notices, 1012), their clients resume on the survivor, and every
     // acknowledged message reaches every subscriber exactly once.
-    let stop = Arc::new(AtomicBool::new(false));
     let rooms: Vec<String> = (0..2).map(|i| format!("room{i}")).collect();
-    let (logs, tasks): (Vec<_>, Vec<_>) = (0..6)
-        .map(|i| {
-            let log = Arc::new(Mutex::new(SubscriberLog::default()));
-            let task = tokio::spawn(run_resuming_subscriber(
-                url.clone(),
-                format!("sub{i}"),
-                rooms.clone(),
-                log.clone(),
-                stop.clone(),
-            ));
-            (log, task)
-        })
-        .unzip();
     // Publish only once every subscriber has joined both rooms (a message before a join
     // would be history, not live traffic, and prove less).
-    let joined = eventually(
-        "every subscriber to join",
-        Duration::from_secs(30),
-        || async {
-            let all = logs
-                .iter()
-                .all(|l| l.lock().is_ok_and(|l| l.joins >= rooms.len() as u64));
-            Ok(all.then_some(()))
-        },
-    )
-    .await;
-    assert!(joined.is_ok(), "{joined:?}{}", s.operator_log());
+    let (logs, tasks, stop) = subscribers_joined(6, |_| vec![url.clone()], &rooms).await;
     let publog = Arc::new(Mutex::new(PublisherLog::default()));
     let publisher = tokio::spawn(run_publisher(
         url.clone(),
@@ -1600,6 +1760,64 @@ async fn data_plane_chat_is_sticky_spans_pods_and_survives_a_scale_down() {
     .await;
     assert!(scaled.is_ok(), "{scaled:?}{}", s.operator_log());
     let acked = publog.lock().expect("log").acked.clone();
+    assert_eq!(acked.values().map(|m| m.len()).sum::<usize>(), 400);
+    every_subscriber_got_every_message_once(&acked, &logs, stop, tasks).await;
+}
+
+/// Resuming subscribers, by index and what they hold.
+type Subscribers = (
+    Vec<std::sync::Arc<std::sync::Mutex<chatcluster_e2e::client::SubscriberLog>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+
+/// Starts `n` resuming subscribers to `rooms` (subscriber `i` tries `urls(i)` in turn)
+/// and waits until each has joined every room; the flag stops them.
+async fn subscribers_joined(
+    n: usize,
+    urls: impl Fn(usize) -> Vec<String>,
+    rooms: &[String],
+) -> Subscribers {
+    use chatcluster_e2e::client::{run_resuming_subscriber_over, SubscriberLog};
+    use std::sync::{atomic::AtomicBool, Arc, Mutex};
+    let stop = Arc::new(AtomicBool::new(false));
+    let (logs, tasks): (Vec<_>, Vec<_>) = (0..n)
+        .map(|i| {
+            let log = Arc::new(Mutex::new(SubscriberLog::default()));
+            let task = tokio::spawn(run_resuming_subscriber_over(
+                urls(i),
+                format!("sub{i}"),
+                rooms.to_vec(),
+                log.clone(),
+                stop.clone(),
+            ));
+            (log, task)
+        })
+        .unzip();
+    let joined = eventually(
+        "every subscriber to join",
+        Duration::from_secs(30),
+        || async {
+            Ok(logs
+                .iter()
+                .all(|l| l.lock().is_ok_and(|l| l.joins >= rooms.len() as u64))
+                .then_some(()))
+        },
+    )
+    .await;
+    assert!(joined.is_ok(), "{joined:?}");
+    (logs, tasks, stop)
+}
+
+/// Waits for the subscribers to catch up with what the publisher had acknowledged
+/// (`acked`), stops them, and checks each got every message exactly once and every
+/// resume was recovered.
+async fn every_subscriber_got_every_message_once(
+    acked: &std::collections::HashMap<String, BTreeMap<u64, String>>,
+    logs: &[std::sync::Arc<std::sync::Mutex<chatcluster_e2e::client::SubscriberLog>>],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) {
     let caught_up = eventually(
         "subscribers to catch up",
         Duration::from_secs(30),
@@ -1614,16 +1832,15 @@ async fn data_plane_chat_is_sticky_spans_pods_and_survives_a_scale_down() {
         },
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for t in tasks {
         t.await.expect("subscriber task");
     }
     assert!(caught_up.is_ok(), "{caught_up:?}");
-    assert_eq!(acked.values().map(|m| m.len()).sum::<usize>(), 400);
     for (i, l) in logs.iter().enumerate() {
         let l = l.lock().expect("log");
         assert_eq!(l.duplicates, 0, "sub{i} got a duplicate");
-        for (room, expected) in &acked {
+        for (room, expected) in acked {
             let got = l.messages.get(room).cloned().unwrap_or_default();
             assert_eq!(
                 &got, expected,

@@ -49,6 +49,9 @@ pub struct BuildContext {
     /// templates so pods restart when a generated Secret is recreated with a new value
     /// (pods read Secret values only at start).
     pub secrets_revision: Option<String>,
+    /// The chat StatefulSet's `replicas` while a scale-down waits for its pods to be
+    /// drained (`drain_plan`); `None`: the spec's effective replicas.
+    pub chat_replicas: Option<i32>,
 }
 
 /// Key of the admin token in the `NAME-admin` Secret (pods get it as CHAT_ADMIN_TOKEN).
@@ -510,7 +513,7 @@ fn chat_statefulset(
     StatefulSet {
         metadata: n.meta(n.name.to_owned(), "chat-server"),
         spec: Some(StatefulSetSpec {
-            replicas: Some(s.effective_replicas()),
+            replicas: Some(ctx.chat_replicas.unwrap_or_else(|| s.effective_replicas())),
             service_name: Some(format!("{}-headless", n.name)),
             pod_management_policy: Some("Parallel".to_owned()),
             selector: LabelSelector {

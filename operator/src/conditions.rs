@@ -11,6 +11,8 @@ pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 /// Only with `spec.autoscaling`: whether the autoscaler has usable data, and what it did.
 pub const SCALING_ACTIVE: &str = "ScalingActive";
+/// True while a scale-down waits for the operator to drain the pods that will go.
+pub const DRAINING: &str = "Draining";
 
 /// What the reconciler saw of the cluster's objects.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -42,6 +44,9 @@ pub struct Observation {
     pub connections: Option<i64>,
     /// What the autoscaler did this reconcile (`None` without `spec.autoscaling`).
     pub autoscaling: Option<crate::autoscaler::Outcome>,
+    /// This reconcile's drain plan (`None` when the pods were not looked at, e.g. an
+    /// invalid spec).
+    pub drain: Option<crate::drain_plan::DrainPlan>,
 }
 
 impl Observation {
@@ -177,6 +182,23 @@ pub fn next_conditions(
     if let Some(a) = &obs.autoscaling {
         out.push(c(SCALING_ACTIVE, a.active, &a.reason, a.message.clone()));
     }
+    if let Some(plan) = &obs.drain {
+        out.push(if plan.in_progress() {
+            c(
+                DRAINING,
+                true,
+                "DrainingBeforeScaleDown",
+                crate::drain_plan::describe(plan),
+            )
+        } else {
+            c(
+                DRAINING,
+                false,
+                "NoScaleDown",
+                "no pod is being drained".into(),
+            )
+        });
+    }
     keep_transition_times(previous, out)
 }
 
@@ -222,6 +244,7 @@ mod tests {
             redis_managed: true,
             connections: None,
             autoscaling: None,
+            drain: None,
         }
     }
 

@@ -63,15 +63,18 @@ pub fn parse_connections(exposition: &str) -> Option<i64> {
     })
 }
 
+/// The pod's Ready condition is True.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Admin addresses of the pods that are Ready and have an IP.
 pub fn ready_pod_addresses(pods: &[Pod], admin_port: u16) -> Vec<SocketAddr> {
     pods.iter()
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|p| pod_ready(p))
         .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref()?.parse::<IpAddr>().ok())
         .map(|ip| SocketAddr::new(ip, admin_port))
         .collect()

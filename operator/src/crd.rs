@@ -250,6 +250,12 @@ pub struct DrainSpec {
     #[serde(default = "default_prestop")]
     #[schemars(range(min = 0, max = 120))]
     pub pre_stop_seconds: i32,
+    /// Reconnects per second over the whole cluster while the operator drains pods before
+    /// a scale-down: it drains fewer pods at once, or gives each a longer window (up to
+    /// a second before the deadline), to stay under it.
+    #[serde(default = "default_max_reconnects_per_second")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_reconnects_per_second: i32,
 }
 
 impl Default for DrainSpec {
@@ -258,6 +264,7 @@ impl Default for DrainSpec {
             reconnect_window_seconds: default_reconnect_window(),
             deadline_seconds: default_drain_deadline(),
             pre_stop_seconds: default_prestop(),
+            max_reconnects_per_second: default_max_reconnects_per_second(),
         }
     }
 }
@@ -373,11 +380,28 @@ pub struct ChatClusterStatus {
     /// When the autoscaler last changed `spec.replicas`.
     #[serde(default)]
     pub last_scale_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The pods the operator is draining before a scale-down (unset otherwise).
+    /// Serialized as null when unset, so the status merge patch removes a finished list.
+    #[serde(default)]
+    pub draining: Option<Vec<DrainingPod>>,
     /// Label selector of the chat-server pods (for /scale, HPA and KEDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+}
+
+/// A pod above the desired count, drained before the StatefulSet lets it go.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainingPod {
+    pub pod: String,
+    /// `Waiting` (for the reconnect budget), `Draining` or `Drained`.
+    pub state: String,
+    /// Connections still on the pod.
+    pub connections: i64,
+    /// The reconnect window the operator gave it (0 while waiting).
+    pub reconnect_window_seconds: i64,
 }
 
 fn default_replicas() -> i32 {
@@ -409,6 +433,9 @@ fn default_drain_deadline() -> i32 {
 }
 fn default_prestop() -> i32 {
     5
+}
+fn default_max_reconnects_per_second() -> i32 {
+    200
 }
 fn default_min_replicas() -> i32 {
     1

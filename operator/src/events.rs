@@ -7,7 +7,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use crate::conditions::{DEGRADED, PROGRESSING, READY, REDIS_READY, SCALING_ACTIVE};
+use crate::conditions::{DEGRADED, DRAINING, PROGRESSING, READY, REDIS_READY, SCALING_ACTIVE};
+use crate::drain_plan::{DrainPlan, Leaving};
 
 /// One Event to publish about the ChatCluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +45,10 @@ pub fn for_condition_changes(previous: &[Condition], next: &[Condition]) -> Vec<
         };
         // A fresh cluster starts "not degraded": no Event for the absence of a problem.
         if c.type_ == DEGRADED && before.is_none() && !is_true {
+            continue;
+        }
+        // Each drain start, finish and undrain has its own Event (`for_drain`).
+        if c.type_ == DRAINING {
             continue;
         }
         out.push(Notice {
@@ -114,6 +119,77 @@ pub fn for_autoscaling(outcome: &crate::autoscaler::Outcome) -> Option<Notice> {
             1000,
         ),
     })
+}
+
+/// Events for this reconcile's drains: each one started (with its window and why), each
+/// one finished when the StatefulSet lets its pods go (duration, connections moved), and
+/// each pod undrained because it is wanted again.
+pub fn for_drain(plan: &DrainPlan, budget_per_second: i32) -> Vec<Notice> {
+    let mut out = Vec::new();
+    for s in &plan.start {
+        let why = if s.over_budget {
+            format!(
+                "over the budget of {budget_per_second} reconnects/s even at the longest window"
+            )
+        } else {
+            format!("within the budget of {budget_per_second} reconnects/s")
+        };
+        out.push(Notice {
+            warning: s.over_budget,
+            reason: "DrainStarted".into(),
+            action: "Drain",
+            note: format!(
+                "draining {} before the scale-down: {} connections over {:.1}s ({why})",
+                s.pod,
+                s.connections,
+                s.window.as_secs_f64()
+            ),
+        });
+    }
+    if plan.scale_down_now {
+        for l in &plan.leaving {
+            let note = match &l.state {
+                Leaving::Done {
+                    moved,
+                    elapsed,
+                    answered: true,
+                } => format!(
+                    "{} drained in {:.1}s, {moved} connections moved; the pod goes now",
+                    l.name,
+                    elapsed.as_secs_f64()
+                ),
+                _ => format!(
+                    "{} did not answer on its admin port; it goes now and drains on SIGTERM",
+                    l.name
+                ),
+            };
+            out.push(Notice {
+                warning: false,
+                reason: "DrainFinished".into(),
+                action: "Drain",
+                note,
+            });
+        }
+    }
+    for pod in &plan.undrain {
+        out.push(Notice {
+            warning: false,
+            reason: "Undrained".into(),
+            action: "Undrain",
+            note: format!("{pod} is wanted again (scale-up); its drain was cancelled"),
+        });
+    }
+    out
+}
+
+/// A drain or undrain call that failed (retried next reconcile).
+pub fn for_drain_call_failure(pod: &str, what: &str, error: &str) -> Notice {
+    Notice {
+        warning: true,
+        reason: "DrainCallFailed".into(),
+        action: "Drain",
+        note: truncate(&format!("{what} {pod}: {error}; retrying"), 1000),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

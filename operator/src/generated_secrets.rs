@@ -11,7 +11,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::Client;
 
-use crate::build::{generated_secret, generated_secret_names, BuildError};
+use crate::build::{
+    admin_secret_name, generated_secret, generated_secret_names, BuildError, ADMIN_TOKEN_KEY,
+};
 use crate::crd::ChatCluster;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,12 +42,21 @@ pub fn revision(secrets: &[Secret]) -> String {
         .join(",")
 }
 
+/// What the operator needs from its generated Secrets.
+pub struct Generated {
+    /// For the pod templates (`revision`).
+    pub revision: String,
+    /// The admin token the operator presents to the pods' `/admin/*` (never logged);
+    /// `None` if the Secret lost its key (the pods then run without one).
+    pub admin_token: Option<String>,
+}
+
 /// Makes sure every generated Secret of `cluster` exists (creating a missing one with a
-/// fresh random value) and returns their revision.
+/// fresh random value) and returns their revision and the admin token.
 pub async fn ensure(
     client: &Client,
     cluster: &ChatCluster,
-) -> Result<String, GeneratedSecretError> {
+) -> Result<Generated, GeneratedSecretError> {
     let ns = cluster.metadata.namespace.clone().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut secrets = Vec::new();
@@ -65,7 +76,16 @@ pub async fn ensure(
         };
         secrets.push(secret);
     }
-    Ok(revision(&secrets))
+    let admin = admin_secret_name(cluster.metadata.name.as_deref().unwrap_or_default());
+    let admin_token = secrets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(admin.as_str()))
+        .and_then(|s| s.data.as_ref()?.get(ADMIN_TOKEN_KEY))
+        .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+    Ok(Generated {
+        revision: revision(&secrets),
+        admin_token,
+    })
 }
 
 #[cfg(test)]

@@ -1,11 +1,11 @@
-//! The operator's one HTTP client for everything that is not the API server: today the
-//! chat-server pods' `/metrics`. It is hyper's client (the one kube already uses), with a
+//! The operator's one HTTP client for everything that is not the API server: the
+//! chat-server pods' `/metrics` and `/admin/*`, and Prometheus' query API. It is hyper's client (the one kube already uses), with a
 //! timeout on every request and a bound on every response body, because the answers
 //! come from pods whose image the user chooses.
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,11 +29,11 @@ pub enum HttpError {
     Tls(String),
 }
 
-/// A GET-only client with a per-request timeout (connect, headers and body together) and
-/// a response-size limit.
+/// A client with a per-request timeout (connect, headers and body together) and a
+/// response-size limit.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     max_body_bytes: usize,
 }
@@ -56,16 +56,59 @@ impl HttpClient {
 
     /// The body of a `200 OK` answer to `GET url`, as text (invalid UTF-8 replaced).
     pub async fn get_text(&self, url: &str) -> Result<String, HttpError> {
-        let uri: hyper::Uri =
-            url.parse()
-                .map_err(|e: http::uri::InvalidUri| HttpError::InvalidUrl {
-                    url: url.to_owned(),
-                    reason: e.to_string(),
-                })?;
+        self.send(hyper::Method::GET, url, None, None).await
+    }
+
+    /// `GET url` with `Authorization: Bearer <token>` (the pods' `/admin/*`).
+    pub async fn get_with_token(&self, url: &str, token: &str) -> Result<String, HttpError> {
+        self.send(hyper::Method::GET, url, Some(token), None).await
+    }
+
+    /// `POST url` with a JSON body and `Authorization: Bearer <token>`; the answer's body.
+    pub async fn post_json(
+        &self,
+        url: &str,
+        token: &str,
+        body: &serde_json::Value,
+    ) -> Result<String, HttpError> {
+        self.send(
+            hyper::Method::POST,
+            url,
+            Some(token),
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// One request; a 2xx answer's body as text (invalid UTF-8 replaced).
+    async fn send(
+        &self,
+        method: hyper::Method,
+        url: &str,
+        bearer: Option<&str>,
+        json_body: Option<Vec<u8>>,
+    ) -> Result<String, HttpError> {
+        let invalid = |reason: String| HttpError::InvalidUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: hyper::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+        let mut builder = hyper::Request::builder().method(method).uri(uri);
+        if let Some(token) = bearer {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if json_body.is_some() {
+            builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(json_body.unwrap_or_default())))
+            .map_err(|e| invalid(e.to_string()))?;
         let request = async {
             let response = self
                 .inner
-                .get(uri)
+                .request(request)
                 .await
                 .map_err(|e| HttpError::Transport {
                     url: url.to_owned(),

@@ -15,6 +15,8 @@ pub mod build;
 pub mod conditions;
 pub mod connections;
 pub mod crd;
+pub mod drain_plan;
+pub mod drainer;
 pub mod events;
 pub mod generated_secrets;
 pub mod http_client;

@@ -1,5 +1,5 @@
 //! Operator metrics: reconciles, errors by reason, reconcile duration, leadership,
-//! autoscaler decisions by reason.
+//! autoscaler decisions by reason, drain actions.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -16,6 +16,9 @@ pub struct OperatorMetrics {
     /// Autoscaler decisions by reason (`ScaledUp`, `WithinTolerance`, `NoData`…): the bad
     /// data reasons count data errors.
     pub autoscaler_decisions: IntCounterVec,
+    /// Drains before a scale-down: `started`, `finished`, `undrained`, `failed` (a drain
+    /// or undrain call a pod refused or did not answer).
+    pub drain_actions: IntCounterVec,
 }
 
 impl OperatorMetrics {
@@ -50,6 +53,14 @@ impl OperatorMetrics {
                 &["reason"],
             )
             .expect("static metric"),
+            drain_actions: IntCounterVec::new(
+                Opts::new(
+                    "chatcluster_drain_actions_total",
+                    "Drains before a scale-down, by action (started, finished, undrained, failed).",
+                ),
+                &["action"],
+            )
+            .expect("static metric"),
             registry,
         };
         for c in [
@@ -58,6 +69,7 @@ impl OperatorMetrics {
             Box::new(m.duration.clone()),
             Box::new(m.leader.clone()),
             Box::new(m.autoscaler_decisions.clone()),
+            Box::new(m.drain_actions.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }

@@ -1,12 +1,15 @@
 //! The reconcile pipeline: validate (pure) → check referenced Secrets → generated Secrets
-//! (admin token, Redis password: created once) → build (pure) →
-//! apply → delete orphans → observe → autoscale (with `spec.autoscaling`) → status. An invalid spec sets Degraded and waits for a change; API errors requeue with
+//! (admin token, Redis password: created once) → drain plan (a scale-down keeps the
+//! StatefulSet's pods until the leaving ones are drained) → build (pure) → apply → start
+//! drains / undrains → delete orphans → observe → autoscale (with `spec.autoscaling`) →
+//! status. An invalid spec sets Degraded and waits for a change; API errors requeue with
 //! exponential backoff per ChatCluster (see `error_policy`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -16,15 +19,19 @@ use crate::apply::{apply, delete_orphans};
 use crate::autoscaler;
 use crate::build::{build, BuildContext, BuildError};
 use crate::conditions::Observation;
+use crate::connections::pod_ready;
 use crate::crd::{ChatCluster, ChatClusterStatus};
+use crate::drain_plan::{self, DrainLimits, DrainPlan, Leaving};
+use crate::drainer;
 use crate::events::{
-    for_autoscaling, for_condition_changes, for_deleted_orphans, for_scaling, Notice,
+    for_autoscaling, for_condition_changes, for_deleted_orphans, for_drain, for_drain_call_failure,
+    for_scaling, Notice,
 };
 use crate::generated_secrets;
 use crate::http_client::HttpClient;
 use crate::metrics::OperatorMetrics;
 use crate::secrets::check_all as check_secrets;
-use crate::status::{observe, status_for, write};
+use crate::status::{list_chat_pods, observe, status_for, write};
 use crate::validate::validate;
 
 /// Shared by every reconcile.
@@ -103,26 +110,31 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     // missing or unusable Secret would only fail later, less clearly.
     if let Err(invalid) = check_secrets(&ctx.client, &ns, &cluster.spec).await? {
         tracing::warn!(%ns, %name, reason = invalid.reason, message = %invalid.message, "unusable Secret");
-        let (mut obs, _) = observe(&ctx.client, &ctx.http, &ns, cluster).await?;
+        let pods = list_chat_pods(&ctx.client, &ns, &name).await?;
+        let (mut obs, _) = observe(&ctx.client, &ctx.http, &ns, cluster, &pods).await?;
         obs.invalid = Some((invalid.reason.to_owned(), invalid.message));
         report(ctx, cluster, &obs, Vec::new()).await?;
         // Secrets are not watched: look again soon, so creating the Secret is enough.
         return Ok(Action::requeue(SECRET_RECHECK));
     }
     // Generated Secrets first: the pod templates carry their revision.
-    let secrets_revision = generated_secrets::ensure(&ctx.client, cluster).await?;
-    let desired = build(
-        cluster,
-        BuildContext {
-            gateway_api: ctx.gateway_api,
-            secrets_revision: Some(secrets_revision),
-        },
-    )?;
+    let generated = generated_secrets::ensure(&ctx.client, cluster).await?;
     let replicas_before = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&name)
         .await?
         .and_then(|s| s.spec)
         .and_then(|s| s.replicas);
+    // A scale-down waits until the pods that go are drained (see drain_plan).
+    let pods = list_chat_pods(&ctx.client, &ns, &name).await?;
+    let mut drain = plan_drain(ctx, cluster, replicas_before, &pods, &generated).await;
+    let desired = build(
+        cluster,
+        BuildContext {
+            gateway_api: ctx.gateway_api,
+            secrets_revision: Some(generated.revision.clone()),
+            chat_replicas: Some(drain.statefulset_replicas),
+        },
+    )?;
     if let Err(e) = apply(&ctx.client, &ns, &desired).await {
         if !is_rejection(&e) {
             // Transient (timeout, conflict, throttling, 5xx): retry without touching status.
@@ -144,17 +156,32 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         }
         return Err(e.into());
     }
-    let mut notices: Vec<Notice> = for_scaling(replicas_before, cluster.spec.effective_replicas())
+    let mut notices: Vec<Notice> = for_scaling(replicas_before, drain.statefulset_replicas)
         .into_iter()
         .collect();
+    notices.extend(
+        carry_out_drain(
+            ctx,
+            &pods,
+            generated.admin_token.as_deref().unwrap_or_default(),
+            &mut drain,
+        )
+        .await,
+    );
+    notices.extend(for_drain(
+        &drain,
+        cluster.spec.drain.max_reconnects_per_second,
+    ));
     let uid = cluster.metadata.uid.clone().unwrap_or_default();
     let deleted = delete_orphans(&ctx.client, &ns, &name, &uid, &desired, ctx.gateway_api).await?;
     if !deleted.is_empty() {
         tracing::info!(%ns, %name, ?deleted, "deleted objects no longer in the spec");
     }
     notices.extend(for_deleted_orphans(&deleted));
-    let (mut obs, pods) = observe(&ctx.client, &ctx.http, &ns, cluster).await?;
-    let reading = autoscaler::read(cluster, &ctx.prometheus_http, pods).await;
+    let (mut obs, scrape) = observe(&ctx.client, &ctx.http, &ns, cluster, &pods).await?;
+    let draining = drain.in_progress();
+    obs.drain = Some(drain);
+    let reading = autoscaler::read(cluster, &ctx.prometheus_http, scrape).await;
     obs.autoscaling = autoscaler::run(
         &ctx.client,
         &ctx.autoscaler,
@@ -175,7 +202,127 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     if obs.autoscaling.is_some() {
         next = next.min(autoscaler::SYNC_PERIOD);
     }
+    if draining {
+        next = next.min(DRAIN_POLL);
+    }
     Ok(Action::requeue(next))
+}
+
+/// How often a scale-down waiting for drains looks at the pods again.
+pub const DRAIN_POLL: Duration = Duration::from_secs(2);
+
+/// Asks the pods that may be part of a drain for their `/admin/status` and plans: the
+/// ones above the desired count (leaving); every pod while the last status listed drains
+/// under way (a scale back up may want them again, before their readiness has turned);
+/// and any pod that is not Ready (a drained pod is not, whatever happened to the
+/// status). A steady cluster, every pod Ready and none leaving, costs no call.
+async fn plan_drain(
+    ctx: &Context,
+    cluster: &ChatCluster,
+    running: Option<i32>,
+    pods: &[Pod],
+    generated: &generated_secrets::Generated,
+) -> DrainPlan {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let desired = cluster.spec.effective_replicas();
+    let drains_under_way = cluster
+        .status
+        .as_ref()
+        .is_some_and(|s| s.draining.is_some());
+    let worth_asking: Vec<Pod> = pods
+        .iter()
+        .filter(|p| {
+            let ordinal = p
+                .metadata
+                .name
+                .as_deref()
+                .and_then(|pod| drainer::ordinal(name, pod));
+            drains_under_way || ordinal.is_some_and(|o| o >= desired) || !pod_ready(p)
+        })
+        .cloned()
+        .collect();
+    let token = generated.admin_token.as_deref().unwrap_or_default();
+    let views = drainer::view_pods(&ctx.http, name, &worth_asking, token).await;
+    let d = &cluster.spec.drain;
+    let limits = DrainLimits {
+        max_reconnects_per_second: f64::from(d.max_reconnects_per_second),
+        min_window: Duration::from_secs(u64::try_from(d.reconnect_window_seconds).unwrap_or(1)),
+        deadline: Duration::from_secs(u64::try_from(d.deadline_seconds).unwrap_or(2)),
+    };
+    drain_plan::plan(desired, running, &views, limits)
+}
+
+/// Runs `call` against pod `pod`'s admin address; the error as text for an Event.
+async fn call_pod<F, Fut>(pods: &[Pod], pod: &str, call: F) -> Result<(), String>
+where
+    F: FnOnce(std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::http_client::HttpError>>,
+{
+    let addr = drainer::address_of(pods, pod).ok_or("the pod has no IP")?;
+    call(addr).await.map_err(|e| e.to_string())
+}
+
+/// Starts the drains and undrains `plan` asks for. A call that fails becomes a warning
+/// Event and leaves the pod as it was (the next reconcile tries again); the plan is
+/// updated so status and Events say what really happened.
+async fn carry_out_drain(
+    ctx: &Context,
+    pods: &[Pod],
+    token: &str,
+    plan: &mut DrainPlan,
+) -> Vec<Notice> {
+    let count = |action: &str| ctx.metrics.drain_actions.with_label_values(&[action]).inc();
+    let mut notices = Vec::new();
+    let mut failed_starts = Vec::new();
+    for start in &plan.start {
+        let result = call_pod(pods, &start.pod, |addr| {
+            drainer::start_drain(&ctx.http, addr, token, start)
+        })
+        .await;
+        match result {
+            Ok(()) => {
+                count("started");
+                tracing::info!(pod = %start.pod, connections = start.connections, window_s = start.window.as_secs_f64(), "drain started");
+            }
+            Err(e) => {
+                count("failed");
+                notices.push(for_drain_call_failure(&start.pod, "draining", &e));
+                failed_starts.push(start.pod.clone());
+            }
+        }
+    }
+    plan.start.retain(|s| !failed_starts.contains(&s.pod));
+    for l in &mut plan.leaving {
+        if let (true, Leaving::Draining { connections, .. }) =
+            (failed_starts.contains(&l.name), &l.state)
+        {
+            l.state = Leaving::Waiting {
+                connections: *connections,
+            };
+        }
+    }
+    let mut failed_undrains = Vec::new();
+    for pod in &plan.undrain {
+        let result = call_pod(pods, pod, |addr| drainer::undrain(&ctx.http, addr, token)).await;
+        match result {
+            Ok(()) => {
+                count("undrained");
+                tracing::info!(%pod, "undrained: wanted again");
+            }
+            Err(e) => {
+                count("failed");
+                notices.push(for_drain_call_failure(pod, "undraining", &e));
+                failed_undrains.push(pod.clone());
+            }
+        }
+    }
+    plan.undrain.retain(|p| !failed_undrains.contains(p));
+    if plan.scale_down_now {
+        for _ in &plan.leaving {
+            count("finished");
+        }
+    }
+    notices
 }
 
 /// The status stage: writes the status for `obs` and, once it is written, publishes

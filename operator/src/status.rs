@@ -13,16 +13,32 @@ use crate::apply::FIELD_MANAGER;
 use crate::build::{selector_string, ADMIN_PORT};
 use crate::conditions::{next_conditions, Observation};
 use crate::connections::{ready_pod_addresses, scrape_connections, PodConnections};
-use crate::crd::{ChatCluster, ChatClusterStatus};
+use crate::crd::{ChatCluster, ChatClusterStatus, DrainingPod};
+use crate::drain_plan::{DrainPlan, Leaving};
 use crate::http_client::HttpClient;
 
+/// The chat-server pods of ChatCluster `name`.
+pub async fn list_chat_pods(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<Pod>, kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    Ok(pods
+        .list(&ListParams::default().labels(&selector_string(name)))
+        .await?
+        .items)
+}
+
 /// Reads what the StatefulSets report (a missing object counts as "nothing ready") and
-/// scrapes the ready pods' connection counts, which the autoscaler also uses.
+/// scrapes the ready ones of `chat_pods` for connection counts, which the autoscaler
+/// also uses.
 pub async fn observe(
     client: &Client,
     http: &HttpClient,
     ns: &str,
     cluster: &ChatCluster,
+    chat_pods: &[Pod],
 ) -> Result<(Observation, PodConnections), kube::Error> {
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
@@ -38,15 +54,7 @@ pub async fn observe(
     };
     let statefulset_current = chat.as_ref().is_some_and(statefulset_rolled_out);
     let status = chat.and_then(|s| s.status).unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let chat_pods = pods
-        .list(&ListParams::default().labels(&selector_string(&name)))
-        .await?;
-    let scrape = scrape_connections(
-        http,
-        &ready_pod_addresses(&chat_pods.items, ADMIN_PORT as u16),
-    )
-    .await;
+    let scrape = scrape_connections(http, &ready_pod_addresses(chat_pods, ADMIN_PORT as u16)).await;
     let observation = Observation {
         invalid: None,
         apply_failed: None,
@@ -60,6 +68,7 @@ pub async fn observe(
         redis_managed: managed,
         connections: scrape.best_effort_total(),
         autoscaling: None,
+        drain: None,
     };
     Ok((observation, scrape))
 }
@@ -96,9 +105,38 @@ pub fn status_for(cluster: &ChatCluster, obs: &Observation, now: Timestamp) -> C
             Some(_) => previous.last_scale_time.clone(),
             None => None,
         },
+        draining: obs
+            .drain
+            .as_ref()
+            .filter(|p| p.in_progress())
+            .map(draining_pods),
         selector: Some(selector_string(name)),
         conditions: next_conditions(&previous.conditions, obs, generation, now),
     }
+}
+
+/// `status.draining` for a scale-down under way (pure).
+fn draining_pods(plan: &DrainPlan) -> Vec<DrainingPod> {
+    plan.leaving
+        .iter()
+        .map(|l| {
+            let (state, connections, window) = match &l.state {
+                Leaving::Waiting { connections } => ("Waiting", *connections, 0),
+                Leaving::Draining {
+                    connections,
+                    window,
+                    ..
+                } => ("Draining", *connections, window.as_secs()),
+                Leaving::Done { .. } => ("Drained", 0, 0),
+            };
+            DrainingPod {
+                pod: l.name.clone(),
+                state: state.to_owned(),
+                connections: i64::try_from(connections).unwrap_or(i64::MAX),
+                reconnect_window_seconds: i64::try_from(window).unwrap_or(i64::MAX),
+            }
+        })
+        .collect()
 }
 
 /// Writes `status` unless it is unchanged (so an idle cluster causes no writes).
@@ -174,6 +212,7 @@ mod tests {
             redis_managed: true,
             connections: None,
             autoscaling: None,
+            drain: None,
         };
         let t0 = Timestamp::from_second(1_800_000_000).unwrap();
         let first = status_for(&c, &obs, t0);

@@ -1,12 +1,24 @@
 //! HTTP routing: the public port (`/ws`, the web client at `/`) and the admin port
-//! (`/healthz`, `/readyz`, `/metrics`, `/admin/drain`, `/admin/status`). Every refused
-//! upgrade is answered before the WebSocket opens, with a status and a plain message.
+//! (`/healthz`, `/readyz`, `/metrics`, and behind the admin token `POST /admin/drain`,
+//! `POST /admin/undrain`, `GET /admin/status`). Every refused upgrade is answered before
+//! the WebSocket opens, with a status and a plain message.
+//!
+//! `POST /admin/drain` takes an optional JSON body, `{"reconnect_window_seconds":
+//! <number>, "keep_running": <bool>}` (both optional, no other field; no content type
+//! needed); an empty body drains with the configured timing and the process exits when
+//! the drain ends. It answers 202 `{"draining": true, "started", "connections",
+//! "reconnect_window_ms", "keep_running"}` (of the drain in effect: a drain already
+//! under way is left unchanged and `started` is false), or 400 with a one-line message.
+//! With `keep_running` the node stays alive, not ready, once drained, until SIGTERM or
+//! `POST /admin/undrain`, which cancels such a drain: 200 `{"serving": true, "was":
+//! "serving"|"draining"|"drained"}`, or 409 when the node is stopping.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::{Query, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -14,6 +26,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::drain::{parse_drain_request, plan_drain, Phase};
 use crate::state::AppState;
 use crate::sync::lock;
 
@@ -45,6 +58,7 @@ pub fn public_router(state: Arc<AppState>) -> Router {
 pub fn admin_router(state: Arc<AppState>) -> Router {
     let protected = Router::new()
         .route("/admin/drain", post(drain))
+        .route("/admin/undrain", post(undrain))
         .route("/admin/status", get(status))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -81,12 +95,18 @@ async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if state.drain.is_draining() {
+    let phase = state.drain.phase();
+    if phase != Phase::Serving {
+        let what = match phase {
+            Phase::Drained => "drained",
+            Phase::Stopped => "stopping",
+            _ => "draining",
+        };
         return unavailable(
             &state,
             "draining",
             1,
-            "this node is draining; connect again to reach another node".into(),
+            format!("this node is {what}; connect again to reach another node"),
         );
     }
     let max = state.settings.max_connections;
@@ -181,8 +201,14 @@ async fn require_admin_token(
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.drain.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    let not_serving = match state.drain.phase() {
+        Phase::Serving => None,
+        Phase::Draining => Some("draining\n"),
+        Phase::Drained => Some("drained\n"),
+        Phase::Stopped => Some("stopping\n"),
+    };
+    if let Some(body) = not_serving {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     } else if !state.backplane.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "backplane unavailable\n").into_response()
     } else {
@@ -201,26 +227,64 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn drain(State(state): State<Arc<AppState>>) -> Response {
-    let started = state.begin_drain();
+fn bad_request(message: String) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response()
+}
+
+/// `POST /admin/drain`: the body is read as bytes whatever its content type (curl `-d`
+/// sends a form type), then checked by [`parse_drain_request`] and [`plan_drain`].
+async fn drain(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let plan = match parse_drain_request(&body)
+        .and_then(|request| plan_drain(&request, state.configured_drain_plan()))
+    {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::info!(error = %e, "drain request refused");
+            return bad_request(e.to_string());
+        }
+    };
+    let outcome = state.begin_drain_with(plan);
     let body = serde_json::json!({
         "draining": true,
-        "started": started,
+        "started": outcome.started,
         "connections": state.hub.connection_count(),
+        "reconnect_window_ms": outcome.in_effect.reconnect_window.as_millis() as u64,
+        "keep_running": outcome.in_effect.keep_running,
     });
     (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+/// `POST /admin/undrain`: cancels a `keep_running` drain (see
+/// [`crate::drain::Drain::undrain`]; sessions already told to reconnect are not called
+/// back). 409 when the node is stopping.
+async fn undrain(State(state): State<Arc<AppState>>) -> Response {
+    match state.undrain() {
+        Ok(was) => (
+            StatusCode::OK,
+            Json(serde_json::json!({"serving": true, "was": was.as_str()})),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
 }
 
 /// The node at a glance. `backplane` (kind) and `backplane_ready` (readiness) stay for
 /// existing readers; `backplane_status` adds the connection state and the last
 /// connection error (e.g. Redis refused the password or the certificate), without secrets.
+/// `draining` is true in every phase but serving; `phase` is `serving`, `draining`,
+/// `drained` or `stopped`, and `drain` is null while serving, else the drain in effect:
+/// `{"reconnect_window_ms", "deadline_ms", "elapsed_ms", "connections_at_start",
+/// "keep_running", "stop_requested"}`.
 async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let drain = state.drain.status();
     Json(serde_json::json!({
         "node": state.settings.node_name,
         "pod_ip": state.settings.pod_ip,
         "connections": state.hub.connection_count(),
         "rooms": state.hub.room_count(),
-        "draining": state.drain.is_draining(),
+        "draining": drain.phase != Phase::Serving,
+        "phase": drain.phase,
+        "drain": drain.drain,
         "backplane": state.backplane.kind(),
         "backplane_ready": state.backplane.is_ready(),
         "backplane_status": state.backplane.status(),

@@ -52,7 +52,8 @@ pub enum StartError {
     },
 }
 
-/// A started server. Dropping it does not stop it; drain it and await [`RunningServer::stopped`].
+/// A started server. Dropping it does not stop it; drain it (or request a stop) and
+/// await [`RunningServer::stopped`].
 pub struct RunningServer {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -60,18 +61,28 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// Starts a drain (as SIGTERM or `POST /admin/drain` would).
+    /// Starts a drain with the configured timing, after which the server stops (as a
+    /// `POST /admin/drain` without a body would); false when a drain was under way.
     pub fn begin_drain(&self) -> bool {
         self.state.begin_drain()
     }
 
-    /// Resolves when a drain has finished: the process may exit.
+    /// Asks the server to stop, as SIGTERM does: while serving it drains with the
+    /// configured timing; a drain under way (even one started with `keep_running`) is
+    /// left to finish and the server then stops; a drained server stops at once.
+    /// Returns whether to wait for [`RunningServer::stopped`] (false: exit now).
+    pub fn request_stop(&self) -> bool {
+        self.state.request_stop().waits()
+    }
+
+    /// Resolves when the server has stopped: the process may exit. A drain started with
+    /// `keep_running` does not stop it; a later stop request does.
     pub async fn stopped(&self) {
         self.state.drain.stopped().await
     }
 }
 
-/// Binds both ports and serves until a drain finishes.
+/// Binds both ports and serves until the server stops (see [`RunningServer::stopped`]).
 pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     settings.validate()?;
     let auth = Authenticator::new(settings.auth.clone())?;

@@ -1,5 +1,13 @@
-//! `chat-server` binary: configuration, logging, signals. SIGTERM or Ctrl-C starts a
-//! drain; the process exits 0 when the drain finishes.
+//! `chat-server` binary: configuration, logging, signals. The process exits 0 once the
+//! server has stopped:
+//!
+//! - SIGTERM or Ctrl-C while serving starts a drain with the configured timing; the
+//!   process exits when it finishes;
+//! - during a drain (SIGTERM's, or `POST /admin/drain`'s, even with `keep_running`) the
+//!   drain goes on unchanged and the process exits when it finishes;
+//! - on a node drained with `keep_running` (alive, not ready) the process exits at once;
+//! - a drain without `keep_running` exits the process when it finishes, signal or not;
+//! - a second SIGTERM or Ctrl-C while waiting for a drain exits at once.
 
 use anyhow::Context;
 use chat_server::config::{Args, LogFormat, Settings};
@@ -33,11 +41,14 @@ async fn main() -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
         _ = server.stopped() => {}
     }
-    server.begin_drain();
+    if !server.request_stop() {
+        tracing::info!("stopped");
+        return Ok(());
+    }
     tokio::select! {
         _ = server.stopped() => tracing::info!("stopped"),
         _ = term.recv() => tracing::warn!("second SIGTERM: exiting without finishing the drain"),

@@ -99,8 +99,11 @@ impl Metrics {
                 &["result"],
             )
             .expect("static metric definition"),
-            draining: IntGauge::new("chat_draining", "1 while this node drains, else 0.")
-                .expect("static metric definition"),
+            draining: IntGauge::new(
+                "chat_draining",
+                "1 while this node drains or is drained (not serving), else 0.",
+            )
+            .expect("static metric definition"),
             backplane_received: IntCounter::new(
                 "chat_backplane_messages_received_total",
                 "Room messages this node received from the Redis backplane.",

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::auth::Authenticator;
 use crate::backplane::SharedBackplane;
 use crate::config::Settings;
-use crate::drain::{Drain, DrainPlan};
+use crate::drain::{BeginOutcome, Drain, DrainPlan, Phase, StopAction, UndrainError};
 use crate::http::ConnectionSlots;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -55,16 +55,40 @@ impl AppState {
         self.next_session_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Starts a drain with the configured timing; false when already draining.
+    /// The drain this node is configured for: `CHAT_DRAIN_*`, no `keep_running`.
+    pub fn configured_drain_plan(&self) -> DrainPlan {
+        DrainPlan {
+            reconnect_window: self.settings.drain_reconnect_window,
+            deadline: self.settings.drain_deadline,
+            max_jitter: self.settings.drain_max_jitter,
+            keep_running: false,
+        }
+    }
+
+    /// Starts a drain with the configured timing, after which the node stops; false when
+    /// a drain was already under way.
     pub fn begin_drain(&self) -> bool {
-        self.drain.begin(
+        self.begin_drain_with(self.configured_drain_plan()).started
+    }
+
+    /// Starts a drain with `plan` (see [`crate::drain::plan_drain`] for checking a
+    /// requested one); a drain already under way is left unchanged.
+    pub fn begin_drain_with(&self, plan: DrainPlan) -> BeginOutcome {
+        self.drain
+            .begin(self.hub.clone(), self.metrics.clone(), plan)
+    }
+
+    /// A stop request (SIGTERM): see [`Drain::request_stop`].
+    pub fn request_stop(&self) -> StopAction {
+        self.drain.request_stop(
             self.hub.clone(),
             self.metrics.clone(),
-            DrainPlan {
-                reconnect_window: self.settings.drain_reconnect_window,
-                deadline: self.settings.drain_deadline,
-                max_jitter: self.settings.drain_max_jitter,
-            },
+            self.configured_drain_plan(),
         )
+    }
+
+    /// Cancels a `keep_running` drain: see [`Drain::undrain`].
+    pub fn undrain(&self) -> Result<Phase, UndrainError> {
+        self.drain.undrain()
     }
 }

@@ -183,6 +183,16 @@ pub async fn admin_post(addr: SocketAddr, path: &str, token: Option<&str>) -> (u
     http_request(addr, "POST", path, token).await
 }
 
+/// POST with a body on the admin port, with the given headers (e.g. a content type).
+pub async fn admin_post_body(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    http_request_with(addr, "POST", path, None, headers, body).await
+}
+
 /// A tiny HTTP/1.1 client (one request per connection) so tests need no HTTP crate.
 pub async fn http_request(
     addr: SocketAddr,
@@ -190,13 +200,29 @@ pub async fn http_request(
     path: &str,
     token: Option<&str>,
 ) -> (u16, String) {
+    http_request_with(addr, method, path, token, &[], "").await
+}
+
+pub async fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let len = body.len();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Content-Length: {len}\r\nConnection: close\r\n\r\n{body}"
     );
     s.write_all(req.as_bytes()).await.expect("write");
     let mut buf = Vec::new();

@@ -1,0 +1,534 @@
+//! Operator-driven drain before a scale-down (pure, table-tested).
+//!
+//! Whatever lowers a ChatCluster's replicas (the autoscaler, KEDA or an HPA through
+//! `/scale`, `kubectl scale`, a spec edit), the StatefulSet keeps its pods until the ones
+//! that will go (the highest ordinals) have been drained through their admin port: each
+//! gets a reconnect window chosen so that the reconnects of every pod draining at once
+//! stay under `spec.drain.maxReconnectsPerSecond`. Only when every leaving pod is drained
+//! is the StatefulSet's `replicas` lowered; the pods then exit at once on SIGTERM. A pod
+//! that is wanted again (a scale back up) is undrained.
+//!
+//! Everything is decided from what the pods report now (`/admin/status`), never from
+//! memory, so an operator restart mid-drain resumes where the pods are: a pod already
+//! draining is not drained again.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A pod's drain phase, as its `/admin/status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Serving,
+    Draining,
+    /// Drained by request and kept running (not ready) until SIGTERM.
+    Drained,
+    Stopped,
+}
+
+/// The drain a pod is running, from its `/admin/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DrainInfo {
+    pub reconnect_window_ms: u64,
+    pub elapsed_ms: u64,
+    pub connections_at_start: u64,
+    /// Started by the operator (stays up once drained); false for SIGTERM drains.
+    pub keep_running: bool,
+    /// SIGTERM arrived: the pod is stopping and cannot be undrained.
+    pub stop_requested: bool,
+}
+
+/// The parts of a pod's `/admin/status` the drain needs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AdminStatus {
+    pub phase: Phase,
+    pub connections: u64,
+    #[serde(default)]
+    pub drain: Option<DrainInfo>,
+}
+
+/// One chat-server pod as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub name: String,
+    pub ordinal: i32,
+    /// `None`: no IP yet, or its admin port did not answer.
+    pub status: Option<AdminStatus>,
+}
+
+/// The drain settings of a ChatCluster.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DrainLimits {
+    /// Reconnects per second over the whole cluster (`spec.drain.maxReconnectsPerSecond`).
+    pub max_reconnects_per_second: f64,
+    /// The shortest window a pod gets (`spec.drain.reconnectWindowSeconds`).
+    pub min_window: Duration,
+    /// The pods' drain deadline (`spec.drain.deadlineSeconds`); a window must be shorter.
+    pub deadline: Duration,
+}
+
+impl DrainLimits {
+    /// The longest window a pod can be given: a second before its deadline, so the last
+    /// clients told still have time to leave before the rest are closed.
+    pub fn max_window(&self) -> Duration {
+        self.deadline
+            .saturating_sub(Duration::from_secs(1))
+            .max(self.min_window)
+    }
+}
+
+/// A drain the operator starts now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartDrain {
+    pub pod: String,
+    pub connections: u64,
+    pub window: Duration,
+    /// Even the longest window cannot keep this pod under the budget (it is drained
+    /// alone, over the longest window).
+    pub over_budget: bool,
+}
+
+/// Where a leaving pod is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leaving {
+    /// Not started: the reconnect budget is taken by the pods draining now.
+    Waiting { connections: u64 },
+    /// Being drained (started now or earlier).
+    Draining {
+        connections: u64,
+        window: Duration,
+        elapsed: Duration,
+    },
+    /// Nothing left to move: drained, or not answering (no IP yet, or its admin port is
+    /// down; SIGTERM still drains it when the StatefulSet removes it).
+    Done {
+        moved: u64,
+        elapsed: Duration,
+        answered: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeavingPod {
+    pub name: String,
+    pub state: Leaving,
+}
+
+/// What to do this reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DrainPlan {
+    /// What the StatefulSet's `replicas` is set to.
+    pub statefulset_replicas: i32,
+    pub start: Vec<StartDrain>,
+    /// Pods drained by the operator that are wanted again.
+    pub undrain: Vec<String>,
+    /// The pods above the desired count while the StatefulSet still has them, highest
+    /// ordinal first. Empty when no scale-down is under way.
+    pub leaving: Vec<LeavingPod>,
+    /// True when this plan lowers the StatefulSet: every leaving pod is done.
+    pub scale_down_now: bool,
+}
+
+impl DrainPlan {
+    /// A scale-down is waiting for drains.
+    pub fn in_progress(&self) -> bool {
+        !self.leaving.is_empty() && !self.scale_down_now
+    }
+}
+
+/// Reconnects per second a running drain still causes: its clients are told evenly over
+/// its window, so `connections_at_start / window` until the window has passed.
+fn reconnect_rate(info: &DrainInfo) -> f64 {
+    if info.elapsed_ms >= info.reconnect_window_ms || info.reconnect_window_ms == 0 {
+        return 0.0;
+    }
+    info.connections_at_start as f64 / (info.reconnect_window_ms as f64 / 1000.0)
+}
+
+/// Decides the StatefulSet's replicas and which drains to start or cancel.
+///
+/// `desired`: the ChatCluster's effective replicas. `running`: the StatefulSet's current
+/// `replicas` (`None` before it exists). `pods`: every chat-server pod, in any order.
+pub fn plan(
+    desired: i32,
+    running: Option<i32>,
+    pods: &[PodView],
+    limits: DrainLimits,
+) -> DrainPlan {
+    let undrain: Vec<String> = pods
+        .iter()
+        .filter(|p| p.ordinal < desired)
+        .filter(|p| {
+            p.status.as_ref().is_some_and(|s| {
+                matches!(s.phase, Phase::Draining | Phase::Drained)
+                    && s.drain
+                        .as_ref()
+                        .is_some_and(|d| d.keep_running && !d.stop_requested)
+            })
+        })
+        .map(|p| p.name.clone())
+        .collect();
+    let Some(running) = running.filter(|r| *r > desired) else {
+        return DrainPlan {
+            statefulset_replicas: desired,
+            undrain,
+            ..DrainPlan::default()
+        };
+    };
+    let mut leaving_pods: Vec<&PodView> = pods
+        .iter()
+        .filter(|p| (desired..running).contains(&p.ordinal))
+        .collect();
+    leaving_pods.sort_by_key(|p| std::cmp::Reverse(p.ordinal));
+
+    // The budget already taken by the drains under way.
+    let mut in_flight: f64 = leaving_pods
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .filter(|s| s.phase == Phase::Draining)
+        .filter_map(|s| s.drain.as_ref())
+        .map(reconnect_rate)
+        .sum();
+    let budget = limits.max_reconnects_per_second.max(f64::MIN_POSITIVE);
+    let max_window = limits.max_window();
+    let mut start = Vec::new();
+    let mut leaving = Vec::new();
+    for pod in leaving_pods {
+        let state = match &pod.status {
+            None => Leaving::Done {
+                moved: 0,
+                elapsed: Duration::ZERO,
+                answered: false,
+            },
+            Some(s) => match (s.phase, &s.drain) {
+                (Phase::Drained | Phase::Stopped, drain) => Leaving::Done {
+                    moved: drain.as_ref().map_or(0, |d| d.connections_at_start),
+                    elapsed: drain
+                        .as_ref()
+                        .map_or(Duration::ZERO, |d| Duration::from_millis(d.elapsed_ms)),
+                    answered: true,
+                },
+                (Phase::Draining, drain) => {
+                    let window = drain.as_ref().map_or(limits.min_window, |d| {
+                        Duration::from_millis(d.reconnect_window_ms)
+                    });
+                    let elapsed = drain
+                        .as_ref()
+                        .map_or(Duration::ZERO, |d| Duration::from_millis(d.elapsed_ms));
+                    Leaving::Draining {
+                        connections: s.connections,
+                        window,
+                        elapsed,
+                    }
+                }
+                (Phase::Serving, _) => {
+                    let c = s.connections;
+                    let available = budget - in_flight;
+                    // The window that keeps this pod's reconnects within what is left.
+                    let needed = if c == 0 {
+                        Some(Duration::ZERO)
+                    } else if available > 0.0 {
+                        Some(Duration::from_secs_f64(c as f64 / available))
+                    } else {
+                        None
+                    };
+                    let nothing_draining = in_flight == 0.0
+                        && !leaving
+                            .iter()
+                            .any(|l: &LeavingPod| matches!(l.state, Leaving::Draining { .. }));
+                    match needed {
+                        Some(n) if n <= max_window => {
+                            let window = n.max(limits.min_window);
+                            start.push(StartDrain {
+                                pod: pod.name.clone(),
+                                connections: c,
+                                window,
+                                over_budget: false,
+                            });
+                            in_flight += c as f64 / window.as_secs_f64();
+                            Leaving::Draining {
+                                connections: c,
+                                window,
+                                elapsed: Duration::ZERO,
+                            }
+                        }
+                        // Too many for the budget even over the longest window: alone,
+                        // over the longest window, is the least it can do.
+                        _ if nothing_draining => {
+                            start.push(StartDrain {
+                                pod: pod.name.clone(),
+                                connections: c,
+                                window: max_window,
+                                over_budget: true,
+                            });
+                            in_flight += c as f64 / max_window.as_secs_f64();
+                            Leaving::Draining {
+                                connections: c,
+                                window: max_window,
+                                elapsed: Duration::ZERO,
+                            }
+                        }
+                        _ => Leaving::Waiting { connections: c },
+                    }
+                }
+            },
+        };
+        leaving.push(LeavingPod {
+            name: pod.name.clone(),
+            state,
+        });
+    }
+    let scale_down_now = leaving
+        .iter()
+        .all(|l| matches!(l.state, Leaving::Done { .. }));
+    DrainPlan {
+        statefulset_replicas: if scale_down_now { desired } else { running },
+        start,
+        undrain,
+        leaving,
+        scale_down_now,
+    }
+}
+
+/// The `Draining` condition's message for a scale-down under way.
+pub fn describe(plan: &DrainPlan) -> String {
+    plan.leaving
+        .iter()
+        .map(|l| match &l.state {
+            Leaving::Waiting { connections } => format!(
+                "{} waits for the reconnect budget ({connections} connections)",
+                l.name
+            ),
+            Leaving::Draining {
+                connections,
+                window,
+                ..
+            } => format!(
+                "{} draining ({connections} connections left, window {}s)",
+                l.name,
+                window.as_secs()
+            ),
+            Leaving::Done { answered: true, .. } => format!("{} drained", l.name),
+            Leaving::Done {
+                answered: false, ..
+            } => format!("{} not answering (SIGTERM drains it)", l.name),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DrainLimits = DrainLimits {
+        max_reconnects_per_second: 100.0,
+        min_window: Duration::from_secs(10),
+        deadline: Duration::from_secs(60),
+    };
+
+    fn serving(ordinal: i32, connections: u64) -> PodView {
+        PodView {
+            name: format!("chat-{ordinal}"),
+            ordinal,
+            status: Some(AdminStatus {
+                phase: Phase::Serving,
+                connections,
+                drain: None,
+            }),
+        }
+    }
+
+    fn draining(ordinal: i32, left: u64, at_start: u64, window_s: u64, elapsed_s: u64) -> PodView {
+        PodView {
+            name: format!("chat-{ordinal}"),
+            ordinal,
+            status: Some(AdminStatus {
+                phase: Phase::Draining,
+                connections: left,
+                drain: Some(DrainInfo {
+                    reconnect_window_ms: window_s * 1000,
+                    elapsed_ms: elapsed_s * 1000,
+                    connections_at_start: at_start,
+                    keep_running: true,
+                    stop_requested: false,
+                }),
+            }),
+        }
+    }
+
+    fn drained(ordinal: i32, moved: u64) -> PodView {
+        let mut p = draining(ordinal, 0, moved, 10, 12);
+        if let Some(s) = &mut p.status {
+            s.phase = Phase::Drained;
+        }
+        p
+    }
+
+    fn started(plan: &DrainPlan) -> Vec<(&str, u64)> {
+        plan.start
+            .iter()
+            .map(|s| (s.pod.as_str(), s.window.as_secs()))
+            .collect()
+    }
+
+    #[test]
+    fn no_scale_down_follows_the_desired_count() {
+        let pods = [serving(0, 5), serving(1, 5)];
+        for (desired, running) in [(2, Some(2)), (3, Some(2)), (2, None)] {
+            let p = plan(desired, running, &pods, LIMITS);
+            assert_eq!(p.statefulset_replicas, desired);
+            assert!(p.start.is_empty() && p.leaving.is_empty() && !p.in_progress());
+        }
+    }
+
+    #[test]
+    fn a_scale_down_keeps_the_pods_and_drains_the_highest_first() {
+        let pods = [serving(0, 100), serving(1, 100), serving(2, 100)];
+        let p = plan(1, Some(3), &pods, LIMITS);
+        assert_eq!(
+            p.statefulset_replicas, 3,
+            "nothing goes before it is drained"
+        );
+        assert!(p.in_progress());
+        // 100 connections over 10 s is 10/s each: both fit the budget of 100/s.
+        assert_eq!(started(&p), [("chat-2", 10), ("chat-1", 10)]);
+        assert!(p
+            .leaving
+            .iter()
+            .all(|l| matches!(l.state, Leaving::Draining { .. })));
+    }
+
+    #[test]
+    fn the_budget_stretches_windows_and_holds_back_pods() {
+        // 1,500 connections at 100/s need 15 s: longer than the minimum window.
+        let p = plan(1, Some(2), &[serving(0, 0), serving(1, 1500)], LIMITS);
+        assert_eq!(started(&p), [("chat-1", 15)]);
+        assert!(!p.start[0].over_budget);
+        // Two such pods: the second waits until the first's window has passed.
+        let pods = [serving(0, 0), serving(1, 1500), serving(2, 1500)];
+        let p = plan(1, Some(3), &pods, LIMITS);
+        assert_eq!(started(&p), [("chat-2", 15)]);
+        assert_eq!(p.leaving[1].state, Leaving::Waiting { connections: 1500 });
+        assert!(describe(&p).contains("chat-1 waits for the reconnect budget"));
+        // Next reconcile, chat-2 is half way through its window: 100/s still in flight.
+        let pods = [
+            serving(0, 0),
+            serving(1, 1500),
+            draining(2, 750, 1500, 15, 7),
+        ];
+        assert!(plan(1, Some(3), &pods, LIMITS).start.is_empty());
+        // Its window has passed: chat-1 may start although chat-2 still has stragglers.
+        let pods = [
+            serving(0, 0),
+            serving(1, 1500),
+            draining(2, 3, 1500, 15, 16),
+        ];
+        let p = plan(1, Some(3), &pods, LIMITS);
+        assert_eq!(started(&p), [("chat-1", 15)]);
+        assert_eq!(p.statefulset_replicas, 3);
+    }
+
+    #[test]
+    fn a_pod_too_big_for_the_budget_drains_alone_over_the_longest_window() {
+        // 10,000 connections at 100/s would need 100 s; the deadline allows 59 s.
+        let p = plan(1, Some(2), &[serving(0, 0), serving(1, 10_000)], LIMITS);
+        assert_eq!(started(&p), [("chat-1", 59)]);
+        assert!(p.start[0].over_budget);
+        // Not while another drain takes budget.
+        let pods = [
+            serving(0, 0),
+            serving(1, 10_000),
+            draining(2, 10, 500, 10, 1),
+        ];
+        let p = plan(1, Some(3), &pods, LIMITS);
+        assert!(p.start.is_empty(), "{:?}", p.start);
+    }
+
+    #[test]
+    fn empty_pods_are_drained_at_the_minimum_window_without_using_budget() {
+        let pods = [
+            serving(0, 0),
+            serving(1, 0),
+            serving(2, 0),
+            draining(3, 900, 1000, 10, 1),
+        ];
+        let p = plan(1, Some(4), &pods, LIMITS);
+        assert_eq!(started(&p), [("chat-2", 10), ("chat-1", 10)]);
+    }
+
+    #[test]
+    fn the_statefulset_is_lowered_once_every_leaving_pod_is_done() {
+        let unreachable = PodView {
+            name: "chat-2".into(),
+            ordinal: 2,
+            status: None,
+        };
+        let pods = [serving(0, 10), drained(1, 40), unreachable];
+        let p = plan(1, Some(3), &pods, LIMITS);
+        assert!(p.scale_down_now && !p.in_progress());
+        assert_eq!(p.statefulset_replicas, 1);
+        assert!(p.start.is_empty());
+        assert_eq!(
+            describe(&p),
+            "chat-2 not answering (SIGTERM drains it); chat-1 drained"
+        );
+        // A pod still draining holds the scale-down, even with no connection left (it
+        // is about to report drained).
+        let pods = [serving(0, 10), drained(1, 40), draining(2, 0, 5, 10, 3)];
+        assert_eq!(plan(1, Some(3), &pods, LIMITS).statefulset_replicas, 3);
+    }
+
+    #[test]
+    fn a_scale_back_up_undrains_the_pods_wanted_again() {
+        let pods = [serving(0, 10), draining(1, 5, 50, 10, 2), drained(2, 50)];
+        let p = plan(3, Some(3), &pods, LIMITS);
+        assert_eq!(p.undrain, ["chat-1", "chat-2"]);
+        assert_eq!(p.statefulset_replicas, 3);
+        assert!(p.leaving.is_empty());
+        // Half way back: chat-1 is wanted again, chat-2 still goes.
+        let p = plan(2, Some(3), &pods, LIMITS);
+        assert_eq!(p.undrain, ["chat-1"]);
+        assert!(p.scale_down_now);
+        assert_eq!(p.statefulset_replicas, 2);
+    }
+
+    #[test]
+    fn pods_stopping_on_sigterm_are_not_undrained_and_drains_are_not_repeated() {
+        let mut sigterm = draining(1, 5, 50, 10, 2);
+        if let Some(d) = sigterm.status.as_mut().and_then(|s| s.drain.as_mut()) {
+            d.keep_running = false;
+            d.stop_requested = true;
+        }
+        assert!(plan(3, Some(3), &[serving(0, 0), sigterm], LIMITS)
+            .undrain
+            .is_empty());
+        // After an operator restart, the pods say where the drain is: nothing restarts.
+        let pods = [
+            serving(0, 0),
+            draining(1, 5, 50, 10, 2),
+            draining(2, 9, 50, 10, 2),
+        ];
+        let p = plan(1, Some(3), &pods, LIMITS);
+        assert!(p.start.is_empty());
+        assert!(p.in_progress());
+    }
+
+    #[test]
+    fn admin_status_answers_parse() {
+        let serving: AdminStatus = serde_json::from_str(
+            r#"{"node":"chat-0","connections":3,"phase":"serving","drain":null,"draining":false}"#,
+        )
+        .unwrap();
+        assert_eq!(serving.phase, Phase::Serving);
+        let draining: AdminStatus = serde_json::from_str(
+            r#"{"connections":2,"phase":"draining","drain":{"reconnect_window_ms":15000,
+            "deadline_ms":25000,"elapsed_ms":300,"connections_at_start":9,
+            "keep_running":true,"stop_requested":false}}"#,
+        )
+        .unwrap();
+        assert_eq!(draining.drain.unwrap().connections_at_start, 9);
+        assert!(serde_json::from_str::<AdminStatus>(r#"{"connections":1}"#).is_err());
+    }
+}
