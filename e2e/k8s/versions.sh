@@ -40,6 +40,11 @@ helm_bin_dir() {
 # shellcheck disable=SC2034 # read by e2e/images/hadolint.sh, which sources this file
 HADOLINT_VERSION=2.15.1
 
+# checkov, the policy checker run on the objects the operator builds (e2e/checkov.sh
+# installs it from PyPI).
+# shellcheck disable=SC2034 # read by e2e/checkov.sh, which sources this file
+CHECKOV_VERSION=3.3.30
+
 # Prometheus, for the autoscaler's Prometheus source test (built from its Go module by
 # build-prometheus.sh). The module's v0.3XX.Y tags are Prometheus 3.XX.Y (its `@latest`
 # resolves to a stale v1.x): bump both lines together.

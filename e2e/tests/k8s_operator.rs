@@ -261,6 +261,8 @@ fn children(name: &str) -> Vec<(&'static str, String)> {
         ("statefulset", format!("{name}-redis")),
         ("service", format!("{name}-redis")),
         ("ingress", name.to_owned()),
+        ("networkpolicy", name.to_owned()),
+        ("networkpolicy", format!("{name}-redis")),
     ]
 }
 
@@ -285,6 +287,10 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
             "expose.ingress.host must be a DNS name",
         ),
         ("spec:\n  replicas: -1\n", "spec.replicas"),
+        (
+            "spec:\n  networkPolicy:\n    adminFromNamespaces: [Monitoring]\n",
+            "networkPolicy.adminFromNamespaces: each entry must be a namespace name",
+        ),
     ];
     for (spec, message) in cases {
         let doc = format!(
@@ -653,6 +659,56 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
     );
 }
 
+/// The NetworkPolicies are accepted by the real API server as built: the admin port open
+/// to the operator's namespace and the listed ones, Redis to the chat pods; turning them
+/// off deletes them. (Whether traffic is dropped depends on the network plugin; the
+/// simulated control plane has none.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_policies_are_created_from_the_spec_and_removed_when_disabled() {
+    let s = setup("netpol", true).await;
+    let with = |enabled: bool| {
+        format!(
+            "{}  networkPolicy:\n    enabled: {enabled}\n    adminFromNamespaces: [monitoring]\n",
+            manifest("chat", 1, &IMAGE_A, None)
+        )
+    };
+    s.apply(&with(true));
+    let chat = s.wait_exists("networkpolicy", "chat", READY_WITHIN).await;
+    let redis = s
+        .wait_exists("networkpolicy", "chat-redis", READY_WITHIN)
+        .await;
+    let admin_from: Vec<&str> = chat["spec"]["ingress"][1]["from"]
+        .as_array()
+        .expect("the admin rule has sources")
+        .iter()
+        .filter_map(|p| {
+            p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str()
+        })
+        .collect();
+    // The test runs the operator with POD_NAMESPACE = the test namespace.
+    assert_eq!(admin_from, [s.ns.name.as_str(), "monitoring"]);
+    assert_eq!(chat["spec"]["ingress"][1]["ports"][0]["port"], 9090);
+    assert_eq!(chat["spec"]["ingress"][0]["ports"][0]["port"], 8080);
+    assert!(chat["spec"]["ingress"][0]["from"].is_null(), "{chat}");
+    assert_eq!(
+        redis["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+            ["app.kubernetes.io/component"],
+        "chat-server"
+    );
+    assert_eq!(
+        redis["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+        "redis"
+    );
+    s.apply(&with(false));
+    let gone = eventually("both NetworkPolicies deleted", READY_WITHIN, || async {
+        Ok((s.get("networkpolicy", "chat").is_none()
+            && s.get("networkpolicy", "chat-redis").is_none())
+        .then_some(()))
+    })
+    .await;
+    assert!(gone.is_ok(), "{gone:?}{}", s.operator_log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_chat_shows_the_printer_columns() {
     let s = setup("columns", true).await;
@@ -871,6 +927,7 @@ async fn a_deleted_child_is_recreated() {
         ("poddisruptionbudget", "chat"),
         ("ingress", "chat"),
         ("statefulset", "chat-redis"),
+        ("networkpolicy", "chat-redis"),
     ] {
         let old = s.get(kind, name).expect("child exists");
         let old_uid = old["metadata"]["uid"].clone();
@@ -1183,13 +1240,33 @@ async fn stand_in_with(
     .unwrap_or_else(|e| panic!("{e}{}", s.operator_log()));
     assert!(ip.starts_with("127."), "{ip}");
     let binary = chatcluster_e2e::server_process::chat_server_binary(LOADGEN).expect("chat-server");
-    chatcluster_e2e::server_process::ServerProcess::start_on(
-        &binary,
-        &format!("{ip}:0"),
-        &format!("{ip}:9090"),
-        args,
+    // The simulated pod's IP may have belonged to a pod another test just removed, whose
+    // stand-in is being stopped: try again for a few seconds.
+    let started = eventually(
+        "a chat-server on the pod's IP",
+        Duration::from_secs(10),
+        || async {
+            Ok(chatcluster_e2e::server_process::ServerProcess::start_on(
+                &binary,
+                &format!("{ip}:0"),
+                &format!("{ip}:9090"),
+                args,
+            )
+            .ok())
+        },
     )
-    .expect("a chat-server on the pod's IP")
+    .await;
+    started.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What the kubelet does when the StatefulSet removes a pod: SIGTERM to its container.
+/// A pod the operator drained exits at once, successfully.
+fn remove_pod(server: &mut chatcluster_e2e::server_process::ServerProcess) {
+    let status = chatcluster_e2e::cluster::terminate(&mut server.child, Duration::from_secs(5));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a drained server exits 0 on SIGTERM at once: {status:?}"
+    );
 }
 
 /// The value under `key` of Secret `name`, decoded.
@@ -1286,7 +1363,7 @@ async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_g
     use std::sync::{Arc, Mutex};
 
     let s = setup("drain", true).await;
-    let (_redis, _dir, servers) = three_stand_ins_sharing_redis(&s, 2, 20, 100).await;
+    let (_redis, _dir, mut servers) = three_stand_ins_sharing_redis(&s, 2, 20, 100).await;
     let ws = |i: usize| format!("ws://{}/ws", servers[i].public_addr);
     let rooms = vec!["room0".to_owned()];
     // Three subscribers on each leaving pod; each knows the survivor as its next address.
@@ -1316,12 +1393,14 @@ async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_g
     })
     .await;
     assert!(lowered.is_ok(), "{lowered:?}{}", s.operator_log());
-    // By then the leaving servers hold no connection and stay up, drained.
-    for server in &servers[1..] {
+    // By then the leaving servers hold no connection and stay up, drained, until the
+    // kubelet's SIGTERM.
+    for server in &mut servers[1..] {
         let status = admin_status_of(&s, server).await;
         assert_eq!(status["phase"], "drained", "{status}");
         assert_eq!(status["connections"], 0, "{status}");
         assert_eq!(status["drain"]["keep_running"], true, "{status}");
+        remove_pod(server);
     }
     wait_event(&s, "DrainStarted").await;
     wait_event(&s, "DrainFinished").await;
@@ -1340,6 +1419,73 @@ async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_g
         assert_eq!(l.nodes_seen.last().map(String::as_str), Some("chat-0"));
     }
     every_subscriber_got_every_message_once(&acked, &logs, stop, tasks).await;
+}
+
+/// An operator restart mid-drain resumes from what the pods report: the drain under way
+/// is not started again (same start, same connection count) and the new operator
+/// finishes the scale-down when the pod is drained (here at its deadline, its clients
+/// ignoring the notices).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restart_mid_drain_resumes_without_draining_twice() {
+    let mut s = setup("drainrestart", true).await;
+    let (_redis, _dir, mut servers) = three_stand_ins_sharing_redis(&s, 4, 20, 100).await;
+    let url = format!("ws://{}/ws", servers[2].public_addr);
+    let mut stubborn = Vec::new();
+    for i in 0..2 {
+        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user=s{i}"), None)
+            .await
+            .expect("client connects");
+        stubborn.push(ws);
+    }
+    s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=2"], None);
+    wait_chat(&s, "Draining True", |cc| {
+        condition(cc, "Draining").is_some_and(|c| c["status"] == "True")
+    })
+    .await;
+    if let Some(mut op) = s.operator.take() {
+        assert!(op.stop().is_some_and(|st| st.success()), "graceful exit");
+    }
+    let before = admin_status_of(&s, &servers[2]).await;
+    assert_eq!(before["phase"], "draining", "{before}");
+    let op = start_operator(s.cluster, &s.ns.name, "op-b", 15);
+    let reconciled = eventually(
+        "the new operator to reconcile",
+        Duration::from_secs(30),
+        || async {
+            Ok(op
+                .metric("chatcluster_reconciles_total")
+                .filter(|n| *n >= 1.0))
+        },
+    )
+    .await;
+    s.operator = Some(op);
+    assert!(reconciled.is_ok(), "{reconciled:?}{}", s.operator_log());
+    let after = admin_status_of(&s, &servers[2]).await;
+    assert_eq!(after["phase"], "draining", "{after}");
+    assert_eq!(
+        after["drain"]["connections_at_start"], before["drain"]["connections_at_start"],
+        "the same drain"
+    );
+    assert!(
+        after["drain"]["elapsed_ms"].as_u64() > before["drain"]["elapsed_ms"].as_u64(),
+        "not restarted: {before} then {after}"
+    );
+    let lowered = eventually("the StatefulSet lowered to 2", READY_WITHIN, || async {
+        Ok(s.get("statefulset", "chat")
+            .filter(|st| st["spec"]["replicas"] == 2))
+    })
+    .await;
+    assert!(lowered.is_ok(), "{lowered:?}{}", s.operator_log());
+    let drained = admin_status_of(&s, &servers[2]).await;
+    assert_eq!(drained["phase"], "drained", "{drained}");
+    remove_pod(&mut servers[2]);
+    let log = s.operator_log();
+    assert!(
+        !log.contains("\"drain started\""),
+        "the new operator started no drain: {log}"
+    );
+    wait_event(&s, "DrainFinished").await;
+    drop(stubborn);
 }
 
 /// A scale back up while pods are draining cancels their drains: the operator undrains
@@ -1465,15 +1611,12 @@ async fn the_autoscaler_follows_the_pods_connection_counts() {
     );
     // 5 connections at 2 per pod need 3 pods; one step from 1 may only double.
     let (first, clients) = autoscaled_with_five_clients(&s, "").await;
-    let cc = wait_chat(&s, "a scale-up from 1", |cc| {
+    // The /scale write comes first, the status with lastScaleTime right after it.
+    wait_chat(&s, "a scale-up from 1, with its lastScaleTime", |cc| {
         cc["spec"]["replicas"].as_i64().is_some_and(|r| r >= 2)
+            && cc["status"]["lastScaleTime"].is_string()
     })
     .await;
-    assert!(
-        cc["status"]["lastScaleTime"].is_string(),
-        "{}",
-        cc["status"]
-    );
     // chat-1 comes up with nothing answering on its IP: the count is partial, and the
     // autoscaler says so instead of scaling on it.
     let cc = wait_chat(

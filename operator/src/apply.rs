@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -51,6 +51,13 @@ where
 
 /// Applies every desired object. Redis first, so chat-server pods find it sooner.
 pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<(), kube::Error> {
+    // The policies first, so Redis and the admin port are never open while they start.
+    if let Some(p) = &d.redis_network_policy {
+        apply_one::<NetworkPolicy>(client, ns, p).await?;
+    }
+    if let Some(p) = &d.network_policy {
+        apply_one::<NetworkPolicy>(client, ns, p).await?;
+    }
     if let Some(s) = &d.redis_service {
         apply_one::<Service>(client, ns, s).await?;
     }
@@ -149,7 +156,33 @@ pub async fn delete_orphans(
     let ingress = d.ingress.as_ref().and_then(|i| name(&i.metadata));
     let redis_sts = d.redis_statefulset.as_ref().and_then(|s| name(&s.metadata));
     let redis_svc = d.redis_service.as_ref().and_then(|s| name(&s.metadata));
+    let chat_policy = d.network_policy.as_ref().and_then(|p| name(&p.metadata));
+    let redis_policy = d
+        .redis_network_policy
+        .as_ref()
+        .and_then(|p| name(&p.metadata));
+    let chat = format!("{mine},app.kubernetes.io/component=chat-server");
     let mut deleted = Vec::new();
+    deleted.extend(
+        delete_orphans_of(
+            Api::<NetworkPolicy>::namespaced(client.clone(), ns),
+            "NetworkPolicy",
+            &chat,
+            owner_uid,
+            chat_policy.as_deref(),
+        )
+        .await?,
+    );
+    deleted.extend(
+        delete_orphans_of(
+            Api::<NetworkPolicy>::namespaced(client.clone(), ns),
+            "NetworkPolicy",
+            &redis,
+            owner_uid,
+            redis_policy.as_deref(),
+        )
+        .await?,
+    );
     deleted.extend(
         delete_orphans_of(
             Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),

@@ -82,6 +82,37 @@ pub struct ChatClusterSpec {
     /// Client authentication.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// NetworkPolicies for the admin port and the managed Redis.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// NetworkPolicies the operator creates. They take effect only where the network plugin
+/// enforces NetworkPolicy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create them: the chat pods' admin port (metrics, /admin/*) reachable only from the
+    /// operator's namespace and `adminFromNamespaces`; the managed Redis only from this
+    /// cluster's chat pods. The public port stays open.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// More namespaces (by name) whose pods may reach the admin port, e.g. where your
+    /// Prometheus runs, so it can scrape `/metrics`.
+    #[serde(default)]
+    #[schemars(length(max = 32), inner(length(max = 63)))]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("networkPolicy.adminFromNamespaces: each entry must be a namespace name (lowercase letters, digits and '-', starting and ending with a letter or digit)"))]
+    pub admin_from_namespaces: Vec<String>,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            admin_from_namespaces: Vec::new(),
+        }
+    }
 }
 
 impl ChatClusterSpec {

@@ -16,7 +16,7 @@ use clap::Parser;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
@@ -145,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
         prometheus_http: chatcluster_operator::autoscaler::prometheus_client()?,
         autoscaler: Default::default(),
         metrics: metrics.clone(),
+        operator_namespace: args.lease_namespace.clone(),
     });
     let scope = Scope(args.watch_namespace.clone());
     let reconcile_metrics = metrics.clone();
@@ -161,7 +162,8 @@ async fn main() -> anyhow::Result<()> {
     .owns(scope.api::<ConfigMap>(&client), owned.clone())
     .owns(scope.api::<ServiceAccount>(&client), owned.clone())
     .owns(scope.api::<PodDisruptionBudget>(&client), owned.clone())
-    .owns(scope.api::<Ingress>(&client), owned)
+    .owns(scope.api::<Ingress>(&client), owned.clone())
+    .owns(scope.api::<NetworkPolicy>(&client), owned)
     .run(
         move |obj, ctx| {
             let m = reconcile_metrics.clone();

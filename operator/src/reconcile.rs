@@ -51,6 +51,9 @@ pub struct Context {
     pub autoscaler: autoscaler::Histories,
     /// The operator's metrics (autoscaler decisions are counted here).
     pub metrics: OperatorMetrics,
+    /// The operator's own namespace (`POD_NAMESPACE`): the NetworkPolicy lets it reach
+    /// the pods' admin port.
+    pub operator_namespace: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +136,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
             gateway_api: ctx.gateway_api,
             secrets_revision: Some(generated.revision.clone()),
             chat_replicas: Some(drain.statefulset_replicas),
+            operator_namespace: Some(ctx.operator_namespace.clone()),
         },
     )?;
     if let Err(e) = apply(&ctx.client, &ns, &desired).await {

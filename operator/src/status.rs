@@ -151,7 +151,17 @@ pub async fn write(
     let ns = cluster.metadata.namespace.clone().unwrap_or_default();
     let name = cluster.metadata.name.clone().unwrap_or_default();
     let api: Api<ChatCluster> = Api::namespaced(client.clone(), &ns);
-    let patch = json!({"status": status});
+    let keep_last_scale_time =
+        cluster.spec.autoscaling.is_some() && status.last_scale_time.is_none();
+    let mut patch = json!({"status": status});
+    // The cluster a reconcile starts from can predate this operator's last status write
+    // (the watch cache trails it), so an unset lastScaleTime may only mean "not seen
+    // yet": with autoscaling on it is left out of the patch rather than erased.
+    if keep_last_scale_time {
+        if let Some(fields) = patch["status"].as_object_mut() {
+            fields.remove("lastScaleTime");
+        }
+    }
     // A merge patch (force is only for apply patches), attributed to the operator.
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),

@@ -30,6 +30,8 @@ async fn every_object_is_server_side_applied_with_one_field_manager() {
     assert_eq!(
         paths,
         [
+            "/apis/networking.k8s.io/v1/namespaces/ns1/networkpolicies/chat-redis",
+            "/apis/networking.k8s.io/v1/namespaces/ns1/networkpolicies/chat",
             "/api/v1/namespaces/ns1/services/chat-redis",
             "/apis/apps/v1/namespaces/ns1/statefulsets/chat-redis",
             "/api/v1/namespaces/ns1/serviceaccounts/chat",
@@ -62,6 +64,14 @@ async fn removing_expose_deletes_only_this_clusters_ingress() {
             ("GET", p) if p.ends_with("/ingresses") => {
                 json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressList", "metadata": {}, "items": [owned("chat", "uid-1"), owned("other", "uid-9")]})
             }
+            ("GET", p) if p.ends_with("/networkpolicies") => {
+                let name = if uri.query().is_some_and(|q| q.contains("redis")) {
+                    "chat-redis"
+                } else {
+                    "chat"
+                };
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicyList", "metadata": {}, "items": [owned(name, "uid-1")]})
+            }
             ("GET", p) if p.ends_with("/poddisruptionbudgets") => {
                 json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudgetList", "metadata": {}, "items": [owned("chat", "uid-1")]})
             }
@@ -86,7 +96,7 @@ async fn removing_expose_deletes_only_this_clusters_ingress() {
     assert_eq!(
         deleted,
         vec!["Ingress/chat".to_string()],
-        "the PDB and Redis are still desired"
+        "the PDB, the NetworkPolicies and Redis are still desired"
     );
     let deletes: Vec<&str> = seen
         .iter()

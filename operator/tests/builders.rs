@@ -18,31 +18,49 @@ fn example(file: &str) -> ChatCluster {
 }
 
 fn to_yaml(d: &Desired) -> String {
+    // Destructured without `..`: a new kind in `Desired` must be added here too.
+    let Desired {
+        service_account,
+        config_map,
+        chat_statefulset,
+        headless_service,
+        client_service,
+        pdb,
+        ingress,
+        http_route,
+        redis_statefulset,
+        redis_service,
+        network_policy,
+        redis_network_policy,
+    } = d;
+    let yaml = |o: &dyn erased::Yaml| o.yaml();
     let mut docs: Vec<String> = vec![
-        serde_yaml::to_string(&d.service_account).unwrap(),
-        serde_yaml::to_string(&d.config_map).unwrap(),
-        serde_yaml::to_string(&d.chat_statefulset).unwrap(),
-        serde_yaml::to_string(&d.headless_service).unwrap(),
-        serde_yaml::to_string(&d.client_service).unwrap(),
+        yaml(service_account),
+        yaml(config_map),
+        yaml(chat_statefulset),
+        yaml(headless_service),
+        yaml(client_service),
     ];
-    docs.extend(d.pdb.iter().map(|o| serde_yaml::to_string(o).unwrap()));
-    docs.extend(d.ingress.iter().map(|o| serde_yaml::to_string(o).unwrap()));
-    docs.extend(
-        d.http_route
-            .iter()
-            .map(|o| serde_yaml::to_string(o).unwrap()),
-    );
-    docs.extend(
-        d.redis_statefulset
-            .iter()
-            .map(|o| serde_yaml::to_string(o).unwrap()),
-    );
-    docs.extend(
-        d.redis_service
-            .iter()
-            .map(|o| serde_yaml::to_string(o).unwrap()),
-    );
+    docs.extend(pdb.iter().map(|o| yaml(o)));
+    docs.extend(ingress.iter().map(|o| yaml(o)));
+    docs.extend(http_route.iter().map(|o| yaml(o)));
+    docs.extend(redis_statefulset.iter().map(|o| yaml(o)));
+    docs.extend(redis_service.iter().map(|o| yaml(o)));
+    docs.extend(network_policy.iter().map(|o| yaml(o)));
+    docs.extend(redis_network_policy.iter().map(|o| yaml(o)));
     docs.join("---\n")
+}
+
+/// Any serializable object as a YAML document (lets `to_yaml` treat every kind alike).
+mod erased {
+    pub trait Yaml {
+        fn yaml(&self) -> String;
+    }
+    impl<T: serde::Serialize> Yaml for T {
+        fn yaml(&self) -> String {
+            serde_yaml::to_string(self).unwrap()
+        }
+    }
 }
 
 fn golden(name: &str, actual: &str) {
@@ -69,6 +87,7 @@ fn full_cluster_objects() {
         &example("full.yaml"),
         BuildContext {
             gateway_api: true,
+            operator_namespace: Some("chatcluster-system".into()),
             ..BuildContext::default()
         },
     )
@@ -117,6 +136,72 @@ fn chat_pods_follow_the_drain_and_security_rules() {
             .port,
         IntOrString::String("admin".into())
     );
+}
+
+/// The managed Redis as docs/security.md describes it (checkov's CKV_K8S_35, 40 and 13):
+/// no Secret in its environment, a high UID, a default memory limit.
+#[test]
+fn redis_pod_reads_its_password_from_a_file_and_runs_as_a_high_uid() {
+    let d = build(&example("minimal.yaml"), BuildContext::default()).unwrap();
+    let pod = d
+        .redis_statefulset
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let c = &pod.containers[0];
+    assert!(
+        c.env.iter().flatten().all(|e| e.value_from.is_none()),
+        "no Secret in the Redis container's environment: {:?}",
+        c.env
+    );
+    let auth = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "auth")
+        .unwrap();
+    let keys: Vec<&str> = auth
+        .secret
+        .as_ref()
+        .unwrap()
+        .items
+        .iter()
+        .flatten()
+        .map(|i| i.key.as_str())
+        .collect();
+    assert_eq!(keys, ["redis.conf", "password"]);
+    let probe = c.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap();
+    let command = probe.command.as_ref().unwrap();
+    assert_eq!(command[..2], ["sh", "-c"]);
+    assert!(
+        command[2].contains("$(cat /etc/redis-auth/password)") && command[2].ends_with("= PONG ]"),
+        "{command:?}"
+    );
+    let sc = pod.security_context.as_ref().unwrap();
+    assert!(sc.run_as_user.unwrap() >= 10000 && sc.run_as_group == sc.run_as_user);
+    assert_eq!(
+        sc.fs_group, sc.run_as_user,
+        "/data writable by the Redis user"
+    );
+    let limits = c.resources.as_ref().unwrap().limits.as_ref().unwrap();
+    assert_eq!(limits["memory"].0, "512Mi");
+    assert!(!limits.contains_key("cpu"), "no CPU limit by default");
+
+    // The user's resources are applied as written: no default merged in.
+    let d = build(&example("full.yaml"), BuildContext::default()).unwrap();
+    let pod = d
+        .redis_statefulset
+        .unwrap()
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let resources = pod.containers[0].resources.as_ref().unwrap();
+    assert!(resources.limits.is_none() && resources.requests.is_some());
 }
 
 #[test]
@@ -213,7 +298,7 @@ fn every_object_is_owned_and_labelled() {
         .split("---\n")
         .map(|doc| serde_yaml::from_str(doc).unwrap())
         .collect();
-    assert_eq!(docs.len(), 10);
+    assert_eq!(docs.len(), 12);
     for doc in docs {
         let meta = &doc["metadata"];
         assert_eq!(meta["ownerReferences"][0]["kind"], "ChatCluster", "{doc:?}");

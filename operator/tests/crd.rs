@@ -99,6 +99,10 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
             json!({"redis": {"managed": {"storage": "lots"}}}),
             "storage must be a size",
         ),
+        (
+            json!({"networkPolicy": {"adminFromNamespaces": ["monitoring", "Not A Namespace"]}}),
+            "each entry must be a namespace name",
+        ),
     ];
     for (spec, expected) in cases {
         let err = validate_spec(&spec).expect_err(&format!("{spec} should be rejected"));
@@ -112,6 +116,7 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
         json!({"expose": {"ingress": {"host": "chat.example.com"}}}),
         json!({"auth": {"allowAnonymous": false, "jwtSecretName": "jwt"}}),
         json!({"redis": {"external": {"secretName": "redis-url"}}}),
+        json!({"networkPolicy": {"adminFromNamespaces": ["monitoring", "kube-prometheus-0"]}}),
     ] {
         assert!(
             validate_spec(&ok).is_ok(),

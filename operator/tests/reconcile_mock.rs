@@ -51,6 +51,7 @@ fn context(svc: MockService) -> Arc<Context> {
         prometheus_http: chatcluster_operator::autoscaler::prometheus_client().unwrap(),
         autoscaler: Default::default(),
         metrics: Default::default(),
+        operator_namespace: "chatcluster-system".into(),
     })
 }
 
@@ -117,8 +118,8 @@ async fn a_new_cluster_is_applied_and_reported_not_ready_yet() {
         .filter(|(m, u, _)| m == Method::PATCH && u.contains("force=true"))
         .count();
     assert_eq!(
-        applies, 8,
-        "SA, ConfigMap, 2 Services, StatefulSet, PDB, Redis StatefulSet and Service"
+        applies, 10,
+        "2 NetworkPolicies, SA, ConfigMap, 2 Services, StatefulSet, PDB, Redis StatefulSet and Service"
     );
     let created_secrets: Vec<&str> = seen
         .iter()

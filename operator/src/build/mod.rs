@@ -14,7 +14,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-    IngressServiceBackend, IngressSpec as K8sIngressSpec, IngressTLS, ServiceBackendPort,
+    IngressServiceBackend, IngressSpec as K8sIngressSpec, IngressTLS, NetworkPolicy,
+    ServiceBackendPort,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,6 +25,8 @@ use kube::Resource;
 use serde_json::json;
 
 use crate::crd::ChatCluster;
+
+mod network_policy;
 
 pub const PUBLIC_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9090;
@@ -52,18 +55,25 @@ pub struct BuildContext {
     /// The chat StatefulSet's `replicas` while a scale-down waits for its pods to be
     /// drained (`drain_plan`); `None`: the spec's effective replicas.
     pub chat_replicas: Option<i32>,
+    /// The operator's own namespace: its calls to the pods' admin port are let through
+    /// the NetworkPolicy.
+    pub operator_namespace: Option<String>,
 }
 
 /// Key of the admin token in the `NAME-admin` Secret (pods get it as CHAT_ADMIN_TOKEN).
 pub const ADMIN_TOKEN_KEY: &str = "token";
 /// Key of the managed Redis password in the `NAME-redis-auth` Secret (chat pods get it as
-/// CHAT_REDIS_PASSWORD).
+/// CHAT_REDIS_PASSWORD; the Redis pod's readiness probe reads it as a mounted file).
 pub const REDIS_PASSWORD_KEY: &str = "password";
 /// Key of the managed Redis' config file (`requirepass …`) in the same Secret, so the
 /// password never appears in the Redis pod's arguments.
 pub const REDIS_CONFIG_KEY: &str = "redis.conf";
-/// Where the Redis container mounts that config file.
+/// Where the Redis container mounts that config file and the password.
 const REDIS_AUTH_DIR: &str = "/etc/redis-auth";
+/// The managed Redis' user and group: a high UID, apart from the host's users (the
+/// image's own `redis` user is 999). The entrypoint of the official images runs any
+/// non-root UID as it is; /data is writable through `fsGroup` (or an emptyDir).
+const REDIS_UID: i64 = 10999;
 /// Pod-template annotation carrying `BuildContext::secrets_revision`.
 pub const SECRETS_REVISION_ANNOTATION: &str = "chatcluster.dev/secrets-revision";
 
@@ -134,6 +144,11 @@ pub struct Desired {
     pub http_route: Option<serde_json::Value>,
     pub redis_statefulset: Option<StatefulSet>,
     pub redis_service: Option<Service>,
+    /// With `networkPolicy.enabled`: the chat pods' admin port only from the operator's
+    /// and the listed namespaces.
+    pub network_policy: Option<NetworkPolicy>,
+    /// With `networkPolicy.enabled` and a managed Redis: Redis only from the chat pods.
+    pub redis_network_policy: Option<NetworkPolicy>,
 }
 
 /// Names and labels shared by every builder.
@@ -256,6 +271,22 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
             .map(|r| http_route(&n, r)),
         redis_statefulset: managed.then(|| redis_statefulset(&n, cluster, &ctx)),
         redis_service: managed.then(|| redis_service(&n)),
+        network_policy: spec.network_policy.enabled.then(|| {
+            let admin: Vec<&str> = ctx
+                .operator_namespace
+                .as_deref()
+                .into_iter()
+                .chain(
+                    spec.network_policy
+                        .admin_from_namespaces
+                        .iter()
+                        .map(String::as_str),
+                )
+                .collect();
+            network_policy::chat_network_policy(&n, &admin)
+        }),
+        redis_network_policy: (managed && spec.network_policy.enabled)
+            .then(|| network_policy::redis_network_policy(&n)),
     })
 }
 
@@ -722,11 +753,16 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster, ctx: &BuildContext) -> St
         name: "auth".to_owned(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(redis_auth_secret_name(n.name)),
-            items: Some(vec![KeyToPath {
-                key: REDIS_CONFIG_KEY.to_owned(),
-                path: REDIS_CONFIG_KEY.to_owned(),
-                mode: None,
-            }]),
+            items: Some(
+                [REDIS_CONFIG_KEY, REDIS_PASSWORD_KEY]
+                    .iter()
+                    .map(|key| KeyToPath {
+                        key: (*key).to_owned(),
+                        path: (*key).to_owned(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
             default_mode: Some(0o440),
             optional: Some(false),
         }),
@@ -763,17 +799,19 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster, ctx: &BuildContext) -> St
         name: "redis".to_owned(),
         image: Some(managed.image.clone()),
         args: Some(args),
-        // redis-cli (the readiness probe) reads the password from REDISCLI_AUTH.
-        env: Some(vec![env_secret(
-            "REDISCLI_AUTH",
-            &redis_auth_secret_name(n.name),
-            REDIS_PASSWORD_KEY,
-            false,
-        )]),
         ports: Some(vec![port("redis", REDIS_PORT)]),
+        // redis-cli takes the password from REDISCLI_AUTH, set for the probe alone from
+        // the mounted file: no Secret in the container's environment. Ready on PONG only:
+        // redis-cli can exit 0 on an error reply (NOAUTH; LOADING while it reads its AOF).
         readiness_probe: Some(Probe {
             exec: Some(ExecAction {
-                command: Some(vec!["redis-cli".to_owned(), "ping".to_owned()]),
+                command: Some(vec![
+                    "sh".to_owned(),
+                    "-c".to_owned(),
+                    format!(
+                        "[ \"$(REDISCLI_AUTH=\"$(cat {REDIS_AUTH_DIR}/{REDIS_PASSWORD_KEY})\" redis-cli ping)\" = PONG ]"
+                    ),
+                ]),
             }),
             period_seconds: Some(5),
             ..Probe::default()
@@ -830,9 +868,9 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster, ctx: &BuildContext) -> St
                     automount_service_account_token: Some(false),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(999),
-                        run_as_group: Some(999),
-                        fs_group: Some(999),
+                        run_as_user: Some(REDIS_UID),
+                        run_as_group: Some(REDIS_UID),
+                        fs_group: Some(REDIS_UID),
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
@@ -848,15 +886,21 @@ fn redis_statefulset(n: &Names, cluster: &ChatCluster, ctx: &BuildContext) -> St
     }
 }
 
-/// Requests for a managed Redis without `resources`: enough to be scheduled honestly; no
-/// limit, since a memory limit would OOM-kill Redis (and lose unpersisted history) rather
-/// than let it grow into spare memory.
+/// Resources of a managed Redis without `resources`: requests enough to be scheduled
+/// honestly, and a memory limit (4x the request) so a runaway Redis is restarted (with
+/// persistence it replays its append-only file) instead of pressing on the node's other
+/// pods. No CPU limit: throttling a single-threaded Redis stalls every chat pod, and the
+/// request already gives it its share under contention.
 fn default_redis_resources() -> ResourceRequirements {
     ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity("100m".to_owned())),
             ("memory".to_owned(), Quantity("128Mi".to_owned())),
         ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("512Mi".to_owned()),
+        )])),
         ..ResourceRequirements::default()
     }
 }
