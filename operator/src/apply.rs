@@ -49,33 +49,48 @@ where
         .map(|_| ())
 }
 
-/// Applies every desired object. Redis first, so chat-server pods find it sooner.
+/// Applies every desired object, in an order that never leaves a gap: the
+/// NetworkPolicies first (Redis and the admin port are never open while they start),
+/// then Redis (the chat pods find it sooner), the chat pods' ServiceAccount and
+/// ConfigMap before the StatefulSet that uses them, the Services, and last what routes
+/// clients in (PDB, Ingress, HTTPRoute). `Desired` is destructured without `..`, so a
+/// kind added to it does not compile until it is applied here.
 pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<(), kube::Error> {
-    // The policies first, so Redis and the admin port are never open while they start.
-    if let Some(p) = &d.redis_network_policy {
+    let Desired {
+        network_policy,
+        redis_network_policy,
+        redis_service,
+        redis_statefulset,
+        service_account,
+        config_map,
+        headless_service,
+        client_service,
+        chat_statefulset,
+        pdb,
+        ingress,
+        http_route,
+    } = d;
+    for p in [redis_network_policy, network_policy].into_iter().flatten() {
         apply_one::<NetworkPolicy>(client, ns, p).await?;
     }
-    if let Some(p) = &d.network_policy {
-        apply_one::<NetworkPolicy>(client, ns, p).await?;
-    }
-    if let Some(s) = &d.redis_service {
+    if let Some(s) = redis_service {
         apply_one::<Service>(client, ns, s).await?;
     }
-    if let Some(s) = &d.redis_statefulset {
+    if let Some(s) = redis_statefulset {
         apply_one::<StatefulSet>(client, ns, s).await?;
     }
-    apply_one::<ServiceAccount>(client, ns, &d.service_account).await?;
-    apply_one::<ConfigMap>(client, ns, &d.config_map).await?;
-    apply_one::<Service>(client, ns, &d.headless_service).await?;
-    apply_one::<Service>(client, ns, &d.client_service).await?;
-    apply_one::<StatefulSet>(client, ns, &d.chat_statefulset).await?;
-    if let Some(p) = &d.pdb {
+    apply_one::<ServiceAccount>(client, ns, service_account).await?;
+    apply_one::<ConfigMap>(client, ns, config_map).await?;
+    apply_one::<Service>(client, ns, headless_service).await?;
+    apply_one::<Service>(client, ns, client_service).await?;
+    apply_one::<StatefulSet>(client, ns, chat_statefulset).await?;
+    if let Some(p) = pdb {
         apply_one::<PodDisruptionBudget>(client, ns, p).await?;
     }
-    if let Some(i) = &d.ingress {
+    if let Some(i) = ingress {
         apply_one::<Ingress>(client, ns, i).await?;
     }
-    if let Some(route) = &d.http_route {
+    if let Some(route) = http_route {
         let name = route["metadata"]["name"].as_str().unwrap_or_default();
         Api::<DynamicObject>::namespaced_with(client.clone(), ns, &http_route_resource())
             .patch(name, &params(), &Patch::Apply(route))

@@ -427,7 +427,9 @@ pub struct ChatClusterStatus {
 #[serde(rename_all = "camelCase")]
 pub struct DrainingPod {
     pub pod: String,
-    /// `Waiting` (for the reconnect budget), `Draining` or `Drained`.
+    /// `Waiting` (for the reconnect budget), `Draining`, `Drained`, `NotAnswering`
+    /// (its admin port fails; retried a few times) or `NotDrained` (let go: SIGTERM
+    /// drains it).
     pub state: String,
     /// Connections still on the pod.
     pub connections: i64,

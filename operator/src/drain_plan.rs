@@ -6,11 +6,14 @@
 //! gets a reconnect window chosen so that the reconnects of every pod draining at once
 //! stay under `spec.drain.maxReconnectsPerSecond`. Only when every leaving pod is drained
 //! is the StatefulSet's `replicas` lowered; the pods then exit at once on SIGTERM. A pod
-//! that is wanted again (a scale back up) is undrained.
+//! that is not running, or whose admin calls fail [`MAX_FAILURES`] times in a row, is let
+//! go undrained (SIGTERM drains it as before, only without the pacing). A pod that is
+//! wanted again (a scale back up) is undrained.
 //!
-//! Everything is decided from what the pods report now (`/admin/status`), never from
-//! memory, so an operator restart mid-drain resumes where the pods are: a pod already
-//! draining is not drained again.
+//! Everything is decided from what the pods report now (`/admin/status`), not from
+//! memory (only the count of failed calls is kept between reconciles), so an operator
+//! restart mid-drain resumes where the pods are: a pod already draining is not drained
+//! again.
 
 use std::time::Duration;
 
@@ -55,7 +58,16 @@ pub struct PodView {
     pub ordinal: i32,
     /// `None`: no IP yet, or its admin port did not answer.
     pub status: Option<AdminStatus>,
+    /// The pod is Running with an IP: its admin port should answer.
+    pub running: bool,
+    /// Failed admin calls (status or drain) in a row for this pod, kept by the caller.
+    pub failures: u32,
 }
+
+/// Failed admin calls in a row after which a running pod is let go undrained (SIGTERM
+/// then drains it): one that never answers, or refuses every drain, must not hold a
+/// scale-down forever. At the 2 s drain poll this is about 10 s.
+pub const MAX_FAILURES: u32 = 5;
 
 /// The drain settings of a ChatCluster.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,8 +112,11 @@ pub enum Leaving {
         window: Duration,
         elapsed: Duration,
     },
-    /// Nothing left to move: drained, or not answering (no IP yet, or its admin port is
-    /// down; SIGTERM still drains it when the StatefulSet removes it).
+    /// A running pod whose admin calls failed `failures` times in a row: held until
+    /// [`MAX_FAILURES`].
+    NotAnswering { failures: u32 },
+    /// Nothing left to move: drained, or let go undrained (not running, or it never
+    /// answered; SIGTERM still drains it when the StatefulSet removes it).
     Done {
         moved: u64,
         elapsed: Duration,
@@ -190,13 +205,28 @@ pub fn plan(
         .filter_map(|s| s.drain.as_ref())
         .map(reconnect_rate)
         .sum();
-    let budget = limits.max_reconnects_per_second.max(f64::MIN_POSITIVE);
-    let max_window = limits.max_window();
+    // At least 1/s (the CRD's minimum): the windows below stay finite.
+    let budget = if limits.max_reconnects_per_second.is_finite() {
+        limits.max_reconnects_per_second.max(1.0)
+    } else {
+        1.0
+    };
+    let min_window = limits.min_window.max(Duration::from_millis(1));
+    let max_window = limits.max_window().max(min_window);
     let mut start = Vec::new();
     let mut leaving = Vec::new();
     for pod in leaving_pods {
         let state = match &pod.status {
+            None if pod.running && pod.failures < MAX_FAILURES => Leaving::NotAnswering {
+                failures: pod.failures,
+            },
             None => Leaving::Done {
+                moved: 0,
+                elapsed: Duration::ZERO,
+                answered: false,
+            },
+            // Answers but refuses to be drained: let go, as one that does not answer.
+            Some(_) if pod.failures >= MAX_FAILURES => Leaving::Done {
                 moved: 0,
                 elapsed: Duration::ZERO,
                 answered: false,
@@ -210,9 +240,9 @@ pub fn plan(
                     answered: true,
                 },
                 (Phase::Draining, drain) => {
-                    let window = drain.as_ref().map_or(limits.min_window, |d| {
-                        Duration::from_millis(d.reconnect_window_ms)
-                    });
+                    let window = drain
+                        .as_ref()
+                        .map_or(min_window, |d| Duration::from_millis(d.reconnect_window_ms));
                     let elapsed = drain
                         .as_ref()
                         .map_or(Duration::ZERO, |d| Duration::from_millis(d.elapsed_ms));
@@ -226,10 +256,11 @@ pub fn plan(
                     let c = s.connections;
                     let available = budget - in_flight;
                     // The window that keeps this pod's reconnects within what is left.
+                    // `None`: no budget left, or more than a Duration holds.
                     let needed = if c == 0 {
                         Some(Duration::ZERO)
                     } else if available > 0.0 {
-                        Some(Duration::from_secs_f64(c as f64 / available))
+                        Duration::try_from_secs_f64(c as f64 / available).ok()
                     } else {
                         None
                     };
@@ -239,7 +270,7 @@ pub fn plan(
                             .any(|l: &LeavingPod| matches!(l.state, Leaving::Draining { .. }));
                     match needed {
                         Some(n) if n <= max_window => {
-                            let window = n.max(limits.min_window);
+                            let window = n.max(min_window);
                             start.push(StartDrain {
                                 pod: pod.name.clone(),
                                 connections: c,
@@ -309,10 +340,14 @@ pub fn describe(plan: &DrainPlan) -> String {
                 l.name,
                 window.as_secs()
             ),
+            Leaving::NotAnswering { failures } => format!(
+                "{} not answering on its admin port ({failures} of {MAX_FAILURES} tries)",
+                l.name
+            ),
             Leaving::Done { answered: true, .. } => format!("{} drained", l.name),
             Leaving::Done {
                 answered: false, ..
-            } => format!("{} not answering (SIGTERM drains it)", l.name),
+            } => format!("{} let go undrained (SIGTERM drains it)", l.name),
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -337,6 +372,8 @@ mod tests {
                 connections,
                 drain: None,
             }),
+            running: true,
+            failures: 0,
         }
     }
 
@@ -355,6 +392,8 @@ mod tests {
                     stop_requested: false,
                 }),
             }),
+            running: true,
+            failures: 0,
         }
     }
 
@@ -464,6 +503,8 @@ mod tests {
             name: "chat-2".into(),
             ordinal: 2,
             status: None,
+            running: false,
+            failures: 0,
         };
         let pods = [serving(0, 10), drained(1, 40), unreachable];
         let p = plan(1, Some(3), &pods, LIMITS);
@@ -472,12 +513,60 @@ mod tests {
         assert!(p.start.is_empty());
         assert_eq!(
             describe(&p),
-            "chat-2 not answering (SIGTERM drains it); chat-1 drained"
+            "chat-2 let go undrained (SIGTERM drains it); chat-1 drained"
         );
         // A pod still draining holds the scale-down, even with no connection left (it
         // is about to report drained).
         let pods = [serving(0, 10), drained(1, 40), draining(2, 0, 5, 10, 3)];
         assert_eq!(plan(1, Some(3), &pods, LIMITS).statefulset_replicas, 3);
+    }
+
+    #[test]
+    fn a_running_pod_that_does_not_answer_holds_the_scale_down_a_few_tries_only() {
+        let silent = |failures| PodView {
+            name: "chat-1".into(),
+            ordinal: 1,
+            status: None,
+            running: true,
+            failures,
+        };
+        let p = plan(1, Some(2), &[serving(0, 0), silent(1)], LIMITS);
+        assert_eq!(p.statefulset_replicas, 2, "a timeout is not a drain");
+        assert_eq!(p.leaving[0].state, Leaving::NotAnswering { failures: 1 });
+        assert!(describe(&p).contains("not answering on its admin port (1 of 5"));
+        let p = plan(1, Some(2), &[serving(0, 0), silent(MAX_FAILURES)], LIMITS);
+        assert!(p.scale_down_now, "let go: SIGTERM drains it");
+        // One that answers but refuses every drain call is let go the same way.
+        let mut refusing = serving(1, 500);
+        refusing.failures = MAX_FAILURES;
+        let p = plan(1, Some(2), &[serving(0, 0), refusing], LIMITS);
+        assert!(p.scale_down_now && p.start.is_empty());
+    }
+
+    #[test]
+    fn extreme_numbers_give_no_panic_and_no_endless_window() {
+        let tiny = DrainLimits {
+            max_reconnects_per_second: 0.0,
+            min_window: Duration::ZERO,
+            deadline: Duration::ZERO,
+        };
+        let p = plan(
+            1,
+            Some(3),
+            &[serving(0, 0), serving(1, 0), serving(2, u64::MAX)],
+            tiny,
+        );
+        assert_eq!(p.start[0].pod, "chat-2");
+        assert!(
+            p.start[0].over_budget,
+            "the huge pod over the longest window"
+        );
+        let nan = DrainLimits {
+            max_reconnects_per_second: f64::NAN,
+            ..LIMITS
+        };
+        let p = plan(1, Some(2), &[serving(0, 0), serving(1, 30)], nan);
+        assert_eq!(started(&p), [("chat-1", 30)], "1/s at least");
     }
 
     #[test]

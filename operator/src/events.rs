@@ -148,23 +148,29 @@ pub fn for_drain(plan: &DrainPlan, budget_per_second: i32) -> Vec<Notice> {
     }
     if plan.scale_down_now {
         for l in &plan.leaving {
-            let note = match &l.state {
+            let (warning, note) = match &l.state {
                 Leaving::Done {
                     moved,
                     elapsed,
                     answered: true,
-                } => format!(
-                    "{} drained in {:.1}s, {moved} connections moved; the pod goes now",
-                    l.name,
-                    elapsed.as_secs_f64()
+                } => (
+                    false,
+                    format!(
+                        "{} drained ({moved} connections moved; its drain began {:.1}s ago); the pod goes now",
+                        l.name,
+                        elapsed.as_secs_f64()
+                    ),
                 ),
-                _ => format!(
-                    "{} did not answer on its admin port; it goes now and drains on SIGTERM",
-                    l.name
+                _ => (
+                    true,
+                    format!(
+                        "{} was not drained (not running, or its admin port did not answer or refused the drain); it goes now and drains on SIGTERM, without the reconnect budget",
+                        l.name
+                    ),
                 ),
             };
             out.push(Notice {
-                warning: false,
+                warning,
                 reason: "DrainFinished".into(),
                 action: "Drain",
                 note,

@@ -12,10 +12,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// Why a GET failed. Messages name the URL so a condition or log line says where.
+/// Why a request failed. Messages name the URL so a condition or log line says where.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("{url}: not a valid URL: {reason}")]
+    /// The URL, or a header built from the caller's input (e.g. a token), is unusable.
+    #[error("{url}: not a valid request: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("{url}: no answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },

@@ -145,7 +145,12 @@ async fn main() -> anyhow::Result<()> {
         prometheus_http: chatcluster_operator::autoscaler::prometheus_client()?,
         autoscaler: Default::default(),
         metrics: metrics.clone(),
-        operator_namespace: args.lease_namespace.clone(),
+        // Only a namespace really given: the default "default" must not open the
+        // admin port to every pod there.
+        operator_namespace: std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|ns| !ns.is_empty()),
+        drain_failures: Default::default(),
     });
     let scope = Scope(args.watch_namespace.clone());
     let reconcile_metrics = metrics.clone();

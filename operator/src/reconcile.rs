@@ -51,9 +51,44 @@ pub struct Context {
     pub autoscaler: autoscaler::Histories,
     /// The operator's metrics (autoscaler decisions are counted here).
     pub metrics: OperatorMetrics,
-    /// The operator's own namespace (`POD_NAMESPACE`): the NetworkPolicy lets it reach
-    /// the pods' admin port.
-    pub operator_namespace: String,
+    /// The operator's own namespace (`POD_NAMESPACE`), when known: the NetworkPolicy
+    /// lets it reach the pods' admin port. Unknown (run outside a pod), no namespace is
+    /// let in for it.
+    pub operator_namespace: Option<String>,
+    /// Failed admin calls in a row per pod, so one that never answers or refuses every
+    /// drain does not hold a scale-down forever (`drain_plan::MAX_FAILURES`).
+    pub drain_failures: DrainFailures,
+}
+
+/// Failed admin calls (status or drain) in a row, per pod (`namespace/pod`).
+#[derive(Default)]
+pub struct DrainFailures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl DrainFailures {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failed(&self, key: String) -> u32 {
+        let mut map = self.map();
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn get(&self, key: &str) -> u32 {
+        self.map().get(key).copied().unwrap_or(0)
+    }
+
+    fn reset(&self, key: &str) {
+        self.map().remove(key);
+    }
+
+    /// Forgets the pods of `prefix` (`namespace/NAME-`) that are not in `keep`.
+    fn retain_only(&self, prefix: &str, keep: &[String]) {
+        self.map()
+            .retain(|k, _| !k.starts_with(prefix) || keep.contains(k));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +171,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
             gateway_api: ctx.gateway_api,
             secrets_revision: Some(generated.revision.clone()),
             chat_replicas: Some(drain.statefulset_replicas),
-            operator_namespace: Some(ctx.operator_namespace.clone()),
+            operator_namespace: ctx.operator_namespace.clone(),
         },
     )?;
     if let Err(e) = apply(&ctx.client, &ns, &desired).await {
@@ -166,6 +201,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     notices.extend(
         carry_out_drain(
             ctx,
+            &ns,
             &pods,
             generated.admin_token.as_deref().unwrap_or_default(),
             &mut drain,
@@ -246,7 +282,28 @@ async fn plan_drain(
         .cloned()
         .collect();
     let token = generated.admin_token.as_deref().unwrap_or_default();
-    let views = drainer::view_pods(&ctx.http, name, &worth_asking, token).await;
+    let mut views = drainer::view_pods(&ctx.http, name, &worth_asking, token).await;
+    let ns = cluster.metadata.namespace.as_deref().unwrap_or_default();
+    for v in &mut views {
+        let key = format!("{ns}/{}", v.name);
+        v.failures = match &v.status {
+            None if v.running => ctx.drain_failures.failed(key),
+            // A drain under way or over: it answered and took its drain.
+            Some(s) if s.phase != drain_plan::Phase::Serving => {
+                ctx.drain_failures.reset(&key);
+                0
+            }
+            // Serving (or not running): keep the count; a failed drain call adds to it.
+            _ => ctx.drain_failures.get(&key),
+        };
+    }
+    let keep: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.as_deref())
+        .map(|pod| format!("{ns}/{pod}"))
+        .collect();
+    ctx.drain_failures
+        .retain_only(&format!("{ns}/{name}-"), &keep);
     let d = &cluster.spec.drain;
     let limits = DrainLimits {
         max_reconnects_per_second: f64::from(d.max_reconnects_per_second),
@@ -271,6 +328,7 @@ where
 /// updated so status and Events say what really happened.
 async fn carry_out_drain(
     ctx: &Context,
+    ns: &str,
     pods: &[Pod],
     token: &str,
     plan: &mut DrainPlan,
@@ -283,14 +341,21 @@ async fn carry_out_drain(
             drainer::start_drain(&ctx.http, addr, token, start)
         })
         .await;
+        let key = format!("{ns}/{}", start.pod);
         match result {
             Ok(()) => {
+                ctx.drain_failures.reset(&key);
                 count("started");
                 tracing::info!(pod = %start.pod, connections = start.connections, window_s = start.window.as_secs_f64(), "drain started");
             }
             Err(e) => {
                 count("failed");
-                notices.push(for_drain_call_failure(&start.pod, "draining", &e));
+                let failures = ctx.drain_failures.failed(key);
+                notices.push(for_drain_call_failure(
+                    &start.pod,
+                    "draining",
+                    &format!("{e} ({failures} of {} tries)", drain_plan::MAX_FAILURES),
+                ));
                 failed_starts.push(start.pod.clone());
             }
         }

@@ -127,7 +127,11 @@ fn draining_pods(plan: &DrainPlan) -> Vec<DrainingPod> {
                     window,
                     ..
                 } => ("Draining", *connections, window.as_secs()),
-                Leaving::Done { .. } => ("Drained", 0, 0),
+                Leaving::NotAnswering { .. } => ("NotAnswering", 0, 0),
+                Leaving::Done { answered: true, .. } => ("Drained", 0, 0),
+                Leaving::Done {
+                    answered: false, ..
+                } => ("NotDrained", 0, 0),
             };
             DrainingPod {
                 pod: l.name.clone(),

@@ -51,7 +51,8 @@ fn context(svc: MockService) -> Arc<Context> {
         prometheus_http: chatcluster_operator::autoscaler::prometheus_client().unwrap(),
         autoscaler: Default::default(),
         metrics: Default::default(),
-        operator_namespace: "chatcluster-system".into(),
+        operator_namespace: Some("chatcluster-system".into()),
+        drain_failures: Default::default(),
     })
 }
 
