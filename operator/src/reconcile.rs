@@ -288,8 +288,9 @@ async fn plan_drain(
         let key = format!("{ns}/{}", v.name);
         v.failures = match &v.status {
             None if v.running => ctx.drain_failures.failed(key),
-            // A drain under way or over: it answered and took its drain.
-            Some(s) if s.phase != drain_plan::Phase::Serving => {
+            // A drain under way or over (it answered and took its drain), or a pod that
+            // stays: start counting afresh.
+            Some(s) if s.phase != drain_plan::Phase::Serving || v.ordinal < desired => {
                 ctx.drain_failures.reset(&key);
                 0
             }
