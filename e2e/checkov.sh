@@ -13,18 +13,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=e2e/k8s/versions.sh
 source "$here/k8s/versions.sh"
 
-version="$CHECKOV_VERSION"
-venv="$(tools_cache)/checkov-$version"
-# The marker is written once pip has finished, so an interrupted install is redone.
-if [[ ! -f "$venv/.installed" ]]; then
-  echo "checkov: installing $version (pip package checkov)" >&2
-  start=$SECONDS
-  rm -rf "$venv"
-  python3 -m venv "$venv" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "checkov==$version" >&2
-  touch "$venv/.installed"
-  echo "checkov: installed in $((SECONDS - start)) s" >&2
-fi
+venv="$(pip_tool_venv checkov checkov "$CHECKOV_VERSION")"
 
 # The skip list: "CHECK_ID reason" a line; comments and blank lines aside. An id without
 # its reason is an error.
@@ -46,7 +35,7 @@ fi
 cd "$here/.."
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-echo "checkov $version, Kubernetes checks; skipped: ${skips[*]:-none} (e2e/checkov-skips.txt)"
+echo "checkov $CHECKOV_VERSION, Kubernetes checks; skipped: ${skips[*]:-none} (e2e/checkov-skips.txt)"
 status=0
 for example in minimal full; do
   file="operator/tests/golden/$example.yaml"

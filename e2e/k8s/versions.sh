@@ -11,6 +11,26 @@ tools_cache() {
   echo "${CHATCLUSTER_TOOLS_CACHE:-$HOME/.cache/chatcluster-tools}"
 }
 
+# Installs pip package PACKAGE==VERSION into its own virtualenv under the tools cache
+# (`pip_tool_venv NAME PACKAGE VERSION`), unless a finished install is there, and prints
+# the virtualenv's path. The marker is written once pip has finished, so an interrupted
+# install is redone.
+pip_tool_venv() {
+  local name="$1" package="$2" version="$3"
+  local venv
+  venv="$(tools_cache)/$name-$version"
+  if [[ ! -f "$venv/.installed" ]]; then
+    echo "$name: installing $version (pip package $package)" >&2
+    local start=$SECONDS
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$package==$version" >&2
+    touch "$venv/.installed"
+    echo "$name: installed in $((SECONDS - start)) s" >&2
+  fi
+  echo "$venv"
+}
+
 # Cache directory for the built binaries, keyed by every version above and by Go's.
 control_plane_bin_dir() {
   echo "$(tools_cache)/k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION-kwok-v$KWOK_VERSION-$(go env GOVERSION)/bin"

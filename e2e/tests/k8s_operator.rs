@@ -106,6 +106,33 @@ impl Setup {
         }
     }
 
+    /// Stops this namespace's operator gracefully (it must exit 0).
+    fn stop_operator(&mut self) {
+        if let Some(mut op) = self.operator.take() {
+            assert!(op.stop().is_some_and(|st| st.success()), "graceful exit");
+        }
+    }
+
+    /// Starts another operator (`identity`) for this namespace and waits for its first
+    /// reconcile.
+    async fn start_new_operator(&mut self, identity: &str) {
+        let op = start_operator(self.cluster, &self.ns.name, identity, 15);
+        let reconciled = eventually(
+            "the new operator to reconcile",
+            Duration::from_secs(30),
+            || async {
+                Ok(op
+                    .metric("chatcluster_reconciles_total")
+                    .filter(|n| *n >= 1.0))
+            },
+        )
+        .await;
+        self.operator = Some(op);
+        if let Err(e) = reconciled {
+            panic!("{e}{}", self.operator_log());
+        }
+    }
+
     /// `kubectl get KIND NAME -o json`, or None when it does not exist.
     fn get(&self, kind: &str, name: &str) -> Option<Value> {
         self.cluster
@@ -1038,27 +1065,11 @@ async fn restarting_the_operator_changes_nothing() {
     // a while (so a reconcile triggered by the last child event has written, if at all).
     s.wait_rolled_out("chat").await;
     s.wait_operator_idle().await;
-    if let Some(mut op) = s.operator.take() {
-        assert!(op.stop().is_some_and(|st| st.success()), "graceful exit");
-    }
+    s.stop_operator();
     let before = resource_versions(&s);
     assert!(before.len() >= 12, "{before:?}");
 
-    let op = start_operator(s.cluster, &s.ns.name, "op-b", 15);
-    let reconciled = eventually(
-        "the new operator to reconcile",
-        Duration::from_secs(30),
-        || async {
-            Ok(op
-                .metric("chatcluster_reconciles_total")
-                .filter(|n| *n >= 1.0))
-        },
-    )
-    .await;
-    s.operator = Some(op);
-    if let Err(e) = reconciled {
-        panic!("{e}{}", s.operator_log());
-    }
+    s.start_new_operator("op-b").await;
     // Wait until the new operator has stopped reconciling (its watches' initial events
     // each bring one), so any write a late reconcile would make has landed.
     s.wait_operator_idle().await;
@@ -1442,24 +1453,10 @@ async fn an_operator_restart_mid_drain_resumes_without_draining_twice() {
         condition(cc, "Draining").is_some_and(|c| c["status"] == "True")
     })
     .await;
-    if let Some(mut op) = s.operator.take() {
-        assert!(op.stop().is_some_and(|st| st.success()), "graceful exit");
-    }
+    s.stop_operator();
     let before = admin_status_of(&s, &servers[2]).await;
     assert_eq!(before["phase"], "draining", "{before}");
-    let op = start_operator(s.cluster, &s.ns.name, "op-b", 15);
-    let reconciled = eventually(
-        "the new operator to reconcile",
-        Duration::from_secs(30),
-        || async {
-            Ok(op
-                .metric("chatcluster_reconciles_total")
-                .filter(|n| *n >= 1.0))
-        },
-    )
-    .await;
-    s.operator = Some(op);
-    assert!(reconciled.is_ok(), "{reconciled:?}{}", s.operator_log());
+    s.start_new_operator("op-b").await;
     let after = admin_status_of(&s, &servers[2]).await;
     assert_eq!(after["phase"], "draining", "{after}");
     assert_eq!(

@@ -41,8 +41,9 @@ pub struct Context {
     pub gateway_api: bool,
     /// Publishes Events about ChatClusters (events.k8s.io, deduplicated into series).
     pub recorder: Recorder,
-    /// Consecutive failures per ChatCluster, for the retry backoff.
-    pub failures: Failures,
+    /// Consecutive failed reconciles per ChatCluster (`cluster_key`), for the retry
+    /// backoff.
+    pub failures: FailureCounts,
     /// Reads the pods' `/metrics` (bounded in time and size).
     pub http: HttpClient,
     /// Queries Prometheus for the autoscaler (bounded in time and size).
@@ -57,38 +58,7 @@ pub struct Context {
     pub operator_namespace: Option<String>,
     /// Failed admin calls in a row per pod, so one that never answers or refuses every
     /// drain does not hold a scale-down forever (`drain_plan::MAX_FAILURES`).
-    pub drain_failures: DrainFailures,
-}
-
-/// Failed admin calls (status or drain) in a row, per pod (`namespace/pod`).
-#[derive(Default)]
-pub struct DrainFailures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
-
-impl DrainFailures {
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u32>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn failed(&self, key: String) -> u32 {
-        let mut map = self.map();
-        let n = map.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    }
-
-    fn get(&self, key: &str) -> u32 {
-        self.map().get(key).copied().unwrap_or(0)
-    }
-
-    fn reset(&self, key: &str) {
-        self.map().remove(key);
-    }
-
-    /// Forgets the pods of `prefix` (`namespace/NAME-`) that are not in `keep`.
-    fn retain_only(&self, prefix: &str, keep: &[String]) {
-        self.map()
-            .retain(|k, _| !k.starts_with(prefix) || keep.contains(k));
-    }
+    pub drain_failures: FailureCounts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +90,7 @@ pub async fn reconcile(
     let result = reconcile_stages(&cluster, &ctx).await;
     if result.is_ok() {
         // Any success resets this cluster's retry backoff.
-        ctx.failures.succeeded(&cluster);
+        ctx.failures.reset(&cluster_key(&cluster));
     }
     result
 }
@@ -287,7 +257,7 @@ async fn plan_drain(
     for v in &mut views {
         let key = format!("{ns}/{}", v.name);
         v.failures = match &v.status {
-            None if v.running => ctx.drain_failures.failed(key),
+            None if v.running => ctx.drain_failures.failed(&key),
             // A drain under way or over (it answered and took its drain), or a pod that
             // stays: start counting afresh.
             Some(s) if s.phase != drain_plan::Phase::Serving || v.ordinal < desired => {
@@ -351,7 +321,7 @@ async fn carry_out_drain(
             }
             Err(e) => {
                 count("failed");
-                let failures = ctx.drain_failures.failed(key);
+                let failures = ctx.drain_failures.failed(&key);
                 notices.push(for_drain_call_failure(
                     &start.pod,
                     "draining",
@@ -470,22 +440,37 @@ pub fn cluster_key(cluster: &ChatCluster) -> String {
     )
 }
 
-/// Consecutive failed reconciles per ChatCluster (namespace/name), reset by a success.
+/// Consecutive failures per key, reset by a success: failed reconciles per ChatCluster
+/// (`cluster_key`), failed admin calls per pod (`namespace/pod`).
 #[derive(Default)]
-pub struct Failures(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+pub struct FailureCounts(std::sync::Mutex<std::collections::HashMap<String, u32>>);
 
-impl Failures {
+impl FailureCounts {
+    /// The map, even if a panicking reconcile poisoned the lock (plain counters).
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, u32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records a failure; returns how many in a row.
-    pub fn failed(&self, cluster: &ChatCluster) -> u32 {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(cluster_key(cluster)).or_insert(0);
+    pub fn failed(&self, key: &str) -> u32 {
+        let mut map = self.map();
+        let n = map.entry(key.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
         *n
     }
 
-    pub fn succeeded(&self, cluster: &ChatCluster) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.remove(&cluster_key(cluster));
+    pub fn get(&self, key: &str) -> u32 {
+        self.map().get(key).copied().unwrap_or(0)
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.map().remove(key);
+    }
+
+    /// Forgets the keys starting with `prefix` that are not in `keep`.
+    pub fn retain_only(&self, prefix: &str, keep: &[String]) {
+        self.map()
+            .retain(|k, _| !k.starts_with(prefix) || keep.contains(k));
     }
 }
 
@@ -495,7 +480,7 @@ pub fn error_policy(
     error: &ReconcileError,
     ctx: Arc<Context>,
 ) -> Action {
-    let failures = ctx.failures.failed(&cluster);
+    let failures = ctx.failures.failed(&cluster_key(&cluster));
     let delay = backoff(failures);
     tracing::warn!(
         name = cluster.metadata.name.as_deref().unwrap_or(""),
@@ -525,10 +510,11 @@ mod tests {
         let spec: crate::crd::ChatClusterSpec =
             serde_json::from_value(serde_json::json!({})).unwrap();
         let c = ChatCluster::new("chat", spec);
-        let f = Failures::default();
-        assert_eq!(f.failed(&c), 1);
-        assert_eq!(f.failed(&c), 2);
-        f.succeeded(&c);
-        assert_eq!(f.failed(&c), 1);
+        let f = FailureCounts::default();
+        let key = cluster_key(&c);
+        assert_eq!(f.failed(&key), 1);
+        assert_eq!(f.failed(&key), 2);
+        f.reset(&key);
+        assert_eq!(f.failed(&key), 1);
     }
 }

@@ -138,19 +138,20 @@ fn chat_pods_follow_the_drain_and_security_rules() {
     );
 }
 
+/// The managed Redis pod built for example `file`.
+fn redis_pod(file: &str) -> k8s_openapi::api::core::v1::PodSpec {
+    let d = build(&example(file), BuildContext::default()).unwrap();
+    d.redis_statefulset
+        .and_then(|s| s.spec)
+        .and_then(|s| s.template.spec)
+        .expect("a managed Redis pod")
+}
+
 /// The managed Redis as docs/security.md describes it (checkov's CKV_K8S_35, 40 and 13):
 /// no Secret in its environment, a high UID, a default memory limit.
 #[test]
 fn redis_pod_reads_its_password_from_a_file_and_runs_as_a_high_uid() {
-    let d = build(&example("minimal.yaml"), BuildContext::default()).unwrap();
-    let pod = d
-        .redis_statefulset
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let pod = redis_pod("minimal.yaml");
     let c = &pod.containers[0];
     assert!(
         c.env.iter().flatten().all(|e| e.value_from.is_none()),
@@ -191,15 +192,7 @@ fn redis_pod_reads_its_password_from_a_file_and_runs_as_a_high_uid() {
     assert!(!limits.contains_key("cpu"), "no CPU limit by default");
 
     // The user's resources are applied as written: no default merged in.
-    let d = build(&example("full.yaml"), BuildContext::default()).unwrap();
-    let pod = d
-        .redis_statefulset
-        .unwrap()
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let pod = redis_pod("full.yaml");
     let resources = pod.containers[0].resources.as_ref().unwrap();
     assert!(resources.limits.is_none() && resources.requests.is_some());
 }
