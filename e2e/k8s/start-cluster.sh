@@ -6,6 +6,13 @@
 # that dials a node or a pod stays on loopback. Service cluster IPs are allocated but
 # never dialled.
 #
+# With K8S_E2E_NODE_IP set (e2e/node/start-node.sh does, inside its network namespace),
+# the same control plane serves a real node instead: the API server listens and
+# advertises on that address (pods reach it through the "kubernetes" Service, whose
+# endpoint it maintains), Service IPs come from K8S_E2E_SERVICE_CIDR, the API server
+# reaches kubelets with a client certificate, KWOK is not started, and
+# STATE_DIR/pki/node.kubeconfig is written for the node's components.
+#
 # Usage: e2e/k8s/start-cluster.sh [STATE_DIR]     (default /tmp/chatcluster-k8s)
 # Writes STATE_DIR/kubeconfig (admin), STATE_DIR/kubectl (a matching kubectl),
 # STATE_DIR/logs/*.log and STATE_DIR/pids/*.pid.
@@ -25,6 +32,9 @@ kcm_port="${K8S_E2E_KCM_PORT:-20257}"
 sched_port="${K8S_E2E_SCHEDULER_PORT:-20259}"
 kwok_port="${K8S_E2E_KWOK_PORT:-20247}"
 pod_cidr="127.10.0.0/16"
+node_ip="${K8S_E2E_NODE_IP:-}"
+service_cidr="${K8S_E2E_SERVICE_CIDR:-10.96.0.0/16}"
+api_host="${node_ip:-127.0.0.1}"
 
 say() { echo "start-cluster: $*" >&2; }
 
@@ -46,7 +56,7 @@ touch "$marker"
 trap '"$here/stop-cluster.sh" "$state"' ERR
 
 for port in "$etcd_port" "$etcd_peer_port" "$api_port" "$kcm_port" "$sched_port" "$kwok_port"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || (exec 3<>"/dev/tcp/$api_host/$port") 2>/dev/null; then
     say "port $port on 127.0.0.1 is in use; set the K8S_E2E_*_PORT variables to free ports"
     exit 1
   fi
@@ -58,12 +68,23 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=chatcluster-e2e-ca"
   -keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
   -keyout "$pki/apiserver.key" -out "$pki/apiserver.csr" 2>/dev/null
-cat >"$pki/apiserver.ext" <<'EOF'
-subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc
-extendedKeyUsage=serverAuth
-EOF
+san="IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+if [[ -n "$node_ip" ]]; then
+  # The node's address, and the "kubernetes" Service's IP (the first of the range).
+  service_ip="$(python3 -c 'import ipaddress,sys; print(ipaddress.ip_network(sys.argv[1])[1])' "$service_cidr")"
+  san+=",IP:$node_ip,IP:$service_ip,DNS:kubernetes.default.svc.cluster.local"
+fi
+printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$san" >"$pki/apiserver.ext"
 openssl x509 -req -in "$pki/apiserver.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
   -CAcreateserial -days 2 -extfile "$pki/apiserver.ext" -out "$pki/apiserver.crt" 2>/dev/null
+if [[ -n "$node_ip" ]]; then
+  # The API server's client certificate for kubelets (logs, exec, port-forward).
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+    -keyout "$pki/apiserver-kubelet-client.key" -out "$pki/apiserver-kubelet-client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$pki/client.ext"
+  openssl x509 -req -in "$pki/apiserver-kubelet-client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+    -CAcreateserial -days 2 -extfile "$pki/client.ext" -out "$pki/apiserver-kubelet-client.crt" 2>/dev/null
+fi
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
 
@@ -74,11 +95,13 @@ admin_token="$(token)"
 kcm_token="$(token)"
 sched_token="$(token)"
 kwok_token="$(token)"
+node_token="$(token)"
 cat >"$pki/tokens.csv" <<EOF
 $admin_token,chatcluster-e2e-admin,uid-admin,"system:masters"
 $kcm_token,system:kube-controller-manager,uid-kcm,"system:masters"
 $sched_token,system:kube-scheduler,uid-scheduler,"system:masters"
 $kwok_token,kwok-controller,uid-kwok,"system:masters"
+$node_token,system:node:chatcluster-node,uid-node,"system:masters,system:nodes"
 EOF
 
 write_kubeconfig() {
@@ -89,7 +112,7 @@ kind: Config
 clusters:
 - name: chatcluster-e2e
   cluster:
-    server: https://127.0.0.1:$api_port
+    server: https://$api_host:$api_port
     certificate-authority-data: $(base64 -w0 <"$pki/ca.crt")
 users:
 - name: $user
@@ -107,6 +130,8 @@ write_kubeconfig "$state/kubeconfig" admin "$admin_token"
 write_kubeconfig "$pki/kcm.kubeconfig" kube-controller-manager "$kcm_token"
 write_kubeconfig "$pki/scheduler.kubeconfig" kube-scheduler "$sched_token"
 write_kubeconfig "$pki/kwok.kubeconfig" kwok "$kwok_token"
+# kubelet, kube-proxy, CoreDNS and the ingress controller of a real node.
+[[ -z "$node_ip" ]] || write_kubeconfig "$pki/node.kubeconfig" node "$node_token"
 
 # --- processes ----------------------------------------------------------------------
 start() {
@@ -146,11 +171,20 @@ wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_port/health"
 # OwnerReferencesPermissionEnforcement is on, as on some production clusters: setting
 # blockOwnerDeletion then needs update on the owner's finalizers, which the chart's RBAC
 # test proves the operator has.
-# The "kubernetes" Service's endpoint reconciler is off: Endpoints may not hold
-# loopback addresses, and nothing in this cluster dials the Service.
+# Simulated cluster: the "kubernetes" Service's endpoint reconciler is off (Endpoints
+# may not hold loopback addresses, and nothing dials the Service). Real node: pods reach
+# the API server through that Service, so its endpoint is maintained.
+api_mode=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none)
+if [[ -n "$node_ip" ]]; then
+  api_mode=(--bind-address "$node_ip" --advertise-address "$node_ip"
+    --endpoint-reconciler-type lease
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key"
+    --kubelet-preferred-address-types "InternalIP,Hostname")
+fi
 start kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \
-  --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+  "${api_mode[@]}" --secure-port "$api_port" \
   --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
   --client-ca-file "$pki/ca.crt" --token-auth-file "$pki/tokens.csv" \
   --authorization-mode RBAC \
@@ -158,8 +192,7 @@ start kube-apiserver "$bin/kube-apiserver" \
   --service-account-issuer https://kubernetes.default.svc \
   --service-account-key-file "$pki/sa.pub" \
   --service-account-signing-key-file "$pki/sa.key" \
-  --service-cluster-ip-range 10.96.0.0/16 \
-  --endpoint-reconciler-type none \
+  --service-cluster-ip-range "$service_cidr" \
   --enable-priority-and-fairness=false \
   --profiling=false
 ln -s "$bin/kubectl" "$state/kubectl"
@@ -175,13 +208,14 @@ start kube-controller-manager "$bin/kube-controller-manager" \
   --leader-elect=false --use-service-account-credentials=false \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --controllers '*,-node-ipam-controller' \
-  --allocate-node-cidrs=false --profiling=false
+  --allocate-node-cidrs=false --service-cluster-ip-range "$service_cidr" --profiling=false
 
 start kube-scheduler "$bin/kube-scheduler" \
   --kubeconfig "$pki/scheduler.kubeconfig" --authentication-kubeconfig "$pki/scheduler.kubeconfig" \
   --authorization-kubeconfig "$pki/scheduler.kubeconfig" \
   --bind-address 127.0.0.1 --secure-port "$sched_port" --leader-elect=false --profiling=false
 
+if [[ -z "$node_ip" ]]; then
 # KWOK's own stages, copied from its module source by the build step: nodes are
 # initialised (InternalIP 127.0.0.1) and kept alive through node Leases, pods become
 # Running and Ready (and go away when deleted), and StatefulSet volume claims are
@@ -218,6 +252,7 @@ status:
   capacity: {cpu: "64", memory: 256Gi, pods: "250"}
 EOF
 wait_for kwok 60 "${kubectl[@]}" wait --for=condition=Ready node/kwok-node-0 --timeout=1s
+fi
 # Pods need the default ServiceAccount, made by the controller manager.
 wait_for kube-controller-manager 120 "${kubectl[@]}" get serviceaccount default -n default
 

@@ -36,6 +36,20 @@ control_plane_bin_dir() {
   echo "$(tools_cache)/k8s-v$K8S_VERSION-etcd-v$ETCD_VERSION-kwok-v$KWOK_VERSION-$(go env GOVERSION)/bin"
 }
 
+# The -ldflags that stamp K8S_VERSION into Kubernetes binaries (as its release build does).
+version_ldflags() {
+  local pkg flags="" minor="${K8S_VERSION#*.}"
+  minor="${minor%%.*}"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=v$K8S_VERSION"
+    flags+=" -X $pkg.gitMajor=${K8S_VERSION%%.*}"
+    flags+=" -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean"
+    flags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "-s -w$flags"
+}
+
 # Runs a build step under GNU time: `timed_build LOG NAME COMMAND...` appends NAME's wall
 # time and peak RSS to LOG (the cold-build figures kept next to the binaries).
 timed_build() {
@@ -76,3 +90,29 @@ PROMETHEUS_MODULE_VERSION=0.316.0
 prometheus_bin_dir() {
   echo "$(tools_cache)/prometheus-v$PROMETHEUS_VERSION-$(go env GOVERSION)/bin"
 }
+
+# The real node (e2e/node/): kubelet and kube-proxy come from the control plane's wrapper
+# module (K8S_VERSION); the container runtime, the CNI plugins and the cluster DNS from
+# their own modules.
+CONTAINERD_VERSION=2.4.2
+RUNC_VERSION=1.5.3
+CNI_PLUGINS_VERSION=1.10.0
+COREDNS_VERSION=1.15.0
+
+# Where e2e/node/build-node.sh puts the node's binaries, keyed by every version above.
+node_bin_dir() {
+  echo "$(tools_cache)/node-k8s-v$K8S_VERSION-containerd-v$CONTAINERD_VERSION-runc-v$RUNC_VERSION-cni-v$CNI_PLUGINS_VERSION-coredns-v$COREDNS_VERSION-$(go env GOVERSION)/bin"
+}
+
+# Traefik, the ingress controller of the real node (e2e/node/traefik is the wrapper
+# module that carries Traefik's replace directives; bump its go.mod with this line).
+TRAEFIK_VERSION=3.6.12
+
+traefik_bin_dir() {
+  echo "$(tools_cache)/traefik-v$TRAEFIK_VERSION-$(go env GOVERSION)/bin"
+}
+
+# actionlint, the GitHub Actions workflow linter (e2e/actionlint.sh builds it from its Go
+# module).
+# shellcheck disable=SC2034 # read by e2e/actionlint.sh, which sources this file
+ACTIONLINT_VERSION=1.7.12

@@ -36,6 +36,17 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// Host names that connect to a fixed address instead of being looked up (as curl's
+/// `--resolve` does): an ingress routes by the Host header, and the test's ingress host
+/// (e.g. `dataplane.e2e.test`) has no DNS record where the test runs.
+static RESOLVE: Mutex<BTreeMap<String, SocketAddr>> = Mutex::new(BTreeMap::new());
+
+/// Connects every later `ws://HOST...` URL of this process to `addr` (the port in the
+/// URL is ignored): the request still says `Host: HOST`.
+pub fn resolve_host(host: &str, addr: SocketAddr) {
+    lock(&RESOLVE).insert(host.to_ascii_lowercase(), addr);
+}
+
 /// How [`connect_with`] connects; `Default` is what [`connect`] does.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectOptions<'a> {
@@ -128,7 +139,12 @@ async fn open_tcp(uri: &Uri, source: Option<IpAddr>) -> Result<TcpStream> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port = uri.port_u16().unwrap_or(80);
     let mut last_err = None;
-    for addr in tokio::net::lookup_host((host, port)).await? {
+    let fixed = lock(&RESOLVE).get(&host.to_ascii_lowercase()).copied();
+    let addrs: Vec<SocketAddr> = match fixed {
+        Some(addr) => vec![addr],
+        None => tokio::net::lookup_host((host, port)).await?.collect(),
+    };
+    for addr in addrs {
         if source.is_some_and(|s| s.is_ipv4() != addr.is_ipv4()) {
             continue;
         }

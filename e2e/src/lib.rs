@@ -4,6 +4,7 @@ pub mod client;
 pub mod cluster;
 pub mod k8s;
 pub mod loadgen;
+pub mod lossless;
 pub mod procstat;
 pub mod prometheus;
 pub mod server_process;

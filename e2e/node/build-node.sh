@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Builds the real node's binaries from Go modules and caches them, keyed by version
+# (e2e/k8s/versions.sh):
+#   kubelet, kube-proxy                      k8s.io/kubernetes (e2e/k8s/controlplane wrapper)
+#   containerd, containerd-shim-runc-v2, ctr github.com/containerd/containerd/v2
+#   runc (cgo, libseccomp)                   github.com/opencontainers/runc
+#   bridge, host-local, loopback             github.com/containernetworking/plugins
+#   coredns                                  github.com/coredns/coredns
+#   traefik                                  github.com/traefik/traefik/v3 (e2e/node/traefik wrapper)
+#   pause (the pod sandbox's process)        e2e/node/pause.c, built with the system cc
+# A repeat run reuses what is there; a version bump builds into a fresh directory.
+# Cold-build figures are appended to build.log next to each bin/ directory.
+#
+# Usage: e2e/node/build-node.sh     # prints two lines: the node bin/ dir, the traefik bin/ dir
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+k8s="$here/../k8s"
+# shellcheck source=e2e/k8s/versions.sh
+source "$k8s/versions.sh"
+
+bin="$(node_bin_dir)"
+mkdir -p "$bin"
+log="$bin/../build.log"
+say() { echo "build-node: $*" >&2; }
+timed() { timed_build "$log" "$@"; }
+missing() {
+  local b
+  for b in "$@"; do [[ -x "$bin/$b" ]] || return 0; done
+  return 1
+}
+
+if missing kubelet kube-proxy; then
+  say "building kubelet and kube-proxy v$K8S_VERSION"
+  (
+    cd "$k8s/controlplane"
+    timed "kubelet, kube-proxy v$K8S_VERSION" env CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+      go build -trimpath -ldflags "$(version_ldflags)" -o "$bin/" \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+  )
+fi
+
+if missing containerd containerd-shim-runc-v2 ctr; then
+  say "building containerd v$CONTAINERD_VERSION"
+  pkg=github.com/containerd/containerd/v2
+  timed "containerd v$CONTAINERD_VERSION" env CGO_ENABLED=0 GOBIN="$bin" go install -trimpath \
+    -ldflags "-s -w -X $pkg/version.Version=v$CONTAINERD_VERSION" \
+    "$pkg/cmd/containerd@v$CONTAINERD_VERSION" \
+    "$pkg/cmd/containerd-shim-runc-v2@v$CONTAINERD_VERSION" \
+    "$pkg/cmd/ctr@v$CONTAINERD_VERSION"
+fi
+
+if missing runc; then
+  say "building runc v$RUNC_VERSION (cgo, libseccomp)"
+  # The seccomp tag needs libseccomp's headers (Debian libseccomp-dev); without it runc
+  # would silently run pods with no seccomp filter.
+  timed "runc v$RUNC_VERSION" env CGO_ENABLED=1 GOBIN="$bin" go install -trimpath \
+    -tags "seccomp urfave_cli_no_docs" -ldflags "-s -w -X main.version=$RUNC_VERSION" \
+    "github.com/opencontainers/runc@v$RUNC_VERSION"
+fi
+
+cni="$bin/../cni"
+if [[ ! -x "$cni/bridge" || ! -x "$cni/host-local" || ! -x "$cni/loopback" ]]; then
+  say "building the CNI plugins v$CNI_PLUGINS_VERSION"
+  mkdir -p "$cni"
+  p=github.com/containernetworking/plugins/plugins
+  timed "CNI plugins v$CNI_PLUGINS_VERSION" env CGO_ENABLED=0 GOBIN="$(cd "$cni" && pwd)" \
+    go install -trimpath -ldflags "-s -w" \
+    "$p/main/bridge@v$CNI_PLUGINS_VERSION" "$p/ipam/host-local@v$CNI_PLUGINS_VERSION" \
+    "$p/main/loopback@v$CNI_PLUGINS_VERSION"
+fi
+
+if missing coredns; then
+  say "building CoreDNS v$COREDNS_VERSION"
+  timed "coredns v$COREDNS_VERSION" env CGO_ENABLED=0 GOBIN="$bin" go install -trimpath \
+    -ldflags "-s -w" "github.com/coredns/coredns@v$COREDNS_VERSION"
+fi
+
+if missing pause; then
+  # The sandbox image's only process: waits for a signal, reaps children. Static, so its
+  # image needs no libraries.
+  say "building pause"
+  cc -Os -static -Wall -Werror -o "$bin/pause" "$here/pause.c"
+fi
+
+traefik_bin="$(traefik_bin_dir)"
+if [[ ! -x "$traefik_bin/traefik" ]]; then
+  say "building Traefik v$TRAEFIK_VERSION"
+  mkdir -p "$traefik_bin"
+  (
+    cd "$here/traefik"
+    timed_build "$traefik_bin/../build.log" "traefik v$TRAEFIK_VERSION" env CGO_ENABLED=0 \
+      GOFLAGS=-mod=readonly go build -trimpath \
+      -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$TRAEFIK_VERSION" \
+      -o "$traefik_bin/traefik" github.com/traefik/traefik/v3/cmd/traefik
+  )
+fi
+
+# A binary that does not start is worse than a missing one: check each before use.
+"$bin/kubelet" --version >/dev/null
+"$bin/kube-proxy" --version >/dev/null
+"$bin/containerd" --version >/dev/null
+"$bin/runc" --version >/dev/null
+"$bin/coredns" -version >/dev/null
+"$traefik_bin/traefik" version >/dev/null
+echo "$bin"
+echo "$traefik_bin"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Packs the images the real node runs into OCI archives for `ctr images import`:
+#   docker.io/chatcluster/chat-server:e2e         e2e/images' reproduction of server/Dockerfile
+#   docker.io/chatcluster/chatcluster-operator:e2e  ... of operator/Dockerfile
+#   docker.io/chatcluster/redis:e2e                Debian's redis-server and redis-cli, busybox sh/cat
+#   registry.k8s.io/pause:3.10                     the pod sandbox (e2e/node/pause.c, static)
+# The production runtime image is gcr.io/distroless/cc-debian12:nonroot; here its stand-in
+# is a base layer with exactly the shared libraries the binaries load (found with ldd),
+# /etc/passwd and /etc/group with root and nonroot (65532), CA certificates and a /tmp.
+# What differs from distroless: Debian's libraries of this machine rather than
+# distroless' build of them, no tzdata, no /etc/os-release.
+#
+# Usage: e2e/node/images.sh IMAGE_BUILD_DIR NODE_BIN OUT
+#   IMAGE_BUILD_DIR: output of e2e/images/build.sh; NODE_BIN: e2e/node/build-node.sh's
+#   bin dir (for pause); writes OUT/*.tar and prints OUT.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+build="$1"
+node_bin="$2"
+out="$3"
+rm -rf "$out"
+mkdir -p "$out/layers"
+out="$(cd "$out" && pwd)"
+layers="$out/layers"
+
+(cd "$here/ociimage" && go build -mod=readonly -o "$out/ociimage" .)
+
+# Copies each binary's shared libraries (and the dynamic loader) into DIR, at the paths
+# the binary resolves them to here.
+copy_libraries() {
+  local dir="$1" binary lib
+  shift
+  for binary in "$@"; do
+    if ! ldd "$binary" >/dev/null 2>&1; then continue; fi # static
+    for lib in $(ldd "$binary" | grep -o '/[^ ]*'); do
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done
+  done
+}
+
+base="$layers/base"
+mkdir -p "$base/etc/ssl/certs" "$base/tmp"
+chmod 1777 "$base/tmp"
+printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$base/etc/passwd"
+printf 'root:x:0:\nnonroot:x:65532:\n' >"$base/etc/group"
+cp /etc/ssl/certs/ca-certificates.crt "$base/etc/ssl/certs/"
+copy_libraries "$base" "$build/chat-server/rootfs/usr/local/bin/chat-server" \
+  "$build/chatcluster-operator/rootfs/usr/local/bin/chatcluster-operator"
+
+redis="$layers/redis"
+mkdir -p "$redis/usr/bin" "$redis/bin" "$redis/data"
+cp /usr/bin/redis-server /usr/bin/redis-cli "$redis/usr/bin/"
+cp "$(command -v busybox)" "$redis/bin/busybox"
+ln -s busybox "$redis/bin/sh"
+ln -s busybox "$redis/bin/cat"
+copy_libraries "$redis" /usr/bin/redis-server /usr/bin/redis-cli
+
+pause="$layers/pause"
+mkdir -p "$pause"
+cp "$node_bin/pause" "$pause/pause"
+
+pack() { "$out/ociimage" "$@" >&2; }
+pack -name docker.io/chatcluster/chat-server:e2e -out "$out/chat-server.tar" \
+  -imagebuild-config "$build/chat-server/config.json" "$base" "$build/chat-server/rootfs"
+pack -name docker.io/chatcluster/chatcluster-operator:e2e -out "$out/chatcluster-operator.tar" \
+  -imagebuild-config "$build/chatcluster-operator/config.json" "$base" \
+  "$build/chatcluster-operator/rootfs"
+pack -name docker.io/chatcluster/redis:e2e -out "$out/redis.tar" \
+  -entrypoint '["/usr/bin/redis-server"]' -user 10999:10999 "$base" "$redis"
+pack -name registry.k8s.io/pause:3.10 -out "$out/pause.tar" \
+  -entrypoint '["/pause"]' -user 65535:65535 "$pause"
+echo "$out"

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The data-plane suite on a real node (the README's test command runs it): packs the
+# images, starts the node (e2e/node/start-node.sh), installs the operator chart with Helm
+# (the operator runs as a pod and reaches the API server through its Service), then runs
+# e2e/tests/k8s_data_plane.rs inside the node's network namespace, where the ingress
+# controller (Traefik, ingress-nginx provider) listens on 198.18.0.1:80. Stops the node
+# whatever happens.
+#
+# Usage: e2e/node/run-suite.sh IMAGE_BUILD_DIR [CARGO TEST ARGS...]
+#   IMAGE_BUILD_DIR: e2e/images/build.sh's output. Extra arguments go to the test binary
+#   (after --), e.g. a test name. KEEP_NODE=1 leaves the node running (stop it with
+#   e2e/node/stop-node.sh STATE_DIR, printed at the end).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+build="$(cd "${1:?usage: run-suite.sh IMAGE_BUILD_DIR [TEST ARGS...]}" && pwd)"
+shift
+cd "$repo"
+
+{ read -r node_bin; read -r _; } < <("$here/build-node.sh")
+helm="$(bash e2e/k8s/build-helm.sh)"
+images="$(bash "$here/images.sh" "$build" "$node_bin" target/node-images)"
+# The test binary is built before the node starts (cargo needs no network inside it).
+cargo test -p chatcluster-e2e --test k8s_data_plane --locked --no-run
+
+state="$(mktemp -d /tmp/chatcluster-node-XXXXXX)"
+cleanup() {
+  if [[ "${KEEP_NODE:-0}" == 1 ]]; then
+    echo "run-suite: node left running: e2e/node/stop-node.sh $state" >&2
+  else
+    "$here/stop-node.sh" "$state"
+    rm -rf "$state"
+  fi
+}
+trap cleanup EXIT
+"$here/start-node.sh" "$state" "$images" >/dev/null
+netns="$(cat "$state/netns")"
+in_node() { ip netns exec "$netns" "$@"; }
+
+echo "== operator chart (the operator image as a pod)"
+start=$SECONDS
+in_node "$helm" install chatcluster-operator charts/chatcluster-operator \
+  --kubeconfig "$state/kubeconfig" --namespace chatcluster-system --create-namespace \
+  --set image.repository=docker.io/chatcluster/chatcluster-operator --set image.tag=e2e \
+  --set image.pullPolicy=Never --wait --timeout 180s >/dev/null
+echo "run-suite: operator chart installed and Available in $((SECONDS - start)) s"
+
+echo "== data-plane suite (real pods, Traefik's ingress-nginx provider)"
+in_node env CHATCLUSTER_KUBECONFIG="$state/kubeconfig" CHATCLUSTER_KUBECTL="$state/kubectl" \
+  CHATCLUSTER_E2E_INGRESS=198.18.0.1:80 \
+  CHATCLUSTER_E2E_IMAGE=docker.io/chatcluster/chat-server:e2e \
+  CHATCLUSTER_E2E_IMAGE_B=docker.io/chatcluster/chat-server:e2e-b \
+  CHATCLUSTER_E2E_REDIS_IMAGE=docker.io/chatcluster/redis:e2e \
+  cargo test --offline -p chatcluster-e2e --test k8s_data_plane --locked -- \
+  --test-threads=1 --nocapture "$@"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Stops what e2e/node/start-node.sh started and removes what it created: the node's
+# components (by their recorded PIDs), the pods' processes (by their cgroups), containerd
+# and its shims (every process left in the network namespace), the control plane, the
+# cgroup subtree kubelet made in every hierarchy, and the network namespace. The private
+# mount namespace goes away with its last process. Safe to run twice.
+#
+# Usage: e2e/node/stop-node.sh STATE_DIR
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+state="${1:?usage: stop-node.sh STATE_DIR}"
+
+stop_pid() {
+  local pid="$1"
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill "$pid" 2>/dev/null
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
+for name in traefik coredns kube-proxy kubelet; do
+  pidfile="$state/pids/$name.pid"
+  [[ -f "$pidfile" ]] || continue
+  stop_pid "$(cat "$pidfile")"
+  rm -f "$pidfile"
+done
+
+# The pods' processes: everything in the node's cgroup subtree.
+cgroup_root=""
+[[ -f "$state/cgroup-root" ]] && cgroup_root="$(cat "$state/cgroup-root")"
+cgroup_dirs() {
+  [[ -n "$cgroup_root" ]] || return 0
+  local hierarchy
+  for hierarchy in /sys/fs/cgroup/*/; do
+    [[ -d "$hierarchy${cgroup_root#/}" ]] && echo "$hierarchy${cgroup_root#/}"
+  done
+}
+for _ in 1 2 3; do
+  pids="$(cgroup_dirs | while read -r dir; do find "$dir" -name cgroup.procs -exec cat {} +; done | sort -u)"
+  [[ -n "$pids" ]] || break
+  # shellcheck disable=SC2086 # one PID per word
+  kill -9 $pids 2>/dev/null
+  sleep 0.5
+done
+
+netns=""
+[[ -f "$state/netns" ]] && netns="$(cat "$state/netns")"
+if [[ -n "$netns" ]] && ip netns list | grep -qw "$netns"; then
+  # containerd, its shims and anything else still in the namespace.
+  for pid in $(ip netns pids "$netns"); do
+    stop_pid "$pid" &
+  done
+  wait
+fi
+pidfile="$state/pids/containerd.pid"
+[[ -f "$pidfile" ]] && stop_pid "$(cat "$pidfile")" && rm -f "$pidfile"
+
+[[ -d "$state/cp" ]] && "$here/../k8s/stop-cluster.sh" "$state/cp" 2>/dev/null
+
+# kubelet's cgroups, deepest first (a cgroup is removed with rmdir once it is empty).
+cgroup_dirs | while read -r dir; do
+  find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null
+done
+left="$(cgroup_dirs)"
+[[ -z "$left" ]] || echo "stop-node: WARNING: cgroups left behind: $left" >&2
+
+if [[ -n "$netns" ]] && ip netns list | grep -qw "$netns"; then
+  ip netns del "$netns" || echo "stop-node: WARNING: could not delete netns $netns" >&2
+fi
+echo "stop-node: stopped the node in $state" >&2

@@ -1,0 +1,95 @@
+//! Lossless-operation checks shared by the Kubernetes suites: resuming subscribers that
+//! join rooms before traffic starts, and the check that each got every acknowledged
+//! message exactly once (by offsets) and every resume was recovered.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::k8s::eventually;
+
+/// Resuming subscribers, by index and what they hold.
+pub type Subscribers = (
+    Vec<std::sync::Arc<std::sync::Mutex<crate::client::SubscriberLog>>>,
+    Vec<tokio::task::JoinHandle<()>>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+);
+
+/// Starts `n` resuming subscribers to `rooms` (subscriber `i` tries `urls(i)` in turn)
+/// and waits until each has joined every room; the flag stops them.
+pub async fn subscribers_joined(
+    n: usize,
+    urls: impl Fn(usize) -> Vec<String>,
+    rooms: &[String],
+) -> Subscribers {
+    use crate::client::{run_resuming_subscriber_over, SubscriberLog};
+    use std::sync::{atomic::AtomicBool, Arc, Mutex};
+    let stop = Arc::new(AtomicBool::new(false));
+    let (logs, tasks): (Vec<_>, Vec<_>) = (0..n)
+        .map(|i| {
+            let log = Arc::new(Mutex::new(SubscriberLog::default()));
+            let task = tokio::spawn(run_resuming_subscriber_over(
+                urls(i),
+                format!("sub{i}"),
+                rooms.to_vec(),
+                log.clone(),
+                stop.clone(),
+            ));
+            (log, task)
+        })
+        .unzip();
+    let joined = eventually(
+        "every subscriber to join",
+        Duration::from_secs(30),
+        || async {
+            Ok(logs
+                .iter()
+                .all(|l| l.lock().is_ok_and(|l| l.joins >= rooms.len() as u64))
+                .then_some(()))
+        },
+    )
+    .await;
+    assert!(joined.is_ok(), "{joined:?}");
+    (logs, tasks, stop)
+}
+
+/// Waits for the subscribers to catch up with what the publisher had acknowledged
+/// (`acked`), stops them, and checks each got every message exactly once and every
+/// resume was recovered.
+pub async fn every_subscriber_got_every_message_once(
+    acked: &std::collections::HashMap<String, BTreeMap<u64, String>>,
+    logs: &[std::sync::Arc<std::sync::Mutex<crate::client::SubscriberLog>>],
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) {
+    let caught_up = eventually(
+        "subscribers to catch up",
+        Duration::from_secs(30),
+        || async {
+            let done = logs.iter().all(|l| {
+                let l = l.lock().expect("log");
+                acked
+                    .iter()
+                    .all(|(room, m)| l.messages.get(room).map_or(0, |s| s.len()) >= m.len())
+            });
+            Ok(done.then_some(()))
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("subscriber task");
+    }
+    assert!(caught_up.is_ok(), "{caught_up:?}");
+    for (i, l) in logs.iter().enumerate() {
+        let l = l.lock().expect("log");
+        assert_eq!(l.duplicates, 0, "sub{i} got a duplicate");
+        for (room, expected) in acked {
+            let got = l.messages.get(room).cloned().unwrap_or_default();
+            assert_eq!(
+                &got, expected,
+                "sub{i} in {room}: every message exactly once"
+            );
+        }
+        assert_eq!(l.not_recovered, 0, "sub{i}: every resume was recovered");
+    }
+}

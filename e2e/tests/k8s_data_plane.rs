@@ -1,0 +1,650 @@
+//! The data plane through Kubernetes: chat-server pods that the operator made, running
+//! on a real kubelet, reached by WebSocket clients through a real ingress controller.
+//!
+//! Run by `e2e/node/run-suite.sh` (the README's test command: a native node with
+//! containerd, Traefik's ingress-nginx provider and the operator installed by its chart as
+//! a pod) and by `e2e/kind/run.sh` (kind with ingress-nginx). Both set:
+//! - `CHATCLUSTER_KUBECONFIG`, `CHATCLUSTER_KUBECTL`: the cluster;
+//! - `CHATCLUSTER_E2E_INGRESS`: `address:port` of the ingress controller. Clients connect
+//!   there with the test's own Ingress host in the `Host` header;
+//! - `CHATCLUSTER_E2E_IMAGE`, `CHATCLUSTER_E2E_IMAGE_B`: the chat-server image and a
+//!   second tag of it (the rollout); `CHATCLUSTER_E2E_REDIS_IMAGE` (optional): the managed
+//!   Redis image.
+//!
+//! Every test's name starts with `data_plane_`: the workspace-wide `cargo test` of the
+//! README's test command skips them (it has no node), and run-suite.sh runs them.
+//!
+//! The operator is the cluster's own (the chart's Deployment, watching every namespace);
+//! each test has a namespace. Every lossless check is by offsets: each subscriber got
+//! every acknowledged message exactly once, and every resume was recovered.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chatcluster_e2e::client::{
+    connect, join, recv_json, recv_type, resolve_host, run_publisher, send_and_ack, send_json,
+    PublisherLog,
+};
+use chatcluster_e2e::k8s::{
+    eventually, pod_kind, shared_cluster, PodKind, TestCluster, TestNamespace,
+};
+use chatcluster_e2e::lossless::{every_subscriber_got_every_message_once, subscribers_joined};
+use serde_json::Value;
+
+const OPERATOR_NAMESPACE: &str = "chatcluster-system";
+
+fn env(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run this suite through e2e/node/run-suite.sh or e2e/kind/run.sh")
+    })
+}
+
+/// One test's cluster, namespace and ingress host.
+struct Setup {
+    cluster: &'static TestCluster,
+    ns: TestNamespace<'static>,
+    host: String,
+}
+
+async fn setup(tag: &str) -> Setup {
+    let cluster = shared_cluster().expect("cluster");
+    let client = cluster.client().await.expect("client");
+    assert_eq!(
+        pod_kind(&client).await.expect("nodes"),
+        PodKind::Real,
+        "the data-plane suite needs real pods"
+    );
+    let ns = TestNamespace::create(cluster, &client, tag)
+        .await
+        .expect("namespace");
+    let host = format!("{}.e2e.test", ns.name);
+    let ingress: SocketAddr = env("CHATCLUSTER_E2E_INGRESS")
+        .parse()
+        .or_else(|_| {
+            // kind's form, localhost:PORT.
+            std::net::ToSocketAddrs::to_socket_addrs(&env("CHATCLUSTER_E2E_INGRESS"))
+                .map_err(|e| e.to_string())?
+                .next()
+                .ok_or_else(|| "no address".to_owned())
+        })
+        .expect("CHATCLUSTER_E2E_INGRESS is address:port");
+    resolve_host(&host, ingress);
+    Setup { cluster, ns, host }
+}
+
+impl Setup {
+    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let mut all = vec!["-n", self.ns.name.as_str()];
+        all.extend_from_slice(args);
+        self.cluster
+            .kubectl_ok(&all, stdin)
+            .unwrap_or_else(|e| panic!("{e:#}{}", self.diagnostics()))
+    }
+
+    fn get(&self, kind: &str, name: &str) -> Option<Value> {
+        self.cluster
+            .kubectl_json(&["-n", &self.ns.name, "get", kind, name, "-o", "json"])
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.host)
+    }
+
+    /// The operator's recent log and this namespace's pods, for a failure message.
+    fn diagnostics(&self) -> String {
+        let text = |args: &[&str]| {
+            self.cluster
+                .kubectl(args, None)
+                .map(|o| {
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&o.stdout),
+                        String::from_utf8_lossy(&o.stderr)
+                    )
+                })
+                .unwrap_or_else(|e| e.to_string())
+        };
+        format!(
+            "\n--- pods ---\n{}\n--- operator log ---\n{}",
+            text(&["-n", &self.ns.name, "get", "pods", "-o", "wide"]),
+            text(&[
+                "-n",
+                OPERATOR_NAMESPACE,
+                "logs",
+                "deploy/chatcluster-operator",
+                "--tail",
+                "40"
+            ])
+        )
+    }
+
+    /// A ChatCluster exposed through the ingress (class "nginx": ingress-nginx, or
+    /// Traefik's ingress-nginx provider), with a short drain so scale-downs are quick.
+    fn apply_chat(&self, replicas: i32, image: &str, persistence: bool) {
+        let redis_image = std::env::var("CHATCLUSTER_E2E_REDIS_IMAGE")
+            .map(|i| format!("      image: {i}\n"))
+            .unwrap_or_default();
+        let manifest = format!(
+            "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: chat\n\
+             spec:\n  replicas: {replicas}\n  image: {image}\n  imagePullPolicy: IfNotPresent\n\
+             \x20 redis:\n    managed:\n{redis_image}      persistence: {persistence}\n\
+             \x20 expose:\n    ingress:\n      host: {}\n      className: nginx\n\
+             \x20 drain:\n    reconnectWindowSeconds: 3\n    deadlineSeconds: 15\n    preStopSeconds: 2\n\
+             \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n",
+            self.host
+        );
+        self.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    }
+
+    /// Waits until the ChatCluster is Ready at its generation with `replicas` ready pods
+    /// and the ingress routes to it; returns the ChatCluster.
+    async fn wait_ready(&self, replicas: i64, within: Duration) -> Value {
+        let result = eventually("ChatCluster chat Ready", within, || async {
+            let Some(cc) = self.get("chatcluster", "chat") else {
+                return Ok(None);
+            };
+            let generation = cc["metadata"]["generation"].as_i64();
+            let ready = condition(&cc, "Ready").is_some_and(|c| {
+                c["status"] == "True" && c["observedGeneration"].as_i64() == generation
+            });
+            let done = ready
+                && cc["status"]["observedGeneration"].as_i64() == generation
+                && cc["status"]["readyReplicas"].as_i64() == Some(replicas);
+            Ok(done.then_some(cc))
+        })
+        .await;
+        let cc = result.unwrap_or_else(|e| {
+            panic!(
+                "{e}\nlast seen: {}{}",
+                self.get("chatcluster", "chat")
+                    .map(|v| v["status"].to_string())
+                    .unwrap_or_default(),
+                self.diagnostics()
+            )
+        });
+        // The ingress controller learns of endpoints on its own schedule: wait until
+        // cookie-less clients have reached every pod.
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + within;
+        while (seen.len() as i64) < replicas && Instant::now() < deadline {
+            match connect(&self.url(), "user=probe", None).await {
+                Ok((_ws, _, w)) => {
+                    seen.insert(w["node"].as_str().unwrap_or_default().to_owned());
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        assert!(
+            seen.len() as i64 >= replicas,
+            "the ingress did not route to every pod within {within:?} (reached {seen:?}){}",
+            self.diagnostics()
+        );
+        cc
+    }
+
+    /// Names of this cluster's chat-server pods that are Ready.
+    fn ready_pods(&self) -> Vec<String> {
+        let Some(list) = self.cluster.kubectl_json(&[
+            "-n",
+            &self.ns.name,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=chat-server",
+            "-o",
+            "json",
+        ]) else {
+            return Vec::new();
+        };
+        list["items"]
+            .as_array()
+            .map(|pods| {
+                pods.iter()
+                    .filter(|p| {
+                        p["metadata"]["deletionTimestamp"].is_null()
+                            && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                                cs.iter()
+                                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                            })
+                    })
+                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn condition<'a>(cc: &'a Value, kind: &str) -> Option<&'a Value> {
+    cc["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn image_a() -> String {
+    env("CHATCLUSTER_E2E_IMAGE")
+}
+
+const READY_WITHIN: Duration = Duration::from_secs(180);
+
+/// Publishes `total` messages over two rooms at `rate`/s while six resuming subscribers
+/// listen; runs `disrupt` once a tenth are acknowledged, then checks that every
+/// subscriber got every acknowledged message exactly once. Returns the longest time a
+/// subscriber had no connection and the number of reconnects.
+async fn lossless_through<F, Fut>(
+    s: &Setup,
+    tag: &str,
+    total: usize,
+    rate: u32,
+    disrupt: F,
+) -> (Duration, u64)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let url = s.url();
+    let rooms: Vec<String> = (0..2).map(|i| format!("{tag}{i}")).collect();
+    let (logs, tasks, stop) = subscribers_joined(6, |_| vec![url.clone()], &rooms).await;
+    let publog = Arc::new(Mutex::new(PublisherLog::default()));
+    let publisher = tokio::spawn(run_publisher(
+        url.clone(),
+        rooms.clone(),
+        rate,
+        total,
+        publog.clone(),
+    ));
+    let flowing = eventually(
+        "the publisher's first acks",
+        Duration::from_secs(30),
+        || async {
+            let acked: usize = publog
+                .lock()
+                .map_or(0, |l| l.acked.values().map(|room| room.len()).sum());
+            Ok((acked >= total / 10).then_some(()))
+        },
+    )
+    .await;
+    assert!(flowing.is_ok(), "{flowing:?}{}", s.diagnostics());
+    disrupt().await;
+    publisher.await.expect("publisher task").expect("publisher");
+    let acked = publog.lock().expect("log").acked.clone();
+    assert_eq!(
+        acked.values().map(|m| m.len()).sum::<usize>(),
+        total,
+        "every message acknowledged: {:?}",
+        publog.lock().expect("log").errors
+    );
+    let mut longest = Duration::ZERO;
+    let mut reconnects = 0;
+    for l in &logs {
+        let l = l.lock().expect("log");
+        longest = longest.max(l.longest_disconnect);
+        reconnects += l.reconnects;
+    }
+    every_subscriber_got_every_message_once(&acked, &logs, stop, tasks).await;
+    (longest, reconnects)
+}
+
+/// The figures a lossless test reports (docs/kubernetes-e2e.md quotes them).
+fn report(what: &str, started: Instant, (longest, reconnects): (Duration, u64)) {
+    println!(
+        "data-plane figure: {what}: 0 lost, 0 duplicated; longest time a subscriber had no \
+         connection {} ms; {reconnects} reconnects; {:.1} s in all",
+        longest.as_millis(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_chat_is_sticky_spans_pods_and_status_counts_real_connections() {
+    let s = setup("sticky").await;
+    let applied = Instant::now();
+    s.apply_chat(3, &image_a(), false);
+    s.wait_ready(3, READY_WITHIN).await;
+    println!(
+        "data-plane figure: kubectl apply to Ready with 3 real pods (and the ingress routing): {:.1} s",
+        applied.elapsed().as_secs_f64()
+    );
+    let url = s.url();
+
+    // The sticky cookie keeps a client on its pod.
+    let (_first, cookie, welcome) = connect(&url, "user=sticky", None).await.expect("connect");
+    let cookie = cookie.expect("the ingress sets the affinity cookie");
+    assert!(cookie.starts_with("CHATNODE="), "{cookie}");
+    let pod = welcome["node"].as_str().expect("node").to_owned();
+    for _ in 0..5 {
+        let (_ws, _, w) = connect(&url, "user=sticky", Some(&cookie))
+            .await
+            .expect("connect");
+        assert_eq!(w["node"], pod.as_str(), "the cookie pins the pod");
+    }
+
+    // Without a cookie, clients spread over pods; chat, DMs and presence cross them.
+    let mut by_pod: BTreeMap<String, (String, _)> = BTreeMap::new();
+    let mut extra = Vec::new();
+    for i in 0..60 {
+        let (ws, _, w) = connect(&url, &format!("user=u{i}"), None)
+            .await
+            .expect("connect");
+        let node = w["node"].as_str().unwrap_or_default().to_owned();
+        match by_pod.entry(node) {
+            std::collections::btree_map::Entry::Occupied(_) => extra.push(ws),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert((format!("u{i}"), ws));
+            }
+        }
+        if by_pod.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        by_pod.len(),
+        3,
+        "60 cookie-less clients did not reach all 3 pods"
+    );
+    let mut pods = by_pod.into_values();
+    let (alice, mut alice_ws) = pods.next().expect("first pod");
+    let (bob, mut bob_ws) = pods.next().expect("second pod");
+    let (carol, mut carol_ws) = pods.next().expect("third pod");
+    join(&mut alice_ws, "lobby", None).await.expect("join");
+    join(&mut bob_ws, "lobby", None).await.expect("join");
+    // Presence is cluster-wide: carol, on the third pod, sees both in `members`.
+    let joined = join(&mut carol_ws, "lobby", None).await.expect("join");
+    let members: Vec<&str> = joined["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for user in [alice.as_str(), bob.as_str(), carol.as_str()] {
+        assert!(members.contains(&user), "{user} in {members:?}");
+    }
+    send_and_ack(&mut alice_ws, "lobby", "hello across pods", "r1")
+        .await
+        .expect("ack");
+    for ws in [&mut bob_ws, &mut carol_ws] {
+        let got = recv_type(ws, "message").await.expect("message");
+        assert_eq!(got["body"], "hello across pods");
+        assert_eq!(got["from"], alice.as_str());
+    }
+    send_json(
+        &mut bob_ws,
+        serde_json::json!({"type": "dm", "to": alice, "body": "psst", "ref": "d1"}),
+    )
+    .await
+    .expect("dm");
+    let dm = loop {
+        let v = recv_json(&mut alice_ws, Duration::from_secs(5))
+            .await
+            .expect("read")
+            .expect("open");
+        if v["type"] == "dm" {
+            break v;
+        }
+    };
+    assert_eq!(dm["from"], bob.as_str());
+
+    // status.connections is read from the real pods' metrics.
+    let open = 4 + extra.len() as i64; // alice, bob, carol, the sticky first + extras
+    let counted = eventually(
+        "status.connections to count the open clients",
+        Duration::from_secs(60),
+        || async {
+            Ok(s.get("chatcluster", "chat")
+                .and_then(|cc| cc["status"]["connections"].as_i64())
+                .filter(|n| *n >= open))
+        },
+    )
+    .await;
+    assert!(counted.is_ok(), "{counted:?}{}", s.diagnostics());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_a_scale_down_from_3_to_1_drains_the_pods_without_losing_a_message() {
+    let s = setup("scaledown").await;
+    s.apply_chat(3, &image_a(), false);
+    s.wait_ready(3, READY_WITHIN).await;
+    let started = Instant::now();
+    let figures = lossless_through(&s, "scale", 400, 20, || async {
+        s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
+    })
+    .await;
+    let scaled = eventually("one pod left", Duration::from_secs(120), || async {
+        Ok(s.get("chatcluster", "chat")
+            .filter(|c| c["status"]["replicas"] == 1))
+    })
+    .await;
+    assert!(scaled.is_ok(), "{scaled:?}{}", s.diagnostics());
+    report("scale 3 -> 1", started, figures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_a_rolling_update_to_another_image_loses_nothing() {
+    let s = setup("rollout").await;
+    s.apply_chat(3, &image_a(), false);
+    s.wait_ready(3, READY_WITHIN).await;
+    let image_b = env("CHATCLUSTER_E2E_IMAGE_B");
+    let started = Instant::now();
+    let progressing_seen = Arc::new(Mutex::new(false));
+    let figures = lossless_through(&s, "roll", 600, 20, || async {
+        s.apply_chat(3, &image_b, false);
+        let seen = eventually(
+            "Progressing during the rollout",
+            Duration::from_secs(60),
+            || async {
+                Ok(s.get("chatcluster", "chat")
+                    .and_then(|cc| condition(&cc, "Progressing").cloned())
+                    .filter(|c| c["status"] == "True"))
+            },
+        )
+        .await;
+        *progressing_seen.lock().expect("flag") = seen.is_ok();
+    })
+    .await;
+    assert!(
+        *progressing_seen.lock().expect("flag"),
+        "Progressing=True during the rollout"
+    );
+    s.wait_ready(3, READY_WITHIN).await;
+    let sts = s.get("statefulset", "chat").expect("statefulset");
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        image_b.as_str()
+    );
+    assert_eq!(sts["status"]["updatedReplicas"], 3, "{sts}");
+    report("rolling update of 3 pods", started, figures);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_a_force_deleted_pod_loses_nothing_and_its_users_presence_expires() {
+    let s = setup("forcedel").await;
+    s.apply_chat(2, &image_a(), false);
+    s.wait_ready(2, READY_WITHIN).await;
+    let url = s.url();
+    // A watcher and a user who will vanish with their pod, on different pods.
+    let (mut watcher, _, w) = connect(&url, "user=watcher", None).await.expect("connect");
+    let watcher_pod = w["node"].as_str().expect("node").to_owned();
+    let (mut ghost, ghost_pod) = loop {
+        let (ws, _, w) = connect(&url, "user=ghost", None).await.expect("connect");
+        let node = w["node"].as_str().expect("node").to_owned();
+        if node != watcher_pod {
+            break (ws, node);
+        }
+    };
+    join(&mut watcher, "hall", None).await.expect("join");
+    join(&mut ghost, "hall", None).await.expect("join");
+
+    let started = Instant::now();
+    let figures = lossless_through(&s, "force", 400, 20, || async {
+        s.kubectl_ok(
+            &[
+                "delete",
+                "pod",
+                &ghost_pod,
+                "--force",
+                "--grace-period=0",
+                "--wait=false",
+            ],
+            None,
+        );
+    })
+    .await;
+    report("a pod force-deleted", started, figures);
+
+    // The ghost's session died with its pod, unannounced: its presence expires.
+    drop(ghost);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut left = false;
+    while !left && Instant::now() < deadline {
+        match recv_json(&mut watcher, Duration::from_secs(1)).await {
+            Ok(Some(v)) if v["type"] == "presence" => {
+                left = v["left"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|u| u == "ghost"));
+            }
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => panic!("the watcher's connection closed{}", s.diagnostics()),
+        }
+    }
+    assert!(
+        left,
+        "the ghost's presence did not expire within 120 s{}",
+        s.diagnostics()
+    );
+    s.wait_ready(2, READY_WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_a_killed_container_is_restarted_by_kubelet_and_loses_nothing() {
+    let s = setup("kill").await;
+    s.apply_chat(2, &image_a(), false);
+    s.wait_ready(2, READY_WITHIN).await;
+    let pod = s.ready_pods().into_iter().next().expect("a ready pod");
+    let restarts_before = container_restarts(&s, &pod);
+    let started = Instant::now();
+    let figures = lossless_through(&s, "kill", 400, 20, || async {
+        // As the node would see a crash: the container's process is killed outright
+        // (SIGKILL through the runtime), not deleted through the API.
+        kill_container(&s, &pod);
+    })
+    .await;
+    let restarted = eventually(
+        "kubelet to restart the container",
+        Duration::from_secs(120),
+        || async { Ok((container_restarts(&s, &pod) > restarts_before).then_some(())) },
+    )
+    .await;
+    assert!(restarted.is_ok(), "{restarted:?}{}", s.diagnostics());
+    s.wait_ready(2, READY_WITHIN).await;
+    report("a container killed on the node", started, figures);
+}
+
+fn container_restarts(s: &Setup, pod: &str) -> i64 {
+    s.get("pod", pod)
+        .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_i64())
+        .unwrap_or(0)
+}
+
+/// Kills the chat-server process of `pod` with SIGKILL: found on this node by the pod's
+/// UID in its cgroup path (the test runs on the node, as a node agent would).
+fn kill_container(s: &Setup, pod: &str) {
+    let uid = s
+        .get("pod", pod)
+        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
+        .expect("pod uid");
+    let needle = format!("pod{uid}");
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if cgroup.contains(&needle) && exe.ends_with("chat-server") {
+            let status = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill -KILL {pid}");
+            killed += 1;
+        }
+    }
+    assert_eq!(
+        killed, 1,
+        "one chat-server process of pod {pod} ({needle}) on this node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_the_managed_redis_pod_deleted_without_persistence_starts_a_new_epoch() {
+    let s = setup("redisgone").await;
+    s.apply_chat(2, &image_a(), false);
+    s.wait_ready(2, READY_WITHIN).await;
+    redis_pod_deleted(&s, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_the_managed_redis_pod_deleted_with_persistence_keeps_the_history() {
+    let s = setup("redispersist").await;
+    s.apply_chat(2, &image_a(), true);
+    s.wait_ready(2, READY_WITHIN).await;
+    redis_pod_deleted(&s, true).await;
+}
+
+/// Sends a message, deletes the managed Redis pod, waits for it to come back, then
+/// resumes from the message's offset: with persistence the history survives (recovered,
+/// same epoch); without, the room starts a new epoch and the resume says so.
+async fn redis_pod_deleted(s: &Setup, persistence: bool) {
+    let url = s.url();
+    let (mut alice, _, _) = connect(&url, "user=alice", None).await.expect("connect");
+    let joined = join(&mut alice, "vault", None).await.expect("join");
+    let epoch = joined["epoch"].as_str().expect("epoch").to_owned();
+    let offset = send_and_ack(&mut alice, "vault", "before the loss", "v1")
+        .await
+        .expect("ack");
+    if persistence {
+        // appendonly with the default fsync policy (everysec): give it its second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    drop(alice);
+    s.kubectl_ok(&["delete", "pod", "chat-redis-0", "--wait=true"], None);
+    s.wait_ready(2, READY_WITHIN).await;
+    let resumed = eventually(
+        "a resume after Redis came back",
+        Duration::from_secs(60),
+        || async {
+            let Ok((mut ws, _, _)) = connect(&url, "user=alice", None).await else {
+                return Ok(None);
+            };
+            let Ok(j) = join(&mut ws, "vault", Some((&epoch, offset - 1))).await else {
+                return Ok(None);
+            };
+            Ok((j["type"] == "joined").then_some((ws, j)))
+        },
+    )
+    .await;
+    let (mut ws, j) = resumed.unwrap_or_else(|e| panic!("{e}{}", s.diagnostics()));
+    if persistence {
+        assert_eq!(
+            j["recovered"], true,
+            "history survives a Redis restart: {j}"
+        );
+        assert_eq!(j["epoch"], epoch.as_str(), "{j}");
+        let replayed = recv_type(&mut ws, "message").await.expect("replayed");
+        assert_eq!(replayed["body"], "before the loss");
+        assert_eq!(replayed["offset"].as_u64(), Some(offset));
+    } else {
+        assert_eq!(
+            j["recovered"], false,
+            "the history is gone, and the resume says so: {j}"
+        );
+        assert_ne!(j["epoch"], epoch.as_str(), "a new epoch: {j}");
+    }
+    // Chat works again either way.
+    let next = send_and_ack(&mut ws, "vault", "after", "v2")
+        .await
+        .expect("ack");
+    assert!(next >= 1);
+}
