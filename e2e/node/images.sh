@@ -4,21 +4,26 @@
 #   docker.io/chatcluster/chatcluster-operator:e2e  ... of operator/Dockerfile
 #   docker.io/chatcluster/redis:e2e                Debian's redis-server and redis-cli, busybox sh/cat
 #   registry.k8s.io/pause:3.10                     the pod sandbox (e2e/node/pause.c, static)
+#   docker.io/envoyproxy/gateway:vX                Envoy Gateway (controller, certgen, shutdown manager)
+#   docker.io/envoyproxy/envoy:distroless-vY       Envoy, the proxy Envoy Gateway deploys
 # The production runtime image is gcr.io/distroless/cc-debian12:nonroot; here its stand-in
 # is a base layer with exactly the shared libraries the binaries load (found with ldd),
 # /etc/passwd and /etc/group with root and nonroot (65532), CA certificates and a /tmp.
 # What differs from distroless: Debian's libraries of this machine rather than
 # distroless' build of them, no tzdata, no /etc/os-release.
 #
-# Usage: e2e/node/images.sh IMAGE_BUILD_DIR NODE_BIN OUT
-#   IMAGE_BUILD_DIR: output of e2e/images/build.sh; NODE_BIN: e2e/node/build-node.sh's
-#   bin dir (for pause); writes OUT/*.tar and prints OUT.
+# Usage: e2e/node/images.sh IMAGE_BUILD_DIR NODE_BIN ENVOY_GATEWAY_DIR OUT
+#   IMAGE_BUILD_DIR: output of e2e/images/build.sh; NODE_BIN and ENVOY_GATEWAY_DIR:
+#   e2e/node/build-node.sh's first and third lines; writes OUT/*.tar and prints OUT.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 build="$1"
 node_bin="$2"
-out="$3"
+eg="$3"
+out="$4"
+# shellcheck source=e2e/k8s/versions.sh
+source "$here/../k8s/versions.sh"
 rm -rf "$out"
 mkdir -p "$out/layers"
 out="$(cd "$out" && pwd)"
@@ -61,6 +66,15 @@ pause="$layers/pause"
 mkdir -p "$pause"
 cp "$node_bin/pause" "$pause/pause"
 
+gateway="$layers/envoy-gateway"
+mkdir -p "$gateway/usr/local/bin"
+cp "$eg/bin/envoy-gateway" "$gateway/usr/local/bin/"
+
+envoy="$layers/envoy"
+mkdir -p "$envoy/usr/local/bin"
+cp "$eg/bin/envoy" "$envoy/usr/local/bin/"
+copy_libraries "$envoy" "$eg/bin/envoy"
+
 pack() { "$out/ociimage" "$@" >&2; }
 pack -name docker.io/chatcluster/chat-server:e2e -out "$out/chat-server.tar" \
   -imagebuild-config "$build/chat-server/config.json" "$base" "$build/chat-server/rootfs"
@@ -71,4 +85,8 @@ pack -name docker.io/chatcluster/redis:e2e -out "$out/redis.tar" \
   -entrypoint '["/usr/bin/redis-server"]' -user 10999:10999 "$base" "$redis"
 pack -name registry.k8s.io/pause:3.10 -out "$out/pause.tar" \
   -entrypoint '["/pause"]' -user 65535:65535 "$pause"
+pack -name "docker.io/envoyproxy/gateway:v$ENVOY_GATEWAY_VERSION" -out "$out/envoy-gateway.tar" \
+  -entrypoint '["/usr/local/bin/envoy-gateway"]' -user 65532:65532 "$base" "$gateway"
+pack -name "docker.io/envoyproxy/envoy:distroless-v$ENVOY_VERSION" -out "$out/envoy.tar" \
+  -entrypoint '["/usr/local/bin/envoy"]' -user 65532:65532 "$base" "$envoy"
 echo "$out"

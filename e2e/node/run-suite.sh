@@ -18,9 +18,9 @@ build="$(cd "${1:?usage: run-suite.sh IMAGE_BUILD_DIR [TEST ARGS...]}" && pwd)"
 shift
 cd "$repo"
 
-{ read -r node_bin; read -r _; } < <("$here/build-node.sh")
+{ read -r node_bin; read -r _; read -r eg; } < <("$here/build-node.sh")
 helm="$(bash e2e/k8s/build-helm.sh)"
-images="$(bash "$here/images.sh" "$build" "$node_bin" target/node-images)"
+images="$(bash "$here/images.sh" "$build" "$node_bin" "$eg" target/node-images)"
 # The test binary is built before the node starts (cargo needs no network inside it).
 cargo test -p chatcluster-e2e --test k8s_data_plane --locked --no-run
 
@@ -38,6 +38,55 @@ trap cleanup EXIT
 netns="$(cat "$state/netns")"
 in_node() { ip netns exec "$netns" "$@"; }
 
+echo "== Envoy Gateway (its chart: controller, certgen, Gateway API experimental CRDs)"
+start=$SECONDS
+# shellcheck source=e2e/k8s/versions.sh
+source "$here/../k8s/versions.sh"
+chart="$state/gateway-helm"
+cp -r "$eg/charts/gateway-helm" "$chart"
+# The chart's release process fills in its values file; do the same with our image.
+sed -e "s|\${GatewayImage}|docker.io/envoyproxy/gateway:v$ENVOY_GATEWAY_VERSION|" \
+  -e "s|\${GatewayImagePullPolicy}|IfNotPresent|" "$chart/values.tmpl.yaml" >"$chart/values.yaml"
+# The topology injector is a mutating webhook that adds zone labels: one node has none.
+in_node "$helm" install envoy-gateway "$chart" --kubeconfig "$state/kubeconfig" \
+  --namespace envoy-gateway-system --create-namespace --set topologyInjector.enabled=false \
+  --wait --timeout 180s >/dev/null
+# One Gateway for every test (routes from any namespace), its Envoy from our image and
+# behind a ClusterIP Service (no load balancer here); kube-proxy routes to it.
+in_node "$state/kubectl" --kubeconfig "$state/kubeconfig" apply -f - >/dev/null <<EOF
+apiVersion: gateway.envoyproxy.io/v1alpha1
+kind: EnvoyProxy
+metadata: {name: node, namespace: envoy-gateway-system}
+spec:
+  provider:
+    type: Kubernetes
+    kubernetes:
+      envoyDeployment:
+        replicas: 1
+        container: {image: "docker.io/envoyproxy/envoy:distroless-v$ENVOY_VERSION"}
+      envoyService: {type: ClusterIP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: envoy}
+spec:
+  controllerName: gateway.envoyproxy.io/gatewayclass-controller
+  parametersRef: {group: gateway.envoyproxy.io, kind: EnvoyProxy, name: node, namespace: envoy-gateway-system}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: chat, namespace: envoy-gateway-system}
+spec:
+  gatewayClassName: envoy
+  listeners:
+  - {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}
+EOF
+in_node "$state/kubectl" --kubeconfig "$state/kubeconfig" wait -n envoy-gateway-system \
+  --for=condition=Programmed gateway/chat --timeout=180s >/dev/null
+gateway_ip="$(in_node "$state/kubectl" --kubeconfig "$state/kubeconfig" get gateway chat \
+  -n envoy-gateway-system -o jsonpath='{.status.addresses[0].value}')"
+echo "run-suite: Envoy Gateway installed and Gateway chat programmed at $gateway_ip:80 in $((SECONDS - start)) s"
+
 echo "== operator chart (the operator image as a pod)"
 start=$SECONDS
 in_node "$helm" install chatcluster-operator charts/chatcluster-operator \
@@ -46,9 +95,10 @@ in_node "$helm" install chatcluster-operator charts/chatcluster-operator \
   --set image.pullPolicy=Never --wait --timeout 180s >/dev/null
 echo "run-suite: operator chart installed and Available in $((SECONDS - start)) s"
 
-echo "== data-plane suite (real pods, Traefik's ingress-nginx provider)"
+echo "== data-plane suite (real pods; Traefik's ingress-nginx provider and Envoy Gateway)"
 in_node env CHATCLUSTER_KUBECONFIG="$state/kubeconfig" CHATCLUSTER_KUBECTL="$state/kubectl" \
   CHATCLUSTER_E2E_INGRESS=198.18.0.1:80 \
+  CHATCLUSTER_E2E_GATEWAY=envoy-gateway-system/chat CHATCLUSTER_E2E_GATEWAY_ADDRESS="$gateway_ip:80" \
   CHATCLUSTER_E2E_IMAGE=docker.io/chatcluster/chat-server:e2e \
   CHATCLUSTER_E2E_IMAGE_B=docker.io/chatcluster/chat-server:e2e-b \
   CHATCLUSTER_E2E_REDIS_IMAGE=docker.io/chatcluster/redis:e2e \

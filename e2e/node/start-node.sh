@@ -92,6 +92,9 @@ if [[ "${1:-}" == --inside ]]; then
   ip link add cni0 type bridge
   ip addr add "$NODE_IP/16" dev cni0
   ip link set cni0 up
+  # Service IPs from the node itself (the test clients, Traefik): the route lookup needs a
+  # route before kube-proxy's rules rewrite the destination to a pod.
+  ip route add "$SERVICE_CIDR" dev cni0 src "$NODE_IP"
   echo 1 >/proc/sys/net/ipv4/ip_forward
 
   # The control plane, its API server on the node's address.

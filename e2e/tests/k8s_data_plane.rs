@@ -7,6 +7,8 @@
 //! - `CHATCLUSTER_KUBECONFIG`, `CHATCLUSTER_KUBECTL`: the cluster;
 //! - `CHATCLUSTER_E2E_INGRESS`: `address:port` of the ingress controller. Clients connect
 //!   there with the test's own Ingress host in the `Host` header;
+//! - `CHATCLUSTER_E2E_GATEWAY` (`namespace/name`) and `CHATCLUSTER_E2E_GATEWAY_ADDRESS`
+//!   (`address:port`): a Gateway API Gateway (Envoy Gateway) that HTTPRoutes attach to;
 //! - `CHATCLUSTER_E2E_IMAGE`, `CHATCLUSTER_E2E_IMAGE_B`: the chat-server image and a
 //!   second tag of it (the rollout); `CHATCLUSTER_E2E_REDIS_IMAGE` (optional): the managed
 //!   Redis image.
@@ -41,14 +43,36 @@ fn env(var: &str) -> String {
     })
 }
 
-/// One test's cluster, namespace and ingress host.
+/// How clients reach the pods: an Ingress of class "nginx", or an HTTPRoute attached to
+/// the test Gateway with cookie session persistence.
+#[derive(Clone, Copy, PartialEq)]
+enum Front {
+    Ingress,
+    Gateway,
+}
+
+/// One test's cluster, namespace, front and host name.
 struct Setup {
     cluster: &'static TestCluster,
     ns: TestNamespace<'static>,
     host: String,
+    front: Front,
+}
+
+/// `address:port` from `var` (kind's `localhost:PORT` form resolved).
+fn socket_address(var: &str) -> SocketAddr {
+    let value = env(var);
+    std::net::ToSocketAddrs::to_socket_addrs(&value)
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("{var}={value}: expected address:port"))
 }
 
 async fn setup(tag: &str) -> Setup {
+    setup_with(tag, Front::Ingress).await
+}
+
+async fn setup_with(tag: &str, front: Front) -> Setup {
     let cluster = shared_cluster().expect("cluster");
     let client = cluster.client().await.expect("client");
     assert_eq!(
@@ -60,18 +84,17 @@ async fn setup(tag: &str) -> Setup {
         .await
         .expect("namespace");
     let host = format!("{}.e2e.test", ns.name);
-    let ingress: SocketAddr = env("CHATCLUSTER_E2E_INGRESS")
-        .parse()
-        .or_else(|_| {
-            // kind's form, localhost:PORT.
-            std::net::ToSocketAddrs::to_socket_addrs(&env("CHATCLUSTER_E2E_INGRESS"))
-                .map_err(|e| e.to_string())?
-                .next()
-                .ok_or_else(|| "no address".to_owned())
-        })
-        .expect("CHATCLUSTER_E2E_INGRESS is address:port");
-    resolve_host(&host, ingress);
-    Setup { cluster, ns, host }
+    let address = socket_address(match front {
+        Front::Ingress => "CHATCLUSTER_E2E_INGRESS",
+        Front::Gateway => "CHATCLUSTER_E2E_GATEWAY_ADDRESS",
+    });
+    resolve_host(&host, address);
+    Setup {
+        cluster,
+        ns,
+        host,
+        front,
+    }
 }
 
 impl Setup {
@@ -120,20 +143,38 @@ impl Setup {
         )
     }
 
-    /// A ChatCluster exposed through the ingress (class "nginx": ingress-nginx, or
-    /// Traefik's ingress-nginx provider), with a short drain so scale-downs are quick.
+    /// A ChatCluster exposed through the test's front (an Ingress of class "nginx":
+    /// ingress-nginx, or Traefik's ingress-nginx provider; or an HTTPRoute with cookie
+    /// session persistence on the test Gateway), with a short drain so scale-downs are
+    /// quick.
     fn apply_chat(&self, replicas: i32, image: &str, persistence: bool) {
         let redis_image = std::env::var("CHATCLUSTER_E2E_REDIS_IMAGE")
             .map(|i| format!("      image: {i}\n"))
             .unwrap_or_default();
+        let expose = match self.front {
+            Front::Ingress => format!(
+                "    ingress:\n      host: {}\n      className: nginx\n",
+                self.host
+            ),
+            Front::Gateway => {
+                let gateway = env("CHATCLUSTER_E2E_GATEWAY");
+                let (namespace, name) = gateway
+                    .split_once('/')
+                    .expect("CHATCLUSTER_E2E_GATEWAY is namespace/name");
+                format!(
+                    "    httpRoute:\n      gatewayName: {name}\n      gatewayNamespace: {namespace}\n\
+                     \x20     hostnames: [{}]\n      sessionPersistence: true\n",
+                    self.host
+                )
+            }
+        };
         let manifest = format!(
             "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: chat\n\
              spec:\n  replicas: {replicas}\n  image: {image}\n  imagePullPolicy: IfNotPresent\n\
              \x20 redis:\n    managed:\n{redis_image}      persistence: {persistence}\n\
-             \x20 expose:\n    ingress:\n      host: {}\n      className: nginx\n\
+             \x20 expose:\n{expose}\
              \x20 drain:\n    reconnectWindowSeconds: 3\n    deadlineSeconds: 15\n    preStopSeconds: 2\n\
-             \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n",
-            self.host
+             \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n"
         );
         self.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
     }
@@ -307,6 +348,34 @@ async fn data_plane_chat_is_sticky_spans_pods_and_status_counts_real_connections
         "data-plane figure: kubectl apply to Ready with 3 real pods (and the ingress routing): {:.1} s",
         applied.elapsed().as_secs_f64()
     );
+    sticky_chat_across_pods(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_gateway_api_route_is_sticky_and_a_scale_down_loses_nothing() {
+    let s = setup_with("gateway", Front::Gateway).await;
+    s.apply_chat(3, &image_a(), false);
+    s.wait_ready(3, READY_WITHIN).await;
+    let route = s
+        .get("httproute", "chat")
+        .expect("the operator made the HTTPRoute");
+    assert_eq!(
+        route["spec"]["rules"][0]["sessionPersistence"]["sessionName"],
+        "CHATNODE"
+    );
+    sticky_chat_across_pods(&s).await;
+    let started = Instant::now();
+    let figures = lossless_through(&s, "gwscale", 400, 20, || async {
+        s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
+    })
+    .await;
+    report("scale 3 -> 1 through Envoy Gateway", started, figures);
+}
+
+/// Through the test's front: a cookie pins a client to its pod; cookie-less clients
+/// spread over all three pods; chat, DMs and presence cross them; `status.connections`
+/// counts the open clients from the real pods' metrics.
+async fn sticky_chat_across_pods(s: &Setup) {
     let url = s.url();
 
     // The sticky cookie keeps a client on its pod.

@@ -260,6 +260,13 @@ pub struct HttpRouteSpec {
     pub gateway_namespace: Option<String>,
     #[serde(default)]
     pub hostnames: Vec<String>,
+    /// Keep each client on its pod with a cookie (`CHATNODE`, as the Ingress does) through
+    /// the route's `sessionPersistence`. That field is in Gateway API's experimental
+    /// channel: set this only where the experimental HTTPRoute CRD is installed (a
+    /// standard-channel install rejects the route, and the ChatCluster reports it);
+    /// elsewhere configure stickiness in the Gateway implementation's own policy.
+    #[serde(default)]
+    pub session_persistence: bool,
 }
 
 /// Drain timing. The pod's terminationGracePeriodSeconds is derived from it:

@@ -222,6 +222,29 @@ fn admin_port_is_never_exposed_to_clients() {
             .is_none(),
         "experimental-channel field left out: a standard Gateway API install rejects it"
     );
+
+    // Opted in: the cookie the Ingress uses, through the route's session persistence.
+    let mut c = example("full.yaml");
+    c.spec
+        .expose
+        .as_mut()
+        .and_then(|e| e.http_route.as_mut())
+        .expect("the example has an httpRoute")
+        .session_persistence = true;
+    let route = build(
+        &c,
+        BuildContext {
+            gateway_api: true,
+            ..BuildContext::default()
+        },
+    )
+    .unwrap()
+    .http_route
+    .unwrap();
+    assert_eq!(
+        route["spec"]["rules"][0]["sessionPersistence"],
+        serde_json::json!({"sessionName": "CHATNODE", "type": "Cookie"})
+    );
 }
 
 #[test]

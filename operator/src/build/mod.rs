@@ -707,14 +707,21 @@ fn ingress(n: &Names, spec: &crate::crd::IngressSpec) -> Ingress {
     }
 }
 
-/// Gateway API HTTPRoute (standard channel). Cookie session persistence
-/// (`sessionPersistence`) is only in the experimental channel, which a standard install
-/// rejects, so stickiness comes from the Gateway implementation's own policy.
+/// Gateway API HTTPRoute. Without `sessionPersistence` it uses only standard-channel
+/// fields; cookie session persistence is in the experimental channel (which a standard
+/// install rejects), so it is opt-in.
 fn http_route(n: &Names, spec: &crate::crd::HttpRouteSpec) -> serde_json::Value {
     let meta = n.meta(n.name.to_owned(), "chat-server");
     let mut parent = json!({"name": spec.gateway_name});
     if let Some(ns) = &spec.gateway_namespace {
         parent["namespace"] = json!(ns);
+    }
+    let mut rule = json!({
+        "backendRefs": [{"name": n.name, "port": 80}],
+        "timeouts": {"request": "0s"},
+    });
+    if spec.session_persistence {
+        rule["sessionPersistence"] = json!({"sessionName": AFFINITY_COOKIE, "type": "Cookie"});
     }
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
@@ -723,10 +730,7 @@ fn http_route(n: &Names, spec: &crate::crd::HttpRouteSpec) -> serde_json::Value 
         "spec": {
             "parentRefs": [parent],
             "hostnames": spec.hostnames,
-            "rules": [{
-                "backendRefs": [{"name": n.name, "port": 80}],
-                "timeouts": {"request": "0s"},
-            }],
+            "rules": [rule],
         },
     })
 }
