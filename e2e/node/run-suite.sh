@@ -18,7 +18,9 @@ build="$(cd "${1:?usage: run-suite.sh IMAGE_BUILD_DIR [TEST ARGS...]}" && pwd)"
 shift
 cd "$repo"
 
-{ read -r node_bin; read -r _; read -r eg; } < <("$here/build-node.sh")
+built="$("$here/build-node.sh")"
+node_bin="$(sed -n 1p <<<"$built")"
+eg="$(sed -n 3p <<<"$built")"
 helm="$(bash e2e/k8s/build-helm.sh)"
 images="$(bash "$here/images.sh" "$build" "$node_bin" "$eg" target/node-images)"
 # The test binary is built before the node starts (cargo needs no network inside it).

@@ -299,7 +299,9 @@ compgen -G "$images/*.tar" >/dev/null || { say "no image archives in $images"; e
 images="$(cd "$images" && pwd)"
 
 cp_bin="$("$k8s/build-control-plane.sh")"
-{ read -r node_bin; read -r traefik_bin; } < <("$here/build-node.sh")
+built="$("$here/build-node.sh")"
+node_bin="$(sed -n 1p <<<"$built")"
+traefik_bin="$(sed -n 2p <<<"$built")"
 
 marker="$state/.chatcluster-node-state"
 if [[ -d "$state" && ! -f "$marker" ]] && [[ -n "$(ls -A "$state")" ]]; then
@@ -321,6 +323,5 @@ ip netns exec "$netns" unshare --mount --propagation private \
   "$here/start-node.sh" --inside "$state" "$images" "$node_bin" "$traefik_bin" "$cp_bin"
 ln -s "$cp_bin/kubectl" "$state/kubectl"
 cp "$state/cp/kubeconfig" "$state/kubeconfig"
-# The components must stay in the private mount namespace: the one of the first of them.
 say "node up in $((SECONDS - start_time)) s: netns $netns, KUBECONFIG=$state/kubeconfig, ingress http://$NODE_IP:$INGRESS_PORT"
 echo "$state/kubeconfig"
