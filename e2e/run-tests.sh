@@ -97,6 +97,9 @@ cargo test --workspace --locked --no-fail-fast -- --skip data_plane_ 2>&1 | tee 
 
 echo "== data plane on a real node (builds the node's binaries on the first run)"
 bash e2e/node/run-suite.sh "$CHATCLUSTER_IMAGE_DIR" 2>&1 | tee target/node-test-output.txt || status=1
+# A node that failed to build or start ran no test: count that as a failure in the summary.
+grep -q '^test result:' target/node-test-output.txt ||
+  echo "# fail 1 (the data-plane suite did not run)" >>target/node-test-output.txt
 
 echo "== web client in a real browser (node --test, playwright-core, Debian Chromium)"
 if [ ! -d e2e/web/node_modules/playwright-core ]; then

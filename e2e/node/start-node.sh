@@ -77,10 +77,13 @@ if [[ "${1:-}" == --inside ]]; then
     mkdir -p "$node/root/$dir"
     mount --bind "$node/root/$dir" "/$dir"
   done
-  # kubelet checks these kernel values; files holding them are bind-mounted here (and
-  # kubelet's protectKernelDefaults makes it only check, never write).
+  # kubelet checks these six kernel values (and would write those that differ); files
+  # holding the values it wants are bind-mounted over them here, and kubelet's
+  # protectKernelDefaults makes it only check, never write.
   mkdir -p "$node/sysctl"
-  for entry in vm/overcommit_memory=1 kernel/panic=10 kernel/panic_on_oops=1; do
+  for entry in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 \
+    kernel/panic_on_oops=1 kernel/keys/root_maxkeys=1000000 \
+    kernel/keys/root_maxbytes=25000000; do
     file="$node/sysctl/${entry%%=*}"
     mkdir -p "$(dirname "$file")"
     echo "${entry#*=}" >"$file"
@@ -160,7 +163,7 @@ EOF
     >>"$state/logs/image-import.log" 2>&1
 
   # kubelet, in a cgroup subtree of its own that stop-node.sh removes.
-  cgroup_root="/chatcluster-node-$(basename "$state")"
+  cgroup_root="/$(cat "$state/netns")"
   echo "$cgroup_root" >"$state/cgroup-root"
   for hierarchy in /sys/fs/cgroup/*/; do
     mkdir -p "$hierarchy${cgroup_root#/}"
@@ -275,15 +278,25 @@ metadata:
 spec:
   controller: k8s.io/ingress-nginx
 EOF
+  # Static configuration in a file (Traefik takes one source: file, flags or environment),
+  # readable by root only: it holds the API token.
   token="$(awk '/token:/ { print $2 }' "$node_kubeconfig")"
-  start traefik "$traefik_bin/traefik" \
-    --entryPoints.web.address="$NODE_IP:$INGRESS_PORT" \
-    --experimental.kubernetesIngressNGINX=true \
-    --providers.kubernetesIngressNGINX=true \
-    --providers.kubernetesIngressNGINX.endpoint="https://$NODE_IP:6443" \
-    --providers.kubernetesIngressNGINX.token="$token" \
-    --providers.kubernetesIngressNGINX.certAuthFilePath="$state/cp/pki/ca.crt" \
-    --ping=true --ping.entryPoint=web --log.level=INFO --log.noColor=true
+  (
+    umask 077
+    cat >"$node/traefik.yaml" <<EOF
+entryPoints:
+  web: {address: "$NODE_IP:$INGRESS_PORT"}
+experimental: {kubernetesIngressNGINX: true}
+providers:
+  kubernetesIngressNGINX:
+    endpoint: "https://$NODE_IP:6443"
+    token: "$token"
+    certAuthFilePath: "$state/cp/pki/ca.crt"
+ping: {entryPoint: web}
+log: {level: INFO, noColor: true}
+EOF
+  )
+  start traefik "$traefik_bin/traefik" --configFile="$node/traefik.yaml"
   wait_for traefik 60 curl -fsS "http://$NODE_IP:$INGRESS_PORT/ping"
   exit 0
 fi
@@ -296,6 +309,12 @@ for tool in ip unshare iptables openssl curl; do
   command -v "$tool" >/dev/null || { say "missing $tool"; exit 1; }
 done
 compgen -G "$images/*.tar" >/dev/null || { say "no image archives in $images"; exit 1; }
+# kubelet runs on the host's cgroup v1 hierarchies (as on this project's machines); on a
+# cgroup v2 host the node's cgroup subtree and its cleanup would be elsewhere.
+if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+  say "this host uses cgroup v2 only; the node supports cgroup v1 hierarchies (use e2e/kind/run.sh)"
+  exit 1
+fi
 images="$(cd "$images" && pwd)"
 
 cp_bin="$("$k8s/build-control-plane.sh")"
@@ -313,12 +332,16 @@ rm -rf "$state"
 mkdir -p "$state"/{logs,pids}
 touch "$marker"
 state="$(cd "$state" && pwd)"
-netns="chatcluster-$(basename "$state" | tr -cd 'a-zA-Z0-9' | tail -c 12)"
-echo "$netns" >"$state/netns"
-trap '"$here/stop-node.sh" "$state"' ERR
-
+# The namespace's name comes from the state directory's full path.
+netns="chatcluster-$(echo -n "$state" | sha256sum | cut -c1-12)"
+if [[ -e "/run/netns/$netns" ]]; then
+  say "network namespace $netns already exists (another node with this state directory?)"
+  exit 1
+fi
 start_time=$SECONDS
 ip netns add "$netns"
+echo "$netns" >"$state/netns"
+trap '"$here/stop-node.sh" "$state"' ERR
 ip netns exec "$netns" unshare --mount --propagation private \
   "$here/start-node.sh" --inside "$state" "$images" "$node_bin" "$traefik_bin" "$cp_bin"
 ln -s "$cp_bin/kubectl" "$state/kubectl"

@@ -11,9 +11,16 @@ set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 state="${1:?usage: stop-node.sh STATE_DIR}"
 
+netns=""
+[[ -f "$state/netns" ]] && netns="$(cat "$state/netns")"
+netns_exists() { [[ -n "$netns" && -e "/run/netns/$netns" ]]; }
+
+# Stops PID if it still is one of the node's processes (in its network namespace): a
+# recorded PID may have been reused since, e.g. after a reboot.
 stop_pid() {
   local pid="$1"
   kill -0 "$pid" 2>/dev/null || return 0
+  netns_exists && [[ "$(ip netns identify "$pid" 2>/dev/null)" == "$netns" ]] || return 0
   kill "$pid" 2>/dev/null
   for _ in $(seq 1 50); do
     kill -0 "$pid" 2>/dev/null || return 0
@@ -47,9 +54,7 @@ for _ in 1 2 3; do
   sleep 0.5
 done
 
-netns=""
-[[ -f "$state/netns" ]] && netns="$(cat "$state/netns")"
-if [[ -n "$netns" ]] && ip netns list | grep -qw "$netns"; then
+if netns_exists; then
   # containerd, its shims and anything else still in the namespace.
   for pid in $(ip netns pids "$netns"); do
     stop_pid "$pid" &
@@ -68,7 +73,7 @@ done
 left="$(cgroup_dirs)"
 [[ -z "$left" ]] || echo "stop-node: WARNING: cgroups left behind: $left" >&2
 
-if [[ -n "$netns" ]] && ip netns list | grep -qw "$netns"; then
+if netns_exists; then
   ip netns del "$netns" || echo "stop-node: WARNING: could not delete netns $netns" >&2
 fi
 echo "stop-node: stopped the node in $state" >&2

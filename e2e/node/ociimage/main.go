@@ -3,6 +3,7 @@
 // images without a registry or a Docker engine.
 //
 // Each DIR becomes one uncompressed layer, in the order given (the first is the base).
+// The image is for the machine's own architecture (it packs this machine's binaries).
 // The layers are reproducible: entries sorted, times zeroed, owned by root, modes kept.
 // The image config takes its user, entrypoint, environment, working directory and
 // exposed ports from flags or from a config.json written by e2e/images (imagebuild).
@@ -25,6 +26,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"time"
@@ -142,7 +144,7 @@ func writeArchive(out, name string, cfg imagebuildConfig, dirs []string) error {
 	}
 	env := append([]string{"PATH=/usr/local/bin:/usr/bin:/bin"}, cfg.Env...)
 	config, err := json.Marshal(map[string]any{
-		"architecture": "amd64",
+		"architecture": runtime.GOARCH,
 		"os":           "linux",
 		"created":      time.Unix(0, 0).UTC().Format(time.RFC3339),
 		"config": map[string]any{
@@ -187,7 +189,7 @@ func writeArchive(out, name string, cfg imagebuildConfig, dirs []string) error {
 				"io.containerd.image.name":          name,
 				"org.opencontainers.image.ref.name": tag,
 			},
-			Platform: &platform{Architecture: "amd64", OS: "linux"},
+			Platform: &platform{Architecture: runtime.GOARCH, OS: "linux"},
 		}},
 	})
 	if err != nil {
