@@ -22,6 +22,8 @@ built="$("$here/build-node.sh")"
 node_bin="$(sed -n 1p <<<"$built")"
 eg="$(sed -n 3p <<<"$built")"
 helm="$(bash e2e/k8s/build-helm.sh)"
+# The autoscaler test runs this Prometheus on the node's address.
+prometheus="$(bash e2e/k8s/build-prometheus.sh)"
 images="$(bash "$here/images.sh" "$build" "$node_bin" "$eg" target/node-images)"
 # The test binary is built before the node starts (cargo needs no network inside it).
 cargo test -p chatcluster-e2e --test k8s_data_plane --locked --no-run
@@ -99,7 +101,8 @@ echo "run-suite: operator chart installed and Available in $((SECONDS - start)) 
 
 echo "== data-plane suite (real pods; Traefik's ingress-nginx provider and Envoy Gateway)"
 in_node env CHATCLUSTER_KUBECONFIG="$state/kubeconfig" CHATCLUSTER_KUBECTL="$state/kubectl" \
-  CHATCLUSTER_E2E_INGRESS=198.18.0.1:80 \
+  CHATCLUSTER_E2E_INGRESS=198.18.0.1:80 CHATCLUSTER_E2E_NODE_IP=198.18.0.1 \
+  CHATCLUSTER_PROMETHEUS="$prometheus" \
   CHATCLUSTER_E2E_GATEWAY=envoy-gateway-system/chat CHATCLUSTER_E2E_GATEWAY_ADDRESS="$gateway_ip:80" \
   CHATCLUSTER_E2E_IMAGE=docker.io/chatcluster/chat-server:e2e \
   CHATCLUSTER_E2E_IMAGE_B=docker.io/chatcluster/chat-server:e2e-b \

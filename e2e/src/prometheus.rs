@@ -1,8 +1,9 @@
-//! A real Prometheus on 127.0.0.1 for the suites: the pinned build of
+//! A real Prometheus (on 127.0.0.1, or an address of the caller's) for the suites: the pinned build of
 //! e2e/k8s/build-prometheus.sh, its config and TSDB in a scratch directory, stopped by PID
 //! (SIGTERM, then SIGKILL) with the directory removed on drop. Its log is printed when a
 //! test fails.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,20 +21,56 @@ pub fn prometheus_binary() -> Result<PathBuf> {
     )
 }
 
+/// A scrape configuration (1 s interval) that discovers the chat-server pods of
+/// `namespace` through `kubernetes_sd_configs` (pod role, with `kubeconfig`) and relabels
+/// them as a standard pod scrape does: pods annotated `prometheus.io/scrape: "true"`, their
+/// container port named `admin`, `namespace` and `pod` labels (what the autoscaler's
+/// default query expects).
+pub fn pod_scrape_config(kubeconfig: &Path, namespace: &str) -> String {
+    format!(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+         scrape_configs:\n\
+         \x20 - job_name: chat-pods\n\
+         \x20   kubernetes_sd_configs:\n\
+         \x20     - role: pod\n\
+         \x20       kubeconfig_file: {kubeconfig}\n\
+         \x20       namespaces:\n\
+         \x20         names: [{namespace}]\n\
+         \x20   relabel_configs:\n\
+         \x20     - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]\n\
+         \x20       action: keep\n\
+         \x20       regex: 'true'\n\
+         \x20     - source_labels: [__meta_kubernetes_pod_container_port_name]\n\
+         \x20       action: keep\n\
+         \x20       regex: admin\n\
+         \x20     - source_labels: [__meta_kubernetes_namespace]\n\
+         \x20       target_label: namespace\n\
+         \x20     - source_labels: [__meta_kubernetes_pod_name]\n\
+         \x20       target_label: pod\n",
+        kubeconfig = kubeconfig.display()
+    )
+}
+
 pub struct PrometheusProcess {
     child: Option<Child>,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://ADDRESS:PORT`.
     pub base_url: String,
-    port: u16,
+    addr: SocketAddr,
     log: PathBuf,
     /// Removed on drop, after the process is stopped (fields drop after `drop`).
     dir: Option<ScratchDir>,
 }
 
 impl PrometheusProcess {
-    /// Starts Prometheus with `config` (YAML) and waits for `/-/ready` (at most 60 s).
-    /// Blocking: call it before the test's clients start.
+    /// Starts Prometheus with `config` (YAML) on 127.0.0.1 and waits for `/-/ready` (at
+    /// most 60 s). Blocking: call it before the test's clients start.
     pub fn start(binary: &Path, config: &str) -> Result<PrometheusProcess> {
+        Self::start_on(binary, config, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// [`PrometheusProcess::start`] listening on `ip` (e.g. a node address that pods
+    /// reach, inside a test's network namespace).
+    pub fn start_on(binary: &Path, config: &str, ip: IpAddr) -> Result<PrometheusProcess> {
         let mut dir = ScratchDir::new("prometheus")?;
         let config_file = dir.0.join("prometheus.yml");
         std::fs::write(&config_file, config)?;
@@ -49,7 +86,10 @@ impl PrometheusProcess {
                     "--storage.tsdb.path={}",
                     dir.0.join("data").display()
                 ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg(format!(
+                    "--web.listen-address={}",
+                    SocketAddr::new(ip, port)
+                ))
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)
                 .stderr(file)
@@ -57,8 +97,8 @@ impl PrometheusProcess {
                 .with_context(|| format!("starting {}", binary.display()))?;
             let mut p = PrometheusProcess {
                 child: Some(child),
-                base_url: format!("http://127.0.0.1:{port}"),
-                port,
+                base_url: format!("http://{}", SocketAddr::new(ip, port)),
+                addr: SocketAddr::new(ip, port),
                 log: log.clone(),
                 dir: Some(dir),
             };
@@ -75,7 +115,7 @@ impl PrometheusProcess {
     }
 
     fn wait_ready(&mut self, within: Duration) -> Result<()> {
-        let addr = format!("127.0.0.1:{}", self.port).parse()?;
+        let addr = self.addr;
         let deadline = Instant::now() + within;
         loop {
             if self.exited() {

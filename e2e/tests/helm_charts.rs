@@ -429,6 +429,11 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
             &apps.name as &str,
             true,
         ),
+        (
+            "patch chatclusters.chatcluster.dev --subresource=scale",
+            &apps.name,
+            true,
+        ),
         ("delete chatclusters.chatcluster.dev", &apps.name, false),
         ("get secrets", &apps.name, true),
         ("create secrets", &apps.name, true),

@@ -9,6 +9,8 @@
 //!   there with the test's own Ingress host in the `Host` header;
 //! - `CHATCLUSTER_E2E_GATEWAY` (`namespace/name`) and `CHATCLUSTER_E2E_GATEWAY_ADDRESS`
 //!   (`address:port`): a Gateway API Gateway (Envoy Gateway) that HTTPRoutes attach to;
+//! - `CHATCLUSTER_E2E_NODE_IP`: an address of the test's host that pods reach (the
+//!   autoscaler test runs Prometheus there; `CHATCLUSTER_PROMETHEUS` names its binary);
 //! - `CHATCLUSTER_E2E_IMAGE`, `CHATCLUSTER_E2E_IMAGE_B`: the chat-server image and a
 //!   second tag of it (the rollout); `CHATCLUSTER_E2E_REDIS_IMAGE` (optional): the managed
 //!   Redis image.
@@ -148,6 +150,11 @@ impl Setup {
     /// session persistence on the test Gateway), with a short drain so scale-downs are
     /// quick.
     fn apply_chat(&self, replicas: i32, image: &str, persistence: bool) {
+        self.apply_chat_with(replicas, image, persistence, "");
+    }
+
+    /// [`Setup::apply_chat`] with more of the spec (`extra`: YAML lines under `spec:`).
+    fn apply_chat_with(&self, replicas: i32, image: &str, persistence: bool, extra: &str) {
         let redis_image = std::env::var("CHATCLUSTER_E2E_REDIS_IMAGE")
             .map(|i| format!("      image: {i}\n"))
             .unwrap_or_default();
@@ -174,7 +181,7 @@ impl Setup {
              \x20 redis:\n    managed:\n{redis_image}      persistence: {persistence}\n\
              \x20 expose:\n{expose}\
              \x20 drain:\n    reconnectWindowSeconds: 3\n    deadlineSeconds: 15\n    preStopSeconds: 2\n\
-             \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n"
+             \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n{extra}"
         );
         self.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
     }
@@ -750,4 +757,102 @@ async fn redis_pod_deleted(s: &Setup, persistence: bool) {
         .await
         .expect("ack");
     assert_eq!(Some(next), j["offset"].as_u64().map(|o| o + 1), "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_down() {
+    let s = setup("autoscale").await;
+    // A real Prometheus on the node's address discovers the pods through the API server
+    // (kubernetes_sd_configs, pod role) and scrapes their admin port; the operator pod
+    // queries it with its default query: 20 connections per pod, a 10 s window.
+    let config = chatcluster_e2e::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name);
+    let node_ip: std::net::IpAddr = env("CHATCLUSTER_E2E_NODE_IP")
+        .parse()
+        .expect("CHATCLUSTER_E2E_NODE_IP is an IP address");
+    let prometheus = tokio::task::block_in_place(|| {
+        let binary = chatcluster_e2e::prometheus::prometheus_binary()?;
+        chatcluster_e2e::prometheus::PrometheusProcess::start_on(&binary, &config, node_ip)
+    })
+    .expect("Prometheus starts");
+    let autoscaling = format!(
+        "  autoscaling:\n    minReplicas: 1\n    maxReplicas: 3\n    targetConnectionsPerPod: 20\n\
+         \x20   scaleDownStabilizationSeconds: 10\n    prometheusUrl: {}\n",
+        prometheus.base_url
+    );
+    s.apply_chat_with(1, &image_a(), false, &autoscaling);
+    s.wait_ready(1, READY_WITHIN).await;
+
+    // Load step: 50 idle clients need 3 pods.
+    let url = s.url();
+    let mut idle = Vec::new();
+    for i in 0..50 {
+        let (ws, _, _) = connect(&url, &format!("user=idle{i}"), None)
+            .await
+            .expect("connect");
+        idle.push(ws);
+    }
+    let stepped = Instant::now();
+    let up = eventually("3 ready pods after the load step", READY_WITHIN, || async {
+        Ok(s.get("chatcluster", "chat")
+            .filter(|c| c["status"]["readyReplicas"] == 3 && c["spec"]["replicas"] == 3))
+    })
+    .await;
+    assert!(up.is_ok(), "{up:?}{}", s.diagnostics());
+    println!(
+        "data-plane figure: autoscaler, load step (50 connections, 20 per pod) to 3 ready pods: {:.1} s",
+        stepped.elapsed().as_secs_f64()
+    );
+    s.wait_ready(3, READY_WITHIN).await;
+
+    // Load drop mid-traffic: the idle clients leave; the operator scales down to 1 after
+    // the window, draining the two highest pods while subscribers listen and a publisher
+    // sends (60 s of traffic, long enough to span the window and the drains).
+    // A watcher notes when the scale-down is done (spec and status at one replica).
+    let times: Arc<Mutex<(Option<Instant>, Option<Instant>)>> = Arc::new(Mutex::new((None, None)));
+    let (cluster, ns) = (s.cluster, s.ns.name.clone());
+    let watch_times = times.clone();
+    let started = Instant::now();
+    let figures = lossless_through(&s, "auto", 1200, 20, move || async move {
+        drop(idle);
+        watch_times.lock().expect("times").0 = Some(Instant::now());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while Instant::now() < deadline {
+                let cc =
+                    cluster.kubectl_json(&["-n", &ns, "get", "chatcluster", "chat", "-o", "json"]);
+                if cc.is_some_and(|c| c["status"]["replicas"] == 1 && c["spec"]["replicas"] == 1) {
+                    watch_times.lock().expect("times").1 = Some(Instant::now());
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    })
+    .await;
+    let down = eventually(
+        "one pod left after the load drop",
+        Duration::from_secs(120),
+        || async {
+            Ok(s.get("chatcluster", "chat")
+                .filter(|c| c["status"]["replicas"] == 1 && c["spec"]["replicas"] == 1))
+        },
+    )
+    .await;
+    assert!(down.is_ok(), "{down:?}{}", s.diagnostics());
+    if let (Some(dropped), Some(done)) = *times.lock().expect("times") {
+        println!(
+            "data-plane figure: autoscaler, load drop to the scale-down done (10 s window, drains included): {:.1} s",
+            done.duration_since(dropped).as_secs_f64()
+        );
+    }
+    report("autoscaler scale-down 3 -> 1", started, figures);
+    let scaling = s
+        .get("chatcluster", "chat")
+        .and_then(|cc| condition(&cc, "ScalingActive").cloned());
+    assert_eq!(
+        scaling.as_ref().map(|c| c["status"].clone()),
+        Some(Value::from("True")),
+        "the autoscaler read Prometheus: {scaling:?}"
+    );
+    drop(prometheus);
 }

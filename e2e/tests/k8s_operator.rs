@@ -1690,29 +1690,7 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
         PodKind::Simulated,
         "stand-in servers need simulated pods' loopback IPs"
     );
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-         scrape_configs:\n\
-         \x20 - job_name: chat-pods\n\
-         \x20   kubernetes_sd_configs:\n\
-         \x20     - role: pod\n\
-         \x20       kubeconfig_file: {kubeconfig}\n\
-         \x20       namespaces:\n\
-         \x20         names: [{ns}]\n\
-         \x20   relabel_configs:\n\
-         \x20     - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]\n\
-         \x20       action: keep\n\
-         \x20       regex: 'true'\n\
-         \x20     - source_labels: [__meta_kubernetes_pod_container_port_name]\n\
-         \x20       action: keep\n\
-         \x20       regex: admin\n\
-         \x20     - source_labels: [__meta_kubernetes_namespace]\n\
-         \x20       target_label: namespace\n\
-         \x20     - source_labels: [__meta_kubernetes_pod_name]\n\
-         \x20       target_label: pod\n",
-        kubeconfig = s.cluster.kubeconfig.display(),
-        ns = s.ns.name
-    );
+    let config = chatcluster_e2e::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name);
     let binary = chatcluster_e2e::prometheus::prometheus_binary().expect("Prometheus binary");
     let mut prometheus = Some(
         tokio::task::block_in_place(|| {
