@@ -829,6 +829,7 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
         });
     })
     .await;
+    let traffic_ended = Instant::now();
     let down = eventually(
         "one pod left after the load drop",
         Duration::from_secs(120),
@@ -839,12 +840,17 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
     )
     .await;
     assert!(down.is_ok(), "{down:?}{}", s.diagnostics());
-    if let (Some(dropped), Some(done)) = *times.lock().expect("times") {
-        println!(
-            "data-plane figure: autoscaler, load drop to the scale-down done (10 s window, drains included): {:.1} s",
-            done.duration_since(dropped).as_secs_f64()
-        );
-    }
+    let (Some(dropped), Some(done)) = *times.lock().expect("times") else {
+        panic!("the load drop or the scale-down was not timed");
+    };
+    assert!(
+        done <= traffic_ended,
+        "the scale-down finished after the subscribers stopped: the loss check did not cover it"
+    );
+    println!(
+        "data-plane figure: autoscaler, load drop to the scale-down done (10 s window, drains included): {:.1} s",
+        done.duration_since(dropped).as_secs_f64()
+    );
     report("autoscaler scale-down 3 -> 1", started, figures);
     let scaling = s
         .get("chatcluster", "chat")
