@@ -12,8 +12,10 @@
 # from its Go module, cached likewise) scraping chat-server processes, and the web client
 # driven in headless Chromium, and the data-plane suite on a real node (e2e/node/: kubelet,
 # containerd, runc, CNI, kube-proxy, CoreDNS and Traefik as processes in a network
-# namespace of 198.18.0.0/15, the images imported into containerd, the operator installed
-# by its chart as a pod; built from Go modules and cached like the control plane).
+# namespace of 198.18.0.0/15, the images imported into containerd, Envoy Gateway and the
+# operator installed by their charts as pods, a Prometheus for the autoscaler test; built
+# from Go modules and cached like the control plane). GitHub workflows are linted with
+# actionlint.
 # The container images are checked without a Docker engine: hadolint lints the
 # Dockerfiles, e2e/images/build.sh reproduces them (build stage on the host, runtime stage
 # assembled as a root filesystem) and e2e/tests/images.rs runs what they would ship.
