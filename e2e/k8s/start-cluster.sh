@@ -136,24 +136,8 @@ write_kubeconfig "$pki/kwok.kubeconfig" kwok "$kwok_token"
 [[ -z "$node_ip" ]] || write_kubeconfig "$pki/node.kubeconfig" node "$node_token"
 
 # --- processes ----------------------------------------------------------------------
-start() {
-  local name="$1"
-  shift
-  "$@" >"$state/logs/$name.log" 2>&1 &
-  echo $! >"$state/pids/$name.pid"
-}
-
-wait_for() {
-  local what="$1" tries="$2"
-  shift 2
-  for ((i = 0; i < tries; i++)); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  say "$what did not come up; last lines of its log:"
-  tail -n 30 "$state/logs/$what.log" >&2 || true
-  return 1 # the ERR trap stops what was started; set -e ends the script
-}
+# shellcheck source=e2e/k8s/processes.sh
+source "$here/processes.sh"
 
 etcd_bin="$bin/etcd"
 if [[ ! -x "$etcd_bin" ]]; then

@@ -41,6 +41,7 @@ trap cleanup EXIT
 "$here/start-node.sh" "$state" "$images" >/dev/null
 netns="$(cat "$state/netns")"
 in_node() { ip netns exec "$netns" "$@"; }
+node_kubectl() { in_node "$state/kubectl" --kubeconfig "$state/kubeconfig" "$@"; }
 
 echo "== Envoy Gateway (its chart: controller, certgen, Gateway API experimental CRDs)"
 start=$SECONDS
@@ -57,7 +58,7 @@ in_node "$helm" install envoy-gateway "$chart" --kubeconfig "$state/kubeconfig" 
   --wait --timeout 180s >/dev/null
 # One Gateway for every test (routes from any namespace), its Envoy from our image and
 # behind a ClusterIP Service (no load balancer here); kube-proxy routes to it.
-in_node "$state/kubectl" --kubeconfig "$state/kubeconfig" apply -f - >/dev/null <<EOF
+node_kubectl apply -f - >/dev/null <<EOF
 apiVersion: gateway.envoyproxy.io/v1alpha1
 kind: EnvoyProxy
 metadata: {name: node, namespace: envoy-gateway-system}
@@ -85,9 +86,9 @@ spec:
   listeners:
   - {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}
 EOF
-in_node "$state/kubectl" --kubeconfig "$state/kubeconfig" wait -n envoy-gateway-system \
+node_kubectl wait -n envoy-gateway-system \
   --for=condition=Programmed gateway/chat --timeout=180s >/dev/null
-gateway_ip="$(in_node "$state/kubectl" --kubeconfig "$state/kubeconfig" get gateway chat \
+gateway_ip="$(node_kubectl get gateway chat \
   -n envoy-gateway-system -o jsonpath='{.status.addresses[0].value}')"
 echo "run-suite: Envoy Gateway installed and Gateway chat programmed at $gateway_ip:80 in $((SECONDS - start)) s"
 

@@ -43,25 +43,8 @@ if [[ "${1:-}" == --inside ]]; then
   traefik_bin="$5"
   cp_bin="$6"
   node="$state/node"
-  pids="$state/pids"
-
-  start() {
-    local name="$1"
-    shift
-    "$@" >"$state/logs/$name.log" 2>&1 &
-    echo $! >"$pids/$name.pid"
-  }
-  wait_for() {
-    local what="$1" tries="$2"
-    shift 2
-    for ((i = 0; i < tries; i++)); do
-      if "$@" >/dev/null 2>&1; then return 0; fi
-      sleep 0.5
-    done
-    say "$what did not come up; last lines of its log:"
-    tail -n 30 "$state/logs/$what.log" >&2 || true
-    return 1
-  }
+  # shellcheck source=e2e/k8s/processes.sh
+  source "$k8s/processes.sh"
 
   # ip netns exec gave this mount namespace a fresh /sys without the cgroup
   # hierarchies: mount them again as the host has them.
@@ -162,9 +145,9 @@ EOF
     docker.io/chatcluster/chat-server:e2e docker.io/chatcluster/chat-server:e2e-b \
     >>"$state/logs/image-import.log" 2>&1
 
-  # kubelet, in a cgroup subtree of its own that stop-node.sh removes.
+  # kubelet, in a cgroup subtree of its own, named after the namespace (stop-node.sh
+  # removes it).
   cgroup_root="/$(cat "$state/netns")"
-  echo "$cgroup_root" >"$state/cgroup-root"
   for hierarchy in /sys/fs/cgroup/*/; do
     mkdir -p "$hierarchy${cgroup_root#/}"
   done

@@ -37,13 +37,12 @@ for name in traefik coredns kube-proxy kubelet; do
 done
 
 # The pods' processes: everything in the node's cgroup subtree.
-cgroup_root=""
-[[ -f "$state/cgroup-root" ]] && cgroup_root="$(cat "$state/cgroup-root")"
+# (start-node.sh names the subtree after the namespace.)
 cgroup_dirs() {
-  [[ -n "$cgroup_root" ]] || return 0
+  [[ -n "$netns" ]] || return 0
   local hierarchy
   for hierarchy in /sys/fs/cgroup/*/; do
-    [[ -d "$hierarchy${cgroup_root#/}" ]] && echo "$hierarchy${cgroup_root#/}"
+    [[ -d "$hierarchy$netns" ]] && echo "$hierarchy$netns"
   done
 }
 for _ in 1 2 3; do

@@ -414,6 +414,14 @@ impl Drop for OperatorProcess {
     }
 }
 
+/// The condition of type `kind` in a ChatCluster's (or any object's) status.
+pub fn condition<'a>(cc: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    cc["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
 /// Polls `check` until it returns `Some`, at most `within`; the error names `what`.
 pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
 where

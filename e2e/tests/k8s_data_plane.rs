@@ -32,7 +32,7 @@ use chatcluster_e2e::client::{
     PublisherLog,
 };
 use chatcluster_e2e::k8s::{
-    eventually, pod_kind, shared_cluster, PodKind, TestCluster, TestNamespace,
+    condition, eventually, pod_kind, shared_cluster, PodKind, TestCluster, TestNamespace,
 };
 use chatcluster_e2e::lossless::{every_subscriber_got_every_message_once, subscribers_joined};
 use serde_json::Value;
@@ -262,13 +262,6 @@ impl Setup {
             })
             .unwrap_or_default()
     }
-}
-
-fn condition<'a>(cc: &'a Value, kind: &str) -> Option<&'a Value> {
-    cc["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
 }
 
 fn image_a() -> String {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chatcluster_e2e::k8s::{
-    eventually, pod_kind, shared_cluster, OperatorOptions, OperatorProcess, PodKind, TestCluster,
-    TestNamespace,
+    condition, eventually, pod_kind, shared_cluster, OperatorOptions, OperatorProcess, PodKind,
+    TestCluster, TestNamespace,
 };
 use chatcluster_e2e::lossless::{every_subscriber_got_every_message_once, subscribers_joined};
 use chatcluster_e2e::server_process::workspace_binary;
@@ -240,13 +240,6 @@ impl Setup {
 /// The chat-server container's `env` of StatefulSet `sts`, as JSON text to search.
 fn chat_container_env(sts: &Value) -> String {
     sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string()
-}
-
-fn condition<'a>(cc: &'a Value, kind: &str) -> Option<&'a Value> {
-    cc["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
 }
 
 /// A ChatCluster with a managed Redis and an Ingress, small enough for a quick rollout.
