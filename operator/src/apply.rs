@@ -17,6 +17,7 @@ use serde::Serialize;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::build::{Desired, MANAGED_BY};
+use crate::status::Workloads;
 
 /// The field manager of every server-side apply this operator makes.
 pub const FIELD_MANAGER: &str = "chatcluster-operator";
@@ -34,7 +35,7 @@ fn params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
 }
 
-async fn apply_one<K>(client: &Client, ns: &str, obj: &K) -> Result<(), kube::Error>
+async fn apply_one<K>(client: &Client, ns: &str, obj: &K) -> Result<K, kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -46,7 +47,6 @@ where
     Api::<K>::namespaced(client.clone(), ns)
         .patch(&name, &params(), &Patch::Apply(obj))
         .await
-        .map(|_| ())
 }
 
 /// Applies every desired object, in an order that never leaves a gap: the
@@ -54,8 +54,9 @@ where
 /// then Redis (the chat pods find it sooner), the chat pods' ServiceAccount and
 /// ConfigMap before the StatefulSet that uses them, the Services, and last what routes
 /// clients in (PDB, Ingress, HTTPRoute). `Desired` is destructured without `..`, so a
-/// kind added to it does not compile until it is applied here.
-pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<(), kube::Error> {
+/// kind added to it does not compile until it is applied here. Returns the StatefulSets
+/// as the API server stored them (with their status), for the status stage.
+pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<Workloads, kube::Error> {
     let Desired {
         network_policy,
         redis_network_policy,
@@ -76,14 +77,15 @@ pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<(), kube::E
     if let Some(s) = redis_service {
         apply_one::<Service>(client, ns, s).await?;
     }
-    if let Some(s) = redis_statefulset {
-        apply_one::<StatefulSet>(client, ns, s).await?;
-    }
+    let redis = match redis_statefulset {
+        Some(s) => Some(apply_one::<StatefulSet>(client, ns, s).await?),
+        None => None,
+    };
     apply_one::<ServiceAccount>(client, ns, service_account).await?;
     apply_one::<ConfigMap>(client, ns, config_map).await?;
     apply_one::<Service>(client, ns, headless_service).await?;
     apply_one::<Service>(client, ns, client_service).await?;
-    apply_one::<StatefulSet>(client, ns, chat_statefulset).await?;
+    let chat = apply_one::<StatefulSet>(client, ns, chat_statefulset).await?;
     if let Some(p) = pdb {
         apply_one::<PodDisruptionBudget>(client, ns, p).await?;
     }
@@ -96,7 +98,10 @@ pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<(), kube::E
             .patch(name, &params(), &Patch::Apply(route))
             .await?;
     }
-    Ok(())
+    Ok(Workloads {
+        chat: Some(chat),
+        redis,
+    })
 }
 
 /// An existing object of an optional kind: its name and its controller owner's uid.

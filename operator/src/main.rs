@@ -6,22 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use axum::routing::get;
-use chatcluster_operator::build::MANAGED_BY;
-use chatcluster_operator::crd::ChatCluster;
+use chatcluster_operator::controller;
+use chatcluster_operator::discovery::{self, serves};
 use chatcluster_operator::leader::Elector;
 use chatcluster_operator::metrics::OperatorMetrics;
-use chatcluster_operator::reconcile::{error_policy, reconcile, Context, ReconcileError};
+use chatcluster_operator::reconcile::Context;
 use clap::Parser;
-use futures_util::StreamExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
-use kube::{Api, Client};
+use kube::Client;
 use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(Parser)]
@@ -86,22 +78,10 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API")?;
     let metrics = OperatorMetrics::new();
 
-    let http_metrics = metrics.clone();
     let listener = tokio::net::TcpListener::bind(args.metrics_listen)
         .await
         .with_context(|| format!("listening on {}", args.metrics_listen))?;
-    let router = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ok\n" }))
-        .route(
-            "/metrics",
-            get(move || async move { http_metrics.render() }),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "metrics server failed");
-        }
-    });
+    tokio::spawn(metrics.clone().serve(listener));
 
     let elector = Elector::new(
         client.clone(),
@@ -128,7 +108,13 @@ async fn main() -> anyhow::Result<()> {
     metrics.leader.set(1);
     tracing::info!(%identity, "became leader");
 
-    let gateway_api = gateway_api_installed(&client).await;
+    let gateway_api = match serves(&client, discovery::HTTP_ROUTES).await {
+        Ok(served) => served,
+        Err(e) => {
+            tracing::warn!(error = %e, "API discovery failed; assuming no Gateway API");
+            false
+        }
+    };
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -152,52 +138,7 @@ async fn main() -> anyhow::Result<()> {
             .filter(|ns| !ns.is_empty()),
         drain_failures: Default::default(),
     });
-    let scope = Scope(args.watch_namespace.clone());
-    let reconcile_metrics = metrics.clone();
-    // Watch only what this operator manages, not every StatefulSet and Service. A change
-    // to (or the deletion of) any child brings its ChatCluster back to reconcile.
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-    let controller = Controller::new(
-        scope.api::<ChatCluster>(&client),
-        watcher::Config::default(),
-    )
-    .owns(scope.api::<StatefulSet>(&client), owned.clone())
-    .owns(scope.api::<Service>(&client), owned.clone())
-    .owns(scope.api::<ConfigMap>(&client), owned.clone())
-    .owns(scope.api::<ServiceAccount>(&client), owned.clone())
-    .owns(scope.api::<PodDisruptionBudget>(&client), owned.clone())
-    .owns(scope.api::<Ingress>(&client), owned.clone())
-    .owns(scope.api::<NetworkPolicy>(&client), owned)
-    .run(
-        move |obj, ctx| {
-            let m = reconcile_metrics.clone();
-            async move {
-                let started = Instant::now();
-                m.reconciles.inc();
-                let result: Result<Action, ReconcileError> = reconcile(obj, ctx).await;
-                m.duration.observe(started.elapsed().as_secs_f64());
-                if let Err(e) = &result {
-                    let reason = match e {
-                        ReconcileError::Kube(_) => "api",
-                        ReconcileError::Build(_) => "build",
-                        ReconcileError::GeneratedSecret(_) => "generated_secret",
-                    };
-                    m.errors.with_label_values(&[reason]).inc();
-                }
-                result
-            }
-        },
-        error_policy,
-        ctx,
-    )
-    .for_each(|result| async move {
-        // Reconcile errors are logged by error_policy; this also shows watch failures
-        // (e.g. RBAC denials on a watched kind), which would otherwise vanish.
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "controller error");
-        }
-    });
+    let controller = controller::run(&client, &args.watch_namespace, ctx, metrics.clone());
     tokio::pin!(controller);
 
     // Lead until a signal, or until the Lease cannot be renewed (then exit: a fresh
@@ -234,38 +175,6 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not release the Lease; a standby takes over when it expires");
     }
     Ok(())
-}
-
-/// The namespace the operator watches, or all of them.
-struct Scope(String);
-
-impl Scope {
-    fn api<K>(&self, client: &Client) -> Api<K>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        if self.0.is_empty() {
-            Api::all(client.clone())
-        } else {
-            Api::namespaced(client.clone(), &self.0)
-        }
-    }
-}
-
-/// Whether the Gateway API group is served (HTTPRoutes can be created).
-async fn gateway_api_installed(client: &Client) -> bool {
-    match client
-        .list_api_group_resources("gateway.networking.k8s.io/v1")
-        .await
-    {
-        Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
-        Err(kube::Error::Api(e)) if e.code == 404 => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "API discovery failed; assuming no Gateway API");
-            false
-        }
-    }
 }
 
 fn rand_u32() -> u32 {

@@ -1,6 +1,7 @@
 //! Operator metrics: reconciles, errors by reason, reconcile duration, leadership,
 //! autoscaler decisions by reason, drain actions.
 
+use axum::routing::get;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
@@ -82,6 +83,17 @@ impl OperatorMetrics {
             return format!("# error encoding metrics: {e}\n");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the process ends.
+    pub async fn serve(self, listener: tokio::net::TcpListener) {
+        let router = axum::Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(|| async { "ok\n" }))
+            .route("/metrics", get(move || async move { self.render() }));
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics server failed");
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use crate::generated_secrets;
 use crate::http_client::HttpClient;
 use crate::metrics::OperatorMetrics;
 use crate::secrets::check_all as check_secrets;
-use crate::status::{list_chat_pods, observe, status_for, write};
+use crate::status::{list_chat_pods, observe, status_for, write, Workloads};
 use crate::validate::validate;
 
 /// Shared by every reconcile.
@@ -69,6 +69,17 @@ pub enum ReconcileError {
     Build(#[from] BuildError),
     #[error("generated Secret: {0}")]
     GeneratedSecret(#[from] generated_secrets::GeneratedSecretError),
+}
+
+impl ReconcileError {
+    /// The `reason` label of `chatcluster_reconcile_errors_total`.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "api",
+            ReconcileError::Build(_) => "build",
+            ReconcileError::GeneratedSecret(_) => "generated_secret",
+        }
+    }
 }
 
 /// How soon to look again at a ChatCluster waiting for a Secret to be created or fixed.
@@ -119,7 +130,8 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     if let Err(invalid) = check_secrets(&ctx.client, &ns, &cluster.spec).await? {
         tracing::warn!(%ns, %name, reason = invalid.reason, message = %invalid.message, "unusable Secret");
         let pods = list_chat_pods(&ctx.client, &ns, &name).await?;
-        let (mut obs, _) = observe(&ctx.client, &ctx.http, &ns, cluster, &pods).await?;
+        let workloads = Workloads::read(&ctx.client, &ns, cluster).await?;
+        let (mut obs, _) = observe(&ctx.http, cluster, workloads, &pods).await;
         obs.invalid = Some((invalid.reason.to_owned(), invalid.message));
         report(ctx, cluster, &obs, Vec::new()).await?;
         // Secrets are not watched: look again soon, so creating the Secret is enough.
@@ -144,27 +156,30 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
             operator_namespace: ctx.operator_namespace.clone(),
         },
     )?;
-    if let Err(e) = apply(&ctx.client, &ns, &desired).await {
-        if !is_rejection(&e) {
-            // Transient (timeout, conflict, throttling, 5xx): retry without touching status.
+    let workloads = match apply(&ctx.client, &ns, &desired).await {
+        Ok(applied) => applied,
+        Err(e) => {
+            if !is_rejection(&e) {
+                // Transient (timeout, conflict, throttling, 5xx): retry without touching status.
+                return Err(e.into());
+            }
+            // A rejected object will not fix itself: make it visible in status (keeping the
+            // observed replica counts, which /scale and HPA read); the error still goes to
+            // error_policy for a retry with backoff.
+            let previous = cluster.status.clone().unwrap_or_default();
+            let obs = Observation {
+                apply_failed: Some(e.to_string()),
+                desired_replicas: cluster.spec.effective_replicas(),
+                observed_replicas: previous.replicas,
+                ready_replicas: previous.ready_replicas,
+                ..Observation::default()
+            };
+            if let Err(write_err) = report(ctx, cluster, &obs, Vec::new()).await {
+                tracing::warn!(%ns, %name, error = %write_err, "could not record the apply failure in status");
+            }
             return Err(e.into());
         }
-        // A rejected object will not fix itself: make it visible in status (keeping the
-        // observed replica counts, which /scale and HPA read); the error still goes to
-        // error_policy for a retry with backoff.
-        let previous = cluster.status.clone().unwrap_or_default();
-        let obs = Observation {
-            apply_failed: Some(e.to_string()),
-            desired_replicas: cluster.spec.effective_replicas(),
-            observed_replicas: previous.replicas,
-            ready_replicas: previous.ready_replicas,
-            ..Observation::default()
-        };
-        if let Err(write_err) = report(ctx, cluster, &obs, Vec::new()).await {
-            tracing::warn!(%ns, %name, error = %write_err, "could not record the apply failure in status");
-        }
-        return Err(e.into());
-    }
+    };
     let mut notices: Vec<Notice> = for_scaling(replicas_before, drain.statefulset_replicas)
         .into_iter()
         .collect();
@@ -188,7 +203,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         tracing::info!(%ns, %name, ?deleted, "deleted objects no longer in the spec");
     }
     notices.extend(for_deleted_orphans(&deleted));
-    let (mut obs, scrape) = observe(&ctx.client, &ctx.http, &ns, cluster, &pods).await?;
+    let (mut obs, scrape) = observe(&ctx.http, cluster, workloads, &pods).await;
     let draining = drain.in_progress();
     obs.drain = Some(drain);
     let reading = autoscaler::read(cluster, &ctx.prometheus_http, scrape).await;

@@ -30,28 +30,52 @@ pub async fn list_chat_pods(
         .items)
 }
 
-/// Reads what the StatefulSets report (a missing object counts as "nothing ready") and
-/// scrapes the ready ones of `chat_pods` for connection counts, which the autoscaler
-/// also uses.
+/// The StatefulSets a ChatCluster's status is computed from: as the apply stage returned
+/// them (server-side apply answers with the stored object, status included), or read
+/// when nothing was applied.
+#[derive(Debug, Clone, Default)]
+pub struct Workloads {
+    pub chat: Option<StatefulSet>,
+    /// The managed Redis' StatefulSet; `None` with an external Redis.
+    pub redis: Option<StatefulSet>,
+}
+
+impl Workloads {
+    /// Reads them (a missing object is `None`).
+    pub async fn read(
+        client: &Client,
+        ns: &str,
+        cluster: &ChatCluster,
+    ) -> Result<Self, kube::Error> {
+        let name = cluster.metadata.name.clone().unwrap_or_default();
+        let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
+        let redis = if cluster.spec.redis.external.is_none() {
+            sts.get_opt(&crate::build::redis_name(&name)).await?
+        } else {
+            None
+        };
+        Ok(Workloads {
+            chat: sts.get_opt(&name).await?,
+            redis,
+        })
+    }
+}
+
+/// Computes the observation from what the StatefulSets report (a missing object counts
+/// as "nothing ready") and scrapes the ready ones of `chat_pods` for connection counts,
+/// which the autoscaler also uses.
 pub async fn observe(
-    client: &Client,
     http: &HttpClient,
-    ns: &str,
     cluster: &ChatCluster,
+    workloads: Workloads,
     chat_pods: &[Pod],
-) -> Result<(Observation, PodConnections), kube::Error> {
-    let name = cluster.metadata.name.clone().unwrap_or_default();
-    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let chat = sts.get_opt(&name).await?;
+) -> (Observation, PodConnections) {
+    let Workloads { chat, redis } = workloads;
     let managed = cluster.spec.redis.external.is_none();
-    let redis_ready = if managed {
-        sts.get_opt(&crate::build::redis_name(&name))
-            .await?
+    let redis_ready = !managed
+        || redis
             .and_then(|s| s.status)
-            .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= 1)
-    } else {
-        true
-    };
+            .is_some_and(|s| s.ready_replicas.unwrap_or(0) >= 1);
     let statefulset_current = chat.as_ref().is_some_and(statefulset_rolled_out);
     let status = chat.and_then(|s| s.status).unwrap_or_default();
     let scrape = scrape_connections(http, &ready_pod_addresses(chat_pods, ADMIN_PORT as u16)).await;
@@ -70,7 +94,7 @@ pub async fn observe(
         autoscaling: None,
         drain: None,
     };
-    Ok((observation, scrape))
+    (observation, scrape)
 }
 
 /// Whether the StatefulSet controller has observed `sts`'s latest generation and

@@ -1,0 +1,215 @@
+//! The managed Redis: its StatefulSet (password from a config file, probes, resources)
+//! and Service.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretVolumeSource,
+    Service, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::pod::*;
+use super::services::service_port;
+use super::*;
+use crate::crd::ChatCluster;
+
+pub(super) const REDIS_AUTH_DIR: &str = "/etc/redis-auth";
+/// The managed Redis' user and group: a high UID, apart from the host's users (the
+/// image's own `redis` user is 999). The entrypoint of the official images runs any
+/// non-root UID as it is; /data is writable through `fsGroup` (or an emptyDir).
+pub(super) const REDIS_UID: i64 = 10999;
+
+pub(super) fn redis_statefulset(
+    n: &Names,
+    cluster: &ChatCluster,
+    ctx: &BuildContext,
+) -> StatefulSet {
+    let managed = cluster.spec.redis.managed.clone().unwrap_or_default();
+    let persistence = managed.persistence;
+    // The config file from the Secret holds `requirepass`: the password stays out of the
+    // pod's arguments (visible in the API and in `ps`).
+    let config_file = format!("{REDIS_AUTH_DIR}/{REDIS_CONFIG_KEY}");
+    let args: Vec<String> = [
+        config_file.as_str(),
+        "--appendonly",
+        if persistence { "yes" } else { "no" },
+        "--save",
+        "",
+        "--dir",
+        "/data",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let auth_volume = Volume {
+        name: "auth".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(redis_auth_secret_name(n.name)),
+            items: Some(
+                [REDIS_CONFIG_KEY, REDIS_PASSWORD_KEY]
+                    .iter()
+                    .map(|key| KeyToPath {
+                        key: (*key).to_owned(),
+                        path: (*key).to_owned(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            default_mode: Some(0o440),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    };
+    let data_volume = (!persistence).then(|| Volume {
+        name: "data".to_owned(),
+        empty_dir: Some(Default::default()),
+        ..Volume::default()
+    });
+    let claims = persistence.then(|| {
+        vec![PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".to_owned()),
+                labels: Some(labels(n.name, "redis")),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+                storage_class_name: managed.storage_class_name.clone(),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_owned(),
+                        Quantity(managed.storage.clone()),
+                    )])),
+                    ..VolumeResourceRequirements::default()
+                }),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }]
+    });
+    let container = Container {
+        name: "redis".to_owned(),
+        image: Some(managed.image.clone()),
+        args: Some(args),
+        ports: Some(vec![port("redis", REDIS_PORT)]),
+        // redis-cli takes the password from REDISCLI_AUTH, set for the probe alone from
+        // the mounted file: no Secret in the container's environment. Ready on PONG only:
+        // redis-cli can exit 0 on an error reply (NOAUTH; LOADING while it reads its AOF).
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "sh".to_owned(),
+                    "-c".to_owned(),
+                    format!(
+                        "[ \"$(REDISCLI_AUTH=\"$(cat {REDIS_AUTH_DIR}/{REDIS_PASSWORD_KEY})\" redis-cli ping)\" = PONG ]"
+                    ),
+                ]),
+            }),
+            period_seconds: Some(5),
+            ..Probe::default()
+        }),
+        // A Redis that stops accepting connections is restarted.
+        liveness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("redis".to_owned()),
+                ..TCPSocketAction::default()
+            }),
+            initial_delay_seconds: Some(10),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        resources: Some(
+            managed
+                .resources
+                .clone()
+                .unwrap_or_else(default_redis_resources),
+        ),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "data".to_owned(),
+                mount_path: "/data".to_owned(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "auth".to_owned(),
+                mount_path: REDIS_AUTH_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
+        security_context: Some(restricted_container_security()),
+        ..Container::default()
+    };
+    StatefulSet {
+        metadata: n.meta(n.redis_name(), "redis"),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(n.redis_name()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(n.name, "redis")),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(n.name, "redis")),
+                    annotations: template_annotations(Vec::new(), ctx),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(REDIS_UID),
+                        run_as_group: Some(REDIS_UID),
+                        fs_group: Some(REDIS_UID),
+                        seccomp_profile: Some(runtime_default_seccomp()),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    volumes: Some(data_volume.into_iter().chain([auth_volume]).collect()),
+                    ..PodSpec::default()
+                }),
+            },
+            volume_claim_templates: claims,
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// Resources of a managed Redis without `resources`: requests enough to be scheduled
+/// honestly, and a memory limit (4x the request) so a runaway Redis is restarted (with
+/// persistence it replays its append-only file) instead of pressing on the node's other
+/// pods. No CPU limit: throttling a single-threaded Redis stalls every chat pod, and the
+/// request already gives it its share under contention.
+pub(super) fn default_redis_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity("100m".to_owned())),
+            ("memory".to_owned(), Quantity("128Mi".to_owned())),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity("512Mi".to_owned()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+pub(super) fn redis_service(n: &Names) -> Service {
+    Service {
+        metadata: n.meta(n.redis_name(), "redis"),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(n.name, "redis")),
+            ports: Some(vec![service_port("redis", REDIS_PORT, "redis")]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
