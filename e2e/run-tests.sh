@@ -93,6 +93,14 @@ else
   status=1
 fi
 
+echo "== CRDs of optional APIs (KEDA, PodMonitor), pinned, from their released source"
+if crds="$(bash e2e/k8s/fetch-crds.sh)"; then
+  export CHATCLUSTER_OPTIONAL_CRDS="$crds"
+else
+  echo "the optional CRDs could not be fetched; the KEDA and PodMonitor tests will fail" >&2
+  status=1
+fi
+
 echo "== cargo test"
 # The data-plane tests need the real node: e2e/node/run-suite.sh runs them below.
 cargo test --workspace --locked --no-fail-fast -- --skip data_plane_ 2>&1 | tee target/test-output.txt || status=1

@@ -79,6 +79,17 @@ HADOLINT_VERSION=2.15.1
 # shellcheck disable=SC2034 # read by e2e/checkov.sh, which sources this file
 CHECKOV_VERSION=3.3.30
 
+# The CRDs of optional APIs the operator creates objects of, taken from the released
+# source of their projects (Go module zips from the module proxy) by fetch-crds.sh: KEDA's
+# ScaledObject and the Prometheus operator's PodMonitor.
+KEDA_VERSION=2.21.0
+PROMETHEUS_OPERATOR_VERSION=0.85.0
+
+# Where fetch-crds.sh puts those CRDs.
+optional_crds_dir() {
+  echo "$(tools_cache)/crds-keda-v$KEDA_VERSION-prometheus-operator-v$PROMETHEUS_OPERATOR_VERSION"
+}
+
 # Prometheus, for the autoscaler's Prometheus source test (built from its Go module by
 # build-prometheus.sh). The module's v0.3XX.Y tags are Prometheus 3.XX.Y (its `@latest`
 # resolves to a stale v1.x): bump both lines together.

@@ -103,6 +103,10 @@ fn the_operator_chart_renders_its_defaults() {
         crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
         "kept on uninstall"
     );
+    assert!(
+        find(&docs, "ConfigMap").is_none(),
+        "no dashboard ConfigMap unless grafanaDashboard.enabled"
+    );
     let deployment = find(&docs, "Deployment").expect("Deployment");
     assert_eq!(deployment["spec"]["replicas"], 1);
     assert_eq!(env_of(deployment, "WATCH_NAMESPACE").as_deref(), Some(""));
@@ -192,6 +196,31 @@ fn the_operator_chart_renders_non_default_values() {
         .any(|d| d["kind"] == "RoleBinding" && d["metadata"]["namespace"] == "chat"));
     let monitor = find(&docs, "ServiceMonitor").expect("ServiceMonitor when enabled");
     assert_eq!(monitor["spec"]["endpoints"][0]["interval"], "15s");
+    // The Grafana dashboard, for the sidecar, carries the chart's JSON file unchanged.
+    let dashboard = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"] == "op-chatcluster-operator-dashboard"
+        })
+        .expect("the dashboard ConfigMap when enabled");
+    assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let file = std::fs::read_to_string(
+        chatcluster_e2e::k8s::repo_root()
+            .join(OPERATOR_CHART)
+            .join("dashboards/chatcluster.json"),
+    )
+    .expect("dashboard file");
+    let shipped: Value = serde_json::from_str(
+        dashboard["data"]["chatcluster.json"]
+            .as_str()
+            .expect("JSON text"),
+    )
+    .expect("the shipped dashboard parses");
+    assert_eq!(
+        shipped,
+        serde_json::from_str::<Value>(&file).expect("file parses")
+    );
     assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus");
     assert_eq!(
         find(&docs, "ServiceAccount").expect("SA")["metadata"]["name"],
@@ -201,7 +230,7 @@ fn the_operator_chart_renders_non_default_values() {
 
 #[test]
 fn wrong_values_fail_at_install_with_a_clear_message() {
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--set", "logFormat=xml"], "/logFormat"),
         (
             &["--set", "leaderElection.leaseSeconds=1"],
@@ -216,6 +245,10 @@ fn wrong_values_fail_at_install_with_a_clear_message() {
             "/watchNamespace",
         ),
         (&["--set", "metrics.port=80"], "/metrics/port"),
+        (
+            &["--set", "grafanaDashboard.namespace=Not_A_Namespace"],
+            "/grafanaDashboard/namespace",
+        ),
     ];
     for (args, message) in cases {
         let out = helm(&[&["template", "op", OPERATOR_CHART], args].concat(), None);

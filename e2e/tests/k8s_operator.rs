@@ -309,6 +309,14 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
         ),
         ("spec:\n  replicas: -1\n", "spec.replicas"),
         (
+            "spec:\n  autoscaling:\n    maxReplicas: 3\n    engine: keda\n",
+            "autoscaling.engine keda needs autoscaling.prometheusUrl",
+        ),
+        (
+            "spec:\n  autoscaling:\n    maxReplicas: 3\n    engine: hpa\n",
+            "spec.autoscaling.engine",
+        ),
+        (
             "spec:\n  networkPolicy:\n    adminFromNamespaces: [Monitoring]\n",
             "networkPolicy.adminFromNamespaces: each entry must be a namespace name",
         ),
@@ -1683,7 +1691,12 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
         PodKind::Simulated,
         "stand-in servers need simulated pods' loopback IPs"
     );
-    let config = chatcluster_e2e::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name);
+    // The pods (kubernetes_sd) and the operator's own /metrics, for the dashboard check.
+    let operator_port = s.operator.as_ref().expect("operator").metrics_port;
+    let config = format!(
+        "{}  - job_name: operator\n    static_configs:\n      - targets: [\"127.0.0.1:{operator_port}\"]\n",
+        chatcluster_e2e::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name)
+    );
     let binary = chatcluster_e2e::prometheus::prometheus_binary().expect("Prometheus binary");
     let mut prometheus = Some(
         tokio::task::block_in_place(|| {
@@ -1711,12 +1724,41 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
         "{active}"
     );
     wait_event(&s, "spec.replicas 1 → 2 (ScaleUpLimited)").await;
+    // Traffic for the dashboard's delivery and resume panels.
+    let mut clients = clients;
+    let mut room_epoch = None;
+    for ws in clients.iter_mut() {
+        let joined = chatcluster_e2e::client::join(ws, "dash", None)
+            .await
+            .expect("joined");
+        room_epoch.get_or_insert(joined["epoch"].as_str().unwrap_or_default().to_owned());
+    }
+    for i in 0..5 {
+        chatcluster_e2e::client::send_and_ack(&mut clients[0], "dash", "hello", &format!("r{i}"))
+            .await
+            .expect("acked");
+    }
+    let epoch = room_epoch.unwrap_or_default();
+    let (mut resumed, _, _) = chatcluster_e2e::client::connect(
+        &format!("ws://{}/ws", first.public_addr),
+        "user=resumer",
+        None,
+    )
+    .await
+    .expect("client connects");
+    let rejoined = chatcluster_e2e::client::join(&mut resumed, "dash", Some((&epoch, 1)))
+        .await
+        .expect("resumed");
+    assert_eq!(rejoined["recovered"], true, "{rejoined}");
+    clients.push(resumed);
 
     drop(clients);
     wait_chat(&s, "spec.replicas 3 → 1 after the window", |cc| {
         cc["spec"]["replicas"] == 1
     })
     .await;
+
+    dashboard_queries_return_data(&prometheus_url, &s.ns.name, "chat").await;
 
     // Prometheus gone: no data, so no scaling, and the condition says why.
     drop(prometheus.take());
@@ -1727,4 +1769,223 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
     .await;
     assert_eq!(cc["spec"]["replicas"], 1);
     drop(first);
+}
+
+/// Runs every PromQL expression of the operator chart's Grafana dashboard against
+/// Prometheus, with the dashboard's variables set to ChatCluster `namespace/name` (and
+/// `$__rate_interval` to 5m), until each returns data: at least one series, and a finite
+/// value where there is a single one. Bounded: 60 s.
+async fn dashboard_queries_return_data(prometheus_url: &str, namespace: &str, name: &str) {
+    use chatcluster_operator::autoscale::Sample;
+    let path = chatcluster_e2e::k8s::repo_root()
+        .join("charts/chatcluster-operator/dashboards/chatcluster.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard file"))
+            .expect("dashboard JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() >= 8, "every panel's expressions: {exprs:?}");
+    let http = chatcluster_operator::http_client::HttpClient::new(Duration::from_secs(5), 1 << 20)
+        .expect("HTTP client");
+    for expr in exprs {
+        let promql = expr
+            .replace("$namespace", namespace)
+            .replace("$chatcluster", name)
+            .replace("$__rate_interval", "5m");
+        assert!(!promql.contains('$'), "an unknown variable in {expr}");
+        let answered = eventually(
+            &format!("data for {promql}"),
+            Duration::from_secs(60),
+            || async {
+                let sample =
+                    chatcluster_operator::prometheus::query(&http, prometheus_url, &promql).await;
+                Ok(match sample {
+                    Ok(Sample::MultipleSeries { .. }) => Some(()),
+                    Ok(Sample::Value { total, .. }) if total.is_finite() => Some(()),
+                    _ => None,
+                })
+            },
+        )
+        .await;
+        if let Err(e) = answered {
+            panic!("a dashboard query returns no data: {e}");
+        }
+    }
+}
+
+/// The CRDs of KEDA's ScaledObject and the Prometheus operator's PodMonitor, as
+/// e2e/k8s/fetch-crds.sh took them from those projects' pinned releases.
+fn optional_crd(file: &str) -> String {
+    let dir = std::env::var("CHATCLUSTER_OPTIONAL_CRDS").unwrap_or_else(|_| {
+        let out = std::process::Command::new("bash")
+            .arg(chatcluster_e2e::k8s::repo_root().join("e2e/k8s/fetch-crds.sh"))
+            .output()
+            .expect("fetch-crds.sh runs");
+        assert!(
+            out.status.success(),
+            "e2e/k8s/fetch-crds.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    });
+    format!("{dir}/{file}")
+}
+
+/// `autoscaling.engine: keda` and `monitoring.podMonitor` against the real API server:
+/// without their CRDs the ChatCluster is Degraded with a message naming what to install
+/// (and its pods still run); once KEDA's and the Prometheus operator's own CRDs are
+/// installed, the operator creates a ScaledObject and a PodMonitor the API server accepts
+/// (validated against those CRDs' schemas), leaves the replica count to KEDA's HPA, and
+/// deletes both when the spec stops asking for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keda_scaled_object_and_pod_monitor_are_created_only_where_served() {
+    let s = setup("keda", true).await;
+    let crds = [
+        (
+            "scaledobjects.keda.sh",
+            optional_crd("keda.sh_scaledobjects.yaml"),
+        ),
+        (
+            "podmonitors.monitoring.coreos.com",
+            optional_crd("monitoring.coreos.com_podmonitors.yaml"),
+        ),
+    ];
+    // Only this test installs them; a cluster kept from an earlier run may have them.
+    for (name, _) in &crds {
+        s.cluster
+            .kubectl_ok(
+                &["delete", "crd", name, "--ignore-not-found", "--wait"],
+                None,
+            )
+            .expect("CRD deleted");
+    }
+    let spec = format!(
+        "{}  autoscaling:\n    engine: keda\n    minReplicas: 1\n    maxReplicas: 4\n    \
+         targetConnectionsPerPod: 250\n    scaleDownStabilizationSeconds: 60\n    \
+         prometheusUrl: http://127.0.0.1:9\n  monitoring:\n    podMonitor:\n      \
+         labels: {{release: prometheus}}\n      intervalSeconds: 20\n",
+        manifest("chat", 1, &IMAGE_A, None)
+    );
+    s.apply(&spec);
+    let cc = wait_chat(&s, "Degraded KedaNotInstalled", |cc| {
+        condition(cc, "Degraded")
+            .is_some_and(|c| c["status"] == "True" && c["reason"] == "KedaNotInstalled")
+    })
+    .await;
+    let message = condition(&cc, "Degraded").expect("Degraded")["message"].to_string();
+    assert!(message.contains("install KEDA"), "{message}");
+    assert!(
+        condition(&cc, "ScalingActive").is_some_and(|c| c["status"] == "False"),
+        "{cc}"
+    );
+    assert!(
+        s.get("statefulset", "chat").is_some(),
+        "the pods run anyway"
+    );
+
+    for (name, file) in &crds {
+        s.cluster
+            .kubectl_ok(&["apply", "--server-side", "-f", file], None)
+            .expect("CRD installed");
+        s.cluster
+            .kubectl_ok(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    &format!("crd/{name}"),
+                    "--timeout=60s",
+                ],
+                None,
+            )
+            .expect("CRD established");
+    }
+    // Discovery is asked again within 30 s; a Degraded cluster is looked at that often.
+    let cc = wait_chat(&s, "ScalingActive KedaScaledObject, not Degraded", |cc| {
+        condition(cc, "ScalingActive").is_some_and(|c| c["reason"] == "KedaScaledObject")
+            && condition(cc, "Degraded").is_some_and(|c| c["status"] == "False")
+    })
+    .await;
+    let uid = cc["metadata"]["uid"].clone();
+    let scaled = s.get("scaledobject", "chat").expect("ScaledObject created");
+    let so = &scaled["spec"];
+    assert_eq!(so["scaleTargetRef"]["kind"], "ChatCluster", "{scaled}");
+    assert_eq!(
+        so["scaleTargetRef"]["apiVersion"],
+        "chatcluster.dev/v1alpha1"
+    );
+    assert_eq!(so["scaleTargetRef"]["name"], "chat");
+    assert_eq!(
+        (so["minReplicaCount"].clone(), so["maxReplicaCount"].clone()),
+        (1.into(), 4.into())
+    );
+    let trigger = &so["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    assert_eq!(trigger["metadata"]["threshold"], "250");
+    assert_eq!(
+        trigger["metadata"]["query"],
+        format!(
+            "sum(chat_connections{{namespace=\"{}\", pod=~\"chat-[0-9]+\"}})",
+            s.ns.name
+        )
+    );
+    assert_eq!(
+        so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+            ["stabilizationWindowSeconds"],
+        60
+    );
+    assert_eq!(scaled["metadata"]["ownerReferences"][0]["uid"], uid);
+    let monitor = s.get("podmonitor", "chat").expect("PodMonitor created");
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"], "prometheus",
+        "{monitor}"
+    );
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["port"], "admin");
+    assert_eq!(monitor["spec"]["podMetricsEndpoints"][0]["interval"], "20s");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "chat"
+    );
+
+    // KEDA's HPA scales through /scale; the operator's own loop stays out of it (with
+    // no pod serving metrics here, the builtin engine would report NoData instead).
+    s.kubectl_ok(&["scale", "chatcluster", "chat", "--replicas=3"], None);
+    wait_chat(&s, "3 chat pods ready under KEDA", |cc| {
+        cc["status"]["readyReplicas"] == 3
+            && condition(cc, "ScalingActive").is_some_and(|c| c["reason"] == "KedaScaledObject")
+    })
+    .await;
+    let cc = s.get("chatcluster", "chat").expect("ChatCluster");
+    assert_eq!(
+        cc["spec"]["replicas"], 3,
+        "nobody but KEDA's HPA writes replicas"
+    );
+
+    // Back to the builtin engine, without monitoring: both objects go. (Its Prometheus
+    // is the discard port on loopback: nothing answers, so nothing is scaled.)
+    let builtin = spec
+        .replace("    engine: keda\n", "    engine: builtin\n")
+        .split("  monitoring:\n")
+        .next()
+        .expect("spec")
+        .replace("  replicas: 1\n", "  replicas: 3\n");
+    s.apply(&builtin);
+    let gone = eventually(
+        "the ScaledObject and PodMonitor deleted",
+        READY_WITHIN,
+        || async {
+            Ok(
+                (s.get("scaledobject", "chat").is_none() && s.get("podmonitor", "chat").is_none())
+                    .then_some(()),
+            )
+        },
+    )
+    .await;
+    if let Err(e) = gone {
+        panic!("{e}{}", s.operator_log());
+    }
 }

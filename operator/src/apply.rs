@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::build::{Desired, MANAGED_BY};
+use crate::build::{Desired, Served, MANAGED_BY};
 use crate::status::Workloads;
 
 /// The field manager of every server-side apply this operator makes.
@@ -29,6 +29,38 @@ pub fn http_route_resource() -> ApiResource {
         "v1",
         "HTTPRoute",
     ))
+}
+
+/// KEDA's ScaledObject resource.
+pub fn scaled_object_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "keda.sh",
+        "v1alpha1",
+        "ScaledObject",
+    ))
+}
+
+/// The Prometheus operator's PodMonitor resource.
+pub fn pod_monitor_resource() -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "monitoring.coreos.com",
+        "v1",
+        "PodMonitor",
+    ))
+}
+
+/// Applies an object of a kind without a typed struct, given as JSON.
+async fn apply_dynamic(
+    client: &Client,
+    ns: &str,
+    resource: &ApiResource,
+    obj: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    Api::<DynamicObject>::namespaced_with(client.clone(), ns, resource)
+        .patch(name, &params(), &Patch::Apply(obj))
+        .await
+        .map(|_| ())
 }
 
 fn params() -> PatchParams {
@@ -53,7 +85,8 @@ where
 /// NetworkPolicies first (Redis and the admin port are never open while they start),
 /// then Redis (the chat pods find it sooner), the chat pods' ServiceAccount and
 /// ConfigMap before the StatefulSet that uses them, the Services, and last what routes
-/// clients in (PDB, Ingress, HTTPRoute). `Desired` is destructured without `..`, so a
+/// clients in (PDB, Ingress, HTTPRoute); the PodMonitor once there are pods to scrape,
+/// and the ScaledObject last, once what it scales exists. `Desired` is destructured without `..`, so a
 /// kind added to it does not compile until it is applied here. Returns the StatefulSets
 /// as the API server stored them (with their status), for the status stage.
 pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<Workloads, kube::Error> {
@@ -70,6 +103,8 @@ pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<Workloads, 
         pdb,
         ingress,
         http_route,
+        pod_monitor,
+        scaled_object,
     } = d;
     for p in [redis_network_policy, network_policy].into_iter().flatten() {
         apply_one::<NetworkPolicy>(client, ns, p).await?;
@@ -93,10 +128,13 @@ pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<Workloads, 
         apply_one::<Ingress>(client, ns, i).await?;
     }
     if let Some(route) = http_route {
-        let name = route["metadata"]["name"].as_str().unwrap_or_default();
-        Api::<DynamicObject>::namespaced_with(client.clone(), ns, &http_route_resource())
-            .patch(name, &params(), &Patch::Apply(route))
-            .await?;
+        apply_dynamic(client, ns, &http_route_resource(), route).await?;
+    }
+    if let Some(monitor) = pod_monitor {
+        apply_dynamic(client, ns, &pod_monitor_resource(), monitor).await?;
+    }
+    if let Some(scaled) = scaled_object {
+        apply_dynamic(client, ns, &scaled_object_resource(), scaled).await?;
     }
     Ok(Workloads {
         chat: Some(chat),
@@ -166,7 +204,7 @@ pub async fn delete_orphans(
     cluster: &str,
     owner_uid: &str,
     d: &Desired,
-    gateway_api: bool,
+    served: Served,
 ) -> Result<Vec<String>, kube::Error> {
     let mine =
         format!("app.kubernetes.io/instance={cluster},app.kubernetes.io/managed-by={MANAGED_BY}");
@@ -243,14 +281,20 @@ pub async fn delete_orphans(
         )
         .await?,
     );
-    if gateway_api {
-        let route = d
-            .http_route
+    let dynamic_kinds = [
+        (served.gateway_api, http_route_resource(), &d.http_route),
+        (served.keda, scaled_object_resource(), &d.scaled_object),
+        (served.pod_monitors, pod_monitor_resource(), &d.pod_monitor),
+    ];
+    for (is_served, resource, desired) in dynamic_kinds {
+        if !is_served {
+            continue;
+        }
+        let wanted = desired
             .as_ref()
-            .and_then(|r| r["metadata"]["name"].as_str());
-        let routes =
-            Api::<DynamicObject>::namespaced_with(client.clone(), ns, &http_route_resource());
-        deleted.extend(delete_orphans_of(routes, "HTTPRoute", &mine, owner_uid, route).await?);
+            .and_then(|o| o["metadata"]["name"].as_str());
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &resource);
+        deleted.extend(delete_orphans_of(api, &resource.kind, &mine, owner_uid, wanted).await?);
     }
     Ok(deleted)
 }

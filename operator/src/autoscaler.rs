@@ -106,6 +106,36 @@ pub struct Outcome {
     pub scaled: Option<(i32, i32)>,
 }
 
+/// The ScalingActive outcome with `autoscaling.engine: keda`: KEDA decides, so the
+/// operator only says who scales (or that KEDA is missing) and drains scale-downs.
+pub fn keda_outcome(cluster: &ChatCluster, keda_served: bool) -> Outcome {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let target = cluster
+        .spec
+        .autoscaling
+        .as_ref()
+        .map_or(0, |a| a.target_connections_per_pod);
+    let (reason, message) = if keda_served {
+        (
+            "KedaScaledObject",
+            format!("KEDA scales this cluster through ScaledObject {name} (Prometheus trigger, {target} connections per pod); the operator drains every scale-down"),
+        )
+    } else {
+        (
+            "KedaNotInstalled",
+            "autoscaling.engine is keda but KEDA is not installed; see the Degraded condition"
+                .to_owned(),
+        )
+    };
+    Outcome {
+        active: keda_served,
+        reason: reason.to_owned(),
+        message,
+        desired_replicas: cluster.spec.effective_replicas(),
+        scaled: None,
+    }
+}
+
 /// Recommendation histories per ChatCluster (namespace/name), kept between reconciles.
 #[derive(Default)]
 pub struct Histories(Mutex<HashMap<String, Vec<Recommendation>>>);

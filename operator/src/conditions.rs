@@ -19,6 +19,9 @@ pub const DRAINING: &str = "Draining";
 pub struct Observation {
     /// `None` when the spec is valid; otherwise (reason, message) for Degraded.
     pub invalid: Option<(String, String)>,
+    /// An optional API the spec asks for is not served (reason, message): Degraded, while
+    /// everything else runs.
+    pub unserved_api: Option<(String, String)>,
     /// The last apply failed (e.g. the API server rejected an object): its message.
     pub apply_failed: Option<String>,
     pub desired_replicas: i32,
@@ -178,7 +181,10 @@ pub fn next_conditions(
         ("ReplicasNotReady", pods_ready())
     };
     out.push(c(READY, ready, reason, message));
-    out.push(c(DEGRADED, false, "AsExpected", "the spec is valid".into()));
+    out.push(match &obs.unserved_api {
+        Some((reason, message)) => c(DEGRADED, true, reason, message.clone()),
+        None => c(DEGRADED, false, "AsExpected", "the spec is valid".into()),
+    });
     if let Some(a) = &obs.autoscaling {
         out.push(c(SCALING_ACTIVE, a.active, &a.reason, a.message.clone()));
     }
@@ -234,6 +240,7 @@ mod tests {
         Observation {
             invalid: None,
             apply_failed: None,
+            unserved_api: None,
             desired_replicas: 3,
             observed_replicas: 3,
             ready_replicas: ready,
@@ -265,6 +272,17 @@ mod tests {
         assert_eq!(status_of(&c3, PROGRESSING), Some("False"));
         assert_eq!(status_of(&c3, DEGRADED), Some("False"));
         assert!(c3.iter().all(|c| c.observed_generation == Some(1)));
+    }
+
+    #[test]
+    fn a_missing_optional_api_is_degraded_while_the_pods_run() {
+        let mut o = obs(3, 3, true);
+        o.unserved_api = Some(("KedaNotInstalled".into(), "install KEDA".into()));
+        let c = next_conditions(&[], &o, 1, t(0));
+        assert_eq!(status_of(&c, DEGRADED), Some("True"));
+        assert_eq!(get(&c, DEGRADED).reason, "KedaNotInstalled");
+        assert_eq!(get(&c, DEGRADED).message, "install KEDA");
+        assert_eq!(status_of(&c, READY), Some("True"), "the pods still serve");
     }
 
     #[test]

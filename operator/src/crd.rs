@@ -5,6 +5,8 @@
 //! with a message that says what to fix; `crds/chatcluster.yaml` is generated from these
 //! types by the `crdgen` binary.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -85,6 +87,13 @@ pub struct ChatClusterSpec {
     /// NetworkPolicies for the admin port and the managed Redis.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Monitoring objects (a PodMonitor) for a Prometheus-operator setup.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub monitoring: MonitoringSpec,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// NetworkPolicies the operator creates. They take effect only where the network plugin
@@ -311,8 +320,15 @@ impl Default for DrainSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
     .message("autoscaling.minReplicas must be less than or equal to autoscaling.maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.engine) || self.engine != 'keda' || has(self.prometheusUrl)")
+    .message("autoscaling.engine keda needs autoscaling.prometheusUrl: KEDA's Prometheus trigger queries it"))]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
+    /// Who scales: `builtin` (the operator's own loop, default) or `keda` (the operator
+    /// creates a KEDA ScaledObject with an equivalent Prometheus trigger and KEDA's HPA
+    /// writes `replicas`). Either way every scale-down is drained by the operator.
+    #[serde(default)]
+    pub engine: AutoscalingEngine,
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub min_replicas: i32,
@@ -335,6 +351,42 @@ pub struct AutoscalingSpec {
     #[serde(default = "default_stabilization")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
+}
+
+/// Which engine drives `spec.autoscaling`.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoscalingEngine {
+    #[default]
+    Builtin,
+    Keda,
+}
+
+/// Monitoring objects the operator creates for this cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Create a Prometheus-operator `PodMonitor` that scrapes the chat pods' `/metrics`
+    /// (admin port). Needs `monitoring.coreos.com/v1` PodMonitors to be served; if they
+    /// are not, the ChatCluster is Degraded and says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_monitor: Option<PodMonitorSpec>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodMonitorSpec {
+    /// Extra labels on the PodMonitor, e.g. `release: prometheus`, so your Prometheus'
+    /// `podMonitorSelector` picks it up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 16))]
+    pub labels: BTreeMap<String, String>,
+    /// Scrape interval in seconds.
+    #[serde(default = "default_scrape_interval")]
+    #[schemars(range(min = 5, max = 300))]
+    pub interval_seconds: i32,
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -482,6 +534,9 @@ fn default_min_replicas() -> i32 {
 }
 fn default_target_connections() -> i32 {
     5000
+}
+fn default_scrape_interval() -> i32 {
+    15
 }
 fn default_stabilization() -> i32 {
     300

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chatcluster_operator::controller;
-use chatcluster_operator::discovery::{self, serves};
 use chatcluster_operator::leader::Elector;
 use chatcluster_operator::metrics::OperatorMetrics;
 use chatcluster_operator::reconcile::Context;
@@ -108,13 +107,6 @@ async fn main() -> anyhow::Result<()> {
     metrics.leader.set(1);
     tracing::info!(%identity, "became leader");
 
-    let gateway_api = match serves(&client, discovery::HTTP_ROUTES).await {
-        Ok(served) => served,
-        Err(e) => {
-            tracing::warn!(error = %e, "API discovery failed; assuming no Gateway API");
-            false
-        }
-    };
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -124,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let ctx = Arc::new(Context {
         client: client.clone(),
-        gateway_api,
+        apis: Default::default(),
         recorder,
         failures: Default::default(),
         http: chatcluster_operator::connections::scrape_client()?,

@@ -3,8 +3,8 @@
 
 use axum::routing::get;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -20,7 +20,15 @@ pub struct OperatorMetrics {
     /// Drains before a scale-down: `started`, `finished`, `undrained`, `failed` (a drain
     /// or undrain call a pod refused or did not answer).
     pub drain_actions: IntCounterVec,
+    /// Per ChatCluster (`chatcluster_namespace`, `chatcluster`): the replicas it should
+    /// run (the autoscaler's or the spec's) and the ready ones, for "desired vs actual".
+    pub desired_replicas: IntGaugeVec,
+    pub ready_replicas: IntGaugeVec,
 }
+
+/// Labels of the per-ChatCluster gauges. Not `namespace`: a pod scrape sets that label
+/// to the operator's own namespace.
+const CLUSTER_LABELS: [&str; 2] = ["chatcluster_namespace", "chatcluster"];
 
 impl OperatorMetrics {
     pub fn new() -> Self {
@@ -62,6 +70,22 @@ impl OperatorMetrics {
                 &["action"],
             )
             .expect("static metric"),
+            desired_replicas: IntGaugeVec::new(
+                Opts::new(
+                    "chatcluster_desired_replicas",
+                    "Chat-server pods a ChatCluster should run (status.desiredReplicas).",
+                ),
+                &CLUSTER_LABELS,
+            )
+            .expect("static metric"),
+            ready_replicas: IntGaugeVec::new(
+                Opts::new(
+                    "chatcluster_ready_replicas",
+                    "Ready chat-server pods of a ChatCluster (status.readyReplicas).",
+                ),
+                &CLUSTER_LABELS,
+            )
+            .expect("static metric"),
             registry,
         };
         for c in [
@@ -71,6 +95,8 @@ impl OperatorMetrics {
             Box::new(m.leader.clone()),
             Box::new(m.autoscaler_decisions.clone()),
             Box::new(m.drain_actions.clone()),
+            Box::new(m.desired_replicas.clone()),
+            Box::new(m.ready_replicas.clone()),
         ] {
             m.registry.register(c).expect("metric registered once");
         }
@@ -83,6 +109,25 @@ impl OperatorMetrics {
             return format!("# error encoding metrics: {e}\n");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Records a ChatCluster's desired and ready replicas.
+    pub fn set_replicas(&self, namespace: &str, name: &str, desired: i32, ready: i32) {
+        let labels = [namespace, name];
+        self.desired_replicas
+            .with_label_values(&labels)
+            .set(i64::from(desired));
+        self.ready_replicas
+            .with_label_values(&labels)
+            .set(i64::from(ready));
+    }
+
+    /// Drops a deleted ChatCluster's series.
+    pub fn forget_cluster(&self, namespace: &str, name: &str) {
+        let labels = [namespace, name];
+        // Absent series are fine: the cluster may never have been reported.
+        let _ = self.desired_replicas.remove_label_values(&labels);
+        let _ = self.ready_replicas.remove_label_values(&labels);
     }
 
     /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the process ends.

@@ -20,7 +20,8 @@ use crate::autoscaler;
 use crate::build::{build, BuildContext, BuildError};
 use crate::conditions::Observation;
 use crate::connections::pod_ready;
-use crate::crd::{ChatCluster, ChatClusterStatus};
+use crate::crd::{AutoscalingEngine, ChatCluster, ChatClusterStatus};
+use crate::discovery;
 use crate::drain_plan::{self, DrainLimits, DrainPlan, Leaving};
 use crate::drainer;
 use crate::events::{
@@ -37,8 +38,8 @@ use crate::validate::validate;
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    /// Whether the Gateway API CRDs are installed (HTTPRoutes can be created).
-    pub gateway_api: bool,
+    /// Which optional APIs (Gateway API, KEDA, PodMonitors) the cluster serves.
+    pub apis: discovery::Cache,
     /// Publishes Events about ChatClusters (events.k8s.io, deduplicated into series).
     pub recorder: Recorder,
     /// Consecutive failed reconciles per ChatCluster (`cluster_key`), for the retry
@@ -113,6 +114,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     if cluster.metadata.deletion_timestamp.is_some() {
         // Being deleted (e.g. a foreground delete waiting for its children): applying now
         // would recreate what the garbage collector is removing.
+        ctx.metrics.forget_cluster(&ns, &name);
         return Ok(Action::await_change());
     }
     if let Err(invalid) = validate(cluster) {
@@ -147,10 +149,11 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     // A scale-down waits until the pods that go are drained (see drain_plan).
     let pods = list_chat_pods(&ctx.client, &ns, &name).await?;
     let mut drain = plan_drain(ctx, cluster, replicas_before, &pods, &generated).await;
+    let served = ctx.apis.get(&ctx.client).await?;
     let desired = build(
         cluster,
         BuildContext {
-            gateway_api: ctx.gateway_api,
+            served,
             secrets_revision: Some(generated.revision.clone()),
             chat_replicas: Some(drain.statefulset_replicas),
             operator_namespace: ctx.operator_namespace.clone(),
@@ -198,7 +201,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         cluster.spec.drain.max_reconnects_per_second,
     ));
     let uid = cluster.metadata.uid.clone().unwrap_or_default();
-    let deleted = delete_orphans(&ctx.client, &ns, &name, &uid, &desired, ctx.gateway_api).await?;
+    let deleted = delete_orphans(&ctx.client, &ns, &name, &uid, &desired, served).await?;
     if !deleted.is_empty() {
         tracing::info!(%ns, %name, ?deleted, "deleted objects no longer in the spec");
     }
@@ -206,15 +209,25 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     let (mut obs, scrape) = observe(&ctx.http, cluster, workloads, &pods).await;
     let draining = drain.in_progress();
     obs.drain = Some(drain);
-    let reading = autoscaler::read(cluster, &ctx.prometheus_http, scrape).await;
-    obs.autoscaling = autoscaler::run(
-        &ctx.client,
-        &ctx.autoscaler,
-        cluster,
-        &reading,
-        Timestamp::now(),
-    )
-    .await?;
+    obs.unserved_api = discovery::missing(&cluster.spec, served).map(|(r, m)| (r.to_owned(), m));
+    obs.autoscaling = match cluster.spec.autoscaling.as_ref().map(|a| a.engine) {
+        // KEDA's HPA writes replicas through /scale; the operator only drains.
+        Some(AutoscalingEngine::Keda) => {
+            ctx.autoscaler.forget(&cluster_key(cluster));
+            Some(autoscaler::keda_outcome(cluster, served.keda))
+        }
+        _ => {
+            let reading = autoscaler::read(cluster, &ctx.prometheus_http, scrape).await;
+            autoscaler::run(
+                &ctx.client,
+                &ctx.autoscaler,
+                cluster,
+                &reading,
+                Timestamp::now(),
+            )
+            .await?
+        }
+    };
     if let Some(outcome) = &obs.autoscaling {
         ctx.metrics
             .autoscaler_decisions
@@ -229,6 +242,10 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     }
     if draining {
         next = next.min(DRAIN_POLL);
+    }
+    if obs.unserved_api.is_some() {
+        // Installing the missing CRDs is noticed without a change to the ChatCluster.
+        next = next.min(discovery::REFRESH);
     }
     Ok(Action::requeue(next))
 }
@@ -390,6 +407,12 @@ async fn report(
     mut notices: Vec<Notice>,
 ) -> Result<(), kube::Error> {
     let status = status_for(cluster, obs, Timestamp::now());
+    ctx.metrics.set_replicas(
+        cluster.metadata.namespace.as_deref().unwrap_or_default(),
+        cluster.metadata.name.as_deref().unwrap_or_default(),
+        status.desired_replicas.unwrap_or(obs.desired_replicas),
+        status.ready_replicas,
+    );
     notices.extend(for_condition_changes(
         previous_conditions(cluster),
         &status.conditions,

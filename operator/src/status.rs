@@ -82,6 +82,7 @@ pub async fn observe(
     let observation = Observation {
         invalid: None,
         apply_failed: None,
+        unserved_api: None,
         desired_replicas: cluster.spec.effective_replicas(),
         observed_replicas: status.replicas,
         ready_replicas: status.ready_replicas.unwrap_or(0),
@@ -240,6 +241,7 @@ mod tests {
         let obs = Observation {
             invalid: None,
             apply_failed: None,
+            unserved_api: None,
             desired_replicas: 3,
             observed_replicas: 3,
             ready_replicas: 3,

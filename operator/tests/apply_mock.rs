@@ -4,7 +4,7 @@
 //! kube-apiserver in the Kubernetes e2e suite.)
 
 use chatcluster_operator::apply::{apply, delete_orphans};
-use chatcluster_operator::build::{build, BuildContext};
+use chatcluster_operator::build::{build, BuildContext, Served};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::json;
@@ -88,7 +88,7 @@ async fn removing_expose_deletes_only_this_clusters_ingress() {
         };
         (StatusCode::OK, answer)
     });
-    let deleted = delete_orphans(&client, "ns1", "chat", "uid-1", &desired, false)
+    let deleted = delete_orphans(&client, "ns1", "chat", "uid-1", &desired, Served::default())
         .await
         .unwrap();
     drop(client);

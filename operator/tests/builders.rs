@@ -1,7 +1,14 @@
 //! Golden-file tests of every builder. Set UPDATE_GOLDEN=1 to regenerate the files under
 //! tests/golden/ on purpose, then read the diff before committing it.
 
-use chatcluster_operator::build::{build, selector_string, BuildContext, Desired};
+use chatcluster_operator::build::{build, selector_string, BuildContext, Desired, Served};
+
+/// A cluster serving every optional API (Gateway API, KEDA, PodMonitors).
+const ALL_SERVED: Served = Served {
+    gateway_api: true,
+    keda: true,
+    pod_monitors: true,
+};
 use chatcluster_operator::crd::ChatCluster;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -32,6 +39,8 @@ fn to_yaml(d: &Desired) -> String {
         redis_service,
         network_policy,
         redis_network_policy,
+        pod_monitor,
+        scaled_object,
     } = d;
     let yaml = |o: &dyn erased::Yaml| o.yaml();
     let mut docs: Vec<String> = vec![
@@ -48,6 +57,8 @@ fn to_yaml(d: &Desired) -> String {
     docs.extend(redis_service.iter().map(|o| yaml(o)));
     docs.extend(network_policy.iter().map(|o| yaml(o)));
     docs.extend(redis_network_policy.iter().map(|o| yaml(o)));
+    docs.extend(pod_monitor.iter().map(|o| yaml(o)));
+    docs.extend(scaled_object.iter().map(|o| yaml(o)));
     docs.join("---\n")
 }
 
@@ -81,12 +92,64 @@ fn minimal_cluster_objects() {
     golden("minimal", &to_yaml(&d));
 }
 
+/// KEDA as the engine: the ScaledObject (and the PodMonitor) in the golden file.
+#[test]
+fn keda_cluster_objects() {
+    let d = build(
+        &example("keda.yaml"),
+        BuildContext {
+            served: ALL_SERVED,
+            ..BuildContext::default()
+        },
+    )
+    .unwrap();
+    let scaled = d.scaled_object.as_ref().expect("a ScaledObject");
+    assert_eq!(scaled["spec"]["scaleTargetRef"]["kind"], "ChatCluster");
+    assert_eq!(
+        scaled["spec"]["triggers"][0]["metadata"]["threshold"],
+        "5000"
+    );
+    assert_eq!(
+        scaled["spec"]["triggers"][0]["metadata"]["query"],
+        r#"sum(chat_connections{namespace="default", pod=~"chat-[0-9]+"})"#
+    );
+    assert_eq!(
+        scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+            ["stabilizationWindowSeconds"],
+        300
+    );
+    golden("keda", &to_yaml(&d));
+}
+
+/// Objects of kinds the cluster does not serve are not built, and the builtin engine
+/// has no ScaledObject.
+#[test]
+fn optional_kinds_only_where_served_and_asked_for() {
+    let keda = example("keda.yaml");
+    let d = build(&keda, BuildContext::default()).unwrap();
+    assert!(d.scaled_object.is_none() && d.pod_monitor.is_none());
+    let mut builtin = keda.clone();
+    if let Some(a) = builtin.spec.autoscaling.as_mut() {
+        a.engine = chatcluster_operator::crd::AutoscalingEngine::Builtin;
+    }
+    let served = BuildContext {
+        served: ALL_SERVED,
+        ..BuildContext::default()
+    };
+    let d = build(&builtin, served).unwrap();
+    assert!(d.scaled_object.is_none(), "builtin: no ScaledObject");
+    assert!(
+        d.pod_monitor.is_some(),
+        "the PodMonitor is independent of the engine"
+    );
+}
+
 #[test]
 fn full_cluster_objects() {
     let d = build(
         &example("full.yaml"),
         BuildContext {
-            gateway_api: true,
+            served: ALL_SERVED,
             operator_namespace: Some("chatcluster-system".into()),
             ..BuildContext::default()
         },
@@ -202,7 +265,7 @@ fn admin_port_is_never_exposed_to_clients() {
     let d = build(
         &example("full.yaml"),
         BuildContext {
-            gateway_api: true,
+            served: ALL_SERVED,
             ..BuildContext::default()
         },
     )
@@ -234,7 +297,7 @@ fn admin_port_is_never_exposed_to_clients() {
     let route = build(
         &c,
         BuildContext {
-            gateway_api: true,
+            served: ALL_SERVED,
             ..BuildContext::default()
         },
     )
@@ -304,7 +367,7 @@ fn every_object_is_owned_and_labelled() {
     let d = build(
         &example("full.yaml"),
         BuildContext {
-            gateway_api: true,
+            served: ALL_SERVED,
             ..BuildContext::default()
         },
     )
@@ -314,7 +377,11 @@ fn every_object_is_owned_and_labelled() {
         .split("---\n")
         .map(|doc| serde_yaml::from_str(doc).unwrap())
         .collect();
-    assert_eq!(docs.len(), 12);
+    assert_eq!(
+        docs.len(),
+        13,
+        "every kind but the ScaledObject (full.yaml uses the builtin engine)"
+    );
     for doc in docs {
         let meta = &doc["metadata"];
         assert_eq!(meta["ownerReferences"][0]["kind"], "ChatCluster", "{doc:?}");

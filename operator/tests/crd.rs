@@ -84,6 +84,10 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
             "expose.ingress.host must be a DNS name",
         ),
         (
+            json!({"autoscaling": {"maxReplicas": 3, "engine": "keda"}}),
+            "autoscaling.engine keda needs autoscaling.prometheusUrl",
+        ),
+        (
             json!({"expose": {}}),
             "set expose.ingress, expose.httpRoute or both",
         ),

@@ -38,7 +38,7 @@ fn context(svc: MockService) -> Arc<Context> {
     let client = kube::Client::new(svc, "default");
     Arc::new(Context {
         client: client.clone(),
-        gateway_api: false,
+        apis: Default::default(),
         recorder: Recorder::new(
             client,
             Reporter {

@@ -10,10 +10,13 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::crd::ChatCluster;
+use crate::autoscaler::connections_query;
+use crate::crd::{AutoscalingEngine, ChatCluster};
 
+mod autoscaling;
 mod chat;
 mod expose;
+mod monitoring;
 mod network_policy;
 mod pod;
 mod redis;
@@ -48,8 +51,9 @@ pub enum BuildError {
 /// What the builders need besides the spec.
 #[derive(Debug, Clone, Default)]
 pub struct BuildContext {
-    /// Whether the Gateway API CRDs are installed (an HTTPRoute can be created).
-    pub gateway_api: bool,
+    /// Which optional APIs the cluster serves: objects of those kinds are built only
+    /// where they can be created.
+    pub served: Served,
     /// The uids of the generated Secrets (`generated_secret_names`), joined: put on the pod
     /// templates so pods restart when a generated Secret is recreated with a new value
     /// (pods read Secret values only at start).
@@ -60,6 +64,17 @@ pub struct BuildContext {
     /// The operator's own namespace: its calls to the pods' admin port are let through
     /// the NetworkPolicy.
     pub operator_namespace: Option<String>,
+}
+
+/// The optional APIs the cluster serves (see `crate::discovery`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Served {
+    /// Gateway API HTTPRoutes.
+    pub gateway_api: bool,
+    /// KEDA ScaledObjects.
+    pub keda: bool,
+    /// Prometheus-operator PodMonitors.
+    pub pod_monitors: bool,
 }
 
 /// Every object one ChatCluster needs. `None` means "must not exist" (the orphan stage
@@ -82,6 +97,10 @@ pub struct Desired {
     pub network_policy: Option<NetworkPolicy>,
     /// With `networkPolicy.enabled` and a managed Redis: Redis only from the chat pods.
     pub redis_network_policy: Option<NetworkPolicy>,
+    /// With `autoscaling.engine: keda` where KEDA is installed: its ScaledObject, as JSON.
+    pub scaled_object: Option<serde_json::Value>,
+    /// With `monitoring.podMonitor` where PodMonitors are served: the PodMonitor, as JSON.
+    pub pod_monitor: Option<serde_json::Value>,
 }
 
 /// Names and labels shared by every builder.
@@ -200,7 +219,7 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
             .expose
             .as_ref()
             .and_then(|e| e.http_route.as_ref())
-            .filter(|_| ctx.gateway_api)
+            .filter(|_| ctx.served.gateway_api)
             .map(|r| http_route(&n, r)),
         redis_statefulset: managed.then(|| redis_statefulset(&n, cluster, &ctx)),
         redis_service: managed.then(|| redis_service(&n)),
@@ -220,5 +239,24 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
         }),
         redis_network_policy: (managed && spec.network_policy.enabled)
             .then(|| network_policy::redis_network_policy(&n)),
+        scaled_object: spec
+            .autoscaling
+            .as_ref()
+            .filter(|a| a.engine == AutoscalingEngine::Keda && ctx.served.keda)
+            .and_then(|a| {
+                let url = a.prometheus_url.as_deref()?;
+                Some(autoscaling::scaled_object(
+                    &n,
+                    a,
+                    url,
+                    &connections_query(cluster),
+                ))
+            }),
+        pod_monitor: spec
+            .monitoring
+            .pod_monitor
+            .as_ref()
+            .filter(|_| ctx.served.pod_monitors)
+            .map(|m| monitoring::pod_monitor(&n, m)),
     })
 }
