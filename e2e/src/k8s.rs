@@ -67,11 +67,12 @@ fn start_or_reuse() -> Result<TestCluster> {
         .stderr(Stdio::inherit())
         .output()
         .context("running e2e/k8s/start-cluster.sh")?;
-    // Stop the cluster when this process ends, even on a panic or a kill.
+    // Stop the cluster and remove its state directory when this process ends, even on a
+    // panic or a kill.
     Command::new("bash")
         .args([
             "-c",
-            "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; exec bash \"$1\" \"$2\"",
+            "while kill -0 \"$0\" 2>/dev/null; do sleep 1; done; bash \"$1\" \"$2\"; rm -rf \"$2\"",
         ])
         .arg(std::process::id().to_string())
         .arg(scripts.join("stop-cluster.sh"))

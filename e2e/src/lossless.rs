@@ -93,3 +93,36 @@ pub async fn every_subscriber_got_every_message_once(
         assert_eq!(l.not_recovered, 0, "sub{i}: every resume was recovered");
     }
 }
+
+/// Reconnects per second over a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconnectRate {
+    /// The busiest one-second bucket, counted from the first reconnect.
+    pub peak: u32,
+    /// The mean over the span from the first reconnect to the last (at least 1 s).
+    pub mean: f64,
+    /// Every one-second bucket from the first reconnect on.
+    pub per_second: Vec<u32>,
+}
+
+/// The reconnect rate of `times` (any order); all zero for none.
+pub fn reconnect_rate(times: &[std::time::Instant]) -> ReconnectRate {
+    let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) else {
+        return ReconnectRate {
+            peak: 0,
+            mean: 0.0,
+            per_second: Vec::new(),
+        };
+    };
+    let seconds = last.duration_since(*first).as_secs() as usize + 1;
+    let mut per_second = vec![0u32; seconds];
+    for t in times {
+        per_second[t.duration_since(*first).as_secs() as usize] += 1;
+    }
+    let span = last.duration_since(*first).as_secs_f64().max(1.0);
+    ReconnectRate {
+        peak: per_second.iter().max().copied().unwrap_or(0),
+        mean: times.len() as f64 / span,
+        per_second,
+    }
+}

@@ -288,26 +288,7 @@ where
     let url = s.url();
     let rooms: Vec<String> = (0..2).map(|i| format!("{tag}{i}")).collect();
     let (logs, tasks, stop) = subscribers_joined(6, |_| vec![url.clone()], &rooms).await;
-    let publog = Arc::new(Mutex::new(PublisherLog::default()));
-    let publisher = tokio::spawn(run_publisher(
-        url.clone(),
-        rooms.clone(),
-        rate,
-        total,
-        publog.clone(),
-    ));
-    let flowing = eventually(
-        "the publisher's first acks",
-        Duration::from_secs(30),
-        || async {
-            let acked: usize = publog
-                .lock()
-                .map_or(0, |l| l.acked.values().map(|room| room.len()).sum());
-            Ok((acked >= total / 10).then_some(()))
-        },
-    )
-    .await;
-    assert!(flowing.is_ok(), "{flowing:?}{}", s.diagnostics());
+    let (publisher, publog) = publishing(s, &url, &rooms, rate, total).await;
     disrupt().await;
     publisher.await.expect("publisher task").expect("publisher");
     let acked = publog.lock().expect("log").acked.clone();
@@ -327,6 +308,41 @@ where
         reconnects += l.reconnects;
     }
     (longest, reconnects)
+}
+
+/// A publisher task sending `total` messages over `rooms` at `rate`/s, returned once a
+/// tenth are acknowledged (traffic is flowing), with its log.
+async fn publishing(
+    s: &Setup,
+    url: &str,
+    rooms: &[String],
+    rate: u32,
+    total: usize,
+) -> (
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    Arc<Mutex<PublisherLog>>,
+) {
+    let publog = Arc::new(Mutex::new(PublisherLog::default()));
+    let publisher = tokio::spawn(run_publisher(
+        url.to_owned(),
+        rooms.to_vec(),
+        rate,
+        total,
+        publog.clone(),
+    ));
+    let flowing = eventually(
+        "the publisher's first acks",
+        Duration::from_secs(30),
+        || async {
+            let acked: usize = publog
+                .lock()
+                .map_or(0, |l| l.acked.values().map(|room| room.len()).sum());
+            Ok((acked >= total / 10).then_some(()))
+        },
+    )
+    .await;
+    assert!(flowing.is_ok(), "{flowing:?}{}", s.diagnostics());
+    (publisher, publog)
 }
 
 /// The figures a lossless test reports (docs/kubernetes-e2e.md quotes them).
@@ -854,4 +870,103 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
         "the autoscaler read Prometheus: {scaling:?}"
     );
     drop(prometheus);
+}
+
+/// Connections held by the 4 → 1 scale-down below (several thousand, in rooms of 100).
+const HELD_CONNECTIONS: usize = 3_000;
+/// Its reconnect budget (`drain.maxReconnectsPerSecond`).
+const SCALE_DOWN_BUDGET: u32 = 150;
+
+/// A scale-down from 4 to 1 pods holding 3,000 connections mid-traffic: the operator
+/// drains the three leaving pods paced by the cluster's reconnect budget (together, over
+/// one shared window: 2,250 connections at 150/s fit the default 25 s deadline after the
+/// default 5 s notice delay, during which Traefik stops routing to them), every client
+/// resumes on the survivor, and no message is lost or duplicated. Reports the peak and
+/// mean reconnects per second against the budget (docs/benchmarks.md quotes them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_paced_and_lossless() {
+    let s = setup("paced").await;
+    s.apply_chat(4, &image_a(), false);
+    s.kubectl_ok(
+        &[
+            "patch",
+            "chatcluster",
+            "chat",
+            "--type",
+            "merge",
+            "-p",
+            &format!(
+                r#"{{"spec":{{"drain":{{"maxReconnectsPerSecond":{SCALE_DOWN_BUDGET},"deadlineSeconds":25,"preStopSeconds":5}}}}}}"#
+            ),
+        ],
+        None,
+    );
+    s.wait_ready(4, READY_WITHIN).await;
+    let url = s.url();
+    // Rooms of 100 subscribers each; every subscriber resumes its room after a drain.
+    let rooms: Vec<String> = (0..HELD_CONNECTIONS / 100)
+        .map(|i| format!("paced{i}"))
+        .collect();
+    let mut groups = Vec::new();
+    for room in &rooms {
+        let group =
+            subscribers_joined(100, |_| vec![url.clone()], std::slice::from_ref(room)).await;
+        groups.push((room.clone(), group));
+    }
+    let cc = eventually("status.connections counts them", READY_WITHIN, || async {
+        Ok(s.get("chatcluster", "chat").filter(|c| {
+            c["status"]["connections"]
+                .as_u64()
+                .is_some_and(|n| n >= HELD_CONNECTIONS as u64)
+        }))
+    })
+    .await;
+    assert!(cc.is_ok(), "{cc:?}{}", s.diagnostics());
+    let (publisher, publog) = publishing(&s, &url, &rooms, 30, 900).await;
+
+    let scaled_at = Instant::now();
+    s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
+    let scaled = eventually("one pod left", Duration::from_secs(240), || async {
+        Ok(s.get("chatcluster", "chat")
+            .filter(|c| c["status"]["replicas"] == 1))
+    })
+    .await;
+    assert!(scaled.is_ok(), "{scaled:?}{}", s.diagnostics());
+    let scale_down = scaled_at.elapsed();
+    publisher.await.expect("publisher task").expect("publisher");
+    let acked = publog.lock().expect("log").acked.clone();
+    assert_eq!(
+        acked.values().map(|m| m.len()).sum::<usize>(),
+        900,
+        "every message acknowledged"
+    );
+
+    let mut reconnect_times = Vec::new();
+    let mut longest = Duration::ZERO;
+    for (room, (logs, tasks, stop)) in groups {
+        let room_acked: std::collections::HashMap<String, BTreeMap<u64, String>> = acked
+            .get(&room)
+            .map(|m| (room.clone(), m.clone()))
+            .into_iter()
+            .collect();
+        every_subscriber_got_every_message_once(&room_acked, &logs, stop, tasks).await;
+        for l in &logs {
+            let l = l.lock().expect("log");
+            reconnect_times.extend(l.reconnect_times.iter().copied());
+            longest = longest.max(l.longest_disconnect);
+        }
+    }
+    let rate = chatcluster_e2e::lossless::reconnect_rate(&reconnect_times);
+    println!(
+        "data-plane figure: scale 4 -> 1 holding {HELD_CONNECTIONS} connections, budget \
+         {SCALE_DOWN_BUDGET} reconnects/s: 0 lost, 0 duplicated; {} reconnects, peak {}/s, \
+         mean {:.1}/s (each second: {:?}); longest time a subscriber had no connection {} ms; \
+         scale-down done in {:.1} s",
+        reconnect_times.len(),
+        rate.peak,
+        rate.mean,
+        rate.per_second,
+        longest.as_millis(),
+        scale_down.as_secs_f64()
+    );
 }

@@ -690,28 +690,13 @@ async fn rolling_restart_loses_nothing() {
         errors.len(),
         errors.first()
     );
-    // Reconnect spread: per-second buckets over the run.
-    reconnect_times.sort();
-    let first = reconnect_times[0];
-    let mut buckets: BTreeMap<u64, u32> = BTreeMap::new();
-    for t in &reconnect_times {
-        *buckets
-            .entry(t.duration_since(first).as_secs())
-            .or_default() += 1;
-    }
-    let peak = buckets.values().max().copied().unwrap_or(0);
-    let span = reconnect_times
-        .last()
-        .unwrap()
-        .duration_since(first)
-        .as_secs_f64()
-        .max(1.0);
+    let chatcluster_e2e::lossless::ReconnectRate { peak, mean, .. } =
+        chatcluster_e2e::lossless::reconnect_rate(&reconnect_times);
     println!(
         "rolling restart: 3 nodes drained in {restart_secs:.1}s, {total} messages x {} subscribers, 0 lost, 0 duplicated; \
-         longest time without a connection {longest:?}; reconnects {} (peak {peak}/s, mean {:.1}/s)",
+         longest time without a connection {longest:?}; reconnects {} (peak {peak}/s, mean {mean:.1}/s)",
         logs.len(),
         reconnect_times.len(),
-        reconnect_times.len() as f64 / span
     );
 }
 

@@ -33,6 +33,9 @@ pub enum Phase {
 /// The drain a pod is running, from its `/admin/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct DrainInfo {
+    /// Before the first notice (0 from servers without the field).
+    #[serde(default)]
+    pub notice_delay_ms: u64,
     pub reconnect_window_ms: u64,
     pub elapsed_ms: u64,
     pub connections_at_start: u64,
@@ -78,14 +81,30 @@ pub struct DrainLimits {
     pub min_window: Duration,
     /// The pods' drain deadline (`spec.drain.deadlineSeconds`); a window must be shorter.
     pub deadline: Duration,
+    /// How long a drained pod waits, not ready, before its first reconnect notice, so the
+    /// load balancer has stopped sending clients to it (`spec.drain.preStopSeconds`, the
+    /// same propagation time a SIGTERM drain waits for). See [`DrainLimits::notice_delay`].
+    pub propagation: Duration,
 }
 
 impl DrainLimits {
-    /// The longest window a pod can be given: a second before its deadline, so the last
-    /// clients told still have time to leave before the rest are closed.
+    /// The notice delay a drain gets: the propagation time, shortened so that the delay
+    /// and the shortest window still end a second before the deadline.
+    pub fn notice_delay(&self) -> Duration {
+        self.propagation.min(
+            self.deadline
+                .saturating_sub(Duration::from_secs(1))
+                .saturating_sub(self.min_window),
+        )
+    }
+
+    /// The longest window a pod can be given: after the notice delay, until a second
+    /// before its deadline, so the last clients told still have time to leave before the
+    /// rest are closed.
     pub fn max_window(&self) -> Duration {
         self.deadline
             .saturating_sub(Duration::from_secs(1))
+            .saturating_sub(self.notice_delay())
             .max(self.min_window)
     }
 }
@@ -95,6 +114,8 @@ impl DrainLimits {
 pub struct StartDrain {
     pub pod: String,
     pub connections: u64,
+    /// Before the first notice (the pod is already not ready).
+    pub notice_delay: Duration,
     pub window: Duration,
     /// Even the longest window cannot keep this pod under the budget (it is drained
     /// alone, over the longest window).
@@ -153,9 +174,13 @@ impl DrainPlan {
 }
 
 /// Reconnects per second a running drain still causes: its clients are told evenly over
-/// its window, so `connections_at_start / window` until the window has passed.
+/// its window, which begins after its notice delay, so `connections_at_start / window`
+/// until delay and window have passed (counted from the start, on the safe side).
 fn reconnect_rate(info: &DrainInfo) -> f64 {
-    if info.elapsed_ms >= info.reconnect_window_ms || info.reconnect_window_ms == 0 {
+    let over = info
+        .notice_delay_ms
+        .saturating_add(info.reconnect_window_ms);
+    if info.elapsed_ms >= over || info.reconnect_window_ms == 0 {
         return 0.0;
     }
     info.connections_at_start as f64 / (info.reconnect_window_ms as f64 / 1000.0)
@@ -213,6 +238,25 @@ pub fn plan(
     };
     let min_window = limits.min_window.max(Duration::from_millis(1));
     let max_window = limits.max_window().max(min_window);
+    let notice_delay = limits.notice_delay();
+    // With no drain under way, every serving leaving pod is drained at once over one
+    // shared window when the budget allows it within the longest window: they all stop
+    // taking clients together, so no client moves to a pod that is about to leave and has
+    // to move again. Otherwise they go one after another as the budget frees up.
+    let shared_window = (in_flight == 0.0)
+        .then(|| {
+            let total: u64 = leaving_pods
+                .iter()
+                .filter(|p| p.failures < MAX_FAILURES)
+                .filter_map(|p| p.status.as_ref())
+                .filter(|s| s.phase == Phase::Serving)
+                .map(|s| s.connections)
+                .sum();
+            Duration::try_from_secs_f64(total as f64 / budget).ok()
+        })
+        .flatten()
+        .filter(|w| *w <= max_window)
+        .unwrap_or(Duration::ZERO);
     let mut start = Vec::new();
     let mut leaving = Vec::new();
     for pod in leaving_pods {
@@ -270,10 +314,11 @@ pub fn plan(
                             .any(|l: &LeavingPod| matches!(l.state, Leaving::Draining { .. }));
                     match needed {
                         Some(n) if n <= max_window => {
-                            let window = n.max(min_window);
+                            let window = n.max(min_window).max(shared_window);
                             start.push(StartDrain {
                                 pod: pod.name.clone(),
                                 connections: c,
+                                notice_delay,
                                 window,
                                 over_budget: false,
                             });
@@ -290,6 +335,7 @@ pub fn plan(
                             start.push(StartDrain {
                                 pod: pod.name.clone(),
                                 connections: c,
+                                notice_delay,
                                 window: max_window,
                                 over_budget: true,
                             });
@@ -361,6 +407,7 @@ mod tests {
         max_reconnects_per_second: 100.0,
         min_window: Duration::from_secs(10),
         deadline: Duration::from_secs(60),
+        propagation: Duration::ZERO,
     };
 
     fn serving(ordinal: i32, connections: u64) -> PodView {
@@ -385,6 +432,7 @@ mod tests {
                 phase: Phase::Draining,
                 connections: left,
                 drain: Some(DrainInfo {
+                    notice_delay_ms: 0,
                     reconnect_window_ms: window_s * 1000,
                     elapsed_ms: elapsed_s * 1000,
                     connections_at_start: at_start,
@@ -445,10 +493,16 @@ mod tests {
         let p = plan(1, Some(2), &[serving(0, 0), serving(1, 1500)], LIMITS);
         assert_eq!(started(&p), [("chat-1", 15)]);
         assert!(!p.start[0].over_budget);
-        // Two such pods: the second waits until the first's window has passed.
+        // Two such pods fit the longest window (59 s) together: both start at once over
+        // one shared window of 30 s, 50/s each, so no client lands on a leaving pod.
         let pods = [serving(0, 0), serving(1, 1500), serving(2, 1500)];
         let p = plan(1, Some(3), &pods, LIMITS);
-        assert_eq!(started(&p), [("chat-2", 15)]);
+        assert_eq!(started(&p), [("chat-2", 30), ("chat-1", 30)]);
+        // Two pods too big to share it (6,000 at 100/s need 60 s): the second waits
+        // until the first's window has passed.
+        let pods = [serving(0, 0), serving(1, 1500), serving(2, 4500)];
+        let p = plan(1, Some(3), &pods, LIMITS);
+        assert_eq!(started(&p), [("chat-2", 45)]);
         assert_eq!(p.leaving[1].state, Leaving::Waiting { connections: 1500 });
         assert!(describe(&p).contains("chat-1 waits for the reconnect budget"));
         // Next reconcile, chat-2 is half way through its window: 100/s still in flight.
@@ -544,11 +598,48 @@ mod tests {
     }
 
     #[test]
+    fn the_notice_delay_comes_before_the_window_and_counts_against_the_deadline() {
+        let limits = DrainLimits {
+            propagation: Duration::from_secs(5),
+            ..LIMITS
+        };
+        assert_eq!(limits.notice_delay(), Duration::from_secs(5));
+        assert_eq!(limits.max_window(), Duration::from_secs(54), "60 - 1 - 5");
+        let p = plan(1, Some(2), &[serving(0, 0), serving(1, 10_000)], limits);
+        assert_eq!(p.start[0].notice_delay, Duration::from_secs(5));
+        assert_eq!(p.start[0].window, Duration::from_secs(54));
+        // A drain under way takes budget until its delay and its window have passed.
+        let mut under_way = draining(2, 900, 1000, 10, 12);
+        if let Some(d) = under_way.status.as_mut().and_then(|s| s.drain.as_mut()) {
+            d.notice_delay_ms = 5000;
+        }
+        let pods = [serving(0, 0), serving(1, 1000), under_way.clone()];
+        assert!(
+            plan(1, Some(3), &pods, limits).start.is_empty(),
+            "12 s < 5 + 10"
+        );
+        if let Some(d) = under_way.status.as_mut().and_then(|s| s.drain.as_mut()) {
+            d.elapsed_ms = 15_000;
+        }
+        let pods = [serving(0, 0), serving(1, 1000), under_way];
+        assert_eq!(started(&plan(1, Some(3), &pods, limits)), [("chat-1", 10)]);
+        // A propagation time longer than the deadline leaves room for the shortest window.
+        let long = DrainLimits {
+            propagation: Duration::from_secs(30),
+            deadline: Duration::from_secs(25),
+            ..LIMITS
+        };
+        assert_eq!(long.notice_delay(), Duration::from_secs(14), "25 - 1 - 10");
+        assert_eq!(long.max_window(), Duration::from_secs(10));
+    }
+
+    #[test]
     fn extreme_numbers_give_no_panic_and_no_endless_window() {
         let tiny = DrainLimits {
             max_reconnects_per_second: 0.0,
             min_window: Duration::ZERO,
             deadline: Duration::ZERO,
+            propagation: Duration::from_secs(u64::MAX),
         };
         let p = plan(
             1,

@@ -100,10 +100,13 @@ pub async fn start_drain(
     drain: &StartDrain,
 ) -> Result<(), HttpError> {
     let url = format!("http://{addr}/admin/drain");
-    let body = json!({
+    let mut body = json!({
         "reconnect_window_seconds": drain.window.max(Duration::from_millis(1)).as_secs_f64(),
         "keep_running": true,
     });
+    if !drain.notice_delay.is_zero() {
+        body["notice_delay_seconds"] = json!(drain.notice_delay.as_secs_f64());
+    }
     match http.post_json(&url, token, &body).await {
         Err(HttpError::Status { status: 400, .. }) => {
             tracing::warn!(pod = %drain.pod, "the pod refused the drain window; draining over its own");

@@ -312,6 +312,7 @@ async fn plan_drain(
         max_reconnects_per_second: f64::from(d.max_reconnects_per_second),
         min_window: Duration::from_secs(u64::try_from(d.reconnect_window_seconds).unwrap_or(1)),
         deadline: Duration::from_secs(u64::try_from(d.deadline_seconds).unwrap_or(2)),
+        propagation: Duration::from_secs(u64::try_from(d.pre_stop_seconds).unwrap_or(0)),
     };
     drain_plan::plan(desired, running, &views, limits)
 }

@@ -64,6 +64,10 @@ impl Phase {
 /// Timing of a drain, and whether the node stays up once it is over.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DrainPlan {
+    /// How long after the drain begins the first reconnect notice goes out: the node is
+    /// already not ready and refuses upgrades, so by then the load balancer has taken it
+    /// out of rotation and the first clients do not come back to it.
+    pub notice_delay: Duration,
     pub reconnect_window: Duration,
     pub deadline: Duration,
     pub max_jitter: Duration,
@@ -81,10 +85,13 @@ pub struct DrainRequest {
     /// Stay alive (not ready) once the drain is over, until SIGTERM or an undrain.
     #[serde(default)]
     pub keep_running: bool,
+    /// Wait this long before the first reconnect notice (the window starts after it), so
+    /// endpoint removal reaches the load balancer first. Default 0.
+    #[serde(default)]
+    pub notice_delay_seconds: Option<f64>,
 }
 
-const DRAIN_BODY_SHAPE: &str =
-    r#"send no body, or {"reconnect_window_seconds": <number>, "keep_running": <true|false>}"#;
+const DRAIN_BODY_SHAPE: &str = r#"send no body, or {"reconnect_window_seconds": <number>, "keep_running": <true|false>, "notice_delay_seconds": <number>}"#;
 
 /// Why a drain request was refused (answered 400). Each message is one line.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -95,6 +102,12 @@ pub enum DrainRequestError {
     Fields(String),
     #[error("reconnect_window_seconds ({window}) must be greater than 0 and shorter than this node's drain deadline ({deadline:?})")]
     Window { window: f64, deadline: Duration },
+    #[error("notice_delay_seconds ({delay}) must be at least 0, and with the reconnect window ({window:?}) shorter than this node's drain deadline ({deadline:?})")]
+    NoticeDelay {
+        delay: f64,
+        window: Duration,
+        deadline: Duration,
+    },
 }
 
 /// Reads the body of `POST /admin/drain`: empty (or only whitespace) means the
@@ -147,8 +160,26 @@ pub fn plan_drain(
             }
         }
     };
+    let notice_delay = match request.notice_delay_seconds {
+        None => Duration::ZERO,
+        Some(delay) => {
+            let refused = DrainRequestError::NoticeDelay {
+                delay,
+                window: reconnect_window,
+                deadline: configured.deadline,
+            };
+            if !delay.is_finite() || delay < 0.0 {
+                return Err(refused);
+            }
+            match Duration::try_from_secs_f64(delay) {
+                Ok(d) if d + reconnect_window < configured.deadline => d,
+                _ => return Err(refused),
+            }
+        }
+    };
     Ok(DrainPlan {
         reconnect_window,
+        notice_delay,
         keep_running: request.keep_running,
         ..configured
     })
@@ -247,6 +278,8 @@ pub struct DrainStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DrainInfo {
+    /// Before the first notice; the window follows it.
+    pub notice_delay_ms: u64,
     pub reconnect_window_ms: u64,
     pub deadline_ms: u64,
     /// Since the drain began (it keeps counting once drained).
@@ -340,6 +373,7 @@ impl Drain {
         metrics.draining.set(1);
         tracing::info!(
             connections = connections_at_start,
+            notice_delay_ms = plan.notice_delay.as_millis() as u64,
             window_ms = plan.reconnect_window.as_millis() as u64,
             deadline_ms = plan.deadline.as_millis() as u64,
             keep_running = plan.keep_running,
@@ -452,6 +486,7 @@ impl Drain {
             .as_ref()
             .filter(|_| phase != Phase::Serving)
             .map(|a| DrainInfo {
+                notice_delay_ms: a.plan.notice_delay.as_millis() as u64,
                 reconnect_window_ms: a.plan.reconnect_window.as_millis() as u64,
                 deadline_ms: a.plan.deadline.as_millis() as u64,
                 elapsed_ms: a.start.elapsed().as_millis() as u64,
@@ -561,6 +596,7 @@ async fn send_notices(
     let mut sessions = hub.sessions();
     sessions.sort_by_key(|s| s.id);
     let offsets = notice_offsets(sessions.len(), plan.reconnect_window);
+    let start = start + plan.notice_delay;
     let mut told = HashSet::new();
     let notice = || Outbound::Reconnect {
         after_ms: jitter_ms(plan.max_jitter),
@@ -616,6 +652,7 @@ mod tests {
 
     fn configured() -> DrainPlan {
         DrainPlan {
+            notice_delay: Duration::ZERO,
             reconnect_window: Duration::from_secs(10),
             deadline: Duration::from_secs(25),
             max_jitter: Duration::from_millis(500),
@@ -658,6 +695,37 @@ mod tests {
         let plan = plan_drain(&only_window, configured()).unwrap();
         assert_eq!(plan.reconnect_window, Duration::from_secs(1));
         assert!(!plan.keep_running);
+    }
+
+    #[test]
+    fn a_notice_delay_shifts_the_window_and_must_fit_the_deadline() {
+        let req = parse_drain_request(
+            br#"{"reconnect_window_seconds": 10, "notice_delay_seconds": 4, "keep_running": true}"#,
+        )
+        .unwrap();
+        let plan = plan_drain(&req, configured()).unwrap();
+        assert_eq!(plan.notice_delay, Duration::from_secs(4));
+        assert_eq!(plan.reconnect_window, Duration::from_secs(10));
+        // Without it: no delay, as before the field existed.
+        let plain = parse_drain_request(br#"{"keep_running": true}"#).unwrap();
+        assert_eq!(
+            plan_drain(&plain, configured()).unwrap().notice_delay,
+            Duration::ZERO
+        );
+        // Delay + window must end before the 25 s deadline; negative and NaN are refused.
+        for body in [
+            r#"{"reconnect_window_seconds": 10, "notice_delay_seconds": 15}"#,
+            r#"{"notice_delay_seconds": -1}"#,
+            r#"{"notice_delay_seconds": 1e400}"#,
+        ] {
+            let err = parse_drain_request(body.as_bytes())
+                .and_then(|r| plan_drain(&r, configured()))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("notice_delay_seconds"),
+                "{body}: {err}"
+            );
+        }
     }
 
     #[test]
@@ -704,6 +772,7 @@ mod tests {
                 &DrainRequest {
                     reconnect_window_seconds: Some(w),
                     keep_running: true,
+                    notice_delay_seconds: None,
                 },
                 configured(),
             )

@@ -4,9 +4,12 @@
 //! the WebSocket opens, with a status and a plain message.
 //!
 //! `POST /admin/drain` takes an optional JSON body, `{"reconnect_window_seconds":
-//! <number>, "keep_running": <bool>}` (both optional, no other field; no content type
-//! needed); an empty body drains with the configured timing and the process exits when
-//! the drain ends. It answers 202 `{"draining": true, "started", "connections",
+//! <number>, "keep_running": <bool>, "notice_delay_seconds": <number>}` (all optional,
+//! no other field; no content type needed); an empty body drains with the configured
+//! timing and the process exits when the drain ends. The notice delay holds the first
+//! reconnect notice back (the node is not ready meanwhile) so the load balancer stops
+//! sending clients back first; delay + window must be shorter than the deadline. It
+//! answers 202 `{"draining": true, "started", "connections", "notice_delay_ms",
 //! "reconnect_window_ms", "keep_running"}` (of the drain in effect: a drain already
 //! under way is left unchanged and `started` is false), or 400 with a one-line message.
 //! With `keep_running` the node stays alive, not ready, once drained, until SIGTERM or
@@ -248,6 +251,7 @@ async fn drain(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         "draining": true,
         "started": outcome.started,
         "connections": state.hub.connection_count(),
+        "notice_delay_ms": outcome.in_effect.notice_delay.as_millis() as u64,
         "reconnect_window_ms": outcome.in_effect.reconnect_window.as_millis() as u64,
         "keep_running": outcome.in_effect.keep_running,
     });
@@ -273,7 +277,7 @@ async fn undrain(State(state): State<Arc<AppState>>) -> Response {
 /// connection error (e.g. Redis refused the password or the certificate), without secrets.
 /// `draining` is true in every phase but serving; `phase` is `serving`, `draining`,
 /// `drained` or `stopped`, and `drain` is null while serving, else the drain in effect:
-/// `{"reconnect_window_ms", "deadline_ms", "elapsed_ms", "connections_at_start",
+/// `{"notice_delay_ms", "reconnect_window_ms", "deadline_ms", "elapsed_ms", "connections_at_start",
 /// "keep_running", "stop_requested"}`.
 async fn status(State(state): State<Arc<AppState>>) -> Response {
     let drain = state.drain.status();

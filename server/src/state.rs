@@ -58,6 +58,8 @@ impl AppState {
     /// The drain this node is configured for: `CHAT_DRAIN_*`, no `keep_running`.
     pub fn configured_drain_plan(&self) -> DrainPlan {
         DrainPlan {
+            // SIGTERM: the pod is already out of the endpoints (preStop covers that).
+            notice_delay: std::time::Duration::ZERO,
             reconnect_window: self.settings.drain_reconnect_window,
             deadline: self.settings.drain_deadline,
             max_jitter: self.settings.drain_max_jitter,

@@ -43,7 +43,7 @@ async fn notices_are_spread_over_the_window_then_1012() {
     // No body: the configured window, and the process is to exit when the drain ends.
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
-        json!({"draining": true, "started": true, "connections": N,
+        json!({"draining": true, "started": true, "connections": N, "notice_delay_ms": 0,
                "reconnect_window_ms": 2000, "keep_running": false})
     );
 
@@ -327,6 +327,45 @@ async fn chats(c: &mut Client, room: &str) {
     );
 }
 
+/// With a notice delay the node is not ready at once but tells no client to reconnect
+/// until the delay has passed (so a load balancer has dropped it first); then the window
+/// runs as usual.
+#[tokio::test]
+async fn a_notice_delay_holds_the_first_notice_back() {
+    let server = start(drain_settings(6000, 10000)).await;
+    let admin = server.admin_addr;
+    let mut a = Client::connect(server.public_addr, "a").await;
+    let (status, v) = post_json(
+        admin,
+        "/admin/drain",
+        r#"{"reconnect_window_seconds": 0.5, "notice_delay_seconds": 1.5, "keep_running": true}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(v["notice_delay_ms"], 1500, "{v}");
+    assert_eq!(
+        admin_get(admin, "/readyz").await,
+        (503, "draining\n".into())
+    );
+    assert_eq!(status_of(admin).await["drain"]["notice_delay_ms"], 1500);
+    // Nothing within the first second: the delay is a lower bound, whatever the load.
+    let early = tokio::time::timeout(Duration::from_millis(1000), a.recv_type("reconnect")).await;
+    assert!(early.is_err(), "a notice came during the delay: {early:?}");
+    let notice = a.recv_type("reconnect").await;
+    assert_eq!(notice["reason"], "draining");
+    // A delay that does not leave room for the window before the deadline is refused.
+    let b = start(drain_settings(6000, 10000)).await;
+    let (status, text) = admin_post_body(
+        b.admin_addr,
+        "/admin/drain",
+        &[],
+        r#"{"reconnect_window_seconds": 5, "notice_delay_seconds": 6}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(text.contains("notice_delay_seconds (6)"), "{text}");
+}
+
 #[tokio::test]
 async fn keep_running_drain_stays_up_until_undrained() {
     // Configured window 6 s: with it the second notice would be due at 3 s.
@@ -346,7 +385,7 @@ async fn keep_running_drain_stays_up_until_undrained() {
     assert_eq!(status, 202);
     assert_eq!(
         v,
-        json!({"draining": true, "started": true, "connections": 2,
+        json!({"draining": true, "started": true, "connections": 2, "notice_delay_ms": 0,
                "reconnect_window_ms": 400, "keep_running": true})
     );
     assert_eq!(
