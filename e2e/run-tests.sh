@@ -36,7 +36,9 @@ done
 # CPU on 2 cores) and are needed only by the last tier. They build in the background at
 # the lowest priority from here on, so they use the CPU the other tiers leave idle (the
 # Kubernetes suites mostly wait on controllers) without slowing those down; the node tier
-# waits for them. In its own session, so an early exit can stop the whole build.
+# waits for them. In its own session (this script runs without job control, so setsid
+# does not fork and $! is the session's leader), so an early exit can stop the whole
+# build. The cold-build figures build.log records are then those of an idle-priority build.
 mkdir -p target
 node_build_pid=""
 setsid nice -n 19 bash e2e/node/build-node.sh >target/node-build.log 2>&1 &
@@ -127,6 +129,7 @@ if ! wait "$node_build_pid"; then
   echo "the background build of the node's binaries failed (target/node-build.log); run-suite.sh tries again:" >&2
   tail -n 20 target/node-build.log >&2
 fi
+node_build_pid=""
 bash e2e/node/run-suite.sh "$CHATCLUSTER_IMAGE_DIR" 2>&1 | tee target/node-test-output.txt || status=1
 # A node that failed to build or start ran no test: count that as a failure in the summary.
 grep -q '^test result:' target/node-test-output.txt ||

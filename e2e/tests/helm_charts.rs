@@ -477,6 +477,14 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
         ("update leases.coordination.k8s.io", &ops.name, true),
         ("update leases.coordination.k8s.io", &apps.name, false),
         ("create statefulsets.apps", &apps.name, true),
+        // KEDA's ScaledObject and the PodMonitor: applied, and deleted as orphans (the
+        // scenario below does not ask for them, so they are checked here).
+        ("patch scaledobjects.keda.sh", &apps.name, true),
+        ("delete scaledobjects.keda.sh", &apps.name, true),
+        ("list scaledobjects.keda.sh", &apps.name, true),
+        ("patch podmonitors.monitoring.coreos.com", &apps.name, true),
+        ("delete podmonitors.monitoring.coreos.com", &apps.name, true),
+        ("update scaledobjects.keda.sh", &apps.name, false),
     ] {
         let mut args: Vec<&str> = vec!["auth", "can-i"];
         args.extend(verb_resource.split(' '));

@@ -902,6 +902,19 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
         None,
     );
     s.wait_ready(4, READY_WITHIN).await;
+    // The patch rolls the pods (their deadline and preStop changed): wait until all four
+    // run the new template, so no rollout moves clients while the test counts.
+    let rolled = eventually("the rollout to complete", READY_WITHIN, || async {
+        Ok(s.get("chatcluster", "chat").filter(|cc| {
+            let generation = cc["metadata"]["generation"].as_i64();
+            condition(cc, "Progressing").is_some_and(|c| {
+                c["reason"] == "RolloutComplete" && c["observedGeneration"].as_i64() == generation
+            }) && cc["status"]["readyReplicas"] == 4
+        }))
+    })
+    .await;
+    assert!(rolled.is_ok(), "{rolled:?}{}", s.diagnostics());
+    s.wait_ready(4, READY_WITHIN).await;
     let url = s.url();
     // Rooms of 100 subscribers each; every subscriber resumes its room after a drain.
     let rooms: Vec<String> = (0..HELD_CONNECTIONS / 100)
@@ -956,6 +969,27 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
             longest = longest.max(l.longest_disconnect);
         }
     }
+    // The three leaving pods were drained together, over one shared window.
+    let events = s.kubectl_ok(&["get", "events", "-o", "json"], None);
+    let events: Value = serde_json::from_str(&events).expect("events JSON");
+    let windows: Vec<String> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["reason"] == "DrainStarted")
+        .filter_map(|e| e["message"].as_str())
+        .filter_map(|m| m.split(" connections over ").nth(1))
+        .filter_map(|rest| rest.split(' ').next().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        windows.len(),
+        3,
+        "one DrainStarted per leaving pod: {windows:?}"
+    );
+    assert!(
+        windows.iter().all(|w| *w == windows[0]),
+        "one shared window: {windows:?}"
+    );
     let rate = chatcluster_e2e::lossless::reconnect_rate(&reconnect_times);
     println!(
         "data-plane figure: scale 4 -> 1 holding {HELD_CONNECTIONS} connections, budget \

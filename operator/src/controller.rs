@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 
@@ -34,7 +35,10 @@ pub fn run(
     // periodic requeue repairs them, and their APIs may not be served.)
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
-    Controller::new(scope.api::<ChatCluster>(client), watcher::Config::default())
+    let controller = Controller::new(scope.api::<ChatCluster>(client), watcher::Config::default());
+    let cache = controller.store();
+    let prune_metrics = metrics.clone();
+    let running = controller
         .owns(scope.api::<StatefulSet>(client), owned.clone())
         .owns(scope.api::<Service>(client), owned.clone())
         .owns(scope.api::<ConfigMap>(client), owned.clone())
@@ -65,8 +69,26 @@ pub fn run(
             if let Err(e) = result {
                 tracing::warn!(error = %e, "controller error");
             }
-        })
+        });
+    // Deleted ChatClusters are not reconciled again: their gauges are pruned here.
+    let prune = async move {
+        let mut every = tokio::time::interval(METRICS_PRUNE_PERIOD);
+        loop {
+            every.tick().await;
+            prune_metrics
+                .retain_clusters(|ns, name| cache.get(&ObjectRef::new(name).within(ns)).is_some());
+        }
+    };
+    async move {
+        tokio::select! {
+            _ = running => {}
+            _ = prune => {}
+        }
+    }
 }
+
+/// How often the per-ChatCluster gauges of deleted clusters are dropped.
+const METRICS_PRUNE_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The namespace the operator watches, or all of them.
 struct Scope(String);

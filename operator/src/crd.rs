@@ -381,7 +381,8 @@ pub struct PodMonitorSpec {
     /// Extra labels on the PodMonitor, e.g. `release: prometheus`, so your Prometheus'
     /// `podMonitorSelector` picks it up.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.size() <= 16")
+        .message("monitoring.podMonitor.labels: at most 16 labels"))]
     pub labels: BTreeMap<String, String>,
     /// Scrape interval in seconds.
     #[serde(default = "default_scrape_interval")]

@@ -251,7 +251,7 @@ pub fn plan(
                 .filter_map(|p| p.status.as_ref())
                 .filter(|s| s.phase == Phase::Serving)
                 .map(|s| s.connections)
-                .sum();
+                .fold(0u64, u64::saturating_add);
             Duration::try_from_secs_f64(total as f64 / budget).ok()
         })
         .flatten()
@@ -647,6 +647,9 @@ mod tests {
             &[serving(0, 0), serving(1, 0), serving(2, u64::MAX)],
             tiny,
         );
+        // Two huge pods: their total saturates instead of overflowing.
+        let huge = [serving(0, 0), serving(1, u64::MAX), serving(2, u64::MAX)];
+        assert!(!plan(1, Some(3), &huge, LIMITS).start.is_empty());
         assert_eq!(p.start[0].pod, "chat-2");
         assert!(
             p.start[0].over_budget,

@@ -90,9 +90,10 @@ pub fn address_of(pods: &[Pod], pod: &str) -> Option<SocketAddr> {
         .and_then(admin_address)
 }
 
-/// `POST /admin/drain` with the plan's window; the pod stays up, drained, until SIGTERM.
-/// A pod that refuses the window (400: e.g. it still runs with a shorter deadline than
-/// the spec now says) is asked once more without one, to drain over its own window.
+/// `POST /admin/drain` with the plan's notice delay and window; the pod stays up,
+/// drained, until SIGTERM. A pod that refuses (400) is asked again with less: first the
+/// window without the delay (a chat-server older than the delay), then neither (it still
+/// runs with a shorter deadline than the spec now says), to drain over its own window.
 pub async fn start_drain(
     http: &HttpClient,
     addr: SocketAddr,
@@ -100,22 +101,28 @@ pub async fn start_drain(
     drain: &StartDrain,
 ) -> Result<(), HttpError> {
     let url = format!("http://{addr}/admin/drain");
-    let mut body = json!({
+    let window = json!({
         "reconnect_window_seconds": drain.window.max(Duration::from_millis(1)).as_secs_f64(),
         "keep_running": true,
     });
+    let mut attempts = Vec::new();
     if !drain.notice_delay.is_zero() {
-        body["notice_delay_seconds"] = json!(drain.notice_delay.as_secs_f64());
+        let mut delayed = window.clone();
+        delayed["notice_delay_seconds"] = json!(drain.notice_delay.as_secs_f64());
+        attempts.push(delayed);
     }
-    match http.post_json(&url, token, &body).await {
-        Err(HttpError::Status { status: 400, .. }) => {
-            tracing::warn!(pod = %drain.pod, "the pod refused the drain window; draining over its own");
-            http.post_json(&url, token, &json!({"keep_running": true}))
-                .await
-                .map(drop)
+    attempts.push(window);
+    attempts.push(json!({"keep_running": true}));
+    let last = attempts.len() - 1;
+    for (i, body) in attempts.iter().enumerate() {
+        match http.post_json(&url, token, body).await {
+            Err(HttpError::Status { status: 400, .. }) if i < last => {
+                tracing::warn!(pod = %drain.pod, refused = %body, "the pod refused the drain request; asking with less");
+            }
+            other => return other.map(drop),
         }
-        other => other.map(drop),
     }
+    Ok(())
 }
 
 /// `POST /admin/undrain`: the pod serves again.

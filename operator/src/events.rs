@@ -139,10 +139,11 @@ pub fn for_drain(plan: &DrainPlan, budget_per_second: i32) -> Vec<Notice> {
             reason: "DrainStarted".into(),
             action: "Drain",
             note: format!(
-                "draining {} before the scale-down: {} connections over {:.1}s ({why})",
+                "draining {} before the scale-down: {} connections over {:.1}s after a {:.1}s notice delay ({why})",
                 s.pod,
                 s.connections,
-                s.window.as_secs_f64()
+                s.window.as_secs_f64(),
+                s.notice_delay.as_secs_f64()
             ),
         });
     }

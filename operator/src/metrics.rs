@@ -2,6 +2,7 @@
 //! autoscaler decisions by reason, drain actions.
 
 use axum::routing::get;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -122,12 +123,30 @@ impl OperatorMetrics {
             .set(i64::from(ready));
     }
 
-    /// Drops a deleted ChatCluster's series.
-    pub fn forget_cluster(&self, namespace: &str, name: &str) {
-        let labels = [namespace, name];
-        // Absent series are fine: the cluster may never have been reported.
-        let _ = self.desired_replicas.remove_label_values(&labels);
-        let _ = self.ready_replicas.remove_label_values(&labels);
+    /// Drops the per-ChatCluster series of every cluster `exists` says is gone (a
+    /// ChatCluster without a finalizer is never reconciled again once deleted, so its
+    /// series are pruned against the controller's cache instead).
+    pub fn retain_clusters(&self, exists: impl Fn(&str, &str) -> bool) {
+        let families = self.desired_replicas.collect();
+        let gone: Vec<(String, String)> = families
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter_map(|m| {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                Some((label(CLUSTER_LABELS[0])?, label(CLUSTER_LABELS[1])?))
+            })
+            .filter(|(ns, name)| !exists(ns, name))
+            .collect();
+        for (ns, name) in gone {
+            // Absent series are fine: both gauges are set together, but need not be.
+            let _ = self.desired_replicas.remove_label_values(&[&ns, &name]);
+            let _ = self.ready_replicas.remove_label_values(&[&ns, &name]);
+        }
     }
 
     /// Serves `/healthz`, `/readyz` and `/metrics` on `listener` until the process ends.
@@ -145,5 +164,33 @@ impl OperatorMetrics {
 impl Default for OperatorMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deleted_clusters_gauges_are_pruned_and_the_others_kept() {
+        let m = OperatorMetrics::new();
+        m.set_replicas("chat", "a", 3, 2);
+        m.set_replicas("chat", "b", 1, 1);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"chatcluster_desired_replicas{chatcluster="a",chatcluster_namespace="chat"} 3"#
+            ),
+            "{text}"
+        );
+        m.retain_clusters(|ns, name| ns == "chat" && name == "b");
+        let text = m.render();
+        assert!(!text.contains(r#"chatcluster="a""#), "{text}");
+        assert!(
+            text.contains(
+                r#"chatcluster_ready_replicas{chatcluster="b",chatcluster_namespace="chat"} 1"#
+            ),
+            "{text}"
+        );
     }
 }

@@ -114,7 +114,6 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     if cluster.metadata.deletion_timestamp.is_some() {
         // Being deleted (e.g. a foreground delete waiting for its children): applying now
         // would recreate what the garbage collector is removing.
-        ctx.metrics.forget_cluster(&ns, &name);
         return Ok(Action::await_change());
     }
     if let Err(invalid) = validate(cluster) {

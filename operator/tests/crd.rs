@@ -88,6 +88,11 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
             "autoscaling.engine keda needs autoscaling.prometheusUrl",
         ),
         (
+            json!({"monitoring": {"podMonitor": {"labels":
+                (0..17).map(|i| (format!("l{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}}}),
+            "monitoring.podMonitor.labels: at most 16 labels",
+        ),
+        (
             json!({"expose": {}}),
             "set expose.ingress, expose.httpRoute or both",
         ),

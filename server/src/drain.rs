@@ -172,7 +172,12 @@ pub fn plan_drain(
                 return Err(refused);
             }
             match Duration::try_from_secs_f64(delay) {
-                Ok(d) if d + reconnect_window < configured.deadline => d,
+                Ok(d)
+                    if d.checked_add(reconnect_window)
+                        .is_some_and(|end| end < configured.deadline) =>
+                {
+                    d
+                }
                 _ => return Err(refused),
             }
         }
@@ -717,6 +722,7 @@ mod tests {
             r#"{"reconnect_window_seconds": 10, "notice_delay_seconds": 15}"#,
             r#"{"notice_delay_seconds": -1}"#,
             r#"{"notice_delay_seconds": 1e400}"#,
+            r#"{"notice_delay_seconds": 1.8446744073709550e19}"#,
         ] {
             let err = parse_drain_request(body.as_bytes())
                 .and_then(|r| plan_drain(&r, configured()))
