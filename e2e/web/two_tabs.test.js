@@ -228,6 +228,8 @@ test("two tabs chat through a two-node cluster; a drained tab resumes on the oth
       await logHas(a, "bob: after the reconnect");
       await say(a, "back from tab A");
       await logHas(b, "alice: back from tab A");
+      // A's own copy may come a moment after B's: wait for it before reading A's log.
+      await logHas(a, "alice: back from tab A");
       assert.match(await a.textContent("#members"), /alice.*bob|bob.*alice/s);
 
       // A's log: before, during and after the drain exactly once each, in order, with the
