@@ -19,6 +19,10 @@ pub struct Notice {
     /// PascalCase verb of what the operator did or saw.
     pub action: &'static str,
     pub note: String,
+    /// The chat-server pod the Event is about (its `related` object), for the per-pod
+    /// drain Events: the recorder folds Events with the same reason and objects into one
+    /// series, so without it three pods' `DrainStarted` would show as one.
+    pub pod: Option<String>,
 }
 
 /// Events for the conditions whose status or reason changed from `previous` to `next`.
@@ -52,6 +56,7 @@ pub fn for_condition_changes(previous: &[Condition], next: &[Condition]) -> Vec<
             continue;
         }
         out.push(Notice {
+            pod: None,
             warning,
             reason: truncate(&c.reason, 128),
             action,
@@ -67,6 +72,7 @@ pub fn for_deleted_orphans(deleted: &[String]) -> Option<Notice> {
         return None;
     }
     Some(Notice {
+        pod: None,
         warning: false,
         reason: "DeletedOrphans".into(),
         action: "Delete",
@@ -87,6 +93,7 @@ pub fn for_scaling(previous_replicas: Option<i32>, desired: i32) -> Option<Notic
         return None;
     }
     Some(Notice {
+        pod: None,
         warning: false,
         reason: if desired > previous {
             "ScalingUp"
@@ -103,6 +110,7 @@ pub fn for_scaling(previous_replicas: Option<i32>, desired: i32) -> Option<Notic
 pub fn for_autoscaling(outcome: &crate::autoscaler::Outcome) -> Option<Notice> {
     let (from, to) = outcome.scaled?;
     Some(Notice {
+        pod: None,
         warning: false,
         reason: if to > from {
             "AutoscaledUp"
@@ -135,6 +143,7 @@ pub fn for_drain(plan: &DrainPlan, budget_per_second: i32) -> Vec<Notice> {
             format!("within the budget of {budget_per_second} reconnects/s")
         };
         out.push(Notice {
+            pod: Some(s.pod.clone()),
             warning: s.over_budget,
             reason: "DrainStarted".into(),
             action: "Drain",
@@ -171,6 +180,7 @@ pub fn for_drain(plan: &DrainPlan, budget_per_second: i32) -> Vec<Notice> {
                 ),
             };
             out.push(Notice {
+                pod: Some(l.name.clone()),
                 warning,
                 reason: "DrainFinished".into(),
                 action: "Drain",
@@ -180,6 +190,7 @@ pub fn for_drain(plan: &DrainPlan, budget_per_second: i32) -> Vec<Notice> {
     }
     for pod in &plan.undrain {
         out.push(Notice {
+            pod: Some(pod.clone()),
             warning: false,
             reason: "Undrained".into(),
             action: "Undrain",
@@ -192,6 +203,7 @@ pub fn for_drain(plan: &DrainPlan, budget_per_second: i32) -> Vec<Notice> {
 /// A drain or undrain call that failed (retried next reconcile).
 pub fn for_drain_call_failure(pod: &str, what: &str, error: &str) -> Notice {
     Notice {
+        pod: Some(pod.to_owned()),
         warning: true,
         reason: "DrainCallFailed".into(),
         action: "Drain",

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -451,7 +451,13 @@ async fn publish(ctx: &Context, cluster: &ChatCluster, notices: Vec<Notice>) {
             reason: n.reason,
             note: Some(n.note),
             action: n.action.to_owned(),
-            secondary: None,
+            secondary: n.pod.map(|pod| ObjectReference {
+                api_version: Some("v1".to_owned()),
+                kind: Some("Pod".to_owned()),
+                name: Some(pod),
+                namespace: cluster.metadata.namespace.clone(),
+                ..ObjectReference::default()
+            }),
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, reason = %event.reason, "could not publish an Event");
