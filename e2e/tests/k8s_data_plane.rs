@@ -155,6 +155,19 @@ impl Setup {
 
     /// [`Setup::apply_chat`] with more of the spec (`extra`: YAML lines under `spec:`).
     fn apply_chat_with(&self, replicas: i32, image: &str, persistence: bool, extra: &str) {
+        self.apply_chat_drained(replicas, image, persistence, TEST_DRAIN, extra);
+    }
+
+    /// [`Setup::apply_chat_with`] with its own `drain:` fields (`drain`: YAML lines under
+    /// `drain:`).
+    fn apply_chat_drained(
+        &self,
+        replicas: i32,
+        image: &str,
+        persistence: bool,
+        drain: &str,
+        extra: &str,
+    ) {
         let redis_image = std::env::var("CHATCLUSTER_E2E_REDIS_IMAGE")
             .map(|i| format!("      image: {i}\n"))
             .unwrap_or_default();
@@ -180,7 +193,7 @@ impl Setup {
              spec:\n  replicas: {replicas}\n  image: {image}\n  imagePullPolicy: IfNotPresent\n\
              \x20 redis:\n    managed:\n{redis_image}      persistence: {persistence}\n\
              \x20 expose:\n{expose}\
-             \x20 drain:\n    reconnectWindowSeconds: 3\n    deadlineSeconds: 15\n    preStopSeconds: 2\n\
+             \x20 drain:\n{drain}\
              \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n{extra}"
         );
         self.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
@@ -269,6 +282,10 @@ fn image_a() -> String {
 }
 
 const READY_WITHIN: Duration = Duration::from_secs(180);
+
+/// The tests' drain: short, so scale-downs and rollouts are quick.
+const TEST_DRAIN: &str =
+    "    reconnectWindowSeconds: 3\n    deadlineSeconds: 15\n    preStopSeconds: 2\n";
 
 /// Publishes `total` messages over two rooms at `rate`/s while six resuming subscribers
 /// listen; runs `disrupt` once a tenth are acknowledged, then checks that every
@@ -886,34 +903,12 @@ const SCALE_DOWN_BUDGET: u32 = 150;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_paced_and_lossless() {
     let s = setup("paced").await;
-    s.apply_chat(4, &image_a(), false);
-    s.kubectl_ok(
-        &[
-            "patch",
-            "chatcluster",
-            "chat",
-            "--type",
-            "merge",
-            "-p",
-            &format!(
-                r#"{{"spec":{{"drain":{{"maxReconnectsPerSecond":{SCALE_DOWN_BUDGET},"deadlineSeconds":25,"preStopSeconds":5}}}}}}"#
-            ),
-        ],
-        None,
+    // The default deadline and preStop (the notice delay), and the test's budget.
+    let drain = format!(
+        "    reconnectWindowSeconds: 3\n    deadlineSeconds: 25\n    preStopSeconds: 5\n    \
+         maxReconnectsPerSecond: {SCALE_DOWN_BUDGET}\n"
     );
-    s.wait_ready(4, READY_WITHIN).await;
-    // The patch rolls the pods (their deadline and preStop changed): wait until all four
-    // run the new template, so no rollout moves clients while the test counts.
-    let rolled = eventually("the rollout to complete", READY_WITHIN, || async {
-        Ok(s.get("chatcluster", "chat").filter(|cc| {
-            let generation = cc["metadata"]["generation"].as_i64();
-            condition(cc, "Progressing").is_some_and(|c| {
-                c["reason"] == "RolloutComplete" && c["observedGeneration"].as_i64() == generation
-            }) && cc["status"]["readyReplicas"] == 4
-        }))
-    })
-    .await;
-    assert!(rolled.is_ok(), "{rolled:?}{}", s.diagnostics());
+    s.apply_chat_drained(4, &image_a(), false, &drain, "");
     s.wait_ready(4, READY_WITHIN).await;
     let url = s.url();
     // Rooms of 100 subscribers each; every subscriber resumes its room after a drain.

@@ -1821,19 +1821,13 @@ async fn dashboard_queries_return_data(prometheus_url: &str, namespace: &str, na
 /// The CRDs of KEDA's ScaledObject and the Prometheus operator's PodMonitor, as
 /// e2e/k8s/fetch-crds.sh took them from those projects' pinned releases.
 fn optional_crd(file: &str) -> String {
-    let dir = std::env::var("CHATCLUSTER_OPTIONAL_CRDS").unwrap_or_else(|_| {
-        let out = std::process::Command::new("bash")
-            .arg(chatcluster_e2e::k8s::repo_root().join("e2e/k8s/fetch-crds.sh"))
-            .output()
-            .expect("fetch-crds.sh runs");
-        assert!(
-            out.status.success(),
-            "e2e/k8s/fetch-crds.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    });
-    format!("{dir}/{file}")
+    let dir = chatcluster_e2e::k8s::path_from_env_or_script(
+        "CHATCLUSTER_OPTIONAL_CRDS",
+        "e2e/k8s/fetch-crds.sh",
+        &[],
+    )
+    .expect("the optional CRDs (e2e/k8s/fetch-crds.sh)");
+    dir.join(file).display().to_string()
 }
 
 /// `autoscaling.engine: keda` and `monitoring.podMonitor` against the real API server:

@@ -9,6 +9,14 @@ const ALL_SERVED: Served = Served {
     keda: true,
     pod_monitors: true,
 };
+
+/// The build context of such a cluster, everything else default.
+fn all_served() -> BuildContext {
+    BuildContext {
+        served: ALL_SERVED,
+        ..BuildContext::default()
+    }
+}
 use chatcluster_operator::crd::ChatCluster;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -95,14 +103,7 @@ fn minimal_cluster_objects() {
 /// KEDA as the engine: the ScaledObject (and the PodMonitor) in the golden file.
 #[test]
 fn keda_cluster_objects() {
-    let d = build(
-        &example("keda.yaml"),
-        BuildContext {
-            served: ALL_SERVED,
-            ..BuildContext::default()
-        },
-    )
-    .unwrap();
+    let d = build(&example("keda.yaml"), all_served()).unwrap();
     let scaled = d.scaled_object.as_ref().expect("a ScaledObject");
     assert_eq!(scaled["spec"]["scaleTargetRef"]["kind"], "ChatCluster");
     assert_eq!(
@@ -132,11 +133,7 @@ fn optional_kinds_only_where_served_and_asked_for() {
     if let Some(a) = builtin.spec.autoscaling.as_mut() {
         a.engine = chatcluster_operator::crd::AutoscalingEngine::Builtin;
     }
-    let served = BuildContext {
-        served: ALL_SERVED,
-        ..BuildContext::default()
-    };
-    let d = build(&builtin, served).unwrap();
+    let d = build(&builtin, all_served()).unwrap();
     assert!(d.scaled_object.is_none(), "builtin: no ScaledObject");
     assert!(
         d.pod_monitor.is_some(),
@@ -262,14 +259,7 @@ fn redis_pod_reads_its_password_from_a_file_and_runs_as_a_high_uid() {
 
 #[test]
 fn admin_port_is_never_exposed_to_clients() {
-    let d = build(
-        &example("full.yaml"),
-        BuildContext {
-            served: ALL_SERVED,
-            ..BuildContext::default()
-        },
-    )
-    .unwrap();
+    let d = build(&example("full.yaml"), all_served()).unwrap();
     let ports = d.client_service.spec.unwrap().ports.unwrap();
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0].target_port, Some(IntOrString::String("ws".into())));
@@ -294,16 +284,7 @@ fn admin_port_is_never_exposed_to_clients() {
         .and_then(|e| e.http_route.as_mut())
         .expect("the example has an httpRoute")
         .session_persistence = true;
-    let route = build(
-        &c,
-        BuildContext {
-            served: ALL_SERVED,
-            ..BuildContext::default()
-        },
-    )
-    .unwrap()
-    .http_route
-    .unwrap();
+    let route = build(&c, all_served()).unwrap().http_route.unwrap();
     assert_eq!(
         route["spec"]["rules"][0]["sessionPersistence"],
         serde_json::json!({"sessionName": "CHATNODE", "type": "Cookie"})
@@ -364,14 +345,7 @@ fn optional_objects_follow_the_spec() {
 
 #[test]
 fn every_object_is_owned_and_labelled() {
-    let d = build(
-        &example("full.yaml"),
-        BuildContext {
-            served: ALL_SERVED,
-            ..BuildContext::default()
-        },
-    )
-    .unwrap();
+    let d = build(&example("full.yaml"), all_served()).unwrap();
     let yaml = to_yaml(&d);
     let docs: Vec<serde_yaml::Value> = yaml
         .split("---\n")
