@@ -320,6 +320,10 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
             "spec:\n  networkPolicy:\n    adminFromNamespaces: [Monitoring]\n",
             "networkPolicy.adminFromNamespaces: each entry must be a namespace name",
         ),
+        (
+            "spec:\n  limits:\n    trustedProxies: [10.0.0.0/8, 10.0.0.0/33]\n",
+            "limits.trustedProxies: each entry must be an address range",
+        ),
     ];
     for (spec, message) in cases {
         let doc = format!(

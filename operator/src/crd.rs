@@ -410,6 +410,21 @@ pub struct LimitsSpec {
     #[serde(default = "default_burst")]
     #[schemars(range(min = 1, max = 100000))]
     pub burst: i32,
+    /// New connections per second from one client address (an IPv6 /64), checked on
+    /// each pod before its own rate, so a flood from one address spends its own budget
+    /// and not everyone's (burst: 20). 0 turns it off. Behind an ingress or gateway,
+    /// list its addresses in `trustedProxies`, or every client counts as the proxy.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100000))]
+    pub connections_per_second_per_source: i32,
+    /// Address ranges (CIDR, or single addresses) of the proxies in front of the pods,
+    /// e.g. the ingress controller's pods: only from these are `Forwarded` and
+    /// `X-Forwarded-For` believed to name the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 49)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) || isIP(c))")
+        .message("limits.trustedProxies: each entry must be an address range such as 10.0.0.0/8 or fd00::/8, or a single address"))]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for LimitsSpec {
@@ -420,6 +435,8 @@ impl Default for LimitsSpec {
             max_body_bytes: default_max_body(),
             messages_per_second: default_rate(),
             burst: default_burst(),
+            connections_per_second_per_source: 0,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -1,6 +1,8 @@
 //! Who is connecting: JWT (HS256 or RS256, `sub` = user id, `exp` required) from the
 //! `Authorization: Bearer` header or the `token` query parameter, anonymous `?user=`
-//! only when enabled, and the Origin allow-list. Runs before the WebSocket upgrade.
+//! only when enabled, and the Origin allow-list. Runs before the WebSocket upgrade, and
+//! again for a `refresh` frame: a session ends when its token's `exp` passes unless the
+//! client sent a fresh token for the same user.
 
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -25,6 +27,8 @@ pub enum AuthError {
     InvalidAnonymousUser(String),
     #[error("origin `{0}` is not allowed")]
     OriginNotAllowed(String),
+    #[error("the token is for user `{token}` but this session is `{session}`")]
+    OtherUser { token: String, session: String },
 }
 
 impl AuthError {
@@ -40,7 +44,19 @@ impl AuthError {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
 }
+
+/// Who a connection is, and until when (the token's `exp`, Unix seconds; `None` for an
+/// anonymous user, whose session has no expiry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub expires_at: Option<u64>,
+}
+
+/// Seconds of clock skew allowed on `exp`, at the upgrade and during the session.
+pub const EXP_LEEWAY_SECS: u64 = 5;
 
 /// Verifies credentials against the configured keys.
 pub struct Authenticator {
@@ -91,7 +107,7 @@ impl Authenticator {
         &self,
         bearer: Option<&str>,
         anonymous_user: Option<&str>,
-    ) -> Result<String, AuthError> {
+    ) -> Result<Identity, AuthError> {
         if let Some(token) = bearer {
             return self.verify(token);
         }
@@ -99,13 +115,28 @@ impl Authenticator {
             if let Some(user) = anonymous_user {
                 validate_user(user)
                     .map_err(|e| AuthError::InvalidAnonymousUser(e.message.clone()))?;
-                return Ok(user.to_owned());
+                return Ok(Identity {
+                    user: user.to_owned(),
+                    expires_at: None,
+                });
             }
         }
         Err(AuthError::MissingToken)
     }
 
-    fn verify(&self, token: &str) -> Result<String, AuthError> {
+    /// Checks a token sent with a `refresh` frame: valid, and for `user`.
+    pub fn refresh(&self, token: &str, user: &str) -> Result<Identity, AuthError> {
+        let identity = self.verify(token)?;
+        if identity.user != user {
+            return Err(AuthError::OtherUser {
+                token: identity.user,
+                session: user.to_owned(),
+            });
+        }
+        Ok(identity)
+    }
+
+    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         let key = match header.alg {
             Algorithm::HS256 => self.hs256.as_ref(),
@@ -114,7 +145,7 @@ impl Authenticator {
         }
         .ok_or(AuthError::WrongAlgorithm(header.alg))?;
         let mut validation = Validation::new(header.alg);
-        validation.leeway = 5;
+        validation.leeway = EXP_LEEWAY_SECS;
         // A configured issuer or audience must be present, not just match when present.
         let mut required = vec!["exp", "sub"];
         if let Some(iss) = &self.settings.issuer {
@@ -135,7 +166,10 @@ impl Authenticator {
         })?;
         validate_user(&data.claims.sub)
             .map_err(|e| AuthError::InvalidSubject(e.message.clone()))?;
-        Ok(data.claims.sub)
+        Ok(Identity {
+            user: data.claims.sub,
+            expires_at: Some(data.claims.exp),
+        })
     }
 }
 
@@ -179,9 +213,13 @@ mod tests {
     #[test]
     fn hs256_accepts_valid_and_rejects_bad_tokens() {
         let a = auth(false);
+        let exp = now() + 60;
         assert_eq!(
-            a.authenticate(Some(&hs_token("alice", now() + 60)), None),
-            Ok("alice".into())
+            a.authenticate(Some(&hs_token("alice", exp)), None),
+            Ok(Identity {
+                user: "alice".into(),
+                expires_at: Some(exp)
+            })
         );
         assert_eq!(
             a.authenticate(Some(&hs_token("alice", now() - 120)), None),
@@ -211,6 +249,28 @@ mod tests {
     }
 
     #[test]
+    fn a_refresh_must_be_valid_and_for_the_same_user() {
+        let a = auth(false);
+        let exp = now() + 600;
+        assert_eq!(
+            a.refresh(&hs_token("alice", exp), "alice")
+                .map(|i| i.expires_at),
+            Ok(Some(exp))
+        );
+        assert_eq!(
+            a.refresh(&hs_token("mallory", exp), "alice"),
+            Err(AuthError::OtherUser {
+                token: "mallory".into(),
+                session: "alice".into()
+            })
+        );
+        assert_eq!(
+            a.refresh(&hs_token("alice", now() - 120), "alice"),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
     fn configured_issuer_must_be_present() {
         let a = Authenticator::new(AuthSettings {
             hs256_secret: Some(SECRET.to_vec()),
@@ -230,7 +290,13 @@ mod tests {
             auth(false).authenticate(None, Some("bob")),
             Err(AuthError::MissingToken)
         );
-        assert_eq!(auth(true).authenticate(None, Some("bob")), Ok("bob".into()));
+        assert_eq!(
+            auth(true).authenticate(None, Some("bob")),
+            Ok(Identity {
+                user: "bob".into(),
+                expires_at: None
+            })
+        );
         assert!(matches!(
             auth(true).authenticate(None, Some("b b")),
             Err(AuthError::InvalidAnonymousUser(_))

@@ -81,6 +81,26 @@ pub struct Args {
     /// Burst of new connections above the sustained rate.
     #[arg(long, env = "CHAT_ACCEPT_BURST", default_value_t = 4_000)]
     pub accept_burst: u32,
+    /// Sustained new connections per second from one source address (an IPv6 /64), in
+    /// front of the per-process rate; 0 turns the per-source limit off. Behind a proxy,
+    /// set CHAT_TRUSTED_PROXIES too, or every client counts as the proxy's address.
+    #[arg(long, env = "CHAT_ACCEPT_RATE_PER_SOURCE", default_value_t = 0.0)]
+    pub accept_rate_per_source: f64,
+    /// Burst of new connections from one source address above its sustained rate.
+    #[arg(long, env = "CHAT_ACCEPT_BURST_PER_SOURCE", default_value_t = 20)]
+    pub accept_burst_per_source: u32,
+    /// Comma-separated address ranges (CIDR) of proxies whose `Forwarded` /
+    /// `X-Forwarded-For` headers name the client; from any other peer they are ignored.
+    #[arg(long, env = "CHAT_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+    /// A connection must send its request headers within this (slow or silent clients
+    /// are closed).
+    #[arg(long, env = "CHAT_HEADER_READ_TIMEOUT", default_value = "10s")]
+    pub header_read_timeout: String,
+    /// Most connections that have not (yet) become a WebSocket session; past it the
+    /// oldest of them is closed.
+    #[arg(long, env = "CHAT_MAX_PENDING_CONNECTIONS", default_value_t = 1_024)]
+    pub max_pending_connections: usize,
     /// Rooms one connection may be in at once.
     #[arg(long, env = "CHAT_MAX_ROOMS_PER_CONNECTION", default_value_t = 100)]
     pub max_rooms_per_connection: usize,
@@ -166,6 +186,12 @@ pub struct Settings {
     pub max_connections: usize,
     pub accept_rate_per_sec: f64,
     pub accept_burst: u32,
+    /// 0: no per-source limit.
+    pub accept_rate_per_source: f64,
+    pub accept_burst_per_source: u32,
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
+    pub header_read_timeout: Duration,
+    pub max_pending_connections: usize,
     pub max_rooms_per_connection: usize,
     pub history_max_messages: usize,
     pub history_max_age: Duration,
@@ -209,6 +235,11 @@ impl Settings {
             max_connections: 1_000,
             accept_rate_per_sec: 10_000.0,
             accept_burst: 10_000,
+            accept_rate_per_source: 0.0,
+            accept_burst_per_source: 20,
+            trusted_proxies: crate::client_addr::TrustedProxies::default(),
+            header_read_timeout: Duration::from_secs(10),
+            max_pending_connections: 1_024,
             max_rooms_per_connection: 100,
             history_max_messages: 1_000,
             history_max_age: Duration::from_secs(3600),
@@ -266,6 +297,24 @@ impl Settings {
             return fail(
                 "CHAT_ACCEPT_RATE_PER_SEC must be > 0 and CHAT_ACCEPT_BURST at least 1".into(),
             );
+        }
+        if !(self.accept_rate_per_source >= 0.0 && self.accept_rate_per_source.is_finite())
+            || self.accept_burst_per_source == 0
+        {
+            return fail(
+                "CHAT_ACCEPT_RATE_PER_SOURCE must be >= 0 (0 turns it off) and CHAT_ACCEPT_BURST_PER_SOURCE at least 1".into(),
+            );
+        }
+        if self.header_read_timeout < Duration::from_secs(1)
+            || self.header_read_timeout > Duration::from_secs(300)
+        {
+            return fail(format!(
+                "CHAT_HEADER_READ_TIMEOUT ({:?}) must be between 1s and 5m",
+                self.header_read_timeout
+            ));
+        }
+        if self.max_pending_connections == 0 {
+            return fail("CHAT_MAX_PENDING_CONNECTIONS must be at least 1".into());
         }
         if self.send_queue_bytes < self.max_frame_bytes {
             return fail(format!(
@@ -387,6 +436,15 @@ impl Settings {
             max_connections: args.max_connections,
             accept_rate_per_sec: args.accept_rate_per_sec,
             accept_burst: args.accept_burst,
+            accept_rate_per_source: args.accept_rate_per_source,
+            accept_burst_per_source: args.accept_burst_per_source,
+            trusted_proxies: crate::client_addr::TrustedProxies::parse(&args.trusted_proxies)
+                .map_err(|e| ConfigError(format!("CHAT_TRUSTED_PROXIES: {e}")))?,
+            header_read_timeout: parse_duration(
+                "CHAT_HEADER_READ_TIMEOUT",
+                &args.header_read_timeout,
+            )?,
+            max_pending_connections: args.max_pending_connections,
             max_rooms_per_connection: args.max_rooms_per_connection,
             history_max_messages: args.history_max_messages,
             history_max_age: parse_duration("CHAT_HISTORY_MAX_AGE", &args.history_max_age)?,
@@ -517,6 +575,22 @@ mod tests {
             (
                 &["--dev", "--history-max-age", "forever"],
                 "CHAT_HISTORY_MAX_AGE",
+            ),
+            (
+                &["--dev", "--trusted-proxies", "10.0.0.0/8,10.0.0.300"],
+                "CHAT_TRUSTED_PROXIES: `10.0.0.300` is not an address range",
+            ),
+            (
+                &["--dev", "--accept-rate-per-source=-1"],
+                "CHAT_ACCEPT_RATE_PER_SOURCE",
+            ),
+            (
+                &["--dev", "--header-read-timeout", "0s"],
+                "CHAT_HEADER_READ_TIMEOUT",
+            ),
+            (
+                &["--dev", "--max-pending-connections", "0"],
+                "CHAT_MAX_PENDING_CONNECTIONS",
             ),
         ];
         for (argv, expected) in cases {

@@ -17,18 +17,20 @@
 //! "serving"|"draining"|"drained"}`, or 409 when the node is stopping.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Query, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 
+use crate::client_addr::{client_address, source_key};
 use crate::drain::{parse_drain_request, plan_drain, Phase};
 use crate::state::AppState;
 use crate::sync::lock;
@@ -94,6 +96,7 @@ fn unavailable(state: &AppState, reason: &str, retry_after_secs: u64, message: S
 
 async fn upgrade(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
@@ -123,6 +126,18 @@ async fn upgrade(
         );
     }
     let slot = SlotGuard(state.clone());
+    if let Some(sources) = &state.source_buckets {
+        let client = client_address(peer.ip(), &headers, &state.settings.trusted_proxies);
+        let taken = lock(sources).try_take(source_key(client), Instant::now());
+        if let Err(wait) = taken {
+            return unavailable(
+                &state,
+                "source_rate",
+                wait.ceil() as u64,
+                "too many new connections from your address; retry shortly".into(),
+            );
+        }
+    }
     let accept_wait = {
         let mut bucket = lock(&state.accept_bucket);
         if bucket.try_take(Instant::now()) {
@@ -149,11 +164,11 @@ async fn upgrade(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .or_else(|| query.get("token").map(String::as_str));
-    let user = match state
+    let identity = match state
         .auth
         .authenticate(bearer, query.get("user").map(String::as_str))
     {
-        Ok(user) => user,
+        Ok(identity) => identity,
         Err(e) => {
             let mut resp = refuse(
                 &state,
@@ -177,7 +192,7 @@ async fn upgrade(
         .max_frame_size(settings.max_frame_bytes)
         .on_upgrade(move |socket| async move {
             let _slot = slot;
-            crate::session::run(session_state, socket, user).await;
+            crate::session::run(session_state, socket, identity).await;
         })
 }
 

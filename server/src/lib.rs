@@ -6,11 +6,13 @@
 
 pub mod auth;
 pub mod backplane;
+pub mod client_addr;
 pub mod config;
 pub mod drain;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
@@ -22,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
@@ -126,22 +127,22 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     let admin_addr = local_addr("admin", settings.admin_listen, &admin)?;
     let state = Arc::new(AppState::new(settings, hub, backplane, metrics, auth));
 
-    for (listener, router) in [
-        (public, http::public_router(state.clone())),
-        (admin, http::admin_router(state.clone())),
+    let limits = listener::PendingLimits {
+        header_read_timeout: state.settings.header_read_timeout,
+        max_pending: state.settings.max_pending_connections,
+    };
+    for (port, listener, router) in [
+        ("public", public, http::public_router(state.clone())),
+        ("admin", admin, http::admin_router(state.clone())),
     ] {
-        let stop_state = state.clone();
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tokio::spawn(async move {
-            let served = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop_state.drain.stopped().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "listener failed");
-            }
-        });
+        tokio::spawn(listener::serve(
+            port,
+            listener,
+            router,
+            limits,
+            state.drain.clone(),
+            state.metrics.clone(),
+        ));
     }
     tracing::info!(%public_addr, %admin_addr, node = %state.settings.node_name, backplane = state.backplane.kind(), "chat server listening");
     Ok(RunningServer {

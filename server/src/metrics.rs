@@ -2,8 +2,8 @@
 //! no per-room or per-user labels (unbounded cardinality).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the chat server exports.
@@ -23,6 +23,9 @@ pub struct Metrics {
     pub resumes: IntCounterVec,
     pub draining: IntGauge,
     pub backplane_received: IntCounter,
+    pub pending_connections: IntGaugeVec,
+    pub pending_closed: IntCounterVec,
+    pub sessions_expired: IntCounter,
 }
 
 impl Metrics {
@@ -109,6 +112,27 @@ impl Metrics {
                 "Room messages this node received from the Redis backplane.",
             )
             .expect("static metric definition"),
+            pending_connections: IntGaugeVec::new(
+                Opts::new(
+                    "chat_pending_connections",
+                    "TCP connections that have not (yet) become a WebSocket session, by port (public, admin).",
+                ),
+                &["port"],
+            )
+            .expect("static metric definition"),
+            pending_closed: IntCounterVec::new(
+                Opts::new(
+                    "chat_pending_connections_closed_total",
+                    "Connections closed before the upgrade, by port and reason (header_timeout, pending_cap).",
+                ),
+                &["port", "reason"],
+            )
+            .expect("static metric definition"),
+            sessions_expired: IntCounter::new(
+                "chat_sessions_expired_total",
+                "Sessions closed (4003) because their token expired without a refresh.",
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -125,6 +149,9 @@ impl Metrics {
             Box::new(m.resumes.clone()),
             Box::new(m.draining.clone()),
             Box::new(m.backplane_received.clone()),
+            Box::new(m.pending_connections.clone()),
+            Box::new(m.pending_closed.clone()),
+            Box::new(m.sessions_expired.clone()),
         ];
         for c in collectors {
             m.registry
@@ -161,6 +188,10 @@ mod tests {
         m.connections_closed.with_label_values(&["1000"]).inc();
         m.resumes.with_label_values(&["recovered"]).inc();
         m.delivery_latency.observe(0.001);
+        m.pending_closed
+            .with_label_values(&["public", "header_timeout"])
+            .inc();
+        m.pending_connections.with_label_values(&["public"]).set(0);
         let text = m.render();
         for name in [
             "chat_connections ",
@@ -173,6 +204,9 @@ mod tests {
             "chat_slow_consumer_closes_total",
             "chat_resumes_total{result=\"recovered\"}",
             "chat_draining",
+            "chat_pending_connections{port=\"public\"}",
+            "chat_pending_connections_closed_total{port=\"public\",reason=\"header_timeout\"}",
+            "chat_sessions_expired_total",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -40,10 +40,14 @@ pub enum ClientFrame {
         client_ref: Option<String>,
     },
     Ping {},
+    /// A fresh token for this session's user, before the current one expires.
+    Refresh {
+        token: String,
+    },
 }
 
 /// The frame types a client may send, to tell "unknown type" from "bad fields".
-const CLIENT_FRAME_TYPES: [&str; 5] = ["join", "leave", "send", "dm", "ping"];
+const CLIENT_FRAME_TYPES: [&str; 6] = ["join", "leave", "send", "dm", "ping", "refresh"];
 
 /// Frames the server sends. Borrowed fields keep serialization allocation-light.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -53,6 +57,14 @@ pub enum ServerFrame<'a> {
         user: &'a str,
         session: &'a str,
         node: &'a str,
+        /// The token's `exp` (Unix seconds): the session is closed (4003) after it unless
+        /// the client sends a `refresh`. Absent for anonymous users.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token_exp: Option<u64>,
+    },
+    /// The `refresh` token was accepted; the session now ends at `exp`.
+    Refreshed {
+        exp: u64,
     },
     Joined {
         room: &'a str,
@@ -139,6 +151,9 @@ pub enum ErrorCode {
     UserOffline,
     /// The backplane (history/fanout) is not reachable; the message was NOT accepted.
     Unavailable,
+    /// A `refresh` token was invalid, expired, or for another user; the session keeps
+    /// its current token (and ends when that expires).
+    TokenRejected,
     Internal,
 }
 
@@ -156,6 +171,13 @@ pub enum CloseCode {
     SlowConsumer,
     /// No frame (not even a pong) arrived within the idle timeout.
     IdleTimeout,
+    /// The session's token expired without a `refresh`: get a new token, then reconnect.
+    TokenExpired,
+    /// A WebSocket protocol violation (e.g. a continuation frame without a start, reserved
+    /// bits set, a fragmented control frame).
+    ProtocolError,
+    /// A text frame that is not valid UTF-8.
+    InvalidUtf8,
 }
 
 impl CloseCode {
@@ -168,6 +190,9 @@ impl CloseCode {
             CloseCode::ServiceRestart => 1012,
             CloseCode::SlowConsumer => 4000,
             CloseCode::IdleTimeout => 4001,
+            CloseCode::TokenExpired => 4003,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidUtf8 => 1007,
         }
     }
 
@@ -296,6 +321,15 @@ fn validate(frame: &ClientFrame, limits: FrameLimits) -> Result<(), FrameError> 
             validate_body(body, limits).map_err(|e| e.with_ref(r))
         }
         ClientFrame::Ping {} => Ok(()),
+        ClientFrame::Refresh { token } => {
+            if token.is_empty() {
+                return Err(FrameError::new(
+                    ErrorCode::InvalidFrame,
+                    "`token` must not be empty",
+                ));
+            }
+            Ok(())
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! Token bucket used for per-connection message rate and per-process accept rate. Pure:
-//! callers pass the current instant.
+//! Token buckets: the per-connection message rate, the per-process accept rate and the
+//! per-source accept rate in front of it. Pure: callers pass the current instant.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -24,9 +26,7 @@ impl TokenBucket {
 
     /// Takes one token if available.
     pub fn try_take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.capacity);
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -38,6 +38,71 @@ impl TokenBucket {
     /// Seconds until one token is available (for Retry-After).
     pub fn wait_secs(&self) -> f64 {
         ((1.0 - self.tokens) / self.rate_per_sec).max(0.0)
+    }
+
+    /// Whether the bucket has refilled completely by `now`: it is then no different from
+    /// a new one and may be forgotten.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.capacity
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate_per_sec).min(self.capacity);
+    }
+}
+
+/// One accept bucket per source address (see [`crate::client_addr::source_key`]), so a
+/// flood from one source spends its own budget and not everyone's. The map is bounded:
+/// full buckets are forgotten when it reaches `max_sources`, and if every tracked source
+/// is still limited, a new source is refused until one refills.
+#[derive(Debug)]
+pub struct SourceBuckets {
+    rate_per_sec: f64,
+    burst: u32,
+    max_sources: usize,
+    buckets: HashMap<IpAddr, TokenBucket>,
+}
+
+impl SourceBuckets {
+    pub fn new(rate_per_sec: f64, burst: u32, max_sources: usize) -> Self {
+        SourceBuckets {
+            rate_per_sec,
+            burst,
+            max_sources: max_sources.max(1),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes a token for `source`, or returns the seconds to wait (for Retry-After).
+    pub fn try_take(&mut self, source: IpAddr, now: Instant) -> Result<(), f64> {
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
+            self.buckets.retain(|_, b| !b.is_full(now));
+            if self.buckets.len() >= self.max_sources {
+                return Err(1.0 / self.rate_per_sec);
+            }
+        }
+        let (rate, burst) = (self.rate_per_sec, self.burst);
+        let bucket = self
+            .buckets
+            .entry(source)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now));
+        if bucket.try_take(now) {
+            Ok(())
+        } else {
+            Err(bucket.wait_secs())
+        }
+    }
+
+    /// Sources currently tracked.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 }
 
@@ -61,5 +126,40 @@ mod tests {
         let later = t0 + Duration::from_secs(60);
         assert!((0..3).all(|_| b.try_take(later)));
         assert!(!b.try_take(later));
+    }
+
+    #[test]
+    fn each_source_spends_its_own_budget() {
+        let t0 = Instant::now();
+        let mut sources = SourceBuckets::new(1.0, 2, 100);
+        let flooder: IpAddr = [192, 0, 2, 1].into();
+        let other: IpAddr = [192, 0, 2, 2].into();
+        assert!(sources.try_take(flooder, t0).is_ok());
+        assert!(sources.try_take(flooder, t0).is_ok());
+        let wait = sources.try_take(flooder, t0).expect_err("flooder limited");
+        assert!(wait > 0.0 && wait <= 1.0, "{wait}");
+        assert!(sources.try_take(other, t0).is_ok());
+        assert!(sources
+            .try_take(flooder, t0 + Duration::from_millis(1001))
+            .is_ok());
+    }
+
+    #[test]
+    fn the_source_map_stays_bounded() {
+        let t0 = Instant::now();
+        let mut sources = SourceBuckets::new(10.0, 1, 2);
+        let a: IpAddr = [192, 0, 2, 1].into();
+        let b: IpAddr = [192, 0, 2, 2].into();
+        let c: IpAddr = [192, 0, 2, 3].into();
+        assert!(sources.try_take(a, t0).is_ok());
+        assert!(sources.try_take(b, t0).is_ok());
+        // Both tracked sources are still limited: a third is refused for now.
+        assert!(sources.try_take(c, t0).is_err());
+        assert_eq!(sources.len(), 2);
+        // Once they have refilled they are forgotten and make room.
+        let later = t0 + Duration::from_secs(1);
+        assert!(sources.try_take(c, later).is_ok());
+        assert_eq!(sources.len(), 1);
+        assert!(!sources.is_empty());
     }
 }

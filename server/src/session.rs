@@ -15,6 +15,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use crate::auth::{Identity, EXP_LEEWAY_SECS};
 use crate::backplane::{now_us, BackplaneError};
 use crate::hub::{DeliveryKind, Outbound, SessionHandle};
 use crate::protocol::{
@@ -28,6 +29,12 @@ use crate::state::AppState;
 const MAX_BATCH: usize = 256;
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+/// A client that sends this many times its burst in a row while over its rate limit
+/// (every frame refused, none accepted in between) is flooding and is closed (1008).
+/// One just above its rate gets a few refusals between accepted frames and is not.
+const FLOOD_BURSTS: u32 = 4;
+/// Token lifetimes beyond this are treated as this (keeps the timer arithmetic finite).
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Why the session loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +47,14 @@ enum Stop {
     WriteTimeout,
     TooBig,
     Idle,
+    /// The token's `exp` passed without a `refresh`.
+    TokenExpired,
+    /// The client broke the WebSocket protocol (tungstenite refused a frame).
+    ProtocolViolation,
+    /// A text frame was not valid UTF-8.
+    InvalidUtf8,
+    /// The client kept sending far over its rate limit.
+    Flood,
     /// Drain notice sent: close with 1012 and wait for the client.
     Drained,
     /// Drain deadline: close now.
@@ -60,6 +75,22 @@ impl Stop {
                 format!("message exceeds {max_frame_bytes} bytes"),
             )),
             Stop::Idle => Some((CloseCode::IdleTimeout, "idle timeout".into())),
+            Stop::TokenExpired => Some((
+                CloseCode::TokenExpired,
+                "token expired; reconnect with a new token".into(),
+            )),
+            Stop::ProtocolViolation => Some((
+                CloseCode::ProtocolError,
+                "WebSocket protocol violation".into(),
+            )),
+            Stop::InvalidUtf8 => Some((
+                CloseCode::InvalidUtf8,
+                "text frame is not valid UTF-8".into(),
+            )),
+            Stop::Flood => Some((
+                CloseCode::Policy,
+                "flooding: frames far over the rate limit".into(),
+            )),
             Stop::Drained => Some((CloseCode::ServiceRestart, "node draining; reconnect".into())),
             Stop::Forced => Some((CloseCode::ServiceRestart, "node stopping; reconnect".into())),
         }
@@ -95,14 +126,19 @@ struct Session {
     /// Joined rooms and how far this client has been sent in each.
     rooms: HashMap<Arc<str>, Cursor>,
     bucket: TokenBucket,
+    /// Frames refused by the rate limit since the last accepted one.
+    refused_in_a_row: u32,
     last_seen: Instant,
     limits: FrameLimits,
+    /// The token's `exp` (Unix seconds), for `welcome`; `None` for anonymous users.
+    token_exp: Option<u64>,
 }
 
 /// Runs one accepted WebSocket for `user` until it closes.
-pub async fn run(state: Arc<AppState>, socket: WebSocket, user: String) {
+pub async fn run(state: Arc<AppState>, socket: WebSocket, identity: Identity) {
     let id = state.next_session_id();
-    let (handle, mut rx) = SessionHandle::new(id, user.into(), state.settings.send_queue_bytes);
+    let (handle, mut rx) =
+        SessionHandle::new(id, identity.user.into(), state.settings.send_queue_bytes);
     state.hub.register(&handle);
     if let Err(e) = state.backplane.register_user(&handle.user).await {
         tracing::warn!(user = %handle.user, error = %e, "user registry update failed; restored on reconnect");
@@ -112,6 +148,8 @@ pub async fn run(state: Arc<AppState>, socket: WebSocket, user: String) {
     let settings = &state.settings;
     let mut session = Session {
         bucket: TokenBucket::new(settings.rate_per_sec, settings.rate_burst, Instant::now()),
+        refused_in_a_row: 0,
+        token_exp: identity.expires_at,
         limits: FrameLimits {
             max_body_bytes: settings.max_body_bytes,
         },
@@ -122,8 +160,10 @@ pub async fn run(state: Arc<AppState>, socket: WebSocket, user: String) {
         last_seen: Instant::now(),
     };
     let stop = session.serve(&mut rx).await;
-    if stop == Stop::SlowConsumer {
-        state.metrics.slow_consumer_closes.inc();
+    match stop {
+        Stop::SlowConsumer => state.metrics.slow_consumer_closes.inc(),
+        Stop::TokenExpired => state.metrics.sessions_expired.inc(),
+        _ => {}
     }
     tracing::debug!(session = id, user = %session.handle.user, ?stop, "session ending");
     session.finish(stop, &mut rx).await;
@@ -146,6 +186,7 @@ impl Session {
             user: &self.handle.user,
             session: &format!("{}-{}", self.state.settings.node_name, self.handle.id),
             node: &self.state.settings.node_name,
+            token_exp: self.token_exp,
         }
         .to_json();
         if let Err(stop) = self.write_now(welcome).await {
@@ -154,6 +195,10 @@ impl Session {
         let ping_every = self.state.settings.ping_interval;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        // One timer for the session's token, moved by each accepted `refresh`.
+        let mut expiring = self.token_exp;
+        let expiry = tokio::time::sleep(time_left(expiring, now_us()));
+        tokio::pin!(expiry);
         loop {
             // Unbiased: a busy room must not starve reading the client (or its pongs).
             tokio::select! {
@@ -168,7 +213,13 @@ impl Session {
                     if let Err(stop) = self.on_socket(msg).await {
                         return stop;
                     }
+                    if self.token_exp != expiring {
+                        expiring = self.token_exp;
+                        let left = time_left(expiring, now_us());
+                        expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                    }
                 }
+                _ = &mut expiry, if expiring.is_some() => return Stop::TokenExpired,
                 _ = ping.tick() => {
                     if self.last_seen.elapsed() > ping_every * 2 {
                         return Stop::Idle;
@@ -268,7 +319,7 @@ impl Session {
         match msg {
             Message::Text(text) => self.on_text(text.as_str()).await,
             Message::Binary(_) => {
-                if !self.bucket.try_take(Instant::now()) {
+                if !self.charge()? {
                     return Ok(()); // dropped silently: already over the rate limit
                 }
                 self.send_error(FrameError::new(
@@ -277,14 +328,16 @@ impl Session {
                 ))
                 .await
             }
-            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            // Control frames count against the rate like any frame (tungstenite has
+            // already queued the pong; it keeps only the latest one unsent).
+            Message::Ping(_) | Message::Pong(_) => self.charge().map(|_| ()),
             Message::Close(frame) => Err(Stop::PeerClosed(frame.map(|f| f.code))),
         }
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Stop> {
         let parsed = parse_client_frame(text, self.limits);
-        if !self.bucket.try_take(Instant::now()) {
+        if !self.charge()? {
             let client_ref = match &parsed {
                 Ok(ClientFrame::Send { client_ref, .. } | ClientFrame::Dm { client_ref, .. }) => {
                     client_ref.as_deref()
@@ -307,6 +360,48 @@ impl Session {
         }
     }
 
+    /// Takes a rate-limit token for one client frame: false when the frame is over the
+    /// rate, and [`Stop::Flood`] when the client keeps sending while refused.
+    fn charge(&mut self) -> Result<bool, Stop> {
+        if self.bucket.try_take(Instant::now()) {
+            self.refused_in_a_row = 0;
+            return Ok(true);
+        }
+        self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
+        let flood = self.state.settings.rate_burst.saturating_mul(FLOOD_BURSTS);
+        if self.refused_in_a_row >= flood {
+            return Err(Stop::Flood);
+        }
+        Ok(false)
+    }
+
+    /// `refresh`: a valid token for this user moves the session's expiry to its `exp`.
+    async fn refresh(&mut self, token: &str) -> Result<(), Stop> {
+        if self.token_exp.is_none() {
+            return self
+                .send_error(FrameError::new(
+                    ErrorCode::TokenRejected,
+                    "this session did not start with a token; there is nothing to refresh",
+                ))
+                .await;
+        }
+        match self.state.auth.refresh(token, &self.handle.user) {
+            Ok(identity) => {
+                let exp = identity.expires_at.unwrap_or_default();
+                self.token_exp = Some(exp);
+                self.write_now(ServerFrame::Refreshed { exp }.to_json())
+                    .await
+            }
+            Err(e) => {
+                self.send_error(FrameError::new(
+                    ErrorCode::TokenRejected,
+                    format!("{e}; the session keeps its current token"),
+                ))
+                .await
+            }
+        }
+    }
+
     async fn dispatch(&mut self, frame: ClientFrame) -> Result<(), Stop> {
         match frame {
             ClientFrame::Join { room, since } => self.join(room, since).await,
@@ -322,6 +417,7 @@ impl Session {
                 client_ref,
             } => self.direct(&to, &body, client_ref.as_deref()).await,
             ClientFrame::Ping {} => self.write_now(ServerFrame::Pong.to_json()).await,
+            ClientFrame::Refresh { token } => self.refresh(&token).await,
         }
     }
 
@@ -714,6 +810,63 @@ fn classify_read_error(e: axum::Error) -> Stop {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Stop::TooBig,
+        Some(tungstenite::Error::Protocol(p)) => match p {
+            // The peer went away without a close: nothing to answer.
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake => Stop::Broken,
+            _ => Stop::ProtocolViolation,
+        },
+        Some(tungstenite::Error::Utf8(_)) => Stop::InvalidUtf8,
         _ => Stop::Broken,
+    }
+}
+
+/// How long a token that expires at `exp` (Unix seconds) stays valid after `now_us`,
+/// with the leeway the upgrade allowed; capped, and the cap for a session without one.
+fn time_left(exp: Option<u64>, now_us: u64) -> Duration {
+    let Some(exp) = exp else {
+        return MAX_TOKEN_LIFETIME;
+    };
+    let valid_until_us = exp
+        .saturating_add(EXP_LEEWAY_SECS)
+        .saturating_mul(1_000_000);
+    Duration::from_micros(valid_until_us.saturating_sub(now_us)).min(MAX_TOKEN_LIFETIME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_honoured_until_exp_plus_the_leeway() {
+        let now_us = 1_000_000_000 * 1_000_000;
+        let exp = 1_000_000_000 + 60;
+        assert_eq!(
+            time_left(Some(exp), now_us),
+            Duration::from_secs(60 + EXP_LEEWAY_SECS)
+        );
+        // Already past: no time left.
+        assert_eq!(time_left(Some(exp), (exp + 10) * 1_000_000), Duration::ZERO);
+        // Absurd lifetimes and no token at all are capped.
+        assert_eq!(time_left(Some(u64::MAX), now_us), MAX_TOKEN_LIFETIME);
+        assert_eq!(time_left(None, now_us), MAX_TOKEN_LIFETIME);
+    }
+
+    #[test]
+    fn every_stop_that_sends_a_close_names_its_code() {
+        let codes: Vec<(Stop, u16)> = vec![
+            (Stop::TokenExpired, 4003),
+            (Stop::ProtocolViolation, 1002),
+            (Stop::InvalidUtf8, 1007),
+            (Stop::Flood, 1008),
+            (Stop::TooBig, 1009),
+            (Stop::SlowConsumer, 4000),
+            (Stop::Idle, 4001),
+            (Stop::Drained, 1012),
+        ];
+        for (stop, code) in codes {
+            assert_eq!(stop.metric_code(1024), code.to_string(), "{stop:?}");
+        }
+        assert!(CloseCode::should_reconnect(4003));
+        assert_eq!(Stop::Broken.metric_code(1024), "1006");
     }
 }

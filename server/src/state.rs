@@ -11,7 +11,10 @@ use crate::drain::{BeginOutcome, Drain, DrainPlan, Phase, StopAction, UndrainErr
 use crate::http::ConnectionSlots;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{SourceBuckets, TokenBucket};
+
+/// Most source addresses the per-source accept limit tracks at once.
+const MAX_TRACKED_SOURCES: usize = 65_536;
 
 pub struct AppState {
     pub settings: Settings,
@@ -21,6 +24,8 @@ pub struct AppState {
     pub drain: Arc<Drain>,
     pub auth: Authenticator,
     pub accept_bucket: Mutex<TokenBucket>,
+    /// `None` when the per-source limit is off (`CHAT_ACCEPT_RATE_PER_SOURCE=0`).
+    pub source_buckets: Option<Mutex<SourceBuckets>>,
     pub slots: ConnectionSlots,
     next_session_id: AtomicU64,
 }
@@ -38,7 +43,15 @@ impl AppState {
             settings.accept_burst,
             Instant::now(),
         ));
+        let source_buckets = (settings.accept_rate_per_source > 0.0).then(|| {
+            Mutex::new(SourceBuckets::new(
+                settings.accept_rate_per_source,
+                settings.accept_burst_per_source,
+                MAX_TRACKED_SOURCES,
+            ))
+        });
         AppState {
+            source_buckets,
             settings,
             hub,
             backplane,

@@ -153,3 +153,88 @@ async fn anonymous_users_only_when_enabled() {
         .expect_err("invalid anonymous name");
     assert_eq!(refused.status, 401);
 }
+
+/// Connects with `token` and returns the client after its `welcome`, checking that the
+/// welcome carries the token's `exp`.
+async fn connect_with_token(s: &chat_server::RunningServer, user: &str, exp: u64) -> Client {
+    let ws = try_connect_with(
+        s.public_addr,
+        &format!("token={}", hs256(user, exp, SECRET)),
+        &[],
+    )
+    .await
+    .expect("token accepted");
+    let mut c = Client {
+        ws,
+        user: user.to_owned(),
+    };
+    let welcome = c.recv_type("welcome").await;
+    assert_eq!(welcome["token_exp"], exp, "{welcome}");
+    c
+}
+
+#[tokio::test]
+async fn a_session_ends_with_4003_when_its_token_expires_unless_refreshed() {
+    use serde_json::json;
+    let s = server(true).await;
+    // Accepted within the 5 s leeway, so the session has about 2 s left.
+    let expired_soon = now() - 3;
+    let mut lapsing = connect_with_token(&s, "alice", expired_soon).await;
+    let mut refreshed = connect_with_token(&s, "bob", expired_soon).await;
+    let mut rejected = connect_with_token(&s, "carol", expired_soon).await;
+
+    let fresh = now() + 600;
+    refreshed
+        .send(json!({"type":"refresh","token": hs256("bob", fresh, SECRET)}))
+        .await;
+    let answer = refreshed.recv_type("refreshed").await;
+    assert_eq!(answer["exp"], fresh, "{answer}");
+
+    // Another user's token, a forged one and an expired one are refused; the session
+    // keeps its old token.
+    for (token, why) in [
+        (hs256("mallory", fresh, SECRET), "for user `mallory`"),
+        (
+            hs256("carol", fresh, "another-secret-another-secret-another"),
+            "token rejected",
+        ),
+        (hs256("carol", now() - 600, SECRET), "token expired"),
+    ] {
+        rejected
+            .send(json!({"type":"refresh","token": token}))
+            .await;
+        let err = rejected.recv_type("error").await;
+        assert_eq!(err["code"], "token_rejected", "{err}");
+        assert!(err["message"].as_str().unwrap().contains(why), "{err}");
+    }
+
+    let (code, reason) = lapsing.expect_close().await;
+    assert_eq!(code, 4003, "{reason}");
+    assert!(reason.contains("new token"), "{reason}");
+    let (code, _) = rejected.expect_close().await;
+    assert_eq!(code, 4003);
+
+    // The refreshed session outlived the old token.
+    refreshed.send(json!({"type":"ping"})).await;
+    refreshed.recv_type("pong").await;
+    assert_eq!(
+        metric(s.admin_addr, "chat_sessions_expired_total").await,
+        2.0
+    );
+    wait_for_metric(
+        s.admin_addr,
+        "chat_connections_closed_total{code=\"4003\"}",
+        2.0,
+    )
+    .await;
+
+    // An anonymous session has no token to refresh and no expiry.
+    let mut anonymous = Client::connect(s.public_addr, "dave").await;
+    anonymous
+        .send(json!({"type":"refresh","token": hs256("dave", fresh, SECRET)}))
+        .await;
+    let err = anonymous.recv_type("error").await;
+    assert_eq!(err["code"], "token_rejected", "{err}");
+    anonymous.close().await;
+    refreshed.close().await;
+}

@@ -18,7 +18,7 @@ use crate::crd::ChatCluster;
 /// Server configuration as `CHAT_*` environment variables.
 pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
     let s = &cluster.spec;
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         ("CHAT_LISTEN".to_owned(), format!("0.0.0.0:{PUBLIC_PORT}")),
         (
             "CHAT_ADMIN_LISTEN".to_owned(),
@@ -67,6 +67,20 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
             format!("{}.{}", n.namespace, n.name),
         ),
     ]);
+    // Only when set, so clusters that do not use them keep their configuration hash
+    // (and their pods) across an operator upgrade.
+    if s.limits.connections_per_second_per_source > 0 {
+        data.insert(
+            "CHAT_ACCEPT_RATE_PER_SOURCE".to_owned(),
+            s.limits.connections_per_second_per_source.to_string(),
+        );
+    }
+    if !s.limits.trusted_proxies.is_empty() {
+        data.insert(
+            "CHAT_TRUSTED_PROXIES".to_owned(),
+            s.limits.trusted_proxies.join(","),
+        );
+    }
     ConfigMap {
         metadata: n.meta(format!("{}-config", n.name), "chat-server"),
         data: Some(data),

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use super::{now_us, Backplane, BackplaneError, EventSink, RoomSnapshot};
+use super::{now_us, Backplane, BackplaneError, RoomSnapshot};
 use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};
+use crate::hub::Hub;
 use crate::protocol::{Position, ServerFrame};
 use crate::sync::lock;
 
@@ -22,7 +23,7 @@ pub struct MemoryBudget {
 }
 
 pub struct MemoryBackplane {
-    sink: Arc<dyn EventSink>,
+    hub: Arc<Hub>,
     limits: HistoryLimits,
     budget: MemoryBudget,
     /// Bytes of history over all rooms.
@@ -33,9 +34,9 @@ pub struct MemoryBackplane {
 }
 
 impl MemoryBackplane {
-    pub fn new(sink: Arc<dyn EventSink>, limits: HistoryLimits, budget: MemoryBudget) -> Self {
+    pub fn new(hub: Arc<Hub>, limits: HistoryLimits, budget: MemoryBudget) -> Self {
         MemoryBackplane {
-            sink,
+            hub,
             limits,
             budget,
             history_bytes: AtomicUsize::new(0),
@@ -130,7 +131,7 @@ impl MemoryBackplane {
         let frame: Utf8Bytes = ServerFrame::Presence { room, joined, left }
             .to_json()
             .into();
-        self.sink.room_frame(room, &frame);
+        self.hub.deliver_room_frame(room, &frame);
     }
 
     /// Forgets rooms whose history has expired and that nobody is in, so memory stays
@@ -189,8 +190,8 @@ impl Backplane for MemoryBackplane {
         .into();
         log.append(ts, frame.clone(), ts);
         // Fan out while holding the room lock so delivery order equals offset order.
-        self.sink
-            .room_message(room, log.epoch(), offset, published_us, &frame);
+        self.hub
+            .deliver_room_message(room, log.epoch(), offset, published_us, &frame);
         let bytes_after = log.bytes();
         drop(log);
         if bytes_after >= bytes_before {
@@ -281,7 +282,7 @@ impl Backplane for MemoryBackplane {
         }
         .to_json()
         .into();
-        Ok(self.sink.user_frame(to, &frame))
+        Ok(self.hub.deliver_user_frame(to, &frame))
     }
 }
 

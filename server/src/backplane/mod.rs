@@ -1,7 +1,8 @@
 //! The backplane joins chat-server nodes: it stores room history, assigns offsets, fans
 //! messages out to every node that hosts a member, tracks presence and routes direct
-//! messages. Sessions and the hub only see this trait, so the in-memory default and the
-//! Redis implementation are interchangeable.
+//! messages. Sessions only see the [`Backplane`] trait, so the in-memory default and the
+//! Redis implementation are interchangeable; both deliver to this node's sessions by
+//! calling the [`crate::hub::Hub`]'s `deliver_*` methods directly.
 
 pub mod memory;
 pub mod redis;
@@ -11,7 +12,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use crate::hub::Hub;
 use crate::protocol::Position;
 
 /// Why the backplane could not do what was asked. Sessions answer `unavailable`.
@@ -51,51 +51,8 @@ pub struct RoomSnapshot {
     pub members: Vec<String>,
 }
 
-/// Where the backplane delivers events for this node. The hub implements it.
-pub trait EventSink: Send + Sync {
-    fn room_message(
-        &self,
-        room: &str,
-        epoch: &Arc<str>,
-        offset: u64,
-        published_us: u64,
-        frame: &Utf8Bytes,
-    ) -> usize;
-    fn room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize;
-    fn user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize;
-    /// Live traffic for `room` may have been missed; members should catch up from history.
-    fn room_resync(&self, room: &str) -> usize;
-    /// Rooms this node has members in (the backplane resubscribes them after a reconnect).
-    fn local_rooms(&self) -> Vec<Arc<str>>;
-}
-
-impl EventSink for Hub {
-    fn room_message(
-        &self,
-        room: &str,
-        epoch: &Arc<str>,
-        offset: u64,
-        published_us: u64,
-        frame: &Utf8Bytes,
-    ) -> usize {
-        self.deliver_room_message(room, epoch, offset, published_us, frame)
-    }
-    fn room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize {
-        self.deliver_room_frame(room, frame)
-    }
-    fn user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize {
-        self.deliver_user_frame(user, frame)
-    }
-    fn room_resync(&self, room: &str) -> usize {
-        self.resync_room(room)
-    }
-    fn local_rooms(&self) -> Vec<Arc<str>> {
-        Hub::local_rooms(self)
-    }
-}
-
 /// The operations sessions need. Implementations must deliver a room's messages to the
-/// sink in offset order: sessions rely on it to join replay and live traffic without a
+/// hub in offset order: sessions rely on it to join replay and live traffic without a
 /// gap or a duplicate.
 #[async_trait]
 pub trait Backplane: Send + Sync {

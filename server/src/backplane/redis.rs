@@ -28,8 +28,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Script};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_us, Backplane, BackplaneError, BackplaneStatus, EventSink, RoomSnapshot};
+use super::{now_us, Backplane, BackplaneError, BackplaneStatus, RoomSnapshot};
 use crate::history::{new_epoch, HistoryLimits};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::{Position, ServerFrame};
 use crate::sync::{lock, read, write};
@@ -223,7 +224,7 @@ pub struct RedisBackplane {
     /// The last heartbeat reached Redis (this node is routable for DMs).
     alive: AtomicBool,
     subs: mpsc::UnboundedSender<SubCommand>,
-    sink: Arc<dyn EventSink>,
+    hub: Arc<Hub>,
     metrics: Metrics,
     scripts: Scripts,
     /// Sessions per local user (registry), and per local (room, user) (presence), so both
@@ -245,7 +246,7 @@ impl RedisBackplane {
         settings: &RedisSettings,
         node: &str,
         limits: HistoryLimits,
-        sink: Arc<dyn EventSink>,
+        hub: Arc<Hub>,
         metrics: Metrics,
     ) -> Result<Arc<RedisBackplane>, RedisConfigError> {
         // TLS to Redis (`rediss://`) uses rustls, which needs one process-wide crypto
@@ -293,7 +294,7 @@ impl RedisBackplane {
             pubsub_ok: AtomicBool::new(false),
             alive: AtomicBool::new(false),
             subs: tx,
-            sink,
+            hub,
             metrics,
             scripts: Scripts {
                 publish: Script::new(PUBLISH),
@@ -417,8 +418,8 @@ impl RedisBackplane {
                     .to_json()
                     .into();
                     let epoch: Arc<str> = epoch.into();
-                    self.sink
-                        .room_message(room, &epoch, offset, published_us, &frame);
+                    self.hub
+                        .deliver_room_message(room, &epoch, offset, published_us, &frame);
                 }
                 Some(RoomEvent::Presence { joined, user }) => {
                     let user = vec![user.to_owned()];
@@ -435,14 +436,15 @@ impl RedisBackplane {
                     }
                     .to_json()
                     .into();
-                    self.sink.room_frame(room, &frame);
+                    self.hub.deliver_room_frame(room, &frame);
                 }
                 None => tracing::warn!(channel, "ignoring malformed backplane message"),
             }
         } else if channel == self.node_channel() {
             match payload.strip_prefix("D|").and_then(|r| r.split_once('|')) {
                 Some((to, frame)) => {
-                    self.sink.user_frame(to, &Utf8Bytes::from(frame.to_owned()));
+                    self.hub
+                        .deliver_user_frame(to, &Utf8Bytes::from(frame.to_owned()));
                 }
                 None => tracing::warn!(channel, "ignoring malformed direct message"),
             }
@@ -471,8 +473,8 @@ impl RedisBackplane {
                 .arg(self.room_channel(&room));
             self.run::<i64>(&inv).await?;
         }
-        for room in self.sink.local_rooms() {
-            self.sink.room_resync(&room);
+        for room in self.hub.local_rooms() {
+            self.hub.resync_room(&room);
         }
         Ok(())
     }
@@ -501,7 +503,7 @@ impl RedisBackplane {
         alive.map_err(|e| {
             BackplaneError::Unavailable(format!("Redis: {}", self.record_error("heartbeat", e)))
         })?;
-        for room in self.sink.local_rooms() {
+        for room in self.hub.local_rooms() {
             let mut inv = self.scripts.presence_sweep.prepare_invoke();
             inv.key(self.key(&["room", &room, "presence"]))
                 .key(self.key(&["room", &room, "users"]))

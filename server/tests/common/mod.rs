@@ -249,3 +249,25 @@ pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} not found in\n{body}"))
 }
+
+/// Waits (up to `WAIT`) until a metric reads `value`: counters of closed connections
+/// are updated once the server's side of the close handshake is done.
+pub async fn wait_for_metric(addr: SocketAddr, name: &str, value: f64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = admin_get(addr, "/metrics").await;
+        let now = body
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok());
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} is {now:?}, expected {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

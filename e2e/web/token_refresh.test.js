@@ -1,0 +1,141 @@
+// The web client keeps a JWT session alive past its token's `exp`, in a real browser
+// against a real chat-server (HS256 tokens, no anonymous users):
+//
+// - With `?token_url=` the page fetches its token from a token endpoint (a tiny HTTP
+//   server here, on another loopback port, with CORS for the chat origin), and sends
+//   `refresh` with a fresh one before each token expires. Tokens live 8 s; after 18 s
+//   the first session is still the only one the server ever accepted, none expired, and
+//   the endpoint was asked for several tokens.
+// - Without it, a pasted token that is about to expire ends the session with 4003 and the
+//   page says to paste a new token (it does not reconnect with the dead one); a new
+//   token pasted and Connect get back in.
+//
+// Every wait is for a condition, bounded in time; the chat-server is stopped by PID.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { createServer } from "node:http";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const SERVER_BIN = process.env.CHAT_SERVER_BIN
+  ?? new URL("../../target/debug/chat-server", import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
+const SECRET = "web-token-test-secret-0123456789abcdef";
+const WAIT = 10_000;
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const nowSecs = () => Math.floor(Date.now() / 1000);
+const b64url = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v)).toString("base64url");
+
+/** An HS256 JWT for `sub` expiring at `exp` (Unix seconds). */
+function jwt(sub, exp) {
+  const unsigned = `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url({ sub, exp })}`;
+  return `${unsigned}.${createHmac("sha256", SECRET).update(unsigned).digest("base64url")}`;
+}
+
+/** Starts chat-server on ephemeral loopback ports; resolves with its addresses. */
+async function startServer() {
+  const child = spawn(SERVER_BIN, ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+    "--log-format", "json"], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, CHAT_JWT_HS256_SECRET: SECRET, CHAT_ALLOWED_ORIGINS: "*" },
+  });
+  const logs = [];
+  createInterface({ input: child.stderr }).on("line", (l) => logs.push(l));
+  const lines = createInterface({ input: child.stdout });
+  const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+  try {
+    for await (const line of lines) {
+      logs.push(line);
+      let v;
+      try { v = JSON.parse(line); } catch { continue; }
+      if (v.message === "chat server listening") {
+        lines.on("line", (l) => logs.push(l));
+        return { child, logs, public: v.public_addr, admin: v.admin_addr };
+      }
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  throw new Error(`chat-server did not start:\n${logs.join("\n")}`);
+}
+
+/** SIGTERM, then SIGKILL by PID after 10 s; resolves once it has exited. */
+async function stopServer(server) {
+  if (server.child.exitCode !== null) return;
+  const exited = new Promise((r) => server.child.once("exit", r));
+  server.child.kill("SIGTERM");
+  const timer = setTimeout(() => server.child.kill("SIGKILL"), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function metric(server, name) {
+  const body = await (await fetch(`http://${server.admin}/metrics`)).text();
+  const line = body.split("\n").find((l) => l.startsWith(name + " "));
+  return line ? Number(line.split(" ").pop()) : 0;
+}
+
+const status = (page) => page.textContent("#status");
+const waitStatus = (page, re) => page.waitForFunction(
+  (src) => new RegExp(src).test(document.getElementById("status").textContent), re.source,
+  { timeout: WAIT, polling: 50 });
+
+test("the web client refreshes its token before exp, and asks for a new one after a 4003",
+  { timeout: 90_000 }, async () => {
+    const server = await startServer();
+    const chatOrigin = `http://${server.public}`;
+    let issued = 0;
+    const tokens = createServer((req, res) => {
+      if (req.url !== "/token") { res.writeHead(404).end(); return; }
+      issued += 1;
+      res.writeHead(200, {
+        "content-type": "text/plain",
+        "access-control-allow-origin": chatOrigin,
+        "access-control-allow-credentials": "true",
+      }).end(jwt("alice", nowSecs() + 8));
+    });
+    await new Promise((r) => tokens.listen(0, "127.0.0.1", r));
+    const tokenUrl = `http://127.0.0.1:${tokens.address().port}/token`;
+    let browser;
+    try {
+      browser = await chromium.launch({
+        executablePath: CHROMIUM,
+        args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+          "--disable-sync", "--no-first-run"],
+      });
+
+      // With a token endpoint: one session outlives two token lifetimes.
+      const a = await (await browser.newContext()).newPage();
+      await a.goto(`${chatOrigin}/?token_url=${encodeURIComponent(tokenUrl)}`);
+      await a.click("#connect");
+      await waitStatus(a, /^connected as alice on /);
+      await sleep(18_000);
+      assert.match(await status(a), /^connected as alice on /);
+      assert.equal(await metric(server, "chat_connections_accepted_total"), 1, "one session, never reconnected");
+      assert.equal(await metric(server, "chat_sessions_expired_total"), 0);
+      assert.ok(issued >= 3, `the endpoint issued ${issued} tokens (first + refreshes)`);
+      assert.ok(!(await a.textContent("#log")).includes("error"), await a.textContent("#log"));
+
+      // A pasted token about to lapse (accepted within the 5 s leeway): the session ends
+      // with 4003 and the page asks for a new token instead of reconnecting with it.
+      const b = await (await browser.newContext()).newPage();
+      await b.goto(chatOrigin);
+      await b.fill("#token", jwt("bob", nowSecs() - 3));
+      await b.click("#connect");
+      await waitStatus(b, /^token expired: paste a new token/);
+      assert.equal(await metric(server, "chat_sessions_expired_total"), 1);
+      const accepted = await metric(server, "chat_connections_accepted_total");
+      await sleep(1_500);
+      assert.equal(await metric(server, "chat_connections_accepted_total"), accepted, "no reconnect with the dead token");
+      await b.fill("#token", jwt("bob", nowSecs() + 600));
+      await b.click("#connect");
+      await waitStatus(b, /^connected as bob on /);
+    } finally {
+      await browser?.close();
+      tokens.close();
+      await stopServer(server);
+    }
+  });
