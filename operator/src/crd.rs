@@ -418,8 +418,8 @@ pub struct LimitsSpec {
     #[schemars(range(min = 0, max = 100000))]
     pub connections_per_second_per_source: i32,
     /// Address ranges (CIDR, or single addresses) of the proxies in front of the pods,
-    /// e.g. the ingress controller's pods: only from these are `Forwarded` and
-    /// `X-Forwarded-For` believed to name the client.
+    /// e.g. the ingress controller's pods: only from these is `X-Forwarded-For` believed
+    /// to name the client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(max = 49)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) || isIP(c))")

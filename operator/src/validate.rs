@@ -112,6 +112,21 @@ mod tests {
     }
 
     #[test]
+    fn trusted_proxies_must_be_ranges_or_addresses() {
+        let ok = json!({"limits": {"trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]}});
+        assert_eq!(validate(&cluster("chat", ok)), Ok(()));
+        for bad in ["10.0.0.0/33", "ingress", "10.0.0.0/8 "] {
+            let spec = json!({"limits": {"trustedProxies": ["10.0.0.0/8", bad]}});
+            let e = validate(&cluster("chat", spec)).unwrap_err();
+            assert!(
+                e.message
+                    .contains("limits.trustedProxies: each entry must be"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn accepts_defaults_and_rejects_with_reasons() {
         assert_eq!(validate(&cluster("chat", json!({}))), Ok(()));
         assert_eq!(

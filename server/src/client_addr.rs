@@ -1,8 +1,10 @@
 //! Which address a connection comes from, for the per-source accept bucket. Behind a
-//! proxy every TCP peer is the proxy, so the client's address is taken from
-//! `Forwarded` or `X-Forwarded-For`, but only when the peer is a trusted proxy: anyone
-//! else could write any address there and so escape, or frame someone else into, a
-//! per-source limit. Pure: no I/O.
+//! proxy every TCP peer is the proxy, so the client's address is taken from the
+//! forwarding header the proxies set (`X-Forwarded-For`, or `Forwarded` when configured:
+//! one of them, never both, because a proxy that sets one passes a client's forged other
+//! one through untouched), and only when the peer is a trusted proxy: anyone else could
+//! write any address there and so escape, or frame someone else into, a per-source
+//! limit. Pure: no I/O.
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
@@ -30,8 +32,8 @@ impl FromStr for Cidr {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (s, None),
         };
-        let network: IpAddr = addr.trim().parse().map_err(|_| bad())?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
+        let written: IpAddr = addr.trim().parse().map_err(|_| bad())?;
+        let max = if written.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
             None => max,
@@ -39,10 +41,14 @@ impl FromStr for Cidr {
         if prefix > max {
             return Err(bad());
         }
-        Ok(Cidr {
-            network: canonical(network),
-            prefix,
-        })
+        // Peers are compared as IPv4 when they are IPv4-mapped, so a mapped range is
+        // turned into the IPv4 range it covers (it must lie within ::ffff:0:0/96).
+        let network = canonical(written);
+        let prefix = match (written, network) {
+            (IpAddr::V6(_), IpAddr::V4(_)) => prefix.checked_sub(96).ok_or_else(bad)?,
+            _ => prefix,
+        };
+        Ok(Cidr { network, prefix })
     }
 }
 
@@ -80,9 +86,24 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// The proxies whose forwarding headers are believed (`CHAT_TRUSTED_PROXIES`).
+/// Which header the trusted proxies write the client into (`CHAT_FORWARDED_HEADER`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, Traefik, Envoy, HAProxy's `option forwardfor`, cloud
+    /// load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded` (`for=`).
+    Forwarded,
+}
+
+/// The proxies whose forwarding header is believed (`CHAT_TRUSTED_PROXIES`), and which
+/// header that is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<Cidr>);
+pub struct TrustedProxies {
+    ranges: Vec<Cidr>,
+    header: ForwardedHeader,
+}
 
 impl TrustedProxies {
     /// Parses a comma-separated list; empty means no proxy is trusted.
@@ -92,72 +113,75 @@ impl TrustedProxies {
             .filter(|s| !s.is_empty())
             .map(Cidr::from_str)
             .collect::<Result<Vec<_>, _>>()
-            .map(TrustedProxies)
+            .map(|ranges| TrustedProxies {
+                ranges,
+                header: ForwardedHeader::default(),
+            })
+    }
+
+    /// The same proxies, writing the client into `header`.
+    pub fn with_header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
     }
 
     pub fn trusts(&self, addr: IpAddr) -> bool {
-        self.0.iter().any(|c| c.contains(addr))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.ranges.iter().any(|c| c.contains(addr))
     }
 }
 
 /// The client's address: the TCP peer, unless the peer is a trusted proxy; then the
 /// forwarding chain is walked from the nearest hop back, and the first address that is
-/// not a trusted proxy is the client. `Forwarded` is used when present, else
-/// `X-Forwarded-For`. A hop that cannot be read (`unknown`, an obfuscated name, junk)
-/// ends the walk at the last trusted hop, so a garbled header never yields an address
-/// the proxy did not vouch for.
+/// not a trusted proxy is the client. A hop that cannot be read (`unknown`, an
+/// obfuscated name, junk) ends the walk at the last trusted hop, so a garbled header
+/// never yields an address the proxy did not vouch for. When every hop is a trusted
+/// address the nearest one is used: entries further back may have been written by the
+/// client itself.
 pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
     let peer = canonical(peer);
     if !trusted.trusts(peer) {
         return peer;
     }
-    let chain = forwarded_chain(headers);
-    let mut client = peer;
-    for hop in chain.iter().rev() {
+    let mut last_trusted = peer;
+    let mut nearest = None;
+    for hop in forwarded_chain(headers, trusted.header).iter().rev() {
         let Some(addr) = hop else {
-            return client;
+            return last_trusted;
         };
-        client = canonical(*addr);
-        if !trusted.trusts(client) {
-            return client;
+        let addr = canonical(*addr);
+        if !trusted.trusts(addr) {
+            return addr;
         }
+        last_trusted = addr;
+        nearest.get_or_insert(addr);
     }
-    client
+    nearest.unwrap_or(peer)
 }
 
-/// The forwarding chain, client first; `None` for a hop that is not an address.
-fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let forwarded: Vec<&str> = headers
-        .get_all("forwarded")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if !forwarded.is_empty() {
-        return forwarded
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(|element| {
-                element
-                    .split(';')
-                    .filter_map(|pair| pair.split_once('='))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
-                    .and_then(|(_, v)| parse_node(v))
-            })
-            .collect();
-    }
+/// The forwarding chain from `header`, client first; `None` for a hop that is not an
+/// address.
+fn forwarded_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<Option<IpAddr>> {
+    let (name, hop): (&str, fn(&str) -> Option<IpAddr>) = match header {
+        ForwardedHeader::Forwarded => ("forwarded", forwarded_for),
+        ForwardedHeader::XForwardedFor => ("x-forwarded-for", parse_node),
+    };
     headers
-        .get_all("x-forwarded-for")
+        .get_all(name)
         .iter()
-        .map(|v| v.to_str().ok())
-        .flat_map(|v| match v {
-            Some(v) => v.split(',').map(parse_node).collect::<Vec<_>>(),
-            None => vec![None],
+        .flat_map(|v| match v.to_str() {
+            Ok(v) => v.split(',').map(hop).collect::<Vec<_>>(),
+            Err(_) => vec![None],
         })
         .collect()
+}
+
+/// The `for=` node of one `Forwarded` element.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
+        .and_then(|(_, v)| parse_node(v))
 }
 
 /// One hop: `192.0.2.1`, `192.0.2.1:4711`, `"[2001:db8::1]:4711"`, `2001:db8::1`.
@@ -223,6 +247,11 @@ mod tests {
         assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
         let all: Cidr = "0.0.0.0/0".parse().expect("range");
         assert!(all.contains(ip("203.0.113.9")) && !all.contains(ip("::1")));
+        // IPv4-mapped ranges are the IPv4 ranges they cover.
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().expect("mapped range");
+        assert!(mapped.contains(ip("10.200.0.1")) && !mapped.contains(ip("11.0.0.1")));
+        let mapped_one: Cidr = "::ffff:10.0.0.1".parse().expect("mapped address");
+        assert!(mapped_one.contains(ip("10.0.0.1")) && !mapped_one.contains(ip("10.0.0.2")));
         for bad in [
             "10.0.0.0/33",
             "nonsense",
@@ -230,6 +259,7 @@ mod tests {
             "::/129",
             "10.0.0.0/x",
             "",
+            "::ffff:10.0.0.0/95",
         ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
         }
@@ -265,7 +295,9 @@ mod tests {
             ("x-forwarded-for", "198.51.100.8"),
         ]);
         assert_eq!(client_address(peer, &h, &trusted), ip("198.51.100.8"));
-        // Forwarded wins over X-Forwarded-For, with ports and IPv6 brackets.
+        // Only the configured header counts: a client's own `Forwarded` passes through an
+        // X-Forwarded-For proxy untouched and is ignored, and the other way round. Ports
+        // and IPv6 brackets are read.
         let h = headers(&[
             (
                 "forwarded",
@@ -273,17 +305,19 @@ mod tests {
             ),
             ("x-forwarded-for", "198.51.100.9"),
         ]);
-        assert_eq!(client_address(peer, &h, &trusted), ip("2001:db8::5"));
+        assert_eq!(client_address(peer, &h, &trusted), ip("198.51.100.9"));
+        let rfc7239 = trusted.clone().with_header(ForwardedHeader::Forwarded);
+        assert_eq!(client_address(peer, &h, &rfc7239), ip("2001:db8::5"));
         // No header: the proxy itself.
         assert_eq!(client_address(peer, &HeaderMap::new(), &trusted), peer);
         // An unreadable hop stops the walk at the last trusted one.
         let h = headers(&[("x-forwarded-for", "198.51.100.1, unknown, 10.0.0.4")]);
         assert_eq!(client_address(peer, &h, &trusted), ip("10.0.0.4"));
         let h = headers(&[("forwarded", "for=_hidden")]);
-        assert_eq!(client_address(peer, &h, &trusted), peer);
-        // Every hop trusted: the first one.
+        assert_eq!(client_address(peer, &h, &rfc7239), peer);
+        // Every hop trusted: the nearest, since the client may have written the others.
         let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.0.0.4")]);
-        assert_eq!(client_address(peer, &h, &trusted), ip("10.9.9.9"));
+        assert_eq!(client_address(peer, &h, &trusted), ip("10.0.0.4"));
     }
 
     #[test]

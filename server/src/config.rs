@@ -93,6 +93,15 @@ pub struct Args {
     /// `X-Forwarded-For` headers name the client; from any other peer they are ignored.
     #[arg(long, env = "CHAT_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
+    /// The header the trusted proxies write the client's address into: only that one is
+    /// read (a proxy passes a client's forged other one through).
+    #[arg(
+        long,
+        env = "CHAT_FORWARDED_HEADER",
+        value_enum,
+        default_value = "x-forwarded-for"
+    )]
+    pub forwarded_header: crate::client_addr::ForwardedHeader,
     /// A connection must send its request headers within this (slow or silent clients
     /// are closed).
     #[arg(long, env = "CHAT_HEADER_READ_TIMEOUT", default_value = "10s")]
@@ -439,7 +448,8 @@ impl Settings {
             accept_rate_per_source: args.accept_rate_per_source,
             accept_burst_per_source: args.accept_burst_per_source,
             trusted_proxies: crate::client_addr::TrustedProxies::parse(&args.trusted_proxies)
-                .map_err(|e| ConfigError(format!("CHAT_TRUSTED_PROXIES: {e}")))?,
+                .map_err(|e| ConfigError(format!("CHAT_TRUSTED_PROXIES: {e}")))?
+                .with_header(args.forwarded_header),
             header_read_timeout: parse_duration(
                 "CHAT_HEADER_READ_TIMEOUT",
                 &args.header_read_timeout,

@@ -28,8 +28,10 @@ pub struct StoredMessage {
 pub enum ResumeDecision {
     /// No `since`: live messages only, nothing replayed.
     Fresh,
-    /// Replay every message with offset in `from..=to` (empty when `from > to`).
+    /// Replay every message with offset in `from..=to` (`from <= to`).
     Replay { from: u64, to: u64 },
+    /// The client has seen the head already: recovered, nothing to replay.
+    UpToDate,
     /// The gap is not (wholly) in history, or the epoch changed: replay nothing.
     NotRecovered,
 }
@@ -50,10 +52,9 @@ pub fn resume_decision(
         return ResumeDecision::NotRecovered;
     }
     if since.offset == head {
-        return ResumeDecision::Replay {
-            from: head + 1,
-            to: head,
-        };
+        // Not `Replay { from: head + 1, .. }`: the head may be u64::MAX (found by the
+        // `resume` fuzz target).
+        return ResumeDecision::UpToDate;
     }
     match oldest_retained {
         Some(oldest) if oldest <= since.offset + 1 => ResumeDecision::Replay {
@@ -154,7 +155,7 @@ impl RoomLog {
         let oldest = self.entries.front().map(|m| m.offset);
         let decision = resume_decision(&self.epoch, self.head, oldest, since);
         let frames = match decision {
-            ResumeDecision::Replay { from, to } if from <= to => self
+            ResumeDecision::Replay { from, to } => self
                 .entries
                 .iter()
                 .filter(|m| m.offset >= from && m.offset <= to)
@@ -212,7 +213,7 @@ mod tests {
         // Caught up, even with everything pruned: nothing was missed.
         assert_eq!(
             resume_decision("e", 5, None, Some(&pos("e", 5))),
-            ResumeDecision::Replay { from: 6, to: 5 }
+            ResumeDecision::UpToDate
         );
         assert_eq!(
             resume_decision("e", 5, None, Some(&pos("e", 4))),
@@ -220,7 +221,12 @@ mod tests {
         );
         assert_eq!(
             resume_decision("e", 0, None, Some(&pos("e", 0))),
-            ResumeDecision::Replay { from: 1, to: 0 }
+            ResumeDecision::UpToDate
+        );
+        // At the very top of the offset range.
+        assert_eq!(
+            resume_decision("e", u64::MAX, Some(1), Some(&pos("e", u64::MAX))),
+            ResumeDecision::UpToDate
         );
     }
 
@@ -232,6 +238,30 @@ mod tests {
                 max_age_ms,
             },
         )
+    }
+
+    #[test]
+    fn epochs_are_16_hex_digits_and_fresh_each_time() {
+        let a = new_epoch();
+        let b = new_epoch();
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn last_ts_and_emptiness_follow_the_retained_messages() {
+        // The memory backplane forgets idle rooms by these two.
+        let mut l = log(2, 1_000);
+        assert!(l.is_empty());
+        assert_eq!(l.last_ts(), None);
+        l.append(100, "a".into(), 100);
+        l.append(250, "b".into(), 250);
+        assert!(!l.is_empty());
+        assert_eq!(l.last_ts(), Some(250));
+        l.prune(1_300);
+        assert!(l.is_empty());
+        assert_eq!(l.last_ts(), None);
     }
 
     #[test]

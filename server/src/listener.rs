@@ -5,14 +5,15 @@
 //!
 //! Each connection is served by hyper's HTTP/1 with a header-read timeout (it also bounds
 //! an idle keep-alive connection waiting for its next request). Connections that have
-//! not become a WebSocket session are *pending*; at the cap, the oldest pending one is
-//! closed to make room. A real client sends its headers within milliseconds of
-//! connecting, so the oldest waiting connection is almost always a slow one, and a flood
-//! of them cannot lock real clients out.
+//! not yet sent a complete request head are *pending*; at the cap, one is closed to make
+//! room: the oldest of the peer address holding the most pending connections. A real
+//! client sends its head within milliseconds of connecting, so it is rarely pending for
+//! long, and a flood from a few addresses evicts its own connections first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +30,9 @@ use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::sync::lock;
 
-/// Largest request head (request line and headers) hyper buffers; the least it allows.
-const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// Largest request head (request line and headers) hyper buffers: room for large cookies
+/// and a `?token=` JWT.
+const MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;
 /// After a failed `accept` (e.g. out of file descriptors), wait before trying again.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -41,46 +43,50 @@ pub struct PendingLimits {
     /// A request's headers must be complete this long after the connection opened (or
     /// after the previous response on a keep-alive connection).
     pub header_read_timeout: Duration,
-    /// Most connections that have not become a WebSocket session.
+    /// Most connections (per port) that have not yet sent a complete request head.
     pub max_pending: usize,
 }
 
-/// Open connections in arrival order, capped: admitting one past the cap evicts the
-/// oldest. Pure bookkeeping (the values are whatever the caller needs to close one).
+/// Open connections in arrival order with their source, capped: admitting one past the
+/// cap evicts the oldest connection of the source with the most. Pure bookkeeping (the
+/// values are whatever the caller needs to close one).
 #[derive(Debug)]
-pub struct PendingSet<T> {
+pub struct PendingSet<K, T> {
     max: usize,
     next_id: u64,
-    open: BTreeMap<u64, T>,
+    open: BTreeMap<u64, (K, T)>,
+    by_source: HashMap<K, BTreeSet<u64>>,
 }
 
-impl<T> PendingSet<T> {
+impl<K: Copy + Eq + Hash, T> PendingSet<K, T> {
     /// An empty set holding at most `max` (at least 1).
     pub fn new(max: usize) -> Self {
         PendingSet {
             max: max.max(1),
             next_id: 0,
             open: BTreeMap::new(),
+            by_source: HashMap::new(),
         }
     }
 
-    /// Adds a connection; returns its id and, when the set was full, the oldest one's
-    /// value, which the caller must close.
-    pub fn admit(&mut self, value: T) -> (u64, Option<T>) {
+    /// Adds a connection from `source`; returns its id and, when the set was full, the
+    /// value of the connection evicted to make room, which the caller must close.
+    pub fn admit(&mut self, source: K, value: T) -> (u64, Option<T>) {
         let evicted = if self.open.len() >= self.max {
-            self.open.pop_first().map(|(_, v)| v)
+            self.heaviest_oldest().and_then(|id| self.take(id))
         } else {
             None
         };
         let id = self.next_id;
         self.next_id += 1;
-        self.open.insert(id, value);
+        self.open.insert(id, (source, value));
+        self.by_source.entry(source).or_default().insert(id);
         (id, evicted)
     }
 
-    /// Forgets a connection (closed or upgraded); a no-op if it was evicted.
+    /// Forgets a connection (its head arrived, or it closed); a no-op if it was evicted.
     pub fn remove(&mut self, id: u64) {
-        self.open.remove(&id);
+        self.take(id);
     }
 
     pub fn len(&self) -> usize {
@@ -90,11 +96,31 @@ impl<T> PendingSet<T> {
     pub fn is_empty(&self) -> bool {
         self.open.is_empty()
     }
+
+    /// The oldest connection of the source holding the most (ties: the oldest of them).
+    fn heaviest_oldest(&self) -> Option<u64> {
+        self.by_source
+            .values()
+            .filter_map(|ids| Some((ids.len(), *ids.first()?)))
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
+            .map(|(_, oldest)| oldest)
+    }
+
+    fn take(&mut self, id: u64) -> Option<T> {
+        let (source, value) = self.open.remove(&id)?;
+        if let Some(ids) = self.by_source.get_mut(&source) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_source.remove(&source);
+            }
+        }
+        Some(value)
+    }
 }
 
-/// Pending connections of one port: each one's eviction signal.
+/// Pending connections of one port: each one's peer address and eviction signal.
 struct Pending {
-    set: Mutex<PendingSet<Arc<Notify>>>,
+    set: Mutex<PendingSet<IpAddr, Arc<Notify>>>,
     metrics: Metrics,
     /// The `port` label of the pending-connection metrics.
     port: &'static str,
@@ -116,27 +142,33 @@ impl Pending {
     }
 }
 
-/// Removes its connection from the pending set when the connection task ends, whichever
-/// way (served, upgraded, timed out, evicted, stopped).
+/// A connection's place in the pending set: left when its first request head arrives,
+/// and in any case when the connection task ends (timed out, evicted, closed, stopped).
 struct PendingEntry {
     pending: Arc<Pending>,
     id: u64,
 }
 
-impl Drop for PendingEntry {
-    fn drop(&mut self) {
+impl PendingEntry {
+    fn leave(&self) {
         let mut set = lock(&self.pending.set);
         set.remove(self.id);
         self.pending.set_gauge(set.len());
     }
 }
 
+impl Drop for PendingEntry {
+    fn drop(&mut self) {
+        self.leave();
+    }
+}
+
 impl Pending {
-    fn admit(self: &Arc<Self>) -> (PendingEntry, Arc<Notify>) {
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> (PendingEntry, Arc<Notify>) {
         let evict = Arc::new(Notify::new());
         let (id, evicted) = {
             let mut set = lock(&self.set);
-            let admitted = set.admit(evict.clone());
+            let admitted = set.admit(peer, evict.clone());
             self.set_gauge(set.len());
             admitted
         };
@@ -180,7 +212,7 @@ pub async fn serve(
             _ = drain.stopped() => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (entry, evicted) = pending.admit();
+        let (entry, evicted) = pending.admit(peer.ip());
         tokio::spawn(serve_connection(
             tcp,
             peer,
@@ -204,7 +236,12 @@ async fn serve_connection(
     evicted: Arc<Notify>,
     drain: Arc<Drain>,
 ) {
+    let entry = Arc::new(entry);
+    let head_arrived = entry.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // The head is complete: no longer pending (a later keep-alive wait is bounded by
+        // the header-read timeout alone).
+        head_arrived.leave();
         request.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
         async move { Ok::<_, Infallible>(router.oneshot(request).await.unwrap_or_else(|e| match e {})) }
@@ -248,29 +285,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admitting_past_the_cap_evicts_the_oldest_still_open() {
+    fn past_the_cap_the_heaviest_source_loses_its_oldest() {
+        let mut set = PendingSet::new(4);
+        let (real, _) = set.admit("real", "r1");
+        let (f1, _) = set.admit("flood", "f1");
+        set.admit("flood", "f2");
+        set.admit("other", "o1");
+        // Full: the flood holds the most, so its oldest goes, not the real client's
+        // older connection.
+        assert_eq!(set.admit("flood", "f3").1, Some("f1"));
+        assert_eq!(set.admit("real", "r2").1, Some("f2"));
+        // Now every source holds one or two: real (2) loses its oldest.
+        assert_eq!(set.admit("other", "o2").1, Some("r1"));
+        assert_eq!(set.len(), 4);
+        // Removing evicted or unknown ids is harmless.
+        set.remove(f1);
+        set.remove(real);
+        set.remove(999);
+        assert_eq!(set.len(), 4);
+    }
+
+    #[test]
+    fn ties_evict_the_oldest_and_removal_makes_room() {
         let mut set = PendingSet::new(2);
-        let (a, none) = set.admit("a");
-        assert_eq!(none, None);
-        let (b, none) = set.admit("b");
-        assert_eq!(none, None);
-        // `a` upgraded: there is room again.
+        assert!(set.is_empty());
+        let (a, _) = set.admit(1, "a");
+        set.admit(2, "b");
+        assert_eq!(set.admit(3, "c").1, Some("a"));
         set.remove(a);
-        let (_c, none) = set.admit("c");
-        assert_eq!(none, None);
-        let (_d, evicted) = set.admit("d");
-        assert_eq!(evicted, Some("b"));
-        assert_eq!(set.len(), 2);
-        // Removing an evicted id is harmless.
-        set.remove(b);
-        assert_eq!(set.len(), 2);
+        let mut set = PendingSet::new(2);
+        let (a, _) = set.admit(1, "a");
+        set.admit(2, "b");
+        set.remove(a);
+        assert_eq!(set.admit(3, "c").1, None);
+        assert!(!set.is_empty());
     }
 
     #[test]
     fn a_cap_of_zero_still_admits_one() {
         let mut set = PendingSet::new(0);
-        assert_eq!(set.admit(1).1, None);
-        assert_eq!(set.admit(2).1, Some(1));
-        assert!(!set.is_empty());
+        assert_eq!(set.admit('x', 1).1, None);
+        assert_eq!(set.admit('y', 2).1, Some(1));
     }
 }

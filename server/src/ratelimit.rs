@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
@@ -56,14 +56,17 @@ impl TokenBucket {
 
 /// One accept bucket per source address (see [`crate::client_addr::source_key`]), so a
 /// flood from one source spends its own budget and not everyone's. The map is bounded:
-/// full buckets are forgotten when it reaches `max_sources`, and if every tracked source
-/// is still limited, a new source is refused until one refills.
+/// when it reaches `max_sources`, buckets that have refilled are forgotten (at most once
+/// a second, so a full map costs no scan per connection); a source that still finds no
+/// room is not limited per source, only by the node-wide bucket behind this one. So many
+/// sources at once degrade the limit to the node-wide one and never lock new clients out.
 #[derive(Debug)]
 pub struct SourceBuckets {
     rate_per_sec: f64,
     burst: u32,
     max_sources: usize,
     buckets: HashMap<IpAddr, TokenBucket>,
+    last_prune: Option<Instant>,
 }
 
 impl SourceBuckets {
@@ -73,15 +76,22 @@ impl SourceBuckets {
             burst,
             max_sources: max_sources.max(1),
             buckets: HashMap::new(),
+            last_prune: None,
         }
     }
 
     /// Takes a token for `source`, or returns the seconds to wait (for Retry-After).
     pub fn try_take(&mut self, source: IpAddr, now: Instant) -> Result<(), f64> {
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
-            self.buckets.retain(|_, b| !b.is_full(now));
+            let due = self
+                .last_prune
+                .is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(1));
+            if due {
+                self.last_prune = Some(now);
+                self.buckets.retain(|_, b| !b.is_full(now));
+            }
             if self.buckets.len() >= self.max_sources {
-                return Err(1.0 / self.rate_per_sec);
+                return Ok(());
             }
         }
         let (rate, burst) = (self.rate_per_sec, self.burst);
@@ -109,7 +119,6 @@ impl SourceBuckets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn allows_burst_then_refills_at_rate() {
@@ -148,18 +157,22 @@ mod tests {
     fn the_source_map_stays_bounded() {
         let t0 = Instant::now();
         let mut sources = SourceBuckets::new(10.0, 1, 2);
+        assert!(sources.is_empty());
         let a: IpAddr = [192, 0, 2, 1].into();
         let b: IpAddr = [192, 0, 2, 2].into();
         let c: IpAddr = [192, 0, 2, 3].into();
         assert!(sources.try_take(a, t0).is_ok());
         assert!(sources.try_take(b, t0).is_ok());
-        // Both tracked sources are still limited: a third is refused for now.
-        assert!(sources.try_take(c, t0).is_err());
+        // Both tracked sources are still limited: a third is let through untracked (the
+        // node-wide bucket still applies), again and again.
+        assert!(sources.try_take(c, t0).is_ok());
+        assert!(sources.try_take(c, t0).is_ok());
         assert_eq!(sources.len(), 2);
-        // Once they have refilled they are forgotten and make room.
+        // Once they have refilled they are forgotten and make room: `c` is tracked.
         let later = t0 + Duration::from_secs(1);
         assert!(sources.try_take(c, later).is_ok());
         assert_eq!(sources.len(), 1);
+        assert!(sources.try_take(c, later).is_err());
         assert!(!sources.is_empty());
     }
 }

@@ -29,9 +29,10 @@ use crate::state::AppState;
 const MAX_BATCH: usize = 256;
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
-/// A client that sends this many times its burst in a row while over its rate limit
-/// (every frame refused, none accepted in between) is flooding and is closed (1008).
-/// One just above its rate gets a few refusals between accepted frames and is not.
+/// Refused frames are themselves limited: a second bucket, refilled at the client's rate
+/// and holding this many bursts, pays for each refusal. A client a little over its rate
+/// (under twice it) never empties it; one that keeps sending faster does, and is closed
+/// as flooding (1008) instead of being answered `rate_limited` without end.
 const FLOOD_BURSTS: u32 = 4;
 /// Token lifetimes beyond this are treated as this (keeps the timer arithmetic finite).
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -126,8 +127,8 @@ struct Session {
     /// Joined rooms and how far this client has been sent in each.
     rooms: HashMap<Arc<str>, Cursor>,
     bucket: TokenBucket,
-    /// Frames refused by the rate limit since the last accepted one.
-    refused_in_a_row: u32,
+    /// Pays for frames refused by `bucket` (see [`FLOOD_BURSTS`]).
+    refusals: TokenBucket,
     last_seen: Instant,
     limits: FrameLimits,
     /// The token's `exp` (Unix seconds), for `welcome`; `None` for anonymous users.
@@ -148,7 +149,11 @@ pub async fn run(state: Arc<AppState>, socket: WebSocket, identity: Identity) {
     let settings = &state.settings;
     let mut session = Session {
         bucket: TokenBucket::new(settings.rate_per_sec, settings.rate_burst, Instant::now()),
-        refused_in_a_row: 0,
+        refusals: TokenBucket::new(
+            settings.rate_per_sec,
+            settings.rate_burst.saturating_mul(FLOOD_BURSTS),
+            Instant::now(),
+        ),
         token_exp: identity.expires_at,
         limits: FrameLimits {
             max_body_bytes: settings.max_body_bytes,
@@ -363,16 +368,14 @@ impl Session {
     /// Takes a rate-limit token for one client frame: false when the frame is over the
     /// rate, and [`Stop::Flood`] when the client keeps sending while refused.
     fn charge(&mut self) -> Result<bool, Stop> {
-        if self.bucket.try_take(Instant::now()) {
-            self.refused_in_a_row = 0;
-            return Ok(true);
+        let now = Instant::now();
+        if self.bucket.try_take(now) {
+            Ok(true)
+        } else if self.refusals.try_take(now) {
+            Ok(false)
+        } else {
+            Err(Stop::Flood)
         }
-        self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
-        let flood = self.state.settings.rate_burst.saturating_mul(FLOOD_BURSTS);
-        if self.refused_in_a_row >= flood {
-            return Err(Stop::Flood);
-        }
-        Ok(false)
     }
 
     /// `refresh`: a valid token for this user moves the session's expiry to its `exp`.

@@ -205,6 +205,37 @@ async fn slow_and_silent_connections_are_closed_and_do_not_lock_out_a_real_clien
 }
 
 #[tokio::test]
+async fn large_request_heads_fit_and_oversized_ones_are_refused() {
+    let server = start_default().await;
+    // 20 KiB of cookies (a browser on a busy domain) still upgrades.
+    let mut tcp = TcpStream::connect(server.public_addr)
+        .await
+        .expect("connect");
+    let cookies = format!("Cookie: c={}\r\n", "x".repeat(20 * 1024));
+    let (status, head) = upgrade_raw(&mut tcp, "user=cookies", &cookies).await;
+    assert_eq!(status, 101, "{head}");
+    // Far past the limit (32 KiB, as hyper enforces it: on what one read has buffered)
+    // the request is refused before any handler runs.
+    // The server may close while the rest is still unread, which can reset the
+    // connection before the 431 is read: either way there is no upgrade.
+    let mut tcp = TcpStream::connect(server.public_addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET /ws?user=huge HTTP/1.1\r\nHost: chat.test\r\nCookie: c={}\r\n\r\n",
+        "x".repeat(200 * 1024)
+    );
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
 async fn a_flood_from_one_address_does_not_starve_other_addresses() {
     let mut settings = Settings::local_test();
     // 20 connections for the whole test: refills are too slow to matter.
@@ -273,12 +304,15 @@ async fn forwarding_headers_count_only_from_trusted_proxies() {
         }
     }
     assert_eq!(forwarded_in, 20);
-    // …and the same client through it is limited like any other.
-    let header = "Forwarded: for=198.51.100.1\r\n";
+    // …and the same client through it is limited like any other (its burst is 2).
+    let header = "X-Forwarded-For: 198.51.100.1\r\n";
     assert_eq!(
         upgrade_status([127, 0, 0, 1], addr, "again", header).await,
         101
     );
+    // A client's own `Forwarded` passes through an X-Forwarded-For proxy untouched: it
+    // is ignored, so this is still 198.51.100.1, now out of tokens.
+    let header = "Forwarded: for=203.0.113.50\r\nX-Forwarded-For: 198.51.100.1\r\n";
     assert_eq!(
         upgrade_status([127, 0, 0, 1], addr, "again2", header).await,
         503
@@ -398,7 +432,7 @@ async fn ping_and_frame_floods_are_closed_and_their_answers_stay_bounded() {
     let _ = tcp.write_all(&frames).await;
     let (code, reason, texts, _) = read_until_close(&mut tcp).await;
     assert_eq!(code, 1008, "{reason}");
-    // welcome + 40 pongs + at most 4 × 40 rate_limited errors (and a refill or two).
+    // welcome + 40 pongs + at most 4 × 40 refusals answered rate_limited (+ refills).
     assert!(texts <= 1 + 40 + 160 + 5, "{texts} text frames");
 
     // A client just above its rate is refused now and then but not closed.

@@ -1,0 +1,94 @@
+//! Who is connecting: JWTs (HS256 and RS256 keys configured, issuer and audience
+//! required), the Origin allow-list and the client address behind trusted proxies. Any
+//! input is answered with a user or an error, never a panic; an accepted user id is valid.
+#![no_main]
+
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use chat_server::auth::Authenticator;
+use chat_server::client_addr::{client_address, source_key, TrustedProxies};
+use chat_server::config::AuthSettings;
+use chat_server::protocol::validate_user;
+use libfuzzer_sys::arbitrary::{self, Arbitrary};
+use libfuzzer_sys::fuzz_target;
+
+static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
+    Authenticator::new(AuthSettings {
+        allow_anonymous: true,
+        hs256_secret: Some(b"fuzz-secret-fuzz-secret-fuzz-secret!".to_vec()),
+        rs256_public_key_pem: Some(
+            include_bytes!("../../server/tests/fixtures/test-rs256-public.pem").to_vec(),
+        ),
+        issuer: Some("https://issuer.example".into()),
+        audience: Some("chat".into()),
+        allowed_origins: Some(vec!["https://chat.example".into()]),
+    })
+    .expect("fixture key")
+});
+
+static TRUSTED: LazyLock<TrustedProxies> =
+    LazyLock::new(|| TrustedProxies::parse("10.0.0.0/8,fd00::/8,127.0.0.1").expect("ranges"));
+
+/// The client-address half of the target: a peer and forwarding headers.
+#[derive(Arbitrary, Debug)]
+struct Forwarded<'a> {
+    peer: ([u8; 16], bool),
+    headers: Vec<(bool, &'a [u8])>,
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte picks what the rest is, so the seed corpus can hold real tokens.
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match mode % 4 {
+        0 | 1 => {
+            for result in [
+                AUTH.authenticate(Some(&text), None),
+                AUTH.refresh(&text, "alice"),
+                AUTH.authenticate(None, Some(&text)),
+            ] {
+                if let Ok(identity) = result {
+                    assert!(validate_user(&identity.user).is_ok());
+                }
+            }
+        }
+        2 => {
+            let _ = AUTH.check_origin(Some(&text));
+        }
+        _ => {
+            if let Ok(forwarded) = Forwarded::arbitrary(&mut arbitrary::Unstructured::new(rest)) {
+                check_client_address(forwarded);
+            }
+        }
+    }
+});
+
+fn check_client_address(input: Forwarded) {
+    let (octets, v4) = input.peer;
+    let peer: IpAddr = if v4 {
+        IpAddr::from([octets[0], octets[1], octets[2], octets[3]])
+    } else {
+        IpAddr::from(octets)
+    };
+    let mut headers = HeaderMap::new();
+    for (forwarded, value) in input.headers {
+        let name = HeaderName::from_static(if forwarded {
+            "forwarded"
+        } else {
+            "x-forwarded-for"
+        });
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.append(name, value);
+        }
+    }
+    let client = client_address(peer, &headers, &TRUSTED);
+    // Only a trusted peer can make the client anything but itself.
+    if !TRUSTED.trusts(peer) {
+        assert_eq!(source_key(client), source_key(peer));
+    }
+    let _ = source_key(client);
+}

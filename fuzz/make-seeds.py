@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora under fuzz/seeds/<target>/ (committed; libFuzzer starts from
+them, e2e/fuzz.sh copies them to a scratch corpus). Run from anywhere."""
+import base64, hashlib, hmac, json, os, pathlib, time
+
+ROOT = pathlib.Path(__file__).resolve().parent
+SEEDS = ROOT / "seeds"
+SECRET = b"fuzz-secret-fuzz-secret-fuzz-secret!"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256(claims: dict) -> str:
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(SECRET, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def write(target: str, seeds: list) -> None:
+    d = SEEDS / target
+    d.mkdir(parents=True, exist_ok=True)
+    for old in d.iterdir():
+        if not old.name.startswith("regression-"):
+            old.unlink()
+    for data in seeds:
+        data = data if isinstance(data, bytes) else data.encode()
+        (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
+
+
+frames = [
+    {"type": "join", "room": "lobby"},
+    {"type": "join", "room": "lobby", "since": {"epoch": "9f1c2a7be0d44c13", "offset": 41}},
+    {"type": "send", "room": "lobby", "body": "hello", "ref": "c7"},
+    {"type": "dm", "to": "bob@example.com", "body": "psst", "ref": "c8"},
+    {"type": "leave", "room": "lobby"},
+    {"type": "ping"},
+    {"type": "refresh", "token": "eyJhbGciOiJIUzI1NiJ9.e30.x"},
+    {"type": "send", "room": "bad room", "body": ""},
+]
+write("client_frame", [json.dumps(f) for f in frames] + ["{", "[]", '{"type":7}'])
+
+far = 4102444800  # 2100-01-01: the seeds stay valid
+token = hs256({"sub": "alice", "exp": far, "iss": "https://issuer.example", "aud": "chat"})
+other = hs256({"sub": "mallory", "exp": far, "iss": "https://issuer.example", "aud": "chat"})
+write("auth", [b"\x00" + token.encode(), b"\x01" + other.encode(), b"\x00alice",
+               b"\x02https://chat.example", b"\x03" + bytes(range(64))])
+
+write("config", [b"\x00" * 8, b"\x01\x0310s", b"\x02\x0e10.0.0.0/8,::1",
+                 b'\x03{"reconnect_window_seconds": 5, "notice_delay_seconds": 2}'])
+
+write("resume", [bytes(range(128))])
+# Kept by hand (write() would remove it): regression-head-at-u64-max, the input that
+# found `head + 1` overflowing in resume_decision.
+
+# Small JSON specs that reach every section of the spec.
+write("operator_validate", [b"\x00" + json.dumps(s).encode() for s in [
+    {},
+    {"replicas": 3, "drain": {"reconnectWindowSeconds": 10, "deadlineSeconds": 25, "preStopSeconds": 5,
+                              "maxReconnectsPerSecond": 150}},
+    {"autoscaling": {"engine": "keda", "minReplicas": 1, "maxReplicas": 5,
+                     "prometheusUrl": "http://prometheus:9090"}},
+    {"redis": {"external": {"secretName": "redis", "urlKey": "url"}}},
+    {"expose": {"ingress": {"host": "chat.example.com", "className": "nginx"}},
+     "limits": {"trustedProxies": ["10.0.0.0/8"], "connectionsPerSecondPerSource": 20}},
+    {"monitoring": {"podMonitor": {"labels": {"release": "prometheus"}, "intervalSeconds": 15}},
+     "networkPolicy": {"adminFromNamespaces": ["monitoring"]}},
+]])
