@@ -418,6 +418,25 @@ mod tests {
     }
 
     #[test]
+    fn since_epochs_must_be_1_to_64_bytes() {
+        let join = |epoch: &str| {
+            parse_client_frame(
+                &format!(
+                    r#"{{"type":"join","room":"a","since":{{"epoch":"{epoch}","offset":1}}}}"#
+                ),
+                LIMITS,
+            )
+        };
+        assert!(join(&"e".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(join("e").is_ok());
+        for bad in [String::new(), "e".repeat(MAX_NAME_LEN + 1)] {
+            let err = join(&bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidFrame, "{bad:?}");
+            assert!(err.message.contains("since.epoch"), "{err}");
+        }
+    }
+
+    #[test]
     fn parses_every_client_frame() {
         assert_eq!(
             parse_client_frame(r#"{"type":"join","room":"a"}"#, LIMITS),
@@ -521,6 +540,31 @@ mod tests {
         let room = "é".repeat(40);
         let err = validate_room(&room).unwrap_err();
         assert!(err.message.len() < 200);
+        assert_eq!(truncate("abc", 64), "abc");
+        assert_eq!(truncate("abcd", 4), "abcd");
+        assert_eq!(truncate("abcd", 3), "abc");
+        // Byte 64 falls inside an "é": cut before it.
+        let long = format!("a{}", "é".repeat(40));
+        assert_eq!(truncate(&long, 64), format!("a{}", "é".repeat(31)));
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let exactly = |field: &str, len: usize| {
+            let v = "x".repeat(len);
+            let frame = match field {
+                "body" => format!(r#"{{"type":"send","room":"r","body":"{v}"}}"#),
+                _ => format!(r#"{{"type":"send","room":"r","body":"b","ref":"{v}"}}"#),
+            };
+            parse_client_frame(&frame, LIMITS)
+        };
+        assert!(exactly("body", LIMITS.max_body_bytes).is_ok());
+        assert_eq!(
+            exactly("body", LIMITS.max_body_bytes + 1).unwrap_err().code,
+            ErrorCode::BodyTooLong
+        );
+        assert!(exactly("ref", 64).is_ok());
+        assert_eq!(exactly("ref", 65).unwrap_err().code, ErrorCode::InvalidRef);
     }
 
     #[test]

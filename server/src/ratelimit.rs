@@ -138,6 +138,17 @@ mod tests {
     }
 
     #[test]
+    fn wait_secs_is_the_time_to_the_next_token() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(4.0, 1, t0);
+        assert_eq!(b.wait_secs(), 0.0);
+        assert!(b.try_take(t0));
+        assert_eq!(b.wait_secs(), 0.25);
+        assert!(!b.try_take(t0 + Duration::from_millis(100)));
+        assert!((b.wait_secs() - 0.15).abs() < 1e-9, "{}", b.wait_secs());
+    }
+
+    #[test]
     fn each_source_spends_its_own_budget() {
         let t0 = Instant::now();
         let mut sources = SourceBuckets::new(1.0, 2, 100);
@@ -163,6 +174,8 @@ mod tests {
         let c: IpAddr = [192, 0, 2, 3].into();
         assert!(sources.try_take(a, t0).is_ok());
         assert!(sources.try_take(b, t0).is_ok());
+        // A full map still limits the sources it tracks.
+        assert!(sources.try_take(a, t0).is_err());
         // Both tracked sources are still limited: a third is let through untracked (the
         // node-wide bucket still applies), again and again.
         assert!(sources.try_take(c, t0).is_ok());
