@@ -52,8 +52,10 @@ write("config", [b"\x00" * 8, b"\x01\x0310s", b"\x02\x0e10.0.0.0/8,::1",
                  b'\x03{"reconnect_window_seconds": 5, "notice_delay_seconds": 2}'])
 
 write("resume", [bytes(range(128))])
-# Kept by hand (write() would remove it): regression-head-at-u64-max, the input that
-# found `head + 1` overflowing in resume_decision.
+# Inputs that found bugs are kept by hand as regression-* files (write() leaves them):
+# resume/regression-head-at-u64-max (`head + 1` overflowing in resume_decision) and
+# client_frame/regression-long-error-detail (error messages quoting serde's detail in
+# full, many times the frame's size).
 
 # Small JSON specs that reach every section of the spec.
 write("operator_validate", [b"\x00" + json.dumps(s).encode() for s in [

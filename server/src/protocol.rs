@@ -251,7 +251,10 @@ pub fn parse_client_frame(text: &str, limits: FrameLimits) -> Result<ClientFrame
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
         FrameError::new(
             ErrorCode::BadJson,
-            format!("frame is not a JSON object: {e}"),
+            format!(
+                "frame is not a JSON object: {}",
+                truncate(&e.to_string(), MAX_DETAIL_LEN)
+            ),
         )
     })?;
     let kind = match envelope.kind {
@@ -279,8 +282,15 @@ pub fn parse_client_frame(text: &str, limits: FrameLimits) -> Result<ClientFrame
             ),
         ));
     }
-    let frame: ClientFrame = serde_json::from_str(text)
-        .map_err(|e| FrameError::new(ErrorCode::InvalidFrame, format!("invalid `{kind}`: {e}")))?;
+    let frame: ClientFrame = serde_json::from_str(text).map_err(|e| {
+        FrameError::new(
+            ErrorCode::InvalidFrame,
+            format!(
+                "invalid `{kind}`: {}",
+                truncate(&e.to_string(), MAX_DETAIL_LEN)
+            ),
+        )
+    })?;
     validate(&frame, limits)?;
     Ok(frame)
 }
@@ -394,6 +404,12 @@ fn is_valid_name(name: &str, extra: impl Fn(u8) -> bool) -> bool {
             c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b':') || extra(c)
         })
 }
+
+/// Longest parser detail quoted in an error message: serde's messages quote the
+/// offending value (escaped, up to six bytes per input byte), so an unbounded one would
+/// answer a 16 KiB frame with a much larger error (found by the `client_frame` fuzz
+/// target).
+const MAX_DETAIL_LEN: usize = 200;
 
 /// Cuts a string for inclusion in an error message, on a char boundary.
 fn truncate(s: &str, max: usize) -> &str {
@@ -546,6 +562,17 @@ mod tests {
         // Byte 64 falls inside an "é": cut before it.
         let long = format!("a{}", "é".repeat(40));
         assert_eq!(truncate(&long, 64), format!("a{}", "é".repeat(31)));
+    }
+
+    #[test]
+    fn parser_details_in_error_messages_are_bounded() {
+        // serde quotes a value of the wrong type in full.
+        let value = "x".repeat(2_000);
+        let frame = format!(r#"{{"type":"join","room":"r","since":"{value}"}}"#);
+        let err = parse_client_frame(&frame, LIMITS).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidFrame);
+        assert!(err.message.contains("xxxx"), "{}", err.message);
+        assert!(err.to_json().len() < 400, "{}", err.to_json().len());
     }
 
     #[test]
