@@ -17,11 +17,10 @@ import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { createServer } from "node:http";
 import { createInterface } from "node:readline";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.js";
 
 const SERVER_BIN = process.env.CHAT_SERVER_BIN
   ?? new URL("../../target/debug/chat-server", import.meta.url).pathname;
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const SECRET = "web-token-test-secret-0123456789abcdef";
 const WAIT = 10_000;
 
@@ -101,11 +100,7 @@ test("the web client refreshes its token before exp, and asks for a new one afte
     const tokenUrl = `http://127.0.0.1:${tokens.address().port}/token`;
     let browser;
     try {
-      browser = await chromium.launch({
-        executablePath: CHROMIUM,
-        args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-          "--disable-sync", "--no-first-run"],
-      });
+      browser = await launchChromium();
 
       // With a token endpoint: one session outlives two token lifetimes.
       const a = await (await browser.newContext()).newPage();

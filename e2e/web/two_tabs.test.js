@@ -31,12 +31,11 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { readFileSync, readdirSync } from "node:fs";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./browser.js";
 
 const CLUSTER_BIN = process.env.CHAT_LOCAL_CLUSTER_BIN
   ?? new URL("../../target/debug/chat-local-cluster", import.meta.url).pathname;
 const SERVER = process.env.CHAT_SERVER_BIN; // default: next to chat-local-cluster
-const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 const WAIT = 10_000;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -154,11 +153,7 @@ test("two tabs chat through a two-node cluster; a drained tab resumes on the oth
     const cluster = await startCluster();
     let browser;
     try {
-      browser = await chromium.launch({
-        executablePath: CHROMIUM,
-        args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-          "--disable-sync", "--no-first-run"],
-      });
+      browser = await launchChromium();
       const byName = (name) => cluster.nodes.find((n) => n.name === name);
 
       // Tab A: the first visit gets its node from haproxy (round robin) and the cookie.
