@@ -22,6 +22,7 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus::{IntCounter, IntGauge};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tower::ServiceExt;
@@ -118,27 +119,29 @@ impl<K: Copy + Eq + Hash, T> PendingSet<K, T> {
     }
 }
 
-/// Pending connections of one port: each one's peer address and eviction signal.
+/// Pending connections of one port: each one's peer address and eviction signal, and
+/// this port's metric series (looked up once, not per connection).
 struct Pending {
     set: Mutex<PendingSet<IpAddr, Arc<Notify>>>,
-    metrics: Metrics,
-    /// The `port` label of the pending-connection metrics.
-    port: &'static str,
+    gauge: IntGauge,
+    closed_header_timeout: IntCounter,
+    closed_pending_cap: IntCounter,
 }
 
 impl Pending {
-    fn set_gauge(&self, pending: usize) {
-        self.metrics
-            .pending_connections
-            .with_label_values(&[self.port])
-            .set(pending as i64);
+    /// `port` labels the metrics.
+    fn new(port: &str, max_pending: usize, metrics: &Metrics) -> Self {
+        let closed = |reason| metrics.pending_closed.with_label_values(&[port, reason]);
+        Pending {
+            set: Mutex::new(PendingSet::new(max_pending)),
+            gauge: metrics.pending_connections.with_label_values(&[port]),
+            closed_header_timeout: closed("header_timeout"),
+            closed_pending_cap: closed("pending_cap"),
+        }
     }
 
-    fn count_closed(&self, reason: &str) {
-        self.metrics
-            .pending_closed
-            .with_label_values(&[self.port, reason])
-            .inc();
+    fn set_gauge(&self, pending: usize) {
+        self.gauge.set(pending as i64);
     }
 }
 
@@ -194,11 +197,7 @@ pub async fn serve(
     drain: Arc<Drain>,
     metrics: Metrics,
 ) {
-    let pending = Arc::new(Pending {
-        set: Mutex::new(PendingSet::new(limits.max_pending)),
-        metrics,
-        port,
-    });
+    let pending = Arc::new(Pending::new(port, limits.max_pending, &metrics));
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -260,14 +259,14 @@ async fn serve_connection(
             served = connection.as_mut() => {
                 if let Err(e) = served {
                     if e.is_timeout() {
-                        pending.count_closed("header_timeout");
+                        pending.closed_header_timeout.inc();
                     }
                     tracing::debug!(%peer, error = %e, "connection ended");
                 }
                 break;
             }
             _ = evicted.notified() => {
-                pending.count_closed("pending_cap");
+                pending.closed_pending_cap.inc();
                 tracing::debug!(%peer, "oldest pending connection closed to make room");
                 break;
             }

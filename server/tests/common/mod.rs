@@ -243,11 +243,15 @@ pub async fn http_request_with(
 /// Value of a metric line such as `chat_connections 3` from `/metrics`.
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
     let (_, body) = admin_get(addr, "/metrics").await;
+    metric_value(&body, name).unwrap_or_else(|| panic!("metric {name} not found in\n{body}"))
+}
+
+/// The value on the line `name VALUE` of a `/metrics` body.
+fn metric_value(body: &str, name: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} not found in\n{body}"))
 }
 
 /// Waits (up to `WAIT`) until a metric reads `value`: counters of closed connections
@@ -256,11 +260,7 @@ pub async fn wait_for_metric(addr: SocketAddr, name: &str, value: f64) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (_, body) = admin_get(addr, "/metrics").await;
-        let now = body
-            .lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok());
+        let now = metric_value(&body, name);
         if now == Some(value) {
             return;
         }
