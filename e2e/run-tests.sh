@@ -11,7 +11,9 @@
 # ServiceAccount), the autoscaler's Prometheus source against a real Prometheus (built
 # from its Go module, cached likewise) scraping chat-server processes, and the web client
 # driven in headless Chromium, the fuzz targets for a bounded time (cargo-fuzz on the
-# nightly toolchain, e2e/fuzz.sh), and the data-plane suite on a real node (e2e/node/: kubelet,
+# nightly toolchain, e2e/fuzz.sh), the chaos soak with its exactly-once checker
+# (e2e/soak.sh: Toxiproxy built from its Go module, cached likewise), and the data-plane
+# suite on a real node (e2e/node/: kubelet,
 # containerd, runc, CNI, kube-proxy, CoreDNS and Traefik as processes in a network
 # namespace of 198.18.0.0/15, the images imported into containerd, Envoy Gateway and the
 # operator installed by their charts as pods, a Prometheus for the autoscaler test; built
@@ -130,6 +132,11 @@ bash e2e/fuzz.sh 15 2>&1 | tee target/fuzz-test-output.txt || status=1
 grep -q '^# pass ' target/fuzz-test-output.txt ||
   echo "# fail 1 (the fuzz targets did not run)" >>target/fuzz-test-output.txt
 
+echo "== chaos soak (90 s; 3 nodes, haproxy, durable Redis behind Toxiproxy, 200 clients; e2e/soak.sh)"
+bash e2e/soak.sh 90 2>&1 | tee target/soak-test-output.txt || status=1
+grep -q '^# \(pass\|fail\) ' target/soak-test-output.txt ||
+  echo "# fail 1 (the soak did not run)" >>target/soak-test-output.txt
+
 echo "== data plane on a real node (waits for the node's binaries building in the background)"
 if ! wait "$node_build_pid"; then
   echo "the background build of the node's binaries failed (target/node-build.log); run-suite.sh tries again:" >&2
@@ -150,6 +157,6 @@ node --test e2e/web/ 2>&1 | tee target/web-test-output.txt || status=1
 # One summary line over every runner, in the form CI reads.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      /^# pass / { p += $3 } /^# fail / { f += $3 }
-     END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt target/fuzz-test-output.txt \
+     END { printf "%d passed, %d failed\n", p, f }' target/test-output.txt target/fuzz-test-output.txt target/soak-test-output.txt \
   target/node-test-output.txt target/web-test-output.txt
 exit "$status"

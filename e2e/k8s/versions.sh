@@ -102,6 +102,16 @@ prometheus_bin_dir() {
   echo "$(tools_cache)/prometheus-v$PROMETHEUS_VERSION-$(go env GOVERSION)/bin"
 }
 
+# Toxiproxy, the fault-injecting TCP proxy between the chaos soak's nodes and Redis
+# (e2e/soak.sh; built from its Go module by e2e/build-toxiproxy.sh). v2.5.0 is the newest
+# the Go module proxy here serves.
+TOXIPROXY_VERSION=2.5.0
+
+# Where build-toxiproxy.sh puts toxiproxy-server, keyed by its version and Go's.
+toxiproxy_bin_dir() {
+  echo "$(tools_cache)/toxiproxy-v$TOXIPROXY_VERSION-$(go env GOVERSION)/bin"
+}
+
 # The real node (e2e/node/): kubelet and kube-proxy come from the control plane's wrapper
 # module (K8S_VERSION); the container runtime, the CNI plugins and the cluster DNS from
 # their own modules.

@@ -26,6 +26,8 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 #[derive(Debug)]
 pub struct Refused {
     pub status: u16,
+    /// The `Retry-After` the server sent with the refusal (whole seconds), if any.
+    pub retry_after: Option<Duration>,
 }
 
 impl std::fmt::Display for Refused {
@@ -104,8 +106,15 @@ pub async fn connect_with(
         match tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await {
             Ok(r) => Ok(r),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 Err(anyhow::Error::new(Refused {
                     status: resp.status().as_u16(),
+                    retry_after,
                 }))
             }
             Err(e) => Err(anyhow::Error::new(e)),

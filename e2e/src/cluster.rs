@@ -87,13 +87,14 @@ impl Drop for ScratchDir {
     }
 }
 
-/// A `redis-server` without persistence (a restart loses every key, like a Redis pod
-/// without a volume).
+/// A `redis-server`, by default without persistence (a restart loses every key, like a
+/// Redis pod without a volume); [`RedisProcess::start_durable`] keeps an append-only file.
 pub struct RedisProcess {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
     password: Option<String>,
+    durable: bool,
 }
 
 impl RedisProcess {
@@ -112,6 +113,21 @@ impl RedisProcess {
             child: None,
             dir: dir.to_owned(),
             password: password.map(str::to_owned),
+            durable: false,
+        };
+        r.restart()?;
+        Ok(r)
+    }
+
+    /// A Redis with append-only persistence, fsynced on every write: a restart, even
+    /// after SIGKILL, comes back with every write it acknowledged.
+    pub fn start_durable(port: u16, dir: &Path) -> Result<RedisProcess> {
+        let mut r = RedisProcess {
+            port,
+            child: None,
+            dir: dir.to_owned(),
+            password: None,
+            durable: true,
         };
         r.restart()?;
         Ok(r)
@@ -129,19 +145,18 @@ impl RedisProcess {
         }
     }
 
-    /// Starts it again, empty, on the same port.
+    /// Starts it again on the same port: empty, or with its append-only file if durable.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
+        let appendonly: &[&str] = if self.durable {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
+            .args(["--save", "", "--protected-mode", "yes"])
+            .args(appendonly)
             .args(
                 self.password
                     .iter()
@@ -185,6 +200,8 @@ pub struct Node {
     pub name: String,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The Redis this node talks to (Redis itself, or a proxy in front of it).
+    pub redis_url: String,
     pub process: Option<ServerProcess>,
 }
 
@@ -202,63 +219,137 @@ impl Node {
 pub struct LocalCluster {
     pub redis: RedisProcess,
     pub nodes: Vec<Node>,
-    pub haproxy_addr: SocketAddr,
-    haproxy: Option<Child>,
+    /// The haproxy instances, each in front of every node (one unless asked for more).
+    balancers: Vec<Balancer>,
+    max_connections: u32,
     binary: PathBuf,
     extra: Vec<String>,
     _dir: ScratchDir,
 }
 
+/// One haproxy process in front of every node.
+struct Balancer {
+    addr: SocketAddr,
+    child: Option<Child>,
+}
+
+/// How [`LocalCluster::start_with`] sets a cluster up.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions<'a> {
+    /// Number of chat-server nodes (named s1..sn).
+    pub nodes: usize,
+    /// Flags every node gets.
+    pub extra: &'a [&'a str],
+    /// A password Redis requires; the nodes get it through `--redis-password` (as a
+    /// Kubernetes Secret would provide it).
+    pub redis_password: Option<&'a str>,
+    /// Redis keeps an append-only file, so a restart loses nothing it acknowledged.
+    pub durable_redis: bool,
+    /// Redis' port; a free one when `None`. Given when something must point at Redis
+    /// before the cluster starts (a fault-injecting proxy).
+    pub redis_port: Option<u16>,
+    /// The Redis URL of each node in turn (e.g. a proxy in front of Redis); Redis itself
+    /// for the nodes past the end of the list.
+    pub node_redis_urls: Vec<String>,
+    /// haproxy's `maxconn` per instance (4,096 when `None`). One haproxy holds two file
+    /// descriptors per connection under the 20,000 open-files limit: past about 9,900
+    /// connections, add `load_balancers`.
+    pub max_connections: Option<u32>,
+    /// haproxy instances, each in front of every node with the same stickiness (at
+    /// least 1), as replicas of a load balancer are.
+    pub load_balancers: usize,
+}
+
 impl LocalCluster {
     /// Starts Redis, `n` nodes (named s1..sn, each with `extra` flags) and haproxy.
     pub fn start(binary: &Path, n: usize, extra: &[&str]) -> Result<LocalCluster> {
-        Self::start_with_redis_password(binary, n, extra, None)
+        Self::start_with(
+            binary,
+            ClusterOptions {
+                nodes: n,
+                extra,
+                ..ClusterOptions::default()
+            },
+        )
     }
 
-    /// Like [`LocalCluster::start`] with a Redis that requires `password`; the nodes get
-    /// it through `--redis-password` (as a Kubernetes Secret would provide it).
+    /// Like [`LocalCluster::start`] with a Redis that requires `password`.
     pub fn start_with_redis_password(
         binary: &Path,
         n: usize,
         extra: &[&str],
         password: Option<&str>,
     ) -> Result<LocalCluster> {
+        Self::start_with(
+            binary,
+            ClusterOptions {
+                nodes: n,
+                extra,
+                redis_password: password,
+                ..ClusterOptions::default()
+            },
+        )
+    }
+
+    /// Starts Redis, the nodes and haproxy as `opts` says.
+    pub fn start_with(binary: &Path, opts: ClusterOptions) -> Result<LocalCluster> {
         let dir = ScratchDir::new("cluster")?;
-        let redis = RedisProcess::start_with_password(free_port()?, &dir.0, password)?;
-        let mut extra: Vec<&str> = extra.to_vec();
-        if let Some(p) = password {
+        let port = match opts.redis_port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let redis = if opts.durable_redis {
+            RedisProcess::start_durable(port, &dir.0)?
+        } else {
+            RedisProcess::start_with_password(port, &dir.0, opts.redis_password)?
+        };
+        let mut extra: Vec<&str> = opts.extra.to_vec();
+        if let Some(p) = opts.redis_password {
             extra.extend(["--redis-password", p]);
         }
         let mut nodes = Vec::new();
-        for i in 1..=n {
+        for i in 0..opts.nodes {
             nodes.push(Node {
-                name: format!("s{i}"),
+                name: format!("s{}", i + 1),
                 public: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
                 admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                redis_url: opts
+                    .node_redis_urls
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| redis.url()),
                 process: None,
             });
         }
-        let haproxy_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let balancers = (0..opts.load_balancers.max(1))
+            .map(|_| {
+                Ok(Balancer {
+                    addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                    child: None,
+                })
+            })
+            .collect::<Result<_>>()?;
         let mut cluster = LocalCluster {
             redis,
             nodes,
-            haproxy_addr,
-            haproxy: None,
+            balancers,
+            max_connections: opts.max_connections.unwrap_or(4096),
             binary: binary.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
-        for i in 0..n {
+        for i in 0..opts.nodes {
             cluster.start_node(i)?;
         }
-        cluster.start_haproxy()?;
+        for b in 0..cluster.balancers.len() {
+            cluster.start_haproxy(b)?;
+        }
         Ok(cluster)
     }
 
     pub fn start_node(&mut self, i: usize) -> Result<()> {
-        let url = self.redis.url();
         let node = &self.nodes[i];
-        let mut args: Vec<&str> = vec!["--redis-url", &url, "--node-name", &node.name];
+        let mut args: Vec<&str> = vec!["--redis-url", &node.redis_url, "--node-name", &node.name];
         args.extend(self.extra.iter().map(String::as_str));
         let process = ServerProcess::start_on(
             &self.binary,
@@ -312,11 +403,15 @@ impl LocalCluster {
                 .filter(|i| self.nodes[*i].process.is_some())
                 .collect();
             if running.iter().all(|i| self.readyz(*i) == 200) {
-                let servers = self.haproxy_servers();
+                let views: Vec<_> = (0..self.balancers.len())
+                    .map(|b| self.haproxy_servers_of(b))
+                    .collect();
                 let routed = |i: &usize| {
-                    servers.as_ref().is_ok_and(|s| {
-                        s.get(&self.nodes[*i].name)
-                            .is_some_and(HaproxyServer::routable)
+                    views.iter().all(|servers| {
+                        servers.as_ref().is_ok_and(|s| {
+                            s.get(&self.nodes[*i].name)
+                                .is_some_and(HaproxyServer::routable)
+                        })
                     })
                 };
                 if running.iter().all(routed) {
@@ -324,9 +419,9 @@ impl LocalCluster {
                 }
                 if Instant::now() >= deadline {
                     bail!(
-                        "nodes ready but not all UP in haproxy within {within:?}: {servers:?}\n\
+                        "nodes ready but not all UP in haproxy within {within:?}: {views:?}\n\
                          haproxy's log:\n{}",
-                        self.haproxy_log()
+                        self.haproxy_log(0)
                     );
                 }
             } else if Instant::now() >= deadline {
@@ -336,10 +431,14 @@ impl LocalCluster {
         }
     }
 
-    /// What haproxy's health checks currently say about each node (by name), from
-    /// `show stat` on its stats socket.
+    /// What the (first) haproxy's health checks currently say about each node (by name),
+    /// from `show stat` on its stats socket.
     pub fn haproxy_servers(&self) -> Result<BTreeMap<String, HaproxyServer>> {
-        let mut s = UnixStream::connect(self.haproxy_socket())
+        self.haproxy_servers_of(0)
+    }
+
+    fn haproxy_servers_of(&self, b: usize) -> Result<BTreeMap<String, HaproxyServer>> {
+        let mut s = UnixStream::connect(self.haproxy_socket(b))
             .context("connecting to haproxy's stats socket")?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.set_write_timeout(Some(Duration::from_secs(2)))?;
@@ -349,37 +448,71 @@ impl LocalCluster {
         parse_show_stat(&csv, BACKEND)
     }
 
-    fn haproxy_socket(&self) -> PathBuf {
-        self._dir.0.join("haproxy.sock")
+    /// SIGKILLs every haproxy and starts each again on its address: every client
+    /// connection through them breaks at once (a load balancer restart).
+    pub fn restart_haproxy(&mut self) -> Result<()> {
+        for b in &mut self.balancers {
+            if let Some(mut h) = b.child.take() {
+                let _ = h.kill();
+                let _ = h.wait();
+            }
+        }
+        for b in 0..self.balancers.len() {
+            let mut child = self.spawn_haproxy(b)?;
+            if let Err(e) = self.wait_haproxy_answers(b, &mut child, Duration::from_secs(10)) {
+                let _ = terminate(&mut child, Duration::from_secs(2));
+                return Err(e.context(format!("haproxy's log:\n{}", self.haproxy_log(b))));
+            }
+            self.balancers[b].child = Some(child);
+        }
+        Ok(())
     }
 
+    fn haproxy_socket(&self, b: usize) -> PathBuf {
+        self._dir.0.join(format!("haproxy-{b}.sock"))
+    }
+
+    /// The (first) haproxy's address.
+    pub fn haproxy_addr(&self) -> SocketAddr {
+        self.balancers[0].addr
+    }
+
+    /// The (first) haproxy's WebSocket URL.
     pub fn haproxy_url(&self) -> String {
-        format!("ws://{}/ws", self.haproxy_addr)
+        format!("ws://{}/ws", self.haproxy_addr())
     }
 
-    /// Starts haproxy on a free port and waits until its stats socket answers. The port
-    /// is only known free when picked; if another process takes it first haproxy exits
-    /// on the bind, and it is started again on a new port.
-    fn start_haproxy(&mut self) -> Result<()> {
+    /// Every haproxy's WebSocket URL.
+    pub fn haproxy_urls(&self) -> Vec<String> {
+        self.balancers
+            .iter()
+            .map(|b| format!("ws://{}/ws", b.addr))
+            .collect()
+    }
+
+    /// Starts haproxy `b` on a free port and waits until its stats socket answers. The
+    /// port is only known free when picked; if another process takes it first haproxy
+    /// exits on the bind, and it is started again on a new port.
+    fn start_haproxy(&mut self, b: usize) -> Result<()> {
         const ATTEMPTS: usize = 3;
         let mut attempt = 1;
         loop {
-            let mut child = self.spawn_haproxy()?;
-            let Err(e) = self.wait_haproxy_answers(&mut child, Duration::from_secs(10)) else {
-                self.haproxy = Some(child);
+            let mut child = self.spawn_haproxy(b)?;
+            let Err(e) = self.wait_haproxy_answers(b, &mut child, Duration::from_secs(10)) else {
+                self.balancers[b].child = Some(child);
                 return Ok(());
             };
             let _ = terminate(&mut child, Duration::from_secs(2));
-            let log = self.haproxy_log();
+            let log = self.haproxy_log(b);
             if attempt == ATTEMPTS || !log.contains("cannot bind") {
                 return Err(e.context(format!("haproxy's log:\n{log}")));
             }
             attempt += 1;
-            self.haproxy_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            self.balancers[b].addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         }
     }
 
-    fn spawn_haproxy(&self) -> Result<Child> {
+    fn spawn_haproxy(&self, b: usize) -> Result<Child> {
         let mut servers = String::new();
         for n in &self.nodes {
             servers.push_str(&format!(
@@ -390,20 +523,21 @@ impl LocalCluster {
             ));
         }
         let config = format!(
-            "global\n  maxconn 4096\n  stats socket {socket} mode 600 level user\n\
+            "global\n  maxconn {maxconn}\n  stats socket {socket} mode 600 level user\n\
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 60s\n\
              \x20 option redispatch 1\n  retries 3\n  retry-on conn-failure empty-response 503\n\
              frontend chat\n  bind {addr}\n  default_backend {BACKEND}\n\
              backend {BACKEND}\n  balance roundrobin\n  cookie CHATNODE insert indirect nocache\n\
              \x20 option httpchk GET /readyz\n  default-server inter 200ms fall 2 rise 2\n{servers}",
-            addr = self.haproxy_addr,
-            socket = self.haproxy_socket().display(),
+            addr = self.balancers[b].addr,
+            maxconn = self.max_connections,
+            socket = self.haproxy_socket(b).display(),
         );
-        let path = self._dir.0.join("haproxy.cfg");
+        let path = self._dir.0.join(format!("haproxy-{b}.cfg"));
         std::fs::write(&path, config)?;
         // A socket file left by an earlier attempt would refuse connections.
-        let _ = std::fs::remove_file(self.haproxy_socket());
-        let log = std::fs::File::create(self.haproxy_log_path())?;
+        let _ = std::fs::remove_file(self.haproxy_socket(b));
+        let log = std::fs::File::create(self.haproxy_log_path(b))?;
         Command::new("haproxy")
             .arg("-f")
             .arg(&path)
@@ -417,14 +551,14 @@ impl LocalCluster {
     /// Waits until haproxy answers on its stats socket and accepts on its frontend. Its
     /// own socket answering proves the process holding the frontend port is this
     /// haproxy (not another process that had the port); it exiting is an error at once.
-    fn wait_haproxy_answers(&self, child: &mut Child, within: Duration) -> Result<()> {
+    fn wait_haproxy_answers(&self, b: usize, child: &mut Child, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = child.try_wait()? {
                 bail!("haproxy exited at start ({status})");
             }
-            if self.haproxy_servers().is_ok()
-                && TcpStream::connect_timeout(&self.haproxy_addr, Duration::from_millis(200))
+            if self.haproxy_servers_of(b).is_ok()
+                && TcpStream::connect_timeout(&self.balancers[b].addr, Duration::from_millis(200))
                     .is_ok()
             {
                 return Ok(());
@@ -432,20 +566,20 @@ impl LocalCluster {
             if Instant::now() >= deadline {
                 bail!(
                     "haproxy did not answer on its stats socket and {} within {within:?}",
-                    self.haproxy_addr
+                    self.balancers[b].addr
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    fn haproxy_log_path(&self) -> PathBuf {
-        self._dir.0.join("haproxy.log")
+    fn haproxy_log_path(&self, b: usize) -> PathBuf {
+        self._dir.0.join(format!("haproxy-{b}.log"))
     }
 
-    /// What haproxy wrote to stderr (its warnings and why it exited).
-    fn haproxy_log(&self) -> String {
-        std::fs::read_to_string(self.haproxy_log_path()).unwrap_or_default()
+    /// What haproxy `b` wrote to stderr (its warnings and why it exited).
+    fn haproxy_log(&self, b: usize) -> String {
+        std::fs::read_to_string(self.haproxy_log_path(b)).unwrap_or_default()
     }
 
     /// Value of a metric on node `i`.
@@ -460,9 +594,11 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        if let Some(mut h) = self.haproxy.take() {
-            let _ = h.kill();
-            let _ = h.wait();
+        for b in &mut self.balancers {
+            if let Some(mut h) = b.child.take() {
+                let _ = h.kill();
+                let _ = h.wait();
+            }
         }
         for n in &mut self.nodes {
             n.process.take();
@@ -536,11 +672,29 @@ fn signal(pid: u32, sig: &str) -> Result<()> {
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    http_request(addr, "GET", path, None)
+}
+
+/// One HTTP/1.1 request with an optional JSON body; the whole response (head and body),
+/// `None` when nothing answers within 2 s.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let body = json.unwrap_or("");
+    let content_type = if json.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .ok()?;
     let mut out = String::new();

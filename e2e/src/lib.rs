@@ -8,4 +8,6 @@ pub mod lossless;
 pub mod procstat;
 pub mod prometheus;
 pub mod server_process;
+pub mod soak;
 pub mod stats;
+pub mod toxiproxy;

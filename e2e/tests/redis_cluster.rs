@@ -12,8 +12,9 @@ use chatcluster_e2e::client::{
     connect, join, recv_json, recv_type, run_publisher, run_resuming_subscriber, send_and_ack,
     send_json, PublisherLog, SubscriberLog,
 };
-use chatcluster_e2e::cluster::LocalCluster;
+use chatcluster_e2e::cluster::{free_port, ClusterOptions, LocalCluster};
 use chatcluster_e2e::server_process::{chat_server_binary, ServerProcess};
+use chatcluster_e2e::toxiproxy::{toxiproxy_binary, Link, Toxiproxy};
 use serde_json::json;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
@@ -1013,4 +1014,132 @@ async fn history_age_bound_through_redis() {
     let j = join(&mut b, "r", Some((&epoch, 1))).await.unwrap();
     assert_eq!(j["recovered"], true);
     assert_eq!(recv_type(&mut b, "message").await.unwrap()["body"], "new");
+}
+
+/// `n` nodes (s1..) each reaching Redis through its own Toxiproxy link (named after it).
+fn cluster_behind_toxiproxy(n: usize) -> (LocalCluster, Toxiproxy) {
+    tokio::task::block_in_place(|| {
+        let redis_port = free_port().unwrap();
+        let redis = std::net::SocketAddr::from(([127, 0, 0, 1], redis_port));
+        let links: Vec<Link> = (1..=n)
+            .map(|i| Link::to(&format!("s{i}"), redis).unwrap())
+            .collect();
+        let proxy = Toxiproxy::start(&toxiproxy_binary().unwrap(), &links).unwrap();
+        let c = LocalCluster::start_with(
+            &chat_server_binary(LOADGEN).unwrap(),
+            ClusterOptions {
+                nodes: n,
+                redis_port: Some(redis_port),
+                node_redis_urls: links
+                    .iter()
+                    .map(|l| format!("redis://{}/", l.listen))
+                    .collect(),
+                ..ClusterOptions::default()
+            },
+        )
+        .unwrap();
+        c.wait_ready(Duration::from_secs(15)).unwrap();
+        (c, proxy)
+    })
+}
+
+/// A DM is acknowledged only when a node's pub/sub connection took it. A recipient whose
+/// node has lost its link to Redis (its alive key not yet expired) is `user_offline`;
+/// the DM used to be acknowledged and never delivered (found by the chaos soak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_to_a_node_cut_from_redis_is_refused_not_acknowledged() {
+    let _s = serial().await;
+    let (c, proxy) = cluster_behind_toxiproxy(2);
+    let (mut bob, _, _) = connect(&c.nodes[0].ws_url(), "user=bob", None)
+        .await
+        .unwrap();
+    let (mut carol, _, _) = connect(&c.nodes[1].ws_url(), "user=carol", None)
+        .await
+        .unwrap();
+    let dm = |r: &str| json!({"type":"dm","to":"carol","body":r,"ref":r});
+    send_json(&mut bob, dm("before")).await.unwrap();
+    assert_eq!(recv_type(&mut bob, "ack").await.unwrap()["ref"], "before");
+    assert_eq!(recv_type(&mut carol, "dm").await.unwrap()["body"], "before");
+
+    tokio::task::block_in_place(|| proxy.set_enabled("s2", false)).unwrap();
+    // Redis sees s2's connections close at once; s2's alive key lives on for its TTL.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    send_json(&mut bob, dm("cut")).await.unwrap();
+    let answer = recv_json(&mut bob, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            answer["type"].as_str(),
+            answer["code"].as_str(),
+            answer["ref"].as_str()
+        ),
+        (Some("error"), Some("user_offline"), Some("cut")),
+        "{answer}"
+    );
+
+    // Once s2 is back on Redis, DMs reach Carol again (her session stayed up).
+    tokio::task::block_in_place(|| proxy.set_enabled("s2", true)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        send_json(&mut bob, dm("after")).await.unwrap();
+        let v = recv_json(&mut bob, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        if v["type"] == "ack" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DMs never got through again: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(recv_type(&mut carol, "dm").await.unwrap()["body"], "after");
+    drop(c);
+}
+
+/// A node killed and restarted under the same name (as a StatefulSet pod is) does not
+/// inherit its previous life's DM routes: a DM to a user who was on it and is now on a
+/// node cut from Redis is `user_offline`, not acknowledged by the restarted node that
+/// has no session for the user (found by the chaos soak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_does_not_take_dms_for_its_previous_sessions() {
+    let _s = serial().await;
+    let (mut c, proxy) = cluster_behind_toxiproxy(2);
+    let (carol_on_s1, _, _) = connect(&c.nodes[0].ws_url(), "user=carol", None)
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        c.kill_node(0).unwrap();
+        c.start_node(0).unwrap();
+        c.wait_ready(Duration::from_secs(15)).unwrap();
+    });
+    drop(carol_on_s1);
+    let (_carol_on_s2, _, _) = connect(&c.nodes[1].ws_url(), "user=carol", None)
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| proxy.set_enabled("s2", false)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut dave, _, _) = connect(&c.nodes[0].ws_url(), "user=dave", None)
+        .await
+        .unwrap();
+    send_json(
+        &mut dave,
+        json!({"type":"dm","to":"carol","body":"x","ref":"d"}),
+    )
+    .await
+    .unwrap();
+    let answer = recv_json(&mut dave, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["code"].as_str()),
+        (Some("error"), Some("user_offline")),
+        "{answer}"
+    );
+    drop(c);
 }

@@ -46,7 +46,7 @@ async fn main() -> Result<()> {
     );
     println!(
         "  web client (through haproxy): http://{}/",
-        cluster.haproxy_addr
+        cluster.haproxy_addr()
     );
     println!("  WebSocket:                    {}", cluster.haproxy_url());
     for n in &cluster.nodes {

@@ -11,6 +11,9 @@
 //! | `P:user:{user}:nodes` | set | nodes holding a session of the user (DM routing) |
 //! | `P:node:{node}:alive` | string with TTL | heartbeat; a node whose key expired is dead |
 //!
+//! `{node}` is the node's name plus an incarnation id (`chat-0@3f9c…`), new at every
+//! start, so a restarted node never receives DMs meant for its previous life's sessions.
+//!
 //! Channels: `P:room:{room}` carries the room's messages and presence changes, subscribed
 //! by a node only while it hosts a member; `P:node:{node}` carries direct messages for
 //! users on that node. Publishing is one Lua script that assigns the offset, appends to
@@ -180,13 +183,15 @@ return removed
 "#;
 
 /// Publishes a direct message to every live node holding the user; forgets dead nodes.
+/// Returns how many nodes' pub/sub connections received it (PUBLISH's count), not how
+/// many are alive: a node cut from Redis keeps its alive key until it expires, and a DM
+/// counted for it would be acknowledged to the sender and never delivered.
 const DIRECT: &str = r#"
 local nodes = redis.call('SMEMBERS', KEYS[1])
 local reached = 0
 for _, node in ipairs(nodes) do
   if redis.call('EXISTS', ARGV[1] .. node .. ':alive') == 1 then
-    redis.call('PUBLISH', ARGV[1] .. node, 'D|' .. ARGV[2] .. '|' .. ARGV[3])
-    reached = reached + 1
+    reached = reached + redis.call('PUBLISH', ARGV[1] .. node, 'D|' .. ARGV[2] .. '|' .. ARGV[3])
   else
     redis.call('SREM', KEYS[1], node)
   end
@@ -213,6 +218,11 @@ enum SubCommand {
 }
 
 pub struct RedisBackplane {
+    /// This node's identity in Redis: its name and an incarnation id chosen at start
+    /// (`chat-0@3f9c…`). A restarted node keeps its name (a StatefulSet pod does) but not
+    /// its sessions, so it must not inherit the DM routes and presence its previous life
+    /// left in Redis: those point at an identity nobody subscribes to any more, whose
+    /// alive key expires, and are swept.
     node: String,
     prefix: String,
     limits: HistoryLimits,
@@ -284,7 +294,7 @@ impl RedisBackplane {
         .map_err(|e| RedisConfigError(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let bp = Arc::new(RedisBackplane {
-            node: node.to_owned(),
+            node: format!("{node}@{}", new_epoch()),
             prefix: settings.key_prefix.clone(),
             limits,
             presence_ttl: settings.presence_ttl,
