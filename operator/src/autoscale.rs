@@ -1042,4 +1042,69 @@ mod tests {
             assert_eq!(reason.is_bad_data(), bad, "{s}");
         }
     }
+
+    /// Reaching exactly the step limit or exactly maxReplicas is a plain scale-up: only a
+    /// recommendation beyond them is limited (mutation testing found this unchecked).
+    #[test]
+    fn reaching_a_limit_exactly_is_not_being_limited() {
+        check(&[
+            Case {
+                name: "need exactly max(2 × current, current + 1)",
+                current: 2,
+                min: 1,
+                max: 10,
+                sample: value(400.0),
+                history: &[],
+                desired: 4,
+                reason: Reason::ScaledUp,
+            },
+            Case {
+                name: "need exactly maxReplicas",
+                current: 3,
+                min: 1,
+                max: 5,
+                sample: value(500.0),
+                history: &[],
+                desired: 5,
+                reason: Reason::ScaledUp,
+            },
+        ]);
+    }
+
+    /// The message is the condition text a user reads: it says what was decided and why.
+    #[test]
+    fn messages_say_what_was_decided() {
+        let message =
+            |current: i32, total: f64| decide(&input(current, 1, 10, value(total), &[])).message;
+        let up = message(2, 400.0);
+        assert!(up.ends_with("; scaling up to 4"), "{up}");
+        let down = message(8, 300.0);
+        assert!(down.ends_with("; scaling down to 3"), "{down}");
+        let steady = message(4, 350.0);
+        assert!(steady.ends_with("; keeping 4"), "{steady}");
+        let limited = message(2, 1_000.0);
+        assert!(
+            limited.ends_with(
+                "; scaling up to 4: recommended 10, limited to max(2 × 2, 2 + 1) = 4 per step"
+            ),
+            "{limited}"
+        );
+        let held = |current: i32| decide(&input(current, 1, 10, Sample::NoData, &[])).message;
+        assert_eq!(
+            held(5),
+            "the connections query returned no series: keeping 5 replicas"
+        );
+        assert_eq!(
+            held(12),
+            "the connections query returned no series: keeping 12 replicas, clamped to 10 by \
+             [minReplicas 1, maxReplicas 10]"
+        );
+    }
+
+    #[test]
+    fn saturate_keeps_the_sign_at_the_ends() {
+        assert_eq!(saturate(i64::MAX), i32::MAX);
+        assert_eq!(saturate(i64::MIN), i32::MIN);
+        assert_eq!(saturate(-7), -7);
+    }
 }

@@ -714,4 +714,22 @@ mod tests {
         assert_eq!(draining.drain.unwrap().connections_at_start, 9);
         assert!(serde_json::from_str::<AdminStatus>(r#"{"connections":1}"#).is_err());
     }
+
+    /// A running drain's clients are told evenly over its window: 300 connections over a
+    /// 10 s window is 30 reconnects a second until delay and window have passed
+    /// (mutation testing found the rate's value unchecked).
+    #[test]
+    fn a_running_drain_reconnects_its_clients_evenly_over_its_window() {
+        let info = |elapsed_ms: u64| DrainInfo {
+            notice_delay_ms: 2_000,
+            reconnect_window_ms: 10_000,
+            elapsed_ms,
+            connections_at_start: 300,
+            keep_running: true,
+            stop_requested: false,
+        };
+        assert_eq!(reconnect_rate(&info(0)), 30.0);
+        assert_eq!(reconnect_rate(&info(11_999)), 30.0);
+        assert_eq!(reconnect_rate(&info(12_000)), 0.0);
+    }
 }
