@@ -88,7 +88,8 @@ impl Drop for ScratchDir {
 }
 
 /// A `redis-server`, by default without persistence (a restart loses every key, like a
-/// Redis pod without a volume); [`RedisProcess::start_durable`] keeps an append-only file.
+/// Redis pod without a volume); a durable one ([`RedisProcess::start_with`]) keeps an
+/// append-only file.
 pub struct RedisProcess {
     pub port: u16,
     child: Option<Child>,
@@ -108,26 +109,24 @@ impl RedisProcess {
         dir: &Path,
         password: Option<&str>,
     ) -> Result<RedisProcess> {
+        Self::start_with(port, dir, password, false)
+    }
+
+    /// Starts a Redis that requires `password` when given and, when `durable`, keeps an
+    /// append-only file fsynced on every write: a restart, even after SIGKILL, comes back
+    /// with every write it acknowledged.
+    pub fn start_with(
+        port: u16,
+        dir: &Path,
+        password: Option<&str>,
+        durable: bool,
+    ) -> Result<RedisProcess> {
         let mut r = RedisProcess {
             port,
             child: None,
             dir: dir.to_owned(),
             password: password.map(str::to_owned),
-            durable: false,
-        };
-        r.restart()?;
-        Ok(r)
-    }
-
-    /// A Redis with append-only persistence, fsynced on every write: a restart, even
-    /// after SIGKILL, comes back with every write it acknowledged.
-    pub fn start_durable(port: u16, dir: &Path) -> Result<RedisProcess> {
-        let mut r = RedisProcess {
-            port,
-            child: None,
-            dir: dir.to_owned(),
-            password: None,
-            durable: true,
+            durable,
         };
         r.restart()?;
         Ok(r)
@@ -298,11 +297,8 @@ impl LocalCluster {
             Some(p) => p,
             None => free_port()?,
         };
-        let redis = if opts.durable_redis {
-            RedisProcess::start_durable(port, &dir.0)?
-        } else {
-            RedisProcess::start_with_password(port, &dir.0, opts.redis_password)?
-        };
+        let redis =
+            RedisProcess::start_with(port, &dir.0, opts.redis_password, opts.durable_redis)?;
         let mut extra: Vec<&str> = opts.extra.to_vec();
         if let Some(p) = opts.redis_password {
             extra.extend(["--redis-password", p]);
@@ -702,16 +698,20 @@ pub fn http_request(
     Some(out)
 }
 
+/// The status code of a whole HTTP response (`None` if it has no status line).
+pub fn status_code(response: &str) -> Option<u16> {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+}
+
 /// Status code and body of one `GET path` on `addr` (status 0 when nothing answers).
 pub fn http_status_of(addr: SocketAddr, path: &str) -> (u16, String) {
     let Some(response) = http_get(addr, path) else {
         return (0, String::new());
     };
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
+    let status = status_code(&response).unwrap_or(0);
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())

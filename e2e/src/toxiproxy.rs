@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use crate::cluster::{free_port, http_request, wait_listening, ScratchDir};
+use crate::cluster::{free_port, http_request, status_code, wait_listening, ScratchDir};
 use crate::k8s::path_from_env_or_script;
 
 /// The toxiproxy-server binary: `CHATCLUSTER_TOXIPROXY`, or built (once, cached) by
@@ -109,10 +109,7 @@ impl Toxiproxy {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let response = http_request(self.api, method, path, body.as_deref());
-            let status = response
-                .as_deref()
-                .and_then(|r| r.split_whitespace().nth(1))
-                .and_then(|c| c.parse::<u16>().ok());
+            let status = response.as_deref().and_then(status_code);
             match status {
                 Some(200..=299) => return Ok(()),
                 Some(code) => bail!(

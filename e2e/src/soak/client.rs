@@ -234,17 +234,8 @@ impl Client<'_> {
                             if matches!(end, Ended::Resync) {
                                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                             }
-                            // A drain notice: the close follows; reconnect after `after_ms`.
                             if let Ended::ReconnectAfter(d) = end {
-                                let _ = tokio::time::timeout(d + Duration::from_secs(2), async {
-                                    while let Some(Ok(m)) = ws.next().await {
-                                        if let Message::Text(t) = m {
-                                            if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
-                                                self.on_frame(&v, &mut asked, &mut joined, &mut pending);
-                                            }
-                                        }
-                                    }
-                                }).await;
+                                self.read_until_close(&mut ws, d, &mut asked, &mut joined, &mut pending).await;
                             }
                             break 'session end;
                         }
@@ -261,6 +252,27 @@ impl Client<'_> {
         }
         self.log.events.push(Event::Disconnected { at });
         ended
+    }
+
+    /// After a drain notice the server sends what is still queued, then closes: record
+    /// all of it (for at most `after` plus 2 s), so nothing already sent is missed.
+    async fn read_until_close(
+        &mut self,
+        ws: &mut Ws,
+        after: Duration,
+        asked: &mut HashMap<String, Option<(String, u64)>>,
+        joined: &mut HashSet<String>,
+        pending: &mut HashMap<String, Pending>,
+    ) {
+        let _ = tokio::time::timeout(after + Duration::from_secs(2), async {
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Text(t) = m else { continue };
+                if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
+                    self.on_frame(&v, asked, joined, pending);
+                }
+            }
+        })
+        .await;
     }
 
     /// Sends the next room message, to the client's rooms in turn.
