@@ -26,12 +26,13 @@
 # files); e2e/checkov-skips.txt and docs/security.md give the reason for each exception.
 # Needs: Rust, Go, Node/npm, Python (venv, for the pinned hadolint and checkov),
 # /usr/bin/chromium, redis-server, haproxy, openssl, curl, readelf (binutils), setpriv
-# (util-linux), the shellcheck linter, and for the real node: root, iproute2, iptables,
-# libseccomp-dev (runc's build), busybox-static (the Redis image's sh) and a C compiler.
+# (util-linux), the shellcheck and luacheck (Debian lua-check) linters, and for the real
+# node: root, iproute2, iptables, libseccomp-dev (runc's build), busybox-static (the
+# Redis image's sh) and a C compiler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in redis-server haproxy openssl chromium node go curl shellcheck python3 readelf setpriv ip iptables cc busybox; do
+for tool in redis-server haproxy openssl chromium node go curl shellcheck luacheck python3 readelf setpriv ip iptables cc busybox; do
   command -v "$tool" >/dev/null || { echo "missing $tool: run .ci/run or apt-get install it" >&2; exit 1; }
 done
 
@@ -62,6 +63,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== shellcheck (every script)"
 shellcheck -x .ci/run e2e/*.sh e2e/k8s/*.sh e2e/kind/*.sh e2e/images/*.sh e2e/node/*.sh
+
+echo "== luacheck (the Redis backplane's Lua scripts)"
+(cd server/src/backplane/redis/scripts && luacheck --no-color -q ./*.lua)
 
 echo "== gofmt and go vet (e2e/images, the image reproduction tool; e2e/node/ociimage, the image packer)"
 unformatted="$(gofmt -l e2e/images e2e/node/ociimage)"

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 
+use crate::redis_cluster::RedisCluster;
 use crate::server_process::ServerProcess;
 
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
@@ -215,8 +216,56 @@ impl Node {
 }
 
 /// Redis, N chat-server nodes and haproxy.
+/// The Redis a [`LocalCluster`] runs on.
+pub enum Redis {
+    Single(RedisProcess),
+    /// 3 masters and 3 replicas; the nodes run with `--redis-cluster`.
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    /// The single instance; panics for a test that asks it of a Redis Cluster.
+    pub fn single(&mut self) -> &mut RedisProcess {
+        match self {
+            Redis::Single(r) => r,
+            Redis::Cluster(_) => panic!("this step needs a single Redis instance"),
+        }
+    }
+
+    /// The Redis Cluster; panics for a test that asks it of a single instance.
+    pub fn cluster(&mut self) -> &mut RedisCluster {
+        match self {
+            Redis::Cluster(c) => c,
+            Redis::Single(_) => panic!("this step needs a Redis Cluster"),
+        }
+    }
+
+    /// What a node's `--redis-url` is: the URL, or the cluster's seed URLs.
+    pub fn url(&self) -> String {
+        match self {
+            Redis::Single(r) => r.url(),
+            Redis::Cluster(c) => c.seed_urls(),
+        }
+    }
+
+    /// Runs one command with `redis-cli` (on any cluster node, following redirections).
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let (port, password) = match self {
+            Redis::Single(r) => (r.port, r.password.clone()),
+            Redis::Cluster(c) => return c.cli_any(args),
+        };
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(p) = password {
+            cmd.env("REDISCLI_AUTH", p);
+        }
+        let out = cmd.args(args).output().context("running redis-cli")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
 pub struct LocalCluster {
-    pub redis: RedisProcess,
+    pub redis: Redis,
     pub nodes: Vec<Node>,
     /// The haproxy instances, each in front of every node (one unless asked for more).
     balancers: Vec<Balancer>,
@@ -257,6 +306,10 @@ pub struct ClusterOptions<'a> {
     /// haproxy instances, each in front of every node with the same stickiness (at
     /// least 1), as replicas of a load balancer are.
     pub load_balancers: usize,
+    /// A Redis Cluster (3 masters, 3 replicas) instead of one instance; the nodes get
+    /// `--redis-cluster` and the seed URLs. `durable_redis` and `redis_port` then do not
+    /// apply.
+    pub redis_cluster: bool,
 }
 
 impl LocalCluster {
@@ -297,11 +350,22 @@ impl LocalCluster {
             Some(p) => p,
             None => free_port()?,
         };
-        let redis =
-            RedisProcess::start_with(port, &dir.0, opts.redis_password, opts.durable_redis)?;
+        let redis = if opts.redis_cluster {
+            Redis::Cluster(RedisCluster::start(opts.redis_password)?)
+        } else {
+            Redis::Single(RedisProcess::start_with(
+                port,
+                &dir.0,
+                opts.redis_password,
+                opts.durable_redis,
+            )?)
+        };
         let mut extra: Vec<&str> = opts.extra.to_vec();
         if let Some(p) = opts.redis_password {
             extra.extend(["--redis-password", p]);
+        }
+        if opts.redis_cluster {
+            extra.push("--redis-cluster");
         }
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {

@@ -7,6 +7,7 @@ pub mod loadgen;
 pub mod lossless;
 pub mod procstat;
 pub mod prometheus;
+pub mod redis_cluster;
 pub mod server_process;
 pub mod soak;
 pub mod stats;

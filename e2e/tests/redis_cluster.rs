@@ -1,6 +1,7 @@
-//! Several chat-server processes joined through a real redis-server, behind a real
-//! haproxy with cookie stickiness, all on loopback. The suites run one at a time: each
-//! starts its own Redis, nodes and haproxy and stops them by PID.
+//! Several chat-server processes joined through a real redis-server (or a real Redis
+//! Cluster of 3 masters and 3 replicas), behind a real haproxy with cookie stickiness,
+//! all on loopback. The suites run one at a time: each starts its own Redis, nodes and
+//! haproxy and stops them by PID. Suites that hold for both backends run on both.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,121 +10,29 @@ use std::time::{Duration, Instant};
 
 use chat_server::sync::lock;
 use chatcluster_e2e::client::{
-    connect, join, recv_json, recv_type, run_publisher, run_resuming_subscriber, send_and_ack,
-    send_json, PublisherLog, SubscriberLog,
+    connect, join, recv_json, recv_type, run_publisher, send_and_ack, send_json, PublisherLog,
 };
 use chatcluster_e2e::cluster::{free_port, ClusterOptions, LocalCluster};
 use chatcluster_e2e::server_process::{chat_server_binary, ServerProcess};
 use chatcluster_e2e::toxiproxy::{toxiproxy_binary, Link, Toxiproxy};
 use serde_json::json;
 
-const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
-/// One suite at a time: each runs a whole cluster on 2 cores.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+#[macro_use]
+mod multinode;
 
-/// Starts a cluster. The harness blocks (it waits on processes), so suites run on a
-/// multi-threaded runtime and call it through `block_in_place`: the clients' tasks keep
-/// running meanwhile, as real clients would.
-fn cluster(n: usize, extra: &[&str]) -> LocalCluster {
-    tokio::task::block_in_place(|| {
-        let c = LocalCluster::start(&chat_server_binary(LOADGEN).unwrap(), n, extra).unwrap();
-        c.wait_ready(Duration::from_secs(15)).unwrap();
-        c
-    })
-}
+use multinode::{
+    after_warm_up, cluster, cluster_with, serial, spawn_subscribers, wait_acked,
+    wait_subscribers_live, Backend, LOADGEN,
+};
 
-/// Starts `n` resuming subscribers (sub0..) through `url`, each joined to `rooms`.
-fn spawn_subscribers(
-    n: usize,
-    url: &str,
-    rooms: &[String],
-    stop: &Arc<AtomicBool>,
-) -> (
-    Vec<Arc<Mutex<SubscriberLog>>>,
-    Vec<tokio::task::JoinHandle<()>>,
-) {
-    (0..n)
-        .map(|i| {
-            let log = Arc::new(Mutex::new(SubscriberLog::default()));
-            let task = tokio::spawn(run_resuming_subscriber(
-                url.to_owned(),
-                format!("sub{i}"),
-                rooms.to_vec(),
-                log.clone(),
-                stop.clone(),
-            ));
-            (log, task)
-        })
-        .unzip()
-}
-
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().await
-}
-
-/// Waits until every subscriber receives live traffic in every room, so that the
-/// measured traffic which follows reaches each of them from its first message. A
-/// subscriber's log records messages, not its `joined`; a live message reaching it proves
-/// it has joined (subscribed, snapshot taken). A probe session at `url` sends one warm-up
-/// message per room per round, and another round if some subscriber was not joined yet
-/// when the last one went out. Returns, per room, the last warm-up offset: the measured
-/// traffic starts after it.
-async fn wait_subscribers_live(
-    url: &str,
-    rooms: &[String],
-    logs: &[Arc<Mutex<SubscriberLog>>],
-) -> BTreeMap<String, u64> {
-    let (mut probe, _, _) = connect(url, "user=probe", None).await.unwrap();
-    for room in rooms {
-        join(&mut probe, room, None).await.unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut warm = BTreeMap::new();
-    for round in 0.. {
-        for room in rooms {
-            let offset = send_and_ack(&mut probe, room, "warm-up", &format!("w{round}{room}"))
-                .await
-                .unwrap();
-            warm.insert(room.clone(), offset);
-        }
-        // This round reaches every joined subscriber in milliseconds; one that misses it
-        // joined too late and needs the next round.
-        let round_ends = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < round_ends {
-            let all = logs.iter().all(|l| {
-                let l = lock(l);
-                warm.iter().all(|(room, offset)| {
-                    l.messages.get(room).is_some_and(|m| m.contains_key(offset))
-                })
-            });
-            if all {
-                return warm;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "subscribers never all joined (warm-up round {round})"
-        );
-    }
-    unreachable!("the rounds end by returning or by the deadline")
-}
-
-/// Messages of `room` a subscriber got after the warm-up (offset above `warm`).
-fn after_warm_up(l: &SubscriberLog, room: &str, warm: u64) -> BTreeMap<u64, String> {
-    l.messages.get(room).map_or_else(BTreeMap::new, |m| {
-        m.range(warm + 1..).map(|(o, b)| (*o, b.clone())).collect()
-    })
-}
-
-/// Waits until the publisher has had `n` messages acknowledged (it is well under way).
-async fn wait_acked(log: &Arc<Mutex<PublisherLog>>, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lock(log).acked.values().map(BTreeMap::len).sum::<usize>() < n {
-        assert!(Instant::now() < deadline, "publisher never got {n} acks");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+on_both_backends!(
+    rooms_dms_and_presence_span_nodes_and_each_node_gets_only_its_rooms,
+    resume_on_another_node_replays_the_gap,
+    killed_node_clients_resume_elsewhere_and_its_presence_expires,
+    rolling_restart_loses_nothing,
+    password_prefixes_and_history_bounds,
+    history_age_bound_through_redis,
+);
 
 /// A node's `/admin/status` once its backplane has either connected or recorded a
 /// connection error (bounded). Panics if the status hands out `secret`.
@@ -189,10 +98,9 @@ async fn assert_sessions_answer_unavailable(url: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rooms_dms_and_presence_span_nodes_and_each_node_gets_only_its_rooms() {
+async fn rooms_dms_and_presence_span_nodes_and_each_node_gets_only_its_rooms(backend: Backend) {
     let _s = serial().await;
-    let c = cluster(3, &[]);
+    let c = cluster(backend, 3, &[]);
     let (mut alice, _, w) = connect(&c.nodes[0].ws_url(), "user=alice", None)
         .await
         .unwrap();
@@ -319,10 +227,9 @@ async fn rooms_dms_and_presence_span_nodes_and_each_node_gets_only_its_rooms() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_on_another_node_replays_the_gap() {
+async fn resume_on_another_node_replays_the_gap(backend: Backend) {
     let _s = serial().await;
-    let c = cluster(3, &[]);
+    let c = cluster(backend, 3, &[]);
     let (mut sub, _, _) = connect(&c.nodes[0].ws_url(), "user=sub", None)
         .await
         .unwrap();
@@ -384,7 +291,7 @@ async fn resume_on_another_node_replays_the_gap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_fails_loudly_then_recovers_with_a_new_epoch() {
     let _s = serial().await;
-    let mut c = cluster(2, &["--redis-presence-ttl", "3s"]);
+    let mut c = cluster(Backend::Single, 2, &["--redis-presence-ttl", "3s"]);
     let (mut a, _, _) = connect(&c.nodes[0].ws_url(), "user=a", None).await.unwrap();
     let old_epoch = join(&mut a, "r", None).await.unwrap()["epoch"]
         .as_str()
@@ -403,7 +310,7 @@ async fn redis_restart_fails_loudly_then_recovers_with_a_new_epoch() {
         "before"
     );
 
-    tokio::task::block_in_place(|| c.redis.stop());
+    tokio::task::block_in_place(|| c.redis.single().stop());
     // Readiness fails and publishes are refused with `unavailable`, never lost silently.
     let deadline = Instant::now() + Duration::from_secs(10);
     while c.readyz(0) != 503 || c.readyz(1) != 503 {
@@ -431,7 +338,7 @@ async fn redis_restart_fails_loudly_then_recovers_with_a_new_epoch() {
     assert_eq!(err["code"], "unavailable");
     assert_eq!(err["ref"], "2");
 
-    tokio::task::block_in_place(|| c.redis.restart()).unwrap();
+    tokio::task::block_in_place(|| c.redis.single().restart()).unwrap();
     tokio::task::block_in_place(|| c.wait_ready(Duration::from_secs(20))).unwrap();
     // Both sessions are told their history is gone (new epoch) and carry on.
     for ws in [&mut a, &mut b] {
@@ -468,10 +375,10 @@ async fn redis_restart_fails_loudly_then_recovers_with_a_new_epoch() {
     assert_eq!(j["members"], json!(["a", "b", "n"]));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_node_clients_resume_elsewhere_and_its_presence_expires() {
+async fn killed_node_clients_resume_elsewhere_and_its_presence_expires(backend: Backend) {
     let _s = serial().await;
     let mut c = cluster(
+        backend,
         3,
         &[
             "--redis-presence-ttl",
@@ -601,10 +508,10 @@ async fn killed_node_clients_resume_elsewhere_and_its_presence_expires() {
 /// The mission's promise: a rolling restart drains each node in turn while a publisher
 /// sends steadily into several rooms; every subscriber ends with every message exactly
 /// once, in offset order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rolling_restart_loses_nothing() {
+async fn rolling_restart_loses_nothing(backend: Backend) {
     let _s = serial().await;
     let mut c = cluster(
+        backend,
         3,
         &[
             "--drain-reconnect-window",
@@ -704,25 +611,22 @@ async fn rolling_restart_loses_nothing() {
 /// One Redis with a password serves two clusters (key prefixes) without crosstalk, and
 /// history is bounded by count through Redis too. A node with the wrong password never
 /// becomes ready, says why in `/admin/status`, and refuses what needs Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn password_prefixes_and_history_bounds() {
+async fn password_prefixes_and_history_bounds(backend: Backend) {
     let _s = serial().await;
-    let c = tokio::task::block_in_place(|| {
-        let c = LocalCluster::start_with_redis_password(
-            &chat_server_binary(LOADGEN).unwrap(),
-            2,
-            &[
+    let c = cluster_with(
+        backend,
+        ClusterOptions {
+            nodes: 2,
+            extra: &[
                 "--redis-key-prefix",
                 "cluster-a",
                 "--history-max-messages",
                 "5",
             ],
-            Some("s3cret-pass"),
-        )
-        .unwrap();
-        c.wait_ready(Duration::from_secs(15)).unwrap();
-        c
-    });
+            redis_password: Some("s3cret-pass"),
+            ..ClusterOptions::default()
+        },
+    );
     let binary = chat_server_binary(LOADGEN).unwrap();
     let url = c.redis.url();
     let other = tokio::task::block_in_place(|| {
@@ -735,7 +639,11 @@ async fn password_prefixes_and_history_bounds() {
                 "s3cret-pass",
                 "--redis-key-prefix",
                 "cluster-b",
-            ],
+            ]
+            .iter()
+            .chain(backend.flags())
+            .copied()
+            .collect::<Vec<_>>(),
         )
     })
     .unwrap();
@@ -749,7 +657,11 @@ async fn password_prefixes_and_history_bounds() {
                 WRONG_PASSWORD,
                 "--redis-key-prefix",
                 "cluster-c",
-            ],
+            ]
+            .iter()
+            .chain(backend.flags())
+            .copied()
+            .collect::<Vec<_>>(),
         )
     })
     .unwrap();
@@ -991,10 +903,9 @@ impl Drop for KillOnDrop {
 
 /// History through Redis is bounded by age too: a gap older than the history age is
 /// not recovered, a younger one is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_age_bound_through_redis() {
+async fn history_age_bound_through_redis(backend: Backend) {
     let _s = serial().await;
-    let c = cluster(1, &["--history-max-age", "1s"]);
+    let c = cluster(backend, 1, &["--history-max-age", "1s"]);
     let (mut p, _, _) = connect(&c.nodes[0].ws_url(), "user=p", None).await.unwrap();
     let (mut a, _, _) = connect(&c.nodes[0].ws_url(), "user=a", None).await.unwrap();
     let (mut b, _, _) = connect(&c.nodes[0].ws_url(), "user=b", None).await.unwrap();

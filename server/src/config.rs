@@ -152,6 +152,10 @@ pub struct Args {
     /// (one node only).
     #[arg(long, env = "CHAT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Redis Cluster mode: CHAT_REDIS_URL is then one or more seed URLs separated by
+    /// commas; keys are hash-tagged per room, user and node, and pub/sub is sharded.
+    #[arg(long, env = "CHAT_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
     /// Redis password; overrides any password in the URL.
     #[arg(long, env = "CHAT_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
@@ -358,8 +362,23 @@ impl Settings {
             ));
         }
         if let Some(redis) = &self.redis {
-            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+            let urls: Vec<&str> = redis.urls().collect();
+            if urls.is_empty()
+                || !urls
+                    .iter()
+                    .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+            {
                 return fail("CHAT_REDIS_URL must start with redis:// or rediss://".into());
+            }
+            if urls.len() > 1 && !redis.cluster {
+                return fail("CHAT_REDIS_URL lists several URLs, which only Redis Cluster takes: set CHAT_REDIS_CLUSTER=true, or give one URL".into());
+            }
+            let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+            if tls != 0 && tls != urls.len() {
+                return fail("CHAT_REDIS_URL mixes redis:// and rediss:// seeds: use one scheme for the whole cluster".into());
+            }
+            if redis.cluster && redis.key_prefix.contains(['{', '}']) {
+                return fail("CHAT_REDIS_KEY_PREFIX must not contain `{` or `}` with CHAT_REDIS_CLUSTER=true (braces would change the keys' hash slots)".into());
             }
             if redis.key_prefix.is_empty()
                 || redis.key_prefix.len() > 64
@@ -371,7 +390,7 @@ impl Settings {
                     "CHAT_REDIS_KEY_PREFIX must be 1 to 64 characters without spaces or `|`".into(),
                 );
             }
-            if redis.ca_file.is_some() && !redis.url.starts_with("rediss://") {
+            if redis.ca_file.is_some() && tls == 0 {
                 return fail("CHAT_REDIS_CA_FILE needs a rediss:// CHAT_REDIS_URL (TLS)".into());
             }
             if redis.presence_ttl < Duration::from_secs(1) {
@@ -478,6 +497,7 @@ impl Settings {
                 None => None,
                 Some(url) => Some(crate::backplane::redis::RedisSettings {
                     url: url.to_owned(),
+                    cluster: args.redis_cluster,
                     password: args.redis_password.clone(),
                     key_prefix: args.redis_key_prefix.clone(),
                     presence_ttl: parse_duration(
@@ -602,11 +622,56 @@ mod tests {
                 &["--dev", "--max-pending-connections", "0"],
                 "CHAT_MAX_PENDING_CONNECTIONS",
             ),
+            (
+                &["--dev", "--redis-url", "localhost:6379"],
+                "must start with redis:// or rediss://",
+            ),
+            (
+                &["--dev", "--redis-url", "redis://a:1,redis://b:1"],
+                "set CHAT_REDIS_CLUSTER=true",
+            ),
+            (
+                &[
+                    "--dev",
+                    "--redis-cluster",
+                    "--redis-url",
+                    "redis://a:1,rediss://b:1",
+                ],
+                "mixes redis:// and rediss://",
+            ),
+            (
+                &[
+                    "--dev",
+                    "--redis-cluster",
+                    "--redis-url",
+                    "redis://a:1",
+                    "--redis-key-prefix",
+                    "{chat}",
+                ],
+                "must not contain `{` or `}`",
+            ),
         ];
         for (argv, expected) in cases {
             let err = Settings::from_args(&args(argv)).unwrap_err();
             assert!(err.0.contains(expected), "{argv:?}: {err}");
         }
+    }
+
+    #[test]
+    fn redis_cluster_takes_several_seed_urls() {
+        let s = Settings::from_args(&args(&[
+            "--dev",
+            "--redis-cluster",
+            "--redis-url",
+            "redis://a:7000/, redis://b:7001/",
+        ]))
+        .unwrap();
+        let redis = s.redis.unwrap();
+        assert!(redis.cluster);
+        assert_eq!(
+            redis.urls().collect::<Vec<_>>(),
+            vec!["redis://a:7000/", "redis://b:7001/"]
+        );
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl Target<'_> {
                     .context("draining")?;
                 self.cluster.start_node(node)?;
             }
-            FaultKind::RestartRedis => self.cluster.redis.restart()?,
+            FaultKind::RestartRedis => self.cluster.redis.single().restart()?,
             FaultKind::RedisLatency => {
                 let links: Vec<String> =
                     self.cluster.nodes.iter().map(|n| n.name.clone()).collect();

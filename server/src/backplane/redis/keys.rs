@@ -1,0 +1,142 @@
+//! Key and channel names. Everything is under the configured prefix `P`, so one Redis
+//! can serve several ChatClusters.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:room:R:meta` | hash | `epoch`, `head` (last assigned offset) |
+//! | `P:room:R:log` | stream | history; entry id `0-{offset}`, fields `f` (from), `b` (body), `t` (ts ms) |
+//! | `P:room:R:presence` | hash | `{node}\|{user}` → sessions of the user on that node in the room |
+//! | `P:room:R:users` | hash | user → sessions in the room over all nodes (presence) |
+//! | `P:user:U:nodes` | set | nodes holding a session of the user (DM routing) |
+//! | `P:node:N:alive` | string with TTL | heartbeat; a node whose key expired is dead |
+//!
+//! Channels: `P:room:R` (a room's messages and presence changes) and `P:node:N` (direct
+//! messages for users on node N).
+//!
+//! In cluster mode the id is a hash tag (`P:room:{R}:meta`, `P:room:{R}`, …), so all keys
+//! and the channel of one room, one user or one node hash to one slot: every script
+//! touches a single slot, and a room's sharded channel lives on the shard that holds its
+//! history. Room and user names cannot contain braces (the protocol's name rules), node
+//! names are DNS labels and the prefix is checked, so a tag is never cut short.
+
+pub(super) struct Keys {
+    prefix: String,
+    cluster: bool,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, cluster: bool) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+            cluster,
+        }
+    }
+
+    /// `P:kind:id` with the id hash-tagged in cluster mode, then `:suffix` if any.
+    fn name(&self, kind: &str, id: &str, suffix: Option<&str>) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + kind.len() + id.len() + 16);
+        k.push_str(&self.prefix);
+        k.push(':');
+        k.push_str(kind);
+        k.push(':');
+        if self.cluster {
+            k.push('{');
+            k.push_str(id);
+            k.push('}');
+        } else {
+            k.push_str(id);
+        }
+        if let Some(suffix) = suffix {
+            k.push(':');
+            k.push_str(suffix);
+        }
+        k
+    }
+
+    pub fn room_meta(&self, room: &str) -> String {
+        self.name("room", room, Some("meta"))
+    }
+
+    pub fn room_log(&self, room: &str) -> String {
+        self.name("room", room, Some("log"))
+    }
+
+    pub fn room_presence(&self, room: &str) -> String {
+        self.name("room", room, Some("presence"))
+    }
+
+    pub fn room_users(&self, room: &str) -> String {
+        self.name("room", room, Some("users"))
+    }
+
+    pub fn room_channel(&self, room: &str) -> String {
+        self.name("room", room, None)
+    }
+
+    pub fn user_nodes(&self, user: &str) -> String {
+        self.name("user", user, Some("nodes"))
+    }
+
+    pub fn node_alive(&self, node: &str) -> String {
+        self.name("node", node, Some("alive"))
+    }
+
+    pub fn node_channel(&self, node: &str) -> String {
+        self.name("node", node, None)
+    }
+
+    /// `P:node:`, which the single-instance DM script completes with a node's name.
+    pub fn node_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
+    }
+
+    /// The room a room channel belongs to; `None` for any other channel.
+    pub fn room_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        let id = channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":room:")?;
+        if self.cluster {
+            id.strip_prefix('{')?.strip_suffix('}')
+        } else {
+            Some(id)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_instance_names_are_untagged() {
+        let keys = Keys::new("chat", false);
+        assert_eq!(keys.room_meta("lobby"), "chat:room:lobby:meta");
+        assert_eq!(keys.room_log("lobby"), "chat:room:lobby:log");
+        assert_eq!(keys.room_presence("lobby"), "chat:room:lobby:presence");
+        assert_eq!(keys.room_users("lobby"), "chat:room:lobby:users");
+        assert_eq!(keys.room_channel("lobby"), "chat:room:lobby");
+        assert_eq!(keys.user_nodes("ann"), "chat:user:ann:nodes");
+        assert_eq!(keys.node_alive("chat-0@1f"), "chat:node:chat-0@1f:alive");
+        assert_eq!(keys.node_channel("chat-0@1f"), "chat:node:chat-0@1f");
+        assert_eq!(keys.node_prefix(), "chat:node:");
+        assert_eq!(keys.room_of_channel("chat:room:a:b"), Some("a:b"));
+        assert_eq!(keys.room_of_channel("chat:node:chat-0@1f"), None);
+        assert_eq!(keys.room_of_channel("other:room:a"), None);
+    }
+
+    #[test]
+    fn cluster_names_tag_the_id_so_a_room_is_one_slot() {
+        let keys = Keys::new("chat", true);
+        assert_eq!(keys.room_meta("lobby"), "chat:room:{lobby}:meta");
+        assert_eq!(keys.room_log("lobby"), "chat:room:{lobby}:log");
+        assert_eq!(keys.room_presence("lobby"), "chat:room:{lobby}:presence");
+        assert_eq!(keys.room_users("lobby"), "chat:room:{lobby}:users");
+        assert_eq!(keys.room_channel("lobby"), "chat:room:{lobby}");
+        assert_eq!(keys.user_nodes("ann"), "chat:user:{ann}:nodes");
+        assert_eq!(keys.node_alive("n@1"), "chat:node:{n@1}:alive");
+        assert_eq!(keys.node_channel("n@1"), "chat:node:{n@1}");
+        assert_eq!(keys.room_of_channel("chat:room:{a:b}"), Some("a:b"));
+        assert_eq!(keys.room_of_channel("chat:room:a"), None);
+        assert_eq!(keys.room_of_channel("chat:node:{n@1}"), None);
+    }
+}

@@ -1,0 +1,782 @@
+//! The Redis backplane: many chat-server nodes act as one chat, over one Redis instance
+//! or a Redis Cluster.
+//!
+//! - [`keys`]: key and channel names (hash-tagged in cluster mode);
+//! - [`scripts`]: the Lua scripts, one `.lua` file each;
+//! - [`replies`]: parsing pub/sub payloads and script replies;
+//! - [`pubsub`]: the subscriptions, classic or sharded;
+//! - [`connection`]: the command connection, its health check and the heartbeat.
+//!
+//! A node's identity in Redis is its name plus an incarnation id (`chat-0@3f9c…`), new
+//! at every start, so a restarted node never receives DMs meant for its previous life's
+//! sessions. Publishing is one Lua script that assigns the offset, appends to the
+//! history and publishes, so live order equals history order on every node.
+
+mod connection;
+mod keys;
+mod pubsub;
+mod replies;
+mod scripts;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use redis::cluster::ClusterClientBuilder;
+use redis::{IntoConnectionInfo, ProtocolVersion};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{now_us, Backplane, BackplaneError, BackplaneStatus, RoomSnapshot};
+use crate::history::{new_epoch, HistoryLimits};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::{Position, ServerFrame};
+use crate::sync::{lock, read};
+use connection::{CommandConnection, Target};
+use keys::Keys;
+use pubsub::SubCommand;
+use replies::{parse_room_event, parse_snapshot, RoomEvent};
+use scripts::Scripts;
+
+/// How the Redis backplane connects and names things.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL; in cluster mode, one or more seed URLs separated by
+    /// commas (any reachable node will do: the rest of the cluster is discovered).
+    pub url: String,
+    /// Redis Cluster: hash-tagged keys, sharded pub/sub, routing by slot.
+    pub cluster: bool,
+    /// Overrides the URL's password (e.g. from a Kubernetes Secret).
+    pub password: Option<String>,
+    /// Prefix of every key and channel, e.g. the ChatCluster's name.
+    pub key_prefix: String,
+    /// A node's registry and presence entries outlive it by at most this.
+    pub presence_ttl: Duration,
+    /// PEM CA certificate that signed a `rediss://` server's certificate (the system's
+    /// public roots are used when unset).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl RedisSettings {
+    /// The URLs in `url` (one, or a comma-separated list of cluster seeds).
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty())
+    }
+}
+
+/// Error building the backplane from configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("CHAT_REDIS_URL is not a usable Redis URL: {0}")]
+pub struct RedisConfigError(String);
+
+pub struct RedisBackplane {
+    /// This node's identity in Redis: its name and an incarnation id chosen at start
+    /// (`chat-0@3f9c…`). A restarted node keeps its name (a StatefulSet pod does) but not
+    /// its sessions, so it must not inherit the DM routes and presence its previous life
+    /// left in Redis: those point at an identity nobody subscribes to any more, whose
+    /// alive key expires, and are swept.
+    node: String,
+    keys: Keys,
+    limits: HistoryLimits,
+    presence_ttl: Duration,
+    target: Target,
+    conn: RwLock<Option<CommandConnection>>,
+    commands_ok: AtomicBool,
+    pubsub_ok: AtomicBool,
+    /// The last heartbeat reached Redis (this node is routable for DMs).
+    alive: AtomicBool,
+    subs: mpsc::UnboundedSender<SubCommand>,
+    hub: Arc<Hub>,
+    metrics: Metrics,
+    scripts: Scripts,
+    /// Sessions per local user (registry), and per local (room, user) (presence), so both
+    /// can be restored after Redis loses data.
+    local_users: Mutex<HashMap<String, usize>>,
+    local_presence: Mutex<HashMap<(String, String), usize>>,
+    /// Per room with local members, the epoch and offset of the last message received.
+    /// Offsets of one epoch arrive in increasing order on a room's channel; one that does
+    /// not means Redis went back in time (a failover to a replica that had not received
+    /// the latest messages) and would reuse offsets clients already hold.
+    last_received: Mutex<HashMap<String, (String, u64)>>,
+    /// A restore and resync is scheduled or running (cluster mode), so a burst of
+    /// resubscriptions triggers one.
+    restoring: AtomicBool,
+    /// The last connection-level failure (password removed) and when it happened (Unix
+    /// ms), for `/admin/status`.
+    last_error: Mutex<Option<(String, u64)>>,
+    /// Removed from every error text this node logs or reports.
+    password: Option<String>,
+}
+
+/// The TLS roots for `rediss://`: the given CA, or the system's public roots.
+fn tls_certificates(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<redis::TlsCertificates>, RedisConfigError> {
+    let Some(path) = ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path)
+        .map_err(|e| RedisConfigError(format!("CHAT_REDIS_CA_FILE {}: {e}", path.display())))?;
+    Ok(Some(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+type BuiltTarget = (
+    Target,
+    Option<String>,
+    Option<mpsc::UnboundedReceiver<redis::PushInfo>>,
+);
+
+/// The target for `settings`, its password (for redaction) and, in cluster mode, the
+/// receiver of the pub/sub connection's pushes.
+fn build_target(settings: &RedisSettings) -> Result<BuiltTarget, RedisConfigError> {
+    let config_error = |e: redis::RedisError| RedisConfigError(e.to_string());
+    let explicit_password = settings.password.as_deref().filter(|p| !p.is_empty());
+    let mut infos = Vec::new();
+    for url in settings.urls() {
+        let mut info = url.into_connection_info().map_err(config_error)?;
+        if let Some(pw) = explicit_password {
+            let redis = info.redis_settings().clone().set_password(pw);
+            info = info.set_redis_settings(redis);
+        }
+        infos.push(info);
+    }
+    let Some(first) = infos.first() else {
+        return Err(RedisConfigError("no URL given".into()));
+    };
+    let password = first
+        .redis_settings()
+        .password()
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned);
+    let certs = tls_certificates(settings.ca_file.as_deref())?;
+    if !settings.cluster {
+        if infos.len() > 1 {
+            return Err(RedisConfigError(
+                "several URLs are for Redis Cluster: set CHAT_REDIS_CLUSTER=true".into(),
+            ));
+        }
+        let info = infos.remove(0);
+        let client = match certs {
+            None => redis::Client::open(info),
+            Some(certs) => redis::Client::build_with_tls(info, certs),
+        }
+        .map_err(config_error)?;
+        return Ok((Target::Single(client), password, None));
+    }
+    let builder = |protocol: ProtocolVersion| {
+        let mut b = ClusterClientBuilder::new(infos.clone())
+            .use_protocol(protocol)
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2));
+        if let Some(pw) = &password {
+            b = b.password(pw);
+        }
+        if let Some(certs) = &certs {
+            b = b.certs(certs.clone());
+        }
+        b
+    };
+    let (push_tx, push_rx) = mpsc::unbounded_channel();
+    let commands = builder(ProtocolVersion::RESP2)
+        .build()
+        .map_err(config_error)?;
+    let pubsub = builder(ProtocolVersion::RESP3)
+        .push_sender(push_tx)
+        .build()
+        .map_err(config_error)?;
+    Ok((
+        Target::Cluster { commands, pubsub },
+        password,
+        Some(push_rx),
+    ))
+}
+
+impl RedisBackplane {
+    /// Creates the backplane and starts its background tasks (connection, pub/sub,
+    /// heartbeat). It does not wait for Redis: until Redis answers, readiness fails and
+    /// operations return `Unavailable`.
+    pub fn start(
+        settings: &RedisSettings,
+        node: &str,
+        limits: HistoryLimits,
+        hub: Arc<Hub>,
+        metrics: Metrics,
+    ) -> Result<Arc<RedisBackplane>, RedisConfigError> {
+        // TLS to Redis (`rediss://`) uses rustls, which needs one process-wide crypto
+        // provider; without it the first TLS handshake panics. Already installed: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (target, password, pushes) = build_target(settings)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let bp = Arc::new(RedisBackplane {
+            node: format!("{node}@{}", new_epoch()),
+            keys: Keys::new(&settings.key_prefix, settings.cluster),
+            limits,
+            presence_ttl: settings.presence_ttl,
+            target,
+            conn: RwLock::new(None),
+            commands_ok: AtomicBool::new(false),
+            pubsub_ok: AtomicBool::new(false),
+            alive: AtomicBool::new(false),
+            subs: tx,
+            hub,
+            metrics,
+            scripts: Scripts::new(settings.cluster),
+            local_users: Mutex::new(HashMap::new()),
+            local_presence: Mutex::new(HashMap::new()),
+            last_received: Mutex::new(HashMap::new()),
+            restoring: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            password,
+        });
+        tokio::spawn(connection::command_connection_task(Arc::downgrade(&bp)));
+        pubsub::spawn(&bp, rx, pushes);
+        tokio::spawn(connection::heartbeat_task(Arc::downgrade(&bp)));
+        Ok(bp)
+    }
+
+    fn cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    fn node_channel(&self) -> String {
+        self.keys.node_channel(&self.node)
+    }
+
+    fn ttl_secs(&self) -> u64 {
+        self.presence_ttl.as_secs().max(1)
+    }
+
+    /// Seconds a room's history keys live after their last use.
+    fn history_ttl_secs(&self) -> u64 {
+        (self.limits.max_age_ms / 1000).max(1) + 60
+    }
+
+    fn connection(&self) -> Result<CommandConnection, BackplaneError> {
+        read(&self.conn)
+            .clone()
+            .ok_or_else(|| BackplaneError::Unavailable("not connected to Redis yet".into()))
+    }
+
+    /// `error` without the password, should the client library ever echo it.
+    fn redact(&self, error: impl std::fmt::Display) -> String {
+        let text = error.to_string();
+        match self.password.as_deref() {
+            Some(pw) => text.replace(pw, "[redacted]"),
+            None => text,
+        }
+    }
+
+    /// Remembers a connection-level failure for `/admin/status`; returns its text (password
+    /// removed) for the log.
+    fn record_error(&self, what: &str, error: impl std::fmt::Display) -> String {
+        let text = format!("{what}: {}", self.redact(error));
+        *lock(&self.last_error) = Some((text.clone(), now_us() / 1000));
+        text
+    }
+
+    /// Maps a failed command to `Unavailable`; a connection failure marks commands
+    /// unhealthy until the next PING succeeds.
+    fn command_error(&self, e: redis::RedisError) -> BackplaneError {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+            self.commands_ok.store(false, Ordering::Relaxed);
+            self.record_error("command", &e);
+        }
+        BackplaneError::Unavailable(format!("Redis: {}", self.redact(e)))
+    }
+
+    /// Runs a script.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BackplaneError> {
+        let mut conn = self.connection()?;
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.command_error(e))
+    }
+
+    /// Runs one command.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackplaneError> {
+        let mut conn = self.connection()?;
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(|e| self.command_error(e))
+    }
+
+    fn history_cutoff_ms(&self) -> u64 {
+        (now_us() / 1000).saturating_sub(self.limits.max_age_ms)
+    }
+
+    /// Handles one pub/sub message for this node.
+    fn dispatch(self: &Arc<Self>, channel: &str, payload: &str) {
+        if let Some(room) = self.keys.room_of_channel(channel) {
+            match parse_room_event(payload) {
+                Some(RoomEvent::Message {
+                    offset,
+                    published_us,
+                    epoch,
+                    from,
+                    body,
+                }) => {
+                    if self.went_back_in_time(room, epoch, offset) {
+                        self.start_new_epoch(room, epoch);
+                        return;
+                    }
+                    self.metrics.backplane_received.inc();
+                    let frame: Utf8Bytes = ServerFrame::Message {
+                        room,
+                        epoch,
+                        offset,
+                        from,
+                        body,
+                        ts: published_us / 1000,
+                    }
+                    .to_json()
+                    .into();
+                    let epoch: Arc<str> = epoch.into();
+                    self.hub
+                        .deliver_room_message(room, &epoch, offset, published_us, &frame);
+                }
+                Some(RoomEvent::Presence { joined, user }) => {
+                    let user = vec![user.to_owned()];
+                    let none: Vec<String> = Vec::new();
+                    let (j, l) = if joined {
+                        (&user, &none)
+                    } else {
+                        (&none, &user)
+                    };
+                    let frame: Utf8Bytes = ServerFrame::Presence {
+                        room,
+                        joined: j,
+                        left: l,
+                    }
+                    .to_json()
+                    .into();
+                    self.hub.deliver_room_frame(room, &frame);
+                }
+                None => tracing::warn!(channel, "ignoring malformed backplane message"),
+            }
+        } else if channel == self.node_channel() {
+            match payload.strip_prefix("D|").and_then(|r| r.split_once('|')) {
+                Some((to, frame)) => {
+                    self.hub
+                        .deliver_user_frame(to, &Utf8Bytes::from(frame.to_owned()));
+                }
+                None => tracing::warn!(channel, "ignoring malformed direct message"),
+            }
+        }
+    }
+
+    /// Records a received message; true when its offset is not above the last one
+    /// received for the same epoch (Redis lost acknowledged messages and reuses offsets).
+    fn went_back_in_time(&self, room: &str, epoch: &str, offset: u64) -> bool {
+        let mut last = lock(&self.last_received);
+        match last.get_mut(room) {
+            Some((e, o)) if e == epoch => {
+                if offset <= *o {
+                    return true;
+                }
+                *o = offset;
+            }
+            Some(entry) => *entry = (epoch.to_owned(), offset),
+            None => {
+                last.insert(room.to_owned(), (epoch.to_owned(), offset));
+            }
+        }
+        false
+    }
+
+    /// Stops tracking the offsets of the room `channel` belongs to (its last local member
+    /// left), so the map stays as small as the node's rooms.
+    fn forget_room_channel(&self, channel: &str) {
+        if let Some(room) = self.keys.room_of_channel(channel) {
+            lock(&self.last_received).remove(room);
+        }
+    }
+
+    /// Replaces the room's epoch that went back in time, then has local sessions catch up:
+    /// they are told `recovered: false`, as the history they resumed from is gone.
+    fn start_new_epoch(self: &Arc<Self>, room: &str, old_epoch: &str) {
+        tracing::warn!(room, epoch = old_epoch, "room history went back in time (Redis lost acknowledged messages); starting a new epoch");
+        lock(&self.last_received).remove(room);
+        let bp = self.clone();
+        let (room, old_epoch) = (room.to_owned(), old_epoch.to_owned());
+        tokio::spawn(async move {
+            let mut inv = bp.scripts.rotate_epoch.prepare_invoke();
+            inv.key(bp.keys.room_meta(&room))
+                .key(bp.keys.room_log(&room))
+                .arg(&old_epoch)
+                .arg(new_epoch());
+            if let Err(e) = bp.run::<i64>(&inv).await {
+                tracing::warn!(error = %e, room, "could not start a new epoch; sessions resync anyway");
+            }
+            bp.hub.resync_room(&room);
+        });
+    }
+
+    /// After a reconnect: re-register local users and presence (Redis may have lost
+    /// them) and ask every local room's sessions to catch up from history.
+    async fn restore_and_resync(&self) -> Result<(), BackplaneError> {
+        self.heartbeat().await?;
+        let users: Vec<String> = lock(&self.local_users).keys().cloned().collect();
+        for user in &users {
+            self.registry_update("SADD", user).await?;
+        }
+        let presence: Vec<((String, String), usize)> = lock(&self.local_presence)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for ((room, user), count) in presence {
+            let mut inv = self.scripts.presence_restore.prepare_invoke();
+            inv.key(self.keys.room_presence(&room))
+                .key(self.keys.room_users(&room))
+                .arg(&self.node)
+                .arg(&user)
+                .arg(count)
+                .arg(self.keys.room_channel(&room));
+            self.run::<i64>(&inv).await?;
+        }
+        for room in self.hub.local_rooms() {
+            self.hub.resync_room(&room);
+        }
+        Ok(())
+    }
+
+    /// [`Self::restore_and_resync`], retried for a while: the command connection may
+    /// still be reconnecting.
+    async fn restore_with_retries(&self) {
+        for attempt in 0..40 {
+            match self.restore_and_resync().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "restore after reconnect failed; retrying");
+                    tokio::time::sleep(connection::backoff(attempt.min(3))).await;
+                }
+            }
+        }
+    }
+
+    /// Cluster mode: runs one restore and resync in the background unless one is
+    /// already waiting to run, after a short pause so a burst of resubscriptions (a
+    /// failover moves many channels at once) is handled once.
+    fn schedule_restore(self: &Arc<Self>) {
+        if self.restoring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let bp = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            bp.restoring.store(false, Ordering::Release);
+            bp.restore_with_retries().await;
+        });
+    }
+
+    /// Adds this node to (`SADD`) or removes it from (`SREM`) the user's DM routing set.
+    async fn registry_update(&self, command: &str, user: &str) -> Result<(), BackplaneError> {
+        self.query(
+            redis::cmd(command)
+                .arg(self.keys.user_nodes(user))
+                .arg(&self.node),
+        )
+        .await
+    }
+
+    /// Heartbeat: marks this node alive and sweeps dead nodes' presence in local rooms.
+    async fn heartbeat(&self) -> Result<(), BackplaneError> {
+        let mut conn = self.connection()?;
+        let alive: Result<(), _> = redis::cmd("SET")
+            .arg(self.keys.node_alive(&self.node))
+            .arg("1")
+            .arg("EX")
+            .arg(self.ttl_secs())
+            .query_async(&mut conn)
+            .await;
+        alive.map_err(|e| {
+            BackplaneError::Unavailable(format!("Redis: {}", self.record_error("heartbeat", e)))
+        })?;
+        let mut alive_nodes: HashMap<String, bool> = HashMap::new();
+        for room in self.hub.local_rooms() {
+            self.sweep_room(&room, &mut alive_nodes).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the room's presence entries of nodes whose heartbeat key expired.
+    /// `alive_nodes` caches liveness over one heartbeat's rooms.
+    async fn sweep_room(
+        &self,
+        room: &str,
+        alive_nodes: &mut HashMap<String, bool>,
+    ) -> Result<(), BackplaneError> {
+        let fields: Vec<String> = self
+            .query(redis::cmd("HKEYS").arg(self.keys.room_presence(room)))
+            .await?;
+        let nodes: HashSet<&str> = fields
+            .iter()
+            .filter_map(|f| f.split_once('|').map(|(node, _)| node))
+            .filter(|node| *node != self.node)
+            .collect();
+        let mut dead = Vec::new();
+        for node in nodes {
+            let alive = match alive_nodes.get(node) {
+                Some(alive) => *alive,
+                None => {
+                    let alive: bool = self
+                        .query(redis::cmd("EXISTS").arg(self.keys.node_alive(node)))
+                        .await?;
+                    alive_nodes.insert(node.to_owned(), alive);
+                    alive
+                }
+            };
+            if !alive {
+                dead.push(node);
+            }
+        }
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.scripts.presence_sweep.prepare_invoke();
+        inv.key(self.keys.room_presence(room))
+            .key(self.keys.room_users(room))
+            .arg(self.keys.room_channel(room));
+        for node in dead {
+            inv.arg(node);
+        }
+        self.run::<i64>(&inv).await.map(|_| ())
+    }
+
+    /// Cluster mode's direct message: the user's nodes live in the user's slot and each
+    /// node's channel in the node's, so this is one `SMEMBERS` and one `SPUBLISH` per
+    /// node rather than one script. Counts the nodes whose pub/sub connection received
+    /// it; forgets nodes that nobody listens for and whose heartbeat expired.
+    async fn send_direct_sharded(&self, to: &str, frame: &str) -> Result<usize, BackplaneError> {
+        let user_nodes = self.keys.user_nodes(to);
+        let nodes: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&user_nodes)).await?;
+        let payload = format!("D|{to}|{frame}");
+        let mut reached = 0usize;
+        for node in nodes {
+            let receivers: usize = self
+                .query(
+                    redis::cmd("SPUBLISH")
+                        .arg(self.keys.node_channel(&node))
+                        .arg(&payload),
+                )
+                .await?;
+            reached += receivers;
+            if receivers == 0 {
+                let alive: bool = self
+                    .query(redis::cmd("EXISTS").arg(self.keys.node_alive(&node)))
+                    .await?;
+                if !alive {
+                    self.query::<()>(redis::cmd("SREM").arg(&user_nodes).arg(&node))
+                        .await?;
+                }
+            }
+        }
+        Ok(reached)
+    }
+}
+
+#[async_trait]
+impl Backplane for RedisBackplane {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn is_ready(&self) -> bool {
+        self.commands_ok.load(Ordering::Relaxed)
+            && self.pubsub_ok.load(Ordering::Relaxed)
+            && self.alive.load(Ordering::Relaxed)
+    }
+
+    fn status(&self) -> BackplaneStatus {
+        let last_error = lock(&self.last_error).clone();
+        BackplaneStatus {
+            kind: self.kind(),
+            connected: self.commands_ok.load(Ordering::Relaxed)
+                && self.pubsub_ok.load(Ordering::Relaxed),
+            last_error_unix_ms: last_error.as_ref().map(|(_, at)| *at),
+            last_error: last_error.map(|(text, _)| text),
+        }
+    }
+
+    async fn subscribe_room(&self, room: &str) -> Result<(), BackplaneError> {
+        if !self.pubsub_ok.load(Ordering::Relaxed) {
+            return Err(BackplaneError::Unavailable(
+                "Redis pub/sub is disconnected".into(),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        self.subs
+            .send(SubCommand::Subscribe(self.keys.room_channel(room), tx))
+            .map_err(|_| BackplaneError::Unavailable("pub/sub task stopped".into()))?;
+        match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(result)) => result,
+            _ => Err(BackplaneError::Unavailable(
+                "Redis did not confirm the subscription".into(),
+            )),
+        }
+    }
+
+    async fn unsubscribe_room(&self, room: &str) -> Result<(), BackplaneError> {
+        self.subs
+            .send(SubCommand::Unsubscribe(self.keys.room_channel(room), None))
+            .map_err(|_| BackplaneError::Unavailable("pub/sub task stopped".into()))
+    }
+
+    async fn unsubscribe_room_confirmed(&self, room: &str) -> Result<(), BackplaneError> {
+        let (tx, rx) = oneshot::channel();
+        self.subs
+            .send(SubCommand::Unsubscribe(
+                self.keys.room_channel(room),
+                Some(tx),
+            ))
+            .map_err(|_| BackplaneError::Unavailable("pub/sub task stopped".into()))?;
+        // The reference is released whatever happens; only the confirmation can be late.
+        // While pub/sub is down there is nothing to confirm: the channel is simply not
+        // resubscribed, so no session waits on a Redis outage to leave a room.
+        if !self.pubsub_ok.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match tokio::time::timeout(Duration::from_secs(2), rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(BackplaneError::Unavailable(
+                "Redis did not confirm the unsubscribe".into(),
+            )),
+        }
+    }
+
+    async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError> {
+        let published_us = now_us();
+        let mut inv = self.scripts.publish.prepare_invoke();
+        inv.key(self.keys.room_meta(room))
+            .key(self.keys.room_log(room))
+            .arg(from)
+            .arg(body)
+            .arg(published_us)
+            .arg(new_epoch())
+            .arg(published_us / 1000)
+            .arg(self.limits.max_messages)
+            .arg(self.limits.max_age_ms)
+            .arg(self.history_ttl_secs())
+            .arg(self.keys.room_channel(room));
+        let (_epoch, offset): (String, String) = self.run(&inv).await?;
+        offset
+            .parse()
+            .map_err(|_| BackplaneError::Unavailable("malformed publish reply".into()))
+    }
+
+    async fn snapshot(
+        &self,
+        room: &str,
+        since: Option<&Position>,
+    ) -> Result<RoomSnapshot, BackplaneError> {
+        let mut inv = self.scripts.snapshot.prepare_invoke();
+        inv.key(self.keys.room_meta(room))
+            .key(self.keys.room_log(room))
+            .key(self.keys.room_users(room))
+            .arg(since.map_or("", |s| s.epoch.as_str()))
+            .arg(since.map_or(0, |s| s.offset))
+            .arg(new_epoch())
+            .arg(self.history_cutoff_ms())
+            .arg(self.history_ttl_secs());
+        let reply: Vec<String> = self.run(&inv).await?;
+        parse_snapshot(room, reply)
+    }
+
+    async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+        let mut inv = self.scripts.presence_join.prepare_invoke();
+        inv.key(self.keys.room_presence(room))
+            .key(self.keys.room_users(room))
+            .arg(&self.node)
+            .arg(user)
+            .arg(self.keys.room_channel(room));
+        self.run::<i64>(&inv).await?;
+        *lock(&self.local_presence)
+            .entry((room.to_owned(), user.to_owned()))
+            .or_insert(0) += 1;
+        Ok(())
+    }
+
+    async fn presence_leave(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+        {
+            let mut local = lock(&self.local_presence);
+            let key = (room.to_owned(), user.to_owned());
+            match local.get_mut(&key) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    local.remove(&key);
+                }
+                None => {}
+            }
+        }
+        let mut inv = self.scripts.presence_leave.prepare_invoke();
+        inv.key(self.keys.room_presence(room))
+            .key(self.keys.room_users(room))
+            .arg(&self.node)
+            .arg(user)
+            .arg(self.keys.room_channel(room));
+        self.run::<i64>(&inv).await.map(|_| ())
+    }
+
+    async fn register_user(&self, user: &str) -> Result<(), BackplaneError> {
+        let first = {
+            let mut users = lock(&self.local_users);
+            let n = users.entry(user.to_owned()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if !first {
+            return Ok(());
+        }
+        self.registry_update("SADD", user).await
+    }
+
+    async fn unregister_user(&self, user: &str) -> Result<(), BackplaneError> {
+        let last = {
+            let mut users = lock(&self.local_users);
+            match users.get_mut(user) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    users.remove(user);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !last {
+            return Ok(());
+        }
+        self.registry_update("SREM", user).await
+    }
+
+    async fn send_direct(&self, from: &str, to: &str, body: &str) -> Result<usize, BackplaneError> {
+        let frame = ServerFrame::Dm {
+            from,
+            to,
+            body,
+            ts: now_us() / 1000,
+        }
+        .to_json();
+        if self.cluster() {
+            return self.send_direct_sharded(to, &frame).await;
+        }
+        let mut inv = self.scripts.direct.prepare_invoke();
+        inv.key(self.keys.user_nodes(to))
+            .arg(self.keys.node_prefix())
+            .arg(to)
+            .arg(frame);
+        let reached: i64 = self.run(&inv).await?;
+        Ok(usize::try_from(reached).unwrap_or(0))
+    }
+}

@@ -1,0 +1,36 @@
+//! The backplane's Lua scripts. Each lives in its own `.lua` file (readable and lintable
+//! as Lua) and declares every key it touches in `KEYS`, so in cluster mode a script runs
+//! on the one shard that owns its room or user. The publish command is `PUB`, bound to
+//! `PUBLISH` or, in cluster mode, `SPUBLISH` (sharded pub/sub) when the script is built.
+
+use redis::Script;
+
+pub(super) struct Scripts {
+    pub publish: Script,
+    pub snapshot: Script,
+    pub rotate_epoch: Script,
+    pub presence_join: Script,
+    pub presence_leave: Script,
+    pub presence_restore: Script,
+    pub presence_sweep: Script,
+    /// Single-instance mode only: it reads other nodes' keys, which cluster mode cannot do
+    /// in one script.
+    pub direct: Script,
+}
+
+impl Scripts {
+    pub fn new(cluster: bool) -> Scripts {
+        let publish_command = if cluster { "SPUBLISH" } else { "PUBLISH" };
+        let build = |body: &str| Script::new(&format!("local PUB = '{publish_command}'\n{body}"));
+        Scripts {
+            publish: build(include_str!("scripts/publish.lua")),
+            snapshot: build(include_str!("scripts/snapshot.lua")),
+            rotate_epoch: build(include_str!("scripts/rotate_epoch.lua")),
+            presence_join: build(include_str!("scripts/presence_join.lua")),
+            presence_leave: build(include_str!("scripts/presence_leave.lua")),
+            presence_restore: build(include_str!("scripts/presence_restore.lua")),
+            presence_sweep: build(include_str!("scripts/presence_sweep.lua")),
+            direct: build(include_str!("scripts/direct.lua")),
+        }
+    }
+}

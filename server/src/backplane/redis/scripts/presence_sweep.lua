@@ -1,0 +1,22 @@
+-- Removes a room's presence entries of the given dead nodes (their heartbeat keys
+-- expired; the caller checked, as they may live in other cluster slots) and announces
+-- users who are no longer anywhere in the room.
+-- KEYS: presence, users. ARGV: room channel, then the dead nodes.
+local dead = {}
+for i = 2, #ARGV do dead[ARGV[i]] = true end
+local entries = redis.call('HGETALL', KEYS[1])
+local removed = 0
+for i = 1, #entries, 2 do
+  local field, count = entries[i], tonumber(entries[i + 1])
+  local sep = string.find(field, '|', 1, true)
+  local node, user = string.sub(field, 1, sep - 1), string.sub(field, sep + 1)
+  if dead[node] then
+    redis.call('HDEL', KEYS[1], field)
+    removed = removed + 1
+    if redis.call('HINCRBY', KEYS[2], user, -count) <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+      redis.call(PUB, ARGV[1], 'P|-|' .. user)
+    end
+  end
+end
+return removed
