@@ -83,6 +83,56 @@ fn fanout_reports_every_delivery_latency_lag_and_server_cpu() {
     assert!(r["deliveries_per_sec"].as_f64().unwrap() > 0.0, "{r}");
 }
 
+/// With `--rooms`, each subscriber is in one room and gets exactly its room's messages
+/// (from its room's own publishers), none of another room's.
+#[test]
+fn fanout_over_several_rooms_delivers_each_rooms_messages_to_its_members() {
+    let server = ServerProcess::start(
+        &chat_server_binary(LOADGEN).unwrap(),
+        &["--rate-per-sec", "1000", "--rate-burst", "1000"],
+    )
+    .unwrap();
+    let out = Command::new(LOADGEN)
+        .args(["fanout", "--url", &server.ws_url()])
+        .args(["--server-pid", &server.pid().to_string()])
+        .args(["--rooms", "4", "--subscribers", "12", "--publishers", "1"])
+        .args(["--rate", "40", "--duration", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = last_json_line(&out.stdout);
+    let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
+    assert_eq!(n("rooms"), 4, "{r}");
+    assert_eq!(n("published"), 80, "{r}");
+    // 20 messages per room, 3 members each, plus each room's publisher's echo.
+    assert_eq!(n("deliveries_to_subscribers"), 80 * 3, "{r}");
+    assert_eq!(n("deliveries_including_echoes"), 80 * 4, "{r}");
+    for k in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "gaps",
+        "other_traffic",
+    ] {
+        assert_eq!(n(k), 0, "{k} in {r}");
+    }
+    let bad = Command::new(LOADGEN)
+        .args(["fanout", "--url", &server.ws_url(), "--rooms", "3"])
+        .args(["--subscribers", "10", "--rate", "30"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--rooms must divide"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 #[test]
 fn idle_holds_connections_from_several_source_addresses() {
     let server = ServerProcess::start(&chat_server_binary(LOADGEN).unwrap(), &[]).unwrap();

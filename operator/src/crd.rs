@@ -230,6 +230,11 @@ pub struct ExternalRedis {
     /// Key of the URL in the Secret.
     #[serde(default = "default_url_key")]
     pub url_key: String,
+    /// The Redis is a Redis Cluster (7.0 or later): the Secret's value is one or more
+    /// seed URLs separated by commas, keys are hash-tagged per room and pub/sub is
+    /// sharded. A value with several URLs needs this set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
 }
 
 /// Exposure through an ingress-nginx Ingress and/or a Gateway API HTTPRoute.

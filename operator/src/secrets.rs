@@ -28,8 +28,9 @@ pub struct SecretKeyRef {
 pub enum Requirement {
     /// At least this many bytes (a signing key).
     MinBytes(usize),
-    /// A `redis://` or `rediss://` URL.
-    RedisUrl,
+    /// A `redis://` or `rediss://` URL; for a Redis Cluster, one or more separated by
+    /// commas, all with the same scheme.
+    RedisUrls { cluster: bool },
 }
 
 /// Every Secret key `spec` refers to.
@@ -48,7 +49,9 @@ pub fn references(spec: &ChatClusterSpec) -> Vec<SecretKeyRef> {
             field: "spec.redis.external.secretName",
             secret: ext.secret_name.clone(),
             key: ext.url_key.clone(),
-            requirement: Requirement::RedisUrl,
+            requirement: Requirement::RedisUrls {
+                cluster: ext.cluster,
+            },
         });
     }
     out
@@ -87,12 +90,7 @@ pub fn check(reference: &SecretKeyRef, ns: &str, secret: Option<&Secret>) -> Res
             "is {} bytes; it must be at least {min}",
             value.len()
         )),
-        Requirement::RedisUrl
-            if !std::str::from_utf8(value)
-                .is_ok_and(|u| u.starts_with("redis://") || u.starts_with("rediss://")) =>
-        {
-            Some("must be a redis:// or rediss:// URL".to_owned())
-        }
+        Requirement::RedisUrls { cluster } => redis_urls_problem(value, *cluster),
         _ => None,
     };
     match problem {
@@ -102,6 +100,42 @@ pub fn check(reference: &SecretKeyRef, ns: &str, secret: Option<&Secret>) -> Res
         }),
         None => Ok(()),
     }
+}
+
+/// What is wrong with an external Redis URL value, if anything (never quoting it: it
+/// holds the password).
+fn redis_urls_problem(value: &[u8], cluster: bool) -> Option<String> {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return Some("must be a redis:// or rediss:// URL".to_owned());
+    };
+    let urls: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    let plain = urls.iter().filter(|u| u.starts_with("redis://")).count();
+    if urls.is_empty() || tls + plain != urls.len() {
+        return Some(if cluster {
+            "must be the Redis Cluster's seed URLs (redis:// or rediss://, separated by commas)"
+                .to_owned()
+        } else {
+            "must be a redis:// or rediss:// URL".to_owned()
+        });
+    }
+    if urls.len() > 1 && !cluster {
+        return Some(format!(
+            "lists {} URLs, which only a Redis Cluster takes: set spec.redis.external.cluster: true, or keep one URL",
+            urls.len()
+        ));
+    }
+    if tls != 0 && plain != 0 {
+        return Some(
+            "mixes redis:// and rediss:// seed URLs: use one scheme for the whole cluster"
+                .to_owned(),
+        );
+    }
+    None
 }
 
 /// Reads every Secret `spec` refers to and checks it; the outer error is an API failure
@@ -188,5 +222,39 @@ mod tests {
             check(r, "ns", Some(&secret("url", b"rediss://:pw@redis:6380/0"))),
             Ok(())
         );
+    }
+
+    #[test]
+    fn several_urls_need_cluster_mode_and_one_scheme() {
+        let single = &references(&spec(json!({"redis": {"external": {"secretName": "r"}}})))[0];
+        let seeds = b"redis://:pw@a:7000,redis://:pw@b:7001";
+        let e = check(single, "ns", Some(&secret("url", seeds))).unwrap_err();
+        assert_eq!(e.reason, "SecretInvalid");
+        assert!(
+            e.message.contains("lists 2 URLs")
+                && e.message.contains("spec.redis.external.cluster: true"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("pw"), "never the value: {}", e.message);
+
+        let cluster = &references(&spec(
+            json!({"redis": {"external": {"secretName": "r", "cluster": true}}}),
+        ))[0];
+        assert_eq!(check(cluster, "ns", Some(&secret("url", seeds))), Ok(()));
+        assert_eq!(
+            check(cluster, "ns", Some(&secret("url", b"redis://a:7000"))),
+            Ok(()),
+            "one seed is enough"
+        );
+        let e = check(
+            cluster,
+            "ns",
+            Some(&secret("url", b"redis://a:7000,rediss://b:7001")),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("mixes"), "{}", e.message);
+        let e = check(cluster, "ns", Some(&secret("url", b"a:7000"))).unwrap_err();
+        assert!(e.message.contains("seed URLs"), "{}", e.message);
     }
 }

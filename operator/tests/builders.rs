@@ -341,6 +341,30 @@ fn optional_objects_follow_the_spec() {
             .name,
         "redis-url"
     );
+    assert!(
+        !env.iter().any(|e| e.name == "CHAT_REDIS_CLUSTER"),
+        "a single external Redis by default"
+    );
+
+    // A Redis Cluster: the pods run the backplane in cluster mode.
+    external.spec.redis.external = Some(
+        serde_json::from_value(serde_json::json!({"secretName": "redis-url", "cluster": true}))
+            .unwrap(),
+    );
+    let d = build(&external, BuildContext::default()).unwrap();
+    let env = d
+        .chat_statefulset
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let cluster = env.iter().find(|e| e.name == "CHAT_REDIS_CLUSTER").unwrap();
+    assert_eq!(cluster.value.as_deref(), Some("true"));
 }
 
 #[test]

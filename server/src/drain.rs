@@ -655,6 +655,69 @@ mod tests {
         assert!((0..1000).all(|_| jitter_ms(Duration::from_millis(300)) <= 300));
     }
 
+    #[test]
+    fn jitter_reaches_both_ends_inclusive() {
+        // 0..=1 ms: 2,000 draws miss one end with probability 2^-1999.
+        let draws: HashSet<u64> = (0..2000)
+            .map(|_| jitter_ms(Duration::from_millis(1)))
+            .collect();
+        assert_eq!(draws, HashSet::from([0, 1]));
+    }
+
+    #[test]
+    fn a_zero_notice_delay_is_accepted() {
+        let req = parse_drain_request(br#"{"notice_delay_seconds": 0}"#).unwrap();
+        assert_eq!(
+            plan_drain(&req, configured()).map(|p| p.notice_delay),
+            Ok(Duration::ZERO)
+        );
+    }
+
+    /// A stop request while serving drains with `keep_running` off whatever the
+    /// configured plan says: the node stops once it is empty instead of waiting drained.
+    #[tokio::test]
+    async fn a_stop_request_drains_and_then_stops() {
+        let drain = Drain::new();
+        let hub = Arc::new(Hub::new());
+        assert!(!drain.is_draining());
+        let keep = DrainPlan {
+            keep_running: true,
+            ..configured()
+        };
+        let action = drain.request_stop(hub.clone(), Metrics::new(), keep);
+        assert_eq!(action, StopAction::BeginDrain);
+        assert!(drain.is_draining());
+        tokio::time::timeout(Duration::from_secs(5), drain.stopped())
+            .await
+            .expect("an empty node stops after a stop request's drain");
+        assert_eq!(drain.phase(), Phase::Stopped);
+    }
+
+    /// A keep-running drain of an empty node ends Drained, and only a later stop request
+    /// stops it; a second drain while one is in effect starts nothing.
+    #[tokio::test]
+    async fn a_keep_running_drain_waits_drained_for_a_stop() {
+        let drain = Drain::new();
+        let hub = Arc::new(Hub::new());
+        let keep = DrainPlan {
+            keep_running: true,
+            ..configured()
+        };
+        assert!(drain.begin(hub.clone(), Metrics::new(), keep).started);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while drain.phase() != Phase::Drained {
+            assert!(Instant::now() < deadline, "never drained");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(drain.is_draining(), "drained counts as draining");
+        assert!(!drain.begin(hub.clone(), Metrics::new(), keep).started);
+        assert_eq!(
+            drain.request_stop(hub, Metrics::new(), keep),
+            StopAction::StopNow
+        );
+        assert_eq!(drain.phase(), Phase::Stopped);
+    }
+
     fn configured() -> DrainPlan {
         DrainPlan {
             notice_delay: Duration::ZERO,

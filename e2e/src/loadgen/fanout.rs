@@ -1,4 +1,5 @@
-//! `fanout`: C subscribers in one room, publishers at a fixed total rate. Reports
+//! `fanout`: C subscribers in one room (or spread over `--rooms` rooms, each with its own
+//! publishers), publishers at a fixed total rate. Reports
 //! deliveries/sec, every (publisher, seq) lost, duplicated or out of order per subscriber,
 //! latency from each message's *scheduled* send time (so a publisher falling behind shows
 //! in the percentiles instead of hiding: no coordinated omission), the publishers' own lag
@@ -47,9 +48,10 @@ pub struct FanoutArgs {
     /// PIDs of the server processes whose CPU and RSS are measured (summed).
     #[arg(long = "server-pid")]
     pub server_pids: Vec<u32>,
-    /// PID of the Redis server, whose CPU is reported separately.
-    #[arg(long)]
-    pub redis_pid: Option<u32>,
+    /// PIDs of the Redis servers (one, or each master of a Redis Cluster), whose CPU is
+    /// reported separately, in all and per server.
+    #[arg(long = "redis-pid")]
+    pub redis_pids: Vec<u32>,
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
     #[arg(long, default_value_t = 2)]
@@ -63,8 +65,13 @@ pub struct FanoutArgs {
     /// Message body size in bytes (at least 48).
     #[arg(long, default_value_t = 100)]
     pub body_bytes: usize,
+    /// The room, or with `--rooms` the rooms' name prefix (`bench-0`, `bench-1`, …).
     #[arg(long, default_value = "bench")]
     pub room: String,
+    /// Rooms: subscriber `i` joins room `i % rooms`, every room gets `--publishers` of its
+    /// own and an equal share of `--rate`, and the rooms' schedules are interleaved.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
 }
 
 /// What one publisher did.
@@ -85,32 +92,49 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
     if a.duration == 0 || a.duration > MAX_DURATION_SECS {
         bail!("--duration must be 1..={MAX_DURATION_SECS} seconds");
     }
-    if a.subscribers + a.publishers > MAX_PER_WORKER {
+    if a.rooms == 0 || a.subscribers % a.rooms != 0 || a.rate % a.rooms as u32 != 0 {
+        bail!("--rooms must divide both --subscribers and --rate");
+    }
+    if a.subscribers + a.publishers * a.rooms > MAX_PER_WORKER {
         bail!("at most {MAX_PER_WORKER} connections in one process (the open-files limit)");
     }
     let targets = loopback_targets(&a.urls)?;
-    let plan = Arc::new(Plan::new(
-        run_tag(),
-        u64::from(a.rate) * a.duration,
-        a.publishers,
-        a.rate,
-    ));
-    let total = plan.total();
+    let room_rate = a.rate / a.rooms as u32;
+    let tag = run_tag();
+    let plans: Vec<Arc<Plan>> = (0..a.rooms)
+        .map(|_| {
+            Arc::new(Plan::new(
+                tag.clone(),
+                u64::from(room_rate) * a.duration,
+                a.publishers,
+                room_rate,
+            ))
+        })
+        .collect();
+    let rooms: Vec<String> = match a.rooms {
+        1 => vec![a.room.clone()],
+        n => (0..n).map(|r| format!("{}-{r}", a.room)).collect(),
+    };
+    let total: u64 = plans.iter().map(|p| p.total()).sum();
     let base = Instant::now();
     let hard_deadline = base + SETUP_BOUND + Duration::from_secs(a.duration);
     // Subscribers stop here at the latest; moved to DRAIN after publishing once known.
     let (deadline_tx, deadline_rx) = watch::channel(hard_deadline);
 
     eprintln!(
-        "connecting {} subscribers and {} publishers",
-        a.subscribers, a.publishers
+        "connecting {} subscribers and {} publishers in {} room(s)",
+        a.subscribers,
+        a.publishers * a.rooms,
+        a.rooms
     );
     let mut subs = Vec::with_capacity(a.subscribers);
     for i in 0..a.subscribers {
         let target = &targets[i % targets.len()];
         let source = target.source(i, SUBSCRIBER_SOURCES);
         let mut ws = connect_retrying(target, &format!("user=sub{i}"), source).await?;
-        let joined = client::join(&mut ws, &a.room, None).await?;
+        let room = i % a.rooms;
+        let joined = client::join(&mut ws, &rooms[room], None).await?;
+        let plan = plans[room].clone();
         let mut tally = Tally::new(&plan);
         // Offsets are checked from the join on, so a gap before the first message shows.
         tally.joined(
@@ -121,43 +145,53 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
         subs.push(tokio::spawn(subscribe(
             ws,
             tally,
-            plan.clone(),
+            plan,
             base,
             deadline_rx.clone(),
         )));
     }
-    let mut pubs = Vec::with_capacity(a.publishers);
-    for p in 0..a.publishers {
-        let target = &targets[p % targets.len()];
-        let mut ws = connect_retrying(target, &format!("user=pub{p}"), None).await?;
-        client::join(&mut ws, &a.room, None).await?;
-        pubs.push(ws);
+    // (room, publisher within the room, connection)
+    let mut pubs = Vec::with_capacity(a.publishers * a.rooms);
+    for (r, room) in rooms.iter().enumerate() {
+        for p in 0..a.publishers {
+            let n = r * a.publishers + p;
+            let target = &targets[n % targets.len()];
+            let mut ws = connect_retrying(target, &format!("user=pub{n}"), None).await?;
+            client::join(&mut ws, room, None).await?;
+            pubs.push((r, p, ws));
+        }
     }
     // Let the joins' presence frames settle before measuring.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let redis_pids: Vec<u32> = a.redis_pid.into_iter().collect();
     let before = sample_all(&a.server_pids)?;
-    let redis_before = sample_all(&redis_pids)?;
+    let redis_before = a
+        .redis_pids
+        .iter()
+        .map(|pid| sample_all(&[*pid]))
+        .collect::<Result<Vec<_>>>()?;
     let start = Instant::now();
     let echoes = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let mut pub_tasks = Vec::with_capacity(a.publishers);
-    for (p, ws) in pubs.into_iter().enumerate() {
+    for (r, p, ws) in pubs {
         let (sink, stream) = ws.split();
         let reader = tokio::spawn(read_echoes(stream, echoes.clone(), errors.clone()));
+        // Room r's schedule is shifted by r messages of the total rate, so the rooms'
+        // messages interleave evenly instead of all falling due at once.
+        let phase = Duration::from_secs_f64(r as f64 / f64::from(a.rate));
         let schedule = Schedule {
             publisher: p,
-            plan: plan.clone(),
+            plan: plans[r].clone(),
             base,
-            start,
+            start: start + phase,
             hard_deadline,
         };
         pub_tasks.push(tokio::spawn(publish(
             schedule,
             sink,
             reader,
-            a.room.clone(),
+            rooms[r].clone(),
             a.body_bytes,
         )));
     }
@@ -174,7 +208,11 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
         tally.merge(s.await?);
     }
     let after = sample_all(&a.server_pids)?;
-    let redis_after = sample_all(&redis_pids)?;
+    let redis_after = a
+        .redis_pids
+        .iter()
+        .map(|pid| sample_all(&[*pid]))
+        .collect::<Result<Vec<_>>>()?;
     let elapsed = start.elapsed().as_secs_f64();
     // Let the publishers' last echoes arrive, then close them.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -199,9 +237,12 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
     let lat = percentiles(&mut tally.latencies_us);
     let lag = percentiles(&mut lags);
     let cpu_us = after.cpu_micros.saturating_sub(before.cpu_micros);
-    let redis_cpu_us = redis_after
-        .cpu_micros
-        .saturating_sub(redis_before.cpu_micros);
+    let redis_cpu_per_server: Vec<u64> = redis_after
+        .iter()
+        .zip(&redis_before)
+        .map(|(after, before)| after.cpu_micros.saturating_sub(before.cpu_micros))
+        .collect();
+    let redis_cpu_us: u64 = redis_cpu_per_server.iter().sum();
     let cpu_per_delivery = if delivered > 0 {
         cpu_us as f64 / delivered as f64
     } else {
@@ -212,6 +253,7 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
         "subscribers": a.subscribers,
         "publishers": a.publishers,
         "servers": a.urls.len(),
+        "rooms": a.rooms,
         "rate_per_sec": a.rate,
         "published": sent,
         "planned": total,
@@ -237,10 +279,15 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
         "server_rss_bytes": after.rss_bytes,
         "redis_cpu_us": redis_cpu_us,
         "redis_cpu_us_per_published": redis_cpu_us as f64 / sent.max(1) as f64,
+        "redis_cpu_us_per_server": redis_cpu_per_server,
+        "redis_cpu_us_per_published_per_server": redis_cpu_per_server
+            .iter()
+            .map(|us| *us as f64 / sent.max(1) as f64)
+            .collect::<Vec<_>>(),
     });
     let summary = format!(
-        "fanout: {} subs x {} msg/s for {}s over {} server(s): {} deliveries ({:.0}/s), lost {}, dup {}, out-of-order {}, offset gaps {}; latency from schedule p50 {} us p99 {} us max {} us; publisher lag p50 {} us p99 {} us max {} us; server CPU {:.2} us/delivery, Redis CPU {} us",
-        a.subscribers, a.rate, a.duration, a.urls.len(), delivered, delivered as f64 / publish_secs,
+        "fanout: {} subs in {} room(s) x {} msg/s for {}s over {} server(s): {} deliveries ({:.0}/s), lost {}, dup {}, out-of-order {}, offset gaps {}; latency from schedule p50 {} us p99 {} us max {} us; publisher lag p50 {} us p99 {} us max {} us; server CPU {:.2} us/delivery, Redis CPU {} us",
+        a.subscribers, a.rooms, a.rate, a.duration, a.urls.len(), delivered, delivered as f64 / publish_secs,
         tally.lost(), tally.duplicated, tally.out_of_order, tally.gaps,
         lat.p50, lat.p99, lat.max, lag.p50, lag.p99, lag.max, cpu_per_delivery, redis_cpu_us,
     );

@@ -120,12 +120,17 @@ pub(super) fn chat_statefulset(
         ),
     ];
     match &s.redis.external {
-        Some(ext) => env.push(env_secret(
-            "CHAT_REDIS_URL",
-            &ext.secret_name,
-            &ext.url_key,
-            false,
-        )),
+        Some(ext) => {
+            env.push(env_secret(
+                "CHAT_REDIS_URL",
+                &ext.secret_name,
+                &ext.url_key,
+                false,
+            ));
+            if ext.cluster {
+                env.push(env_value("CHAT_REDIS_CLUSTER", "true".to_owned()));
+            }
+        }
         None => {
             env.push(env_value(
                 "CHAT_REDIS_URL",
