@@ -240,6 +240,14 @@ impl Redis {
         }
     }
 
+    /// Runs one command on the instance, or on every node of the cluster.
+    pub fn cli_everywhere(&self, args: &[&str]) -> Result<()> {
+        match self {
+            Redis::Single(_) => self.cli(args).map(|_| ()),
+            Redis::Cluster(c) => c.cli_each(args).map(|_| ()),
+        }
+    }
+
     /// What a node's `--redis-url` is: the URL, or the cluster's seed URLs.
     pub fn url(&self) -> String {
         match self {

@@ -157,6 +157,14 @@ impl RedisCluster {
         self.cli(port, &full)
     }
 
+    /// Runs one command on every running node; their outputs.
+    pub fn cli_each(&self, args: &[&str]) -> Result<Vec<String>> {
+        self.running_ports()
+            .into_iter()
+            .map(|port| self.cli(port, args))
+            .collect()
+    }
+
     /// Seed URLs for `CHAT_REDIS_URL`, comma-separated (every node: any will do).
     pub fn seed_urls(&self) -> String {
         self.nodes

@@ -356,15 +356,40 @@ async fn history_that_went_back_in_time_starts_a_new_epoch(backend: Backend) {
         (Some(new_epoch.as_str()), Some(offset), Some("next"))
     );
 
-    // A client that resumes past the head before anything else is published.
+    // A session whose node resyncs it (here after its pub/sub connections were cut)
+    // while history is behind its position gets a new epoch too.
     tokio::task::block_in_place(|| roll_back(&c, backend, "r", offset - 1));
-    let (mut b, _, _) = connect(&c.nodes[0].ws_url(), "user=b", None).await.unwrap();
-    let j = join(&mut b, "r", Some((&new_epoch, offset))).await.unwrap();
+    tokio::task::block_in_place(|| {
+        c.redis
+            .cli_everywhere(&["CLIENT", "KILL", "TYPE", "pubsub"])
+    })
+    .unwrap();
+    let j = joined_before_any_message(&mut a).await;
     assert_eq!(j["recovered"], false, "{j}");
+    let third_epoch = j["epoch"].as_str().unwrap().to_owned();
     assert_ne!(
-        j["epoch"], new_epoch,
-        "resuming past the head starts a new epoch: {j}"
+        third_epoch, new_epoch,
+        "a resync past the head starts a new epoch: {j}"
     );
+
+    // A client cannot wipe a room by claiming an offset beyond the head: it is told
+    // `recovered: false`, and the room and its history stay as they are.
+    let offset = send_and_ack(&mut p, "r", "kept", "8").await.unwrap();
+    let (mut b, _, _) = connect(&c.nodes[0].ws_url(), "user=b", None).await.unwrap();
+    let j = join(&mut b, "r", Some((&third_epoch, offset + 1_000_000)))
+        .await
+        .unwrap();
+    assert_eq!(j["recovered"], false, "{j}");
+    assert_eq!(
+        j["epoch"], third_epoch,
+        "a client's claim changes nothing: {j}"
+    );
+    let (mut d, _, _) = connect(&c.nodes[1].ws_url(), "user=d", None).await.unwrap();
+    let j = join(&mut d, "r", Some((&third_epoch, offset - 1)))
+        .await
+        .unwrap();
+    assert_eq!(j["recovered"], true, "{j}");
+    assert_eq!(recv_type(&mut d, "message").await.unwrap()["body"], "kept");
 }
 
 on_both_backends!(history_that_went_back_in_time_starts_a_new_epoch);

@@ -544,7 +544,12 @@ impl Session {
             epoch: cursor.epoch.to_string(),
             offset: cursor.last,
         };
-        let snapshot = match self.state.backplane.snapshot(room, Some(&since)).await {
+        let snapshot = match self
+            .state
+            .backplane
+            .snapshot_from_cursor(room, &since)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let err = FrameError::new(

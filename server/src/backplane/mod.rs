@@ -91,12 +91,23 @@ pub trait Backplane: Send + Sync {
     }
     /// Appends a message to the room's history and fans it out; returns its offset.
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError>;
-    /// Current epoch, head, members and the replay for `since`.
+    /// Current epoch, head, members and the replay for `since` (a client's position).
     async fn snapshot(
         &self,
         room: &str,
         since: Option<&Position>,
     ) -> Result<RoomSnapshot, BackplaneError>;
+    /// [`Backplane::snapshot`] for a position this node delivered to a session, so one
+    /// beyond the room's head means the history went back in time (Redis lost messages it
+    /// had acknowledged), not a client's mistake: a backplane whose history can go back
+    /// starts a new epoch then, so no later message reuses an offset the session holds.
+    async fn snapshot_from_cursor(
+        &self,
+        room: &str,
+        cursor: &Position,
+    ) -> Result<RoomSnapshot, BackplaneError> {
+        self.snapshot(room, Some(cursor)).await
+    }
     /// A session of `user` joined `room`; announces presence when the user is new there.
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError>;
     /// A session of `user` left `room`; announces presence when it was the user's last.

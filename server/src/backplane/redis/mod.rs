@@ -96,19 +96,63 @@ pub struct RedisBackplane {
     /// can be restored after Redis loses data.
     local_users: Mutex<HashMap<String, usize>>,
     local_presence: Mutex<HashMap<(String, String), usize>>,
-    /// Per room with local members, the epoch and offset of the last message received.
-    /// Offsets of one epoch arrive in increasing order on a room's channel; one that does
-    /// not means Redis went back in time (a failover to a replica that had not received
-    /// the latest messages) and would reuse offsets clients already hold.
-    last_received: Mutex<HashMap<String, (String, u64)>>,
+    /// Per room with local members, the last message received. Offsets of one epoch
+    /// arrive in increasing order on a room's channel; one that does not means Redis
+    /// went back in time (a failover to a replica that had not received the latest
+    /// messages) and would reuse offsets clients already hold.
+    last_received: Mutex<HashMap<String, LastReceived>>,
     /// A restore and resync is scheduled or running (cluster mode), so a burst of
     /// resubscriptions triggers one.
     restoring: AtomicBool,
     /// The last connection-level failure (password removed) and when it happened (Unix
     /// ms), for `/admin/status`.
     last_error: Mutex<Option<(String, u64)>>,
-    /// Removed from every error text this node logs or reports.
-    password: Option<String>,
+    /// The Redis passwords, removed from every error text this node logs or reports.
+    secrets: Vec<String>,
+}
+
+/// The last message a node received in a room.
+#[derive(Debug, Clone, PartialEq)]
+struct LastReceived {
+    epoch: String,
+    /// `u64::MAX` while a new epoch is being started: the old epoch's messages are dropped.
+    offset: u64,
+    published_us: u64,
+}
+
+/// What to do with a room message, given the last one received in the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Received {
+    /// Deliver it (a later offset, or a new epoch).
+    Next,
+    /// Drop it: the same message again (a channel briefly subscribed twice), or the old
+    /// epoch's while a new one is being started.
+    Drop,
+    /// An offset at or below one already received, and not the same message: Redis went
+    /// back in time.
+    WentBack,
+}
+
+fn classify_received(
+    last: Option<&LastReceived>,
+    epoch: &str,
+    offset: u64,
+    published_us: u64,
+) -> Received {
+    match last {
+        Some(l) if l.epoch == epoch => {
+            if l.offset == u64::MAX {
+                Received::Drop
+            } else if offset > l.offset {
+                Received::Next
+            } else if offset == l.offset && published_us == l.published_us {
+                Received::Drop
+            } else {
+                Received::WentBack
+            }
+        }
+        _ => Received::Next,
+    }
 }
 
 /// The TLS roots for `rediss://`: the given CA, or the system's public roots.
@@ -128,11 +172,11 @@ fn tls_certificates(
 
 type BuiltTarget = (
     Target,
-    Option<String>,
+    Vec<String>,
     Option<mpsc::UnboundedReceiver<redis::PushInfo>>,
 );
 
-/// The target for `settings`, its password (for redaction) and, in cluster mode, the
+/// The target for `settings`, the passwords in it (for redaction) and, in cluster mode, the
 /// receiver of the pub/sub connection's pushes.
 fn build_target(settings: &RedisSettings) -> Result<BuiltTarget, RedisConfigError> {
     let config_error = |e: redis::RedisError| RedisConfigError(e.to_string());
@@ -154,6 +198,14 @@ fn build_target(settings: &RedisSettings) -> Result<BuiltTarget, RedisConfigErro
         .password()
         .filter(|p| !p.is_empty())
         .map(str::to_owned);
+    // Every seed's password, so none is ever echoed in an error text.
+    let mut secrets: Vec<String> = infos
+        .iter()
+        .filter_map(|i| i.redis_settings().password())
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect();
+    secrets.dedup();
     let certs = tls_certificates(settings.ca_file.as_deref())?;
     if !settings.cluster {
         if infos.len() > 1 {
@@ -167,7 +219,7 @@ fn build_target(settings: &RedisSettings) -> Result<BuiltTarget, RedisConfigErro
             Some(certs) => redis::Client::build_with_tls(info, certs),
         }
         .map_err(config_error)?;
-        return Ok((Target::Single(client), password, None));
+        return Ok((Target::Single(client), secrets, None));
     }
     let builder = |protocol: ProtocolVersion| {
         let mut b = ClusterClientBuilder::new(infos.clone())
@@ -190,11 +242,7 @@ fn build_target(settings: &RedisSettings) -> Result<BuiltTarget, RedisConfigErro
         .push_sender(push_tx)
         .build()
         .map_err(config_error)?;
-    Ok((
-        Target::Cluster { commands, pubsub },
-        password,
-        Some(push_rx),
-    ))
+    Ok((Target::Cluster { commands, pubsub }, secrets, Some(push_rx)))
 }
 
 impl RedisBackplane {
@@ -211,7 +259,7 @@ impl RedisBackplane {
         // TLS to Redis (`rediss://`) uses rustls, which needs one process-wide crypto
         // provider; without it the first TLS handshake panics. Already installed: fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (target, password, pushes) = build_target(settings)?;
+        let (target, secrets, pushes) = build_target(settings)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let bp = Arc::new(RedisBackplane {
             node: format!("{node}@{}", new_epoch()),
@@ -232,7 +280,7 @@ impl RedisBackplane {
             last_received: Mutex::new(HashMap::new()),
             restoring: AtomicBool::new(false),
             last_error: Mutex::new(None),
-            password,
+            secrets,
         });
         tokio::spawn(connection::command_connection_task(Arc::downgrade(&bp)));
         pubsub::spawn(&bp, rx, pushes);
@@ -263,13 +311,11 @@ impl RedisBackplane {
             .ok_or_else(|| BackplaneError::Unavailable("not connected to Redis yet".into()))
     }
 
-    /// `error` without the password, should the client library ever echo it.
+    /// `error` without the passwords, should the client library ever echo one.
     fn redact(&self, error: impl std::fmt::Display) -> String {
-        let text = error.to_string();
-        match self.password.as_deref() {
-            Some(pw) => text.replace(pw, "[redacted]"),
-            None => text,
-        }
+        self.secrets
+            .iter()
+            .fold(error.to_string(), |text, pw| text.replace(pw, "[redacted]"))
     }
 
     /// Remembers a connection-level failure for `/admin/status`; returns its text (password
@@ -325,9 +371,13 @@ impl RedisBackplane {
                     from,
                     body,
                 }) => {
-                    if self.went_back_in_time(room, epoch, offset) {
-                        self.start_new_epoch(room, epoch);
-                        return;
+                    match self.check_received(room, epoch, offset, published_us) {
+                        Received::Next => {}
+                        Received::Drop => return,
+                        Received::WentBack => {
+                            self.start_new_epoch(room, epoch);
+                            return;
+                        }
                     }
                     self.metrics.backplane_received.inc();
                     let frame: Utf8Bytes = ServerFrame::Message {
@@ -374,23 +424,21 @@ impl RedisBackplane {
         }
     }
 
-    /// Records a received message; true when its offset is not above the last one
-    /// received for the same epoch (Redis lost acknowledged messages and reuses offsets).
-    fn went_back_in_time(&self, room: &str, epoch: &str, offset: u64) -> bool {
+    /// Records a received message and classifies it (see [`classify_received`]).
+    fn check_received(&self, room: &str, epoch: &str, offset: u64, published_us: u64) -> Received {
         let mut last = lock(&self.last_received);
-        match last.get_mut(room) {
-            Some((e, o)) if e == epoch => {
-                if offset <= *o {
-                    return true;
-                }
-                *o = offset;
-            }
-            Some(entry) => *entry = (epoch.to_owned(), offset),
-            None => {
-                last.insert(room.to_owned(), (epoch.to_owned(), offset));
-            }
+        let verdict = classify_received(last.get(room), epoch, offset, published_us);
+        if verdict == Received::Next {
+            last.insert(
+                room.to_owned(),
+                LastReceived {
+                    epoch: epoch.to_owned(),
+                    offset,
+                    published_us,
+                },
+            );
         }
-        false
+        verdict
     }
 
     /// Stops tracking the offsets of the room `channel` belongs to (its last local member
@@ -405,7 +453,16 @@ impl RedisBackplane {
     /// they are told `recovered: false`, as the history they resumed from is gone.
     fn start_new_epoch(self: &Arc<Self>, room: &str, old_epoch: &str) {
         tracing::warn!(room, epoch = old_epoch, "room history went back in time (Redis lost acknowledged messages); starting a new epoch");
-        lock(&self.last_received).remove(room);
+        // Until the new epoch's first message, the old epoch's are dropped: they reuse
+        // offsets, and the rotation deletes them from history anyway.
+        lock(&self.last_received).insert(
+            room.to_owned(),
+            LastReceived {
+                epoch: old_epoch.to_owned(),
+                offset: u64::MAX,
+                published_us: 0,
+            },
+        );
         let bp = self.clone();
         let (room, old_epoch) = (room.to_owned(), old_epoch.to_owned());
         tokio::spawn(async move {
@@ -416,6 +473,11 @@ impl RedisBackplane {
                 .arg(new_epoch());
             if let Err(e) = bp.run::<i64>(&inv).await {
                 tracing::warn!(error = %e, room, "could not start a new epoch; sessions resync anyway");
+                // Stop dropping the old epoch's messages, so the next one detects again.
+                let mut last = lock(&bp.last_received);
+                if last.get(&room).is_some_and(|l| l.offset == u64::MAX) {
+                    last.remove(&room);
+                }
             }
             bp.hub.resync_room(&room);
         });
@@ -424,6 +486,20 @@ impl RedisBackplane {
     /// After a reconnect: re-register local users and presence (Redis may have lost
     /// them) and ask every local room's sessions to catch up from history.
     async fn restore_and_resync(&self) -> Result<(), BackplaneError> {
+        self.restore_registrations().await?;
+        self.resync_rooms();
+        Ok(())
+    }
+
+    /// Asks every local room's sessions to catch up from history.
+    fn resync_rooms(&self) {
+        for room in self.hub.local_rooms() {
+            self.hub.resync_room(&room);
+        }
+    }
+
+    /// Re-asserts this node's heartbeat, its users' DM routes and its presence.
+    async fn restore_registrations(&self) -> Result<(), BackplaneError> {
         self.heartbeat().await?;
         let users: Vec<String> = lock(&self.local_users).keys().cloned().collect();
         for user in &users {
@@ -442,9 +518,6 @@ impl RedisBackplane {
                 .arg(count)
                 .arg(self.keys.room_channel(&room));
             self.run::<i64>(&inv).await?;
-        }
-        for room in self.hub.local_rooms() {
-            self.hub.resync_room(&room);
         }
         Ok(())
     }
@@ -474,7 +547,20 @@ impl RedisBackplane {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             bp.restoring.store(false, Ordering::Release);
-            bp.restore_with_retries().await;
+            // Sessions catch up at once (history is readable on every shard that has a
+            // master); the registrations follow, retried while a shard is still failing
+            // over, so one slow shard does not hold up every room's resync.
+            bp.resync_rooms();
+            for attempt in 0..40 {
+                match bp.restore_registrations().await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "restoring registrations failed; retrying");
+                        tokio::time::sleep(connection::backoff(attempt.min(3))).await;
+                    }
+                }
+            }
+            tracing::warn!("could not restore this node's registrations in Redis; the heartbeat keeps trying its own");
         });
     }
 
@@ -501,9 +587,13 @@ impl RedisBackplane {
         alive.map_err(|e| {
             BackplaneError::Unavailable(format!("Redis: {}", self.record_error("heartbeat", e)))
         })?;
+        // A room whose shard is failing over cannot be swept now; the next heartbeat
+        // tries again, and this node stays alive meanwhile (its key was set).
         let mut alive_nodes: HashMap<String, bool> = HashMap::new();
         for room in self.hub.local_rooms() {
-            self.sweep_room(&room, &mut alive_nodes).await?;
+            if let Err(e) = self.sweep_room(&room, &mut alive_nodes).await {
+                tracing::debug!(error = %e, %room, "presence sweep failed; next heartbeat");
+            }
         }
         Ok(())
     }
@@ -542,14 +632,41 @@ impl RedisBackplane {
         if dead.is_empty() {
             return Ok(());
         }
+        let recheck_prefix = if self.cluster() {
+            String::new()
+        } else {
+            self.keys.node_prefix()
+        };
         let mut inv = self.scripts.presence_sweep.prepare_invoke();
         inv.key(self.keys.room_presence(room))
             .key(self.keys.room_users(room))
-            .arg(self.keys.room_channel(room));
+            .arg(self.keys.room_channel(room))
+            .arg(recheck_prefix);
         for node in dead {
             inv.arg(node);
         }
         self.run::<i64>(&inv).await.map(|_| ())
+    }
+
+    /// The snapshot script; `trusted`: `since` is a position this node delivered.
+    async fn snapshot_since(
+        &self,
+        room: &str,
+        since: Option<&Position>,
+        trusted: bool,
+    ) -> Result<RoomSnapshot, BackplaneError> {
+        let mut inv = self.scripts.snapshot.prepare_invoke();
+        inv.key(self.keys.room_meta(room))
+            .key(self.keys.room_log(room))
+            .key(self.keys.room_users(room))
+            .arg(since.map_or("", |s| s.epoch.as_str()))
+            .arg(since.map_or(0, |s| s.offset))
+            .arg(new_epoch())
+            .arg(self.history_cutoff_ms())
+            .arg(self.history_ttl_secs())
+            .arg(if trusted { "1" } else { "" });
+        let reply: Vec<String> = self.run(&inv).await?;
+        parse_snapshot(room, reply)
     }
 
     /// Cluster mode's direct message: the user's nodes live in the user's slot and each
@@ -561,26 +678,40 @@ impl RedisBackplane {
         let nodes: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&user_nodes)).await?;
         let payload = format!("D|{to}|{frame}");
         let mut reached = 0usize;
+        let mut failure = None;
         for node in nodes {
-            let receivers: usize = self
+            // One node's shard failing must not fail a DM that other nodes received: the
+            // sender would send it again, and they would get it twice.
+            let receivers: usize = match self
                 .query(
                     redis::cmd("SPUBLISH")
                         .arg(self.keys.node_channel(&node))
                         .arg(&payload),
                 )
-                .await?;
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    failure = Some(e);
+                    continue;
+                }
+            };
             reached += receivers;
             if receivers == 0 {
-                let alive: bool = self
+                let alive: Result<bool, _> = self
                     .query(redis::cmd("EXISTS").arg(self.keys.node_alive(&node)))
-                    .await?;
-                if !alive {
-                    self.query::<()>(redis::cmd("SREM").arg(&user_nodes).arg(&node))
-                        .await?;
+                    .await;
+                if let Ok(false) = alive {
+                    let _ = self
+                        .query::<()>(redis::cmd("SREM").arg(&user_nodes).arg(&node))
+                        .await;
                 }
             }
         }
-        Ok(reached)
+        match failure {
+            Some(e) if reached == 0 => Err(e),
+            _ => Ok(reached),
+        }
     }
 }
 
@@ -678,17 +809,15 @@ impl Backplane for RedisBackplane {
         room: &str,
         since: Option<&Position>,
     ) -> Result<RoomSnapshot, BackplaneError> {
-        let mut inv = self.scripts.snapshot.prepare_invoke();
-        inv.key(self.keys.room_meta(room))
-            .key(self.keys.room_log(room))
-            .key(self.keys.room_users(room))
-            .arg(since.map_or("", |s| s.epoch.as_str()))
-            .arg(since.map_or(0, |s| s.offset))
-            .arg(new_epoch())
-            .arg(self.history_cutoff_ms())
-            .arg(self.history_ttl_secs());
-        let reply: Vec<String> = self.run(&inv).await?;
-        parse_snapshot(room, reply)
+        self.snapshot_since(room, since, false).await
+    }
+
+    async fn snapshot_from_cursor(
+        &self,
+        room: &str,
+        cursor: &Position,
+    ) -> Result<RoomSnapshot, BackplaneError> {
+        self.snapshot_since(room, Some(cursor), true).await
     }
 
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
@@ -778,5 +907,56 @@ impl Backplane for RedisBackplane {
             .arg(frame);
         let reached: i64 = self.run(&inv).await?;
         Ok(usize::try_from(reached).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last(epoch: &str, offset: u64, published_us: u64) -> LastReceived {
+        LastReceived {
+            epoch: epoch.to_owned(),
+            offset,
+            published_us,
+        }
+    }
+
+    #[test]
+    fn a_reused_offset_is_history_going_back_and_a_repeat_is_dropped() {
+        assert_eq!(classify_received(None, "e", 7, 1), Received::Next);
+        let l = last("e", 5, 100);
+        assert_eq!(classify_received(Some(&l), "e", 6, 101), Received::Next);
+        assert_eq!(
+            classify_received(Some(&l), "e", 9, 101),
+            Received::Next,
+            "a gap is the session's to fill"
+        );
+        assert_eq!(
+            classify_received(Some(&l), "e", 5, 100),
+            Received::Drop,
+            "the same message twice"
+        );
+        assert_eq!(
+            classify_received(Some(&l), "e", 5, 130),
+            Received::WentBack,
+            "offset 5 again, another message"
+        );
+        assert_eq!(classify_received(Some(&l), "e", 4, 130), Received::WentBack);
+        assert_eq!(
+            classify_received(Some(&l), "f", 1, 130),
+            Received::Next,
+            "a new epoch starts over"
+        );
+        let starting = last("e", u64::MAX, 0);
+        assert_eq!(
+            classify_received(Some(&starting), "e", 6, 1),
+            Received::Drop,
+            "old epoch while a new one starts"
+        );
+        assert_eq!(
+            classify_received(Some(&starting), "f", 1, 1),
+            Received::Next
+        );
     }
 }

@@ -153,6 +153,9 @@ async fn single_pubsub_task(
                     let Some(cmd) = cmd else { return };
                     match cmd {
                         SubCommand::Subscribe(ch, reply) => {
+                            if reply.is_closed() {
+                                continue; // the session stopped waiting: it holds no reference
+                            }
                             if refcounts.take(&ch) {
                                 if let Err(e) = sink.subscribe(&ch).await {
                                     refcounts.release(&ch);
@@ -164,7 +167,13 @@ async fn single_pubsub_task(
                                     break;
                                 }
                             }
-                            let _ = reply.send(Ok(()));
+                            if reply.send(Ok(())).is_err() && refcounts.release(&ch) {
+                                // It stopped waiting meanwhile and will never unsubscribe.
+                                forget_channel(&bp, &ch);
+                                if let Err(e) = sink.unsubscribe(&ch).await {
+                                    log_unsubscribe_failure(&bp, e);
+                                }
+                            }
                         }
                         SubCommand::Unsubscribe(ch, reply) => {
                             if refcounts.release(&ch) {
@@ -333,22 +342,30 @@ async fn cluster_pubsub_task(
             }
             _ = sleep_until(due), if due.is_some() => {
                 let Some(b) = bp.upgrade() else { return };
+                let node_channel = b.node_channel();
+                let channels: Vec<String> = pending
+                    .take()
+                    .into_iter()
+                    .filter(|ch| refcounts.contains(ch) || *ch == node_channel)
+                    .collect();
+                for channel in &channels {
+                    expected.add(channel);
+                }
+                // All at once, so commands wait for one round trip, not one per channel.
+                let results = futures_util::future::join_all(channels.iter().map(|channel| {
+                    let mut conn = conn.clone();
+                    async move { bounded("SSUBSCRIBE", conn.ssubscribe(channel)).await }
+                }))
+                .await;
                 let mut failed = None;
-                let mut channels = pending.take().into_iter();
-                for channel in channels.by_ref() {
-                    if !(refcounts.contains(&channel) || channel == b.node_channel()) {
-                        continue;
-                    }
-                    expected.add(&channel);
-                    if let Err(e) = bounded("SSUBSCRIBE", conn.ssubscribe(&channel)).await {
-                        // The cluster is not ready yet: the rest waits for the next try.
+                for (channel, result) in channels.into_iter().zip(results) {
+                    if let Err(e) = result {
+                        // The cluster is not ready for this slot yet: the next try.
                         expected.forget(&channel);
                         failed = Some(e);
                         pending.add([channel]);
-                        break;
                     }
                 }
-                pending.add(channels);
                 match failed {
                     Some(e) => {
                         let error = b.record_error("pub/sub resubscribe", e);
@@ -367,6 +384,9 @@ async fn cluster_pubsub_task(
                 let Some(cmd) = cmd else { return };
                 match cmd {
                     SubCommand::Subscribe(ch, reply) => {
+                        if reply.is_closed() {
+                            continue; // the session stopped waiting: it holds no reference
+                        }
                         if refcounts.take(&ch) {
                             expected.add(&ch);
                             if let Err(e) = bounded("SSUBSCRIBE", conn.ssubscribe(&ch)).await {
@@ -380,7 +400,13 @@ async fn cluster_pubsub_task(
                                 continue;
                             }
                         }
-                        let _ = reply.send(Ok(()));
+                        if reply.send(Ok(())).is_err() && refcounts.release(&ch) {
+                            // It stopped waiting meanwhile and will never unsubscribe.
+                            forget_channel(&bp, &ch);
+                            if let Err(e) = bounded("SUNSUBSCRIBE", conn.sunsubscribe(&ch)).await {
+                                log_unsubscribe_failure(&bp, e);
+                            }
+                        }
                     }
                     SubCommand::Unsubscribe(ch, reply) => {
                         if refcounts.release(&ch) {

@@ -1,9 +1,16 @@
 -- Removes a room's presence entries of the given dead nodes (their heartbeat keys
 -- expired; the caller checked, as they may live in other cluster slots) and announces
 -- users who are no longer anywhere in the room.
--- KEYS: presence, users. ARGV: room channel, then the dead nodes.
+-- KEYS: presence, users. ARGV: room channel, node key prefix, then the dead nodes.
+-- With one Redis instance the prefix is given and each node's heartbeat is checked again
+-- here, atomically with the removal, so a node that came back meanwhile (and restored its
+-- presence) keeps it. In cluster mode the heartbeats live in other slots: it is ''.
 local dead = {}
-for i = 2, #ARGV do dead[ARGV[i]] = true end
+for i = 3, #ARGV do
+  if ARGV[2] == '' or redis.call('EXISTS', ARGV[2] .. ARGV[i] .. ':alive') == 0 then
+    dead[ARGV[i]] = true
+  end
+end
 local entries = redis.call('HGETALL', KEYS[1])
 local removed = 0
 for i = 1, #entries, 2 do

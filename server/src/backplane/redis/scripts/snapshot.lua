@@ -1,7 +1,9 @@
 -- A room's state for a joining or resuming session: epoch, head, whether the history
 -- since the client's position is complete, the members, and the entries to replay.
 -- KEYS: meta, log, users. ARGV: since epoch ('' for a fresh join), since
--- offset, new epoch, history cutoff ms, history TTL s.
+-- offset, new epoch, history cutoff ms, history TTL s, '1' when `since` is a position the
+-- server delivered (then one beyond the head means history went back in time; from a
+-- client it may be a mistake or malice, and must not wipe the room).
 -- Reply: epoch, head, status (fresh|ok|lost), n, n members, then (offset, from, body, ts)*.
 local meta, log, users = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -15,10 +17,10 @@ local status = 'fresh'
 local entries = {}
 if ARGV[1] ~= '' then
   local since = tonumber(ARGV[2])
-  if ARGV[1] == epoch and since > head then
-    -- The client saw offsets this history no longer has: Redis lost acknowledged
+  if ARGV[1] == epoch and since > head and ARGV[6] == '1' then
+    -- A session holds offsets this history no longer has: Redis lost acknowledged
     -- messages but kept the room (a failover to a lagging replica, an AOF rollback).
-    -- A new epoch, so no later message reuses an offset a client already holds.
+    -- A new epoch, so no later message reuses an offset a session already holds.
     epoch = ARGV[3]
     head = 0
     redis.call('DEL', log)
