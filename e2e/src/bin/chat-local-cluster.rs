@@ -1,12 +1,13 @@
-//! chat-local-cluster: runs a ChatCluster on this machine — a real redis-server, N
-//! chat-server processes joined through it and haproxy with cookie stickiness in front —
-//! all on 127.0.0.1, until Ctrl-C. Needs `redis-server` and `haproxy` on PATH.
+//! chat-local-cluster: runs a ChatCluster on this machine — a real redis-server (or, with
+//! `--redis-cluster`, a Redis Cluster of 3 masters and 3 replicas), N chat-server
+//! processes joined through it and haproxy with cookie stickiness in front — all on
+//! 127.0.0.1, until Ctrl-C. Needs `redis-server`, `redis-cli` and `haproxy` on PATH.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use chatcluster_e2e::cluster::LocalCluster;
+use chatcluster_e2e::cluster::{ClusterOptions, LocalCluster};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -21,6 +22,10 @@ struct Args {
     /// Extra flags for every chat-server, e.g. `--server-arg=--drain-reconnect-window=5s`.
     #[arg(long = "server-arg")]
     server_args: Vec<String>,
+    /// Run the backplane on a Redis Cluster (3 masters, 3 replicas) instead of one
+    /// redis-server.
+    #[arg(long)]
+    redis_cluster: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -37,7 +42,15 @@ async fn main() -> Result<()> {
             .join("chat-server"),
     };
     let extra: Vec<&str> = args.server_args.iter().map(String::as_str).collect();
-    let cluster = LocalCluster::start(&binary, args.nodes, &extra)?;
+    let cluster = LocalCluster::start_with(
+        &binary,
+        ClusterOptions {
+            nodes: args.nodes,
+            extra: &extra,
+            redis_cluster: args.redis_cluster,
+            ..ClusterOptions::default()
+        },
+    )?;
     cluster.wait_ready(Duration::from_secs(20))?;
     println!(
         "ChatCluster on loopback: {} nodes, Redis at {}",
