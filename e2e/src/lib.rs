@@ -11,4 +11,5 @@ pub mod redis_cluster;
 pub mod server_process;
 pub mod soak;
 pub mod stats;
+pub mod tls;
 pub mod toxiproxy;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::cluster::{free_port, wait_listening, ScratchDir};
+use crate::tls::TestCa;
 
 /// How long a master may be unreachable before its replica is promoted.
 const NODE_TIMEOUT_MS: u32 = 1000;
@@ -37,6 +38,8 @@ pub struct NodeInfo {
 pub struct RedisCluster {
     nodes: Vec<ClusterNode>,
     password: Option<String>,
+    /// With TLS: clients, replication and the cluster bus all speak TLS only.
+    tls: Option<TestCa>,
     _dir: ScratchDir,
 }
 
@@ -44,10 +47,17 @@ impl RedisCluster {
     /// Starts 6 nodes and creates a cluster of 3 masters with one replica each; returns
     /// once every slot is served and every node agrees the cluster is ok.
     pub fn start(password: Option<&str>) -> Result<RedisCluster> {
+        Self::start_with(password, None)
+    }
+
+    /// [`RedisCluster::start`] with TLS everywhere (`rediss://` for clients), the
+    /// server certificates signed by `tls`'s CA.
+    pub fn start_with(password: Option<&str>, tls: Option<TestCa>) -> Result<RedisCluster> {
         let dir = ScratchDir::new("redis-cluster")?;
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             password: password.map(str::to_owned),
+            tls,
             _dir: dir,
         };
         for _ in 0..6 {
@@ -87,7 +97,20 @@ impl RedisCluster {
         let node = &self.nodes[i];
         let bus_port = free_port()?;
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+        match &self.tls {
+            None => cmd.args(["--port", &node.port.to_string()]),
+            Some(tls) => cmd
+                .args(["--port", "0", "--tls-port", &node.port.to_string()])
+                .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                .args(["--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca),
+        };
+        cmd.args(["--bind", "127.0.0.1"])
             .args(["--cluster-enabled", "yes"])
             .args(["--cluster-port", &bus_port.to_string()])
             .args(["--cluster-config-file", "nodes.conf"])
@@ -123,6 +146,9 @@ impl RedisCluster {
     fn cli_command(&self, port: u16) -> Command {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
         if let Some(p) = &self.password {
             cmd.env("REDISCLI_AUTH", p);
         }
@@ -157,6 +183,11 @@ impl RedisCluster {
         self.cli(port, &full)
     }
 
+    /// The CA certificate clients must trust, with TLS.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|t| t.ca.as_path())
+    }
+
     /// Runs one command on every running node; their outputs.
     pub fn cli_each(&self, args: &[&str]) -> Result<Vec<String>> {
         self.running_ports()
@@ -167,9 +198,14 @@ impl RedisCluster {
 
     /// Seed URLs for `CHAT_REDIS_URL`, comma-separated (every node: any will do).
     pub fn seed_urls(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .map(|n| format!("{scheme}://127.0.0.1:{}/", n.port))
             .collect::<Vec<_>>()
             .join(",")
     }

@@ -745,76 +745,8 @@ const WRONG_PASSWORD: &str = "not-the-pass-7f3a9c";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_verifies_the_server_certificate() {
     let _s = serial().await;
-    let dir = chatcluster_e2e::cluster::ScratchDir::new("tls").unwrap();
-    let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
-    let (ca, ca_key) = (dir.0.join("ca.pem"), dir.0.join("ca.key"));
-    let (csr, ext) = (dir.0.join("server.csr"), dir.0.join("ext.cnf"));
-    std::fs::write(
-        &ext,
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let openssl = |args: Vec<std::ffi::OsString>| {
-        let ok = std::process::Command::new("openssl")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("openssl (apt-get install openssl)")
-            .success();
-        assert!(ok, "openssl failed");
-    };
-    let os = |parts: &[&dyn AsRef<std::ffi::OsStr>]| {
-        parts
-            .iter()
-            .map(|p| p.as_ref().to_owned())
-            .collect::<Vec<_>>()
-    };
-    // A private CA, and a server certificate for 127.0.0.1 signed by it.
-    openssl(os(&[
-        &"req",
-        &"-x509",
-        &"-newkey",
-        &"rsa:2048",
-        &"-nodes",
-        &"-days",
-        &"1",
-        &"-subj",
-        &"/CN=chatcluster-test-ca",
-        &"-keyout",
-        &ca_key,
-        &"-out",
-        &ca,
-    ]));
-    openssl(os(&[
-        &"req",
-        &"-newkey",
-        &"rsa:2048",
-        &"-nodes",
-        &"-subj",
-        &"/CN=127.0.0.1",
-        &"-keyout",
-        &key,
-        &"-out",
-        &csr,
-    ]));
-    openssl(os(&[
-        &"x509",
-        &"-req",
-        &"-in",
-        &csr,
-        &"-CA",
-        &ca,
-        &"-CAkey",
-        &ca_key,
-        &"-CAcreateserial",
-        &"-days",
-        &"1",
-        &"-extfile",
-        &ext,
-        &"-out",
-        &cert,
-    ]));
+    let tls = tokio::task::block_in_place(chatcluster_e2e::tls::TestCa::create).unwrap();
+    let (ca, cert, key) = (&tls.ca, &tls.cert, &tls.key);
     let port = chatcluster_e2e::cluster::free_port().unwrap();
     let redis = std::process::Command::new("redis-server")
         .args([
@@ -828,9 +760,9 @@ async fn redis_over_tls_verifies_the_server_certificate() {
             "",
         ])
         .arg("--tls-cert-file")
-        .arg(&cert)
+        .arg(cert)
         .arg("--tls-key-file")
-        .arg(&key)
+        .arg(key)
         .args(["--tls-auth-clients", "no"])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -889,6 +821,74 @@ async fn redis_over_tls_verifies_the_server_certificate() {
         chatcluster_e2e::cluster::http_status_of(untrusted.admin_addr, "/readyz")
     });
     assert_eq!(code, 503, "a certificate from an unknown CA is refused");
+    assert_sessions_answer_unavailable(&untrusted.ws_url()).await;
+}
+
+/// `rediss://` to a Redis Cluster whose clients, replication and cluster bus all speak
+/// TLS: a node given the CA works across shards; one without it refuses the certificate
+/// and stays unready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_over_tls_verifies_the_certificates() {
+    let _s = serial().await;
+    let redis = tokio::task::block_in_place(|| {
+        let tls = chatcluster_e2e::tls::TestCa::create()?;
+        chatcluster_e2e::redis_cluster::RedisCluster::start_with(None, Some(tls))
+    })
+    .unwrap();
+    let seeds = redis.seed_urls();
+    assert!(seeds.starts_with("rediss://"), "{seeds}");
+    let ca = redis.ca_file().unwrap().to_string_lossy().into_owned();
+    let binary = chat_server_binary(LOADGEN).unwrap();
+    let start = |extra: &[&str]| {
+        let mut args = vec!["--redis-cluster", "--redis-url", seeds.as_str()];
+        args.extend_from_slice(extra);
+        tokio::task::block_in_place(|| ServerProcess::start(&binary, &args)).unwrap()
+    };
+    let a = start(&["--redis-ca-file", &ca, "--node-name", "a"]);
+    let b = start(&["--redis-ca-file", &ca, "--node-name", "b"]);
+    let untrusted = start(&["--node-name", "untrusted"]);
+    for node in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::task::block_in_place(|| {
+            chatcluster_e2e::cluster::http_status_of(node.admin_addr, "/readyz")
+        })
+        .0 != 200
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a node with the CA never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Rooms on several shards, across the two nodes.
+    let (mut alice, _, _) = connect(&a.ws_url(), "user=alice", None).await.unwrap();
+    let (mut bob, _, _) = connect(&b.ws_url(), "user=bob", None).await.unwrap();
+    let rooms = ["r1", "r2", "r3", "r4"];
+    for room in rooms {
+        join(&mut bob, room, None).await.unwrap();
+        join(&mut alice, room, None).await.unwrap();
+    }
+    for room in rooms {
+        send_and_ack(&mut alice, room, &format!("over tls in {room}"), room)
+            .await
+            .unwrap();
+        loop {
+            let m = recv_type(&mut bob, "message").await.unwrap();
+            if m["room"] == room {
+                assert_eq!(m["body"], format!("over tls in {room}"));
+                break;
+            }
+        }
+    }
+    let v = backplane_verdict(untrusted.admin_addr, "no password here").await;
+    let status = &v["backplane_status"];
+    assert_eq!(status["connected"], false, "{v}");
+    let reason = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("certificate") || reason.contains("UnknownIssuer"),
+        "the status names the untrusted certificate: {reason}"
+    );
     assert_sessions_answer_unavailable(&untrusted.ws_url()).await;
 }
 
