@@ -213,3 +213,51 @@ pub(super) fn redis_service(n: &Names) -> Service {
         ..Service::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::build::{build, BuildContext, SECRETS_REVISION_ANNOTATION};
+    use crate::crd::{ChatCluster, ChatClusterSpec};
+
+    fn cluster(spec: serde_json::Value) -> ChatCluster {
+        let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
+        let mut c = ChatCluster::new("chat", spec);
+        c.metadata.namespace = Some("apps".into());
+        c.metadata.uid = Some("uid-1".into());
+        c
+    }
+
+    /// Without persistence Redis' data directory is an emptyDir named like the claim it
+    /// replaces; the pod template carries the Secrets' revision, so a recreated password
+    /// restarts Redis too.
+    #[test]
+    fn an_ephemeral_redis_gets_an_empty_dir_and_the_secrets_revision() {
+        let c = cluster(serde_json::json!({"redis": {"managed": {"persistence": false}}}));
+        let ctx = BuildContext {
+            secrets_revision: Some("rev-1".into()),
+            ..BuildContext::default()
+        };
+        let sts = build(&c, ctx).unwrap().redis_statefulset.unwrap();
+        let spec = sts.spec.unwrap();
+        assert!(spec.volume_claim_templates.is_none());
+        let template = spec.template;
+        let pod = template.spec.unwrap();
+        let data = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "data")
+            .expect("a data volume");
+        assert!(data.empty_dir.is_some(), "{data:?}");
+        assert!(pod.containers[0]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.name == "data"));
+        assert_eq!(
+            template.metadata.unwrap().annotations.unwrap()[SECRETS_REVISION_ANNOTATION],
+            "rev-1"
+        );
+    }
+}

@@ -67,3 +67,53 @@ pub fn generated_secret(
         ..Secret::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ChatClusterSpec;
+
+    fn cluster(spec: serde_json::Value) -> ChatCluster {
+        let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
+        let mut c = ChatCluster::new("chat", spec);
+        c.metadata.namespace = Some("apps".into());
+        c.metadata.uid = Some("uid-1".into());
+        c
+    }
+
+    #[test]
+    fn a_managed_redis_adds_its_password_secret() {
+        let managed = cluster(serde_json::json!({}));
+        assert_eq!(
+            generated_secret_names(&managed),
+            ["chat-admin", "chat-redis-auth"]
+        );
+        let external = cluster(serde_json::json!({"redis": {"external": {"secretName": "r"}}}));
+        assert_eq!(generated_secret_names(&external), ["chat-admin"]);
+    }
+
+    #[test]
+    fn generated_secrets_hold_the_value_under_their_keys_and_are_owned() {
+        let c = cluster(serde_json::json!({}));
+        let redis = generated_secret(&c, "chat-redis-auth", "s3cret").unwrap();
+        assert_eq!(redis.metadata.name.as_deref(), Some("chat-redis-auth"));
+        assert_eq!(redis.metadata.namespace.as_deref(), Some("apps"));
+        assert!(
+            redis.metadata.owner_references.is_some(),
+            "goes with the ChatCluster"
+        );
+        assert_eq!(redis.type_.as_deref(), Some("Opaque"));
+        let data = redis.string_data.unwrap();
+        assert_eq!(data[REDIS_PASSWORD_KEY], "s3cret");
+        assert_eq!(data[REDIS_CONFIG_KEY], "requirepass s3cret\n");
+
+        let admin = generated_secret(&c, "chat-admin", "t0ken").unwrap();
+        let data = admin.string_data.unwrap();
+        assert_eq!(data.len(), 1);
+        assert_eq!(data[ADMIN_TOKEN_KEY], "t0ken");
+        assert_eq!(
+            admin.metadata.labels.unwrap()["app.kubernetes.io/component"],
+            "chat-server"
+        );
+    }
+}
