@@ -429,14 +429,27 @@ impl RedisBackplane {
         let mut last = lock(&self.last_received);
         let verdict = classify_received(last.get(room), epoch, offset, published_us);
         if verdict == Received::Next {
-            last.insert(
-                room.to_owned(),
-                LastReceived {
-                    epoch: epoch.to_owned(),
-                    offset,
-                    published_us,
-                },
-            );
+            // In place when the room is known (every message but a room's first), so the
+            // hot path allocates only when the epoch changes.
+            match last.get_mut(room) {
+                Some(l) => {
+                    if l.epoch != epoch {
+                        l.epoch = epoch.to_owned();
+                    }
+                    l.offset = offset;
+                    l.published_us = published_us;
+                }
+                None => {
+                    last.insert(
+                        room.to_owned(),
+                        LastReceived {
+                            epoch: epoch.to_owned(),
+                            offset,
+                            published_us,
+                        },
+                    );
+                }
+            }
         }
         verdict
     }
