@@ -260,3 +260,13 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
             .map(|m| monitoring::pod_monitor(&n, m)),
     })
 }
+
+/// A ChatCluster `chat` in namespace `apps` with `spec`, for the builders' unit tests.
+#[cfg(test)]
+pub(crate) fn test_cluster(spec: serde_json::Value) -> ChatCluster {
+    let spec: crate::crd::ChatClusterSpec = serde_json::from_value(spec).unwrap();
+    let mut c = ChatCluster::new("chat", spec);
+    c.metadata.namespace = Some("apps".into());
+    c.metadata.uid = Some("uid-1".into());
+    c
+}

@@ -113,15 +113,8 @@ pub(super) fn redis_network_policy(n: &Names) -> NetworkPolicy {
 mod tests {
     use super::*;
     use crate::build::{build, BuildContext};
-    use crate::crd::{ChatCluster, ChatClusterSpec};
 
-    fn cluster(spec: serde_json::Value) -> ChatCluster {
-        let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
-        let mut c = ChatCluster::new("chat", spec);
-        c.metadata.namespace = Some("apps".into());
-        c.metadata.uid = Some("uid-1".into());
-        c
-    }
+    use crate::build::test_cluster as cluster;
 
     fn admin_sources(p: &NetworkPolicy) -> Option<Vec<String>> {
         let rules = p.spec.as_ref()?.ingress.as_ref()?;

@@ -217,15 +217,8 @@ pub(super) fn redis_service(n: &Names) -> Service {
 #[cfg(test)]
 mod tests {
     use crate::build::{build, BuildContext, SECRETS_REVISION_ANNOTATION};
-    use crate::crd::{ChatCluster, ChatClusterSpec};
 
-    fn cluster(spec: serde_json::Value) -> ChatCluster {
-        let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
-        let mut c = ChatCluster::new("chat", spec);
-        c.metadata.namespace = Some("apps".into());
-        c.metadata.uid = Some("uid-1".into());
-        c
-    }
+    use crate::build::test_cluster as cluster;
 
     /// Without persistence Redis' data directory is an emptyDir named like the claim it
     /// replaces; the pod template carries the Secrets' revision, so a recreated password

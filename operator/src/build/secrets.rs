@@ -71,15 +71,8 @@ pub fn generated_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::ChatClusterSpec;
 
-    fn cluster(spec: serde_json::Value) -> ChatCluster {
-        let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
-        let mut c = ChatCluster::new("chat", spec);
-        c.metadata.namespace = Some("apps".into());
-        c.metadata.uid = Some("uid-1".into());
-        c
-    }
+    use crate::build::test_cluster as cluster;
 
     #[test]
     fn a_managed_redis_adds_its_password_secret() {
