@@ -17,20 +17,41 @@ fn last_json_line(stdout: &[u8]) -> serde_json::Value {
     serde_json::from_str(line).expect("valid JSON report")
 }
 
+/// A chat-server that lets the load generator's publishers through.
+fn fanout_server() -> ServerProcess {
+    ServerProcess::start(
+        &chat_server_binary(LOADGEN).unwrap(),
+        &["--rate-per-sec", "1000", "--rate-burst", "1000"],
+    )
+    .unwrap()
+}
+
+/// Runs `chat-loadgen fanout` against `server` with `args`; its JSON report, after
+/// checking it exited 0.
+fn run_fanout(server: &ServerProcess, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(LOADGEN)
+        .args(["fanout", "--url", &server.ws_url()])
+        .args(["--server-pid", &server.pid().to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    last_json_line(&out.stdout)
+}
+
 /// Values that a broken load generator gets wrong, not just keys that exist: every
 /// message reaches every subscriber exactly once and in order, latency and server CPU are
 /// measured, and the publishers' lag behind schedule is reported.
 #[test]
 fn fanout_reports_every_delivery_latency_lag_and_server_cpu() {
-    let server = ServerProcess::start(
-        &chat_server_binary(LOADGEN).unwrap(),
-        &["--rate-per-sec", "1000", "--rate-burst", "1000"],
-    )
-    .unwrap();
-    let out = Command::new(LOADGEN)
-        .args(["fanout", "--url", &server.ws_url()])
-        .args(["--server-pid", &server.pid().to_string()])
-        .args([
+    let server = fanout_server();
+    let r = run_fanout(
+        &server,
+        &[
             "--subscribers",
             "10",
             "--publishers",
@@ -39,15 +60,8 @@ fn fanout_reports_every_delivery_latency_lag_and_server_cpu() {
             "50",
             "--duration",
             "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let r = last_json_line(&out.stdout);
     let n = |k: &str| {
         r[k].as_u64()
             .unwrap_or_else(|| panic!("{k} missing or not a count in {r}"))
@@ -87,24 +101,22 @@ fn fanout_reports_every_delivery_latency_lag_and_server_cpu() {
 /// (from its room's own publishers), none of another room's.
 #[test]
 fn fanout_over_several_rooms_delivers_each_rooms_messages_to_its_members() {
-    let server = ServerProcess::start(
-        &chat_server_binary(LOADGEN).unwrap(),
-        &["--rate-per-sec", "1000", "--rate-burst", "1000"],
-    )
-    .unwrap();
-    let out = Command::new(LOADGEN)
-        .args(["fanout", "--url", &server.ws_url()])
-        .args(["--server-pid", &server.pid().to_string()])
-        .args(["--rooms", "4", "--subscribers", "12", "--publishers", "1"])
-        .args(["--rate", "40", "--duration", "2"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let server = fanout_server();
+    let r = run_fanout(
+        &server,
+        &[
+            "--rooms",
+            "4",
+            "--subscribers",
+            "12",
+            "--publishers",
+            "1",
+            "--rate",
+            "40",
+            "--duration",
+            "2",
+        ],
     );
-    let r = last_json_line(&out.stdout);
     let n = |k: &str| r[k].as_u64().unwrap_or_else(|| panic!("{k} in {r}"));
     assert_eq!(n("rooms"), 4, "{r}");
     assert_eq!(n("published"), 80, "{r}");

@@ -319,17 +319,7 @@ fn optional_objects_follow_the_spec() {
         Some(serde_json::from_value(serde_json::json!({"secretName": "redis-url"})).unwrap());
     let d = build(&external, BuildContext::default()).unwrap();
     assert!(d.redis_statefulset.is_none() && d.redis_service.is_none());
-    let env = d
-        .chat_statefulset
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let env = chat_env(&d);
     let url = env.iter().find(|e| e.name == "CHAT_REDIS_URL").unwrap();
     assert_eq!(
         url.value_from
@@ -352,19 +342,22 @@ fn optional_objects_follow_the_spec() {
             .unwrap(),
     );
     let d = build(&external, BuildContext::default()).unwrap();
-    let env = d
+    let env = chat_env(&d);
+    let cluster = env.iter().find(|e| e.name == "CHAT_REDIS_CLUSTER").unwrap();
+    assert_eq!(cluster.value.as_deref(), Some("true"));
+}
+
+/// The chat-server container's environment in `d`.
+fn chat_env(d: &Desired) -> Vec<k8s_openapi::api::core::v1::EnvVar> {
+    let pod = d
         .chat_statefulset
         .spec
+        .as_ref()
         .unwrap()
         .template
         .spec
-        .unwrap()
-        .containers[0]
-        .env
-        .clone()
-        .unwrap();
-    let cluster = env.iter().find(|e| e.name == "CHAT_REDIS_CLUSTER").unwrap();
-    assert_eq!(cluster.value.as_deref(), Some("true"));
+        .as_ref();
+    pod.unwrap().containers[0].env.clone().unwrap()
 }
 
 #[test]

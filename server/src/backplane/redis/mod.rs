@@ -496,14 +496,6 @@ impl RedisBackplane {
         });
     }
 
-    /// After a reconnect: re-register local users and presence (Redis may have lost
-    /// them) and ask every local room's sessions to catch up from history.
-    async fn restore_and_resync(&self) -> Result<(), BackplaneError> {
-        self.restore_registrations().await?;
-        self.resync_rooms();
-        Ok(())
-    }
-
     /// Asks every local room's sessions to catch up from history.
     fn resync_rooms(&self) {
         for room in self.hub.local_rooms() {
@@ -535,18 +527,26 @@ impl RedisBackplane {
         Ok(())
     }
 
-    /// [`Self::restore_and_resync`], retried for a while: the command connection may
-    /// still be reconnecting.
-    async fn restore_with_retries(&self) {
+    /// After a reconnect: re-registers local users and presence (Redis may have lost
+    /// them), retried for a while since the command connection or a shard may still be
+    /// recovering; then, with `then_resync`, asks every local room's sessions to catch up
+    /// from history.
+    async fn restore_with_retries(&self, then_resync: bool) {
         for attempt in 0..40 {
-            match self.restore_and_resync().await {
-                Ok(()) => return,
+            match self.restore_registrations().await {
+                Ok(()) => {
+                    if then_resync {
+                        self.resync_rooms();
+                    }
+                    return;
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "restore after reconnect failed; retrying");
                     tokio::time::sleep(connection::backoff(attempt.min(3))).await;
                 }
             }
         }
+        tracing::warn!("could not restore this node's registrations in Redis; the heartbeat keeps trying its own");
     }
 
     /// Cluster mode: runs one restore and resync in the background unless one is
@@ -564,16 +564,7 @@ impl RedisBackplane {
             // master); the registrations follow, retried while a shard is still failing
             // over, so one slow shard does not hold up every room's resync.
             bp.resync_rooms();
-            for attempt in 0..40 {
-                match bp.restore_registrations().await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "restoring registrations failed; retrying");
-                        tokio::time::sleep(connection::backoff(attempt.min(3))).await;
-                    }
-                }
-            }
-            tracing::warn!("could not restore this node's registrations in Redis; the heartbeat keeps trying its own");
+            bp.restore_with_retries(false).await;
         });
     }
 

@@ -130,7 +130,7 @@ async fn single_pubsub_task(
         b.pubsub_ok.store(true, Ordering::Relaxed);
         tracing::info!(channels = channels.len(), "Redis pub/sub subscribed");
         if connected_before {
-            b.restore_with_retries().await;
+            b.restore_with_retries(true).await;
         }
         connected_before = true;
         drop(b);
@@ -309,14 +309,16 @@ async fn cluster_pubsub_task(
         let due = pending.due;
         tokio::select! {
             push = pushes.recv() => {
-                let Some(push) = push else { return };
+                let Some(PushInfo { kind, data }) = push else { return };
                 let Some(b) = bp.upgrade() else { return };
-                let channel = push.data.first().and_then(text);
-                if push.kind != PushKind::SMessage {
-                    tracing::debug!(kind = %push.kind, ?channel, "Redis Cluster push");
+                // Taken, not copied: this runs for every message of every local room.
+                let mut data = data.into_iter();
+                let channel = data.next().and_then(text);
+                if kind != PushKind::SMessage {
+                    tracing::debug!(%kind, ?channel, "Redis Cluster push");
                 }
-                match (push.kind, channel) {
-                    (PushKind::SMessage, Some(channel)) => match push.data.get(1).and_then(text) {
+                match (kind, channel) {
+                    (PushKind::SMessage, Some(channel)) => match data.next().and_then(text) {
                         Some(payload) => b.dispatch(&channel, &payload),
                         None => tracing::warn!("ignoring undecodable sharded message"),
                     },
@@ -495,10 +497,10 @@ impl Expected {
 }
 
 /// A push's channel or payload as text.
-fn text(value: &Value) -> Option<String> {
+fn text(value: Value) -> Option<String> {
     match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(s) => Some(s),
         _ => None,
     }
 }
