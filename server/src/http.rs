@@ -45,7 +45,7 @@ const WRITE_COALESCE_BYTES: usize = 16 * 1024;
 pub struct ConnectionSlots(AtomicUsize);
 
 /// Releases its slot when the session ends or the upgrade never happens.
-struct SlotGuard(Arc<AppState>);
+pub struct SlotGuard(Arc<AppState>);
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
@@ -190,10 +190,7 @@ async fn upgrade(
         .max_write_buffer_size(settings.send_queue_bytes.saturating_mul(2))
         .max_message_size(settings.max_frame_bytes)
         .max_frame_size(settings.max_frame_bytes)
-        .on_upgrade(move |socket| async move {
-            let _slot = slot;
-            crate::session::run(session_state, socket, identity).await;
-        })
+        .on_upgrade(move |socket| crate::session::run(session_state, socket, identity, slot))
 }
 
 async fn require_admin_token(

@@ -3,14 +3,16 @@
 //! puts it on the right sessions' send queues. No I/O and no awaits: every method takes
 //! short locks and returns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, Notify};
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
-use crate::sync::{read, write};
+use crate::sync::{lock, read, write};
 
 /// One ready-made frame, shared by every session it goes to.
 #[derive(Debug)]
@@ -58,7 +60,12 @@ pub enum Outbound {
 pub struct SessionHandle {
     pub id: u64,
     pub user: Arc<str>,
-    tx: mpsc::UnboundedSender<Outbound>,
+    /// Frames waiting for the session task. A locked deque rather than a channel: it
+    /// allocates nothing until the first frame is queued and gives its memory back once
+    /// a burst is written, so an idle connection holds no queue memory.
+    queue: Mutex<VecDeque<Outbound>>,
+    /// The session task, parked waiting for the queue.
+    waker: AtomicWaker,
     queued_bytes: AtomicUsize,
     overflowed: AtomicBool,
     queue_limit_bytes: usize,
@@ -67,23 +74,24 @@ pub struct SessionHandle {
     pub overflow_notify: Notify,
 }
 
+/// Above this many slots, an emptied queue gives its memory back (a burst's worth is not
+/// kept for the connection's lifetime; below it, a busy session reuses its buffer).
+const QUEUE_KEEP_SLOTS: usize = 32;
+
 impl SessionHandle {
-    pub fn new(
-        id: u64,
-        user: Arc<str>,
-        queue_limit_bytes: usize,
-    ) -> (Arc<SessionHandle>, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    /// A handle for the hub and the session task's end of its queue.
+    pub fn new(id: u64, user: Arc<str>, queue_limit_bytes: usize) -> (Arc<SessionHandle>, Inbox) {
         let handle = Arc::new(SessionHandle {
             id,
             user,
-            tx,
+            queue: Mutex::new(VecDeque::new()),
+            waker: AtomicWaker::new(),
             queued_bytes: AtomicUsize::new(0),
             overflowed: AtomicBool::new(false),
             queue_limit_bytes,
             overflow_notify: Notify::new(),
         });
-        (handle, rx)
+        (handle.clone(), Inbox(handle))
     }
 
     /// Queues a frame of `bytes` bytes unless that would exceed the send-queue bound, in
@@ -99,16 +107,22 @@ impl SessionHandle {
             self.overflowed.store(true, Ordering::Relaxed);
             // The queued marker reaches an idle session; the notify wakes one that is
             // blocked writing to a client that stopped reading.
-            let _ = self.tx.send(Outbound::Overflowed);
+            self.push(Outbound::Overflowed);
             self.overflow_notify.notify_one();
             return false;
         }
-        self.tx.send(out).is_ok()
+        self.push(out);
+        true
     }
 
     /// Control messages bypass the byte bound: they are tiny and must always arrive.
     pub fn control(&self, out: Outbound) {
-        let _ = self.tx.send(out);
+        self.push(out);
+    }
+
+    fn push(&self, out: Outbound) {
+        lock(&self.queue).push_back(out);
+        self.waker.wake();
     }
 
     /// The session wrote a frame of `bytes` bytes that came through `offer`.
@@ -122,6 +136,38 @@ impl SessionHandle {
 
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The session task's end of its queue: frames come out in the order they were queued.
+#[derive(Debug)]
+pub struct Inbox(Arc<SessionHandle>);
+
+impl Inbox {
+    /// The next queued item, if any.
+    pub fn try_recv(&self) -> Option<Outbound> {
+        let mut queue = lock(&self.0.queue);
+        let out = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > QUEUE_KEEP_SLOTS {
+            *queue = VecDeque::new();
+        }
+        out
+    }
+
+    /// Waits for the next queued item.
+    pub async fn recv(&self) -> Outbound {
+        std::future::poll_fn(|cx| {
+            if let Some(out) = self.try_recv() {
+                return Poll::Ready(out);
+            }
+            // Registered before the second look, so a push in between still wakes us.
+            self.0.waker.register(cx.waker());
+            match self.try_recv() {
+                Some(out) => Poll::Ready(out),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 
@@ -274,9 +320,9 @@ mod tests {
     #[test]
     fn delivers_to_room_members_and_user_sessions() {
         let hub = Hub::new();
-        let (a, mut ra) = SessionHandle::new(1, "alice".into(), 1024);
-        let (b, mut rb) = SessionHandle::new(2, "bob".into(), 1024);
-        let (a2, mut ra2) = SessionHandle::new(3, "alice".into(), 1024);
+        let (a, ra) = SessionHandle::new(1, "alice".into(), 1024);
+        let (b, rb) = SessionHandle::new(2, "bob".into(), 1024);
+        let (a2, ra2) = SessionHandle::new(3, "alice".into(), 1024);
         for s in [&a, &b, &a2] {
             hub.register(s);
         }
@@ -286,15 +332,15 @@ mod tests {
             hub.deliver_room_message("r", &"e".into(), 1, 0, &"m".into()),
             2
         );
-        for rx in [&mut ra, &mut rb] {
+        for rx in [&ra, &rb] {
             match rx.try_recv() {
-                Ok(Outbound::Deliver(d)) => {
+                Some(Outbound::Deliver(d)) => {
                     assert!(matches!(d.kind, DeliveryKind::Room { offset: 1, .. }))
                 }
                 other => panic!("unexpected {other:?}"),
             }
         }
-        assert!(ra2.try_recv().is_err());
+        assert!(ra2.try_recv().is_none());
         assert_eq!(hub.deliver_user_frame("alice", &"dm".into()), 2);
         assert_eq!(hub.user_session_count("alice"), 2);
         hub.leave_room("r", 1);
@@ -311,6 +357,69 @@ mod tests {
     #[test]
     fn outbound_stays_small() {
         assert!(std::mem::size_of::<Outbound>() <= 16);
+    }
+
+    fn notice(text: &str) -> Outbound {
+        Outbound::Deliver(Arc::new(Delivery {
+            kind: DeliveryKind::Notice,
+            frame: text.into(),
+        }))
+    }
+
+    fn frame_text(out: Option<Outbound>) -> String {
+        match out {
+            Some(Outbound::Deliver(d)) => d.frame.to_string(),
+            Some(Outbound::Reconnect { .. }) => "reconnect".into(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn frames_and_control_messages_come_out_in_queue_order() {
+        let (s, inbox) = SessionHandle::new(1, "u".into(), 1024);
+        assert!(s.offer(notice("a"), 1));
+        s.control(Outbound::Reconnect { after_ms: 0 });
+        assert!(s.offer(notice("b"), 1));
+        let got: Vec<String> = (0..3).map(|_| frame_text(inbox.try_recv())).collect();
+        assert_eq!(got, ["a", "reconnect", "b"]);
+        assert!(inbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_a_burst_s_memory_back() {
+        let (s, inbox) = SessionHandle::new(1, "u".into(), 1 << 20);
+        let capacity = || lock(&s.queue).capacity();
+        assert_eq!(capacity(), 0, "nothing allocated before the first frame");
+        for _ in 0..1000 {
+            assert!(s.offer(notice("x"), 1));
+        }
+        assert!(capacity() >= 1000);
+        while inbox.try_recv().is_some() {}
+        assert_eq!(capacity(), 0);
+        // A small queue is kept for reuse.
+        s.offer(notice("x"), 1);
+        s.offer(notice("y"), 1);
+        assert_eq!(frame_text(inbox.try_recv()), "x");
+        assert!(capacity() > 0 && capacity() <= QUEUE_KEEP_SLOTS);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_session_is_woken_by_the_next_frame() {
+        let (s, inbox) = SessionHandle::new(1, "u".into(), 1024);
+        let waiting = tokio::spawn(async move {
+            let first = inbox.recv().await;
+            let second = inbox.recv().await;
+            (first, second)
+        });
+        tokio::task::yield_now().await;
+        s.offer(notice("late"), 4);
+        s.control(Outbound::ForceClose);
+        let (first, second) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert_eq!(frame_text(Some(first)), "late");
+        assert!(matches!(second, Outbound::ForceClose));
     }
 
     #[test]

@@ -9,15 +9,16 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::auth::{Identity, EXP_LEEWAY_SECS};
 use crate::backplane::{now_us, BackplaneError};
-use crate::hub::{DeliveryKind, Outbound, SessionHandle};
+use crate::http::SlotGuard;
+use crate::hub::{DeliveryKind, Inbox, Outbound, SessionHandle};
 use crate::protocol::{
     parse_client_frame, ClientFrame, CloseCode, ErrorCode, FrameError, FrameLimits, Position,
     ServerFrame,
@@ -133,21 +134,27 @@ struct Session {
     limits: FrameLimits,
     /// The token's `exp` (Unix seconds), for `welcome`; `None` for anonymous users.
     token_exp: Option<u64>,
+    /// This connection's place under the per-process cap.
+    _slot: SlotGuard,
 }
 
-/// Runs one accepted WebSocket for `user` until it closes.
-pub async fn run(state: Arc<AppState>, socket: WebSocket, identity: Identity) {
+/// Runs one accepted WebSocket for `user` until it closes; `slot` is released when it
+/// has.
+///
+/// Every byte of the returned future is held by every idle connection, so the session
+/// is built here, before the first await, and boxed: an async fn keeps its arguments
+/// and whatever it moves them into, which would hold the socket two or three times.
+pub fn run(
+    state: Arc<AppState>,
+    socket: WebSocket,
+    identity: Identity,
+    slot: SlotGuard,
+) -> impl Future<Output = ()> + Send {
     let id = state.next_session_id();
-    let (handle, mut rx) =
+    let (handle, inbox) =
         SessionHandle::new(id, identity.user.into(), state.settings.send_queue_bytes);
-    state.hub.register(&handle);
-    if let Err(e) = state.backplane.register_user(&handle.user).await {
-        tracing::warn!(user = %handle.user, error = %e, "user registry update failed; restored on reconnect");
-    }
-    state.metrics.connections.inc();
-    state.metrics.connections_accepted.inc();
     let settings = &state.settings;
-    let mut session = Session {
+    let session = Session {
         bucket: TokenBucket::new(settings.rate_per_sec, settings.rate_burst, Instant::now()),
         refusals: TokenBucket::new(
             settings.rate_per_sec,
@@ -163,30 +170,45 @@ pub async fn run(state: Arc<AppState>, socket: WebSocket, identity: Identity) {
         socket,
         rooms: HashMap::new(),
         last_seen: Instant::now(),
+        _slot: slot,
     };
-    let stop = session.serve(&mut rx).await;
-    match stop {
-        Stop::SlowConsumer => state.metrics.slow_consumer_closes.inc(),
-        Stop::TokenExpired => state.metrics.sessions_expired.inc(),
-        _ => {}
-    }
-    tracing::debug!(session = id, user = %session.handle.user, ?stop, "session ending");
-    session.finish(stop, &mut rx).await;
-    session.leave_all().await;
-    state.hub.unregister(&session.handle);
-    if let Err(e) = state.backplane.unregister_user(&session.handle.user).await {
-        tracing::warn!(user = %session.handle.user, error = %e, "user registry update failed");
-    }
-    state.metrics.connections.dec();
-    state
-        .metrics
-        .connections_closed
-        .with_label_values(&[&stop.metric_code(state.settings.max_frame_bytes)])
-        .inc();
+    Box::new(session).live(inbox)
 }
 
 impl Session {
-    async fn serve(&mut self, rx: &mut UnboundedReceiver<Outbound>) -> Stop {
+    /// Registers the session, serves it, closes it and unregisters it.
+    async fn live(mut self: Box<Self>, inbox: Inbox) {
+        let state = self.state.clone();
+        state.hub.register(&self.handle);
+        if let Err(e) = state.backplane.register_user(&self.handle.user).await {
+            tracing::warn!(user = %self.handle.user, error = %e, "user registry update failed; restored on reconnect");
+        }
+        state.metrics.connections.inc();
+        state.metrics.connections_accepted.inc();
+        let stop = self.serve(&inbox).await;
+        match stop {
+            Stop::SlowConsumer => state.metrics.slow_consumer_closes.inc(),
+            Stop::TokenExpired => state.metrics.sessions_expired.inc(),
+            _ => {}
+        }
+        tracing::debug!(session = self.handle.id, user = %self.handle.user, ?stop, "session ending");
+        // Boxed, like every path a connection rarely takes, so that an idle connection's
+        // task is sized for its serve loop only (see docs/benchmarks.md, idle connections).
+        Box::pin(self.finish(stop, &inbox)).await;
+        Box::pin(self.leave_all()).await;
+        state.hub.unregister(&self.handle);
+        if let Err(e) = state.backplane.unregister_user(&self.handle.user).await {
+            tracing::warn!(user = %self.handle.user, error = %e, "user registry update failed");
+        }
+        state.metrics.connections.dec();
+        state
+            .metrics
+            .connections_closed
+            .with_label_values(&[&stop.metric_code(state.settings.max_frame_bytes)])
+            .inc();
+    }
+
+    async fn serve(&mut self, inbox: &Inbox) -> Stop {
         let welcome = ServerFrame::Welcome {
             user: &self.handle.user,
             session: &format!("{}-{}", self.state.settings.node_name, self.handle.id),
@@ -194,7 +216,7 @@ impl Session {
             token_exp: self.token_exp,
         }
         .to_json();
-        if let Err(stop) = self.write_now(welcome).await {
+        if let Err(stop) = Box::pin(self.write_now(welcome)).await {
             return stop;
         }
         let ping_every = self.state.settings.ping_interval;
@@ -207,15 +229,13 @@ impl Session {
         loop {
             // Unbiased: a busy room must not starve reading the client (or its pongs).
             tokio::select! {
-                out = rx.recv() => {
-                    // The handle (and so a sender) lives as long as the session.
-                    let Some(out) = out else { return Stop::Broken };
-                    if let Err(stop) = self.write_batch(out, rx).await {
+                out = inbox.recv() => {
+                    if let Err(stop) = Box::pin(self.write_batch(out, inbox)).await {
                         return stop;
                     }
                 }
                 msg = self.socket.recv() => {
-                    if let Err(stop) = self.on_socket(msg).await {
+                    if let Err(stop) = Box::pin(self.on_socket(msg)).await {
                         return stop;
                     }
                     if self.token_exp != expiring {
@@ -229,7 +249,8 @@ impl Session {
                     if self.last_seen.elapsed() > ping_every * 2 {
                         return Stop::Idle;
                     }
-                    if let Err(stop) = self.guarded(Message::Ping(Default::default())).await {
+                    let ping = Message::Ping(Default::default());
+                    if let Err(stop) = Box::pin(self.guarded(ping)).await {
                         return stop;
                     }
                 }
@@ -238,11 +259,7 @@ impl Session {
     }
 
     /// Writes `first` and whatever else is already queued, then flushes once.
-    async fn write_batch(
-        &mut self,
-        first: Outbound,
-        rx: &mut UnboundedReceiver<Outbound>,
-    ) -> Result<(), Stop> {
+    async fn write_batch(&mut self, first: Outbound, inbox: &Inbox) -> Result<(), Stop> {
         let mut next = Some(first);
         let mut written = 0usize;
         let mut delivered = 0u64;
@@ -250,7 +267,7 @@ impl Session {
         while let Some(out) = next.take() {
             written += 1;
             if written < MAX_BATCH {
-                next = rx.try_recv().ok();
+                next = inbox.try_recv();
             }
             match out {
                 Outbound::Deliver(d) => {
@@ -268,7 +285,8 @@ impl Session {
                             if *epoch != cursor.epoch || *offset > cursor.last + 1 {
                                 // History broke or live traffic skipped offsets (the
                                 // backplane reconnected): fill from history first.
-                                self.catch_up(room, epoch, offset.saturating_sub(1)).await?;
+                                Box::pin(self.catch_up(room, epoch, offset.saturating_sub(1)))
+                                    .await?;
                             }
                             let Some(cursor) = self.rooms.get_mut(room) else {
                                 continue;
@@ -287,7 +305,7 @@ impl Session {
                         }
                         DeliveryKind::Resync { room } => {
                             if self.rooms.contains_key(room) {
-                                self.catch_up_all(room).await?;
+                                Box::pin(self.catch_up_all(room)).await?;
                             }
                             continue;
                         }
@@ -714,7 +732,7 @@ impl Session {
 
     /// Sends our close frame (if the stop calls for one) and waits briefly for the
     /// client's answer (or a drain force-close).
-    async fn finish(&mut self, stop: Stop, rx: &mut UnboundedReceiver<Outbound>) {
+    async fn finish(&mut self, stop: Stop, inbox: &Inbox) {
         let Some((code, reason)) = stop.close(self.state.settings.max_frame_bytes) else {
             if let Stop::PeerClosed(_) = stop {
                 // tungstenite queued the close reply; flushing sends it (clean close).
@@ -748,13 +766,7 @@ impl Session {
                 }
             }
         };
-        let force = async {
-            while let Some(out) = rx.recv().await {
-                if matches!(out, Outbound::ForceClose) {
-                    break;
-                }
-            }
-        };
+        let force = async { while !matches!(inbox.recv().await, Outbound::ForceClose) {} };
         // The client was told to reconnect; it gets the usual close-handshake time to
         // answer, so a client (or proxy) that never answers cannot hold the drain open.
         let outcome = tokio::select! {
@@ -767,6 +779,23 @@ impl Session {
 
 /// Runs a socket write unless the send queue overflows or the write times out first.
 async fn guard(
+    handle: &SessionHandle,
+    timeout: Duration,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), Stop> {
+    let mut write = std::pin::pin!(write);
+    // Most writes finish at once (into the frame buffer, or a socket with room): they
+    // need no timer and no overflow waiter, which cost more than the write itself. The
+    // slow path is boxed so that its timer does not enlarge every connection's task.
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(r) => r.map_err(|_| Stop::Broken),
+        Poll::Pending => Box::pin(guard_blocked(handle, timeout, write)).await,
+    }
+}
+
+/// A write that must wait for the client: bounded by the write timeout and by the send
+/// queue overflowing meanwhile.
+async fn guard_blocked(
     handle: &SessionHandle,
     timeout: Duration,
     write: impl Future<Output = Result<(), axum::Error>>,
@@ -857,6 +886,18 @@ mod tests {
         // Absurd lifetimes and no token at all are capped.
         assert_eq!(time_left(Some(u64::MAX), now_us), MAX_TOKEN_LIFETIME);
         assert_eq!(time_left(None, now_us), MAX_TOKEN_LIFETIME);
+    }
+
+    fn size_of_output<A, B, C, D, F>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every idle connection holds its task's future: it must not grow back to the
+    /// kilobytes an unboxed session, or a second copy of the socket, would add.
+    #[test]
+    fn a_connection_task_stays_small() {
+        let future = size_of_output(run);
+        assert!(future <= 640, "session future is {future} bytes");
     }
 
     #[test]
