@@ -41,7 +41,7 @@ pub enum DeliveryKind {
 }
 
 /// What the hub, the backplane or the drain controller asks a session to write or do.
-/// Kept to 16 bytes: every connection's queue preallocates a block of these.
+/// Kept to 16 bytes: a busy connection's queue holds a deque of these.
 #[derive(Debug)]
 pub enum Outbound {
     Deliver(Arc<Delivery>),
