@@ -157,15 +157,20 @@ impl Inbox {
     /// Waits for the next queued item.
     pub async fn recv(&self) -> Outbound {
         std::future::poll_fn(|cx| {
+            // Each item taken spends the task's cooperative budget, as with tokio's own
+            // channels: a session whose queue never empties still yields in time.
+            let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
             if let Some(out) = self.try_recv() {
+                budget.made_progress();
                 return Poll::Ready(out);
             }
             // Registered before the second look, so a push in between still wakes us.
             self.0.waker.register(cx.waker());
-            match self.try_recv() {
-                Some(out) => Poll::Ready(out),
-                None => Poll::Pending,
+            let out = self.try_recv();
+            if out.is_some() {
+                budget.made_progress();
             }
+            out.map_or(Poll::Pending, Poll::Ready)
         })
         .await
     }
@@ -420,6 +425,29 @@ mod tests {
             .expect("task");
         assert_eq!(frame_text(Some(first)), "late");
         assert!(matches!(second, Outbound::ForceClose));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_queue_that_never_empties_still_lets_other_tasks_run() {
+        let (s, inbox) = SessionHandle::new(1, "u".into(), 1024);
+        for _ in 0..10_000 {
+            s.control(Outbound::ForceClose);
+        }
+        let other_ran = Arc::new(AtomicBool::new(false));
+        let flag = other_ran.clone();
+        tokio::spawn(async move { flag.store(true, Ordering::Relaxed) });
+        let mut taken_before_it_ran = None;
+        for n in 0..10_000 {
+            inbox.recv().await;
+            if taken_before_it_ran.is_none() && other_ran.load(Ordering::Relaxed) {
+                taken_before_it_ran = Some(n);
+            }
+        }
+        // tokio's budget is 128 operations per poll of a task.
+        assert!(
+            matches!(taken_before_it_ran, Some(n) if n <= 1_000),
+            "{taken_before_it_ran:?}"
+        );
     }
 
     #[test]
