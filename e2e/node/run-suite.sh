@@ -42,6 +42,24 @@ trap cleanup EXIT
 netns="$(cat "$state/netns")"
 in_node() { ip netns exec "$netns" "$@"; }
 node_kubectl() { in_node "$state/kubectl" --kubeconfig "$state/kubeconfig" "$@"; }
+# What a failed install leaves for the reader (the node is stopped right after): every
+# pod, the latest events, NAMESPACE's pods described with their containers' last lines,
+# and the tails of the node's own logs.
+show_node_state() {
+  local namespace="$1" pod
+  echo "run-suite: the node's state after the failure:"
+  node_kubectl get pods -A -o wide || true
+  node_kubectl get events -A --sort-by=.lastTimestamp 2>&1 | tail -n 40 || true
+  for pod in $(node_kubectl get pods -n "$namespace" -o name 2>/dev/null); do
+    echo "--- $namespace/$pod"
+    node_kubectl describe -n "$namespace" "$pod" 2>&1 | sed -n '/^Containers:/,/^Conditions:/p' || true
+    node_kubectl logs -n "$namespace" "$pod" --all-containers --tail=30 2>&1 || true
+  done
+  for log in "$state"/logs/*.log; do
+    echo "--- $log (last lines)"
+    tail -n 15 "$log"
+  done
+} >&2
 
 echo "== Envoy Gateway (its chart: controller, certgen, Gateway API experimental CRDs)"
 start=$SECONDS
@@ -53,9 +71,20 @@ cp -r "$eg/charts/gateway-helm" "$chart"
 sed -e "s|\${GatewayImage}|docker.io/envoyproxy/gateway:v$ENVOY_GATEWAY_VERSION|" \
   -e "s|\${GatewayImagePullPolicy}|IfNotPresent|" "$chart/values.tmpl.yaml" >"$chart/values.yaml"
 # The topology injector is a mutating webhook that adds zone labels: one node has none.
-in_node "$helm" install envoy-gateway "$chart" --kubeconfig "$state/kubeconfig" \
-  --namespace envoy-gateway-system --create-namespace --set topologyInjector.enabled=false \
-  --wait --timeout 180s >/dev/null
+install_envoy_gateway() {
+  in_node "$helm" install envoy-gateway "$chart" --kubeconfig "$state/kubeconfig" \
+    --namespace envoy-gateway-system --create-namespace --set topologyInjector.enabled=false \
+    --wait --timeout 180s >/dev/null
+}
+# It takes 25-35 s here. One CI run's install did not finish in 180 s; the state is
+# printed so the cause can be found, and the install is tried once more from scratch.
+if ! install_envoy_gateway; then
+  show_node_state envoy-gateway-system
+  echo "run-suite: Envoy Gateway's install did not finish (the state above); uninstalling it and trying once more" >&2
+  in_node "$helm" uninstall envoy-gateway --kubeconfig "$state/kubeconfig" \
+    --namespace envoy-gateway-system --wait --timeout 120s >/dev/null || true
+  install_envoy_gateway || { show_node_state envoy-gateway-system; exit 1; }
+fi
 # One Gateway for every test (routes from any namespace), its Envoy from our image and
 # behind a ClusterIP Service (no load balancer here); kube-proxy routes to it.
 node_kubectl apply -f - >/dev/null <<EOF
@@ -87,7 +116,8 @@ spec:
   - {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}
 EOF
 node_kubectl wait -n envoy-gateway-system \
-  --for=condition=Programmed gateway/chat --timeout=180s >/dev/null
+  --for=condition=Programmed gateway/chat --timeout=180s >/dev/null ||
+  { show_node_state envoy-gateway-system; exit 1; }
 gateway_ip="$(node_kubectl get gateway chat \
   -n envoy-gateway-system -o jsonpath='{.status.addresses[0].value}')"
 echo "run-suite: Envoy Gateway installed and Gateway chat programmed at $gateway_ip:80 in $((SECONDS - start)) s"
@@ -97,7 +127,8 @@ start=$SECONDS
 in_node "$helm" install chatcluster-operator charts/chatcluster-operator \
   --kubeconfig "$state/kubeconfig" --namespace chatcluster-system --create-namespace \
   --set image.repository=docker.io/chatcluster/chatcluster-operator --set image.tag=e2e \
-  --set image.pullPolicy=Never --wait --timeout 180s >/dev/null
+  --set image.pullPolicy=Never --wait --timeout 180s >/dev/null ||
+  { show_node_state chatcluster-system; exit 1; }
 echo "run-suite: operator chart installed and Available in $((SECONDS - start)) s"
 
 echo "== data-plane suite (real pods; Traefik's ingress-nginx provider and Envoy Gateway)"

@@ -277,6 +277,9 @@ providers:
     certAuthFilePath: "$state/cp/pki/ca.crt"
 ping: {entryPoint: web}
 log: {level: INFO, noColor: true}
+# Traefik asks update.traefik.io for new versions unless told not to: tests reach no
+# address outside loopback and the node's namespace.
+global: {checkNewVersion: false, sendAnonymousUsage: false}
 EOF
   )
   start traefik "$traefik_bin/traefik" --configFile="$node/traefik.yaml"
