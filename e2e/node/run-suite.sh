@@ -76,7 +76,7 @@ install_envoy_gateway() {
     --namespace envoy-gateway-system --create-namespace --set topologyInjector.enabled=false \
     --wait --timeout 180s >/dev/null
 }
-# It takes 25-35 s here. One CI run's install did not finish in 180 s; the state is
+# It takes 24-35 s here. One CI run's install did not finish in 180 s; the state is
 # printed so the cause can be found, and the install is tried once more from scratch.
 if ! install_envoy_gateway; then
   show_node_state envoy-gateway-system
