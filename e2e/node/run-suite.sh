@@ -60,6 +60,10 @@ show_node_state() {
     tail -n 15 "$log"
   done
 } >&2
+fail_with_node_state() {
+  show_node_state "$1"
+  exit 1
+}
 
 echo "== Envoy Gateway (its chart: controller, certgen, Gateway API experimental CRDs)"
 start=$SECONDS
@@ -83,7 +87,7 @@ if ! install_envoy_gateway; then
   echo "run-suite: Envoy Gateway's install did not finish (the state above); uninstalling it and trying once more" >&2
   in_node "$helm" uninstall envoy-gateway --kubeconfig "$state/kubeconfig" \
     --namespace envoy-gateway-system --wait --timeout 120s >/dev/null || true
-  install_envoy_gateway || { show_node_state envoy-gateway-system; exit 1; }
+  install_envoy_gateway || fail_with_node_state envoy-gateway-system
 fi
 # One Gateway for every test (routes from any namespace), its Envoy from our image and
 # behind a ClusterIP Service (no load balancer here); kube-proxy routes to it.
@@ -117,7 +121,7 @@ spec:
 EOF
 node_kubectl wait -n envoy-gateway-system \
   --for=condition=Programmed gateway/chat --timeout=180s >/dev/null ||
-  { show_node_state envoy-gateway-system; exit 1; }
+  fail_with_node_state envoy-gateway-system
 gateway_ip="$(node_kubectl get gateway chat \
   -n envoy-gateway-system -o jsonpath='{.status.addresses[0].value}')"
 echo "run-suite: Envoy Gateway installed and Gateway chat programmed at $gateway_ip:80 in $((SECONDS - start)) s"
@@ -128,7 +132,7 @@ in_node "$helm" install chatcluster-operator charts/chatcluster-operator \
   --kubeconfig "$state/kubeconfig" --namespace chatcluster-system --create-namespace \
   --set image.repository=docker.io/chatcluster/chatcluster-operator --set image.tag=e2e \
   --set image.pullPolicy=Never --wait --timeout 180s >/dev/null ||
-  { show_node_state chatcluster-system; exit 1; }
+  fail_with_node_state chatcluster-system
 echo "run-suite: operator chart installed and Available in $((SECONDS - start)) s"
 
 echo "== data-plane suite (real pods; Traefik's ingress-nginx provider and Envoy Gateway)"
