@@ -62,7 +62,7 @@ echo "== cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== shellcheck (every script)"
-shellcheck -x .ci/run e2e/*.sh e2e/k8s/*.sh e2e/kind/*.sh e2e/images/*.sh e2e/node/*.sh
+shellcheck -x .ci/run e2e/*.sh e2e/bench/*.sh e2e/k8s/*.sh e2e/kind/*.sh e2e/images/*.sh e2e/node/*.sh
 
 echo "== luacheck (the Redis backplane's Lua scripts)"
 (cd server/src/backplane/redis/scripts && luacheck --no-color -q ./*.lua)

@@ -83,6 +83,12 @@ fn fanout_reports_every_delivery_latency_lag_and_server_cpu() {
     assert!(lat["p99"].as_u64().unwrap() > 0, "{r}");
     assert!(lat["p50"].as_u64() <= lat["p99"].as_u64(), "{r}");
     assert!(lat["p99"].as_u64() <= lat["max"].as_u64(), "{r}");
+    // Per message, the last of its 10 subscribers: never sooner than the median
+    // delivery, and the slowest message's last subscriber is the slowest delivery.
+    let last = &r["last_subscriber_latency_us"];
+    assert!(last["p50"].as_u64() >= lat["p50"].as_u64(), "{r}");
+    assert!(last["p99"].as_u64() <= last["max"].as_u64(), "{r}");
+    assert_eq!(last["max"], lat["max"], "{r}");
     // Latency is counted from the scheduled send, so it can never undercut the lag.
     let lag = &r["publisher_lag_us"];
     for q in ["p50", "p99", "max"] {

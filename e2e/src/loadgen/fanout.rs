@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::idle::MAX_PER_WORKER;
-use super::tally::{Plan, Tally};
+use super::tally::{Plan, RoomSpread, Tally};
 use super::{connect_retrying, loopback_targets, sample_all, Report};
 use crate::client::{self, Ws};
 use crate::stats::percentiles;
@@ -204,8 +204,11 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
     deadline_tx.send_modify(|d| *d = (*d).min(publish_end + DRAIN));
 
     let mut tally = Tally::default();
-    for s in subs {
-        tally.merge(s.await?);
+    let mut spreads: Vec<RoomSpread> = (0..a.rooms).map(|_| RoomSpread::default()).collect();
+    for (i, s) in subs.into_iter().enumerate() {
+        let t = s.await?;
+        spreads[i % a.rooms].add(&t);
+        tally.merge(t);
     }
     let after = sample_all(&a.server_pids)?;
     let redis_after = a
@@ -235,6 +238,11 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
     let publisher_errors = errors.load(Ordering::Relaxed);
     let delivered = received + echoed;
     let lat = percentiles(&mut tally.latencies_us);
+    let mut last_subscriber: Vec<u64> = spreads
+        .into_iter()
+        .flat_map(RoomSpread::into_latencies)
+        .collect();
+    let last = percentiles(&mut last_subscriber);
     let lag = percentiles(&mut lags);
     let cpu_us = after.cpu_micros.saturating_sub(before.cpu_micros);
     let redis_cpu_per_server: Vec<u64> = redis_after
@@ -272,6 +280,8 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
         "negative_latencies": tally.negative_latencies,
         "publisher_errors": publisher_errors,
         "latency_us": {"p50": lat.p50, "p99": lat.p99, "max": lat.max},
+        // Per message: from its scheduled time until the last subscriber of its room had it.
+        "last_subscriber_latency_us": {"p50": last.p50, "p99": last.p99, "max": last.max},
         "publisher_lag_us": {"p50": lag.p50, "p99": lag.p99, "max": lag.max},
         "server_cpu_us": cpu_us,
         "server_cpu_us_per_delivery": cpu_per_delivery,
@@ -286,10 +296,10 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
             .collect::<Vec<_>>(),
     });
     let summary = format!(
-        "fanout: {} subs in {} room(s) x {} msg/s for {}s over {} server(s): {} deliveries ({:.0}/s), lost {}, dup {}, out-of-order {}, offset gaps {}; latency from schedule p50 {} us p99 {} us max {} us; publisher lag p50 {} us p99 {} us max {} us; server CPU {:.2} us/delivery, Redis CPU {} us",
+        "fanout: {} subs in {} room(s) x {} msg/s for {}s over {} server(s): {} deliveries ({:.0}/s), lost {}, dup {}, out-of-order {}, offset gaps {}; latency from schedule p50 {} us p99 {} us max {} us; last subscriber per message p50 {} us p99 {} us; publisher lag p50 {} us p99 {} us max {} us; server CPU {:.2} us/delivery, Redis CPU {} us",
         a.subscribers, a.rooms, a.rate, a.duration, a.urls.len(), delivered, delivered as f64 / publish_secs,
         tally.lost(), tally.duplicated, tally.out_of_order, tally.gaps,
-        lat.p50, lat.p99, lat.max, lag.p50, lag.p99, lag.max, cpu_per_delivery, redis_cpu_us,
+        lat.p50, lat.p99, lat.max, last.p50, last.p99, lag.p50, lag.p99, lag.max, cpu_per_delivery, redis_cpu_us,
     );
     let mut failures = tally.problems();
     if sent < total {

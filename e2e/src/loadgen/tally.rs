@@ -143,6 +143,8 @@ pub struct Tally {
     pub negative_latencies: u64,
     /// Receive time minus scheduled send time, per delivery of this run's messages.
     pub latencies_us: Vec<u64>,
+    /// The same latency by (publisher, seq), for [`RoomSpread`]; `None` until received.
+    by_message_us: Vec<Vec<Option<u64>>>,
 }
 
 impl Tally {
@@ -152,6 +154,11 @@ impl Tally {
             seen: plan.counts.iter().map(|&n| Bits::new(n)).collect(),
             highest: vec![None; plan.counts.len()],
             missing: plan.total(),
+            by_message_us: plan
+                .counts
+                .iter()
+                .map(|&n| vec![None; usize::try_from(n).unwrap_or(0)])
+                .collect(),
             ..Tally::default()
         }
     }
@@ -206,13 +213,17 @@ impl Tally {
                 return;
             }
         };
-        match received_us.checked_sub(scheduled_us) {
+        let latency = received_us.checked_sub(scheduled_us);
+        match latency {
             Some(l) => self.latencies_us.push(l),
             None => self.negative_latencies += 1,
         }
         if !self.seen[p].insert(seq) {
             self.duplicated += 1;
             return;
+        }
+        if let Some(slot) = self.by_message_us[p].get_mut(seq as usize) {
+            *slot = latency;
         }
         self.missing -= 1;
         match self.highest[p] {
@@ -268,6 +279,35 @@ impl Tally {
         .filter(|(n, _)| *n > 0)
         .map(|(n, what)| format!("{n} {what}"))
         .collect()
+    }
+}
+
+/// How long each message of one room took to reach *every* subscriber: per (publisher,
+/// seq), the latency of the subscriber that received it last. In a big room this is the
+/// time one message's fan-out takes, which per-delivery percentiles blur.
+#[derive(Debug, Default)]
+pub struct RoomSpread {
+    slowest_us: Vec<Vec<Option<u64>>>,
+}
+
+impl RoomSpread {
+    /// Adds one subscriber of the room (call before [`Tally::merge`] consumes it).
+    pub fn add(&mut self, t: &Tally) {
+        if self.slowest_us.is_empty() {
+            self.slowest_us = t.by_message_us.clone();
+            return;
+        }
+        for (mine, theirs) in self.slowest_us.iter_mut().zip(&t.by_message_us) {
+            for (m, l) in mine.iter_mut().zip(theirs) {
+                *m = (*m).max(*l);
+            }
+        }
+    }
+
+    /// The last subscriber's latency for each message that some subscriber received (a
+    /// message one subscriber missed is counted as lost, not here).
+    pub fn into_latencies(self) -> impl Iterator<Item = u64> {
+        self.slowest_us.into_iter().flatten().flatten()
     }
 }
 
@@ -444,5 +484,27 @@ mod tests {
         assert_eq!(a.delivered, 3);
         assert_eq!(a.duplicated, 1);
         assert_eq!(a.latencies_us.len(), 3);
+    }
+
+    #[test]
+    fn room_spread_keeps_each_messages_last_subscriber() {
+        let p = plan();
+        // Message (0, 0) is due at 1 ms: subscriber a gets it at 3 ms, b at 9 ms. Only a
+        // gets (1, 0), due at 11 ms, at 12 ms; b's duplicate of (0, 0) changes nothing.
+        let mut a = Tally::new(&p);
+        a.joined("e", 0, true);
+        a.message(&p, "e", 1, &p.body(0, 0, 1_000, 48), 3_000);
+        a.message(&p, "e", 2, &p.body(1, 0, 11_000, 48), 12_000);
+        let mut b = Tally::new(&p);
+        b.joined("e", 0, true);
+        b.message(&p, "e", 1, &p.body(0, 0, 1_000, 48), 9_000);
+        b.message(&p, "e", 1, &p.body(0, 0, 1_000, 48), 50_000);
+        let mut spread = RoomSpread::default();
+        spread.add(&a);
+        spread.add(&b);
+        let mut last: Vec<u64> = spread.into_latencies().collect();
+        last.sort_unstable();
+        assert_eq!(last, vec![1_000, 8_000]);
+        assert!(RoomSpread::default().into_latencies().next().is_none());
     }
 }
