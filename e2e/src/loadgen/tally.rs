@@ -304,8 +304,9 @@ impl RoomSpread {
         }
     }
 
-    /// The last subscriber's latency for each message that some subscriber received (a
-    /// message one subscriber missed is counted as lost, not here).
+    /// The last subscriber's latency for each message that some subscriber received. A
+    /// subscriber that missed a message counts it as lost; the figure here is then the
+    /// last of those that got it.
     pub fn into_latencies(self) -> impl Iterator<Item = u64> {
         self.slowest_us.into_iter().flatten().flatten()
     }
