@@ -12,6 +12,7 @@ CPU was with the two processes; then it prints medians over the bursts and the C
 one message costs both processes (CPU times and the server's received-message count,
 sampled over an untraced window: tracing adds to both processes' CPU).
 """
+import bisect
 import collections
 import os
 import re
@@ -68,6 +69,11 @@ def busy_intervals(events, process_of, pids):
     return intervals
 
 
+def between(times, start, end):
+    """The sorted `times` in [start, end)."""
+    return times[bisect.bisect_left(times, start):bisect.bisect_left(times, end)]
+
+
 def overlap(intervals, a, b):
     return sum(max(0.0, min(b, y) - max(a, x)) for x, y in intervals)
 
@@ -88,18 +94,17 @@ def main():
     server, loadgen = int(sys.argv[2]), int(sys.argv[3])
     server_cpu_us, loadgen_cpu_us, messages = map(float, sys.argv[4:7])
     events, process_of = parse(path)
-    io = [(t, pid, event, length_of(event, rest)) for t, pid, _, _, event, rest in events
-          if not event.endswith("sched_switch")]
-    publishes = [t for t, pid, event, n in io
-                 if pid == loadgen and event.endswith("sendto") and n >= MIN_MESSAGE_BYTES]
+    # Message-sized sends and receives, in time order, by who made them.
+    io = [(t, pid, event) for t, pid, _, _, event, rest in events
+          if not event.endswith("sched_switch") and length_of(event, rest) >= MIN_MESSAGE_BYTES]
+    publishes = [t for t, pid, event in io if pid == loadgen and event.endswith("sendto")]
+    all_writes = [t for t, pid, event in io if pid == server and event.endswith("sendto")]
+    all_reads = [t for t, pid, event in io if pid == loadgen and event.endswith("recvfrom")]
     cpus = busy_intervals(events, process_of, {server, loadgen})
     rows = []
-    for i, start in enumerate(publishes[:-1]):
-        end = publishes[i + 1]
-        writes = [t for t, pid, event, n in io if start <= t < end and pid == server
-                  and event.endswith("sendto") and n >= MIN_MESSAGE_BYTES]
-        reads = [t for t, pid, event, n in io if start <= t < end and pid == loadgen
-                 and event.endswith("recvfrom") and n >= MIN_MESSAGE_BYTES]
+    for start, end in zip(publishes, publishes[1:]):
+        writes = between(all_writes, start, end)
+        reads = between(all_reads, start, end)
         if not writes or not reads:
             continue
         last = max(writes[-1], reads[-1])

@@ -142,13 +142,8 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
             joined["offset"].as_u64().context("joined without offset")?,
             true,
         );
-        subs.push(tokio::spawn(subscribe(
-            ws,
-            tally,
-            plan,
-            base,
-            deadline_rx.clone(),
-        )));
+        let task = tokio::spawn(subscribe(ws, tally, plan, base, deadline_rx.clone()));
+        subs.push((room, task));
     }
     // (room, publisher within the room, connection)
     let mut pubs = Vec::with_capacity(a.publishers * a.rooms);
@@ -205,9 +200,9 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
 
     let mut tally = Tally::default();
     let mut spreads: Vec<RoomSpread> = (0..a.rooms).map(|_| RoomSpread::default()).collect();
-    for (i, s) in subs.into_iter().enumerate() {
+    for (room, s) in subs {
         let t = s.await?;
-        spreads[i % a.rooms].add(&t);
+        spreads[room].add(&t);
         tally.merge(t);
     }
     let after = sample_all(&a.server_pids)?;

@@ -222,9 +222,8 @@ impl Tally {
             self.duplicated += 1;
             return;
         }
-        if let Some(slot) = self.by_message_us[p].get_mut(seq as usize) {
-            *slot = latency;
-        }
+        // `parse` only returns (publisher, seq) within the plan, as for `seen` above.
+        self.by_message_us[p][seq as usize] = latency;
         self.missing -= 1;
         match self.highest[p] {
             Some(h) if seq < h => self.out_of_order += 1,
