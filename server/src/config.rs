@@ -40,20 +40,76 @@ pub struct Args {
     /// HS256 shared secret for client JWTs.
     #[arg(long, env = "CHAT_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: Option<String>,
-    /// PEM file with the RS256 public key for client JWTs.
-    #[arg(long, env = "CHAT_JWT_RS256_PUBLIC_KEY_FILE")]
+    /// PEM file with the public key for client JWTs: RSA (RS256), EC P-256 (ES256) or
+    /// Ed25519 (EdDSA).
+    #[arg(long, env = "CHAT_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Former name of CHAT_JWT_PUBLIC_KEY_FILE, still read.
+    #[arg(long, env = "CHAT_JWT_RS256_PUBLIC_KEY_FILE", hide = true)]
     pub jwt_rs256_public_key_file: Option<PathBuf>,
-    /// Required JWT `iss`, when set.
+    /// JWKS URL of the identity provider (https only): keys by `kid`, cached, fetched
+    /// again on an unknown `kid` (at most once per CHAT_JWKS_MIN_REFETCH).
+    #[arg(long, env = "CHAT_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// PEM CA for a JWKS server behind a private CA (the public web roots are always
+    /// trusted).
+    #[arg(long, env = "CHAT_JWKS_CA_FILE")]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// How often the JWKS is fetched in any case.
+    #[arg(long, env = "CHAT_JWKS_REFRESH", default_value = "5m")]
+    pub jwks_refresh: String,
+    /// Least time between two fetches caused by tokens with an unknown `kid`.
+    #[arg(long, env = "CHAT_JWKS_MIN_REFETCH", default_value = "30s")]
+    pub jwks_min_refetch: String,
+    /// Required JWT `iss`. Set it (and CHAT_JWT_AUDIENCE) whenever the keys also sign
+    /// tokens for other applications.
     #[arg(long, env = "CHAT_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
-    /// Required JWT `aud`, when set.
+    /// Required JWT `aud`.
     #[arg(long, env = "CHAT_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Room rules, a JSON array tried in order (docs/security.md): e.g.
+    /// `[{"pattern":"lobby.*","access":"public"},{"pattern":"inbox.{user}","access":"user"},{"pattern":"*","access":"grant"}]`.
+    /// Empty: every room is public.
+    #[arg(long, env = "CHAT_ROOM_RULES", default_value = "")]
+    pub room_rules: String,
+    /// The application's join hook (http or https): asked `{user, room, action}` for a
+    /// `grant` room the token does not grant.
+    #[arg(long, env = "CHAT_JOIN_HOOK_URL")]
+    pub join_hook_url: Option<String>,
+    /// Key of the HMAC-SHA256 signature on join hook calls (`X-Chat-Signature`).
+    #[arg(long, env = "CHAT_JOIN_HOOK_SECRET", hide_env_values = true)]
+    pub join_hook_secret: Option<String>,
+    /// A join hook call that takes longer fails (and the join is refused unless
+    /// CHAT_JOIN_HOOK_FAIL_OPEN).
+    #[arg(long, env = "CHAT_JOIN_HOOK_TIMEOUT", default_value = "2s")]
+    pub join_hook_timeout: String,
+    /// Let the join through when the hook fails (timeout, error, too busy). Off: fail
+    /// closed.
+    #[arg(long, env = "CHAT_JOIN_HOOK_FAIL_OPEN")]
+    pub join_hook_fail_open: bool,
+    /// Most join hook calls in flight on this node; a join past it fails like a hook
+    /// error.
+    #[arg(long, env = "CHAT_JOIN_HOOK_CONCURRENCY", default_value_t = 32)]
+    pub join_hook_concurrency: usize,
+    /// How long a hook's answer for a (user, room) is reused.
+    #[arg(long, env = "CHAT_JOIN_HOOK_CACHE_TTL", default_value = "10s")]
+    pub join_hook_cache_ttl: String,
+    /// Who may send a direct message to whom.
+    #[arg(long, env = "CHAT_DM_POLICY", value_enum, default_value = "anyone")]
+    pub dm_policy: crate::rooms::DmPolicy,
+    /// Direct messages per second one user may send (per node, over all its sessions).
+    #[arg(long, env = "CHAT_DM_RATE_PER_SEC", default_value_t = 5.0)]
+    pub dm_rate_per_sec: f64,
+    /// Direct messages one user may send in a burst above that rate.
+    #[arg(long, env = "CHAT_DM_BURST", default_value_t = 10)]
+    pub dm_burst: u32,
     /// Comma-separated allowed `Origin` values, or `*` for any. Requests without an
     /// Origin header (non-browser clients) are always allowed.
     #[arg(long, env = "CHAT_ALLOWED_ORIGINS", default_value = "")]
     pub allowed_origins: String,
-    /// Bearer token required on `/admin/*`, when set.
+    /// Bearer token required on `/admin/*`. Required when the admin port listens
+    /// beyond loopback (except with --dev).
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Largest WebSocket message a client may send, in bytes (larger: close 1009).
@@ -175,7 +231,9 @@ pub struct Args {
 pub struct AuthSettings {
     pub allow_anonymous: bool,
     pub hs256_secret: Option<Vec<u8>>,
-    pub rs256_public_key_pem: Option<Vec<u8>>,
+    /// PEM public key (RSA, EC P-256 or Ed25519).
+    pub public_key_pem: Option<Vec<u8>>,
+    pub jwks: Option<crate::auth::jwks::JwksSettings>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
     /// `None` allows any origin.
@@ -190,6 +248,13 @@ pub struct Settings {
     pub node_name: String,
     pub pod_ip: Option<String>,
     pub auth: AuthSettings,
+    pub room_rules: crate::rooms::RoomRules,
+    pub join_hook: Option<crate::join_hook::JoinHookSettings>,
+    pub dm_policy: crate::rooms::DmPolicy,
+    pub dm_rate_per_sec: f64,
+    pub dm_burst: u32,
+    /// `--dev`: the only way to run the admin port beyond loopback without a token.
+    pub dev: bool,
     pub admin_token: Option<String>,
     pub max_frame_bytes: usize,
     pub max_body_bytes: usize,
@@ -239,6 +304,12 @@ impl Settings {
                 allow_anonymous: true,
                 ..AuthSettings::default()
             },
+            room_rules: crate::rooms::RoomRules::default(),
+            join_hook: None,
+            dm_policy: crate::rooms::DmPolicy::Anyone,
+            dm_rate_per_sec: 1_000.0,
+            dm_burst: 1_000,
+            dev: false,
             admin_token: None,
             max_frame_bytes: 16 * 1024,
             max_body_bytes: 4 * 1024,
@@ -400,9 +471,44 @@ impl Settings {
         let auth = &self.auth;
         if !auth.allow_anonymous
             && auth.hs256_secret.is_none()
-            && auth.rs256_public_key_pem.is_none()
+            && auth.public_key_pem.is_none()
+            && auth.jwks.is_none()
         {
-            return fail("no way to authenticate clients: set CHAT_JWT_HS256_SECRET or CHAT_JWT_RS256_PUBLIC_KEY_FILE, or allow anonymous users with --allow-anonymous (or --dev) for development".into());
+            return fail("no way to authenticate clients: set CHAT_JWT_HS256_SECRET, CHAT_JWT_PUBLIC_KEY_FILE or CHAT_JWKS_URL, or allow anonymous users with --allow-anonymous (or --dev) for development".into());
+        }
+        if let Some(jwks) = &auth.jwks {
+            if !jwks.url.starts_with("https://") {
+                return fail(
+                    "CHAT_JWKS_URL must start with https:// (keys must not travel in the clear)"
+                        .into(),
+                );
+            }
+            if jwks.min_refetch < Duration::from_secs(1) || jwks.refresh < jwks.min_refetch {
+                return fail("CHAT_JWKS_MIN_REFETCH must be at least 1s and CHAT_JWKS_REFRESH at least CHAT_JWKS_MIN_REFETCH".into());
+            }
+        }
+        if !self.admin_listen.ip().is_loopback() && self.admin_token.is_none() && !self.dev {
+            return fail(format!(
+                "CHAT_ADMIN_LISTEN {} is reachable beyond this machine but CHAT_ADMIN_TOKEN is not set: set a token, or listen on 127.0.0.1",
+                self.admin_listen
+            ));
+        }
+        if !(self.dm_rate_per_sec > 0.0 && self.dm_rate_per_sec.is_finite()) || self.dm_burst == 0 {
+            return fail("CHAT_DM_RATE_PER_SEC must be > 0 and CHAT_DM_BURST at least 1".into());
+        }
+        if let Some(hook) = &self.join_hook {
+            if hook.secret.len() < 32 {
+                return fail(
+                    "CHAT_JOIN_HOOK_SECRET must be set, at least 32 bytes, with CHAT_JOIN_HOOK_URL"
+                        .into(),
+                );
+            }
+            if hook.timeout.is_zero() || hook.timeout > Duration::from_secs(30) {
+                return fail("CHAT_JOIN_HOOK_TIMEOUT must be between 1ms and 30s".into());
+            }
+            if hook.concurrency == 0 {
+                return fail("CHAT_JOIN_HOOK_CONCURRENCY must be at least 1".into());
+            }
         }
         if auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return fail("CHAT_JWT_HS256_SECRET must be at least 32 bytes".into());
@@ -419,13 +525,48 @@ impl Settings {
                 ))
             })
         };
-        let rs256 = match &args.jwt_rs256_public_key_file {
+        let public_key_file = match (&args.jwt_public_key_file, &args.jwt_rs256_public_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "set CHAT_JWT_PUBLIC_KEY_FILE only (CHAT_JWT_RS256_PUBLIC_KEY_FILE is its former name)".into(),
+                ))
+            }
+            (a, b) => a.as_ref().or(b.as_ref()),
+        };
+        let public_key_pem = match public_key_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
                 ConfigError(format!(
-                    "CHAT_JWT_RS256_PUBLIC_KEY_FILE {}: cannot read: {e}",
+                    "CHAT_JWT_PUBLIC_KEY_FILE {}: cannot read: {e}",
                     path.display()
                 ))
             })?),
+            None => None,
+        };
+        let jwks = match args.jwks_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => Some(crate::auth::jwks::JwksSettings {
+                url: url.to_owned(),
+                ca_file: args.jwks_ca_file.clone(),
+                refresh: parse_duration("CHAT_JWKS_REFRESH", &args.jwks_refresh)?,
+                min_refetch: parse_duration("CHAT_JWKS_MIN_REFETCH", &args.jwks_min_refetch)?,
+            }),
+            None => None,
+        };
+        let room_rules = crate::rooms::RoomRules::parse(&args.room_rules)
+            .map_err(|e| ConfigError(format!("CHAT_ROOM_RULES: {e}")))?;
+        let join_hook = match args.join_hook_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => Some(crate::join_hook::JoinHookSettings {
+                url: crate::http_client::Url::parse(url, false)
+                    .map_err(|e| ConfigError(format!("CHAT_JOIN_HOOK_URL: {e}")))?,
+                secret: args
+                    .join_hook_secret
+                    .clone()
+                    .unwrap_or_default()
+                    .into_bytes(),
+                timeout: parse_duration("CHAT_JOIN_HOOK_TIMEOUT", &args.join_hook_timeout)?,
+                fail_open: args.join_hook_fail_open,
+                concurrency: args.join_hook_concurrency,
+                cache_ttl: parse_duration("CHAT_JOIN_HOOK_CACHE_TTL", &args.join_hook_cache_ttl)?,
+            }),
             None => None,
         };
         let allowed_origins = if args.dev || args.allowed_origins.trim() == "*" {
@@ -450,11 +591,18 @@ impl Settings {
                     .jwt_hs256_secret
                     .as_ref()
                     .map(|s| s.as_bytes().to_vec()),
-                rs256_public_key_pem: rs256,
-                issuer: args.jwt_issuer.clone(),
-                audience: args.jwt_audience.clone(),
+                public_key_pem,
+                jwks,
+                issuer: args.jwt_issuer.clone().filter(|s| !s.is_empty()),
+                audience: args.jwt_audience.clone().filter(|s| !s.is_empty()),
                 allowed_origins,
             },
+            room_rules,
+            join_hook,
+            dm_policy: args.dm_policy,
+            dm_rate_per_sec: args.dm_rate_per_sec,
+            dm_burst: args.dm_burst,
+            dev: args.dev,
             admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
             max_frame_bytes: args.max_frame_bytes,
             max_body_bytes: args.max_body_bytes,

@@ -26,9 +26,10 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Query, Request, State, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::future::Either;
 
 use crate::client_addr::{client_address, source_key};
 use crate::drain::{parse_drain_request, plan_drain, Phase};
@@ -36,6 +37,12 @@ use crate::state::AppState;
 use crate::sync::lock;
 
 const WEB_CLIENT: &str = include_str!("web/index.html");
+const WEB_CLIENT_JS: &str = include_str!("web/app.js");
+const WEB_CLIENT_CSS: &str = include_str!("web/app.css");
+
+/// The web client's Content-Security-Policy: its own script and style only, connections
+/// (the WebSocket, `token_url`) to its own origin only, and no framing by other sites.
+const WEB_CLIENT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Frames of one batch are coalesced up to this many bytes before a socket write.
 const WRITE_COALESCE_BYTES: usize = 16 * 1024;
@@ -55,9 +62,33 @@ impl Drop for SlotGuard {
 
 pub fn public_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(|| async { Html(WEB_CLIENT) }))
+        .route(
+            "/",
+            get(|| async { web_asset("text/html; charset=utf-8", WEB_CLIENT) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { web_asset("text/javascript; charset=utf-8", WEB_CLIENT_JS) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { web_asset("text/css; charset=utf-8", WEB_CLIENT_CSS) }),
+        )
         .route("/ws", get(upgrade))
         .with_state(state)
+}
+
+fn web_asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, WEB_CLIENT_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 pub fn admin_router(state: Arc<AppState>) -> Router {
@@ -164,23 +195,28 @@ async fn upgrade(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .or_else(|| query.get("token").map(String::as_str));
-    let identity = match state
-        .auth
-        .authenticate(bearer, query.get("user").map(String::as_str))
-    {
-        Ok(identity) => identity,
-        Err(e) => {
-            let mut resp = refuse(
-                &state,
-                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
-                "auth",
-                e.to_string(),
-            );
-            if e.status() == 401 {
-                resp.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    let anonymous_user = query.get("user").map(String::as_str);
+    // No credentials at all, and tokens are possible: the first frame must be `auth`.
+    let first_frame =
+        bearer.is_none() && anonymous_user.is_none() && state.auth.accepts_first_frame_token();
+    let identity = if first_frame {
+        None
+    } else {
+        match state.auth.authenticate(bearer, anonymous_user).await {
+            Ok(identity) => Some(identity),
+            Err(e) => {
+                let mut resp = refuse(
+                    &state,
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                    "auth",
+                    e.to_string(),
+                );
+                if e.status() == 401 {
+                    resp.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                }
+                return resp;
             }
-            return resp;
         }
     };
     let settings = &state.settings;
@@ -190,7 +226,17 @@ async fn upgrade(
         .max_write_buffer_size(settings.send_queue_bytes.saturating_mul(2))
         .max_message_size(settings.max_frame_bytes)
         .max_frame_size(settings.max_frame_bytes)
-        .on_upgrade(move |socket| crate::session::run(session_state, socket, identity, slot))
+        .on_upgrade(move |socket| match identity {
+            Some(identity) => {
+                Either::Left(crate::session::run(session_state, socket, identity, slot))
+            }
+            // Boxed: only connections that authenticate in their first frame pay for it.
+            None => Either::Right(Box::pin(crate::first_frame::authenticate_then_run(
+                session_state,
+                socket,
+                slot,
+            ))),
+        })
 }
 
 async fn require_admin_token(
@@ -204,7 +250,7 @@ async fn require_admin_token(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+        if !presented.is_some_and(|p| same_secret(p, token)) {
             return (
                 StatusCode::UNAUTHORIZED,
                 "admin endpoints need `Authorization: Bearer <CHAT_ADMIN_TOKEN>`\n",
@@ -213,6 +259,16 @@ async fn require_admin_token(
         }
     }
     next.run(request).await
+}
+
+/// Compares a presented secret with the expected one in constant time: both are hashed
+/// first, so neither the content nor the length of the expected one leaks through timing.
+pub fn same_secret(presented: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.ct_eq(&b).into()
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
@@ -306,4 +362,18 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "backplane_status": state.backplane.status(),
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_tokens_compare_whole() {
+        assert!(same_secret("s3cret-token", "s3cret-token"));
+        assert!(!same_secret("s3cret-toke", "s3cret-token"));
+        assert!(!same_secret("s3cret-token!", "s3cret-token"));
+        assert!(!same_secret("", "s3cret-token"));
+        assert!(!same_secret("S3cret-token", "s3cret-token"));
+    }
 }

@@ -12,6 +12,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
+use crate::rooms::RoomRules;
 use crate::sync::{lock, read, write};
 
 /// One ready-made frame, shared by every session it goes to.
@@ -184,11 +185,21 @@ pub struct Hub {
     sessions: RwLock<HashMap<u64, Arc<SessionHandle>>>,
     rooms: RwLock<Members>,
     users: RwLock<Members>,
+    /// Decides which rooms' members see presence (rooms whose rule hides it get none).
+    rules: RoomRules,
 }
 
 impl Hub {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A hub that withholds presence in rooms whose rule says so.
+    pub fn with_room_rules(rules: RoomRules) -> Self {
+        Hub {
+            rules,
+            ..Self::default()
+        }
     }
 
     pub fn register(&self, session: &Arc<SessionHandle>) {
@@ -258,8 +269,12 @@ impl Hub {
         read(&self.rooms).keys().cloned().collect()
     }
 
-    /// Queues a non-history frame (presence) for every local member of a room.
+    /// Queues a presence frame for every local member of a room, unless the room's rule
+    /// hides presence from its members.
     pub fn deliver_room_frame(&self, room: &str, frame: &Utf8Bytes) -> usize {
+        if !self.rules.presence_visible(room) {
+            return 0;
+        }
         deliver_frame(&self.rooms, room, frame, DeliveryKind::Notice)
     }
 

@@ -9,13 +9,17 @@ pub mod backplane;
 pub mod client_addr;
 pub mod config;
 pub mod drain;
+pub mod first_frame;
 pub mod history;
 pub mod http;
+pub mod http_client;
 pub mod hub;
+pub mod join_hook;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod ratelimit;
+pub mod rooms;
 pub mod session;
 pub mod state;
 pub mod sync;
@@ -33,6 +37,7 @@ use crate::backplane::SharedBackplane;
 use crate::config::Settings;
 use crate::history::HistoryLimits;
 use crate::hub::Hub;
+use crate::join_hook::JoinHook;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
@@ -41,8 +46,10 @@ use crate::state::AppState;
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
-    #[error(transparent)]
-    Key(#[from] auth::KeyError),
+    #[error("invalid configuration: {0}")]
+    Auth(#[from] auth::SetupError),
+    #[error("invalid configuration: CHAT_JOIN_HOOK_URL: {0}")]
+    JoinHook(String),
     #[error(transparent)]
     Redis(#[from] backplane::redis::RedisConfigError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -86,9 +93,24 @@ impl RunningServer {
 /// Binds both ports and serves until the server stops (see [`RunningServer::stopped`]).
 pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     settings.validate()?;
-    let auth = Authenticator::new(settings.auth.clone())?;
-    let hub = Arc::new(Hub::new());
     let metrics = Metrics::new();
+    let auth = Authenticator::new(settings.auth.clone(), metrics.clone())?;
+    if let (Some(jwks), Some(cfg)) = (auth.jwks(), &settings.auth.jwks) {
+        let every = cfg.refresh;
+        tokio::spawn(async move {
+            loop {
+                let _ = jwks.refresh().await;
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+    let join_hook = match &settings.join_hook {
+        Some(hook) => {
+            Some(JoinHook::new(hook.clone(), metrics.clone()).map_err(StartError::JoinHook)?)
+        }
+        None => None,
+    };
+    let hub = Arc::new(Hub::with_room_rules(settings.room_rules.clone()));
     let limits = HistoryLimits {
         max_messages: settings.history_max_messages,
         max_age_ms: settings.history_max_age.as_millis() as u64,
@@ -125,7 +147,9 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
     let admin = bind("admin", settings.admin_listen).await?;
     let public_addr = local_addr("public", settings.listen, &public)?;
     let admin_addr = local_addr("admin", settings.admin_listen, &admin)?;
-    let state = Arc::new(AppState::new(settings, hub, backplane, metrics, auth));
+    let state = Arc::new(AppState::new(
+        settings, hub, backplane, metrics, auth, join_hook,
+    ));
 
     let limits = listener::PendingLimits {
         header_read_timeout: state.settings.header_read_timeout,

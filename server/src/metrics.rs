@@ -26,6 +26,10 @@ pub struct Metrics {
     pub pending_connections: IntGaugeVec,
     pub pending_closed: IntCounterVec,
     pub sessions_expired: IntCounter,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_keys: IntGauge,
+    pub join_hook_calls: IntCounterVec,
+    pub permission_denials: IntCounterVec,
 }
 
 impl Metrics {
@@ -133,6 +137,35 @@ impl Metrics {
                 "Sessions closed (4003) because their token expired without a refresh.",
             )
             .expect("static metric definition"),
+            jwks_fetches: IntCounterVec::new(
+                Opts::new(
+                    "chat_jwks_fetches_total",
+                    "Fetches of the identity provider's JWKS, by result (ok, error).",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
+            jwks_keys: IntGauge::new(
+                "chat_jwks_keys",
+                "Signing keys held from the JWKS (the last good fetch).",
+            )
+            .expect("static metric definition"),
+            join_hook_calls: IntCounterVec::new(
+                Opts::new(
+                    "chat_join_hook_calls_total",
+                    "Join hook answers, by result (allow, deny, error, busy, cached).",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
+            permission_denials: IntCounterVec::new(
+                Opts::new(
+                    "chat_permission_denials_total",
+                    "Client requests refused by the room rules, grants or DM policy, by action (join, publish, dm, revoked).",
+                ),
+                &["action"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -152,6 +185,10 @@ impl Metrics {
             Box::new(m.pending_connections.clone()),
             Box::new(m.pending_closed.clone()),
             Box::new(m.sessions_expired.clone()),
+            Box::new(m.jwks_fetches.clone()),
+            Box::new(m.jwks_keys.clone()),
+            Box::new(m.join_hook_calls.clone()),
+            Box::new(m.permission_denials.clone()),
         ];
         for c in collectors {
             m.registry

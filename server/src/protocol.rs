@@ -23,6 +23,10 @@ pub enum ClientFrame {
         room: String,
         #[serde(default)]
         since: Option<Position>,
+        /// A room token: a short-lived JWT from the application naming this room and
+        /// this user, for rooms that need a grant.
+        #[serde(default)]
+        token: Option<String>,
     },
     Leave {
         room: String,
@@ -44,10 +48,15 @@ pub enum ClientFrame {
     Refresh {
         token: String,
     },
+    /// The connection token, as the first frame of a connection opened without
+    /// credentials (keeps the token out of URLs and so out of proxy access logs).
+    Auth {
+        token: String,
+    },
 }
 
 /// The frame types a client may send, to tell "unknown type" from "bad fields".
-const CLIENT_FRAME_TYPES: [&str; 6] = ["join", "leave", "send", "dm", "ping", "refresh"];
+const CLIENT_FRAME_TYPES: [&str; 7] = ["join", "leave", "send", "dm", "ping", "refresh", "auth"];
 
 /// Frames the server sends. Borrowed fields keep serialization allocation-light.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -154,6 +163,13 @@ pub enum ErrorCode {
     /// A `refresh` token was invalid, expired, or for another user; the session keeps
     /// its current token (and ends when that expires).
     TokenRejected,
+    /// The room rules, the application's grants or the DM policy do not allow this.
+    Forbidden,
+    /// A `refresh` token no longer grants a room this session was in: the session has
+    /// left it (a `left` frame follows).
+    GrantRevoked,
+    /// An `auth` frame on a connection that already has an identity.
+    AlreadyAuthenticated,
     Internal,
 }
 
@@ -297,8 +313,14 @@ pub fn parse_client_frame(text: &str, limits: FrameLimits) -> Result<ClientFrame
 
 fn validate(frame: &ClientFrame, limits: FrameLimits) -> Result<(), FrameError> {
     match frame {
-        ClientFrame::Join { room, since } => {
+        ClientFrame::Join { room, since, token } => {
             validate_room(room)?;
+            if token.as_ref().is_some_and(|t| t.is_empty()) {
+                return Err(FrameError::new(
+                    ErrorCode::InvalidFrame,
+                    "`token` must not be empty",
+                ));
+            }
             if let Some(since) = since {
                 if since.epoch.is_empty() || since.epoch.len() > MAX_NAME_LEN {
                     return Err(FrameError::new(
@@ -327,11 +349,11 @@ fn validate(frame: &ClientFrame, limits: FrameLimits) -> Result<(), FrameError> 
         } => {
             validate_ref(client_ref.as_deref())?;
             let r = client_ref.as_deref();
-            validate_user(to).map_err(|e| e.with_ref(r))?;
+            validate_recipient(to).map_err(|e| e.with_ref(r))?;
             validate_body(body, limits).map_err(|e| e.with_ref(r))
         }
         ClientFrame::Ping {} => Ok(()),
-        ClientFrame::Refresh { token } => {
+        ClientFrame::Refresh { token } | ClientFrame::Auth { token } => {
             if token.is_empty() {
                 return Err(FrameError::new(
                     ErrorCode::InvalidFrame,
@@ -343,15 +365,16 @@ fn validate(frame: &ClientFrame, limits: FrameLimits) -> Result<(), FrameError> 
     }
 }
 
-/// Room names: 1–64 bytes of ASCII letters, digits, `_`, `-`, `.`, `:`.
+/// Room names: 1–64 bytes of ASCII letters, digits, `_`, `-`, `.`, `:`, `@` (so a
+/// per-user room can hold an e-mail-like user id).
 pub fn validate_room(room: &str) -> Result<(), FrameError> {
-    if is_valid_name(room, |_| false) {
+    if is_valid_name(room, |c| c == b'@') {
         Ok(())
     } else {
         Err(FrameError::new(
             ErrorCode::InvalidRoom,
             format!(
-                "room `{}` is invalid: use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ - . :",
+                "room `{}` is invalid: use 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 _ - . : @",
                 truncate(room, MAX_NAME_LEN)
             ),
         ))
@@ -370,6 +393,20 @@ pub fn validate_user(user: &str) -> Result<(), FrameError> {
                 truncate(user, MAX_NAME_LEN)
             ),
         ))
+    }
+}
+
+/// The first byte of every anonymous user's id: no token `sub` can hold it
+/// ([`validate_user`] refuses it), so a client without a token can never take the name
+/// of a user who has one.
+pub const ANONYMOUS_PREFIX: char = '~';
+
+/// A DM recipient: a user id, or an anonymous user's `~` id.
+pub fn validate_recipient(to: &str) -> Result<(), FrameError> {
+    match to.strip_prefix(ANONYMOUS_PREFIX) {
+        // The whole id, prefix included, stays within the name limit.
+        Some(name) if to.len() <= MAX_NAME_LEN => validate_user(name),
+        _ => validate_user(to),
     }
 }
 
@@ -453,13 +490,48 @@ mod tests {
     }
 
     #[test]
+    fn dm_recipients_may_be_anonymous_ids_but_users_may_not() {
+        assert!(
+            validate_user("~bob").is_err(),
+            "no token sub may start with ~"
+        );
+        assert!(validate_recipient("~bob").is_ok());
+        assert!(validate_recipient("bob").is_ok());
+        assert!(validate_recipient("~").is_err());
+        assert!(validate_recipient("~~bob").is_err());
+        assert!(validate_recipient(&format!("~{}", "b".repeat(MAX_NAME_LEN - 1))).is_ok());
+        assert!(validate_recipient(&format!("~{}", "b".repeat(MAX_NAME_LEN))).is_err());
+    }
+
+    #[test]
     fn parses_every_client_frame() {
         assert_eq!(
             parse_client_frame(r#"{"type":"join","room":"a"}"#, LIMITS),
             Ok(ClientFrame::Join {
                 room: "a".into(),
-                since: None
+                since: None,
+                token: None,
             })
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"join","room":"a@b","token":"t"}"#, LIMITS),
+            Ok(ClientFrame::Join {
+                room: "a@b".into(),
+                since: None,
+                token: Some("t".into()),
+            })
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join","room":"a","token":""}"#),
+            ErrorCode::InvalidFrame
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"auth","token":"t"}"#, LIMITS),
+            Ok(ClientFrame::Auth { token: "t".into() })
+        );
+        assert_eq!(
+            code_of(r#"{"type":"auth","token":""}"#),
+            ErrorCode::InvalidFrame
         );
         assert_eq!(
             parse_client_frame(
@@ -471,7 +543,8 @@ mod tests {
                 since: Some(Position {
                     epoch: "e1".into(),
                     offset: 4
-                })
+                }),
+                token: None,
             })
         );
         assert!(matches!(
@@ -548,7 +621,11 @@ mod tests {
         assert!(validate_room(&"a".repeat(64)).is_ok());
         assert!(validate_room(&"a".repeat(65)).is_err());
         assert!(validate_user("alice@example.com").is_ok());
-        assert!(validate_room("alice@example.com").is_err());
+        // A per-user room can hold an e-mail-like id; `~`, `*` and braces never.
+        assert!(validate_room("inbox.alice@example.com").is_ok());
+        for bad in ["a~b", "a*b", "{a}", "a b"] {
+            assert!(validate_room(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

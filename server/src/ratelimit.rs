@@ -55,23 +55,27 @@ impl TokenBucket {
 }
 
 /// One accept bucket per source address (see [`crate::client_addr::source_key`]), so a
-/// flood from one source spends its own budget and not everyone's. The map is bounded:
-/// when it reaches `max_sources`, buckets that have refilled are forgotten (at most once
-/// a second, so a full map costs no scan per connection); a source that still finds no
-/// room is not limited per source, only by the node-wide bucket behind this one. So many
-/// sources at once degrade the limit to the node-wide one and never lock new clients out.
+/// flood from one source spends its own budget and not everyone's.
+pub type SourceBuckets = KeyedBuckets<IpAddr>;
+
+/// One bucket per key (a source address, a user). The map is bounded: when it reaches
+/// `max_sources`, buckets that have refilled are forgotten (at most once a second, so a
+/// full map costs no scan per call); a key that still finds no room is not limited per
+/// key, only by whatever limit stands behind this one (the node-wide accept bucket, the
+/// per-connection frame rate). So many keys at once degrade the limit and never lock
+/// new clients out.
 #[derive(Debug)]
-pub struct SourceBuckets {
+pub struct KeyedBuckets<K> {
     rate_per_sec: f64,
     burst: u32,
     max_sources: usize,
-    buckets: HashMap<IpAddr, TokenBucket>,
+    buckets: HashMap<K, TokenBucket>,
     last_prune: Option<Instant>,
 }
 
-impl SourceBuckets {
+impl<K: std::hash::Hash + Eq> KeyedBuckets<K> {
     pub fn new(rate_per_sec: f64, burst: u32, max_sources: usize) -> Self {
-        SourceBuckets {
+        KeyedBuckets {
             rate_per_sec,
             burst,
             max_sources: max_sources.max(1),
@@ -81,7 +85,7 @@ impl SourceBuckets {
     }
 
     /// Takes a token for `source`, or returns the seconds to wait (for Retry-After).
-    pub fn try_take(&mut self, source: IpAddr, now: Instant) -> Result<(), f64> {
+    pub fn try_take(&mut self, source: K, now: Instant) -> Result<(), f64> {
         if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
             let due = self
                 .last_prune

@@ -19,12 +19,15 @@ use crate::auth::{Identity, EXP_LEEWAY_SECS};
 use crate::backplane::{now_us, BackplaneError};
 use crate::http::SlotGuard;
 use crate::hub::{DeliveryKind, Inbox, Outbound, SessionHandle};
+use crate::join_hook::Verdict;
 use crate::protocol::{
     parse_client_frame, ClientFrame, CloseCode, ErrorCode, FrameError, FrameLimits, Position,
     ServerFrame,
 };
 use crate::ratelimit::TokenBucket;
+use crate::rooms::{DmPolicy, JoinCheck, Member, Pattern, RoomPolicy};
 use crate::state::AppState;
+use crate::sync::lock;
 
 /// Most queued frames written before one flush.
 const MAX_BATCH: usize = 256;
@@ -113,12 +116,28 @@ impl Stop {
     }
 }
 
-/// Where a session is in one room's history.
+/// Where a session is in one room's history, and what it may do there.
 #[derive(Debug)]
 struct Cursor {
     epoch: Arc<str>,
     /// Last offset written to the client (replayed or live).
     last: u64,
+    policy: RoomPolicy,
+    /// What admitted the session, which decides what `refresh` checks again.
+    grant: Grant,
+}
+
+/// What admitted a session to a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grant {
+    /// The rule alone (public room, the user's own room): nothing to check again.
+    Rule,
+    /// A pattern in the connection token's `rooms` claim: checked again at `refresh`.
+    Token,
+    /// A room token: a ticket to enter, checked at `join` only.
+    RoomToken,
+    /// The join hook: asked again at `refresh`.
+    Hook,
 }
 
 struct Session {
@@ -134,6 +153,9 @@ struct Session {
     limits: FrameLimits,
     /// The token's `exp` (Unix seconds), for `welcome`; `None` for anonymous users.
     token_exp: Option<u64>,
+    anonymous: bool,
+    /// Room patterns granted by the current connection token.
+    grants: Arc<[Pattern]>,
     /// This connection's place under the per-process cap.
     _slot: SlotGuard,
 }
@@ -162,6 +184,8 @@ pub fn run(
             Instant::now(),
         ),
         token_exp: identity.expires_at,
+        anonymous: identity.anonymous,
+        grants: identity.grants,
         limits: FrameLimits {
             max_body_bytes: settings.max_body_bytes,
         },
@@ -406,12 +430,14 @@ impl Session {
                 ))
                 .await;
         }
-        match self.state.auth.refresh(token, &self.handle.user) {
+        match self.state.auth.refresh(token, &self.handle.user).await {
             Ok(identity) => {
                 let exp = identity.expires_at.unwrap_or_default();
                 self.token_exp = Some(exp);
+                self.grants = identity.grants;
                 self.write_now(ServerFrame::Refreshed { exp }.to_json())
-                    .await
+                    .await?;
+                Box::pin(self.recheck_grants()).await
             }
             Err(e) => {
                 self.send_error(FrameError::new(
@@ -425,7 +451,7 @@ impl Session {
 
     async fn dispatch(&mut self, frame: ClientFrame) -> Result<(), Stop> {
         match frame {
-            ClientFrame::Join { room, since } => self.join(room, since).await,
+            ClientFrame::Join { room, since, token } => self.join(room, since, token).await,
             ClientFrame::Leave { room } => self.leave(&room).await,
             ClientFrame::Send {
                 room,
@@ -439,10 +465,160 @@ impl Session {
             } => self.direct(&to, &body, client_ref.as_deref()).await,
             ClientFrame::Ping {} => self.write_now(ServerFrame::Pong.to_json()).await,
             ClientFrame::Refresh { token } => self.refresh(&token).await,
+            ClientFrame::Auth { .. } => {
+                self.send_error(FrameError::new(
+                    ErrorCode::AlreadyAuthenticated,
+                    "this connection already has an identity; use `refresh` to replace its token",
+                ))
+                .await
+            }
         }
     }
 
-    async fn join(&mut self, room: String, since: Option<Position>) -> Result<(), Stop> {
+    /// Who this session is, as the room rules see it.
+    fn member(&self) -> Member<'_> {
+        Member {
+            user: &self.handle.user,
+            anonymous: self.anonymous,
+            grants: &self.grants,
+        }
+    }
+
+    /// May this session join `room`, and under what policy? Answers the refusal itself.
+    async fn admit(
+        &mut self,
+        room: &str,
+        room_token: Option<&str>,
+    ) -> Result<Option<(RoomPolicy, Grant)>, Stop> {
+        let refusal = match self
+            .state
+            .settings
+            .room_rules
+            .check_join(room, self.member())
+        {
+            JoinCheck::Allowed { policy, by_token } => {
+                let grant = if by_token { Grant::Token } else { Grant::Rule };
+                return Ok(Some((policy, grant)));
+            }
+            JoinCheck::Denied(reason) => reason.message(room),
+            JoinCheck::NeedsGrant(policy) => {
+                if let Some(token) = room_token {
+                    match self
+                        .state
+                        .auth
+                        .room_token(token, &self.handle.user, room)
+                        .await
+                    {
+                        Ok(_) => return Ok(Some((policy, Grant::RoomToken))),
+                        Err(e) => format!("room `{room}`: room token refused: {e}"),
+                    }
+                } else {
+                    match self.ask_hook(room).await {
+                        Some(Verdict::Allow) => return Ok(Some((policy, Grant::Hook))),
+                        Some(Verdict::Deny) => {
+                            format!("room `{room}`: the application did not grant it")
+                        }
+                        Some(Verdict::Unavailable(why)) => {
+                            self.deny("join");
+                            self.send_error(FrameError::new(
+                                ErrorCode::Unavailable,
+                                format!("room `{room}`: could not ask the application for a grant ({why}); try again"),
+                            ))
+                            .await?;
+                            return Ok(None);
+                        }
+                        None => format!(
+                            "room `{room}` needs a grant: a `rooms` claim in your token, a room token with `join`, or the application's join hook"
+                        ),
+                    }
+                }
+            }
+        };
+        self.deny("join");
+        self.send_error(FrameError::new(ErrorCode::Forbidden, refusal))
+            .await?;
+        Ok(None)
+    }
+
+    /// The join hook's answer for this user and `room`; `None` when no hook is set.
+    /// (Takes no `&self` across the call: the session's socket is not `Sync`.)
+    fn ask_hook(&self, room: &str) -> impl Future<Output = Option<Verdict>> + Send + 'static {
+        let state = self.state.clone();
+        let user = self.handle.user.clone();
+        let room = room.to_owned();
+        async move {
+            let hook = state.join_hook.as_ref()?;
+            Some(hook.ask(&user, &room).await)
+        }
+    }
+
+    fn deny(&self, action: &str) {
+        self.state
+            .metrics
+            .permission_denials
+            .with_label_values(&[action])
+            .inc();
+    }
+
+    /// After a `refresh`: rooms entered through the old token's grants or the join hook
+    /// are checked again; each one no longer granted is left, with `grant_revoked` and
+    /// then `left`.
+    async fn recheck_grants(&mut self) -> Result<(), Stop> {
+        let to_check: Vec<(Arc<str>, Grant)> = self
+            .rooms
+            .iter()
+            .filter(|(_, c)| matches!(c.grant, Grant::Token | Grant::Hook))
+            .map(|(r, c)| (r.clone(), c.grant))
+            .collect();
+        for (room, was) in to_check {
+            let still = match self
+                .state
+                .settings
+                .room_rules
+                .check_join(&room, self.member())
+            {
+                JoinCheck::Allowed { by_token, .. } => {
+                    Some(if by_token { Grant::Token } else { Grant::Rule })
+                }
+                JoinCheck::NeedsGrant(_) => match self.ask_hook(&room).await {
+                    // A hook that cannot answer now does not end a membership it granted.
+                    Some(Verdict::Allow) => Some(Grant::Hook),
+                    Some(Verdict::Unavailable(_)) if was == Grant::Hook => Some(Grant::Hook),
+                    _ => None,
+                },
+                JoinCheck::Denied(_) => None,
+            };
+            match still {
+                Some(grant) => {
+                    if let Some(c) = self.rooms.get_mut(&room) {
+                        c.grant = grant;
+                    }
+                }
+                None => {
+                    self.rooms.remove(&room);
+                    self.deny("revoked");
+                    leave_room_everywhere(&self.state, &self.handle, &room, true).await;
+                    self.send_error(FrameError::new(
+                        ErrorCode::GrantRevoked,
+                        format!(
+                            "room `{room}`: the new token no longer grants it; you have left it"
+                        ),
+                    ))
+                    .await?;
+                    self.write_now(ServerFrame::Left { room: &room }.to_json())
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn join(
+        &mut self,
+        room: String,
+        since: Option<Position>,
+        room_token: Option<String>,
+    ) -> Result<(), Stop> {
         if self.rooms.contains_key(room.as_str()) {
             return self
                 .send_error(FrameError::new(
@@ -462,6 +638,13 @@ impl Session {
                 ))
                 .await;
         }
+        let Some((policy, grant)) = self.admit(&room, room_token.as_deref()).await? else {
+            return Ok(());
+        };
+        // Without the history permission a `since` replays nothing: the client is told
+        // `recovered: false` and continues from the head.
+        let history_refused = since.is_some() && !policy.history;
+        let since = since.filter(|_| policy.history);
         let room: Arc<str> = room.into();
         let bp = self.state.backplane.clone();
         // Membership first, snapshot second: see the module comment.
@@ -477,7 +660,7 @@ impl Session {
             bp.snapshot(&room, since.as_ref()).await
         }
         .await;
-        let snapshot = match snapshot {
+        let mut snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => {
                 // Undo exactly the steps that succeeded.
@@ -493,7 +676,14 @@ impl Session {
                     .await;
             }
         };
-        if since.is_some() {
+        if history_refused {
+            snapshot.recovered = false;
+            snapshot.replay.clear();
+        }
+        if !policy.presence {
+            snapshot.members.clear();
+        }
+        if since.is_some() || history_refused {
             let result = if snapshot.recovered {
                 "recovered"
             } else {
@@ -510,6 +700,8 @@ impl Session {
             Cursor {
                 epoch: snapshot.epoch.as_str().into(),
                 last: snapshot.head,
+                policy,
+                grant,
             },
         );
         let joined = ServerFrame::Joined {
@@ -600,17 +792,25 @@ impl Session {
             Some((live_epoch, before)) if **live_epoch == *epoch => before.min(snapshot.head),
             _ => snapshot.head,
         };
+        let Some(cursor) = self.rooms.get_mut(room) else {
+            return Ok(());
+        };
+        cursor.epoch = epoch.clone();
+        cursor.last = last;
+        let members: &[String] = if cursor.policy.presence {
+            &snapshot.members
+        } else {
+            &[]
+        };
         let joined = ServerFrame::Joined {
             room,
             epoch: &epoch,
             offset: last,
             recovered: false,
-            members: &snapshot.members,
+            members,
         }
         .to_json();
-        self.feed(Message::Text(joined.into())).await?;
-        self.rooms.insert(room.clone(), Cursor { epoch, last });
-        Ok(())
+        self.feed(Message::Text(joined.into())).await
     }
 
     async fn leave(&mut self, room: &str) -> Result<(), Stop> {
@@ -634,8 +834,20 @@ impl Session {
         body: &str,
         client_ref: Option<&str>,
     ) -> Result<(), Stop> {
-        if !self.rooms.contains_key(room) {
+        let Some(cursor) = self.rooms.get(room) else {
             return self.send_error(not_joined(room, client_ref)).await;
+        };
+        if !cursor.policy.publish {
+            self.deny("publish");
+            return self
+                .send_error(
+                    FrameError::new(
+                        ErrorCode::Forbidden,
+                        format!("room `{room}` is read-only for clients"),
+                    )
+                    .with_ref(client_ref),
+                )
+                .await;
         }
         match self
             .state
@@ -675,7 +887,70 @@ impl Session {
         .await
     }
 
+    /// Whether the DM policy lets this session write to `to`; answers the refusal itself.
+    async fn dm_allowed(&mut self, to: &str, client_ref: Option<&str>) -> Result<bool, Stop> {
+        let refusal = match self.state.settings.dm_policy {
+            DmPolicy::Anyone => None,
+            DmPolicy::Nobody => Some("direct messages are off on this server".to_owned()),
+            DmPolicy::SharedRoom => {
+                // Only rooms whose presence this session sees: the answer then reveals
+                // nothing the member list does not show already.
+                let rooms: Vec<Arc<str>> = self
+                    .rooms
+                    .iter()
+                    .filter(|(_, c)| c.policy.presence)
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                let mut shared = false;
+                for room in rooms {
+                    match self.state.backplane.is_present(&room, to).await {
+                        Ok(true) => {
+                            shared = true;
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.not_sent(e, client_ref).await?;
+                            return Ok(false);
+                        }
+                    }
+                }
+                (!shared).then(|| {
+                    "direct messages go only to users in a room with you; join one they are in"
+                        .to_owned()
+                })
+            }
+        };
+        let Some(refusal) = refusal else {
+            return Ok(true);
+        };
+        self.deny("dm");
+        self.send_error(FrameError::new(ErrorCode::Forbidden, refusal).with_ref(client_ref))
+            .await?;
+        Ok(false)
+    }
+
     async fn direct(&mut self, to: &str, body: &str, client_ref: Option<&str>) -> Result<(), Stop> {
+        let over_rate = lock(&self.state.dm_buckets)
+            .try_take(self.handle.user.clone(), Instant::now())
+            .is_err();
+        if over_rate {
+            return self
+                .send_error(
+                    FrameError::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} direct messages per second (burst {}); this one was dropped",
+                            self.state.settings.dm_rate_per_sec, self.state.settings.dm_burst
+                        ),
+                    )
+                    .with_ref(client_ref),
+                )
+                .await;
+        }
+        if !self.dm_allowed(to, client_ref).await? {
+            return Ok(());
+        }
         match self
             .state
             .backplane

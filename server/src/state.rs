@@ -10,11 +10,14 @@ use crate::config::Settings;
 use crate::drain::{BeginOutcome, Drain, DrainPlan, Phase, StopAction, UndrainError};
 use crate::http::ConnectionSlots;
 use crate::hub::Hub;
+use crate::join_hook::JoinHook;
 use crate::metrics::Metrics;
-use crate::ratelimit::{SourceBuckets, TokenBucket};
+use crate::ratelimit::{KeyedBuckets, SourceBuckets, TokenBucket};
 
 /// Most source addresses the per-source accept limit tracks at once.
 const MAX_TRACKED_SOURCES: usize = 65_536;
+/// Most users the per-user DM limit tracks at once.
+const MAX_TRACKED_DM_SENDERS: usize = 65_536;
 
 pub struct AppState {
     pub settings: Settings,
@@ -23,6 +26,10 @@ pub struct AppState {
     pub metrics: Metrics,
     pub drain: Arc<Drain>,
     pub auth: Authenticator,
+    /// The application's join hook, when configured.
+    pub join_hook: Option<JoinHook>,
+    /// Direct messages per user on this node.
+    pub dm_buckets: Mutex<KeyedBuckets<Arc<str>>>,
     pub accept_bucket: Mutex<TokenBucket>,
     /// `None` when the per-source limit is off (`CHAT_ACCEPT_RATE_PER_SOURCE=0`).
     pub source_buckets: Option<Mutex<SourceBuckets>>,
@@ -37,6 +44,7 @@ impl AppState {
         backplane: SharedBackplane,
         metrics: Metrics,
         auth: Authenticator,
+        join_hook: Option<JoinHook>,
     ) -> Self {
         let accept_bucket = Mutex::new(TokenBucket::new(
             settings.accept_rate_per_sec,
@@ -50,8 +58,15 @@ impl AppState {
                 MAX_TRACKED_SOURCES,
             ))
         });
+        let dm_buckets = Mutex::new(KeyedBuckets::new(
+            settings.dm_rate_per_sec,
+            settings.dm_burst,
+            MAX_TRACKED_DM_SENDERS,
+        ));
         AppState {
             source_buckets,
+            dm_buckets,
+            join_hook,
             settings,
             hub,
             backplane,

@@ -44,7 +44,8 @@ async fn server(allow_anonymous: bool) -> chat_server::RunningServer {
     settings.auth = AuthSettings {
         allow_anonymous,
         hs256_secret: Some(SECRET.as_bytes().to_vec()),
-        rs256_public_key_pem: Some(RS_PUBLIC.to_vec()),
+        public_key_pem: Some(RS_PUBLIC.to_vec()),
+        jwks: None,
         issuer: None,
         audience: None,
         allowed_origins: Some(vec!["https://chat.example".into()]),
@@ -96,7 +97,6 @@ async fn valid_tokens_are_accepted_from_header_or_query() {
 async fn bad_credentials_are_refused_before_the_socket_opens() {
     let s = server(false).await;
     let cases = [
-        ("".to_string(), 401, "missing credentials"),
         ("user=anon".to_string(), 401, "missing credentials"),
         (
             format!("token={}", hs256("alice", now() - 600, SECRET)),
@@ -147,7 +147,8 @@ async fn anonymous_users_only_when_enabled() {
     let mut ws = try_connect_with(s.public_addr, "user=guest1", &[])
         .await
         .expect("anonymous allowed");
-    assert_eq!(welcome_user(&mut ws).await, "guest1");
+    // Token keys are configured: anonymous users live in the `~` namespace.
+    assert_eq!(welcome_user(&mut ws).await, "~guest1");
     let refused = try_connect_with(s.public_addr, "user=bad%20name", &[])
         .await
         .expect_err("invalid anonymous name");

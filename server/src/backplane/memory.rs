@@ -273,6 +273,12 @@ impl Backplane for MemoryBackplane {
         Ok(())
     }
 
+    async fn is_present(&self, room: &str, user: &str) -> Result<bool, BackplaneError> {
+        Ok(lock(&self.presence)
+            .get(room)
+            .is_some_and(|users| users.contains_key(user)))
+    }
+
     async fn send_direct(&self, from: &str, to: &str, body: &str) -> Result<usize, BackplaneError> {
         let frame: Utf8Bytes = ServerFrame::Dm {
             from,

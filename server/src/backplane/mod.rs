@@ -112,7 +112,12 @@ pub trait Backplane: Send + Sync {
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError>;
     /// A session of `user` left `room`; announces presence when it was the user's last.
     async fn presence_leave(&self, room: &str, user: &str) -> Result<(), BackplaneError>;
-    /// Sends a direct message to every session of `to`; returns how many sessions got it.
+    /// Whether `user` has a session in `room` anywhere in the cluster (the DM policy
+    /// `shared_room` asks this about the rooms the sender is in).
+    async fn is_present(&self, room: &str, user: &str) -> Result<bool, BackplaneError>;
+    /// Sends a direct message to every session of `to`. Returns how many sessions got it
+    /// (in memory), or how many nodes' pub/sub connections took it (Redis): 0 means
+    /// nobody has it, anything above 0 that it was delivered or is on its way.
     async fn send_direct(&self, from: &str, to: &str, body: &str) -> Result<usize, BackplaneError>;
 }
 

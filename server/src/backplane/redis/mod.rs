@@ -893,6 +893,15 @@ impl Backplane for RedisBackplane {
         self.registry_update("SREM", user).await
     }
 
+    async fn is_present(&self, room: &str, user: &str) -> Result<bool, BackplaneError> {
+        self.query(
+            redis::cmd("HEXISTS")
+                .arg(self.keys.room_users(room))
+                .arg(user),
+        )
+        .await
+    }
+
     async fn send_direct(&self, from: &str, to: &str, body: &str) -> Result<usize, BackplaneError> {
         let frame = ServerFrame::Dm {
             from,

@@ -1,0 +1,237 @@
+//! The join hook: for a `grant` room that the connection token does not grant, the
+//! server can ask the application's backend. A POST of `{"user", "room", "action":
+//! "join", "ts"}` signed with HMAC-SHA256 (`X-Chat-Signature: sha256=<hex>` over the
+//! raw body; `ts` lets the backend refuse replays), answered by `200 {"allow": true}` or
+//! `{"allow": false}` (403 and 404 also mean no).
+//!
+//! Bounded on every side: one timeout per call, at most `concurrency` calls in flight
+//! (a join past it fails like a hook error rather than queueing), answers cached for a
+//! short time in a map of bounded size. Fail-closed by default: a hook that errs, times
+//! out or is too busy refuses the join, unless `fail_open` is set.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::sync::Semaphore;
+
+use crate::http_client::{HttpClient, Url};
+use crate::metrics::Metrics;
+use crate::sync::lock;
+
+/// Most (user, room) answers kept.
+pub const MAX_CACHED: usize = 10_000;
+/// Largest answer read from the hook.
+const MAX_ANSWER_BYTES: usize = 4 * 1024;
+
+/// The hook's configuration (`CHAT_JOIN_HOOK_*`).
+#[derive(Debug, Clone)]
+pub struct JoinHookSettings {
+    pub url: Url,
+    pub secret: Vec<u8>,
+    pub timeout: Duration,
+    pub fail_open: bool,
+    pub concurrency: usize,
+    pub cache_ttl: Duration,
+}
+
+/// What the session does with a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny,
+    /// The hook could not answer and the hook fails closed: refuse, saying why.
+    Unavailable(String),
+}
+
+/// A definite answer from the backend, or why there is none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Allow,
+    Deny,
+    Failed(String),
+    /// No call made: too many in flight.
+    Busy,
+}
+
+pub struct JoinHook {
+    settings: JoinHookSettings,
+    client: HttpClient,
+    permits: Semaphore,
+    cache: Mutex<HashMap<(String, String), (bool, Instant)>>,
+    metrics: Metrics,
+}
+
+impl JoinHook {
+    pub fn new(settings: JoinHookSettings, metrics: Metrics) -> Result<JoinHook, String> {
+        let client = HttpClient::new(None, settings.timeout, MAX_ANSWER_BYTES)?;
+        Ok(JoinHook {
+            permits: Semaphore::new(settings.concurrency),
+            settings,
+            client,
+            cache: Mutex::new(HashMap::new()),
+            metrics,
+        })
+    }
+
+    /// May `user` join `room`? A cached answer if fresh, else one call.
+    pub async fn ask(&self, user: &str, room: &str) -> Verdict {
+        let key = (user.to_owned(), room.to_owned());
+        if let Some(&(allow, at)) = lock(&self.cache).get(&key) {
+            if at.elapsed() < self.settings.cache_ttl {
+                self.count("cached");
+                return if allow { Verdict::Allow } else { Verdict::Deny };
+            }
+        }
+        let answer = match self.permits.try_acquire() {
+            Ok(_permit) => self.call(user, room).await,
+            Err(_) => Answer::Busy,
+        };
+        self.count(match &answer {
+            Answer::Allow => "allow",
+            Answer::Deny => "deny",
+            Answer::Failed(_) => "error",
+            Answer::Busy => "busy",
+        });
+        let why = match answer {
+            Answer::Allow => {
+                self.remember(key, true);
+                return Verdict::Allow;
+            }
+            Answer::Deny => {
+                self.remember(key, false);
+                return Verdict::Deny;
+            }
+            Answer::Failed(why) => why,
+            Answer::Busy => format!(
+                "more than {} join hook calls in flight",
+                self.settings.concurrency
+            ),
+        };
+        tracing::warn!(room, error = %why, fail_open = self.settings.fail_open, "join hook failed");
+        if self.settings.fail_open {
+            Verdict::Allow
+        } else {
+            Verdict::Unavailable(why)
+        }
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .join_hook_calls
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    fn remember(&self, key: (String, String), allow: bool) {
+        let mut cache = lock(&self.cache);
+        if cache.len() >= MAX_CACHED {
+            let ttl = self.settings.cache_ttl;
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            if cache.len() >= MAX_CACHED {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (allow, Instant::now()));
+    }
+
+    async fn call(&self, user: &str, room: &str) -> Answer {
+        let ts = crate::backplane::now_us() / 1_000_000;
+        let body = request_body(user, room, ts);
+        let signature = sign(&self.settings.secret, &body);
+        match self
+            .client
+            .post_json(&self.settings.url, body, &[("x-chat-signature", signature)])
+            .await
+        {
+            Ok(r) => parse_answer(r.status, &r.body),
+            Err(e) => Answer::Failed(e.to_string()),
+        }
+    }
+}
+
+/// The JSON the hook receives.
+pub fn request_body(user: &str, room: &str, ts: u64) -> Vec<u8> {
+    serde_json::json!({"user": user, "room": room, "action": "join", "ts": ts})
+        .to_string()
+        .into_bytes()
+}
+
+/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(mac) => mac,
+        // HMAC takes keys of any length; this branch cannot happen.
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256=");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// What a status and body mean: 200 with `{"allow": bool}` is an answer, 403 and 404
+/// are a no, anything else is a failure.
+pub fn parse_answer(status: u16, body: &[u8]) -> Answer {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        allow: bool,
+    }
+    match status {
+        200 => match serde_json::from_slice::<Reply>(body) {
+            Ok(Reply { allow: true }) => Answer::Allow,
+            Ok(Reply { allow: false }) => Answer::Deny,
+            Err(_) => {
+                Answer::Failed("join hook answered 200 without {\"allow\": true|false}".into())
+            }
+        },
+        403 | 404 => Answer::Deny,
+        other => Answer::Failed(format!("join hook answered HTTP {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers() {
+        assert_eq!(parse_answer(200, br#"{"allow":true}"#), Answer::Allow);
+        assert_eq!(
+            parse_answer(200, br#"{"allow":false,"why":"x"}"#),
+            Answer::Deny
+        );
+        assert!(matches!(parse_answer(200, b"yes"), Answer::Failed(_)));
+        assert!(matches!(
+            parse_answer(200, br#"{"allow":"true"}"#),
+            Answer::Failed(_)
+        ));
+        assert_eq!(parse_answer(403, b""), Answer::Deny);
+        assert_eq!(parse_answer(404, b""), Answer::Deny);
+        assert!(
+            matches!(parse_answer(500, br#"{"allow":true}"#), Answer::Failed(m) if m.contains("500"))
+        );
+        assert!(matches!(parse_answer(302, b""), Answer::Failed(_)));
+    }
+
+    #[test]
+    fn signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let body = request_body("alice", "team.red", 1_700_000_000);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["user"], "alice");
+        assert_eq!(v["room"], "team.red");
+        assert_eq!(v["action"], "join");
+        assert_eq!(v["ts"], 1_700_000_000u64);
+    }
+}
