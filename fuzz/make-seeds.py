@@ -45,8 +45,20 @@ write("client_frame", [json.dumps(f) for f in frames] + ["{", "[]", '{"type":7}'
 far = 4102444800  # 2100-01-01: the seeds stay valid
 token = hs256({"sub": "alice", "exp": far, "iss": "https://issuer.example", "aud": "chat"})
 other = hs256({"sub": "mallory", "exp": far, "iss": "https://issuer.example", "aud": "chat"})
+granted = hs256({"sub": "alice", "exp": far, "iss": "https://issuer.example", "aud": "chat",
+                 "rooms": ["team.*", "ops"]})
+room_token = hs256({"sub": "alice", "exp": far, "iss": "https://issuer.example", "aud": "chat",
+                    "room": "team.red"})
 write("auth", [b"\x00" + token.encode(), b"\x01" + other.encode(), b"\x00alice",
+               b"\x00" + granted.encode(), b"\x01" + room_token.encode(),
                b"\x02https://chat.example", b"\x03" + bytes(range(64))])
+
+# The rooms target reads its fields with `arbitrary`: each &str is length-prefixed
+# except the last; these seeds are rule sets and names it can start mutating from.
+rules = json.dumps([{"pattern": "lobby.*", "access": "public"},
+                    {"pattern": "inbox.{user}", "access": "user", "presence": False},
+                    {"pattern": "*", "access": "grant"}]).encode()
+write("rooms", [rules + b"team.*inbox.alicealice", b"*a*b*c" * 4, bytes(range(96))])
 
 write("config", [b"\x00" * 8, b"\x01\x0310s", b"\x02\x0e10.0.0.0/8,::1",
                  b'\x03{"reconnect_window_seconds": 5, "notice_delay_seconds": 2}'])

@@ -287,7 +287,7 @@ async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec
 /// The servers under attack: one process, or three nodes over Redis.
 enum Servers {
     Single(ServerProcess),
-    Cluster(LocalCluster),
+    Cluster(Box<LocalCluster>),
 }
 
 impl Servers {
@@ -879,5 +879,5 @@ async fn attacker_suite_three_nodes_over_redis() {
         c.wait_ready(Duration::from_secs(30)).unwrap();
         c
     });
-    attack(&Servers::Cluster(cluster), &mut idp, &hook).await;
+    attack(&Servers::Cluster(Box::new(cluster)), &mut idp, &hook).await;
 }

@@ -324,7 +324,114 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
             "spec:\n  limits:\n    trustedProxies: [10.0.0.0/8, 10.0.0.0/33]\n",
             "limits.trustedProxies: each entry must be an address range",
         ),
+        // Every URL the operator calls: http(s), no userinfo, query or fragment (a `?`
+        // at the end once made the operator request any path on any host).
+        (
+            "spec:\n  autoscaling:\n    maxReplicas: 3\n    prometheusUrl: 'http://evil.example/x?'\n",
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            "spec:\n  autoscaling:\n    maxReplicas: 3\n    prometheusUrl: 'http://p:9090#'\n",
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            "spec:\n  autoscaling:\n    maxReplicas: 3\n    prometheusUrl: http://admin:pw@p:9090\n",
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            "spec:\n  autoscaling:\n    maxReplicas: 3\n    prometheusUrl: file:///etc/passwd\n",
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            "spec:\n  autoscaling:\n    maxReplicas: 3\n    prometheusUrl: 'http://:9090'\n",
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        // Auth: a key whenever anonymous users are refused, and only real keys.
+        (
+            "spec:\n  auth:\n    allowAnonymous: false\n",
+            "auth: allowAnonymous: false leaves no way in; set auth.jwtSecretName, auth.publicKeySecretName or auth.jwksUrl",
+        ),
+        (
+            "spec:\n  auth:\n    issuer: https://idp.example\n    audience: chat\n",
+            "auth: issuer and audience are checked in tokens, and no token key is set",
+        ),
+        (
+            "spec:\n  auth:\n    jwksUrl: http://idp.example/keys\n",
+            "auth.jwksUrl must be an https:// URL",
+        ),
+        (
+            "spec:\n  auth:\n    jwksUrl: 'https://idp.example/keys?tenant=1'\n",
+            "auth.jwksUrl must be an https:// URL",
+        ),
+        (
+            "spec:\n  auth:\n    jwksUrl: https://user:pw@idp.example/keys\n",
+            "auth.jwksUrl must be an https:// URL",
+        ),
+        (
+            "spec:\n  auth:\n    jwksUrl: 'https://idp.example/keys#k1'\n",
+            "auth.jwksUrl must be an https:// URL",
+        ),
+        (
+            "spec:\n  auth:\n    publicKeySecretName: Not_A_Secret\n",
+            "auth.publicKeySecretName must be a Secret name",
+        ),
+        (
+            "spec:\n  auth:\n    rooms:\n    - pattern: 'lobby room'\n      access: public\n",
+            "auth.rooms: pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
+        ),
+        (
+            "spec:\n  auth:\n    rooms:\n    - pattern: 'inbox.*'\n      access: user\n",
+            "auth.rooms: a rule with access: user needs {user} exactly once in its pattern",
+        ),
+        (
+            "spec:\n  auth:\n    rooms:\n    - pattern: 'dm.{user}.{user}'\n      access: user\n",
+            "auth.rooms: a rule with access: user needs {user} exactly once in its pattern",
+        ),
+        (
+            "spec:\n  auth:\n    rooms:\n    - pattern: 'team.{user}'\n      access: grant\n",
+            "auth.rooms: {user} is only for rules with access: user",
+        ),
+        (
+            "spec:\n  auth:\n    rooms:\n    - pattern: 'lobby.*'\n      access: private\n",
+            "spec.auth.rooms[0].access",
+        ),
+        (
+            "spec:\n  auth:\n    joinHook:\n      url: ftp://app/join\n      secretName: h\n",
+            "auth.joinHook.url must be an http:// or https:// URL",
+        ),
+        (
+            "spec:\n  auth:\n    joinHook:\n      url: 'http://app/join#x'\n      secretName: h\n",
+            "auth.joinHook.url must be an http:// or https:// URL",
+        ),
+        (
+            "spec:\n  auth:\n    joinHook:\n      url: http://u:p@app/join\n      secretName: h\n",
+            "auth.joinHook.url must be an http:// or https:// URL",
+        ),
+        (
+            "spec:\n  auth:\n    joinHook:\n      url: http://app/join\n      secretName: Hook_Secret\n",
+            "auth.joinHook.secretName must be a Secret name",
+        ),
+        (
+            "spec:\n  auth:\n    joinHook:\n      url: http://app/join\n      timeoutMilliseconds: 0\n      secretName: h\n",
+            "spec.auth.joinHook.timeoutMilliseconds",
+        ),
+        (
+            "spec:\n  auth:\n    dmPolicy: everyone\n",
+            "spec.auth.dmPolicy",
+        ),
+        (
+            "spec:\n  limits:\n    dmPerSecond: 0\n",
+            "limits.dmPerSecond must be at least 0.01",
+        ),
     ];
+    let too_many_rooms: String = (0..65)
+        .map(|i| format!("    - pattern: room{i}\n      access: public\n"))
+        .collect();
+    let too_many_rooms = format!("spec:\n  auth:\n    rooms:\n{too_many_rooms}");
+    let cases = cases
+        .iter()
+        .map(|(spec, message)| ((*spec).to_owned(), *message))
+        .chain([(too_many_rooms, "must have at most 64 items")]);
     for (spec, message) in cases {
         let doc = format!(
             "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: bad\n{spec}"
@@ -355,6 +462,55 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
     );
     let minimal = s.get("chatcluster", "minimal").expect("stored");
     assert_eq!(minimal["spec"]["replicas"], 3, "defaulted: {minimal}");
+}
+
+/// The auth fields the API server accepts, with the defaults it stores: the example with
+/// every field, and the anonymous default that follows the keys (left unset, so the
+/// operator can turn guests off when a key is configured).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_auth_field_of_the_full_example_is_accepted_with_its_defaults() {
+    let s = setup("authspec", false).await;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/full.yaml");
+    let full = std::fs::read_to_string(path).expect("examples/full.yaml");
+    // Into this test's namespace.
+    let full = full.replace("\n  namespace: chat\n", "\n");
+    s.apply(&full);
+    let stored = s.get("chatcluster", "chat-prod").expect("stored");
+    let auth = &stored["spec"]["auth"];
+    assert_eq!(auth["allowAnonymous"], false, "{auth}");
+    assert_eq!(auth["dmPolicy"], "sharedRoom");
+    assert_eq!(auth["rooms"].as_array().map(Vec::len), Some(4), "{auth}");
+    assert_eq!(auth["rooms"][1]["presence"], true, "defaulted: {auth}");
+    assert_eq!(auth["rooms"][2]["anonymous"], true, "defaulted: {auth}");
+    assert_eq!(auth["joinHook"]["timeoutMilliseconds"], 2000);
+    assert_eq!(stored["spec"]["limits"]["dmPerSecond"].as_f64(), Some(5.0));
+
+    for (name, auth) in [
+        ("keyonly", "  auth:\n    jwtSecretName: chat-jwt\n"),
+        (
+            "guests",
+            "  auth:\n    allowAnonymous: true\n    jwksUrl: https://idp.example/keys\n    issuer: https://idp.example\n    audience: chat\n",
+        ),
+        (
+            "userrooms",
+            "  auth:\n    rooms:\n    - pattern: '{user}'\n      access: user\n    - pattern: '*'\n      access: grant\n",
+        ),
+    ] {
+        s.apply(&format!(
+            "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\nspec:\n{auth}"
+        ));
+        let stored = s.get("chatcluster", name).expect("stored");
+        assert!(
+            name == "guests" || stored["spec"]["auth"].get("allowAnonymous").is_none(),
+            "allowAnonymous is not defaulted: the operator derives it from the keys: {stored}"
+        );
+    }
+    let bare = s.get("chatcluster", "keyonly").expect("stored");
+    assert_eq!(
+        bare["spec"]["limits"]["dmPerSecond"].as_f64(),
+        Some(5.0),
+        "defaulted: {bare}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

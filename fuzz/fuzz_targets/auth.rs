@@ -1,6 +1,8 @@
-//! Who is connecting: JWTs (HS256 and RS256 keys configured, issuer and audience
-//! required), the Origin allow-list and the client address behind trusted proxies. Any
-//! input is answered with a user or an error, never a panic; an accepted user id is valid.
+//! Who is connecting: JWTs (an HS256 secret and an RS256 public key configured, issuer
+//! and audience required), room tokens, the Origin allow-list and the client address
+//! behind trusted proxies. Any input is answered with a user or an error, never a panic;
+//! an accepted user id is valid and never in the anonymous `~` namespace, an anonymous
+//! one always is, and an accepted room token names exactly the room asked for.
 #![no_main]
 
 use std::net::IpAddr;
@@ -10,22 +12,35 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chat_server::auth::Authenticator;
 use chat_server::client_addr::{client_address, source_key, TrustedProxies};
 use chat_server::config::AuthSettings;
+use chat_server::metrics::Metrics;
 use chat_server::protocol::validate_user;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
 static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
-    Authenticator::new(AuthSettings {
-        allow_anonymous: true,
-        hs256_secret: Some(b"fuzz-secret-fuzz-secret-fuzz-secret!".to_vec()),
-        rs256_public_key_pem: Some(
-            include_bytes!("../../server/tests/fixtures/test-rs256-public.pem").to_vec(),
-        ),
-        issuer: Some("https://issuer.example".into()),
-        audience: Some("chat".into()),
-        allowed_origins: Some(vec!["https://chat.example".into()]),
-    })
+    Authenticator::new(
+        AuthSettings {
+            allow_anonymous: true,
+            hs256_secret: Some(b"fuzz-secret-fuzz-secret-fuzz-secret!".to_vec()),
+            public_key_pem: Some(
+                include_bytes!("../../server/tests/fixtures/test-rs256-public.pem").to_vec(),
+            ),
+            jwks: None,
+            issuer: Some("https://issuer.example".into()),
+            audience: Some("chat".into()),
+            allowed_origins: Some(vec!["https://chat.example".into()]),
+        },
+        Metrics::new(),
+    )
     .expect("fixture key")
+});
+
+/// The checks are async (a JWKS may need a fetch); with no JWKS configured they never
+/// wait, so a current-thread runtime runs them to completion at once.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
 });
 
 static TRUSTED: LazyLock<TrustedProxies> =
@@ -45,17 +60,24 @@ fuzz_target!(|data: &[u8]| {
     };
     let text = String::from_utf8_lossy(rest);
     match mode % 4 {
-        0 | 1 => {
+        0 | 1 => RUNTIME.block_on(async {
             for result in [
-                AUTH.authenticate(Some(&text), None),
-                AUTH.refresh(&text, "alice"),
-                AUTH.authenticate(None, Some(&text)),
+                AUTH.authenticate(Some(&text), None).await,
+                AUTH.refresh(&text, "alice").await,
             ] {
                 if let Ok(identity) = result {
                     assert!(validate_user(&identity.user).is_ok());
+                    assert!(!identity.anonymous);
                 }
             }
-        }
+            if let Ok(identity) = AUTH.authenticate(None, Some(&text)).await {
+                let name = identity.user.strip_prefix('~').expect("anonymous ids start with ~");
+                assert!(validate_user(name).is_ok() && identity.anonymous);
+            }
+            if let Ok(exp) = AUTH.room_token(&text, "alice", "team.red").await {
+                assert!(exp > 0);
+            }
+        }),
         2 => {
             let _ = AUTH.check_origin(Some(&text));
         }

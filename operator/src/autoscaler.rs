@@ -175,10 +175,12 @@ pub fn sample_from_pods(pods: &PodConnections, at: Timestamp) -> Sample {
     }
 }
 
-/// Why a Prometheus query gave no sample, as a condition reason: the server could not be
-/// asked (`PrometheusUnavailable`) or it refused or mis-answered the query (`QueryFailed`).
+/// Why a Prometheus query gave no sample, as a condition reason: the URL is not one the
+/// operator calls (`InvalidPrometheusUrl`), the server could not be asked
+/// (`PrometheusUnavailable`) or it refused or mis-answered the query (`QueryFailed`).
 fn prometheus_reason(e: &PrometheusError) -> &'static str {
     match e {
+        PrometheusError::InvalidUrl { .. } => "InvalidPrometheusUrl",
         PrometheusError::Rejected { .. }
         | PrometheusError::Failed { .. }
         | PrometheusError::NotInstantVector { .. } => "QueryFailed",

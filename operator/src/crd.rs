@@ -346,6 +346,9 @@ pub struct AutoscalingSpec {
     /// Prometheus base URL, e.g. http://prometheus.monitoring:9090. Unset: the operator
     /// reads `chat_connections` from each ready pod's /metrics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(crate::urls::CEL_HTTP_BASE_URL)
+        .message("autoscaling.prometheusUrl must be an http:// or https:// base URL with a host and no user:password@, query (?) or fragment (#), e.g. http://prometheus-operated.monitoring:9090"))]
     pub prometheus_url: Option<String>,
     /// PromQL for the cluster's total connections (one series or a scalar); `{{namespace}}`
     /// and `{{name}}` are replaced. Default: `sum(chat_connections{namespace="NS",
@@ -415,6 +418,15 @@ pub struct LimitsSpec {
     #[serde(default = "default_burst")]
     #[schemars(range(min = 1, max = 100000))]
     pub burst: i32,
+    /// Direct messages per second one user may send through one pod (fractions allowed,
+    /// e.g. 0.5), so a single account cannot flood other users' inboxes.
+    #[serde(default = "default_dm_per_second")]
+    #[schemars(range(min = 0.01, max = 10000))]
+    // The API server compares a whole-number value with `minimum` truncated to an
+    // integer (0.01 becomes 0), so `0` would pass the bound alone.
+    #[x_kube(validation = Rule::new("self >= 0.01")
+        .message("limits.dmPerSecond must be at least 0.01; to stop direct messages set auth.dmPolicy: nobody"))]
+    pub dm_per_second: f64,
     /// New connections per second from one client address (an IPv6 /64), checked on
     /// each pod before its own rate, so a flood from one address spends its own budget
     /// and not everyone's (burst: 20). 0 turns it off. Behind an ingress or gateway,
@@ -440,35 +452,184 @@ impl Default for LimitsSpec {
             max_body_bytes: default_max_body(),
             messages_per_second: default_rate(),
             burst: default_burst(),
+            dm_per_second: default_dm_per_second(),
             connections_per_second_per_source: 0,
             trusted_proxies: Vec::new(),
         }
     }
 }
 
-/// Client authentication. The default accepts anonymous users so that a bare manifest
-/// works; production clusters set `jwtSecretName` and `allowAnonymous: false`.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[x_kube(validation = Rule::new("self.allowAnonymous || has(self.jwtSecretName)")
-    .message("auth: with allowAnonymous: false, set auth.jwtSecretName to a Secret holding hs256Secret"))]
+/// Client authentication: where tokens are checked against, which rooms exist and who
+/// may join them, direct-message policy. docs/operator-auth.md describes each field,
+/// the environment variable it becomes and its rules.
+///
+/// A bare manifest accepts anonymous users so that it works at once. Configuring any
+/// token key (`jwtSecretName`, `publicKeySecretName`, `jwksUrl`) turns anonymous users
+/// off unless `allowAnonymous: true` says otherwise, so adding a key never leaves guests
+/// in silently.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("!has(self.allowAnonymous) || self.allowAnonymous || has(self.jwtSecretName) || has(self.publicKeySecretName) || has(self.jwksUrl)")
+    .message("auth: allowAnonymous: false leaves no way in; set auth.jwtSecretName, auth.publicKeySecretName or auth.jwksUrl (or remove allowAnonymous)"))]
+#[x_kube(validation = Rule::new("!(has(self.issuer) || has(self.audience)) || has(self.jwtSecretName) || has(self.publicKeySecretName) || has(self.jwksUrl)")
+    .message("auth: issuer and audience are checked in tokens, and no token key is set; set auth.jwtSecretName, auth.publicKeySecretName or auth.jwksUrl, or remove issuer and audience"))]
 #[serde(rename_all = "camelCase")]
 pub struct AuthSpec {
-    #[serde(default = "default_true")]
-    pub allow_anonymous: bool,
+    /// Accept anonymous clients (`?user=NAME`). Unset: `true` when no token key is set,
+    /// `false` once one is. `true` together with a key gives guests ids in their own
+    /// namespace (`~NAME`), which no token's `sub` can take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
     /// Secret with key `hs256Secret` (at least 32 bytes): the HS256 key of client JWTs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret_name: Option<String>,
+    /// Secret with key `publicKey`: a PEM public key (RSA for RS256, EC P-256 for ES256,
+    /// Ed25519 for EdDSA) that client JWTs are verified with. Mounted into the pods as a
+    /// file; only the public key, never the private one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("auth.publicKeySecretName must be a Secret name (lowercase letters, digits, '-' and '.')"))]
+    pub public_key_secret_name: Option<String>,
+    /// HTTPS URL of a JSON Web Key Set the pods fetch token keys from (Keycloak, Auth0,
+    /// Cognito, Dex...), e.g. `https://auth.example.com/realms/chat/protocol/openid-connect/certs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(crate::urls::CEL_HTTPS_BASE_URL)
+        .message("auth.jwksUrl must be an https:// URL with a host and no user:password@, query (?) or fragment (#), e.g. https://auth.example.com/realms/chat/protocol/openid-connect/certs"))]
+    pub jwks_url: Option<String>,
+    /// Required `iss` of client tokens. Set it (and `audience`) whenever a key is set, so
+    /// a token the same issuer made for another application is not accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: Option<String>,
+    /// Required `aud` of client tokens (see `issuer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub audience: Option<String>,
     /// Browser origins allowed to connect (any when empty).
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Room rules by name pattern, first match wins; with any rule set, a room no rule
+    /// matches is refused. Empty: every room is public (the server's default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub rooms: Vec<RoomRule>,
+    /// Ask the application's backend whether a user may join a `grant` room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_hook: Option<JoinHookSpec>,
+    /// Who may send a direct message to whom: `anyone` (the server's default),
+    /// `sharedRoom` (only users who share a room) or `nobody`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm_policy: Option<DmPolicy>,
 }
 
-impl Default for AuthSpec {
-    fn default() -> Self {
-        AuthSpec {
-            allow_anonymous: true,
-            jwt_secret_name: None,
-            allowed_origins: Vec::new(),
+impl AuthSpec {
+    /// Whether a token key of any kind is configured.
+    pub fn has_token_key(&self) -> bool {
+        self.jwt_secret_name.is_some()
+            || self.public_key_secret_name.is_some()
+            || self.jwks_url.is_some()
+    }
+
+    /// Whether anonymous users are accepted: as set, or else only while no key is.
+    pub fn effective_allow_anonymous(&self) -> bool {
+        self.allow_anonymous.unwrap_or(!self.has_token_key())
+    }
+}
+
+/// One room rule (`CHAT_ROOM_RULES` entry).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.pattern.matches('^([A-Za-z0-9_.:@*-]|[{]user[}])+$')")
+    .message("auth.rooms: pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and * (any run of characters), plus {user} in access: user rules"))]
+#[x_kube(validation = Rule::new("self.access != 'user' || self.pattern.matches('^[^{]*[{]user[}][^{]*$')")
+    .message("auth.rooms: a rule with access: user needs {user} exactly once in its pattern, e.g. inbox.{user}"))]
+#[x_kube(validation = Rule::new("self.access == 'user' || !self.pattern.contains('{')")
+    .message("auth.rooms: {user} is only for rules with access: user; remove it from the pattern or set access: user"))]
+#[serde(rename_all = "camelCase")]
+pub struct RoomRule {
+    /// Room names this rule covers: letters, digits, `_ - . : @`, `*` for any run of
+    /// characters and, in `user` rules, `{user}` for the user's own id.
+    #[schemars(length(min = 1, max = 64))]
+    pub pattern: String,
+    /// `public` (anyone let in; anonymous users too unless `anonymous: false`),
+    /// `grant` (needs a grant from the application: room patterns in the token, a room
+    /// token or the join hook), `user` (only the user whose id fills `{user}`).
+    pub access: RoomAccess,
+    /// Members may send messages.
+    #[serde(default = "default_true")]
+    pub publish: bool,
+    /// Members see who joins and leaves.
+    #[serde(default = "default_true")]
+    pub presence: bool,
+    /// Joining replays history.
+    #[serde(default = "default_true")]
+    pub history: bool,
+    /// Anonymous users may join (public rooms only).
+    #[serde(default = "default_true")]
+    pub anonymous: bool,
+}
+
+/// Who may join the rooms of a [`RoomRule`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomAccess {
+    Public,
+    Grant,
+    User,
+}
+
+impl RoomAccess {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomAccess::Public => "public",
+            RoomAccess::Grant => "grant",
+            RoomAccess::User => "user",
+        }
+    }
+}
+
+/// The application's join hook: the pods ask it whether a user may join a `grant` room
+/// (each call signed with HMAC-SHA256 under the `secretName` key) and wait for its answer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinHookSpec {
+    /// `http://` or `https://` URL of the hook, e.g. `http://app.default.svc/chat/join`.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(crate::urls::CEL_HTTP_URL_WITH_QUERY)
+        .message("auth.joinHook.url must be an http:// or https:// URL with a host and no user:password@ or fragment (#), e.g. http://app.default.svc/chat/join"))]
+    pub url: String,
+    /// Secret with key `hookSecret` (at least 32 bytes): the HMAC key the pods sign every hook
+    /// calls with, so the application can tell them from anyone else.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("auth.joinHook.secretName must be a Secret name (lowercase letters, digits, '-' and '.')"))]
+    pub secret_name: String,
+    /// How long a join waits for the hook's answer (unset: the server's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 30000))]
+    pub timeout_milliseconds: Option<i32>,
+    /// When the hook fails or times out: `false` refuses the join, `true` lets it
+    /// through. Fail open only for rooms where an unauthorized member does no harm.
+    #[serde(default)]
+    pub fail_open: bool,
+}
+
+/// `auth.dmPolicy`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DmPolicy {
+    Anyone,
+    SharedRoom,
+    Nobody,
+}
+
+impl DmPolicy {
+    /// The value of `CHAT_DM_POLICY`.
+    pub fn env_value(self) -> &'static str {
+        match self {
+            DmPolicy::Anyone => "anyone",
+            DmPolicy::SharedRoom => "shared_room",
+            DmPolicy::Nobody => "nobody",
         }
     }
 }
@@ -578,4 +739,7 @@ fn default_rate() -> i32 {
 }
 fn default_burst() -> i32 {
     40
+}
+fn default_dm_per_second() -> f64 {
+    5.0
 }

@@ -1,6 +1,6 @@
 //! ChatCluster operator: the `ChatCluster` custom resource and its controller.
 //!
-//! Pure modules (no I/O, unit-tested): `crd`, `validate`, `build`, `conditions`, `events`,
+//! Pure modules (no I/O, unit-tested): `crd`, `validate`, `urls`, `ownership`, `build`, `conditions`, `events`,
 //! `autoscale` (the autoscaler's decision) and the decision half of `leader`. Modules
 //! that call the API server, the pods or Prometheus: `apply`, `status`, `secrets`,
 //! `generated_secrets`,
@@ -24,10 +24,12 @@ pub mod generated_secrets;
 pub mod http_client;
 pub mod leader;
 pub mod metrics;
+pub mod ownership;
 pub mod prometheus;
 pub mod reconcile;
 pub mod secrets;
 pub mod status;
+pub mod urls;
 pub mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::autoscale::Sample;
 use crate::http_client::{HttpClient, HttpError};
+use crate::urls::{self, UrlPolicy};
 
 /// The query for a cluster's total open connections when the user gives none:
 /// `sum(chat_connections{namespace="NS", pod=~"NAME-[0-9]+"})`.
@@ -66,12 +67,17 @@ fn escape_label_value(v: &str) -> String {
 /// `GET` URL of an instant query: `{base_url}/api/v1/query?query=<form-encoded promql>`.
 /// Trailing slashes of `base_url` are dropped; a path prefix (Prometheus behind
 /// `--web.route-prefix`, e.g. `http://host/prometheus`) is kept.
-pub fn query_url(base_url: &str, promql: &str) -> String {
+///
+/// `base_url` must be a plain `http(s)://host[:port][/path]` (see [`crate::urls`]): a
+/// query or fragment in it would swallow the API path (`http://host/x?` +
+/// `/api/v1/query...` requests `/x`), and credentials in it would end up in conditions.
+pub fn query_url(base_url: &str, promql: &str) -> Result<String, PrometheusError> {
+    let base = urls::check(base_url, UrlPolicy::BASE).map_err(|e| PrometheusError::InvalidUrl {
+        url: urls::redact_userinfo(base_url),
+        reason: e.to_string(),
+    })?;
     let encoded: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
-    format!(
-        "{}/api/v1/query?query={encoded}",
-        base_url.trim_end_matches('/')
-    )
+    Ok(base.join("/api/v1/query", &format!("query={encoded}")))
 }
 
 /// Prometheus' answer to `/api/v1/query`, success or error (both are JSON, the error one
@@ -196,7 +202,7 @@ fn parse_value(s: &str) -> Result<f64, String> {
 /// when the URL is known) and says what to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum PrometheusError {
-    /// The URL cannot be requested at all.
+    /// The URL cannot be requested at all (`url` with any `user:password@` masked).
     #[error("{url:?} is not a valid Prometheus URL ({reason}); set it to Prometheus' base URL, e.g. http://prometheus-operated.monitoring:9090")]
     InvalidUrl { url: String, reason: String },
     /// No connection (refused, no route, DNS, TLS) or it broke mid-answer.
@@ -350,7 +356,7 @@ pub async fn query(
     base_url: &str,
     promql: &str,
 ) -> Result<Sample, PrometheusError> {
-    let url = query_url(base_url, promql);
+    let url = query_url(base_url, promql)?;
     let body = client.get_text(&url).await.map_err(|e| match e {
         HttpError::InvalidUrl { reason, .. } => PrometheusError::InvalidUrl {
             url: base_url.to_owned(),
@@ -445,19 +451,54 @@ mod tests {
     fn query_urls_encode_the_promql_and_tolerate_a_trailing_slash() {
         let q = r#"sum(chat_connections{namespace="chat", pod=~"chat-[0-9]+"})"#;
         let expected = "http://p:9090/api/v1/query?query=sum%28chat_connections%7Bnamespace%3D%22chat%22%2C+pod%3D%7E%22chat-%5B0-9%5D%2B%22%7D%29";
-        assert_eq!(query_url("http://p:9090", q), expected);
-        assert_eq!(query_url("http://p:9090/", q), expected);
-        assert_eq!(query_url("http://p:9090//", q), expected);
+        assert_eq!(query_url("http://p:9090", q).unwrap(), expected);
+        assert_eq!(query_url("http://p:9090/", q).unwrap(), expected);
+        assert_eq!(query_url("http://p:9090//", q).unwrap(), expected);
         assert_eq!(
-            query_url("https://h/prometheus/", "a & b # c"),
+            query_url("https://h/prometheus/", "a & b # c").unwrap(),
             "https://h/prometheus/api/v1/query?query=a+%26+b+%23+c"
         );
         // Decoding gives the query back (what Prometheus' Go server does).
-        let url = query_url("http://p", q);
+        let url = query_url("http://p", q).unwrap();
         let (_, qs) = url.split_once('?').unwrap();
         let decoded: Vec<(String, String)> =
             form_urlencoded::parse(qs.as_bytes()).into_owned().collect();
         assert_eq!(decoded, [("query".to_owned(), q.to_owned())]);
+    }
+
+    /// A base URL ending in `?` or `#` used to swallow the API path, so the operator
+    /// requested whatever path the URL named; such URLs, other schemes and credentials
+    /// are refused before any request.
+    #[test]
+    fn base_urls_that_would_redirect_the_query_are_refused() {
+        for base in [
+            "http://evil.example/anything?",
+            "http://evil.example/anything?x=",
+            "http://p:9090#",
+            "file:///etc/passwd",
+            "gopher://p:70/",
+            "p:9090",
+        ] {
+            let e = query_url(base, "up").unwrap_err();
+            assert!(
+                matches!(e, PrometheusError::InvalidUrl { .. }),
+                "{base}: {e:?}"
+            );
+            assert!(e.to_string().contains("not a valid Prometheus URL"), "{e}");
+        }
+        let e = query_url("http://admin:hunter2@p:9090", "up").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("user:password@"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_base_url_makes_no_request() {
+        let client = HttpClient::new(std::time::Duration::from_millis(100), 1024).unwrap();
+        // Nothing listens on port 1: a request would be Unreachable, not InvalidUrl.
+        let e = query(&client, "http://127.0.0.1:1/x?", "up")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PrometheusError::InvalidUrl { .. }), "{e:?}");
     }
 
     #[test]

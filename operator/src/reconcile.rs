@@ -31,6 +31,7 @@ use crate::events::{
 use crate::generated_secrets;
 use crate::http_client::HttpClient;
 use crate::metrics::OperatorMetrics;
+use crate::ownership::{key_of_cluster, owned_pods, owned_statefulset_uid, pod_key};
 use crate::secrets::check_all as check_secrets;
 use crate::status::{list_chat_pods, observe, status_for, write, Workloads};
 use crate::validate::validate;
@@ -128,10 +129,15 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     }
     // Referenced Secrets are checked before anything is applied: pods started against a
     // missing or unusable Secret would only fail later, less clearly.
+    let cluster_uid = cluster.metadata.uid.clone().unwrap_or_default();
     if let Err(invalid) = check_secrets(&ctx.client, &ns, &cluster.spec).await? {
         tracing::warn!(%ns, %name, reason = invalid.reason, message = %invalid.message, "unusable Secret");
-        let pods = list_chat_pods(&ctx.client, &ns, &name).await?;
         let workloads = Workloads::read(&ctx.client, &ns, cluster).await?;
+        let sts_uid = owned_statefulset_uid(workloads.chat.as_ref(), &cluster_uid);
+        let pods = owned_pods(
+            list_chat_pods(&ctx.client, &ns, &name).await?,
+            sts_uid.as_deref(),
+        );
         let (mut obs, _) = observe(&ctx.http, cluster, workloads, &pods).await;
         obs.invalid = Some((invalid.reason.to_owned(), invalid.message));
         report(ctx, cluster, &obs, Vec::new()).await?;
@@ -140,13 +146,22 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     }
     // Generated Secrets first: the pod templates carry their revision.
     let generated = generated_secrets::ensure(&ctx.client, cluster).await?;
-    let replicas_before = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
+    let statefulset = Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&name)
-        .await?
-        .and_then(|s| s.spec)
+        .await?;
+    let replicas_before = statefulset
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
         .and_then(|s| s.replicas);
+    // Only the pods of this cluster's StatefulSet, by owner uid: they get the admin token
+    // (drains) and their counts make the status and the autoscaler's figure. A pod that
+    // only looks like one (labels, name) gets nothing (see `ownership`).
+    let sts_uid = owned_statefulset_uid(statefulset.as_ref(), &cluster_uid);
+    let pods = owned_pods(
+        list_chat_pods(&ctx.client, &ns, &name).await?,
+        sts_uid.as_deref(),
+    );
     // A scale-down waits until the pods that go are drained (see drain_plan).
-    let pods = list_chat_pods(&ctx.client, &ns, &name).await?;
     let mut drain = plan_drain(ctx, cluster, replicas_before, &pods, &generated).await;
     let served = ctx.apis.get(&ctx.client).await?;
     let desired = build(
@@ -188,7 +203,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
     notices.extend(
         carry_out_drain(
             ctx,
-            &ns,
+            &cluster_uid,
             &pods,
             generated.admin_token.as_deref().unwrap_or_default(),
             &mut drain,
@@ -199,8 +214,7 @@ async fn reconcile_stages(cluster: &ChatCluster, ctx: &Context) -> Result<Action
         &drain,
         cluster.spec.drain.max_reconnects_per_second,
     ));
-    let uid = cluster.metadata.uid.clone().unwrap_or_default();
-    let deleted = delete_orphans(&ctx.client, &ns, &name, &uid, &desired, served).await?;
+    let deleted = delete_orphans(&ctx.client, &ns, &name, &cluster_uid, &desired, served).await?;
     if !deleted.is_empty() {
         tracing::info!(%ns, %name, ?deleted, "deleted objects no longer in the spec");
     }
@@ -284,9 +298,9 @@ async fn plan_drain(
         .collect();
     let token = generated.admin_token.as_deref().unwrap_or_default();
     let mut views = drainer::view_pods(&ctx.http, name, &worth_asking, token).await;
-    let ns = cluster.metadata.namespace.as_deref().unwrap_or_default();
+    let cluster_uid = cluster.metadata.uid.as_deref().unwrap_or_default();
     for v in &mut views {
-        let key = format!("{ns}/{}", v.name);
+        let key = pod_key(cluster_uid, &v.name);
         v.failures = match &v.status {
             None if v.running => ctx.drain_failures.failed(&key),
             // A drain under way or over (it answered and took its drain), or a pod that
@@ -302,10 +316,9 @@ async fn plan_drain(
     let keep: Vec<String> = pods
         .iter()
         .filter_map(|p| p.metadata.name.as_deref())
-        .map(|pod| format!("{ns}/{pod}"))
+        .map(|pod| pod_key(cluster_uid, pod))
         .collect();
-    ctx.drain_failures
-        .retain_only(&format!("{ns}/{name}-"), &keep);
+    ctx.drain_failures.retain_cluster(cluster_uid, &keep);
     let d = &cluster.spec.drain;
     let limits = DrainLimits {
         max_reconnects_per_second: f64::from(d.max_reconnects_per_second),
@@ -331,7 +344,7 @@ where
 /// updated so status and Events say what really happened.
 async fn carry_out_drain(
     ctx: &Context,
-    ns: &str,
+    cluster_uid: &str,
     pods: &[Pod],
     token: &str,
     plan: &mut DrainPlan,
@@ -344,7 +357,7 @@ async fn carry_out_drain(
             drainer::start_drain(&ctx.http, addr, token, start)
         })
         .await;
-        let key = format!("{ns}/{}", start.pod);
+        let key = pod_key(cluster_uid, &start.pod);
         match result {
             Ok(()) => {
                 ctx.drain_failures.reset(&key);
@@ -485,7 +498,7 @@ pub fn cluster_key(cluster: &ChatCluster) -> String {
 }
 
 /// Consecutive failures per key, reset by a success: failed reconciles per ChatCluster
-/// (`cluster_key`), failed admin calls per pod (`namespace/pod`).
+/// (`cluster_key`), failed admin calls per pod (`ownership::pod_key`).
 #[derive(Default)]
 pub struct FailureCounts(std::sync::Mutex<std::collections::HashMap<String, u32>>);
 
@@ -511,10 +524,12 @@ impl FailureCounts {
         self.map().remove(key);
     }
 
-    /// Forgets the keys starting with `prefix` that are not in `keep`.
-    pub fn retain_only(&self, prefix: &str, keep: &[String]) {
+    /// Forgets the keys of cluster `cluster_uid` ([`pod_key`]) that are not in `keep`,
+    /// and no other cluster's: the scope is the uid, not a name prefix (which `chat`
+    /// shares with `chat-b`).
+    pub fn retain_cluster(&self, cluster_uid: &str, keep: &[String]) {
         self.map()
-            .retain(|k, _| !k.starts_with(prefix) || keep.contains(k));
+            .retain(|k, _| !key_of_cluster(k, cluster_uid) || keep.contains(k));
     }
 }
 
@@ -560,5 +575,26 @@ mod tests {
         assert_eq!(f.failed(&key), 2);
         f.reset(&key);
         assert_eq!(f.failed(&key), 1);
+    }
+
+    /// Cleaning up after cluster `chat` used to forget every key starting with
+    /// `ns/chat-`, which includes the pods of cluster `chat-b`.
+    #[test]
+    fn forgetting_one_clusters_pods_leaves_a_cluster_with_a_longer_name_alone() {
+        let f = FailureCounts::default();
+        let chat_gone = pod_key("uid-chat", "chat-2");
+        let chat_kept = pod_key("uid-chat", "chat-0");
+        let other = pod_key("uid-chat-b", "chat-b-0");
+        for key in [&chat_gone, &chat_kept, &other] {
+            f.failed(key);
+        }
+        f.retain_cluster("uid-chat", std::slice::from_ref(&chat_kept));
+        assert_eq!(f.get(&chat_gone), 0, "a pod that is gone is forgotten");
+        assert_eq!(f.get(&chat_kept), 1);
+        assert_eq!(f.get(&other), 1, "chat-b's pods are not chat's");
+        // Reconcile failures (namespace/name keys) are not per-pod state either.
+        f.failed("ns/chat");
+        f.retain_cluster("uid-chat", &[]);
+        assert_eq!(f.get("ns/chat"), 1);
     }
 }

@@ -1,4 +1,5 @@
-//! The Secrets a ChatCluster refers to (the JWT key, an external Redis URL), checked
+//! The Secrets a ChatCluster refers to (the JWT keys, the join hook's key, an external
+//! Redis URL), checked
 //! before anything is applied. A missing Secret, a missing key or a value the chat-server
 //! would refuse becomes `Degraded` with a message naming the Secret and the key, instead
 //! of pods that fail at start. The check itself is pure; `check_all` reads the Secrets.
@@ -13,6 +14,13 @@ use crate::validate::Invalid;
 pub const JWT_KEY: &str = "hs256Secret";
 /// The chat-server refuses a shorter HS256 key (`CHAT_JWT_HS256_SECRET`).
 pub const MIN_JWT_KEY_BYTES: usize = 32;
+/// Key of the PEM public key in `auth.publicKeySecretName`.
+pub const JWT_PUBLIC_KEY: &str = "publicKey";
+/// Key of the join hook's HMAC key in `auth.joinHook.secretName`.
+pub const JOIN_HOOK_SECRET_KEY: &str = "hookSecret";
+/// Shortest join-hook HMAC key accepted: as long as the HS256 key, so the signature is
+/// not the weak link.
+pub const MIN_JOIN_HOOK_KEY_BYTES: usize = 32;
 
 /// One Secret key the spec needs, and what its value must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +36,9 @@ pub struct SecretKeyRef {
 pub enum Requirement {
     /// At least this many bytes (a signing key).
     MinBytes(usize),
+    /// A PEM public key (`-----BEGIN PUBLIC KEY-----` or `-----BEGIN RSA PUBLIC KEY-----`),
+    /// and no private key: the Secret is mounted into every chat pod.
+    PemPublicKey,
     /// A `redis://` or `rediss://` URL; for a Redis Cluster, one or more separated by
     /// commas, all with the same scheme.
     RedisUrls { cluster: bool },
@@ -42,6 +53,22 @@ pub fn references(spec: &ChatClusterSpec) -> Vec<SecretKeyRef> {
             secret: secret.clone(),
             key: JWT_KEY.to_owned(),
             requirement: Requirement::MinBytes(MIN_JWT_KEY_BYTES),
+        });
+    }
+    if let Some(secret) = &spec.auth.public_key_secret_name {
+        out.push(SecretKeyRef {
+            field: "spec.auth.publicKeySecretName",
+            secret: secret.clone(),
+            key: JWT_PUBLIC_KEY.to_owned(),
+            requirement: Requirement::PemPublicKey,
+        });
+    }
+    if let Some(secret) = spec.auth.join_hook.as_ref().map(|h| &h.secret_name) {
+        out.push(SecretKeyRef {
+            field: "spec.auth.joinHook.secretName",
+            secret: secret.clone(),
+            key: JOIN_HOOK_SECRET_KEY.to_owned(),
+            requirement: Requirement::MinBytes(MIN_JOIN_HOOK_KEY_BYTES),
         });
     }
     if let Some(ext) = &spec.redis.external {
@@ -91,6 +118,7 @@ pub fn check(reference: &SecretKeyRef, ns: &str, secret: Option<&Secret>) -> Res
             value.len()
         )),
         Requirement::RedisUrls { cluster } => redis_urls_problem(value, *cluster),
+        Requirement::PemPublicKey => public_key_problem(value),
         _ => None,
     };
     match problem {
@@ -100,6 +128,30 @@ pub fn check(reference: &SecretKeyRef, ns: &str, secret: Option<&Secret>) -> Res
         }),
         None => Ok(()),
     }
+}
+
+/// What is wrong with a PEM public key value, if anything. Only the armor is looked at
+/// (the server parses the key itself, and says so at start); what this catches is the
+/// mistakes worth catching before the pods start: something that is not PEM, and above
+/// all a private key, which would be handed to every chat pod.
+fn public_key_problem(value: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(value);
+    if text.contains("PRIVATE KEY-----") {
+        return Some(
+            "holds a private key; store only the public key (e.g. `openssl pkey -in key.pem -pubout`), and keep the private key out of the cluster's chat namespace"
+                .to_owned(),
+        );
+    }
+    let armored = [
+        "-----BEGIN PUBLIC KEY-----",
+        "-----BEGIN RSA PUBLIC KEY-----",
+    ]
+    .iter()
+    .any(|begin| text.trim_start().starts_with(begin));
+    (!armored).then(|| {
+        "must be a PEM public key starting with -----BEGIN PUBLIC KEY----- (RSA, EC P-256 or Ed25519)"
+            .to_owned()
+    })
 }
 
 /// What is wrong with an external Redis URL value, if anything (never quoting it: it
@@ -207,6 +259,67 @@ mod tests {
             check(jwt, "chat", Some(&secret(JWT_KEY, &[7u8; 32]))),
             Ok(())
         );
+    }
+
+    #[test]
+    fn the_public_key_and_join_hook_secrets_are_referenced() {
+        let refs = references(&spec(json!({"auth": {
+            "publicKeySecretName": "jwt-pub",
+            "joinHook": {"url": "http://app/join", "secretName": "hook"}
+        }})));
+        let names: Vec<(&str, &str, &str)> = refs
+            .iter()
+            .map(|r| (r.field, r.secret.as_str(), r.key.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("spec.auth.publicKeySecretName", "jwt-pub", "publicKey"),
+                ("spec.auth.joinHook.secretName", "hook", "hookSecret")
+            ]
+        );
+        // A hook always names its signing Secret.
+        assert!(serde_json::from_value::<ChatClusterSpec>(
+            json!({"auth": {"joinHook": {"url": "http://app/join"}}})
+        )
+        .is_err());
+        let hook = &references(&spec(
+            json!({"auth": {"joinHook": {"url": "http://a", "secretName": "h"}}}),
+        ))[0];
+        let e = check(hook, "ns", Some(&secret(JOIN_HOOK_SECRET_KEY, b"short"))).unwrap_err();
+        assert_eq!(e.reason, "SecretInvalid");
+        assert!(e.message.contains("at least 32"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_public_key_must_be_a_pem_public_key_and_never_a_private_one() {
+        let r = &references(&spec(json!({"auth": {"publicKeySecretName": "k"}})))[0];
+        let public = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n";
+        assert_eq!(
+            check(r, "ns", Some(&secret(JWT_PUBLIC_KEY, public))),
+            Ok(())
+        );
+        let rsa = b"\n-----BEGIN RSA PUBLIC KEY-----\nMIIB\n-----END RSA PUBLIC KEY-----\n";
+        assert_eq!(check(r, "ns", Some(&secret(JWT_PUBLIC_KEY, rsa))), Ok(()));
+        for private in [
+            &b"-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n"[..],
+            b"-----BEGIN EC PRIVATE KEY-----\nsecret\n-----END EC PRIVATE KEY-----\n",
+            b"-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----\n-----BEGIN RSA PRIVATE KEY-----\nsecret\n",
+        ] {
+            let e = check(r, "ns", Some(&secret(JWT_PUBLIC_KEY, private))).unwrap_err();
+            assert_eq!(e.reason, "SecretInvalid");
+            assert!(e.message.contains("holds a private key"), "{}", e.message);
+            assert!(!e.message.contains("secret\n"), "never the value");
+        }
+        let e = check(r, "ns", Some(&secret(JWT_PUBLIC_KEY, b"not a key"))).unwrap_err();
+        assert!(
+            e.message.contains("must be a PEM public key"),
+            "{}",
+            e.message
+        );
+        let e = check(r, "ns", Some(&secret("pub", b"x"))).unwrap_err();
+        assert_eq!(e.reason, "SecretKeyMissing");
+        assert!(e.message.contains("no key `publicKey`"), "{}", e.message);
     }
 
     #[test]

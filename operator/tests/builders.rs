@@ -405,3 +405,180 @@ fn zero_prestop_is_left_out() {
     assert!(pod.containers[0].lifecycle.is_none());
     assert_eq!(pod.termination_grace_period_seconds, Some(25 + 5));
 }
+
+/// The auth settings the spec leaves unset become nothing in the pods (the server's
+/// defaults apply); anonymous users follow the keys unless set.
+#[test]
+fn unset_auth_fields_give_the_pods_nothing() {
+    let d = build(&example("minimal.yaml"), BuildContext::default()).unwrap();
+    let config = d.config_map.data.as_ref().unwrap();
+    for key in [
+        "CHAT_JWT_PUBLIC_KEY_FILE",
+        "CHAT_JWKS_URL",
+        "CHAT_JWT_ISSUER",
+        "CHAT_JWT_AUDIENCE",
+        "CHAT_ROOM_RULES",
+        "CHAT_JOIN_HOOK_URL",
+        "CHAT_JOIN_HOOK_TIMEOUT",
+        "CHAT_JOIN_HOOK_FAIL_OPEN",
+        "CHAT_DM_POLICY",
+    ] {
+        assert!(!config.contains_key(key), "{key} without a spec field");
+    }
+    assert_eq!(config["CHAT_ALLOW_ANONYMOUS"], "true", "no key: anonymous");
+    assert_eq!(config["CHAT_DM_RATE_PER_SEC"], "5");
+    let env = chat_env(&d);
+    assert!(
+        !env.iter()
+            .any(|e| e.name == "CHAT_JWT_HS256_SECRET" || e.name == "CHAT_JOIN_HOOK_SECRET"),
+        "{env:?}"
+    );
+    let pod = pod_spec(&d);
+    assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
+
+    let anonymous = |auth: serde_json::Value| -> String {
+        let mut c = example("minimal.yaml");
+        c.spec.auth = serde_json::from_value(auth).unwrap();
+        let d = build(&c, BuildContext::default()).unwrap();
+        d.config_map.data.unwrap()["CHAT_ALLOW_ANONYMOUS"].clone()
+    };
+    for key in [
+        serde_json::json!({"jwtSecretName": "k"}),
+        serde_json::json!({"publicKeySecretName": "k"}),
+        serde_json::json!({"jwksUrl": "https://idp/keys"}),
+    ] {
+        assert_eq!(
+            anonymous(key.clone()),
+            "false",
+            "a key turns guests off: {key}"
+        );
+        let mut explicit = key.clone();
+        explicit["allowAnonymous"] = true.into();
+        assert_eq!(anonymous(explicit), "true", "unless asked for: {key}");
+    }
+    assert_eq!(
+        anonymous(serde_json::json!({"allowAnonymous": true})),
+        "true"
+    );
+}
+
+/// Every auth field of full.yaml, as the variables the server reads.
+#[test]
+fn auth_fields_become_the_servers_variables() {
+    let d = build(&example("full.yaml"), BuildContext::default()).unwrap();
+    let config = d.config_map.data.as_ref().unwrap();
+    assert_eq!(config["CHAT_ALLOW_ANONYMOUS"], "false");
+    assert_eq!(
+        config["CHAT_JWKS_URL"],
+        "https://auth.example.com/realms/chat/protocol/openid-connect/certs"
+    );
+    assert_eq!(
+        config["CHAT_JWT_ISSUER"],
+        "https://auth.example.com/realms/chat"
+    );
+    assert_eq!(config["CHAT_JWT_AUDIENCE"], "chat");
+    assert_eq!(
+        config["CHAT_JOIN_HOOK_URL"],
+        "http://app.chat.svc:8000/chat/join"
+    );
+    assert_eq!(config["CHAT_JOIN_HOOK_TIMEOUT"], "2000ms");
+    assert_eq!(config["CHAT_JOIN_HOOK_FAIL_OPEN"], "false");
+    assert_eq!(config["CHAT_DM_POLICY"], "shared_room");
+    assert_eq!(config["CHAT_DM_RATE_PER_SEC"], "5");
+    let rules: serde_json::Value = serde_json::from_str(&config["CHAT_ROOM_RULES"]).unwrap();
+    assert_eq!(
+        rules,
+        serde_json::json!([
+            {"pattern": "lobby.*", "access": "public", "publish": true, "presence": true,
+             "history": true, "anonymous": false},
+            {"pattern": "announcements", "access": "public", "publish": false,
+             "presence": true, "history": true, "anonymous": true},
+            {"pattern": "team.*", "access": "grant", "publish": true, "presence": true,
+             "history": true, "anonymous": true},
+            {"pattern": "inbox.{user}", "access": "user", "publish": true, "presence": false,
+             "history": true, "anonymous": true}
+        ]),
+        "in order, every field written out"
+    );
+
+    let env = chat_env(&d);
+    let secret_ref = |name: &str| {
+        let e = env
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("{name} in {env:?}"));
+        let r = e
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("from a Secret");
+        (r.name.clone(), r.key.clone(), r.optional)
+    };
+    assert_eq!(
+        secret_ref("CHAT_JWT_HS256_SECRET"),
+        ("chat-jwt".into(), "hs256Secret".into(), Some(false))
+    );
+    assert_eq!(
+        secret_ref("CHAT_JOIN_HOOK_SECRET"),
+        ("chat-join-hook".into(), "hookSecret".into(), Some(false))
+    );
+    assert!(
+        !config.values().any(|v| v.contains("chat-jwt-public-key")),
+        "Secret names and values stay out of the ConfigMap"
+    );
+
+    // The public key: one key of its Secret, read-only, where CHAT_JWT_PUBLIC_KEY_FILE says.
+    let pod = pod_spec(&d);
+    let volumes = pod.volumes.as_ref().expect("the public key volume");
+    assert_eq!(volumes.len(), 1);
+    let secret = volumes[0].secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("chat-jwt-public-key"));
+    let items = secret.items.as_ref().unwrap();
+    assert_eq!(items.len(), 1, "only the public key, never other keys");
+    assert_eq!(items[0].key, "publicKey");
+    let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].read_only, Some(true));
+    assert_eq!(
+        config["CHAT_JWT_PUBLIC_KEY_FILE"],
+        format!("{}/{}", mounts[0].mount_path, items[0].path)
+    );
+}
+
+/// A join hook with only its URL and signing Secret: the fail-closed default is
+/// written, no timeout (the server's), and the signing key from the Secret.
+#[test]
+fn a_bare_join_hook_fails_closed_with_the_servers_timeout() {
+    let mut c = example("minimal.yaml");
+    c.spec.auth = serde_json::from_value(serde_json::json!({
+        "joinHook": {"url": "https://app.example.com/join?v=1", "secretName": "hook"}
+    }))
+    .unwrap();
+    let d = build(&c, BuildContext::default()).unwrap();
+    let config = d.config_map.data.as_ref().unwrap();
+    assert_eq!(
+        config["CHAT_JOIN_HOOK_URL"],
+        "https://app.example.com/join?v=1"
+    );
+    assert_eq!(config["CHAT_JOIN_HOOK_FAIL_OPEN"], "false");
+    assert!(!config.contains_key("CHAT_JOIN_HOOK_TIMEOUT"));
+    let secret = chat_env(&d)
+        .into_iter()
+        .find(|e| e.name == "CHAT_JOIN_HOOK_SECRET")
+        .and_then(|e| e.value_from)
+        .and_then(|v| v.secret_key_ref)
+        .expect("the hook's signing key from its Secret");
+    assert_eq!(
+        (secret.name.as_str(), secret.key.as_str()),
+        ("hook", "hookSecret")
+    );
+}
+
+/// The chat-server pod spec in `d`.
+fn pod_spec(d: &Desired) -> k8s_openapi::api::core::v1::PodSpec {
+    d.chat_statefulset
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .expect("a pod template")
+}

@@ -56,7 +56,12 @@ fn crd_has_scale_status_columns_and_short_name() {
 fn a_manifest_with_only_a_name_gets_working_defaults() {
     let spec: ChatClusterSpec = serde_json::from_value(json!({})).unwrap();
     assert_eq!(spec.replicas, 3);
-    assert!(spec.auth.allow_anonymous);
+    assert_eq!(spec.auth.allow_anonymous, None);
+    assert!(
+        spec.auth.effective_allow_anonymous(),
+        "no key: anonymous users work"
+    );
+    assert_eq!(spec.limits.dm_per_second, 5.0);
     assert!(spec.redis.managed.is_none() && spec.redis.external.is_none());
     assert_eq!(spec.drain.reconnect_window_seconds, 10);
     assert_eq!(spec.drain.deadline_seconds, 25);
@@ -98,7 +103,99 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
         ),
         (
             json!({"auth": {"allowAnonymous": false}}),
-            "set auth.jwtSecretName",
+            "auth: allowAnonymous: false leaves no way in; set auth.jwtSecretName, auth.publicKeySecretName or auth.jwksUrl",
+        ),
+        (
+            json!({"auth": {"issuer": "https://idp"}}),
+            "auth: issuer and audience are checked in tokens, and no token key is set",
+        ),
+        (
+            json!({"auth": {"audience": "chat"}}),
+            "auth: issuer and audience are checked in tokens",
+        ),
+        (
+            json!({"auth": {"jwksUrl": "http://idp.example/keys"}}),
+            "auth.jwksUrl must be an https:// URL",
+        ),
+        (
+            json!({"auth": {"jwksUrl": "https://idp.example/keys?tenant=1"}}),
+            "auth.jwksUrl must be an https:// URL",
+        ),
+        (
+            json!({"auth": {"jwksUrl": "https://user:pw@idp.example/keys"}}),
+            "auth.jwksUrl must be an https:// URL",
+        ),
+        (
+            json!({"auth": {"jwksUrl": "https://idp.example/keys#k1"}}),
+            "auth.jwksUrl must be an https:// URL",
+        ),
+        (
+            json!({"auth": {"publicKeySecretName": "Not_A_Secret"}}),
+            "auth.publicKeySecretName must be a Secret name",
+        ),
+        (
+            json!({"auth": {"rooms": [{"pattern": "lobby room", "access": "public"}]}}),
+            "auth.rooms: pattern must be 1 to 64 of A-Z a-z 0-9",
+        ),
+        (
+            json!({"auth": {"rooms": [{"pattern": "inbox.{usr}", "access": "user"}]}}),
+            "auth.rooms: pattern must be 1 to 64",
+        ),
+        (
+            json!({"auth": {"rooms": [{"pattern": "inbox.*", "access": "user"}]}}),
+            "auth.rooms: a rule with access: user needs {user} exactly once",
+        ),
+        (
+            json!({"auth": {"rooms": [{"pattern": "dm.{user}.{user}", "access": "user"}]}}),
+            "auth.rooms: a rule with access: user needs {user} exactly once",
+        ),
+        (
+            json!({"auth": {"rooms": [{"pattern": "team.{user}", "access": "grant"}]}}),
+            "auth.rooms: {user} is only for rules with access: user",
+        ),
+        (
+            json!({"auth": {"joinHook": {"url": "ftp://app/join", "secretName": "h"}}}),
+            "auth.joinHook.url must be an http:// or https:// URL",
+        ),
+        (
+            json!({"auth": {"joinHook": {"url": "http://app/join#x", "secretName": "h"}}}),
+            "auth.joinHook.url must be an http:// or https:// URL",
+        ),
+        (
+            json!({"auth": {"joinHook": {"url": "http://u:p@app/join", "secretName": "h"}}}),
+            "auth.joinHook.url must be an http:// or https:// URL",
+        ),
+        (
+            json!({"auth": {"joinHook": {"url": "http://app/join", "secretName": "Hook Secret"}}}),
+            "auth.joinHook.secretName must be a Secret name",
+        ),
+        (
+            json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "http://evil.example/x?"}}),
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "http://p:9090#"}}),
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "http://admin:pw@p:9090"}}),
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "prometheus:9090"}}),
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "http://p:9090/a b"}}),
+            "autoscaling.prometheusUrl must be an http:// or https:// base URL",
+        ),
+        (
+            json!({"limits": {"dmPerSecond": 0}}),
+            "limits.dmPerSecond must be at least 0.01",
+        ),
+        (
+            json!({"limits": {"dmPerSecond": 0.001}}),
+            "limits.dmPerSecond must be at least 0.01",
         ),
         (
             json!({"limits": {"maxFrameBytes": 1024, "maxBodyBytes": 1000}}),
@@ -124,6 +221,27 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
         json!({"replicas": 9, "autoscaling": {"minReplicas": 1, "maxReplicas": 4}}),
         json!({"expose": {"ingress": {"host": "chat.example.com"}}}),
         json!({"auth": {"allowAnonymous": false, "jwtSecretName": "jwt"}}),
+        json!({"auth": {"jwtSecretName": "jwt"}}),
+        // Guests beside token users: they get ids of their own (`~NAME`).
+        json!({"auth": {"allowAnonymous": true, "jwksUrl": "https://idp.example/keys"}}),
+        json!({"auth": {"allowAnonymous": false, "publicKeySecretName": "jwt-pub",
+            "issuer": "https://idp.example", "audience": "chat"}}),
+        json!({"auth": {"jwksUrl": "https://idp.example:8443/realms/chat/protocol/openid-connect/certs",
+            "issuer": "https://idp.example:8443/realms/chat", "audience": "chat"}}),
+        json!({"auth": {"rooms": [
+            {"pattern": "lobby.*", "access": "public", "publish": true, "presence": true,
+             "history": true, "anonymous": true},
+            {"pattern": "team.*", "access": "grant"},
+            {"pattern": "inbox.{user}", "access": "user"},
+            {"pattern": "a_b-c.d:e@f*", "access": "public"}
+        ]}}),
+        json!({"auth": {"joinHook": {"url": "http://app.default.svc:8000/chat/join?v=2",
+            "secretName": "hook", "timeoutMilliseconds": 500, "failOpen": true}}}),
+        json!({"auth": {"dmPolicy": "sharedRoom"}}),
+        json!({"limits": {"dmPerSecond": 0.5}}),
+        json!({"limits": {"dmPerSecond": 1}}),
+        json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "https://h/prometheus/"}}),
+        json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "http://[::1]:9090"}}),
         json!({"redis": {"external": {"secretName": "redis-url"}}}),
         json!({"networkPolicy": {"adminFromNamespaces": ["monitoring", "kube-prometheus-0"]}}),
     ] {

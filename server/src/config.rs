@@ -751,6 +751,45 @@ mod tests {
             (&["--dev", "--node-name", "bad name"], "CHAT_NODE_NAME"),
             (&["--jwt-hs256-secret", "short"], "at least 32 bytes"),
             (
+                &["--allow-anonymous", "--admin-listen", "0.0.0.0:9090"],
+                "CHAT_ADMIN_LISTEN 0.0.0.0:9090 is reachable beyond this machine but CHAT_ADMIN_TOKEN is not set",
+            ),
+            (
+                &["--jwks-url", "http://idp.example/jwks"],
+                "CHAT_JWKS_URL must start with https://",
+            ),
+            (
+                &[
+                    "--jwks-url",
+                    "https://idp.example/jwks",
+                    "--jwks-min-refetch",
+                    "0s",
+                ],
+                "CHAT_JWKS_MIN_REFETCH",
+            ),
+            (
+                &["--dev", "--room-rules", r#"[{"pattern":"a b","access":"public"}]"#],
+                "CHAT_ROOM_RULES: rule 0: pattern `a b`",
+            ),
+            (
+                &["--dev", "--join-hook-url", "http://127.0.0.1:1/hook"],
+                "CHAT_JOIN_HOOK_SECRET must be set",
+            ),
+            (
+                &["--dev", "--join-hook-url", "ftp://h/hook"],
+                "CHAT_JOIN_HOOK_URL: invalid URL",
+            ),
+            (
+                &[
+                    "--jwt-public-key-file",
+                    "/a",
+                    "--jwt-rs256-public-key-file",
+                    "/b",
+                ],
+                "set CHAT_JWT_PUBLIC_KEY_FILE only",
+            ),
+            (&["--dev", "--dm-rate-per-sec", "0"], "CHAT_DM_RATE_PER_SEC"),
+            (
                 &["--dev", "--history-max-age", "forever"],
                 "CHAT_HISTORY_MAX_AGE",
             ),
@@ -803,6 +842,45 @@ mod tests {
             let err = Settings::from_args(&args(argv)).unwrap_err();
             assert!(err.0.contains(expected), "{argv:?}: {err}");
         }
+    }
+
+    #[test]
+    fn dev_mode_may_expose_the_admin_port_and_a_token_allows_it_elsewhere() {
+        assert!(Settings::from_args(&args(&["--dev", "--admin-listen", "0.0.0.0:9090"])).is_ok());
+        let s = Settings::from_args(&args(&[
+            "--allow-anonymous",
+            "--admin-listen",
+            "0.0.0.0:9090",
+            "--admin-token",
+            "t0ken",
+        ]))
+        .unwrap();
+        assert_eq!(s.admin_token.as_deref(), Some("t0ken"));
+    }
+
+    #[test]
+    fn auth_and_room_settings_are_read() {
+        let s = Settings::from_args(&args(&[
+            "--jwks-url",
+            "https://idp.example/jwks",
+            "--jwt-issuer",
+            "https://idp.example",
+            "--jwt-audience",
+            "chat",
+            "--room-rules",
+            r#"[{"pattern":"lobby","access":"public"}]"#,
+            "--dm-policy",
+            "shared_room",
+        ]))
+        .unwrap();
+        let jwks = s.auth.jwks.unwrap();
+        assert_eq!(jwks.url, "https://idp.example/jwks");
+        assert_eq!(jwks.refresh, Duration::from_secs(300));
+        assert_eq!(jwks.min_refetch, Duration::from_secs(30));
+        assert_eq!(s.auth.issuer.as_deref(), Some("https://idp.example"));
+        assert!(!s.room_rules.is_open());
+        assert_eq!(s.dm_policy, crate::rooms::DmPolicy::SharedRoom);
+        assert!(!s.auth.allow_anonymous);
     }
 
     #[test]

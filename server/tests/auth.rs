@@ -239,3 +239,32 @@ async fn a_session_ends_with_4003_when_its_token_expires_unless_refreshed() {
     anonymous.close().await;
     refreshed.close().await;
 }
+
+/// The web client's page and assets carry a Content-Security-Policy that refuses other
+/// origins and framing.
+#[tokio::test]
+async fn web_client_is_served_with_a_content_security_policy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = server(true).await;
+    for path in ["/", "/app.js", "/app.css"] {
+        let mut conn = tokio::net::TcpStream::connect(s.public_addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        conn.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{path}: {text}");
+        let csp = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-security-policy: "))
+            .unwrap_or_else(|| panic!("{path}: no CSP"));
+        for directive in [
+            "frame-ancestors 'none'",
+            "connect-src 'self'",
+            "script-src 'self'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+    }
+}

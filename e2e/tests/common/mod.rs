@@ -58,6 +58,7 @@ pub fn pod_environment(example: &str) -> BTreeMap<String, String> {
                     "url" => "redis://127.0.0.1:1/".into(),
                     "token" => "an-admin-token-the-operator-generated".into(),
                     "password" => "a-redis-password-the-operator-generated".into(),
+                    "hookSecret" => "a-join-hook-secret-at-least-32-bytes-long".into(),
                     other => panic!("unexpected secret key {other}"),
                 }
             }
@@ -67,6 +68,17 @@ pub fn pod_environment(example: &str) -> BTreeMap<String, String> {
     }
     env.insert("CHAT_LISTEN".into(), "127.0.0.1:0".into());
     env.insert("CHAT_ADMIN_LISTEN".into(), "127.0.0.1:0".into());
+    // The mounted public key (the kubelet would project the Secret's `publicKey` there).
+    if env.contains_key("CHAT_JWT_PUBLIC_KEY_FILE") {
+        let key =
+            chatcluster_e2e::k8s::repo_root().join("server/tests/fixtures/test-ed25519-public.pem");
+        env.insert("CHAT_JWT_PUBLIC_KEY_FILE".into(), key.display().to_string());
+    }
+    // The identity provider's JWKS is off this machine (no traffic off loopback): the
+    // URL is checked, then dropped; the attacker suite runs the JWKS path on loopback.
+    if let Some(url) = env.remove("CHAT_JWKS_URL") {
+        assert!(url.starts_with("https://"), "{url}");
+    }
     // The in-cluster Redis name must not be resolved here (no traffic off loopback):
     // check it, then point at a closed loopback port.
     let url = env.insert("CHAT_REDIS_URL".into(), "redis://127.0.0.1:1/".into());

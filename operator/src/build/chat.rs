@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, Container, EnvFromSource, Lifecycle, LifecycleHandler,
-    PodSecurityContext, PodSpec, PodTemplateSpec, SleepAction,
+    ConfigMap, ConfigMapEnvSource, Container, EnvFromSource, KeyToPath, Lifecycle,
+    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, SecretVolumeSource,
+    SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -13,7 +14,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::*;
 use super::*;
-use crate::crd::ChatCluster;
+use crate::crd::{AuthSpec, ChatCluster, RoomRule};
+use crate::secrets::{JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY};
 
 /// Server configuration as `CHAT_*` environment variables.
 pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
@@ -27,7 +29,7 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
         ("CHAT_LOG_FORMAT".to_owned(), "json".to_owned()),
         (
             "CHAT_ALLOW_ANONYMOUS".to_owned(),
-            s.auth.allow_anonymous.to_string(),
+            s.auth.effective_allow_anonymous().to_string(),
         ),
         (
             "CHAT_ALLOWED_ORIGINS".to_owned(),
@@ -55,6 +57,10 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
         ),
         ("CHAT_RATE_BURST".to_owned(), s.limits.burst.to_string()),
         (
+            "CHAT_DM_RATE_PER_SEC".to_owned(),
+            s.limits.dm_per_second.to_string(),
+        ),
+        (
             "CHAT_DRAIN_RECONNECT_WINDOW".to_owned(),
             format!("{}s", s.drain.reconnect_window_seconds),
         ),
@@ -81,12 +87,77 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
             s.limits.trusted_proxies.join(","),
         );
     }
+    auth_config(&s.auth, &mut data);
     ConfigMap {
         metadata: n.meta(format!("{}-config", n.name), "chat-server"),
         data: Some(data),
         ..ConfigMap::default()
     }
 }
+
+/// The auth settings that are not Secrets, each only when the spec sets it: the pods
+/// get exactly what is configured, and the server's own defaults otherwise.
+fn auth_config(auth: &AuthSpec, data: &mut BTreeMap<String, String>) {
+    let mut put = |key: &str, value: String| {
+        data.insert(key.to_owned(), value);
+    };
+    if auth.public_key_secret_name.is_some() {
+        put("CHAT_JWT_PUBLIC_KEY_FILE", jwt_public_key_path());
+    }
+    if let Some(url) = &auth.jwks_url {
+        put("CHAT_JWKS_URL", url.clone());
+    }
+    if let Some(issuer) = &auth.issuer {
+        put("CHAT_JWT_ISSUER", issuer.clone());
+    }
+    if let Some(audience) = &auth.audience {
+        put("CHAT_JWT_AUDIENCE", audience.clone());
+    }
+    if !auth.rooms.is_empty() {
+        put("CHAT_ROOM_RULES", room_rules_json(&auth.rooms));
+    }
+    if let Some(hook) = &auth.join_hook {
+        put("CHAT_JOIN_HOOK_URL", hook.url.clone());
+        if let Some(ms) = hook.timeout_milliseconds {
+            put("CHAT_JOIN_HOOK_TIMEOUT", format!("{ms}ms"));
+        }
+        put("CHAT_JOIN_HOOK_FAIL_OPEN", hook.fail_open.to_string());
+    }
+    if let Some(policy) = auth.dm_policy {
+        put("CHAT_DM_POLICY", policy.env_value().to_owned());
+    }
+}
+
+/// `CHAT_ROOM_RULES`: the rules as a JSON array, in order (first match wins), every
+/// field written out so the server applies what the CRD shows.
+pub(super) fn room_rules_json(rules: &[RoomRule]) -> String {
+    let rules: Vec<serde_json::Value> = rules
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "pattern": r.pattern,
+                "access": r.access.as_str(),
+                "publish": r.publish,
+                "presence": r.presence,
+                "history": r.history,
+                "anonymous": r.anonymous,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rules).to_string()
+}
+
+/// Where the pods find the JWT public key (`auth.publicKeySecretName`).
+fn jwt_public_key_path() -> String {
+    format!("{JWT_PUBLIC_KEY_DIR}/{JWT_PUBLIC_KEY_FILE}")
+}
+
+/// Directory of the mounted JWT public key: its own read-only volume, nothing else in it.
+const JWT_PUBLIC_KEY_DIR: &str = "/etc/chat-server/jwt";
+/// The key's file name in that directory.
+const JWT_PUBLIC_KEY_FILE: &str = "public-key.pem";
+/// The volume's name in the pod.
+const JWT_PUBLIC_KEY_VOLUME: &str = "jwt-public-key";
 
 /// A stable 64-bit FNV-1a hash of the configuration, put on the pod template so a
 /// configuration change rolls the pods.
@@ -152,12 +223,48 @@ pub(super) fn chat_statefulset(
         env.push(env_secret(
             "CHAT_JWT_HS256_SECRET",
             secret,
-            "hs256Secret",
+            JWT_KEY,
             // Required: a missing Secret stops the pod at CreateContainerConfigError,
             // which names the Secret, instead of a crash loop on a config error.
             false,
         ));
     }
+    if let Some(hook) = &s.auth.join_hook {
+        env.push(env_secret(
+            "CHAT_JOIN_HOOK_SECRET",
+            &hook.secret_name,
+            JOIN_HOOK_SECRET_KEY,
+            false,
+        ));
+    }
+    // The public key as a file (the server reads a path): only that key of the Secret,
+    // in a volume of its own. World-readable: it is a public key, and the pod has no
+    // fsGroup that would let the server's user read a stricter mode.
+    let (volumes, volume_mounts) = match &s.auth.public_key_secret_name {
+        Some(secret) => (
+            Some(vec![Volume {
+                name: JWT_PUBLIC_KEY_VOLUME.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(secret.clone()),
+                    items: Some(vec![KeyToPath {
+                        key: JWT_PUBLIC_KEY.to_owned(),
+                        path: JWT_PUBLIC_KEY_FILE.to_owned(),
+                        mode: None,
+                    }]),
+                    default_mode: Some(0o444),
+                    optional: Some(false),
+                }),
+                ..Volume::default()
+            }]),
+            Some(vec![VolumeMount {
+                name: JWT_PUBLIC_KEY_VOLUME.to_owned(),
+                mount_path: JWT_PUBLIC_KEY_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]),
+        ),
+        None => (None, None),
+    };
     let grace = i64::from(s.drain.pre_stop_seconds)
         + i64::from(s.drain.deadline_seconds)
         + GRACE_MARGIN_SECONDS;
@@ -189,6 +296,7 @@ pub(super) fn chat_statefulset(
             ..Lifecycle::default()
         }),
         security_context: Some(restricted_container_security()),
+        volume_mounts,
         ..Container::default()
     };
     let mut pod_labels = labels(n.name, "chat-server");
@@ -231,6 +339,7 @@ pub(super) fn chat_statefulset(
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
+                    volumes,
                     ..PodSpec::default()
                 }),
             },
