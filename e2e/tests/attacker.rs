@@ -854,30 +854,30 @@ fn binary() -> PathBuf {
     chat_server_binary(LOADGEN).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn attacker_suite_single_node_in_memory() {
+/// Starts the identity provider, the join hook and the servers `start` makes with the
+/// suite's flags, then attacks them.
+async fn run_suite(start: impl FnOnce(&[&str]) -> Servers) {
     let _serial = SERIAL.lock().await;
     let mut idp = IdentityProvider::start();
     let hook = JoinHook::start().await;
     let dir = ScratchDir::new("attacker").unwrap();
     let flags = flags(&idp, &hook, &dir.0);
     let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let server = tokio::task::block_in_place(|| ServerProcess::start(&binary(), &args).unwrap());
-    attack(&Servers::Single(server), &mut idp, &hook).await;
+    let servers = tokio::task::block_in_place(|| start(&args));
+    attack(&servers, &mut idp, &hook).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attacker_suite_single_node_in_memory() {
+    run_suite(|args| Servers::Single(ServerProcess::start(&binary(), args).unwrap())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacker_suite_three_nodes_over_redis() {
-    let _serial = SERIAL.lock().await;
-    let mut idp = IdentityProvider::start();
-    let hook = JoinHook::start().await;
-    let dir = ScratchDir::new("attacker").unwrap();
-    let flags = flags(&idp, &hook, &dir.0);
-    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let cluster = tokio::task::block_in_place(|| {
-        let c = LocalCluster::start(&binary(), 3, &args).unwrap();
+    run_suite(|args| {
+        let c = LocalCluster::start(&binary(), 3, args).unwrap();
         c.wait_ready(Duration::from_secs(30)).unwrap();
-        c
-    });
-    attack(&Servers::Cluster(Box::new(cluster)), &mut idp, &hook).await;
+        Servers::Cluster(Box::new(c))
+    })
+    .await;
 }

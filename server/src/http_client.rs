@@ -208,6 +208,7 @@ impl HttpClient {
         self.send(url, "POST", Bytes::from(body), &all).await
     }
 
+    /// One request under the client's timeout: connect, TLS, request and whole answer.
     async fn send(
         &self,
         url: &Url,
@@ -215,25 +216,6 @@ impl HttpClient {
         body: Bytes,
         headers: &[(&str, String)],
     ) -> Result<HttpResponse, HttpError> {
-        tokio::time::timeout(self.timeout, self.exchange(url, method, body, headers))
-            .await
-            .map_err(|_| HttpError::Timeout(self.timeout))?
-    }
-
-    async fn exchange(
-        &self,
-        url: &Url,
-        method: &str,
-        body: Bytes,
-        headers: &[(&str, String)],
-    ) -> Result<HttpResponse, HttpError> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            HttpError::Failed(format!("{what} {}:{}: {e}", url.host, url.port))
-        };
-        let tcp = TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| fail("cannot connect to", &e))?;
-        let _ = tcp.set_nodelay(true);
         let mut request = Request::builder()
             .method(method)
             .uri(&url.path)
@@ -247,7 +229,25 @@ impl HttpClient {
         }
         let request = request
             .body(Full::new(body))
-            .map_err(|e| fail("cannot build a request for", &e))?;
+            .map_err(|e| HttpError::Failed(format!("cannot build a request for {url}: {e}")))?;
+        tokio::time::timeout(self.timeout, self.exchange(url, request))
+            .await
+            .map_err(|_| HttpError::Timeout(self.timeout))?
+    }
+
+    /// Connects (with TLS for https) and sends `request`.
+    async fn exchange(
+        &self,
+        url: &Url,
+        request: Request<Full<Bytes>>,
+    ) -> Result<HttpResponse, HttpError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            HttpError::Failed(format!("{what} {}:{}: {e}", url.host, url.port))
+        };
+        let tcp = TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| fail("cannot connect to", &e))?;
+        let _ = tcp.set_nodelay(true);
         if url.https {
             let name = ServerName::try_from(url.host.clone())
                 .map_err(|e| fail("no TLS server name for", &e))?;
