@@ -22,10 +22,16 @@ fuzz_target!(|data: &[u8]| {
             assert!(body.len() <= LIMITS.max_body_bytes);
             assert!(client_ref.map_or(true, |r| r.len() <= 64));
         }
-        Ok(ClientFrame::Join { room, .. }) | Ok(ClientFrame::Leave { room }) => {
+        Ok(ClientFrame::Join { room, token, .. }) => {
+            assert!(!room.is_empty() && room.len() <= 64);
+            assert!(token.is_none_or(|t| !t.is_empty()));
+        }
+        Ok(ClientFrame::Leave { room }) => {
             assert!(!room.is_empty() && room.len() <= 64);
         }
-        Ok(ClientFrame::Refresh { token }) => assert!(!token.is_empty()),
+        Ok(ClientFrame::Refresh { token }) | Ok(ClientFrame::Auth { token }) => {
+            assert!(!token.is_empty())
+        }
         Ok(ClientFrame::Ping {}) => {}
         Err(e) => {
             let frame: serde_json::Value =

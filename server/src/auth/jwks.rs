@@ -101,6 +101,11 @@ impl JwksCache {
         self.fetch_locked().await
     }
 
+    /// Replaces the keys held (after a good fetch).
+    pub(crate) fn store(&self, keys: HashMap<String, SigningKey>) {
+        *write(&self.keys) = Arc::new(keys);
+    }
+
     fn cached(&self, kid: &str) -> Option<SigningKey> {
         read(&self.keys).get(kid).cloned()
     }
@@ -127,7 +132,7 @@ impl JwksCache {
         match result {
             Ok(keys) => {
                 let n = keys.len();
-                *write(&self.keys) = Arc::new(keys);
+                self.store(keys);
                 self.metrics.jwks_fetches.with_label_values(&["ok"]).inc();
                 self.metrics.jwks_keys.set(n as i64);
                 tracing::info!(url = %self.url, keys = n, "JWKS fetched");

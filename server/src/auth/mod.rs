@@ -542,6 +542,98 @@ mod tests {
         }
     }
 
+    fn signed(alg: Algorithm, kid: Option<&str>, private: &str, sub: &str) -> String {
+        let pem = fixture(private);
+        let key = match alg {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
+            _ => EncodingKey::from_ed_pem(&pem),
+        }
+        .unwrap();
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        encode(&header, &json!({"sub": sub, "exp": now() + 60}), &key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_public_key_refuses_tokens_of_another_algorithm() {
+        let a = auth_with(AuthSettings {
+            public_key_pem: Some(fixture("test-es256-public.pem")),
+            ..AuthSettings::default()
+        });
+        assert!(a.has_keys() && a.jwks().is_none());
+        let rs = signed(Algorithm::RS256, None, "test-rs256-private.pem", "alice");
+        assert_eq!(
+            user(a.authenticate(Some(&rs), None).await),
+            Err(AuthError::WrongAlgorithm(Algorithm::RS256))
+        );
+        let ed = signed(Algorithm::EdDSA, None, "test-ed25519-private.pem", "alice");
+        assert_eq!(
+            user(a.authenticate(Some(&ed), None).await),
+            Err(AuthError::WrongAlgorithm(Algorithm::EdDSA))
+        );
+    }
+
+    /// Keys of a JWKS are picked by `kid` and used for their own algorithm only. (The
+    /// URL is a closed loopback port: the fetch an unknown `kid` causes fails at once,
+    /// and the keys stored stay.)
+    #[tokio::test]
+    async fn jwks_keys_are_picked_by_kid_and_used_for_their_algorithm_only() {
+        let a = auth_with(AuthSettings {
+            jwks: Some(jwks::JwksSettings {
+                url: "https://127.0.0.1:1/jwks".into(),
+                ca_file: None,
+                refresh: std::time::Duration::from_secs(3600),
+                min_refetch: std::time::Duration::from_secs(3600),
+            }),
+            ..AuthSettings::default()
+        });
+        assert!(a.has_keys());
+        let cache = a.jwks().expect("the JWKS cache");
+        let es = public_key_from_pem(&fixture("test-es256-public.pem")).unwrap();
+        cache.store([("k1".to_owned(), es)].into());
+        let ok = signed(
+            Algorithm::ES256,
+            Some("k1"),
+            "test-es256-private.pem",
+            "alice",
+        );
+        assert_eq!(
+            user(a.authenticate(Some(&ok), None).await),
+            Ok("alice".into())
+        );
+        let other_alg = signed(
+            Algorithm::RS256,
+            Some("k1"),
+            "test-rs256-private.pem",
+            "alice",
+        );
+        assert_eq!(
+            user(a.authenticate(Some(&other_alg), None).await),
+            Err(AuthError::WrongAlgorithm(Algorithm::RS256))
+        );
+        let no_kid = signed(Algorithm::ES256, None, "test-es256-private.pem", "alice");
+        assert_eq!(
+            user(a.authenticate(Some(&no_kid), None).await),
+            Err(AuthError::MissingKeyId)
+        );
+        let unknown = signed(
+            Algorithm::ES256,
+            Some("k9"),
+            "test-es256-private.pem",
+            "alice",
+        );
+        assert_eq!(
+            user(a.authenticate(Some(&unknown), None).await),
+            Err(AuthError::UnknownKey("k9".into()))
+        );
+        assert_eq!(cache.len(), 1, "a failed fetch keeps the keys");
+        assert_eq!(
+            user(a.authenticate(Some(&ok), None).await),
+            Ok("alice".into())
+        );
+    }
+
     #[tokio::test]
     async fn a_refresh_must_be_valid_and_for_the_same_user() {
         let a = auth(false);
