@@ -317,7 +317,9 @@ mod tests {
         let u = Url::parse("https://[::1]:8443/jwks", true).unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", 8443));
         assert_eq!(u.host_header(), "[::1]:8443");
-        assert_eq!(Url::parse("http://h", false).unwrap().path, "/");
+        let plain = Url::parse("http://h", false).unwrap();
+        assert_eq!((plain.path.as_str(), plain.port), ("/", 80));
+        assert_eq!(Url::parse("https://h", true).unwrap().port, 443);
 
         let why = |s: &str, https_only: bool| match Url::parse(s, https_only) {
             Err(HttpError::InvalidUrl { why, .. }) => why,

@@ -220,6 +220,109 @@ mod tests {
         assert!(matches!(parse_answer(302, b""), Answer::Failed(_)));
     }
 
+    /// A hook on loopback that answers every call with `body` and counts the calls.
+    async fn hook_answering(body: String) -> (Url, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        hook_answering_after(body, Duration::ZERO).await
+    }
+
+    /// [`hook_answering`], each answer `delay` late.
+    async fn hook_answering_after(
+        body: String,
+        delay: Duration,
+    ) -> (Url, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(
+            &format!("http://{}/join", listener.local_addr().unwrap()),
+            false,
+        )
+        .unwrap();
+        let calls = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    tokio::time::sleep(delay).await;
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (url, calls)
+    }
+
+    fn settings(url: Url, fail_open: bool) -> JoinHookSettings {
+        JoinHookSettings {
+            url,
+            secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+            timeout: Duration::from_secs(2),
+            fail_open,
+            concurrency: 4,
+            cache_ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn answers_are_cached_and_an_oversized_answer_fails_closed_or_open() {
+        use std::sync::atomic::Ordering;
+        // Padded to about 2 KiB: within the answer bound (4 KiB).
+        let padded = format!(r#"{{"allow":true,"pad":"{}"}}"#, "x".repeat(2000));
+        let (url, calls) = hook_answering(padded).await;
+        let hook = JoinHook::new(settings(url, false), Metrics::new()).unwrap();
+        assert_eq!(hook.ask("alice", "team.red").await, Verdict::Allow);
+        assert_eq!(hook.ask("alice", "team.red").await, Verdict::Allow);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the second answer came from the cache"
+        );
+        assert_eq!(hook.ask("bob", "team.red").await, Verdict::Allow);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+        let huge = format!(r#"{{"allow":true,"pad":"{}"}}"#, "x".repeat(10_000));
+        let (url, _) = hook_answering(huge.clone()).await;
+        let closed = JoinHook::new(settings(url, false), Metrics::new()).unwrap();
+        assert!(
+            matches!(closed.ask("alice", "r").await, Verdict::Unavailable(why) if why.contains("larger than"))
+        );
+        let (url, _) = hook_answering(huge).await;
+        let open = JoinHook::new(settings(url, true), Metrics::new()).unwrap();
+        assert_eq!(open.ask("alice", "r").await, Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_concurrency_bound_fail_instead_of_queueing() {
+        let (url, calls) =
+            hook_answering_after(r#"{"allow":true}"#.into(), Duration::from_millis(300)).await;
+        let mut s = settings(url, false);
+        s.concurrency = 1;
+        let hook = JoinHook::new(s, Metrics::new()).unwrap();
+        let (first, second) = tokio::join!(hook.ask("alice", "a"), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            hook.ask("bob", "b").await
+        });
+        assert_eq!(first, Verdict::Allow);
+        assert!(matches!(second, Verdict::Unavailable(why) if why.contains("in flight")));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_is_not_there_fails_closed() {
+        let url = Url::parse("http://127.0.0.1:1/join", false).unwrap();
+        let hook = JoinHook::new(settings(url, false), Metrics::new()).unwrap();
+        assert!(matches!(
+            hook.ask("alice", "r").await,
+            Verdict::Unavailable(_)
+        ));
+    }
+
     #[test]
     fn signature_is_hmac_sha256_of_the_body() {
         // RFC 4231 test case 2.
