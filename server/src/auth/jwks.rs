@@ -259,6 +259,52 @@ mod tests {
         assert!(parse_jwks(b"[]").unwrap_err().contains("not a JWKS"));
     }
 
+    /// Unknown `kid`s fetch again at most once per refetch interval, and a failed fetch
+    /// keeps the keys held. (A closed loopback port: each fetch fails at once.)
+    #[tokio::test]
+    async fn unknown_kids_fetch_at_a_bounded_rate_and_failures_keep_the_keys() {
+        let metrics = Metrics::new();
+        let cache = JwksCache::new(
+            &JwksSettings {
+                url: "https://127.0.0.1:1/jwks".into(),
+                ca_file: None,
+                refresh: Duration::from_secs(3600),
+                min_refetch: Duration::from_millis(300),
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        cache.store(parse_jwks(&doc(&[EC])).unwrap());
+        let failures = || metrics.jwks_fetches.with_label_values(&["error"]).get();
+        assert!(cache.key("e1").await.is_some());
+        assert_eq!(failures(), 0, "a known kid fetches nothing");
+        for kid in ["x1", "x2", "x3"] {
+            assert!(cache.key(kid).await.is_none());
+        }
+        assert_eq!(failures(), 1, "three unknown kids at once, one fetch");
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(cache.key("x4").await.is_none());
+        assert_eq!(failures(), 2);
+        assert!(cache.refresh().await.is_err());
+        assert_eq!(
+            failures(),
+            3,
+            "the periodic refresh fetches whatever the interval"
+        );
+        assert_eq!(cache.len(), 1, "failed fetches keep the last good keys");
+        assert!(cache.key("e1").await.is_some());
+        assert!(JwksCache::new(
+            &JwksSettings {
+                url: "http://idp/jwks".into(),
+                ca_file: None,
+                refresh: Duration::from_secs(1),
+                min_refetch: Duration::from_secs(1),
+            },
+            Metrics::new()
+        )
+        .is_err());
+    }
+
     #[test]
     fn takes_at_most_max_keys() {
         let many: Vec<String> = (0..MAX_KEYS + 5)
