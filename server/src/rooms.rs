@@ -575,6 +575,21 @@ mod tests {
     }
 
     #[test]
+    fn refusals_name_the_room_and_what_to_do() {
+        assert_eq!(
+            DenyReason::NoRule.message("x"),
+            "room `x` is not open to clients"
+        );
+        assert_eq!(
+            DenyReason::OtherUsersRoom.message("inbox.bob"),
+            "room `inbox.bob` belongs to another user"
+        );
+        assert!(DenyReason::Anonymous
+            .message("t")
+            .contains("connect with a token"));
+    }
+
+    #[test]
     fn unmatched_rooms_are_refused_once_rules_exist() {
         let r = rules(r#"[{"pattern": "lobby", "access": "public"}]"#);
         assert!(!r.is_open());
@@ -602,11 +617,14 @@ mod tests {
             r#"[{"pattern": "a", "access": "public"}, {"pattern": "b c", "access": "public"}]"#
         )
         .starts_with("rule 1:"));
-        let many = format!(
-            "[{}]",
-            vec![r#"{"pattern": "a", "access": "public"}"#; MAX_RULES + 1].join(",")
-        );
-        assert!(err(&many).contains("at most"));
+        let rules = |n: usize| {
+            format!(
+                "[{}]",
+                vec![r#"{"pattern": "a", "access": "public"}"#; n].join(",")
+            )
+        };
+        assert!(err(&rules(MAX_RULES + 1)).contains("at most"));
+        assert!(RoomRules::parse(&rules(MAX_RULES)).is_ok());
     }
 
     #[test]
@@ -615,5 +633,6 @@ mod tests {
         assert!(parse_grants(&["{user}".into()]).is_err());
         let many: Vec<String> = (0..=MAX_GRANTS).map(|i| format!("r{i}")).collect();
         assert!(parse_grants(&many).unwrap_err().0.contains("at most"));
+        assert_eq!(parse_grants(&many[..MAX_GRANTS]).unwrap().len(), MAX_GRANTS);
     }
 }
