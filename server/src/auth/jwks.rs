@@ -241,6 +241,7 @@ mod tests {
         let other_alg = RSA.replace(r#""alg":"RS256""#, r#""alg":"PS256""#);
         let symmetric = r#"{"kty":"oct","kid":"h1","k":"c2VjcmV0c2VjcmV0c2VjcmV0"}"#;
         let p384 = EC.replace("P-256", "P-384");
+        let okp_not_ed25519 = OKP.replace("Ed25519", "P-256");
         let garbage = r#"{"kty":"RSA","kid":"g"}"#;
         for bad in [
             no_kid.as_str(),
@@ -249,6 +250,7 @@ mod tests {
             &other_alg,
             symmetric,
             &p384,
+            &okp_not_ed25519,
             garbage,
         ] {
             let err = parse_jwks(&doc(&[bad])).err();
