@@ -695,7 +695,7 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
         ),
         // A room token for another room, or for another user, admits to nothing.
         (
-            json!({"type": "join", "room": "team.red", "token": hs256(&claims("mallory", json!({"room": "team.blue"})))}),
+            json!({"type": "join", "room": "team.red", "token": hs256(&claims("mallory", json!({"room": "team.blue", "exp": now() + 120})))}),
             "forbidden",
         ),
         (
@@ -704,6 +704,11 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
         ),
         (
             json!({"type": "join", "room": "team.red", "token": hs256(&claims("mallory", json!({"room": "team.red", "exp": now() - 600})))}),
+            "forbidden",
+        ),
+        // A room token valid for hours is refused: room tokens are short-lived tickets.
+        (
+            json!({"type": "join", "room": "team.red", "token": hs256(&claims("mallory", json!({"room": "team.red", "exp": now() + 7200})))}),
             "forbidden",
         ),
     ] {
@@ -716,7 +721,7 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
     }
     // A valid room token for this user and room admits.
     mallory
-        .send(json!({"type": "join", "room": "team.blue", "token": hs256(&claims("mallory", json!({"room": "team.blue"})))}))
+        .send(json!({"type": "join", "room": "team.blue", "token": hs256(&claims("mallory", json!({"room": "team.blue", "exp": now() + 120})))}))
         .await;
     assert_eq!(mallory.expect("joined").await["room"], "team.blue");
     // The join hook admits alice to hook.* and nobody else; down, it fails closed.

@@ -380,6 +380,10 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
             "auth.rooms: pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
         ),
         (
+            "spec:\n  auth:\n    rooms:\n    - pattern: 'dm.{user}.*'\n      access: user\n",
+            "auth.rooms: a rule with access: user must not hold *",
+        ),
+        (
             "spec:\n  auth:\n    rooms:\n    - pattern: 'inbox.*'\n      access: user\n",
             "auth.rooms: a rule with access: user needs {user} exactly once in its pattern",
         ),

@@ -32,9 +32,13 @@ fuzz_target!(|input: Input| {
         }
     }
     if let Ok(p) = Pattern::parse(input.pattern, true) {
-        // Matching for one user implies the rule owns the room.
+        // Matching for one user implies the rule owns the room, and a user room belongs
+        // to one user only: no other user id matches it.
         if !input.user.is_empty() && p.matches_for(input.room, input.user) {
             assert!(p.matches(input.room));
+            for other in input.grants.iter().filter(|g| !g.is_empty() && **g != input.user) {
+                assert!(!p.matches_for(input.room, other), "{:?}: {:?} and {other:?}", input.room, input.user);
+            }
         }
     }
     let Ok(rules) = RoomRules::parse(input.rules) else {

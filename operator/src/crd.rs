@@ -543,6 +543,8 @@ impl AuthSpec {
     .message("auth.rooms: pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and * (any run of characters), plus {user} in access: user rules"))]
 #[x_kube(validation = Rule::new("self.access != 'user' || self.pattern.matches('^[^{]*[{]user[}][^{]*$')")
     .message("auth.rooms: a rule with access: user needs {user} exactly once in its pattern, e.g. inbox.{user}"))]
+#[x_kube(validation = Rule::new("self.access != 'user' || !self.pattern.contains('*')")
+    .message("auth.rooms: a rule with access: user must not hold *: the user it names would be ambiguous; write e.g. inbox.{user}"))]
 #[x_kube(validation = Rule::new("self.access == 'user' || !self.pattern.contains('{')")
     .message("auth.rooms: {user} is only for rules with access: user; remove it from the pattern or set access: user"))]
 #[serde(rename_all = "camelCase")]

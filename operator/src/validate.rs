@@ -148,6 +148,10 @@ pub fn room_rule_problem(rule: &RoomRule) -> Option<String> {
         return Some(format!("pattern must be 1 to {MAX_PATTERN_LEN} of A-Z a-z 0-9 _ - . : @ and * (any run of characters), plus {{user}} in access: user rules"));
     }
     match (rule.access, placeholders) {
+        (RoomAccess::User, 1) if pattern.contains('*') => Some(
+            "a rule with access: user must not hold *: the user it names would be ambiguous (user ids hold the same characters as room names); write e.g. inbox.{user}"
+                .to_owned(),
+        ),
         (RoomAccess::User, 1) => None,
         (RoomAccess::User, _) => Some(
             "a rule with access: user needs {user} exactly once in its pattern, e.g. inbox.{user}"
@@ -301,6 +305,7 @@ mod tests {
             ("lobby room", "public", "pattern must be 1 to 64"),
             ("lobby/x", "public", "pattern must be 1 to 64"),
             ("inbox.{usr}", "user", "pattern must be 1 to 64"),
+            ("dm.{user}.*", "user", "must not hold *"),
             ("inbox.*", "user", "needs {user} exactly once"),
             ("dm.{user}.{user}", "user", "needs {user} exactly once"),
             (

@@ -142,6 +142,10 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
             "auth.rooms: pattern must be 1 to 64",
         ),
         (
+            json!({"auth": {"rooms": [{"pattern": "dm.{user}.*", "access": "user"}]}}),
+            "auth.rooms: a rule with access: user must not hold *",
+        ),
+        (
             json!({"auth": {"rooms": [{"pattern": "inbox.*", "access": "user"}]}}),
             "auth.rooms: a rule with access: user needs {user} exactly once",
         ),

@@ -77,6 +77,10 @@ pub struct Args {
     /// `grant` room the token does not grant.
     #[arg(long, env = "CHAT_JOIN_HOOK_URL")]
     pub join_hook_url: Option<String>,
+    /// PEM CA for an https join hook behind a private CA (the public web roots are always
+    /// trusted).
+    #[arg(long, env = "CHAT_JOIN_HOOK_CA_FILE")]
+    pub join_hook_ca_file: Option<PathBuf>,
     /// Key of the HMAC-SHA256 signature on join hook calls (`X-Chat-Signature`).
     #[arg(long, env = "CHAT_JOIN_HOOK_SECRET", hide_env_values = true)]
     pub join_hook_secret: Option<String>,
@@ -557,6 +561,7 @@ impl Settings {
             Some(url) => Some(crate::join_hook::JoinHookSettings {
                 url: crate::http_client::Url::parse(url, false)
                     .map_err(|e| ConfigError(format!("CHAT_JOIN_HOOK_URL: {e}")))?,
+                ca_file: args.join_hook_ca_file.clone(),
                 secret: args
                     .join_hook_secret
                     .clone()

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 
 use crate::auth::AuthError;
-use crate::http::SlotGuard;
+use crate::http::{AwaitingAuth, SlotGuard};
 use crate::protocol::{parse_client_frame, ClientFrame, CloseCode, FrameLimits};
 use crate::state::AppState;
 
@@ -17,7 +17,13 @@ use crate::state::AppState;
 const MAX_CLOSE_REASON: usize = 120;
 
 /// Reads the `auth` frame, then serves the session as [`crate::session::run`] does.
-pub async fn authenticate_then_run(state: Arc<AppState>, mut socket: WebSocket, slot: SlotGuard) {
+/// `awaiting` counts this connection among those not yet authenticated until then.
+pub async fn authenticate_then_run(
+    state: Arc<AppState>,
+    mut socket: WebSocket,
+    slot: SlotGuard,
+    awaiting: Option<AwaitingAuth>,
+) {
     let wait = state.settings.header_read_timeout;
     let limits = FrameLimits {
         max_body_bytes: state.settings.max_body_bytes,
@@ -32,6 +38,7 @@ pub async fn authenticate_then_run(state: Arc<AppState>, mut socket: WebSocket, 
             Ok(ClientFrame::Auth { token }) => {
                 match state.auth.authenticate(Some(&token), None).await {
                     Ok(identity) => {
+                        drop(awaiting);
                         return crate::session::run(state, socket, identity, slot).await;
                     }
                     Err(e) => (close_code_for(&e), e.to_string()),

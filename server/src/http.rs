@@ -54,6 +54,28 @@ pub struct ConnectionSlots(AtomicUsize);
 /// Releases its slot when the session ends or the upgrade never happens.
 pub struct SlotGuard(Arc<AppState>);
 
+/// One connection upgraded without credentials and not yet authenticated by its first
+/// frame; at most `CHAT_MAX_PENDING_CONNECTIONS` at once, so connections that never
+/// authenticate cannot hold the node's connection slots.
+pub struct AwaitingAuth(Arc<AppState>);
+
+impl AwaitingAuth {
+    fn take(state: &Arc<AppState>) -> Option<AwaitingAuth> {
+        let max = state.settings.max_pending_connections;
+        if state.awaiting_auth.fetch_add(1, Ordering::Relaxed) >= max {
+            state.awaiting_auth.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(AwaitingAuth(state.clone()))
+    }
+}
+
+impl Drop for AwaitingAuth {
+    fn drop(&mut self) {
+        self.0.awaiting_auth.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         self.0.slots.0.fetch_sub(1, Ordering::Relaxed);
@@ -199,26 +221,38 @@ async fn upgrade(
     // No credentials at all, and tokens are possible: the first frame must be `auth`.
     let first_frame =
         bearer.is_none() && anonymous_user.is_none() && state.auth.accepts_first_frame_token();
-    let identity = if first_frame {
-        None
-    } else {
-        match state.auth.authenticate(bearer, anonymous_user).await {
-            Ok(identity) => Some(identity),
-            Err(e) => {
-                let mut resp = refuse(
+    let mut awaiting = None;
+    let identity =
+        if first_frame {
+            match AwaitingAuth::take(&state) {
+                Some(waiting) => awaiting = Some(waiting),
+                None => return unavailable(
                     &state,
-                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
-                    "auth",
-                    e.to_string(),
-                );
-                if e.status() == 401 {
-                    resp.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                }
-                return resp;
+                    "awaiting_auth",
+                    1,
+                    "too many connections are waiting to send their `auth` frame; retry shortly"
+                        .into(),
+                ),
             }
-        }
-    };
+            None
+        } else {
+            match state.auth.authenticate(bearer, anonymous_user).await {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    let mut resp = refuse(
+                        &state,
+                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                        "auth",
+                        e.to_string(),
+                    );
+                    if e.status() == 401 {
+                        resp.headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    }
+                    return resp;
+                }
+            }
+        };
     let settings = &state.settings;
     let session_state = state.clone();
     ws.read_buffer_size(settings.ws_read_buffer_bytes)
@@ -235,6 +269,7 @@ async fn upgrade(
                 session_state,
                 socket,
                 slot,
+                awaiting,
             ))),
         })
 }

@@ -37,8 +37,8 @@ pub enum DeliveryKind {
     Resync { room: Arc<str> },
     /// A direct message.
     Direct,
-    /// Anything else (presence).
-    Notice,
+    /// A presence change in `room`; the session drops it once it has left the room.
+    Presence { room: Arc<str> },
 }
 
 /// What the hub, the backplane or the drain controller asks a session to write or do.
@@ -275,12 +275,21 @@ impl Hub {
         if !self.rules.presence_visible(room) {
             return 0;
         }
-        deliver_frame(&self.rooms, room, frame, DeliveryKind::Notice)
+        let rooms = read(&self.rooms);
+        let Some((key, members)) = rooms.get_key_value(room) else {
+            return 0;
+        };
+        let kind = DeliveryKind::Presence { room: key.clone() };
+        offer_all(members, kind, frame)
     }
 
     /// Queues a frame for every local session of a user; returns how many took it.
     pub fn deliver_user_frame(&self, user: &str, frame: &Utf8Bytes) -> usize {
-        deliver_frame(&self.users, user, frame, DeliveryKind::Direct)
+        let users = read(&self.users);
+        let Some(sessions) = users.get(user) else {
+            return 0;
+        };
+        offer_all(sessions, DeliveryKind::Direct, frame)
     }
 
     pub fn user_session_count(&self, user: &str) -> usize {
@@ -300,16 +309,13 @@ impl Hub {
     }
 }
 
-fn deliver_frame(map: &RwLock<Members>, key: &str, frame: &Utf8Bytes, kind: DeliveryKind) -> usize {
-    let map = read(map);
-    let Some(members) = map.get(key) else {
-        return 0;
-    };
+/// Queues one shared frame of `kind` for each of `sessions`; returns how many took it.
+fn offer_all(sessions: &[Arc<SessionHandle>], kind: DeliveryKind, frame: &Utf8Bytes) -> usize {
     let delivery = Arc::new(Delivery {
         kind,
         frame: frame.clone(),
     });
-    members
+    sessions
         .iter()
         .filter(|m| m.offer(Outbound::Deliver(delivery.clone()), frame.len()))
         .count()
@@ -381,7 +387,7 @@ mod tests {
 
     fn notice(text: &str) -> Outbound {
         Outbound::Deliver(Arc::new(Delivery {
-            kind: DeliveryKind::Notice,
+            kind: DeliveryKind::Direct,
             frame: text.into(),
         }))
     }
@@ -470,7 +476,7 @@ mod tests {
         let (s, _rx) = SessionHandle::new(1, "u".into(), 10);
         let frame = |t: &str| {
             Outbound::Deliver(Arc::new(Delivery {
-                kind: DeliveryKind::Notice,
+                kind: DeliveryKind::Direct,
                 frame: t.into(),
             }))
         };

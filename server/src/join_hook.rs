@@ -2,12 +2,15 @@
 //! server can ask the application's backend. A POST of `{"user", "room", "action":
 //! "join", "ts"}` signed with HMAC-SHA256 (`X-Chat-Signature: sha256=<hex>` over the
 //! raw body; `ts` lets the backend refuse replays), answered by `200 {"allow": true}` or
-//! `{"allow": false}` (403 and 404 also mean no).
+//! `{"allow": false}` (403 and 404 also mean no). The signature authenticates the chat
+//! server to the backend, not the answer to the server: where the network between them
+//! is not trusted, use an https hook (`CHAT_JOIN_HOOK_CA_FILE` for a private CA).
 //!
 //! Bounded on every side: one timeout per call, at most `concurrency` calls in flight
 //! (a join past it fails like a hook error rather than queueing), answers cached for a
-//! short time in a map of bounded size. Fail-closed by default: a hook that errs, times
-//! out or is too busy refuses the join, unless `fail_open` is set.
+//! short time in a map of bounded size. Fail-closed by default: a hook that errs or times
+//! out refuses the join, unless `fail_open` is set; a hook too busy to be asked always
+//! refuses it (any client could keep it busy).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,6 +33,8 @@ const MAX_ANSWER_BYTES: usize = 4 * 1024;
 #[derive(Debug, Clone)]
 pub struct JoinHookSettings {
     pub url: Url,
+    /// A PEM CA for an https hook behind a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
     pub secret: Vec<u8>,
     pub timeout: Duration,
     pub fail_open: bool,
@@ -66,7 +71,11 @@ pub struct JoinHook {
 
 impl JoinHook {
     pub fn new(settings: JoinHookSettings, metrics: Metrics) -> Result<JoinHook, String> {
-        let client = HttpClient::new(None, settings.timeout, MAX_ANSWER_BYTES)?;
+        let client = HttpClient::new(
+            settings.ca_file.as_deref(),
+            settings.timeout,
+            MAX_ANSWER_BYTES,
+        )?;
         Ok(JoinHook {
             permits: Semaphore::new(settings.concurrency),
             settings,
@@ -104,11 +113,15 @@ impl JoinHook {
                 self.remember(key, false);
                 return Verdict::Deny;
             }
+            // Never let a join through because the hook is busy: any client can keep it
+            // busy (joins of made-up rooms), which would open every grant room on demand.
+            Answer::Busy => {
+                return Verdict::Unavailable(format!(
+                    "more than {} join hook calls in flight",
+                    self.settings.concurrency
+                ))
+            }
             Answer::Failed(why) => why,
-            Answer::Busy => format!(
-                "more than {} join hook calls in flight",
-                self.settings.concurrency
-            ),
         };
         tracing::warn!(room, error = %why, fail_open = self.settings.fail_open, "join hook failed");
         if self.settings.fail_open {
@@ -261,6 +274,7 @@ mod tests {
     fn settings(url: Url, fail_open: bool) -> JoinHookSettings {
         JoinHookSettings {
             url,
+            ca_file: None,
             secret: b"0123456789abcdef0123456789abcdef".to_vec(),
             timeout: Duration::from_secs(2),
             fail_open,
@@ -311,6 +325,18 @@ mod tests {
         assert_eq!(first, Verdict::Allow);
         assert!(matches!(second, Verdict::Unavailable(why) if why.contains("in flight")));
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Failing open never covers a busy hook.
+        let (url, _) =
+            hook_answering_after(r#"{"allow":false}"#.into(), Duration::from_millis(300)).await;
+        let mut s = settings(url, true);
+        s.concurrency = 1;
+        let open = JoinHook::new(s, Metrics::new()).unwrap();
+        let (first, second) = tokio::join!(open.ask("alice", "a"), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            open.ask("bob", "b").await
+        });
+        assert_eq!(first, Verdict::Deny);
+        assert!(matches!(second, Verdict::Unavailable(_)));
     }
 
     #[tokio::test]

@@ -141,6 +141,15 @@ impl Pattern {
                 shorten(text)
             )));
         }
+        // User ids hold the same characters as room names, so with a `*` beside it
+        // nothing marks where `{user}` ends: `dm.{user}.*` would give `dm.a.b.c` to both
+        // `a` and `a.b`. Literals alone fix the user uniquely.
+        if allow_user && parts.contains(&Part::Star) {
+            return Err(PatternError(format!(
+                "pattern `{}` of a `user` rule must not hold `*`: the user it names would be ambiguous",
+                shorten(text)
+            )));
+        }
         Ok(Pattern { parts })
     }
 
@@ -479,10 +488,10 @@ mod tests {
         assert!(p.matches_for("inbox.bob", "bob"));
         assert!(!p.matches_for("inbox.bob", "alice"));
         assert!(!p.matches_for("inbox.bobby", "bob"));
-        let q = Pattern::parse("dm.{user}.*", true).unwrap();
-        assert!(q.matches_for("dm.a.b.c", "a.b"));
-        assert!(q.matches_for("dm.a.b.c", "a"));
-        assert!(!q.matches_for("dm.a.b.c", "b"));
+        let q = Pattern::parse("dm.{user}.inbox", true).unwrap();
+        assert!(q.matches_for("dm.a.b.inbox", "a.b"));
+        assert!(!q.matches_for("dm.a.b.inbox", "a"));
+        assert!(!q.matches_for("dm.a.b.inbox", "b"));
     }
 
     #[test]
@@ -496,6 +505,8 @@ mod tests {
         assert!(err("inbox.*", true).contains("exactly once"));
         assert!(err("{user}.{user}", true).contains("exactly once"));
         assert!(err("{usr}", false).contains("may hold only"));
+        assert!(err("dm.{user}.*", true).contains("must not hold `*`"));
+        assert!(err("*{user}", true).contains("must not hold `*`"));
     }
 
     #[test]

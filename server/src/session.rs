@@ -334,7 +334,13 @@ impl Session {
                             continue;
                         }
                         DeliveryKind::Direct => delivered += 1,
-                        DeliveryKind::Notice => {}
+                        DeliveryKind::Presence { room } => {
+                            // Queued before a leave or a revoked grant: not for this
+                            // session any more.
+                            if !self.rooms.get(room).is_some_and(|c| c.policy.presence) {
+                                continue;
+                            }
+                        }
                     }
                     self.feed(Message::Text(d.frame.clone())).await?;
                 }
@@ -564,13 +570,13 @@ impl Session {
     /// are checked again; each one no longer granted is left, with `grant_revoked` and
     /// then `left`.
     async fn recheck_grants(&mut self) -> Result<(), Stop> {
-        let to_check: Vec<(Arc<str>, Grant)> = self
+        let to_check: Vec<Arc<str>> = self
             .rooms
             .iter()
             .filter(|(_, c)| matches!(c.grant, Grant::Token | Grant::Hook))
-            .map(|(r, c)| (r.clone(), c.grant))
+            .map(|(r, _)| r.clone())
             .collect();
-        for (room, was) in to_check {
+        for room in to_check {
             let still = match self
                 .state
                 .settings
@@ -580,10 +586,10 @@ impl Session {
                 JoinCheck::Allowed { by_token, .. } => {
                     Some(if by_token { Grant::Token } else { Grant::Rule })
                 }
+                // Only a yes keeps the room: a hook that cannot answer fails closed here
+                // too, or a client could keep a withdrawn room by keeping the hook busy.
                 JoinCheck::NeedsGrant(_) => match self.ask_hook(&room).await {
-                    // A hook that cannot answer now does not end a membership it granted.
                     Some(Verdict::Allow) => Some(Grant::Hook),
-                    Some(Verdict::Unavailable(_)) if was == Grant::Hook => Some(Grant::Hook),
                     _ => None,
                 },
                 JoinCheck::Denied(_) => None,

@@ -34,6 +34,9 @@ pub struct AppState {
     /// `None` when the per-source limit is off (`CHAT_ACCEPT_RATE_PER_SOURCE=0`).
     pub source_buckets: Option<Mutex<SourceBuckets>>,
     pub slots: ConnectionSlots,
+    /// Connections upgraded without credentials that have not yet sent their `auth`
+    /// frame (at most `CHAT_MAX_PENDING_CONNECTIONS`).
+    pub awaiting_auth: std::sync::atomic::AtomicUsize,
     next_session_id: AtomicU64,
 }
 
@@ -75,6 +78,7 @@ impl AppState {
             auth,
             accept_bucket,
             slots: ConnectionSlots::default(),
+            awaiting_auth: std::sync::atomic::AtomicUsize::new(0),
             next_session_id: AtomicU64::new(1),
         }
     }

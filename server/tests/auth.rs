@@ -268,3 +268,41 @@ async fn web_client_is_served_with_a_content_security_policy() {
         assert!(!csp.contains("unsafe-inline"), "{csp}");
     }
 }
+
+/// Connections upgraded without credentials are bounded until they authenticate: past
+/// `CHAT_MAX_PENDING_CONNECTIONS` of them, new ones get 503; one that sends its `auth`
+/// frame frees its place.
+#[tokio::test]
+async fn connections_waiting_for_their_auth_frame_are_bounded() {
+    use futures_util::SinkExt;
+    let mut settings = Settings::local_test();
+    settings.auth = AuthSettings {
+        hs256_secret: Some(SECRET.as_bytes().to_vec()),
+        ..AuthSettings::default()
+    };
+    settings.max_pending_connections = 2;
+    let s = start(settings).await;
+    let mut first = try_connect_with(s.public_addr, "", &[])
+        .await
+        .expect("first");
+    let _second = try_connect_with(s.public_addr, "", &[])
+        .await
+        .expect("second");
+    let refused = try_connect_with(s.public_addr, "", &[])
+        .await
+        .expect_err("a third one waits too many");
+    assert_eq!(refused.status, 503);
+    assert!(refused.retry_after.is_some());
+    assert!(refused.body.contains("auth"), "{}", refused.body);
+    let auth = serde_json::json!({"type": "auth", "token": hs256("alice", now() + 300, SECRET)});
+    first
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            auth.to_string().into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(welcome_user(&mut first).await, "alice");
+    let _third = try_connect_with(s.public_addr, "", &[])
+        .await
+        .expect("a place was freed");
+}

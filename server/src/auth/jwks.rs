@@ -41,7 +41,7 @@ pub struct JwksCache {
     keys: RwLock<Arc<HashMap<String, SigningKey>>>,
     /// When the last fetch started; held across a fetch so concurrent misses wait for
     /// one fetch instead of starting their own.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    last_fetch: Arc<tokio::sync::Mutex<Option<Instant>>>,
     min_refetch: Duration,
     metrics: Metrics,
 }
@@ -67,20 +67,22 @@ impl JwksCache {
             url,
             client,
             keys: RwLock::new(Arc::new(HashMap::new())),
-            last_fetch: tokio::sync::Mutex::new(None),
+            last_fetch: Arc::new(tokio::sync::Mutex::new(None)),
             min_refetch: settings.min_refetch,
             metrics,
         })
     }
 
     /// The key with `kid`, fetching the JWKS again first if it is unknown and the last
-    /// fetch is older than the refetch interval.
-    pub async fn key(&self, kid: &str) -> Option<SigningKey> {
+    /// fetch is older than the refetch interval. The fetch runs in a task of its own, so
+    /// a client that hangs up mid-upgrade cannot cancel it (and with it the refetches of
+    /// the next interval).
+    pub async fn key(self: &Arc<Self>, kid: &str) -> Option<SigningKey> {
         if let Some(key) = self.cached(kid) {
             return Some(key);
         }
         {
-            let mut last = self.last_fetch.lock().await;
+            let mut last = self.last_fetch.clone().lock_owned().await;
             // Another task may have fetched while this one waited for the lock.
             if let Some(key) = self.cached(kid) {
                 return Some(key);
@@ -89,7 +91,13 @@ impl JwksCache {
                 return None;
             }
             *last = Some(Instant::now());
-            let _ = self.fetch_locked().await;
+            let cache = self.clone();
+            let fetch = tokio::spawn(async move {
+                // Held until the fetch is done, whoever waits for it.
+                let _last = last;
+                let _ = cache.fetch_locked().await;
+            });
+            let _ = fetch.await;
         }
         self.cached(kid)
     }
@@ -266,16 +274,18 @@ mod tests {
     #[tokio::test]
     async fn unknown_kids_fetch_at_a_bounded_rate_and_failures_keep_the_keys() {
         let metrics = Metrics::new();
-        let cache = JwksCache::new(
-            &JwksSettings {
-                url: "https://127.0.0.1:1/jwks".into(),
-                ca_file: None,
-                refresh: Duration::from_secs(3600),
-                min_refetch: Duration::from_millis(300),
-            },
-            metrics.clone(),
-        )
-        .unwrap();
+        let cache = Arc::new(
+            JwksCache::new(
+                &JwksSettings {
+                    url: "https://127.0.0.1:1/jwks".into(),
+                    ca_file: None,
+                    refresh: Duration::from_secs(3600),
+                    min_refetch: Duration::from_millis(300),
+                },
+                metrics.clone(),
+            )
+            .unwrap(),
+        );
         cache.store(parse_jwks(&doc(&[EC])).unwrap());
         let failures = || metrics.jwks_fetches.with_label_values(&["error"]).get();
         assert!(cache.key("e1").await.is_some());

@@ -56,6 +56,8 @@ pub enum AuthError {
     RoomTokenAsConnectionToken,
     #[error("the room token is for room `{token}`, not `{room}`")]
     OtherRoom { token: String, room: String },
+    #[error("the room token is valid for longer than {0} s; room tokens must be short-lived")]
+    RoomTokenTooLong(u64),
 }
 
 impl AuthError {
@@ -106,6 +108,11 @@ impl Identity {
 /// Seconds of clock skew allowed on `exp` and `nbf`, at the upgrade and during the
 /// session.
 pub const EXP_LEEWAY_SECS: u64 = 5;
+
+/// Longest a room token may still be valid when it is used (its `exp` at most this far
+/// ahead): a room token is a ticket to enter, and a stolen long-lived one would be a
+/// standing grant.
+pub const ROOM_TOKEN_MAX_SECS: u64 = 600;
 
 /// Verifies credentials against the configured keys.
 pub struct Authenticator {
@@ -228,6 +235,10 @@ impl Authenticator {
                 token: claims.sub,
                 session: user.to_owned(),
             });
+        }
+        let now = crate::backplane::now_us() / 1_000_000;
+        if claims.exp > now.saturating_add(ROOM_TOKEN_MAX_SECS) {
+            return Err(AuthError::RoomTokenTooLong(ROOM_TOKEN_MAX_SECS));
         }
         match claims.room {
             Some(r) if r == room => Ok(claims.exp),
@@ -758,6 +769,16 @@ mod tests {
             a.room_token(&connection, "alice", "team.red").await,
             Err(AuthError::InvalidToken(_))
         ));
+        let long = hs(
+            json!({"sub": "alice", "exp": now() + ROOM_TOKEN_MAX_SECS + 60, "room": "team.red"}),
+        );
+        assert_eq!(
+            a.room_token(&long, "alice", "team.red").await,
+            Err(AuthError::RoomTokenTooLong(ROOM_TOKEN_MAX_SECS))
+        );
+        let at_the_cap =
+            hs(json!({"sub": "alice", "exp": now() + ROOM_TOKEN_MAX_SECS - 5, "room": "team.red"}));
+        assert!(a.room_token(&at_the_cap, "alice", "team.red").await.is_ok());
         let expired = hs(json!({"sub": "alice", "exp": now() - 120, "room": "team.red"}));
         assert_eq!(
             a.room_token(&expired, "alice", "team.red").await,
