@@ -311,30 +311,32 @@ mod tests {
         assert_eq!(open.ask("alice", "r").await, Verdict::Allow);
     }
 
-    #[tokio::test]
-    async fn calls_past_the_concurrency_bound_fail_instead_of_queueing() {
-        let (url, calls) =
-            hook_answering_after(r#"{"allow":true}"#.into(), Duration::from_millis(300)).await;
-        let mut s = settings(url, false);
+    /// Two asks of a hook allowing one call at a time, answering `answer` 300 ms late:
+    /// the second starts while the first waits. Returns both verdicts and the calls made.
+    async fn two_at_once(answer: &str, fail_open: bool) -> (Verdict, Verdict, usize) {
+        let (url, calls) = hook_answering_after(answer.into(), Duration::from_millis(300)).await;
+        let mut s = settings(url, fail_open);
         s.concurrency = 1;
         let hook = JoinHook::new(s, Metrics::new()).unwrap();
         let (first, second) = tokio::join!(hook.ask("alice", "a"), async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             hook.ask("bob", "b").await
         });
+        (
+            first,
+            second,
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test]
+    async fn calls_past_the_concurrency_bound_fail_instead_of_queueing() {
+        let (first, second, calls) = two_at_once(r#"{"allow":true}"#, false).await;
         assert_eq!(first, Verdict::Allow);
         assert!(matches!(second, Verdict::Unavailable(why) if why.contains("in flight")));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(calls, 1);
         // Failing open never covers a busy hook.
-        let (url, _) =
-            hook_answering_after(r#"{"allow":false}"#.into(), Duration::from_millis(300)).await;
-        let mut s = settings(url, true);
-        s.concurrency = 1;
-        let open = JoinHook::new(s, Metrics::new()).unwrap();
-        let (first, second) = tokio::join!(open.ask("alice", "a"), async {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            open.ask("bob", "b").await
-        });
+        let (first, second, _) = two_at_once(r#"{"allow":false}"#, true).await;
         assert_eq!(first, Verdict::Deny);
         assert!(matches!(second, Verdict::Unavailable(_)));
     }
