@@ -549,13 +549,14 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
     let confused = encode(
         &Header::new(Algorithm::HS256),
         &claims("alice", json!({})),
-        &EncodingKey::from_secret(&fixture("test-ed25519-public.pem")),
+        // The RSA public key the provider publishes (k2), as anyone can fetch it.
+        &EncodingKey::from_secret(&fixture("test-rs256-public.pem")),
     )
     .unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
         ("alg none", none, "token rejected"),
         (
-            "HS256 signed with the public key",
+            "HS256 signed with the RS256 public key",
             confused,
             "token rejected",
         ),
