@@ -519,19 +519,7 @@ mod tests {
                 public_key_pem: Some(fixture(public)),
                 ..AuthSettings::default()
             });
-            let pem = fixture(private);
-            let key = match alg {
-                Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
-                Algorithm::ES256 => EncodingKey::from_ec_pem(&pem),
-                _ => EncodingKey::from_ed_pem(&pem),
-            }
-            .unwrap();
-            let token = encode(
-                &Header::new(alg),
-                &json!({"sub": "bob@example.com", "exp": now() + 60}),
-                &key,
-            )
-            .unwrap();
+            let token = signed(alg, None, private, "bob@example.com");
             assert_eq!(
                 user(a.authenticate(Some(&token), None).await),
                 Ok("bob@example.com".into()),
