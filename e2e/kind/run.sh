@@ -14,6 +14,8 @@
 # Usage: e2e/kind/run.sh            # KEEP_CLUSTER=1 leaves the cluster running after
 #        INGRESS_NGINX_MANIFEST=...  # path or URL of the ingress-nginx kind manifest
 set -euo pipefail
+# The heavy suites compile only with this set (e2e/build.rs).
+export CHATCLUSTER_HEAVY_TESTS=1
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"

@@ -17,6 +17,8 @@ repo="$(cd "$here/../.." && pwd)"
 build="$(cd "${1:?usage: run-suite.sh IMAGE_BUILD_DIR [TEST ARGS...]}" && pwd)"
 shift
 cd "$repo"
+# The heavy suites compile only with this set (e2e/build.rs).
+export CHATCLUSTER_HEAVY_TESTS=1
 
 built="$("$here/build-node.sh")"
 node_bin="$(sed -n 1p <<<"$built")"

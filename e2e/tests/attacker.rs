@@ -16,9 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chatcluster_e2e::cluster::{free_port, wait_listening, LocalCluster, ScratchDir};
-use chatcluster_e2e::server_process::{chat_server_binary, ServerProcess};
-use chatcluster_e2e::tls::TestCa;
+use chatcluster_e2e::harness::binaries::chat_server_binary;
+use chatcluster_e2e::harness::local_cluster::LocalCluster;
+use chatcluster_e2e::harness::process::{free_port, wait_listening, ScratchDir};
+use chatcluster_e2e::harness::server_process::ServerProcess;
+use chatcluster_e2e::harness::tls::TestCa;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -351,7 +353,7 @@ fn flags(idp: &IdentityProvider, hook: &JoinHook, dir: &std::path::Path) -> Vec<
 /// A client that keeps every frame it receives, for the checks at the end.
 struct Peer {
     name: String,
-    ws: chatcluster_e2e::client::Ws,
+    ws: chatcluster_e2e::clients::ws::Ws,
     seen: Vec<Value>,
     closed: Option<(u16, String)>,
 }

@@ -3,16 +3,20 @@
 //! control plane, and prove the operator chart's RBAC by running the operator with the
 //! chart's ServiceAccount token through the main scenario.
 
+// A heavy suite: compiled only with CHATCLUSTER_HEAVY_TESTS=1 (e2e/build.rs).
+#![cfg(chatcluster_heavy)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use chatcluster_e2e::cluster::ScratchDir;
-use chatcluster_e2e::k8s::{
-    eventually, helm_binary, repo_root, shared_cluster, OperatorOptions, OperatorProcess,
-    TestNamespace,
+use chatcluster_e2e::harness::binaries::{repo_root, workspace_binary};
+use chatcluster_e2e::harness::k8s::cluster::{
+    condition, helm_binary, shared_cluster, TestNamespace,
 };
-use chatcluster_e2e::server_process::workspace_binary;
+use chatcluster_e2e::harness::k8s::operator::{OperatorOptions, OperatorProcess};
+use chatcluster_e2e::harness::process::ScratchDir;
+use chatcluster_e2e::wait::eventually;
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
@@ -206,7 +210,7 @@ fn the_operator_chart_renders_non_default_values() {
     assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
     let file = std::fs::read_to_string(
-        chatcluster_e2e::k8s::repo_root()
+        chatcluster_e2e::harness::binaries::repo_root()
             .join(OPERATOR_CHART)
             .join("dashboards/chatcluster.json"),
     )
@@ -379,20 +383,10 @@ async fn the_operator_chart_installs_into_the_real_api_server() {
     assert!(cluster
         .kubectl_json(&["get", "clusterrolebinding", release, "-o", "json"])
         .is_some());
-    assert!(cluster
-        .kubectl_json(&[
-            "-n",
-            &ns.name,
-            "get",
-            "role",
-            &format!("{release}-leader-election"),
-            "-o",
-            "json"
-        ])
+    assert!(ns
+        .get("role", &format!("{release}-leader-election"))
         .is_some());
-    let deployment = cluster
-        .kubectl_json(&["-n", &ns.name, "get", "deployment", release, "-o", "json"])
-        .expect("Deployment");
+    let deployment = ns.get("deployment", release).expect("Deployment");
     assert_eq!(
         deployment["status"]["availableReplicas"], 1,
         "{}",
@@ -541,10 +535,7 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
     .expect("operator");
     let log = || format!("\n--- operator log ---\n{}", operator.log_text());
     let kubectl = |args: &[&str], stdin: Option<&str>| {
-        let mut all = vec!["-n", apps.name.as_str()];
-        all.extend_from_slice(args);
-        cluster
-            .kubectl_ok(&all, stdin)
+        apps.kubectl_ok(args, stdin)
             .unwrap_or_else(|e| panic!("{e}{}", log()))
     };
     // A JWT Secret the operator must read (get) before it applies anything.
@@ -575,10 +566,8 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
                         &["get", "chatcluster", "chat", "-o", "json"],
                         None,
                     ))?;
-                    let ok = cc["status"]["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    }) && cc["status"]["replicas"] == replicas
+                    let ok = condition(&cc, "Ready").is_some_and(|c| c["status"] == "True")
+                        && cc["status"]["replicas"] == replicas
                         && cc["status"]["observedGeneration"] == cc["metadata"]["generation"];
                     Ok(ok.then_some(()))
                 },
@@ -609,8 +598,8 @@ async fn the_chart_rbac_is_enough_for_the_operator_and_no_more() {
     .unwrap_or_else(|e| panic!("{e}{}", log()));
     kubectl(&["delete", "configmap", "chat-config"], None);
     eventually("the ConfigMap to come back", WITHIN, || async {
-        Ok(cluster
-            .kubectl(&["-n", &apps.name, "get", "configmap", "chat-config"], None)?
+        Ok(apps
+            .kubectl(&["get", "configmap", "chat-config"], None)?
             .status
             .success()
             .then_some(()))

@@ -12,6 +12,9 @@
 //! the binaries find their libraries in them. The ELF check below narrows the second to
 //! glibc and libgcc_s, which distroless/cc ships.
 
+// A heavy suite: compiled only with CHATCLUSTER_HEAVY_TESTS=1 (e2e/build.rs).
+#![cfg(chatcluster_heavy)]
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -20,13 +23,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use chatcluster_e2e::cluster::{
-    command_as, free_port, http_status_of, terminate, RedisProcess, ScratchDir,
-};
-use chatcluster_e2e::k8s::{
-    eventually, path_from_env_or_script, repo_root, shared_cluster, OperatorOptions,
-    OperatorProcess, TestNamespace,
-};
+use chatcluster_e2e::harness::binaries::{path_from_env_or_script, repo_root};
+use chatcluster_e2e::harness::http;
+use chatcluster_e2e::harness::k8s::cluster::{shared_cluster, TestNamespace};
+use chatcluster_e2e::harness::k8s::operator::{OperatorOptions, OperatorProcess};
+use chatcluster_e2e::harness::process::{command_as, free_port, terminate, ScratchDir};
+use chatcluster_e2e::harness::redis::RedisProcess;
+use chatcluster_e2e::wait::eventually;
 use chatcluster_operator::build::{ADMIN_PORT, PUBLIC_PORT};
 use serde::Deserialize;
 
@@ -248,7 +251,7 @@ fn image_ports_and_users_are_the_ones_the_pods_use() {
 fn wait_http_ok(addr: SocketAddr, path: &str, within: Duration, child: &mut Child) {
     let deadline = Instant::now() + within;
     loop {
-        if http_status_of(addr, path).0 == 200 {
+        if http::status_of(addr, path).0 == 200 {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -307,7 +310,7 @@ fn chat_server_image_runs_as_its_user_with_the_pods_environment() {
 
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_http_ok(admin, &readiness, Duration::from_secs(30), &mut child);
-        assert_eq!(http_status_of(admin, &liveness).0, 200, "liveness");
+        assert_eq!(http::status_of(admin, &liveness).0, 200, "liveness");
         if let Some((uid, _)) = run_as(&image) {
             assert_eq!(
                 process_uid(child.id()),

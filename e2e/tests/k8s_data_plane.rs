@@ -22,354 +22,24 @@
 //! each test has a namespace. Every lossless check is by offsets: each subscriber got
 //! every acknowledged message exactly once, and every resume was recovered.
 
+// A heavy suite: compiled only with CHATCLUSTER_HEAVY_TESTS=1 (e2e/build.rs).
+#![cfg(chatcluster_heavy)]
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chatcluster_e2e::client::{
-    connect, join, recv_json, recv_type, resolve_host, run_publisher, send_and_ack, send_json,
-    PublisherLog,
+use chatcluster_e2e::clients::lossless::{
+    every_subscriber_got_every_message_once, subscribers_joined,
 };
-use chatcluster_e2e::k8s::{
-    condition, eventually, pod_kind, shared_cluster, PodKind, TestCluster, TestNamespace,
-};
-use chatcluster_e2e::lossless::{every_subscriber_got_every_message_once, subscribers_joined};
+use chatcluster_e2e::clients::ws::{connect, join, recv_json, recv_type, send_and_ack, send_json};
+use chatcluster_e2e::harness::k8s::cluster::condition;
+use chatcluster_e2e::harness::k8s::data_plane::{env, image_a, report, Front, Setup, READY_WITHIN};
+use chatcluster_e2e::wait::eventually;
 use serde_json::Value;
 
-const OPERATOR_NAMESPACE: &str = "chatcluster-system";
-
-fn env(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: run this suite through e2e/node/run-suite.sh or e2e/kind/run.sh")
-    })
-}
-
-/// How clients reach the pods: an Ingress of class "nginx", or an HTTPRoute attached to
-/// the test Gateway with cookie session persistence.
-#[derive(Clone, Copy, PartialEq)]
-enum Front {
-    Ingress,
-    Gateway,
-}
-
-/// One test's cluster, namespace, front and host name.
-struct Setup {
-    cluster: &'static TestCluster,
-    ns: TestNamespace<'static>,
-    host: String,
-    front: Front,
-}
-
-/// `address:port` from `var` (kind's `localhost:PORT` form resolved).
-fn socket_address(var: &str) -> SocketAddr {
-    let value = env(var);
-    std::net::ToSocketAddrs::to_socket_addrs(&value)
-        .ok()
-        .and_then(|mut a| a.next())
-        .unwrap_or_else(|| panic!("{var}={value}: expected address:port"))
-}
-
 async fn setup(tag: &str) -> Setup {
-    setup_with(tag, Front::Ingress).await
-}
-
-async fn setup_with(tag: &str, front: Front) -> Setup {
-    let cluster = shared_cluster().expect("cluster");
-    let client = cluster.client().await.expect("client");
-    assert_eq!(
-        pod_kind(&client).await.expect("nodes"),
-        PodKind::Real,
-        "the data-plane suite needs real pods"
-    );
-    let ns = TestNamespace::create(cluster, &client, tag)
-        .await
-        .expect("namespace");
-    let host = format!("{}.e2e.test", ns.name);
-    let address = socket_address(match front {
-        Front::Ingress => "CHATCLUSTER_E2E_INGRESS",
-        Front::Gateway => "CHATCLUSTER_E2E_GATEWAY_ADDRESS",
-    });
-    resolve_host(&host, address);
-    Setup {
-        cluster,
-        ns,
-        host,
-        front,
-    }
-}
-
-impl Setup {
-    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut all = vec!["-n", self.ns.name.as_str()];
-        all.extend_from_slice(args);
-        self.cluster
-            .kubectl_ok(&all, stdin)
-            .unwrap_or_else(|e| panic!("{e:#}{}", self.diagnostics()))
-    }
-
-    fn get(&self, kind: &str, name: &str) -> Option<Value> {
-        self.cluster
-            .kubectl_json(&["-n", &self.ns.name, "get", kind, name, "-o", "json"])
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.host)
-    }
-
-    /// The operator's recent log and this namespace's pods, for a failure message.
-    fn diagnostics(&self) -> String {
-        let text = |args: &[&str]| {
-            self.cluster
-                .kubectl(args, None)
-                .map(|o| {
-                    format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )
-                })
-                .unwrap_or_else(|e| e.to_string())
-        };
-        format!(
-            "\n--- pods ---\n{}\n--- operator log ---\n{}",
-            text(&["-n", &self.ns.name, "get", "pods", "-o", "wide"]),
-            text(&[
-                "-n",
-                OPERATOR_NAMESPACE,
-                "logs",
-                "deploy/chatcluster-operator",
-                "--tail",
-                "40"
-            ])
-        )
-    }
-
-    /// A ChatCluster exposed through the test's front (an Ingress of class "nginx":
-    /// ingress-nginx, or Traefik's ingress-nginx provider; or an HTTPRoute with cookie
-    /// session persistence on the test Gateway), with a short drain so scale-downs are
-    /// quick.
-    fn apply_chat(&self, replicas: i32, image: &str, persistence: bool) {
-        self.apply_chat_with(replicas, image, persistence, "");
-    }
-
-    /// [`Setup::apply_chat`] with more of the spec (`extra`: YAML lines under `spec:`).
-    fn apply_chat_with(&self, replicas: i32, image: &str, persistence: bool, extra: &str) {
-        self.apply_chat_drained(replicas, image, persistence, TEST_DRAIN, extra);
-    }
-
-    /// [`Setup::apply_chat_with`] with its own `drain:` fields (`drain`: YAML lines under
-    /// `drain:`).
-    fn apply_chat_drained(
-        &self,
-        replicas: i32,
-        image: &str,
-        persistence: bool,
-        drain: &str,
-        extra: &str,
-    ) {
-        let redis_image = std::env::var("CHATCLUSTER_E2E_REDIS_IMAGE")
-            .map(|i| format!("      image: {i}\n"))
-            .unwrap_or_default();
-        let expose = match self.front {
-            Front::Ingress => format!(
-                "    ingress:\n      host: {}\n      className: nginx\n",
-                self.host
-            ),
-            Front::Gateway => {
-                let gateway = env("CHATCLUSTER_E2E_GATEWAY");
-                let (namespace, name) = gateway
-                    .split_once('/')
-                    .expect("CHATCLUSTER_E2E_GATEWAY is namespace/name");
-                format!(
-                    "    httpRoute:\n      gatewayName: {name}\n      gatewayNamespace: {namespace}\n\
-                     \x20     hostnames: [{}]\n      sessionPersistence: true\n",
-                    self.host
-                )
-            }
-        };
-        let manifest = format!(
-            "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: chat\n\
-             spec:\n  replicas: {replicas}\n  image: {image}\n  imagePullPolicy: IfNotPresent\n\
-             \x20 redis:\n    managed:\n{redis_image}      persistence: {persistence}\n\
-             \x20 expose:\n{expose}\
-             \x20 drain:\n{drain}\
-             \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n{extra}"
-        );
-        self.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
-    }
-
-    /// Waits until the ChatCluster is Ready at its generation with `replicas` ready pods
-    /// and the ingress routes to it; returns the ChatCluster.
-    async fn wait_ready(&self, replicas: i64, within: Duration) -> Value {
-        let result = eventually("ChatCluster chat Ready", within, || async {
-            let Some(cc) = self.get("chatcluster", "chat") else {
-                return Ok(None);
-            };
-            let generation = cc["metadata"]["generation"].as_i64();
-            let ready = condition(&cc, "Ready").is_some_and(|c| {
-                c["status"] == "True" && c["observedGeneration"].as_i64() == generation
-            });
-            let done = ready
-                && cc["status"]["observedGeneration"].as_i64() == generation
-                && cc["status"]["readyReplicas"].as_i64() == Some(replicas);
-            Ok(done.then_some(cc))
-        })
-        .await;
-        let cc = result.unwrap_or_else(|e| {
-            panic!(
-                "{e}\nlast seen: {}{}",
-                self.get("chatcluster", "chat")
-                    .map(|v| v["status"].to_string())
-                    .unwrap_or_default(),
-                self.diagnostics()
-            )
-        });
-        // The ingress controller learns of endpoints on its own schedule: wait until
-        // cookie-less clients have reached every pod.
-        let mut seen = std::collections::BTreeSet::new();
-        let deadline = Instant::now() + within;
-        while (seen.len() as i64) < replicas && Instant::now() < deadline {
-            match connect(&self.url(), "user=probe", None).await {
-                Ok((_ws, _, w)) => {
-                    seen.insert(w["node"].as_str().unwrap_or_default().to_owned());
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
-        assert!(
-            seen.len() as i64 >= replicas,
-            "the ingress did not route to every pod within {within:?} (reached {seen:?}){}",
-            self.diagnostics()
-        );
-        cc
-    }
-
-    /// Names of this cluster's chat-server pods that are Ready.
-    fn ready_pods(&self) -> Vec<String> {
-        let Some(list) = self.cluster.kubectl_json(&[
-            "-n",
-            &self.ns.name,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/component=chat-server",
-            "-o",
-            "json",
-        ]) else {
-            return Vec::new();
-        };
-        list["items"]
-            .as_array()
-            .map(|pods| {
-                pods.iter()
-                    .filter(|p| {
-                        p["metadata"]["deletionTimestamp"].is_null()
-                            && p["status"]["conditions"].as_array().is_some_and(|cs| {
-                                cs.iter()
-                                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                            })
-                    })
-                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-fn image_a() -> String {
-    env("CHATCLUSTER_E2E_IMAGE")
-}
-
-const READY_WITHIN: Duration = Duration::from_secs(180);
-
-/// The tests' drain: short, so scale-downs and rollouts are quick.
-const TEST_DRAIN: &str =
-    "    reconnectWindowSeconds: 3\n    deadlineSeconds: 15\n    preStopSeconds: 2\n";
-
-/// Publishes `total` messages over two rooms at `rate`/s while six resuming subscribers
-/// listen; runs `disrupt` once a tenth are acknowledged, then checks that every
-/// subscriber got every acknowledged message exactly once. Returns the longest time a
-/// subscriber had no connection and the number of reconnects.
-async fn lossless_through<F, Fut>(
-    s: &Setup,
-    tag: &str,
-    total: usize,
-    rate: u32,
-    disrupt: F,
-) -> (Duration, u64)
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let url = s.url();
-    let rooms: Vec<String> = (0..2).map(|i| format!("{tag}{i}")).collect();
-    let (logs, tasks, stop) = subscribers_joined(6, |_| vec![url.clone()], &rooms).await;
-    let (publisher, publog) = publishing(s, &url, &rooms, rate, total).await;
-    disrupt().await;
-    publisher.await.expect("publisher task").expect("publisher");
-    let acked = publog.lock().expect("log").acked.clone();
-    assert_eq!(
-        acked.values().map(|m| m.len()).sum::<usize>(),
-        total,
-        "every message acknowledged: {:?}",
-        publog.lock().expect("log").errors
-    );
-    every_subscriber_got_every_message_once(&acked, &logs, stop, tasks).await;
-    // Read once the subscribers have stopped: every reconnect is counted.
-    let mut longest = Duration::ZERO;
-    let mut reconnects = 0;
-    for l in &logs {
-        let l = l.lock().expect("log");
-        longest = longest.max(l.longest_disconnect);
-        reconnects += l.reconnects;
-    }
-    (longest, reconnects)
-}
-
-/// A publisher task sending `total` messages over `rooms` at `rate`/s, returned once a
-/// tenth are acknowledged (traffic is flowing), with its log.
-async fn publishing(
-    s: &Setup,
-    url: &str,
-    rooms: &[String],
-    rate: u32,
-    total: usize,
-) -> (
-    tokio::task::JoinHandle<anyhow::Result<()>>,
-    Arc<Mutex<PublisherLog>>,
-) {
-    let publog = Arc::new(Mutex::new(PublisherLog::default()));
-    let publisher = tokio::spawn(run_publisher(
-        url.to_owned(),
-        rooms.to_vec(),
-        rate,
-        total,
-        publog.clone(),
-    ));
-    let flowing = eventually(
-        "the publisher's first acks",
-        Duration::from_secs(30),
-        || async {
-            let acked: usize = publog
-                .lock()
-                .map_or(0, |l| l.acked.values().map(|room| room.len()).sum());
-            Ok((acked >= total / 10).then_some(()))
-        },
-    )
-    .await;
-    assert!(flowing.is_ok(), "{flowing:?}{}", s.diagnostics());
-    (publisher, publog)
-}
-
-/// The figures a lossless test reports (docs/kubernetes-e2e.md quotes them).
-fn report(what: &str, started: Instant, (longest, reconnects): (Duration, u64)) {
-    println!(
-        "data-plane figure: {what}: 0 lost, 0 duplicated; longest time a subscriber had no \
-         connection {} ms; {reconnects} reconnects; {:.1} s in all",
-        longest.as_millis(),
-        started.elapsed().as_secs_f64()
-    );
+    Setup::new(tag, Front::Ingress).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +57,7 @@ async fn data_plane_chat_is_sticky_spans_pods_and_status_counts_real_connections
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_plane_gateway_api_route_is_sticky_and_a_scale_down_loses_nothing() {
-    let s = setup_with("gateway", Front::Gateway).await;
+    let s = Setup::new("gateway", Front::Gateway).await;
     s.apply_chat(3, &image_a(), false);
     s.wait_ready(3, READY_WITHIN).await;
     let route = s
@@ -406,10 +76,11 @@ async fn data_plane_gateway_api_route_is_sticky_and_a_scale_down_loses_nothing()
 /// is left, and reports the figures as `what`.
 async fn lossless_scale_down(s: &Setup, what: &str) {
     let started = Instant::now();
-    let figures = lossless_through(s, "scale", 400, 20, || async {
-        s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
-    })
-    .await;
+    let figures = s
+        .lossless_through("scale", 400, 20, || async {
+            s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
+        })
+        .await;
     let scaled = eventually("one pod left", Duration::from_secs(120), || async {
         Ok(s.get("chatcluster", "chat")
             .filter(|c| c["status"]["replicas"] == 1))
@@ -533,21 +204,22 @@ async fn data_plane_a_rolling_update_to_another_image_loses_nothing() {
     let image_b = env("CHATCLUSTER_E2E_IMAGE_B");
     let started = Instant::now();
     let progressing_seen = Arc::new(Mutex::new(false));
-    let figures = lossless_through(&s, "roll", 600, 20, || async {
-        s.apply_chat(3, &image_b, false);
-        let seen = eventually(
-            "Progressing during the rollout",
-            Duration::from_secs(60),
-            || async {
-                Ok(s.get("chatcluster", "chat")
-                    .and_then(|cc| condition(&cc, "Progressing").cloned())
-                    .filter(|c| c["status"] == "True"))
-            },
-        )
+    let figures = s
+        .lossless_through("roll", 600, 20, || async {
+            s.apply_chat(3, &image_b, false);
+            let seen = eventually(
+                "Progressing during the rollout",
+                Duration::from_secs(60),
+                || async {
+                    Ok(s.get("chatcluster", "chat")
+                        .and_then(|cc| condition(&cc, "Progressing").cloned())
+                        .filter(|c| c["status"] == "True"))
+                },
+            )
+            .await;
+            *progressing_seen.lock().expect("flag") = seen.is_ok();
+        })
         .await;
-        *progressing_seen.lock().expect("flag") = seen.is_ok();
-    })
-    .await;
     assert!(
         *progressing_seen.lock().expect("flag"),
         "Progressing=True during the rollout"
@@ -586,20 +258,21 @@ async fn data_plane_a_force_deleted_pod_loses_nothing_and_its_users_presence_exp
     join(&mut ghost, "hall", None).await.expect("join");
 
     let started = Instant::now();
-    let figures = lossless_through(&s, "force", 400, 20, || async {
-        s.kubectl_ok(
-            &[
-                "delete",
-                "pod",
-                &ghost_pod,
-                "--force",
-                "--grace-period=0",
-                "--wait=false",
-            ],
-            None,
-        );
-    })
-    .await;
+    let figures = s
+        .lossless_through("force", 400, 20, || async {
+            s.kubectl_ok(
+                &[
+                    "delete",
+                    "pod",
+                    &ghost_pod,
+                    "--force",
+                    "--grace-period=0",
+                    "--wait=false",
+                ],
+                None,
+            );
+        })
+        .await;
     report("a pod force-deleted", started, figures);
 
     // The ghost's session died with its pod, unannounced: its presence expires.
@@ -631,73 +304,24 @@ async fn data_plane_a_killed_container_shim_is_recovered_by_kubelet_and_loses_no
     s.apply_chat(2, &image_a(), false);
     s.wait_ready(2, READY_WITHIN).await;
     let pod = s.ready_pods().into_iter().next().expect("a ready pod");
-    let restarts_before = container_restarts(&s, &pod);
+    let restarts_before = s.container_restarts(&pod);
     let started = Instant::now();
-    let figures = lossless_through(&s, "kill", 400, 20, || async {
-        // A failure on the node, not through the API: the pod's containerd shim is
-        // killed; kubelet finds the sandbox gone, re-creates it and restarts the container.
-        kill_container_shim(&s, &pod);
-    })
-    .await;
+    let figures = s
+        .lossless_through("kill", 400, 20, || async {
+            // A failure on the node, not through the API: the pod's containerd shim is
+            // killed; kubelet finds the sandbox gone, re-creates it and restarts the container.
+            s.kill_container_shim(&pod);
+        })
+        .await;
     let restarted = eventually(
         "kubelet to restart the container",
         Duration::from_secs(120),
-        || async { Ok((container_restarts(&s, &pod) > restarts_before).then_some(())) },
+        || async { Ok((s.container_restarts(&pod) > restarts_before).then_some(())) },
     )
     .await;
     assert!(restarted.is_ok(), "{restarted:?}{}", s.diagnostics());
     s.wait_ready(2, READY_WITHIN).await;
     report("the container's shim killed on the node", started, figures);
-}
-
-fn container_restarts(s: &Setup, pod: &str) -> i64 {
-    s.get("pod", pod)
-        .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_i64())
-        .unwrap_or(0)
-}
-
-/// Kills, with SIGKILL, the containerd shim that runs `pod`'s chat-server: a node-level
-/// failure below kubelet. The chat-server process is found on this node by the pod's UID
-/// in its cgroup path (the test runs on the node, as a node agent would); its parent is
-/// the shim.
-fn kill_container_shim(s: &Setup, pod: &str) {
-    let uid = s
-        .get("pod", pod)
-        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_owned))
-        .expect("pod uid");
-    let needle = format!("pod{uid}");
-    let servers: Vec<i32> = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| {
-            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-            cgroup.contains(&needle) && exe.ends_with("chat-server")
-        })
-        .collect();
-    assert_eq!(
-        servers.len(),
-        1,
-        "one chat-server process of pod {pod} ({needle}) on this node"
-    );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", servers[0])).expect("status");
-    let shim: i32 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("PPid:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the chat-server's parent");
-    let exe = std::fs::read_link(format!("/proc/{shim}/exe")).unwrap_or_default();
-    assert!(
-        exe.ends_with("containerd-shim-runc-v2"),
-        "the chat-server's parent is its shim, not {}",
-        exe.display()
-    );
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &shim.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success(), "kill -KILL {shim}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -716,10 +340,11 @@ async fn data_plane_the_managed_redis_pod_deleted_with_persistence_keeps_the_his
     // Mid-traffic: publishes fail with `unavailable` while Redis is away and are resent;
     // subscribers lose and duplicate nothing, and their resumes are recovered.
     let started = Instant::now();
-    let figures = lossless_through(&s, "redis", 300, 20, || async {
-        s.kubectl_ok(&["delete", "pod", "chat-redis-0", "--wait=false"], None);
-    })
-    .await;
+    let figures = s
+        .lossless_through("redis", 300, 20, || async {
+            s.kubectl_ok(&["delete", "pod", "chat-redis-0", "--wait=false"], None);
+        })
+        .await;
     report(
         "the managed Redis pod deleted (persistence on)",
         started,
@@ -791,13 +416,14 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
     // A real Prometheus on the node's address discovers the pods through the API server
     // (kubernetes_sd_configs, pod role) and scrapes their admin port; the operator pod
     // queries it with its default query: 20 connections per pod, a 10 s window.
-    let config = chatcluster_e2e::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name);
+    let config =
+        chatcluster_e2e::harness::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name);
     let node_ip: std::net::IpAddr = env("CHATCLUSTER_E2E_NODE_IP")
         .parse()
         .expect("CHATCLUSTER_E2E_NODE_IP is an IP address");
     let prometheus = tokio::task::block_in_place(|| {
-        let binary = chatcluster_e2e::prometheus::prometheus_binary()?;
-        chatcluster_e2e::prometheus::PrometheusProcess::start_on(&binary, &config, node_ip)
+        let binary = chatcluster_e2e::harness::prometheus::prometheus_binary()?;
+        chatcluster_e2e::harness::prometheus::PrometheusProcess::start_on(&binary, &config, node_ip)
     })
     .expect("Prometheus starts");
     let autoscaling = format!(
@@ -838,23 +464,33 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
     let (cluster, ns) = (s.cluster, s.ns.name.clone());
     let watch_times = times.clone();
     let started = Instant::now();
-    let figures = lossless_through(&s, "auto", 1200, 20, move || async move {
-        drop(idle);
-        watch_times.lock().expect("times").0 = Some(Instant::now());
-        tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(180);
-            while Instant::now() < deadline {
-                let cc =
-                    cluster.kubectl_json(&["-n", &ns, "get", "chatcluster", "chat", "-o", "json"]);
-                if cc.is_some_and(|c| c["status"]["replicas"] == 1 && c["spec"]["replicas"] == 1) {
-                    watch_times.lock().expect("times").1 = Some(Instant::now());
-                    return;
+    let figures = s
+        .lossless_through("auto", 1200, 20, move || async move {
+            drop(idle);
+            watch_times.lock().expect("times").0 = Some(Instant::now());
+            tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(180);
+                while Instant::now() < deadline {
+                    let cc = cluster.kubectl_json(&[
+                        "-n",
+                        &ns,
+                        "get",
+                        "chatcluster",
+                        "chat",
+                        "-o",
+                        "json",
+                    ]);
+                    if cc
+                        .is_some_and(|c| c["status"]["replicas"] == 1 && c["spec"]["replicas"] == 1)
+                    {
+                        watch_times.lock().expect("times").1 = Some(Instant::now());
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        });
-    })
-    .await;
+            });
+        })
+        .await;
     let traffic_ended = Instant::now();
     let down = eventually(
         "one pod left after the load drop",
@@ -930,7 +566,7 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
     })
     .await;
     assert!(cc.is_ok(), "{cc:?}{}", s.diagnostics());
-    let (publisher, publog) = publishing(&s, &url, &rooms, 30, 900).await;
+    let (publisher, publog) = s.publishing(&url, &rooms, 30, 900).await;
 
     let scaled_at = Instant::now();
     s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
@@ -985,7 +621,7 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
         windows.iter().all(|w| *w == windows[0]),
         "one shared window: {windows:?}"
     );
-    let rate = chatcluster_e2e::lossless::reconnect_rate(&reconnect_times);
+    let rate = chatcluster_e2e::clients::lossless::reconnect_rate(&reconnect_times);
     println!(
         "data-plane figure: scale 4 -> 1 holding {HELD_CONNECTIONS} connections, budget \
          {SCALE_DOWN_BUDGET} reconnects/s: 0 lost, 0 duplicated; {} reconnects, peak {}/s, \

@@ -8,266 +8,37 @@
 //! operator's metrics port, and stand-in servers on simulated pods' 127.10.x IPs. No
 //! Service IP is ever dialled. The data-plane test (kind only) dials the ingress.
 
+// A heavy suite: compiled only with CHATCLUSTER_HEAVY_TESTS=1 (e2e/build.rs).
+#![cfg(chatcluster_heavy)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use chatcluster_e2e::k8s::{
-    condition, eventually, pod_kind, shared_cluster, OperatorOptions, OperatorProcess, PodKind,
-    TestCluster, TestNamespace,
+use chatcluster_e2e::clients::lossless::{
+    every_subscriber_got_every_message_once, subscribers_joined,
 };
-use chatcluster_e2e::lossless::{every_subscriber_got_every_message_once, subscribers_joined};
-use chatcluster_e2e::server_process::workspace_binary;
-use kube::Client;
+use chatcluster_e2e::clients::ws::connect_users;
+use chatcluster_e2e::harness::k8s::cluster::{
+    condition, optional_crd, pod_kind, shared_cluster, PodKind,
+};
+use chatcluster_e2e::harness::k8s::operator_suite::{
+    manifest, Setup, IMAGE_A, IMAGE_B, READY_WITHIN,
+};
+use chatcluster_e2e::harness::k8s::stand_in::remove_pod;
+use chatcluster_e2e::wait::eventually;
 use serde_json::Value;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
 
-/// Everything one test needs: the cluster, an admin client, a namespace and (when asked
-/// for) an operator watching that namespace.
-struct Setup {
-    cluster: &'static TestCluster,
-    client: Client,
-    ns: TestNamespace<'static>,
-    operator: Option<OperatorProcess>,
-}
-
 async fn setup(tag: &str, with_operator: bool) -> Setup {
-    let cluster = shared_cluster().expect("cluster");
-    cluster.install_crds().expect("CRD installed");
-    let client = cluster.client().await.expect("client");
-    let ns = TestNamespace::create(cluster, &client, tag)
-        .await
-        .expect("namespace");
-    let operator = with_operator.then(|| start_operator(cluster, &ns.name, "op-a", 15));
-    Setup {
-        cluster,
-        client,
-        ns,
-        operator,
-    }
-}
-
-fn start_operator(
-    cluster: &TestCluster,
-    ns: &str,
-    identity: &str,
-    lease_seconds: u64,
-) -> OperatorProcess {
-    let binary = workspace_binary(LOADGEN, "chatcluster-operator").expect("operator binary");
-    OperatorProcess::start(
-        &binary,
-        cluster,
-        &OperatorOptions {
-            watch_namespace: ns,
-            lease_namespace: ns,
-            lease_name: "chatcluster-operator",
-            lease_seconds,
-            identity,
-            kubeconfig: None,
-            run_as: None,
-        },
-    )
-    .expect("operator started")
-}
-
-impl Setup {
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        let mut all = vec!["-n", self.ns.name.as_str()];
-        all.extend_from_slice(args);
-        self.cluster.kubectl(&all, stdin).expect("kubectl runs")
-    }
-
-    fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.kubectl(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr),
-            self.operator_log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// An Ingress host of this test's own: an ingress controller refuses two Ingresses
-    /// with the same host and path.
-    fn ingress_host(&self) -> String {
-        format!("{}.e2e.example", self.ns.name)
-    }
-
-    fn operator_log(&self) -> String {
-        match &self.operator {
-            Some(op) => format!(
-                "\n--- operator log ({}) ---\n{}",
-                op.log.display(),
-                op.log_text()
-            ),
-            None => String::new(),
-        }
-    }
-
-    /// Stops this namespace's operator gracefully (it must exit 0).
-    fn stop_operator(&mut self) {
-        if let Some(mut op) = self.operator.take() {
-            assert!(op.stop().is_some_and(|st| st.success()), "graceful exit");
-        }
-    }
-
-    /// Starts another operator (`identity`) for this namespace and waits for its first
-    /// reconcile.
-    async fn start_new_operator(&mut self, identity: &str) {
-        let op = start_operator(self.cluster, &self.ns.name, identity, 15);
-        let reconciled = eventually(
-            "the new operator to reconcile",
-            Duration::from_secs(30),
-            || async {
-                Ok(op
-                    .metric("chatcluster_reconciles_total")
-                    .filter(|n| *n >= 1.0))
-            },
-        )
-        .await;
-        self.operator = Some(op);
-        if let Err(e) = reconciled {
-            panic!("{e}{}", self.operator_log());
-        }
-    }
-
-    /// `kubectl get KIND NAME -o json`, or None when it does not exist.
-    fn get(&self, kind: &str, name: &str) -> Option<Value> {
-        self.cluster
-            .kubectl_json(&["-n", &self.ns.name, "get", kind, name, "-o", "json"])
-    }
-
-    fn apply(&self, manifest: &str) {
-        self.kubectl_ok(&["apply", "-f", "-"], Some(manifest));
-    }
-
-    /// Waits until the ChatCluster is Ready for its current generation; returns it.
-    async fn wait_ready(&self, name: &str, within: Duration) -> Value {
-        let what = format!("ChatCluster {name} Ready at its generation");
-        let result = eventually(&what, within, || async {
-            let Some(cc) = self.get("chatcluster", name) else {
-                return Ok(None);
-            };
-            let generation = cc["metadata"]["generation"].as_i64();
-            let ready = condition(&cc, "Ready");
-            let done = ready.is_some_and(|c| {
-                c["status"] == "True" && c["observedGeneration"].as_i64() == generation
-            }) && cc["status"]["observedGeneration"].as_i64() == generation;
-            Ok(done.then_some(cc))
-        })
-        .await;
-        match result {
-            Ok(cc) => cc,
-            Err(e) => panic!(
-                "{e}\nlast seen: {}{}",
-                self.get("chatcluster", name)
-                    .map(|v| v["status"].to_string())
-                    .unwrap_or_default(),
-                self.operator_log()
-            ),
-        }
-    }
-
-    /// Waits until Progressing is False/RolloutComplete at the current generation: the
-    /// status the operator writes no longer changes.
-    async fn wait_rolled_out(&self, name: &str) {
-        let what = format!("ChatCluster {name} rolled out at its generation");
-        let done = eventually(&what, READY_WITHIN, || async {
-            Ok(self.get("chatcluster", name).filter(|cc| {
-                condition(cc, "Progressing").is_some_and(|c| {
-                    c["reason"] == "RolloutComplete"
-                        && c["observedGeneration"] == cc["metadata"]["generation"]
-                })
-            }))
-        })
-        .await;
-        if let Err(e) = done {
-            panic!("{e}{}", self.operator_log());
-        }
-    }
-
-    /// Waits until the operator's reconcile count has not moved for two seconds (it
-    /// requeues a Ready cluster only after 60 s), bounded by 60 s.
-    async fn wait_operator_idle(&self) {
-        let Some(op) = &self.operator else {
-            return;
-        };
-        let quiet = Duration::from_secs(2);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = op.metric("chatcluster_reconciles_total");
-        let mut since = Instant::now();
-        while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let now = op.metric("chatcluster_reconciles_total");
-            if now != last {
-                last = now;
-                since = Instant::now();
-            } else if since.elapsed() >= quiet {
-                return;
-            }
-        }
-        panic!(
-            "the operator kept reconciling for 60 s{}",
-            self.operator_log()
-        );
-    }
-
-    /// Waits until `kind/name` no longer exists.
-    async fn wait_gone(&self, kind: &str, name: &str, within: Duration) {
-        let what = format!("{kind}/{name} to be deleted");
-        if let Err(e) = eventually(&what, within, || async {
-            Ok(self.get(kind, name).is_none().then_some(()))
-        })
-        .await
-        {
-            panic!("{e}{}", self.operator_log());
-        }
-    }
-
-    /// Waits until `kind/name` exists; returns it.
-    async fn wait_exists(&self, kind: &str, name: &str, within: Duration) -> Value {
-        let what = format!("{kind}/{name} to exist");
-        match eventually(&what, within, || async { Ok(self.get(kind, name)) }).await {
-            Ok(v) => v,
-            Err(e) => panic!("{e}{}", self.operator_log()),
-        }
-    }
+    Setup::new(LOADGEN, tag, with_operator).await
 }
 
 /// The chat-server container's `env` of StatefulSet `sts`, as JSON text to search.
 fn chat_container_env(sts: &Value) -> String {
     sts["spec"]["template"]["spec"]["containers"][0]["env"].to_string()
 }
-
-/// A ChatCluster with a managed Redis and an Ingress, small enough for a quick rollout.
-fn manifest(name: &str, replicas: i32, image: &str, ingress_host: Option<&str>) -> String {
-    let expose = ingress_host
-        .map(|host| {
-            format!("  expose:\n    ingress:\n      host: {host}\n      className: nginx\n")
-        })
-        .unwrap_or_default();
-    format!(
-        "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\n\
-         spec:\n  replicas: {replicas}\n  image: {image}\n  imagePullPolicy: IfNotPresent\n\
-         \x20 redis:\n    managed:\n      storage: 1Gi\n{expose}"
-    )
-}
-
-/// The chat-server image of the test clusters: any name on simulated pods; on kind, the
-/// image e2e/kind/run.sh built and loaded (`CHATCLUSTER_E2E_IMAGE`, and a second tag of it
-/// in `CHATCLUSTER_E2E_IMAGE_B` for the rollout).
-static IMAGE_A: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    std::env::var("CHATCLUSTER_E2E_IMAGE")
-        .unwrap_or_else(|_| "ghcr.io/chatcluster/chat-server:0.1.0".into())
-});
-static IMAGE_B: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    std::env::var("CHATCLUSTER_E2E_IMAGE_B")
-        .unwrap_or_else(|_| "ghcr.io/chatcluster/chat-server:0.1.1".into())
-});
-const READY_WITHIN: Duration = Duration::from_secs(90);
 
 /// Every child object of ChatCluster `name` (kind, object name), as the operator builds
 /// it with an Ingress.
@@ -616,18 +387,7 @@ async fn pods_become_ready_and_the_cluster_turns_ready_at_its_generation() {
     }
     // The story is told in Events: `kubectl describe chat` and `kubectl get events` show it.
     let events = eventually("a Ready Event", Duration::from_secs(30), || async {
-        let out = s.kubectl_ok(
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.kind=ChatCluster,involvedObject.name=chat",
-                "-o",
-                "json",
-            ],
-            None,
-        );
-        let list: Value = serde_json::from_str(&out)?;
+        let list: Value = serde_json::from_str(&s.chat_events())?;
         let reasons: Vec<String> = list["items"]
             .as_array()
             .into_iter()
@@ -656,27 +416,6 @@ async fn pods_become_ready_and_the_cluster_turns_ready_at_its_generation() {
     assert!(bound.is_ok(), "{pvc}");
 }
 
-/// Waits until ChatCluster `name`'s Degraded condition has `reason`; returns its message.
-async fn wait_degraded(s: &Setup, name: &str, reason: &str) -> String {
-    let what = format!("Degraded/{reason} on {name}");
-    let found = eventually(&what, READY_WITHIN, || async {
-        Ok(s.get("chatcluster", name).and_then(|cc| {
-            condition(&cc, "Degraded")
-                .filter(|c| c["status"] == "True" && c["reason"] == reason)
-                .and_then(|c| c["message"].as_str().map(str::to_owned))
-        }))
-    })
-    .await;
-    match found {
-        Ok(message) => message,
-        Err(e) => panic!(
-            "{e}\nlast seen: {:?}{}",
-            s.get("chatcluster", name).map(|c| c["status"].to_string()),
-            s.operator_log()
-        ),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_or_short_jwt_secret_is_degraded_naming_it_until_fixed() {
     let s = setup("jwt", true).await;
@@ -685,7 +424,7 @@ async fn a_missing_or_short_jwt_secret_is_degraded_naming_it_until_fixed() {
         manifest("chat", 1, &IMAGE_A, None)
     );
     s.apply(&with_jwt);
-    let message = wait_degraded(&s, "chat", "SecretMissing").await;
+    let message = s.wait_degraded("chat", "SecretMissing").await;
     assert!(
         message.contains("chat-jwt") && message.contains("hs256Secret"),
         "names the Secret and the key: {message}"
@@ -705,7 +444,7 @@ async fn a_missing_or_short_jwt_secret_is_degraded_naming_it_until_fixed() {
         ],
         None,
     );
-    let message = wait_degraded(&s, "chat", "SecretInvalid").await;
+    let message = s.wait_degraded("chat", "SecretInvalid").await;
     assert!(message.contains("16 bytes"), "{message}");
     assert!(!message.contains("only-sixteen-byt"), "never the value");
 
@@ -742,10 +481,11 @@ async fn with_autoscaling_kubectl_scale_outside_the_bounds_runs_clamped() {
     // than the upper bound, and the autoscaler writes the bound back to spec.replicas.
     // (No pod answers /metrics here, so it has no data to scale on: it only clamps.)
     s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=5"], None);
-    let cc = wait_chat(&s, "spec.replicas clamped back to 2", |cc| {
-        cc["spec"]["replicas"] == 2 && cc["metadata"]["generation"].as_i64() > Some(2)
-    })
-    .await;
+    let cc = s
+        .wait_chat("spec.replicas clamped back to 2", |cc| {
+            cc["spec"]["replicas"] == 2 && cc["metadata"]["generation"].as_i64() > Some(2)
+        })
+        .await;
     assert_eq!(
         s.get("statefulset", "chat").expect("statefulset")["spec"]["replicas"],
         2
@@ -756,7 +496,7 @@ async fn with_autoscaling_kubectl_scale_outside_the_bounds_runs_clamped() {
         "no pod answered, so no data: {}",
         cc["status"]
     );
-    wait_event(&s, "spec.replicas 5 → 2").await;
+    s.wait_event("spec.replicas 5 → 2").await;
 }
 
 /// The operator generates the admin token and the managed Redis' password once, as owned
@@ -775,11 +515,11 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
         let owners = secret["metadata"]["ownerReferences"].to_string();
         assert!(owners.contains("ChatCluster"), "owned: {owners}");
     }
-    let token = secret_value(&s, "chat-admin", "token");
-    let password = secret_value(&s, "chat-redis-auth", "password");
+    let token = s.secret_value("chat-admin", "token");
+    let password = s.secret_value("chat-redis-auth", "password");
     assert_eq!(token.len(), 64, "a 32-byte random token, hex");
     assert_eq!(
-        secret_value(&s, "chat-redis-auth", "redis.conf"),
+        s.secret_value("chat-redis-auth", "redis.conf"),
         format!("requirepass {password}\n")
     );
     let sts = s.get("statefulset", "chat").expect("statefulset");
@@ -825,11 +565,7 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
         None,
     );
     s.wait_exists("secret", "chat-admin", READY_WITHIN).await;
-    assert_ne!(
-        secret_value(&s, "chat-admin", "token"),
-        token,
-        "a new value"
-    );
+    assert_ne!(s.secret_value("chat-admin", "token"), token, "a new value");
     let rolled = eventually(
         "the pod template to follow the new Secret",
         READY_WITHIN,
@@ -846,7 +582,7 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
         "generated values never appear in the operator's log"
     );
     assert_eq!(
-        secret_value(&s, "chat-redis-auth", "password"),
+        s.secret_value("chat-redis-auth", "password"),
         password,
         "the other Secret is kept as it was"
     );
@@ -1256,13 +992,13 @@ async fn restarting_the_operator_changes_nothing() {
 async fn with_two_operators_one_reconciles_and_the_standby_takes_over() {
     let lease_seconds = 6;
     let mut s = setup("leader", false).await;
-    let mut a = start_operator(s.cluster, &s.ns.name, "op-a", lease_seconds);
+    let mut a = s.start_operator("op-a", lease_seconds);
     let leader = eventually("op-a to lead", Duration::from_secs(30), || async {
         Ok(a.is_leader().then_some(()))
     })
     .await;
     assert!(leader.is_ok(), "{leader:?}\n{}", a.log_text());
-    let b = start_operator(s.cluster, &s.ns.name, "op-b", lease_seconds);
+    let b = s.start_operator("op-b", lease_seconds);
     s.apply(&manifest("chat", 1, &IMAGE_A, None));
     s.wait_ready("chat", READY_WITHIN).await;
     eventually("op-b to serve metrics", Duration::from_secs(10), || async {
@@ -1347,12 +1083,13 @@ async fn status_connections_counts_the_clients_of_every_pod() {
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for (pod_name, users) in [("chat-0", &["ann", "ben"][..]), ("chat-1", &["cat"][..])] {
-        let server = stand_in_for(&s, pod_name).await;
+        let server = s.stand_in_for(pod_name).await;
         let url = format!("ws://{}/ws", server.public_addr);
         for user in users {
-            let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user={user}"), None)
-                .await
-                .expect("client connects");
+            let (ws, _, _) =
+                chatcluster_e2e::clients::ws::connect(&url, &format!("user={user}"), None)
+                    .await
+                    .expect("client connects");
             clients.push(ws);
         }
         servers.push(server);
@@ -1387,148 +1124,6 @@ async fn status_connections_counts_the_clients_of_every_pod() {
     drop(servers);
 }
 
-/// A real chat-server standing in for simulated pod `pod`'s container: bound to the pod's
-/// loopback IP, admin port 9090, so the operator's scrape of `podIP:9090/metrics` reaches
-/// it. Waits for the pod to be Ready with an IP.
-async fn stand_in_for(s: &Setup, pod: &str) -> chatcluster_e2e::server_process::ServerProcess {
-    stand_in_with(s, pod, &[]).await
-}
-
-/// [`stand_in_for`] with extra chat-server flags.
-async fn stand_in_with(
-    s: &Setup,
-    pod: &str,
-    args: &[&str],
-) -> chatcluster_e2e::server_process::ServerProcess {
-    let what = format!("pod {pod} Ready with an IP");
-    let ip = eventually(&what, READY_WITHIN, || async {
-        Ok(s.get("pod", pod).and_then(|p| {
-            let ready = p["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-            p["status"]["podIP"]
-                .as_str()
-                .filter(|ip| ready && !ip.is_empty())
-                .map(str::to_owned)
-        }))
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}{}", s.operator_log()));
-    assert!(ip.starts_with("127."), "{ip}");
-    let binary = chatcluster_e2e::server_process::chat_server_binary(LOADGEN).expect("chat-server");
-    // The simulated pod's IP may have belonged to a pod another test just removed, whose
-    // stand-in is being stopped: try again for a few seconds.
-    let started = eventually(
-        "a chat-server on the pod's IP",
-        Duration::from_secs(10),
-        || async {
-            Ok(chatcluster_e2e::server_process::ServerProcess::start_on(
-                &binary,
-                &format!("{ip}:0"),
-                &format!("{ip}:9090"),
-                args,
-            )
-            .ok())
-        },
-    )
-    .await;
-    started.unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// What the kubelet does when the StatefulSet removes a pod: SIGTERM to its container.
-/// A pod the operator drained exits at once, successfully.
-fn remove_pod(server: &mut chatcluster_e2e::server_process::ServerProcess) {
-    let status = chatcluster_e2e::cluster::terminate(&mut server.child, Duration::from_secs(5));
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "a drained server exits 0 on SIGTERM at once: {status:?}"
-    );
-}
-
-/// The value under `key` of Secret `name`, decoded.
-fn secret_value(s: &Setup, name: &str, key: &str) -> String {
-    let secret = s.get("secret", name).expect("Secret");
-    let b64 = secret["data"][key].as_str().expect("key").to_owned();
-    let out = std::process::Command::new("base64")
-        .args(["-d"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
-            c.wait_with_output()
-        })
-        .expect("base64 -d");
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-/// ChatCluster `chat` at 3 replicas with the given drain settings, and stand-in servers for its
-/// pods that share one real Redis and the cluster's generated admin token (as the pods
-/// get it from the Secret). Returns the Redis and the stand-ins, by ordinal.
-async fn three_stand_ins_sharing_redis(
-    s: &Setup,
-    window_seconds: u32,
-    deadline_seconds: u32,
-    budget: u32,
-) -> (
-    chatcluster_e2e::cluster::RedisProcess,
-    chatcluster_e2e::cluster::ScratchDir,
-    Vec<chatcluster_e2e::server_process::ServerProcess>,
-) {
-    assert_eq!(
-        pod_kind(&s.client).await.expect("nodes"),
-        PodKind::Simulated,
-        "stand-in servers need simulated pods' loopback IPs"
-    );
-    s.apply(&format!(
-        "{}  drain:\n    reconnectWindowSeconds: {window_seconds}\n    deadlineSeconds: {deadline_seconds}\n    maxReconnectsPerSecond: {budget}\n",
-        manifest("chat", 3, &IMAGE_A, None)
-    ));
-    s.wait_exists("secret", "chat-admin", READY_WITHIN).await;
-    let token = secret_value(s, "chat-admin", "token");
-    let dir = chatcluster_e2e::cluster::ScratchDir::new("drain-redis").expect("dir");
-    let port = chatcluster_e2e::cluster::free_port().expect("port");
-    let redis = chatcluster_e2e::cluster::RedisProcess::start(port, &dir.0).expect("redis-server");
-    let url = redis.url();
-    // What the pods' environment says (CHAT_DRAIN_*, from the spec).
-    let (window, deadline) = (format!("{window_seconds}s"), format!("{deadline_seconds}s"));
-    let mut servers = Vec::new();
-    for i in 0..3 {
-        let pod = format!("chat-{i}");
-        let args = [
-            "--redis-url",
-            url.as_str(),
-            "--admin-token",
-            token.as_str(),
-            "--node-name",
-            pod.as_str(),
-            "--drain-reconnect-window",
-            window.as_str(),
-            "--drain-deadline",
-            deadline.as_str(),
-        ];
-        servers.push(stand_in_with(s, &pod, &args).await);
-    }
-    (redis, dir, servers)
-}
-
-/// `/admin/status` of a stand-in server, with the cluster's admin token.
-async fn admin_status_of(
-    s: &Setup,
-    server: &chatcluster_e2e::server_process::ServerProcess,
-) -> Value {
-    let token = secret_value(s, "chat-admin", "token");
-    let out = std::process::Command::new("curl")
-        .args(["-sf", "--max-time", "2", "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!("http://{}/admin/status", server.admin_addr))
-        .output()
-        .expect("curl");
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
 /// A scale-down is an operator-driven drain: the StatefulSet keeps its 3 pods while the
 /// two leaving ones (stand-in servers sharing a real Redis) are drained through their
 /// admin port, their clients get reconnect notices and resume on the survivor, and only
@@ -1536,11 +1131,11 @@ async fn admin_status_of(
 /// exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_go() {
-    use chatcluster_e2e::client::{run_publisher, PublisherLog};
+    use chatcluster_e2e::clients::resuming::{run_publisher, PublisherLog};
     use std::sync::{Arc, Mutex};
 
     let s = setup("drain", true).await;
-    let (_redis, _dir, mut servers) = three_stand_ins_sharing_redis(&s, 2, 20, 100).await;
+    let (_redis, _dir, mut servers) = s.three_stand_ins_sharing_redis(2, 20, 100).await;
     let ws = |i: usize| format!("ws://{}/ws", servers[i].public_addr);
     let rooms = vec!["room0".to_owned()];
     // Three subscribers on each leaving pod; each knows the survivor as its next address.
@@ -1549,10 +1144,11 @@ async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_g
     let publisher = tokio::spawn(run_publisher(ws(0), rooms.clone(), 40, 300, publog.clone()));
 
     s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
-    let cc = wait_chat(&s, "Draining True", |cc| {
-        condition(cc, "Draining").is_some_and(|c| c["status"] == "True")
-    })
-    .await;
+    let cc = s
+        .wait_chat("Draining True", |cc| {
+            condition(cc, "Draining").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
     let draining = cc["status"]["draining"].to_string();
     assert!(
         draining.contains("chat-2") && draining.contains("chat-1"),
@@ -1573,15 +1169,15 @@ async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_g
     // By then the leaving servers hold no connection and stay up, drained, until the
     // kubelet's SIGTERM.
     for server in &mut servers[1..] {
-        let status = admin_status_of(&s, server).await;
+        let status = s.admin_status_of(server).await;
         assert_eq!(status["phase"], "drained", "{status}");
         assert_eq!(status["connections"], 0, "{status}");
         assert_eq!(status["drain"]["keep_running"], true, "{status}");
         remove_pod(server);
     }
-    wait_event(&s, "DrainStarted").await;
-    wait_event(&s, "DrainFinished").await;
-    wait_chat(&s, "Draining False", |cc| {
+    s.wait_event("DrainStarted").await;
+    s.wait_event("DrainFinished").await;
+    s.wait_chat("Draining False", |cc| {
         condition(cc, "Draining").is_some_and(|c| c["status"] == "False")
             && cc["status"]["draining"].is_null()
     })
@@ -1605,25 +1201,19 @@ async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_g
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_restart_mid_drain_resumes_without_draining_twice() {
     let mut s = setup("drainrestart", true).await;
-    let (_redis, _dir, mut servers) = three_stand_ins_sharing_redis(&s, 4, 20, 100).await;
+    let (_redis, _dir, mut servers) = s.three_stand_ins_sharing_redis(4, 20, 100).await;
     let url = format!("ws://{}/ws", servers[2].public_addr);
-    let mut stubborn = Vec::new();
-    for i in 0..2 {
-        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user=s{i}"), None)
-            .await
-            .expect("client connects");
-        stubborn.push(ws);
-    }
+    let stubborn = connect_users(&url, "s", 2).await;
     s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=2"], None);
-    wait_chat(&s, "Draining True", |cc| {
+    s.wait_chat("Draining True", |cc| {
         condition(cc, "Draining").is_some_and(|c| c["status"] == "True")
     })
     .await;
     s.stop_operator();
-    let before = admin_status_of(&s, &servers[2]).await;
+    let before = s.admin_status_of(&servers[2]).await;
     assert_eq!(before["phase"], "draining", "{before}");
     s.start_new_operator("op-b").await;
-    let after = admin_status_of(&s, &servers[2]).await;
+    let after = s.admin_status_of(&servers[2]).await;
     assert_eq!(after["phase"], "draining", "{after}");
     assert_eq!(
         after["drain"]["connections_at_start"], before["drain"]["connections_at_start"],
@@ -1639,7 +1229,7 @@ async fn an_operator_restart_mid_drain_resumes_without_draining_twice() {
     })
     .await;
     assert!(lowered.is_ok(), "{lowered:?}{}", s.operator_log());
-    let drained = admin_status_of(&s, &servers[2]).await;
+    let drained = s.admin_status_of(&servers[2]).await;
     assert_eq!(drained["phase"], "drained", "{drained}");
     remove_pod(&mut servers[2]);
     let log = s.operator_log();
@@ -1647,7 +1237,7 @@ async fn an_operator_restart_mid_drain_resumes_without_draining_twice() {
         !log.contains("\"drain started\""),
         "the new operator started no drain: {log}"
     );
-    wait_event(&s, "DrainFinished").await;
+    s.wait_event("DrainFinished").await;
     drop(stubborn);
 }
 
@@ -1657,28 +1247,22 @@ async fn an_operator_restart_mid_drain_resumes_without_draining_twice() {
 async fn a_scale_back_up_mid_drain_undrains_the_pods() {
     let s = setup("undrain", true).await;
     // A long window: the client on chat-2 is still there when the scale-up comes.
-    let (_redis, _dir, servers) = three_stand_ins_sharing_redis(&s, 60, 90, 100).await;
+    let (_redis, _dir, servers) = s.three_stand_ins_sharing_redis(60, 90, 100).await;
     let url = format!("ws://{}/ws", servers[2].public_addr);
-    let mut clients = Vec::new();
-    for i in 0..2 {
-        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user=u{i}"), None)
-            .await
-            .expect("client connects");
-        clients.push(ws);
-    }
+    let clients = connect_users(&url, "u", 2).await;
     s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=2"], None);
-    wait_chat(&s, "Draining True for chat-2", |cc| {
+    s.wait_chat("Draining True for chat-2", |cc| {
         condition(cc, "Draining").is_some_and(|c| {
             c["status"] == "True" && c["message"].as_str().is_some_and(|m| m.contains("chat-2"))
         })
     })
     .await;
-    assert_eq!(admin_status_of(&s, &servers[2]).await["phase"], "draining");
+    assert_eq!(s.admin_status_of(&servers[2]).await["phase"], "draining");
     s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=3"], None);
-    wait_event(&s, "Undrained").await;
-    let status = admin_status_of(&s, &servers[2]).await;
+    s.wait_event("Undrained").await;
+    let status = s.admin_status_of(&servers[2]).await;
     assert_eq!(status["phase"], "serving", "{status}");
-    wait_chat(&s, "Draining False at 3", |cc| {
+    s.wait_chat("Draining False at 3", |cc| {
         condition(cc, "Draining").is_some_and(|c| c["status"] == "False")
     })
     .await;
@@ -1687,77 +1271,10 @@ async fn a_scale_back_up_mid_drain_undrains_the_pods() {
         3
     );
     // The server serves again: a new client is accepted.
-    chatcluster_e2e::client::connect(&url, "user=late", None)
+    chatcluster_e2e::clients::ws::connect(&url, "user=late", None)
         .await
         .expect("an undrained server accepts clients");
     drop(clients);
-}
-
-/// Waits until an Event about ChatCluster `chat` contains `text` (Events are published
-/// after the status write that follows the change, so they can trail it a little).
-async fn wait_event(s: &Setup, text: &str) {
-    let found = eventually(&format!("an Event with {text:?}"), READY_WITHIN, || async {
-        let events = s.kubectl_ok(
-            &[
-                "get",
-                "events",
-                "--field-selector",
-                "involvedObject.kind=ChatCluster,involvedObject.name=chat",
-                "-o",
-                "json",
-            ],
-            None,
-        );
-        Ok(events.contains(text).then_some(()))
-    })
-    .await;
-    if let Err(e) = found {
-        panic!("{e}{}", s.operator_log());
-    }
-}
-
-/// Waits until the ChatCluster satisfies `check`; returns it.
-async fn wait_chat(s: &Setup, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    match eventually(what, READY_WITHIN, || async {
-        Ok(s.get("chatcluster", "chat").filter(|cc| check(cc)))
-    })
-    .await
-    {
-        Ok(cc) => cc,
-        Err(e) => panic!(
-            "{e}\nlast seen: {:?}{}",
-            s.get("chatcluster", "chat")
-                .map(|c| c["status"].to_string()),
-            s.operator_log()
-        ),
-    }
-}
-
-/// Applies ChatCluster `chat` at 1 replica with autoscaling 1–3, 2 connections per pod and
-/// a 5 s scale-down window (plus `extra` autoscaling lines), starts a stand-in server for
-/// `chat-0` and opens 5 client connections to it.
-async fn autoscaled_with_five_clients(
-    s: &Setup,
-    extra: &str,
-) -> (
-    chatcluster_e2e::server_process::ServerProcess,
-    Vec<chatcluster_e2e::client::Ws>,
-) {
-    let bounded = format!(
-        "{}  autoscaling:\n    minReplicas: 1\n    maxReplicas: 3\n    targetConnectionsPerPod: 2\n    scaleDownStabilizationSeconds: 5\n{extra}",
-        manifest("chat", 1, &IMAGE_A, None)
-    );
-    s.apply(&bounded);
-    let first = stand_in_for(s, "chat-0").await;
-    let url = format!("ws://{}/ws", first.public_addr);
-    let mut clients = Vec::new();
-    for i in 0..5 {
-        let (ws, _, _) = chatcluster_e2e::client::connect(&url, &format!("user=u{i}"), None)
-            .await
-            .expect("client connects");
-        clients.push(ws);
-    }
-    (first, clients)
 }
 
 /// The autoscaler reads `chat_connections` from every ready pod (stand-in servers on
@@ -1773,34 +1290,33 @@ async fn the_autoscaler_follows_the_pods_connection_counts() {
         "stand-in servers need simulated pods' loopback IPs"
     );
     // 5 connections at 2 per pod need 3 pods; one step from 1 may only double.
-    let (first, clients) = autoscaled_with_five_clients(&s, "").await;
+    let (first, clients) = s.autoscaled_with_five_clients("").await;
     // The /scale write comes first, the status with lastScaleTime right after it.
-    wait_chat(&s, "a scale-up from 1, with its lastScaleTime", |cc| {
+    s.wait_chat("a scale-up from 1, with its lastScaleTime", |cc| {
         cc["spec"]["replicas"].as_i64().is_some_and(|r| r >= 2)
             && cc["status"]["lastScaleTime"].is_string()
     })
     .await;
     // chat-1 comes up with nothing answering on its IP: the count is partial, and the
     // autoscaler says so instead of scaling on it.
-    let cc = wait_chat(
-        &s,
-        "ScalingActive False/NoData while chat-1 is silent",
-        |cc| {
+    let cc = s
+        .wait_chat("ScalingActive False/NoData while chat-1 is silent", |cc| {
             condition(cc, "ScalingActive")
                 .is_some_and(|c| c["status"] == "False" && c["reason"] == "NoData")
-        },
-    )
-    .await;
+        })
+        .await;
     let message = condition(&cc, "ScalingActive").expect("condition")["message"].to_string();
     assert!(message.contains("ready pods answered"), "{message}");
-    let second = stand_in_for(&s, "chat-1").await;
-    wait_chat(&s, "spec.replicas 3", |cc| cc["spec"]["replicas"] == 3).await;
-    let third = stand_in_for(&s, "chat-2").await;
-    let cc = wait_chat(&s, "ScalingActive True at 3 replicas", |cc| {
-        condition(cc, "ScalingActive").is_some_and(|c| c["status"] == "True")
-            && cc["status"]["readyReplicas"] == 3
-    })
-    .await;
+    let second = s.stand_in_for("chat-1").await;
+    s.wait_chat("spec.replicas 3", |cc| cc["spec"]["replicas"] == 3)
+        .await;
+    let third = s.stand_in_for("chat-2").await;
+    let cc = s
+        .wait_chat("ScalingActive True at 3 replicas", |cc| {
+            condition(cc, "ScalingActive").is_some_and(|c| c["status"] == "True")
+                && cc["status"]["readyReplicas"] == 3
+        })
+        .await;
     assert_eq!(cc["status"]["desiredReplicas"], 3);
     // The write went through /scale under the autoscaler's own field manager.
     let managers = s.kubectl_ok(
@@ -1822,15 +1338,15 @@ async fn the_autoscaler_follows_the_pods_connection_counts() {
 
     // Load gone: after the 5 s window the autoscaler comes down to minReplicas.
     drop(clients);
-    wait_chat(&s, "spec.replicas 3 → 1 after the window", |cc| {
+    s.wait_chat("spec.replicas 3 → 1 after the window", |cc| {
         cc["spec"]["replicas"] == 1
     })
     .await;
     for reason in ["AutoscaledUp", "AutoscaledDown"] {
-        wait_event(&s, reason).await;
+        s.wait_event(reason).await;
     }
     // The first step was bounded: from 1 pod at most double, whatever the load asked.
-    wait_event(&s, "spec.replicas 1 → 2 (ScaleUpLimited)").await;
+    s.wait_event("spec.replicas 1 → 2 (ScaleUpLimited)").await;
     let metric = s
         .operator
         .as_ref()
@@ -1859,12 +1375,13 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
     let operator_port = s.operator.as_ref().expect("operator").metrics_port;
     let config = format!(
         "{}  - job_name: operator\n    static_configs:\n      - targets: [\"127.0.0.1:{operator_port}\"]\n",
-        chatcluster_e2e::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name)
+        chatcluster_e2e::harness::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name)
     );
-    let binary = chatcluster_e2e::prometheus::prometheus_binary().expect("Prometheus binary");
+    let binary =
+        chatcluster_e2e::harness::prometheus::prometheus_binary().expect("Prometheus binary");
     let mut prometheus = Some(
         tokio::task::block_in_place(|| {
-            chatcluster_e2e::prometheus::PrometheusProcess::start(&binary, &config)
+            chatcluster_e2e::harness::prometheus::PrometheusProcess::start(&binary, &config)
         })
         .expect("Prometheus starts"),
     );
@@ -1872,14 +1389,16 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
         .as_ref()
         .map(|p| p.base_url.clone())
         .unwrap_or_default();
-    let (first, clients) =
-        autoscaled_with_five_clients(&s, &format!("    prometheusUrl: {prometheus_url}\n")).await;
+    let (first, clients) = s
+        .autoscaled_with_five_clients(&format!("    prometheusUrl: {prometheus_url}\n"))
+        .await;
     // 5 connections at 2 per pod: up to 3, through 2 (a step at most doubles). The new
     // pods need not answer: Prometheus' sum is the cluster's total either way.
-    let cc = wait_chat(&s, "spec.replicas 3 from Prometheus", |cc| {
-        cc["spec"]["replicas"] == 3
-    })
-    .await;
+    let cc = s
+        .wait_chat("spec.replicas 3 from Prometheus", |cc| {
+            cc["spec"]["replicas"] == 3
+        })
+        .await;
     let active = condition(&cc, "ScalingActive").expect("ScalingActive");
     assert!(
         active["message"]
@@ -1887,37 +1406,42 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
             .is_some_and(|m| m.starts_with(&format!("Prometheus at {prometheus_url}"))),
         "{active}"
     );
-    wait_event(&s, "spec.replicas 1 → 2 (ScaleUpLimited)").await;
+    s.wait_event("spec.replicas 1 → 2 (ScaleUpLimited)").await;
     // Traffic for the dashboard's delivery and resume panels.
     let mut clients = clients;
     let mut room_epoch = None;
     for ws in clients.iter_mut() {
-        let joined = chatcluster_e2e::client::join(ws, "dash", None)
+        let joined = chatcluster_e2e::clients::ws::join(ws, "dash", None)
             .await
             .expect("joined");
         room_epoch.get_or_insert(joined["epoch"].as_str().unwrap_or_default().to_owned());
     }
     for i in 0..5 {
-        chatcluster_e2e::client::send_and_ack(&mut clients[0], "dash", "hello", &format!("r{i}"))
-            .await
-            .expect("acked");
+        chatcluster_e2e::clients::ws::send_and_ack(
+            &mut clients[0],
+            "dash",
+            "hello",
+            &format!("r{i}"),
+        )
+        .await
+        .expect("acked");
     }
     let epoch = room_epoch.unwrap_or_default();
-    let (mut resumed, _, _) = chatcluster_e2e::client::connect(
+    let (mut resumed, _, _) = chatcluster_e2e::clients::ws::connect(
         &format!("ws://{}/ws", first.public_addr),
         "user=resumer",
         None,
     )
     .await
     .expect("client connects");
-    let rejoined = chatcluster_e2e::client::join(&mut resumed, "dash", Some((&epoch, 1)))
+    let rejoined = chatcluster_e2e::clients::ws::join(&mut resumed, "dash", Some((&epoch, 1)))
         .await
         .expect("resumed");
     assert_eq!(rejoined["recovered"], true, "{rejoined}");
     clients.push(resumed);
 
     drop(clients);
-    wait_chat(&s, "spec.replicas 3 → 1 after the window", |cc| {
+    s.wait_chat("spec.replicas 3 → 1 after the window", |cc| {
         cc["spec"]["replicas"] == 1
     })
     .await;
@@ -1926,11 +1450,12 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
 
     // Prometheus gone: no data, so no scaling, and the condition says why.
     drop(prometheus.take());
-    let cc = wait_chat(&s, "ScalingActive False/PrometheusUnavailable", |cc| {
-        condition(cc, "ScalingActive")
-            .is_some_and(|c| c["status"] == "False" && c["reason"] == "PrometheusUnavailable")
-    })
-    .await;
+    let cc = s
+        .wait_chat("ScalingActive False/PrometheusUnavailable", |cc| {
+            condition(cc, "ScalingActive")
+                .is_some_and(|c| c["status"] == "False" && c["reason"] == "PrometheusUnavailable")
+        })
+        .await;
     assert_eq!(cc["spec"]["replicas"], 1);
     drop(first);
 }
@@ -1940,8 +1465,8 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
 /// `$__rate_interval` to 5m), until each returns data: at least one series, and a finite
 /// value where there is a single one. Bounded: 60 s.
 async fn dashboard_queries_return_data(prometheus_url: &str, namespace: &str, name: &str) {
-    use chatcluster_operator::autoscale::Sample;
-    let path = chatcluster_e2e::k8s::repo_root()
+    use chatcluster_operator::autoscaling::{decision::Sample, sources::prometheus};
+    let path = chatcluster_e2e::harness::binaries::repo_root()
         .join("charts/chatcluster-operator/dashboards/chatcluster.json");
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard file"))
@@ -1966,8 +1491,7 @@ async fn dashboard_queries_return_data(prometheus_url: &str, namespace: &str, na
             &format!("data for {promql}"),
             Duration::from_secs(60),
             || async {
-                let sample =
-                    chatcluster_operator::prometheus::query(&http, prometheus_url, &promql).await;
+                let sample = prometheus::query(&http, prometheus_url, &promql).await;
                 Ok(match sample {
                     Ok(Sample::MultipleSeries { .. }) => Some(()),
                     Ok(Sample::Value { total, .. }) if total.is_finite() => Some(()),
@@ -1980,18 +1504,6 @@ async fn dashboard_queries_return_data(prometheus_url: &str, namespace: &str, na
             panic!("a dashboard query returns no data: {e}");
         }
     }
-}
-
-/// The CRDs of KEDA's ScaledObject and the Prometheus operator's PodMonitor, as
-/// e2e/k8s/fetch-crds.sh took them from those projects' pinned releases.
-fn optional_crd(file: &str) -> String {
-    let dir = chatcluster_e2e::k8s::path_from_env_or_script(
-        "CHATCLUSTER_OPTIONAL_CRDS",
-        "e2e/k8s/fetch-crds.sh",
-        &[],
-    )
-    .expect("the optional CRDs (e2e/k8s/fetch-crds.sh)");
-    dir.join(file).display().to_string()
 }
 
 /// `autoscaling.engine: keda` and `monitoring.podMonitor` against the real API server:
@@ -2030,11 +1542,12 @@ async fn keda_scaled_object_and_pod_monitor_are_created_only_where_served() {
         manifest("chat", 1, &IMAGE_A, None)
     );
     s.apply(&spec);
-    let cc = wait_chat(&s, "Degraded KedaNotInstalled", |cc| {
-        condition(cc, "Degraded")
-            .is_some_and(|c| c["status"] == "True" && c["reason"] == "KedaNotInstalled")
-    })
-    .await;
+    let cc = s
+        .wait_chat("Degraded KedaNotInstalled", |cc| {
+            condition(cc, "Degraded")
+                .is_some_and(|c| c["status"] == "True" && c["reason"] == "KedaNotInstalled")
+        })
+        .await;
     let message = condition(&cc, "Degraded").expect("Degraded")["message"].to_string();
     assert!(message.contains("install KEDA"), "{message}");
     assert!(
@@ -2063,11 +1576,12 @@ async fn keda_scaled_object_and_pod_monitor_are_created_only_where_served() {
             .expect("CRD established");
     }
     // Discovery is asked again within 30 s; a Degraded cluster is looked at that often.
-    let cc = wait_chat(&s, "ScalingActive KedaScaledObject, not Degraded", |cc| {
-        condition(cc, "ScalingActive").is_some_and(|c| c["reason"] == "KedaScaledObject")
-            && condition(cc, "Degraded").is_some_and(|c| c["status"] == "False")
-    })
-    .await;
+    let cc = s
+        .wait_chat("ScalingActive KedaScaledObject, not Degraded", |cc| {
+            condition(cc, "ScalingActive").is_some_and(|c| c["reason"] == "KedaScaledObject")
+                && condition(cc, "Degraded").is_some_and(|c| c["status"] == "False")
+        })
+        .await;
     let uid = cc["metadata"]["uid"].clone();
     let scaled = s.get("scaledobject", "chat").expect("ScaledObject created");
     let so = &scaled["spec"];
@@ -2112,7 +1626,7 @@ async fn keda_scaled_object_and_pod_monitor_are_created_only_where_served() {
     // KEDA's HPA scales through /scale; the operator's own loop stays out of it (with
     // no pod serving metrics here, the builtin engine would report NoData instead).
     s.kubectl_ok(&["scale", "chatcluster", "chat", "--replicas=3"], None);
-    wait_chat(&s, "3 chat pods ready under KEDA", |cc| {
+    s.wait_chat("3 chat pods ready under KEDA", |cc| {
         cc["status"]["readyReplicas"] == 3
             && condition(cc, "ScalingActive").is_some_and(|c| c["reason"] == "KedaScaledObject")
     })

@@ -3,7 +3,8 @@
 
 use std::process::Command;
 
-use chatcluster_e2e::server_process::{chat_server_binary, ServerProcess};
+use chatcluster_e2e::harness::binaries::chat_server_binary;
+use chatcluster_e2e::harness::server_process::ServerProcess;
 
 const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
 

@@ -11,7 +11,7 @@ const LOADGEN: &str = env!("CARGO_BIN_EXE_chat-loadgen");
 
 #[test]
 fn operator_environment_starts_the_server() {
-    let binary = chatcluster_e2e::server_process::chat_server_binary(LOADGEN).unwrap();
+    let binary = chatcluster_e2e::harness::binaries::chat_server_binary(LOADGEN).unwrap();
     for example in ["minimal.yaml", "full.yaml"] {
         let env = pod_environment(example);
         // `--help`-free dry run: start it, wait for the listening line, stop it.
@@ -53,7 +53,7 @@ fn the_generated_redis_password_locks_redis_and_the_pods_have_it() {
 
     let desired = common::desired_for_example("minimal.yaml");
     let cluster = common::cluster_for_example("minimal.yaml");
-    let password = chatcluster_operator::generated_secrets::random_value().unwrap();
+    let password = chatcluster_operator::reconcile::generated_secrets::random_value().unwrap();
     let secret = chatcluster_operator::build::generated_secret(
         &cluster,
         &chatcluster_operator::build::redis_auth_secret_name("chat"),
@@ -61,7 +61,7 @@ fn the_generated_redis_password_locks_redis_and_the_pods_have_it() {
     )
     .unwrap();
     let data = secret.string_data.unwrap();
-    let scratch = chatcluster_e2e::cluster::ScratchDir::new("redis-auth").unwrap();
+    let scratch = chatcluster_e2e::harness::process::ScratchDir::new("redis-auth").unwrap();
     let conf = scratch.0.join("redis.conf");
     std::fs::write(&conf, &data["redis.conf"]).unwrap();
     assert!(!data["redis.conf"].is_empty() && data["password"] == password);
@@ -80,7 +80,7 @@ fn the_generated_redis_password_locks_redis_and_the_pods_have_it() {
         !args.iter().any(|a| a.contains(&password)),
         "the password is not in the pod's arguments: {args:?}"
     );
-    let port = chatcluster_e2e::cluster::free_port().unwrap();
+    let port = chatcluster_e2e::harness::process::free_port().unwrap();
     let mut redis_args: Vec<String> = args
         .iter()
         .map(|a| match a.as_str() {
@@ -102,7 +102,7 @@ fn the_generated_redis_password_locks_redis_and_the_pods_have_it() {
         .spawn()
         .expect("redis-server (apt-get install redis-server)");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    chatcluster_e2e::cluster::wait_listening(addr, Duration::from_secs(10)).unwrap();
+    chatcluster_e2e::harness::process::wait_listening(addr, Duration::from_secs(10)).unwrap();
 
     // Without the password: refused.
     let mut anonymous = std::net::TcpStream::connect(addr).unwrap();
@@ -116,14 +116,14 @@ fn the_generated_redis_password_locks_redis_and_the_pods_have_it() {
     assert!(reply.starts_with("-NOAUTH"), "{reply}");
 
     // The pods' environment: the chat-server authenticates and turns ready.
-    let binary = chatcluster_e2e::server_process::chat_server_binary(LOADGEN).unwrap();
+    let binary = chatcluster_e2e::harness::binaries::chat_server_binary(LOADGEN).unwrap();
     let mut env = common::pod_environment("minimal.yaml");
     env.insert(
         "CHAT_REDIS_URL".into(),
         format!("redis://127.0.0.1:{port}/"),
     );
     env.insert("CHAT_REDIS_PASSWORD".into(), password.clone());
-    let admin_port = chatcluster_e2e::cluster::free_port().unwrap();
+    let admin_port = chatcluster_e2e::harness::process::free_port().unwrap();
     env.insert(
         "CHAT_ADMIN_LISTEN".into(),
         format!("127.0.0.1:{admin_port}"),
@@ -139,14 +139,14 @@ fn the_generated_redis_password_locks_redis_and_the_pods_have_it() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut status = (0, String::new());
     while Instant::now() < deadline {
-        status = chatcluster_e2e::cluster::http_status_of(admin, "/readyz");
+        status = chatcluster_e2e::harness::http::status_of(admin, "/readyz");
         if status.0 == 200 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    chatcluster_e2e::cluster::terminate(&mut chat, Duration::from_secs(10));
-    chatcluster_e2e::cluster::terminate(&mut redis_server, Duration::from_secs(10));
+    chatcluster_e2e::harness::process::terminate(&mut chat, Duration::from_secs(10));
+    chatcluster_e2e::harness::process::terminate(&mut redis_server, Duration::from_secs(10));
     assert_eq!(
         status.0, 200,
         "chat-server with the pods' password: {}",

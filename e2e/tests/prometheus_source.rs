@@ -1,4 +1,4 @@
-//! The autoscaler's Prometheus source (`chatcluster_operator::prometheus`) against a real
+//! The autoscaler's Prometheus source (`chatcluster_operator::autoscaling::sources::prometheus`) against a real
 //! Prometheus scraping real `chat-server` processes, every address on 127.0.0.1.
 //!
 //! Prometheus is the pinned build of e2e/k8s/build-prometheus.sh (`CHATCLUSTER_PROMETHEUS`,
@@ -15,17 +15,24 @@
 //! Prometheus, a closed port, a server that never answers, a 404 and a 200 that is not
 //! Prometheus' JSON, and a URL that is not one.
 
+// A heavy suite: compiled only with CHATCLUSTER_HEAVY_TESTS=1 (e2e/build.rs).
+#![cfg(chatcluster_heavy)]
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use chatcluster_e2e::client::{connect, Ws};
-use chatcluster_e2e::prometheus::{prometheus_binary, PrometheusProcess};
-use chatcluster_e2e::server_process::{chat_server_binary, ServerProcess};
-use chatcluster_operator::autoscale::{decide, Input, Reason, Sample, DEFAULT_STALENESS_LIMIT};
+use chatcluster_e2e::clients::ws::{connect_users, Ws};
+use chatcluster_e2e::harness::binaries::chat_server_binary;
+use chatcluster_e2e::harness::prometheus::{prometheus_binary, PrometheusProcess};
+use chatcluster_e2e::harness::server_process::ServerProcess;
+use chatcluster_operator::autoscaling::decision::{
+    decide, Input, Reason, Sample, DEFAULT_STALENESS_LIMIT,
+};
+use chatcluster_operator::autoscaling::promql::{default_query, render_query};
+use chatcluster_operator::autoscaling::sources::prometheus::{query, PrometheusError};
 use chatcluster_operator::http_client::HttpClient;
-use chatcluster_operator::prometheus::{default_query, query, render_query, PrometheusError};
 use k8s_openapi::jiff::Timestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -108,17 +115,6 @@ impl Stack {
     }
 }
 
-async fn open(server: &ServerProcess, n: usize, tag: &str) -> Vec<Ws> {
-    let mut clients = Vec::new();
-    for i in 0..n {
-        let (ws, _, _) = connect(&server.ws_url(), &format!("user={tag}{i}"), None)
-            .await
-            .expect("client connects");
-        clients.push(ws);
-    }
-    clients
-}
-
 async fn close(clients: &mut Vec<Ws>, n: usize) {
     for mut ws in clients.drain(..n) {
         let _ = ws.close(None).await;
@@ -165,8 +161,8 @@ async fn default_query_follows_connections_opened_and_closed() {
     // Both pods scraped, nobody connected: a value of 0, not NoData.
     stack.wait_value(&q, 0.0).await;
 
-    let mut on0 = open(&stack.servers[0], 2, "a").await;
-    let mut on1 = open(&stack.servers[1], 3, "b").await;
+    let mut on0 = connect_users(&stack.servers[0].ws_url(), "a", 2).await;
+    let mut on1 = connect_users(&stack.servers[1].ws_url(), "b", 3).await;
     let s = stack.wait_value(&q, 5.0).await;
     assert_recent(s);
     // The decoys are scraped too (every target counts each server once more), so the

@@ -12,16 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_server::sync::lock;
-use chatcluster_e2e::client::{
-    connect, join, recv_json, recv_type, send_and_ack, send_json, PublisherLog, SubscriberLog,
-};
-use chatcluster_e2e::cluster::LocalCluster;
+use chatcluster_e2e::clients::resuming::{PublisherLog, SubscriberLog};
+use chatcluster_e2e::clients::ws::{connect, join, recv_json, recv_type, send_and_ack, send_json};
+use chatcluster_e2e::harness::local_cluster::LocalCluster;
 use serde_json::Value;
 
 #[macro_use]
-mod multinode;
+mod multinode_support;
 
-use multinode::{
+use multinode_support::{
     after_warm_up, cluster, serial, spawn_subscribers, wait_subscribers_live, Backend,
 };
 
@@ -87,7 +86,7 @@ async fn publish_until_acked(
 }
 
 /// The ack or error answering `r`; `None` if the connection broke or stayed silent.
-async fn answer_to(ws: &mut chatcluster_e2e::client::Ws, r: &str) -> Option<Value> {
+async fn answer_to(ws: &mut chatcluster_e2e::clients::ws::Ws, r: &str) -> Option<Value> {
     loop {
         match recv_json(ws, Duration::from_secs(10)).await {
             Ok(Some(v)) if (v["type"] == "ack" || v["type"] == "error") && v["ref"] == r => {
@@ -204,7 +203,7 @@ async fn busy_room_survives(fault: Fault) {
         publog.clone(),
         refusals.clone(),
     ));
-    multinode::wait_acked(&publog, 60).await;
+    multinode_support::wait_acked(&publog, 60).await;
     let redis = c.redis.cluster();
     let slot = tokio::task::block_in_place(|| redis.keyslot(&format!("chat:room:{{{room}}}:log")))
         .unwrap();
@@ -299,7 +298,7 @@ fn roll_back(c: &LocalCluster, backend: Backend, room: &str, head: u64) {
 }
 
 /// Frames up to the next `joined`, which must come before any message.
-async fn joined_before_any_message(ws: &mut chatcluster_e2e::client::Ws) -> Value {
+async fn joined_before_any_message(ws: &mut chatcluster_e2e::clients::ws::Ws) -> Value {
     loop {
         let v = recv_json(ws, Duration::from_secs(10))
             .await

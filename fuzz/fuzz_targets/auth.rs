@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chat_server::auth::Authenticator;
 use chat_server::client_addr::{client_address, source_key, TrustedProxies};
-use chat_server::config::AuthSettings;
+use chat_server::auth::AuthSettings;
 use chat_server::metrics::Metrics;
 use chat_server::protocol::validate_user;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};

@@ -5,7 +5,7 @@
 
 use chatcluster_operator::build::{build, BuildContext};
 use chatcluster_operator::crd::{ChatCluster, ChatClusterSpec};
-use chatcluster_operator::validate::validate;
+use chatcluster_operator::reconcile::validate::validate;
 use libfuzzer_sys::fuzz_target;
 
 /// Names to try: valid, at the length limits, and invalid.

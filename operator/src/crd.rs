@@ -8,9 +8,17 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use serde::{Deserialize, Serialize};
+
+/// Key of the HS256 client-JWT key in `auth.jwtSecretName`.
+pub const JWT_KEY: &str = "hs256Secret";
+/// Key of the PEM public key in `auth.publicKeySecretName`.
+pub const JWT_PUBLIC_KEY: &str = "publicKey";
+/// Key of the join hook's HMAC key in `auth.joinHook.secretName`.
+pub const JOIN_HOOK_SECRET_KEY: &str = "hookSecret";
 
 /// Desired state of a ChatCluster.
 // clippy reads `type_ = "integer"` in two separate `printcolumn(...)` lists as a
@@ -191,6 +199,7 @@ pub struct RedisSpec {
 ).message("redis.managed storage, storageClassName and persistence cannot be changed after creation (the Redis volume claim is immutable); create a new ChatCluster to change them"))]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedRedis {
+    /// Redis container image (Redis 7 or later).
     #[serde(default = "default_redis_image")]
     pub image: String,
     /// Append-only persistence on a PersistentVolumeClaim of `storage`.
@@ -225,6 +234,7 @@ impl Default for ManagedRedis {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalRedis {
+    /// Secret in the ChatCluster's namespace holding the Redis URL (key `urlKey`).
     #[x_kube(validation = Rule::new("self.size() > 0").message("redis.external.secretName must not be empty"))]
     pub secret_name: String,
     /// Key of the URL in the Secret.
@@ -243,8 +253,11 @@ pub struct ExternalRedis {
     .message("expose: set expose.ingress, expose.httpRoute or both (or remove expose)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExposeSpec {
+    /// An Ingress for the clients, with the sticky cookie `CHATNODE` (ingress-nginx
+    /// annotations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
+    /// A Gateway API HTTPRoute for the clients, attached to an existing Gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_route: Option<HttpRouteSpec>,
 }
@@ -272,6 +285,7 @@ pub struct HttpRouteSpec {
     /// Namespace of the Gateway (the ChatCluster's when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_namespace: Option<String>,
+    /// Host names the route matches (any when empty).
     #[serde(default)]
     pub hostnames: Vec<String>,
     /// Keep each client on its pod with a cookie (`CHATNODE`, as the Ingress does) through
@@ -334,9 +348,11 @@ pub struct AutoscalingSpec {
     /// writes `replicas`). Either way every scale-down is drained by the operator.
     #[serde(default)]
     pub engine: AutoscalingEngine,
+    /// Fewest pods the autoscaler runs.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 1, max = 1000))]
     pub min_replicas: i32,
+    /// Most pods the autoscaler runs.
     #[schemars(range(min = 1, max = 1000))]
     pub max_replicas: i32,
     /// Connections per pod the autoscaler aims for (10 % tolerance).
@@ -403,18 +419,24 @@ pub struct PodMonitorSpec {
     .message("limits.maxBodyBytes must be at most limits.maxFrameBytes - 256"))]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsSpec {
+    /// Connections one pod accepts; past it new ones get 503 (`CHAT_MAX_CONNECTIONS`).
     #[serde(default = "default_max_connections")]
     #[schemars(range(min = 1, max = 19000))]
     pub max_connections_per_pod: i32,
+    /// Largest WebSocket frame a client may send, in bytes; a larger one closes the
+    /// connection (`CHAT_MAX_FRAME_BYTES`).
     #[serde(default = "default_max_frame")]
     #[schemars(range(min = 256, max = 1048576))]
     pub max_frame_bytes: i32,
+    /// Longest message body, in bytes (`CHAT_MAX_BODY_BYTES`).
     #[serde(default = "default_max_body")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_body_bytes: i32,
+    /// Frames per second one connection may send, sustained (`CHAT_RATE_PER_SEC`).
     #[serde(default = "default_rate")]
     #[schemars(range(min = 1, max = 100000))]
     pub messages_per_second: i32,
+    /// Frames one connection may send at once above its rate (`CHAT_RATE_BURST`).
     #[serde(default = "default_burst")]
     #[schemars(range(min = 1, max = 100000))]
     pub burst: i32,
@@ -640,10 +662,13 @@ impl DmPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// chat-server pods that exist.
     #[serde(default)]
     pub replicas: i32,
+    /// chat-server pods that are ready.
     #[serde(default)]
     pub ready_replicas: i32,
     /// Open client connections over all pods (from their metrics).
@@ -663,6 +688,8 @@ pub struct ChatClusterStatus {
     /// Label selector of the chat-server pods (for /scale, HPA and KEDA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
+    /// `Ready`, `RedisReady`, `Progressing`, `Degraded`, `Draining` and, with
+    /// `spec.autoscaling`, `ScalingActive`.
     #[serde(default)]
     pub conditions: Vec<Condition>,
 }
@@ -671,6 +698,7 @@ pub struct ChatClusterStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DrainingPod {
+    /// The pod's name.
     pub pod: String,
     /// `Waiting` (for the reconnect budget), `Draining`, `Drained`, `NotAnswering`
     /// (its admin port fails; retried a few times) or `NotDrained` (let go: SIGTERM
@@ -744,4 +772,43 @@ fn default_burst() -> i32 {
 }
 fn default_dm_per_second() -> f64 {
     5.0
+}
+
+/// The ChatCluster CRD. Unlike the derived one, `spec` is optional with default `{}`, so
+/// the API server accepts a manifest with only a name and fills in every default.
+pub fn crd() -> Result<CustomResourceDefinition, serde_json::Error> {
+    let mut v = serde_json::to_value(ChatCluster::crd())?;
+    if let Some(versions) = v["spec"]["versions"].as_array_mut() {
+        for version in versions {
+            let root = &mut version["schema"]["openAPIV3Schema"];
+            if let Some(required) = root["required"].as_array_mut() {
+                required.retain(|r| r != "spec");
+            }
+            if root["required"].as_array().is_some_and(|r| r.is_empty()) {
+                if let Some(obj) = root.as_object_mut() {
+                    obj.remove("required");
+                }
+            }
+            root["properties"]["spec"]["default"] = serde_json::json!({});
+        }
+    }
+    serde_json::from_value(v)
+}
+
+/// The CRD as YAML, exactly as `crdgen` writes it to crds/chatcluster.yaml.
+pub fn crd_yaml() -> Result<String, Box<dyn std::error::Error>> {
+    let yaml = serde_yaml::to_string(&crd()?)?;
+    Ok(format!(
+        "# Generated by `cargo run -p chatcluster-operator --bin crdgen`; do not edit.\n{yaml}"
+    ))
+}
+
+/// Parses a ChatCluster manifest (YAML) the way the API server admits it: a missing
+/// `spec` becomes `{}` and every field default applies.
+pub fn parse_manifest(yaml: &str) -> Result<ChatCluster, serde_yaml::Error> {
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(yaml)?;
+    if doc.get("spec").is_none() {
+        doc["spec"] = serde_yaml::Value::Mapping(Default::default());
+    }
+    serde_yaml::from_value(doc)
 }

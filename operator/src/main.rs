@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use chatcluster_operator::autoscaling::sources::pods::scrape_client;
+use chatcluster_operator::autoscaling::sources::prometheus::prometheus_client;
 use chatcluster_operator::controller;
 use chatcluster_operator::leader::Elector;
 use chatcluster_operator::metrics::OperatorMetrics;
@@ -119,8 +121,8 @@ async fn main() -> anyhow::Result<()> {
         apis: Default::default(),
         recorder,
         failures: Default::default(),
-        http: chatcluster_operator::connections::scrape_client()?,
-        prometheus_http: chatcluster_operator::autoscaler::prometheus_client()?,
+        http: scrape_client()?,
+        prometheus_http: prometheus_client()?,
         autoscaler: Default::default(),
         metrics: metrics.clone(),
         // Only a namespace really given: the default "default" must not open the

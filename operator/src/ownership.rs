@@ -7,10 +7,15 @@
 //! references with uids do: the ChatCluster controls its StatefulSet, and the StatefulSet
 //! controls its pods, each reference naming the owner's uid, which no other object has.
 //! A pod that is not in that chain gets neither the token nor a say in the counts.
+//!
+//! Also the keys of the state kept between reconciles: per ChatCluster ([`cluster_key`])
+//! and per pod ([`pod_key`]).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::crd::ChatCluster;
 
 /// Whether `meta` names `owner_uid` as its controller (the owner reference with
 /// `controller: true`; there is at most one).
@@ -41,6 +46,16 @@ pub fn owned_pods(pods: Vec<Pod>, statefulset_uid: Option<&str>) -> Vec<Pod> {
     pods.into_iter()
         .filter(|p| controlled_by(&p.metadata, uid))
         .collect()
+}
+
+/// `namespace/name` of a ChatCluster: the key of the per-cluster state kept between
+/// reconciles (failed reconciles, autoscaler histories).
+pub fn cluster_key(cluster: &ChatCluster) -> String {
+    format!(
+        "{}/{}",
+        cluster.metadata.namespace.as_deref().unwrap_or_default(),
+        cluster.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// The key of per-pod state (failed admin calls) of cluster `cluster_uid`'s pod `pod`:

@@ -3,8 +3,8 @@
 //! cluster's no-longer-desired objects are deleted. (The same code runs against a real
 //! kube-apiserver in the Kubernetes e2e suite.)
 
-use chatcluster_operator::apply::{apply, delete_orphans};
 use chatcluster_operator::build::{build, BuildContext, Served};
+use chatcluster_operator::reconcile::apply::{apply, delete_orphans};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::json;

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chatcluster_operator::autoscaling::sources::pods::scrape_client;
+use chatcluster_operator::autoscaling::sources::prometheus::prometheus_client;
 use chatcluster_operator::crd::ChatCluster;
 use chatcluster_operator::reconcile::{error_policy, reconcile, requeue_after, Context};
 use http::{Method, Request, Response, StatusCode};
@@ -47,8 +49,8 @@ fn context(svc: MockService) -> Arc<Context> {
             },
         ),
         failures: Default::default(),
-        http: chatcluster_operator::connections::scrape_client().unwrap(),
-        prometheus_http: chatcluster_operator::autoscaler::prometheus_client().unwrap(),
+        http: scrape_client().unwrap(),
+        prometheus_http: prometheus_client().unwrap(),
         autoscaler: Default::default(),
         metrics: Default::default(),
         operator_namespace: Some("chatcluster-system".into()),

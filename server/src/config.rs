@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::auth::AuthSettings;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Pretty,
@@ -230,20 +232,6 @@ pub struct Args {
     pub redis_presence_ttl: String,
 }
 
-/// Authentication settings.
-#[derive(Debug, Clone, Default)]
-pub struct AuthSettings {
-    pub allow_anonymous: bool,
-    pub hs256_secret: Option<Vec<u8>>,
-    /// PEM public key (RSA, EC P-256 or Ed25519).
-    pub public_key_pem: Option<Vec<u8>>,
-    pub jwks: Option<crate::auth::jwks::JwksSettings>,
-    pub issuer: Option<String>,
-    pub audience: Option<String>,
-    /// `None` allows any origin.
-    pub allowed_origins: Option<Vec<String>>,
-}
-
 /// Validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -432,7 +420,7 @@ impl Settings {
         }
         if crate::protocol::validate_user(&self.node_name).is_err() {
             return fail(format!(
-                "CHAT_NODE_NAME `{}` must be 1 to 64 of A-Z a-z 0-9 _ - . :",
+                "CHAT_NODE_NAME `{}` must be 1 to 64 of A-Z a-z 0-9 _ - . : @ (the user-id rule)",
                 self.node_name
             ));
         }

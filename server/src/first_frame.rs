@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 
+use crate::admission::Held;
 use crate::auth::AuthError;
-use crate::http::{AwaitingAuth, SlotGuard};
 use crate::protocol::{parse_client_frame, ClientFrame, CloseCode, FrameLimits};
 use crate::state::AppState;
 
@@ -21,8 +21,8 @@ const MAX_CLOSE_REASON: usize = 120;
 pub async fn authenticate_then_run(
     state: Arc<AppState>,
     mut socket: WebSocket,
-    slot: SlotGuard,
-    awaiting: Option<AwaitingAuth>,
+    slot: Held,
+    awaiting: Option<Held>,
 ) {
     let wait = state.settings.header_read_timeout;
     let limits = FrameLimits {

@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,41 +45,6 @@ const WEB_CLIENT_CSP: &str = "default-src 'none'; script-src 'self'; style-src '
 
 /// Frames of one batch are coalesced up to this many bytes before a socket write.
 const WRITE_COALESCE_BYTES: usize = 16 * 1024;
-
-/// Connections open or being upgraded; the per-process cap counts these.
-#[derive(Default)]
-pub struct ConnectionSlots(AtomicUsize);
-
-/// Releases its slot when the session ends or the upgrade never happens.
-pub struct SlotGuard(Arc<AppState>);
-
-/// One connection upgraded without credentials and not yet authenticated by its first
-/// frame; at most `CHAT_MAX_PENDING_CONNECTIONS` at once, so connections that never
-/// authenticate cannot hold the node's connection slots.
-pub struct AwaitingAuth(Arc<AppState>);
-
-impl AwaitingAuth {
-    fn take(state: &Arc<AppState>) -> Option<AwaitingAuth> {
-        let max = state.settings.max_pending_connections;
-        if state.awaiting_auth.fetch_add(1, Ordering::Relaxed) >= max {
-            state.awaiting_auth.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(AwaitingAuth(state.clone()))
-    }
-}
-
-impl Drop for AwaitingAuth {
-    fn drop(&mut self) {
-        self.0.awaiting_auth.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.0.slots.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 pub fn public_router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -169,16 +133,14 @@ async fn upgrade(
         );
     }
     let max = state.settings.max_connections;
-    if state.slots.0.fetch_add(1, Ordering::Relaxed) >= max {
-        state.slots.0.fetch_sub(1, Ordering::Relaxed);
+    let Some(slot) = state.connections.try_take(max) else {
         return unavailable(
             &state,
             "connection_cap",
             1,
             format!("this node holds its maximum of {max} connections"),
         );
-    }
-    let slot = SlotGuard(state.clone());
+    };
     if let Some(sources) = &state.source_buckets {
         let client = client_address(peer.ip(), &headers, &state.settings.trusted_proxies);
         let taken = lock(sources).try_take(source_key(client), Instant::now());
@@ -224,7 +186,10 @@ async fn upgrade(
     let mut awaiting = None;
     let identity =
         if first_frame {
-            match AwaitingAuth::take(&state) {
+            match state
+                .awaiting_auth
+                .try_take(state.settings.max_pending_connections)
+            {
                 Some(waiting) => awaiting = Some(waiting),
                 None => return unavailable(
                     &state,

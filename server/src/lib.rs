@@ -3,25 +3,45 @@
 //!
 //! [`start`] binds the public and admin ports and returns a [`RunningServer`]; the
 //! binary in `main.rs` adds signals and logging. Tests embed the server the same way.
+//!
+//! Modules, pure ones (no I/O, no clock) marked *pure* (`e2e/tests/module_graph.rs`
+//! checks they stay so, and that no modules import each other in a circle):
+//! - the wire: `protocol` (*pure*: frames, validation, error and close codes);
+//! - who may do what: `auth` (tokens; `auth::keys` *pure*), `rooms` (*pure*: room
+//!   rules), `join_hook` (the application's answer), `client_addr` and `ratelimit`
+//!   (*pure*: addresses and token buckets);
+//! - connections: `listener` (accept, header timeout, pending cap), `admission` (*pure*:
+//!   connection places), `http` (routes, upgrade checks), `first_frame` (the `auth`
+//!   frame), `session` (one WebSocket), `hub` (this node's sessions and rooms, fan-out),
+//!   `drain` (the drain's phases and pacing);
+//! - messages: `history` (*pure*: a room's log and resume), `backplane` (in-memory for
+//!   one node, `backplane::redis` for many);
+//! - around them: `config` (flags → settings), `state` (what every task shares),
+//!   `metrics`, `http_client` (JWKS and join hook), `sync`.
+//!
+//! Public modules are those the tests, the fuzz targets and the e2e tools use.
 
+mod admission;
 pub mod auth;
 pub mod backplane;
 pub mod client_addr;
 pub mod config;
+#[cfg(test)]
+mod config_reference;
 pub mod drain;
-pub mod first_frame;
+mod first_frame;
 pub mod history;
-pub mod http;
-pub mod http_client;
-pub mod hub;
+mod http;
+mod http_client;
+mod hub;
 pub mod join_hook;
-pub mod listener;
+mod listener;
 pub mod metrics;
 pub mod protocol;
-pub mod ratelimit;
+mod ratelimit;
 pub mod rooms;
-pub mod session;
-pub mod state;
+mod session;
+mod state;
 pub mod sync;
 
 use std::net::SocketAddr;

@@ -136,8 +136,82 @@ impl ServerFrame<'_> {
     }
 }
 
+/// A server frame as a client reads it: [`ServerFrame`] with owned fields, so clients
+/// written in Rust (the e2e suites, the load generator, the soak) parse what the server
+/// sends with the server's own types. A test below keeps the two in step. Unknown frame
+/// types fail to parse: a client built from this crate knows every frame.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReceivedFrame {
+    Welcome {
+        user: String,
+        session: String,
+        node: String,
+        #[serde(default)]
+        token_exp: Option<u64>,
+    },
+    Refreshed {
+        exp: u64,
+    },
+    Joined {
+        room: String,
+        epoch: String,
+        offset: u64,
+        recovered: bool,
+        members: Vec<String>,
+    },
+    Left {
+        room: String,
+    },
+    Message {
+        room: String,
+        epoch: String,
+        offset: u64,
+        from: String,
+        body: String,
+        ts: u64,
+    },
+    Dm {
+        from: String,
+        to: String,
+        body: String,
+        ts: u64,
+    },
+    Ack {
+        #[serde(rename = "ref", default)]
+        client_ref: Option<String>,
+        #[serde(default)]
+        room: Option<String>,
+        #[serde(default)]
+        offset: Option<u64>,
+    },
+    Presence {
+        room: String,
+        joined: Vec<String>,
+        left: Vec<String>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(rename = "ref", default)]
+        client_ref: Option<String>,
+    },
+    Reconnect {
+        reason: String,
+        after_ms: u64,
+    },
+    Pong,
+}
+
+impl ReceivedFrame {
+    /// Parses one text frame from the server.
+    pub fn parse(text: &str) -> Result<ReceivedFrame, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
 /// Error codes carried by `error` frames. The connection stays open after each of them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The text frame is not valid JSON.
@@ -710,5 +784,183 @@ mod tests {
         assert!(!CloseCode::should_reconnect(CloseCode::Policy.code()));
         assert!(!CloseCode::should_reconnect(4400));
         assert!(!CloseCode::should_reconnect(CloseCode::TooBig.code()));
+    }
+
+    #[test]
+    fn every_server_frame_reads_back_as_the_same_received_frame() {
+        let members = vec!["alice".to_owned(), "bob".to_owned()];
+        let none: Vec<String> = Vec::new();
+        let s = |v: &str| v.to_owned();
+        let cases = [
+            (
+                ServerFrame::Welcome {
+                    user: "alice",
+                    session: "s1",
+                    node: "n1",
+                    token_exp: Some(9),
+                },
+                ReceivedFrame::Welcome {
+                    user: s("alice"),
+                    session: s("s1"),
+                    node: s("n1"),
+                    token_exp: Some(9),
+                },
+            ),
+            (
+                ServerFrame::Welcome {
+                    user: "~a",
+                    session: "s2",
+                    node: "n1",
+                    token_exp: None,
+                },
+                ReceivedFrame::Welcome {
+                    user: s("~a"),
+                    session: s("s2"),
+                    node: s("n1"),
+                    token_exp: None,
+                },
+            ),
+            (
+                ServerFrame::Refreshed { exp: 7 },
+                ReceivedFrame::Refreshed { exp: 7 },
+            ),
+            (
+                ServerFrame::Joined {
+                    room: "r",
+                    epoch: "e",
+                    offset: 3,
+                    recovered: true,
+                    members: &members,
+                },
+                ReceivedFrame::Joined {
+                    room: s("r"),
+                    epoch: s("e"),
+                    offset: 3,
+                    recovered: true,
+                    members: members.clone(),
+                },
+            ),
+            (
+                ServerFrame::Left { room: "r" },
+                ReceivedFrame::Left { room: s("r") },
+            ),
+            (
+                ServerFrame::Message {
+                    room: "r",
+                    epoch: "e",
+                    offset: 4,
+                    from: "bob",
+                    body: "hi \"there\"",
+                    ts: 5,
+                },
+                ReceivedFrame::Message {
+                    room: s("r"),
+                    epoch: s("e"),
+                    offset: 4,
+                    from: s("bob"),
+                    body: s("hi \"there\""),
+                    ts: 5,
+                },
+            ),
+            (
+                ServerFrame::Dm {
+                    from: "a",
+                    to: "b",
+                    body: "x",
+                    ts: 1,
+                },
+                ReceivedFrame::Dm {
+                    from: s("a"),
+                    to: s("b"),
+                    body: s("x"),
+                    ts: 1,
+                },
+            ),
+            (
+                ServerFrame::Ack {
+                    client_ref: Some("c1"),
+                    room: Some("r"),
+                    offset: Some(8),
+                },
+                ReceivedFrame::Ack {
+                    client_ref: Some(s("c1")),
+                    room: Some(s("r")),
+                    offset: Some(8),
+                },
+            ),
+            (
+                ServerFrame::Ack {
+                    client_ref: None,
+                    room: None,
+                    offset: None,
+                },
+                ReceivedFrame::Ack {
+                    client_ref: None,
+                    room: None,
+                    offset: None,
+                },
+            ),
+            (
+                ServerFrame::Presence {
+                    room: "r",
+                    joined: &members,
+                    left: &none,
+                },
+                ReceivedFrame::Presence {
+                    room: s("r"),
+                    joined: members.clone(),
+                    left: vec![],
+                },
+            ),
+            (
+                ServerFrame::Error {
+                    code: ErrorCode::GrantRevoked,
+                    message: "m",
+                    client_ref: Some("c"),
+                },
+                ReceivedFrame::Error {
+                    code: ErrorCode::GrantRevoked,
+                    message: s("m"),
+                    client_ref: Some(s("c")),
+                },
+            ),
+            (
+                ServerFrame::Reconnect {
+                    reason: "drain",
+                    after_ms: 250,
+                },
+                ReceivedFrame::Reconnect {
+                    reason: s("drain"),
+                    after_ms: 250,
+                },
+            ),
+            (ServerFrame::Pong, ReceivedFrame::Pong),
+        ];
+        let mut kinds = std::collections::BTreeSet::new();
+        for (sent, expected) in cases {
+            // No wildcard: a new server frame must be added to the cases above (and to
+            // `ReceivedFrame`) before this compiles.
+            kinds.insert(match &sent {
+                ServerFrame::Welcome { .. } => "welcome",
+                ServerFrame::Refreshed { .. } => "refreshed",
+                ServerFrame::Joined { .. } => "joined",
+                ServerFrame::Left { .. } => "left",
+                ServerFrame::Message { .. } => "message",
+                ServerFrame::Dm { .. } => "dm",
+                ServerFrame::Ack { .. } => "ack",
+                ServerFrame::Presence { .. } => "presence",
+                ServerFrame::Error { .. } => "error",
+                ServerFrame::Reconnect { .. } => "reconnect",
+                ServerFrame::Pong => "pong",
+            });
+            let json = sent.to_json();
+            assert_eq!(
+                ReceivedFrame::parse(&json).expect(&json),
+                expected,
+                "{json}"
+            );
+        }
+        assert_eq!(kinds.len(), 11, "every kind of server frame is read back");
+        assert!(ReceivedFrame::parse(r#"{"type":"surprise"}"#).is_err());
     }
 }

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 
+use crate::admission::Held;
 use crate::auth::{Identity, EXP_LEEWAY_SECS};
 use crate::backplane::{now_us, BackplaneError};
-use crate::http::SlotGuard;
 use crate::hub::{DeliveryKind, Inbox, Outbound, SessionHandle};
 use crate::join_hook::Verdict;
 use crate::protocol::{
@@ -157,7 +157,7 @@ struct Session {
     /// Room patterns granted by the current connection token.
     grants: Arc<[Pattern]>,
     /// This connection's place under the per-process cap.
-    _slot: SlotGuard,
+    _slot: Held,
 }
 
 /// Runs one accepted WebSocket for `user` until it closes; `slot` is released when it
@@ -170,7 +170,7 @@ pub fn run(
     state: Arc<AppState>,
     socket: WebSocket,
     identity: Identity,
-    slot: SlotGuard,
+    slot: Held,
 ) -> impl Future<Output = ()> + Send {
     let id = state.next_session_id();
     let (handle, inbox) =

@@ -4,11 +4,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::admission::Places;
 use crate::auth::Authenticator;
 use crate::backplane::SharedBackplane;
 use crate::config::Settings;
 use crate::drain::{BeginOutcome, Drain, DrainPlan, Phase, StopAction, UndrainError};
-use crate::http::ConnectionSlots;
 use crate::hub::Hub;
 use crate::join_hook::JoinHook;
 use crate::metrics::Metrics;
@@ -33,10 +33,11 @@ pub struct AppState {
     pub accept_bucket: Mutex<TokenBucket>,
     /// `None` when the per-source limit is off (`CHAT_ACCEPT_RATE_PER_SOURCE=0`).
     pub source_buckets: Option<Mutex<SourceBuckets>>,
-    pub slots: ConnectionSlots,
+    /// Connections open or being upgraded (at most `CHAT_MAX_CONNECTIONS`).
+    pub connections: Places,
     /// Connections upgraded without credentials that have not yet sent their `auth`
     /// frame (at most `CHAT_MAX_PENDING_CONNECTIONS`).
-    pub awaiting_auth: std::sync::atomic::AtomicUsize,
+    pub awaiting_auth: Places,
     next_session_id: AtomicU64,
 }
 
@@ -77,8 +78,8 @@ impl AppState {
             drain: Drain::new(),
             auth,
             accept_bucket,
-            slots: ConnectionSlots::default(),
-            awaiting_auth: std::sync::atomic::AtomicUsize::new(0),
+            connections: Places::default(),
+            awaiting_auth: Places::default(),
             next_session_id: AtomicU64::new(1),
         }
     }

@@ -2,7 +2,8 @@
 
 mod common;
 
-use chat_server::config::{AuthSettings, Settings};
+use chat_server::auth::AuthSettings;
+use chat_server::config::Settings;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde::Serialize;

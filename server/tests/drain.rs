@@ -178,7 +178,10 @@ async fn admin_endpoints_honour_the_token() {
             .0,
         401
     );
-    assert!(!server.state.drain.is_draining());
+    assert_eq!(
+        server.state.drain.phase(),
+        chat_server::drain::Phase::Serving
+    );
     let (status, body) =
         http_request(server.admin_addr, "GET", "/admin/status", Some("s3cret")).await;
     assert_eq!(status, 200);

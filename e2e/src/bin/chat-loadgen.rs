@@ -1,10 +1,10 @@
 //! chat-loadgen: benchmark program for ChatCluster chat servers (loopback only).
 //!
 //! This binary only parses flags and prints what a scenario reports; the scenarios live
-//! in `chatcluster_e2e::loadgen` so they share the suites' client and are unit-tested.
+//! in `chatcluster_e2e::tools::loadgen` so they share the suites' client and are unit-tested.
 
 use anyhow::Result;
-use chatcluster_e2e::loadgen::{fanout, idle};
+use chatcluster_e2e::tools::loadgen::{fanout, idle};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use chatcluster_e2e::cluster::{ClusterOptions, LocalCluster};
+use chatcluster_e2e::harness::local_cluster::{ClusterOptions, LocalCluster};
 use clap::Parser;
 
 #[derive(Parser)]

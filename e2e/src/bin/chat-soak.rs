@@ -1,8 +1,8 @@
-//! The chaos soak and the connection storm: see `chatcluster_e2e::soak` and
+//! The chaos soak and the connection storm: see `chatcluster_e2e::tools::soak` and
 //! docs/reliability.md. Exits 0 when the run's checks passed; 1 otherwise.
 
-use chatcluster_e2e::soak::storm::{self, StormArgs, StormWorkerArgs};
-use chatcluster_e2e::soak::{run, SoakArgs};
+use chatcluster_e2e::tools::soak::storm::{self, StormArgs, StormWorkerArgs};
+use chatcluster_e2e::tools::soak::{run, SoakArgs};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::PodSpec;
 /// One of the manifests under examples/, as the API server would store it (namespace
 /// `default`, uid `uid-1`).
 pub fn cluster_for_example(example: &str) -> ChatCluster {
-    let path = chatcluster_e2e::k8s::repo_root()
+    let path = chatcluster_e2e::harness::binaries::repo_root()
         .join("examples")
         .join(example);
     let text = std::fs::read_to_string(path).unwrap();
@@ -70,8 +70,8 @@ pub fn pod_environment(example: &str) -> BTreeMap<String, String> {
     env.insert("CHAT_ADMIN_LISTEN".into(), "127.0.0.1:0".into());
     // The mounted public key (the kubelet would project the Secret's `publicKey` there).
     if env.contains_key("CHAT_JWT_PUBLIC_KEY_FILE") {
-        let key =
-            chatcluster_e2e::k8s::repo_root().join("server/tests/fixtures/test-ed25519-public.pem");
+        let key = chatcluster_e2e::harness::binaries::repo_root()
+            .join("server/tests/fixtures/test-ed25519-public.pem");
         env.insert("CHAT_JWT_PUBLIC_KEY_FILE".into(), key.display().to_string());
     }
     // The identity provider's JWKS is off this machine (no traffic off loopback): the

@@ -7,7 +7,7 @@ use kube::Resource;
 use serde_json::{json, Value};
 
 use super::Names;
-use crate::autoscaler::SYNC_PERIOD;
+use crate::autoscaling::decision::SYNC_PERIOD;
 use crate::crd::{AutoscalingSpec, ChatCluster};
 
 /// The ScaledObject (no typed struct: KEDA's CRD is not in k8s-openapi), named like the

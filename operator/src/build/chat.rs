@@ -14,8 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::*;
 use super::*;
-use crate::crd::{AuthSpec, ChatCluster, RoomRule};
-use crate::secrets::{JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY};
+use crate::crd::{AuthSpec, ChatCluster, RoomRule, JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY};
 
 /// Server configuration as `CHAT_*` environment variables.
 pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {

@@ -10,7 +10,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::autoscaler::connections_query;
+use crate::autoscaling::promql::connections_query;
 use crate::crd::{AutoscalingEngine, ChatCluster};
 
 mod autoscaling;
@@ -59,7 +59,7 @@ pub struct BuildContext {
     /// (pods read Secret values only at start).
     pub secrets_revision: Option<String>,
     /// The chat StatefulSet's `replicas` while a scale-down waits for its pods to be
-    /// drained (`drain_plan`); `None`: the spec's effective replicas.
+    /// drained (`crate::drain::plan`); `None`: the spec's effective replicas.
     pub chat_replicas: Option<i32>,
     /// The operator's own namespace: its calls to the pods' admin port are let through
     /// the NetworkPolicy.

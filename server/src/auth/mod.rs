@@ -17,7 +17,6 @@ use std::sync::Arc;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Header, Validation};
 use serde::Deserialize;
 
-use crate::config::AuthSettings;
 use crate::metrics::Metrics;
 use crate::protocol::{validate_user, ANONYMOUS_PREFIX};
 use crate::rooms::{parse_grants, Pattern};
@@ -25,6 +24,20 @@ use jwks::JwksCache;
 use keys::{public_key_from_pem, SigningKey, ACCEPTED};
 
 pub use keys::KeyError;
+
+/// Authentication settings (validated from the flags by [`crate::config`]).
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    pub allow_anonymous: bool,
+    pub hs256_secret: Option<Vec<u8>>,
+    /// PEM public key (RSA, EC P-256 or Ed25519).
+    pub public_key_pem: Option<Vec<u8>>,
+    pub jwks: Option<jwks::JwksSettings>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    /// `None` allows any origin.
+    pub allowed_origins: Option<Vec<String>>,
+}
 
 /// Why credentials were refused. Each maps to an HTTP status (or close code) and a
 /// message for the client.

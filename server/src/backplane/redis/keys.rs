@@ -17,7 +17,8 @@
 //! and the channel of one room, one user or one node hash to one slot: every script
 //! touches a single slot, and a room's sharded channel lives on the shard that holds its
 //! history. Room and user names cannot contain braces (the protocol's name rules), node
-//! names are DNS labels and the prefix is checked, so a tag is never cut short.
+//! names follow the user-id rule (checked at start) and the prefix is checked, so a tag
+//! is never cut short.
 
 pub(super) struct Keys {
     prefix: String,

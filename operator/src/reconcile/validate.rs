@@ -1,0 +1,338 @@
+//! Validation, the first stage of reconcile. Pure. It re-runs the CRD's own CEL rules
+//! in-process (so a cluster whose CRD was installed without them still gets clear
+//! errors) and adds checks CEL cannot express, such as name lengths that the objects
+//! derived from the ChatCluster's name must fit. The URL and room-rule checks repeat
+//! CEL rules in Rust: the operator calls the Prometheus URL itself, and the pods must
+//! never get a room rule or URL the server would refuse at start.
+
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+use crate::crd::{ChatCluster, ChatClusterSpec, RoomAccess, RoomRule};
+use crate::urls::{self, UrlPolicy};
+
+/// Longest ChatCluster name: its StatefulSet pods carry a `controller-revision-hash`
+/// label of `NAME-redis-<10 characters>`, and labels are at most 63 characters.
+pub const MAX_NAME_LEN: usize = 46;
+
+/// Why a spec cannot be reconciled; becomes the Degraded condition and an Event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn invalid(reason: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        reason,
+        message: message.into(),
+    }
+}
+
+/// Validates `cluster`; `Ok` means the builders can run.
+pub fn validate(cluster: &ChatCluster) -> Result<(), Invalid> {
+    let name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let dns1035 = name.bytes().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !name.ends_with('-');
+    if !dns1035 {
+        return Err(invalid(
+            "InvalidName",
+            format!("metadata.name `{name}` must start with a lowercase letter and contain only a-z, 0-9 and '-' (it names Services)"),
+        ));
+    }
+    let namespace = cluster.metadata.namespace.as_deref().unwrap_or_default();
+    if namespace.len() + 1 + name.len() > 64 {
+        return Err(invalid(
+            "NameTooLong",
+            format!("namespace and name together are {} characters; the Redis key prefix `{namespace}.{name}` must fit in 64", namespace.len() + 1 + name.len()),
+        ));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid(
+            "NameTooLong",
+            format!("metadata.name is {} characters; use at most {MAX_NAME_LEN} so every derived object name fits", name.len()),
+        ));
+    }
+    let spec =
+        serde_json::to_value(&cluster.spec).map_err(|e| invalid("InvalidSpec", e.to_string()))?;
+    check_cel(&spec)?;
+    if cluster.spec.image.chars().any(char::is_whitespace) {
+        return Err(invalid(
+            "InvalidImage",
+            "spec.image must not contain spaces",
+        ));
+    }
+    check_urls(&cluster.spec)?;
+    check_room_rules(&cluster.spec.auth.rooms)?;
+    Ok(())
+}
+
+/// The spec's URLs, strictly (see `crate::urls`): the CEL rules say the same, but the
+/// operator's own Prometheus calls must not depend on the API server having run them.
+fn check_urls(spec: &ChatClusterSpec) -> Result<(), Invalid> {
+    let urls = [
+        (
+            "spec.autoscaling.prometheusUrl",
+            "InvalidPrometheusUrl",
+            spec.autoscaling
+                .as_ref()
+                .and_then(|a| a.prometheus_url.as_deref()),
+            UrlPolicy::BASE,
+        ),
+        (
+            "spec.auth.jwksUrl",
+            "InvalidJwksUrl",
+            spec.auth.jwks_url.as_deref(),
+            UrlPolicy::HTTPS_BASE,
+        ),
+        (
+            "spec.auth.joinHook.url",
+            "InvalidJoinHookUrl",
+            spec.auth.join_hook.as_ref().map(|h| h.url.as_str()),
+            UrlPolicy::ENDPOINT,
+        ),
+    ];
+    for (field, reason, url, policy) in urls {
+        if let Some(url) = url {
+            urls::check(url, policy)
+                .map_err(|e| invalid(reason, urls::describe(field, url, &e)))?;
+        }
+    }
+    Ok(())
+}
+
+/// The room rules' CEL checks again, in Rust, with the rule's position in the message.
+fn check_room_rules(rules: &[RoomRule]) -> Result<(), Invalid> {
+    if rules.len() > MAX_ROOM_RULES {
+        return Err(invalid(
+            "InvalidRoomRules",
+            format!(
+                "spec.auth.rooms has {} rules; at most {MAX_ROOM_RULES} (use * patterns to cover more rooms with one rule)",
+                rules.len()
+            ),
+        ));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        if let Some(problem) = room_rule_problem(rule) {
+            return Err(invalid(
+                "InvalidRoomRules",
+                format!(
+                    "spec.auth.rooms[{i}] (pattern `{}`): {problem}",
+                    rule.pattern
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Most room rules a spec takes (the CRD's `maxItems`).
+pub const MAX_ROOM_RULES: usize = 64;
+/// Longest room rule pattern (the CRD's `maxLength`).
+pub const MAX_PATTERN_LEN: usize = 64;
+
+/// What is wrong with one room rule, if anything (pure).
+pub fn room_rule_problem(rule: &RoomRule) -> Option<String> {
+    let pattern = rule.pattern.as_str();
+    let placeholders = pattern.matches("{user}").count();
+    let rest = pattern.replace("{user}", "");
+    let charset_ok = rest
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-.:@*".contains(&b));
+    if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN || !charset_ok {
+        return Some(format!("pattern must be 1 to {MAX_PATTERN_LEN} of A-Z a-z 0-9 _ - . : @ and * (any run of characters), plus {{user}} in access: user rules"));
+    }
+    match (rule.access, placeholders) {
+        (RoomAccess::User, 1) if pattern.contains('*') => Some(
+            "a rule with access: user must not hold *: the user it names would be ambiguous (user ids hold the same characters as room names); write e.g. inbox.{user}"
+                .to_owned(),
+        ),
+        (RoomAccess::User, 1) => None,
+        (RoomAccess::User, _) => Some(
+            "a rule with access: user needs {user} exactly once in its pattern, e.g. inbox.{user}"
+                .to_owned(),
+        ),
+        (_, 0) => None,
+        (_, _) => Some(
+            "{user} is only for rules with access: user; remove it from the pattern or set access: user"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The CRD's schema of `spec`, generated once: it is fixed at compile time, and
+/// generating it costs a schemars run and serde round trips on every reconcile.
+static SPEC_SCHEMA: LazyLock<Result<Value, String>> = LazyLock::new(|| {
+    let crd = crate::crd::crd().map_err(|e| e.to_string())?;
+    let crd = serde_json::to_value(crd).map_err(|e| e.to_string())?;
+    Ok(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone())
+});
+
+/// Evaluates the CRD's CEL rules on the spec, as the API server would.
+fn check_cel(spec: &Value) -> Result<(), Invalid> {
+    let schema = SPEC_SCHEMA
+        .as_ref()
+        .map_err(|e| invalid("InternalError", e.clone()))?;
+    kube::core::cel::Validator::new()
+        .validate(schema, spec, None)
+        .map_err(|e| invalid("InvalidSpec", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cluster(name: &str, spec: Value) -> ChatCluster {
+        let spec: ChatClusterSpec = serde_json::from_value(spec).unwrap();
+        ChatCluster::new(name, spec)
+    }
+
+    #[test]
+    fn trusted_proxies_must_be_ranges_or_addresses() {
+        let ok = json!({"limits": {"trustedProxies": ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]}});
+        assert_eq!(validate(&cluster("chat", ok)), Ok(()));
+        for bad in ["10.0.0.0/33", "ingress", "10.0.0.0/8 "] {
+            let spec = json!({"limits": {"trustedProxies": ["10.0.0.0/8", bad]}});
+            let e = validate(&cluster("chat", spec)).unwrap_err();
+            assert!(
+                e.message
+                    .contains("limits.trustedProxies: each entry must be"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_defaults_and_rejects_with_reasons() {
+        assert_eq!(validate(&cluster("chat", json!({}))), Ok(()));
+        assert_eq!(
+            validate(&cluster("chat.v2", json!({}))).unwrap_err().reason,
+            "InvalidName"
+        );
+        assert_eq!(
+            validate(&cluster("1chat", json!({}))).unwrap_err().reason,
+            "InvalidName"
+        );
+        let long = "c".repeat(47);
+        assert_eq!(
+            validate(&cluster(&long, json!({}))).unwrap_err().reason,
+            "NameTooLong"
+        );
+        let e = validate(&cluster(
+            "chat",
+            json!({"drain": {"reconnectWindowSeconds": 50, "deadlineSeconds": 40}}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.reason, "InvalidSpec");
+        assert!(
+            e.message.contains("reconnectWindowSeconds must be shorter"),
+            "{e}"
+        );
+        assert_eq!(
+            validate(&cluster("chat", json!({"image": "bad image"})))
+                .unwrap_err()
+                .reason,
+            "InvalidImage"
+        );
+        assert_eq!(
+            validate(&cluster(
+                "chat",
+                json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "prometheus:9090"}})
+            ))
+            .unwrap_err()
+            .reason,
+            "InvalidSpec",
+            "the CEL rule refuses it first"
+        );
+    }
+
+    /// The Rust checks alone (the CEL stage may be missing from an old CRD): each URL
+    /// field refused with its own reason and a message saying why.
+    #[test]
+    fn url_fields_are_refused_with_a_reason_and_why() {
+        let spec = |v: Value| -> ChatClusterSpec { serde_json::from_value(v).unwrap() };
+        let e = check_urls(&spec(json!({"autoscaling": {"maxReplicas": 3,
+            "prometheusUrl": "http://evil.example/anything?"}})))
+        .unwrap_err();
+        assert_eq!(e.reason, "InvalidPrometheusUrl");
+        assert!(e.message.contains("must not have a query"), "{e}");
+        let e = check_urls(&spec(json!({"autoscaling": {"maxReplicas": 3,
+            "prometheusUrl": "http://u:secret@p:9090"}})))
+        .unwrap_err();
+        assert_eq!(e.reason, "InvalidPrometheusUrl");
+        assert!(!e.message.contains("secret"), "never the credentials: {e}");
+        let e = check_urls(&spec(json!({"auth": {"jwksUrl": "http://idp/keys"}}))).unwrap_err();
+        assert_eq!(e.reason, "InvalidJwksUrl");
+        assert!(e.message.contains("https://"), "{e}");
+        let e = check_urls(&spec(
+            json!({"auth": {"joinHook": {"url": "app/join", "secretName": "h"}}}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.reason, "InvalidJoinHookUrl");
+        assert_eq!(
+            check_urls(&spec(json!({
+                "autoscaling": {"maxReplicas": 3, "prometheusUrl": "http://p:9090/prom/"},
+                "auth": {"jwksUrl": "https://idp/keys", "joinHook": {"url": "http://app/join?v=1", "secretName": "h"}}
+            }))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn room_rules_mirror_the_cel_rules() {
+        let rule = |pattern: &str, access: &str| -> RoomRule {
+            serde_json::from_value(json!({"pattern": pattern, "access": access})).unwrap()
+        };
+        for (pattern, access) in [
+            ("lobby.*", "public"),
+            ("team.*", "grant"),
+            ("inbox.{user}", "user"),
+            ("{user}", "user"),
+            ("a-b_c.d:e@f*", "public"),
+            ("*", "grant"),
+        ] {
+            assert_eq!(room_rule_problem(&rule(pattern, access)), None, "{pattern}");
+        }
+        for (pattern, access, expected) in [
+            ("", "public", "pattern must be 1 to 64"),
+            (&"a".repeat(65), "public", "pattern must be 1 to 64"),
+            ("lobby room", "public", "pattern must be 1 to 64"),
+            ("lobby/x", "public", "pattern must be 1 to 64"),
+            ("inbox.{usr}", "user", "pattern must be 1 to 64"),
+            ("dm.{user}.*", "user", "must not hold *"),
+            ("inbox.*", "user", "needs {user} exactly once"),
+            ("dm.{user}.{user}", "user", "needs {user} exactly once"),
+            (
+                "inbox.{user}",
+                "grant",
+                "{user} is only for rules with access: user",
+            ),
+            (
+                "inbox.{user}",
+                "public",
+                "{user} is only for rules with access: user",
+            ),
+        ] {
+            let problem = room_rule_problem(&rule(pattern, access))
+                .unwrap_or_else(|| panic!("{pattern} ({access}) accepted"));
+            assert!(problem.contains(expected), "{pattern}: {problem}");
+        }
+        let many: Vec<RoomRule> = (0..65).map(|i| rule(&format!("r{i}"), "public")).collect();
+        assert_eq!(
+            check_room_rules(&many).unwrap_err().reason,
+            "InvalidRoomRules"
+        );
+        let e = check_room_rules(&[rule("ok", "public"), rule("x.{user}", "grant")]).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("spec.auth.rooms[1] (pattern `x.{user}`)"),
+            "{e}"
+        );
+    }
+}
