@@ -28,6 +28,9 @@
 #
 # Every tier's runner output goes to target/tier-<tier>.txt; the last line printed is
 # one summary over the tiers run: "N passed, M failed".
+
+# The tier functions are called by name ("$tier"), which shellcheck cannot follow.
+# shellcheck disable=SC2317
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +74,6 @@ outputs=()
 status=0
 node_build_pid=""
 k8s_state=""
-# shellcheck disable=SC2317 # called from the EXIT trap
 cleanup() {
   if [ -n "$node_build_pid" ] && kill -0 "$node_build_pid" 2>/dev/null; then
     kill -- "-$node_build_pid" 2>/dev/null || true

@@ -18,6 +18,16 @@ fn last_json_line(stdout: &[u8]) -> serde_json::Value {
     serde_json::from_str(line).expect("valid JSON report")
 }
 
+/// The JSON report of a run that must have exited 0.
+fn report_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    last_json_line(&out.stdout)
+}
+
 /// A chat-server that lets the load generator's publishers through.
 fn fanout_server() -> ServerProcess {
     ServerProcess::start(
@@ -36,12 +46,7 @@ fn run_fanout(server: &ServerProcess, args: &[&str]) -> serde_json::Value {
         .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    last_json_line(&out.stdout)
+    report_of(&out)
 }
 
 /// Values that a broken load generator gets wrong, not just keys that exist: every
@@ -170,12 +175,7 @@ fn idle_holds_connections_from_several_source_addresses() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r = last_json_line(&out.stdout);
+    let r = report_of(&out);
     assert_eq!(r["connections"], 200);
     assert!(r["server_rss_after_bytes"].as_u64().unwrap() > 0);
 }
@@ -194,4 +194,34 @@ fn refuses_non_loopback_targets() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback"));
+}
+
+/// `chat-loadgen bench` starts its own servers on ephemeral ports: two nodes over a Redis
+/// Cluster of three masters here. Every message reaches every subscriber, both nodes and
+/// every Redis master are measured, and no process it started outlives it.
+#[test]
+fn bench_starts_its_servers_and_redis_and_stops_them() {
+    let out = Command::new(LOADGEN)
+        .args(["bench", "rooms-redis", "2", "cluster"])
+        .args(["--rooms", "4", "--subscribers", "20", "--rate", "40"])
+        .args(["--duration", "2"])
+        .output()
+        .unwrap();
+    let r = report_of(&out);
+    assert_eq!(r["servers"], 2, "{r}");
+    assert_eq!(r["lost"], 0, "{r}");
+    assert_eq!(r["deliveries_to_subscribers"], 80 * 5, "{r}");
+    let per_master = r["redis_cpu_us_per_server"]
+        .as_array()
+        .unwrap_or_else(|| panic!("per-master Redis CPU in {r}"));
+    assert_eq!(per_master.len(), 3, "three masters measured: {r}");
+    assert!(r["server_cpu_us"].as_u64().is_some_and(|us| us > 0), "{r}");
+    // Nothing it started is left: no chat-server named as its nodes are runs any more.
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("chat-server") && c.contains("--node-name bench"))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
 }

@@ -4,7 +4,7 @@
 //! in `chatcluster_e2e::tools::loadgen` so they share the suites' client and are unit-tested.
 
 use anyhow::Result;
-use chatcluster_e2e::tools::loadgen::{fanout, idle};
+use chatcluster_e2e::tools::loadgen::{bench, fanout, idle};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -25,6 +25,10 @@ enum Scenario {
     /// N idle connections; reports server RSS per connection.
     #[command(args_override_self = true)]
     Idle(idle::IdleArgs),
+    /// A scenario with its servers: starts the chat-server nodes next to this binary (and
+    /// Redis) on ephemeral ports, runs it, stops them.
+    #[command(subcommand)]
+    Bench(bench::Scenario),
     /// Internal: one worker process of `idle`.
     #[command(hide = true)]
     IdleWorker(idle::WorkerArgs),
@@ -35,6 +39,7 @@ async fn main() -> Result<()> {
     let report = match Cli::parse().scenario {
         Scenario::Fanout(a) => fanout::run(a).await?,
         Scenario::Idle(a) => idle::run(a).await?,
+        Scenario::Bench(s) => bench::run(s).await?,
         Scenario::IdleWorker(a) => return idle::worker(a).await,
     };
     println!("{}", report.summary);

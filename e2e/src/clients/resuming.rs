@@ -11,7 +11,10 @@ use chat_server::sync::lock;
 use futures_util::SinkExt;
 use serde_json::json;
 
-use super::ws::{connect, join_frame, recv_json, send_json};
+use chat_server::protocol::ReceivedFrame;
+
+use super::cursors::Cursors;
+use super::ws::{connect, join_frame, recv_frame, send_json, NotAServerFrame};
 
 /// What a resuming subscriber saw, shared with the test.
 #[derive(Debug, Default)]
@@ -53,7 +56,7 @@ pub async fn run_resuming_subscriber_over(
     use std::sync::atomic::Ordering;
     let mut current = 0usize;
     let mut cookie: Option<String> = None;
-    let mut cursors: HashMap<String, (String, u64)> = HashMap::new();
+    let mut cursors = Cursors::default();
     let mut disconnected_at: Option<Instant> = None;
     let mut wait = Duration::ZERO;
     let mut attempts = 0u32;
@@ -93,9 +96,9 @@ pub async fn run_resuming_subscriber_over(
             }
         }
         let mut joined_ok = true;
+        cursors.new_session();
         for room in &rooms {
-            let since = cursors.get(room).map(|(e, o)| (e.as_str(), *o));
-            let join = join_frame(room, since);
+            let join = cursors.join(room);
             if send_json(&mut ws, join).await.is_err() {
                 joined_ok = false;
                 break;
@@ -108,51 +111,57 @@ pub async fn run_resuming_subscriber_over(
                     let _ = ws.close(None).await;
                     return;
                 }
-                let v = match recv_json(&mut ws, Duration::from_millis(200)).await {
+                let frame = match recv_frame(&mut ws, Duration::from_millis(200)).await {
+                    Err(e) if e.downcast_ref::<NotAServerFrame>().is_some() => {
+                        lock(&log).errors.push(format!("{e:#}"));
+                        continue;
+                    }
                     Err(_) => continue, // quiet; check `stop` again
                     Ok(None) => {
                         // Answer the server's close, as a well-behaved client does.
                         let _ = tokio::time::timeout(Duration::from_millis(500), ws.flush()).await;
                         break;
                     }
-                    Ok(Some(v)) => v,
+                    Ok(Some(frame)) => frame,
                 };
-                match v["type"].as_str() {
-                    Some("joined") => {
-                        let room = v["room"].as_str().unwrap_or("").to_owned();
-                        let epoch = v["epoch"].as_str().unwrap_or("").to_owned();
-                        let offset = v["offset"].as_u64().unwrap_or(0);
+                match frame {
+                    ReceivedFrame::Joined {
+                        room,
+                        epoch,
+                        offset,
+                        recovered,
+                        ..
+                    } => {
                         {
                             let mut l = lock(&log);
                             l.joins += 1;
-                            if v["recovered"] == false {
+                            if !recovered {
                                 l.not_recovered += 1;
                             }
                         }
-                        match cursors.get(&room) {
-                            // A resumed join keeps the cursor; replay follows.
-                            Some((e, _)) if *e == epoch && v["recovered"] == true => {}
-                            _ => {
-                                cursors.insert(room, (epoch, offset));
-                            }
-                        }
+                        // A resumed join keeps the cursor; replay follows.
+                        cursors.joined(&room, &epoch, offset, recovered);
                     }
-                    Some("message") => {
-                        let room = v["room"].as_str().unwrap_or("").to_owned();
-                        let epoch = v["epoch"].as_str().unwrap_or("").to_owned();
-                        let offset = v["offset"].as_u64().unwrap_or(0);
-                        let body = v["body"].as_str().unwrap_or("").to_owned();
+                    ReceivedFrame::Message {
+                        room,
+                        epoch,
+                        offset,
+                        body,
+                        ..
+                    } => {
+                        cursors.message(&room, &epoch, offset);
                         let mut l = lock(&log);
-                        let seen = l.messages.entry(room.clone()).or_default();
+                        let seen = l.messages.entry(room).or_default();
                         if seen.insert(offset, body).is_some() {
                             l.duplicates += 1;
                         }
-                        cursors.insert(room, (epoch, offset));
                     }
-                    Some("reconnect") => {
-                        wait = Duration::from_millis(v["after_ms"].as_u64().unwrap_or(0));
+                    ReceivedFrame::Reconnect { after_ms, .. } => {
+                        wait = Duration::from_millis(after_ms);
                     }
-                    Some("error") => lock(&log).errors.push(v.to_string()),
+                    error @ ReceivedFrame::Error { .. } => {
+                        lock(&log).errors.push(format!("{error:?}"))
+                    }
                     _ => {}
                 }
             }
@@ -220,16 +229,19 @@ pub async fn run_publisher(
                         continue 'connection;
                     }
                 }
-                v = recv_json(&mut ws, Duration::from_secs(10)) => {
-                    match v {
-                        Ok(Some(v)) if v["type"] == "ack" => {
-                            if let Some((room, body)) = v["ref"].as_str().and_then(|r| pending.remove(r)) {
-                                let offset = v["offset"].as_u64().unwrap_or(0);
+                frame = recv_frame(&mut ws, Duration::from_secs(10)) => {
+                    match frame {
+                        Ok(Some(ReceivedFrame::Ack { client_ref, offset, .. })) => {
+                            if let Some((room, body)) = client_ref.and_then(|r| pending.remove(&r)) {
+                                let offset = offset.unwrap_or(0);
                                 lock(&log).acked.entry(room).or_default().insert(offset, body);
                             }
                         }
-                        Ok(Some(v)) if v["type"] == "error" => lock(&log).errors.push(v.to_string()),
+                        Ok(Some(error @ ReceivedFrame::Error { .. })) => lock(&log).errors.push(format!("{error:?}")),
                         Ok(Some(_)) => {}
+                        Err(e) if e.downcast_ref::<NotAServerFrame>().is_some() => {
+                            lock(&log).errors.push(format!("{e:#}"));
+                        }
                         Ok(None) | Err(_) => {
                             let _ = tokio::time::timeout(Duration::from_millis(500), ws.flush()).await;
                             continue 'connection;

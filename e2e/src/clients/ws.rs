@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use chat_server::protocol::ReceivedFrame;
 use chat_server::sync::lock;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -189,8 +190,8 @@ async fn open_tcp(uri: &Uri, source: Option<IpAddr>) -> Result<TcpStream> {
     }
 }
 
-/// Next JSON frame; `Ok(None)` when the connection closed.
-pub async fn recv_json(ws: &mut Ws, within: Duration) -> Result<Option<Value>> {
+/// Next text frame; `Ok(None)` when the connection closed.
+async fn recv_text(ws: &mut Ws, within: Duration) -> Result<Option<String>> {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let next = tokio::time::timeout_at(deadline, ws.next())
@@ -198,10 +199,46 @@ pub async fn recv_json(ws: &mut Ws, within: Duration) -> Result<Option<Value>> {
             .context("timed out waiting for a frame")?;
         match next {
             None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Ok(None),
-            Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(t.as_str())?)),
+            Some(Ok(Message::Text(t))) => return Ok(Some(t.as_str().to_owned())),
             Some(Ok(_)) => continue,
         }
     }
+}
+
+/// Next JSON frame; `Ok(None)` when the connection closed.
+pub async fn recv_json(ws: &mut Ws, within: Duration) -> Result<Option<Value>> {
+    match recv_text(ws, within).await? {
+        Some(text) => Ok(Some(serde_json::from_str(&text)?)),
+        None => Ok(None),
+    }
+}
+
+/// Next server frame, typed; `Ok(None)` when the connection closed. A frame the
+/// protocol does not define is a [`NotAServerFrame`] error.
+pub async fn recv_frame(ws: &mut Ws, within: Duration) -> Result<Option<ReceivedFrame>> {
+    match recv_text(ws, within).await? {
+        Some(text) => parse_frame(&text).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A text frame that is not one the protocol defines: the error [`recv_frame`] and
+/// [`parse_frame`] return then, so a caller can tell it from a broken connection
+/// (`err.downcast_ref::<NotAServerFrame>()`). It holds the frame's text.
+#[derive(Debug)]
+pub struct NotAServerFrame(pub String);
+
+impl std::fmt::Display for NotAServerFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "not a server frame: {}", self.0)
+    }
+}
+
+impl std::error::Error for NotAServerFrame {}
+
+/// One server frame from its text.
+pub fn parse_frame(text: &str) -> Result<ReceivedFrame> {
+    ReceivedFrame::parse(text).map_err(|_| anyhow::Error::new(NotAServerFrame(text.to_owned())))
 }
 
 /// Next frame of `kind`, skipping presence frames.

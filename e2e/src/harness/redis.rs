@@ -56,6 +56,11 @@ impl RedisProcess {
         Ok(r)
     }
 
+    /// The running server's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }

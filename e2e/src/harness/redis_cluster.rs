@@ -55,6 +55,29 @@ impl RedisCluster {
     /// [`RedisCluster::start`] with TLS everywhere (`rediss://` for clients), the
     /// server certificates signed by `tls`'s CA.
     pub fn start_with(password: Option<&str>, tls: Option<TestCa>) -> Result<RedisCluster> {
+        Self::start_shaped(password, tls, 3, 1)
+    }
+
+    /// `masters` masters without replicas, no password, no TLS: the benchmarks' cluster,
+    /// where each shard's CPU is the figure.
+    pub fn start_masters(masters: usize) -> Result<RedisCluster> {
+        Self::start_shaped(None, None, masters, 0)
+    }
+
+    /// PIDs of the running nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+
+    fn start_shaped(
+        password: Option<&str>,
+        tls: Option<TestCa>,
+        masters: usize,
+        replicas_each: usize,
+    ) -> Result<RedisCluster> {
         let dir = ScratchDir::new("redis-cluster")?;
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
@@ -64,7 +87,7 @@ impl RedisCluster {
         };
         // Every data and bus port at once, so none of them is another's: a bus port picked
         // after the data ports were let go could be a node's data port not yet started.
-        let ports = free_ports(12)?;
+        let ports = free_ports(2 * masters * (1 + replicas_each))?;
         for pair in ports.chunks(2) {
             let (port, bus_port) = (pair[0], pair[1]);
             let node_dir = cluster._dir.0.join(port.to_string());
@@ -84,7 +107,11 @@ impl RedisCluster {
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
-        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        create.args([
+            "--cluster-replicas",
+            &replicas_each.to_string(),
+            "--cluster-yes",
+        ]);
         let out = create
             .output()
             .context("running redis-cli --cluster create")?;

@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use chat_server::protocol::ReceivedFrame;
 use clap::Args;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::idle::MAX_PER_WORKER;
 use super::tally::{Plan, RoomSpread, Tally};
 use super::{connect_retrying, loopback_targets, sample_all, Report};
-use crate::clients::ws::{self as client, Ws};
+use crate::clients::ws::{self as client, parse_frame, Ws};
 use crate::tools::stats::percentiles;
 
 /// Longest `--duration`, so a run is bounded in time.
@@ -361,29 +362,22 @@ async fn subscribe(
 
 /// Feeds one server frame to a subscriber's tally (presence and the like are ignored).
 fn record(tally: &mut Tally, plan: &Plan, text: &str, received_us: u64) {
-    let Ok(v) = serde_json::from_str::<Value>(text) else {
-        tally.unexpected_frame();
-        return;
-    };
-    match v["type"].as_str() {
-        Some("message") => match (
-            v["epoch"].as_str(),
-            v["offset"].as_u64(),
-            v["body"].as_str(),
-        ) {
-            (Some(epoch), Some(offset), Some(body)) => {
-                tally.message(plan, epoch, offset, body, received_us)
-            }
-            _ => tally.unexpected_frame(),
-        },
+    match parse_frame(text) {
+        Ok(ReceivedFrame::Message {
+            epoch,
+            offset,
+            body,
+            ..
+        }) => tally.message(plan, &epoch, offset, &body, received_us),
         // Unsolicited: the server could not replay a gap and continues from here.
-        Some("joined") => match (v["epoch"].as_str(), v["offset"].as_u64()) {
-            (Some(epoch), Some(offset)) => {
-                tally.joined(epoch, offset, v["recovered"].as_bool().unwrap_or(false))
-            }
-            _ => tally.unexpected_frame(),
-        },
-        _ => {}
+        Ok(ReceivedFrame::Joined {
+            epoch,
+            offset,
+            recovered,
+            ..
+        }) => tally.joined(&epoch, offset, recovered),
+        Ok(_) => {}
+        Err(_) => tally.unexpected_frame(),
     }
 }
 
@@ -442,18 +436,15 @@ async fn publish(
 async fn read_echoes(mut stream: SplitStream<Ws>, echoes: Arc<AtomicU64>, errors: Arc<AtomicU64>) {
     while let Some(Ok(msg)) = stream.next().await {
         let Message::Text(t) = msg else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(t.as_str()) else {
-            continue;
-        };
-        match v["type"].as_str() {
-            Some("message") => {
+        match parse_frame(t.as_str()) {
+            Ok(ReceivedFrame::Message { .. }) => {
                 echoes.fetch_add(1, Ordering::Relaxed);
             }
-            Some("error") => {
+            Ok(error @ ReceivedFrame::Error { .. }) => {
                 // Print the first few; the count goes in the report.
                 let before = errors.fetch_add(1, Ordering::Relaxed);
                 if before < 3 {
-                    eprintln!("publisher error: {v}");
+                    eprintln!("publisher error: {error:?}");
                 }
             }
             _ => {}

@@ -1,10 +1,12 @@
 //! The `chat-loadgen` benchmark scenarios (loopback only): [`fanout`] measures deliveries,
 //! loss and latency and server CPU per delivery; [`idle`] measures server memory per
-//! held connection. [`tally`] is fanout's pure loss accounting.
+//! held connection. [`tally`] is fanout's pure loss accounting. [`bench`] runs a scenario
+//! with the servers it needs, on ephemeral ports.
 //!
 //! Every loop here is bounded in count and time, and only loopback targets are accepted
 //! (docs: DESIGN.md, "Test tiers").
 
+pub mod bench;
 pub mod fanout;
 pub mod idle;
 pub mod tally;

@@ -9,13 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chat_server::protocol::{ErrorCode, ReceivedFrame};
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::log::{ClientLog, Event, Millis};
-use crate::clients::ws::{connect_with, join_frame, send_json, ConnectOptions, Ws};
+use crate::clients::cursors::Cursors;
+use crate::clients::ws::{connect_with, parse_frame, send_json, ConnectOptions, Ws};
 
 /// What one client does.
 #[derive(Debug, Clone)]
@@ -88,8 +90,8 @@ struct Client<'a> {
     spec: &'a ClientSpec,
     ctl: &'a Controls,
     log: ClientLog,
-    /// room → (epoch, offset) of the last message processed: where to resume from.
-    cursors: HashMap<String, (String, u64)>,
+    /// Where to resume each room from.
+    cursors: Cursors,
     cookie: Option<String>,
     seq: u64,
     rng: rand::rngs::StdRng,
@@ -106,7 +108,7 @@ pub async fn run_client(url: String, spec: ClientSpec, ctl: Arc<Controls>) -> Cl
             user: spec.user.clone(),
             events: Vec::new(),
         },
-        cursors: HashMap::new(),
+        cursors: Cursors::default(),
         cookie: None,
         seq: 0,
         rng: rand::rngs::StdRng::seed_from_u64(spec.seed),
@@ -162,15 +164,13 @@ impl Client<'_> {
     /// One session: join (resume) every room, then publish, send DMs and record until it
     /// ends.
     async fn session(&mut self, mut ws: Ws) -> Ended {
-        let mut asked: HashMap<String, Option<(String, u64)>> = HashMap::new();
         let mut joined: HashSet<String> = HashSet::new();
         let mut pending: HashMap<String, Pending> = HashMap::new();
         let mut ready = false;
         let ended = 'session: {
+            self.cursors.new_session();
             for room in &self.spec.rooms {
-                let since = self.cursors.get(room).cloned();
-                let frame = join_frame(room, since.as_ref().map(|(e, o)| (e.as_str(), *o)));
-                asked.insert(room.clone(), since);
+                let frame = self.cursors.join(room);
                 if send_json(&mut ws, frame).await.is_err() {
                     break 'session Ended::Broken;
                 }
@@ -222,15 +222,15 @@ impl Client<'_> {
                             }
                             Some(Ok(_)) => continue,
                         };
-                        let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+                        let Ok(frame) = parse_frame(text.as_str()) else {
                             continue;
                         };
-                        if let Some(end) = self.on_frame(&v, &mut asked, &mut joined, &mut pending) {
+                        if let Some(end) = self.on_frame(frame, &mut joined, &mut pending) {
                             if matches!(end, Ended::Resync) {
                                 let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
                             }
                             if let Ended::ReconnectAfter(d) = end {
-                                self.read_until_close(&mut ws, d, &mut asked, &mut joined, &mut pending).await;
+                                self.read_until_close(&mut ws, d, &mut joined, &mut pending).await;
                             }
                             break 'session end;
                         }
@@ -255,15 +255,14 @@ impl Client<'_> {
         &mut self,
         ws: &mut Ws,
         after: Duration,
-        asked: &mut HashMap<String, Option<(String, u64)>>,
         joined: &mut HashSet<String>,
         pending: &mut HashMap<String, Pending>,
     ) {
         let _ = tokio::time::timeout(after + Duration::from_secs(2), async {
             while let Some(Ok(m)) = ws.next().await {
                 let Message::Text(t) = m else { continue };
-                if let Ok(v) = serde_json::from_str::<Value>(t.as_str()) {
-                    self.on_frame(&v, asked, joined, pending);
+                if let Ok(frame) = parse_frame(t.as_str()) {
+                    self.on_frame(frame, joined, pending);
                 }
             }
         })
@@ -325,41 +324,36 @@ impl Client<'_> {
     /// Records one frame; returns how the session ends if this frame ends it.
     fn on_frame(
         &mut self,
-        v: &Value,
-        asked: &mut HashMap<String, Option<(String, u64)>>,
+        frame: ReceivedFrame,
         joined: &mut HashSet<String>,
         pending: &mut HashMap<String, Pending>,
     ) -> Option<Ended> {
-        let text = |k: &str| v[k].as_str().unwrap_or("").to_owned();
-        match v["type"].as_str() {
-            Some("joined") => {
-                let room = text("room");
-                let epoch = text("epoch");
-                let offset = v["offset"].as_u64().unwrap_or(0);
-                let recovered = v["recovered"] == true;
-                // An unsolicited `joined` (history lost while in the room) answers no
-                // join: it replaces the current position.
-                let since = match asked.remove(&room) {
-                    Some(since) => since,
-                    None => self.cursors.get(&room).cloned(),
-                };
-                if !(recovered && since.is_some()) {
-                    self.cursors.insert(room.clone(), (epoch.clone(), offset));
-                }
+        match frame {
+            ReceivedFrame::Joined {
+                room,
+                epoch,
+                offset,
+                recovered,
+                ..
+            } => {
+                let since = self.cursors.joined(&room, &epoch, offset, recovered).since;
                 joined.insert(room.clone());
                 self.log.events.push(Event::Joined {
                     room,
                     epoch,
                     offset,
                     recovered,
-                    since,
+                    since: since.map(|p| (p.epoch, p.offset)),
                 });
             }
-            Some("message") => {
-                let room = text("room");
-                let epoch = text("epoch");
-                let offset = v["offset"].as_u64().unwrap_or(0);
-                self.cursors.insert(room.clone(), (epoch.clone(), offset));
+            ReceivedFrame::Message {
+                room,
+                epoch,
+                offset,
+                body,
+                ..
+            } => {
+                self.cursors.message(&room, &epoch, offset);
                 self.ctl
                     .last_message_at
                     .store(self.ctl.now(), Ordering::Relaxed);
@@ -367,11 +361,15 @@ impl Client<'_> {
                     room,
                     epoch,
                     offset,
-                    body: text("body"),
+                    body,
                 });
             }
-            Some("ack") => {
-                let p = pending.remove(v["ref"].as_str()?)?;
+            ReceivedFrame::Ack {
+                client_ref,
+                room,
+                offset,
+            } => {
+                let p = pending.remove(&client_ref?)?;
                 let event = match p.dm_to {
                     Some(to) => Event::DmAcked {
                         to,
@@ -380,23 +378,24 @@ impl Client<'_> {
                         acked_at: self.ctl.now(),
                     },
                     None => Event::Acked {
-                        room: text("room"),
-                        offset: v["offset"].as_u64().unwrap_or(0),
+                        room: room.unwrap_or_default(),
+                        offset: offset.unwrap_or(0),
                         body: p.body,
                     },
                 };
                 self.log.events.push(event);
             }
-            Some("dm") => self.log.events.push(Event::DmReceived {
-                from: text("from"),
-                body: text("body"),
-            }),
-            Some("error") => match v["ref"].as_str().and_then(|r| pending.remove(r)) {
+            ReceivedFrame::Dm { from, body, .. } => {
+                self.log.events.push(Event::DmReceived { from, body })
+            }
+            ReceivedFrame::Error {
+                code, client_ref, ..
+            } => match client_ref.and_then(|r| pending.remove(&r)) {
                 Some(p) => self.log.events.push(Event::Refused {
                     body: p.body,
-                    code: text("code"),
+                    code: error_code_name(code),
                 }),
-                None if v["code"] == "unavailable" => {
+                None if code == ErrorCode::Unavailable => {
                     self.log
                         .events
                         .push(Event::GapUnavailable { at: self.ctl.now() });
@@ -404,12 +403,19 @@ impl Client<'_> {
                 }
                 None => {}
             },
-            Some("reconnect") => {
-                let after = v["after_ms"].as_u64().unwrap_or(0);
-                return Some(Ended::ReconnectAfter(Duration::from_millis(after)));
+            ReceivedFrame::Reconnect { after_ms, .. } => {
+                return Some(Ended::ReconnectAfter(Duration::from_millis(after_ms)));
             }
             _ => {}
         }
         None
     }
+}
+
+/// An error code as the protocol spells it (`rate_limited`, …).
+fn error_code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }

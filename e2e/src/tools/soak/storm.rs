@@ -13,15 +13,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use chat_server::protocol::ReceivedFrame;
 use chat_server::sync::lock;
 use futures_util::StreamExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::clients::ws::{connect_with, join_frame, send_json, ConnectOptions, Refused, Ws};
+use crate::clients::cursors::Cursors;
+use crate::clients::ws::{connect_with, parse_frame, send_json, ConnectOptions, Refused, Ws};
 use crate::harness::local_cluster::{ClusterOptions, LocalCluster};
 use crate::tools::loadgen::idle::MAX_PER_WORKER;
 use crate::tools::loadgen::loopback_target;
@@ -122,15 +124,15 @@ struct Shared {
 }
 
 /// Connects (retrying: `Retry-After` plus up to 1 s of jitter on 503, else backoff from
-/// 100 ms doubling to 2 s with full jitter) and joins `room`, resuming from `cursor`.
-/// Returns the socket once `joined` arrived, or `None` when told to stop.
+/// 100 ms doubling to 2 s with full jitter) and joins `room`, resuming from where
+/// `cursors` is. Returns the socket once `joined` arrived, or `None` when told to stop.
 async fn connect_and_join(
     url: &str,
     user: &str,
     room: &str,
     source: std::net::IpAddr,
     cookie: &mut Option<String>,
-    cursor: &mut Option<(String, u64)>,
+    cursors: &mut Cursors,
     shared: &Shared,
 ) -> Option<Ws> {
     let mut failures = 0u32;
@@ -148,18 +150,12 @@ async fn connect_and_join(
                 if let Some(c) = set_cookie {
                     *cookie = Some(c);
                 }
-                let frame = join_frame(room, cursor.as_ref().map(|(e, o)| (e.as_str(), *o)));
-                if send_json(&mut ws, frame).await.is_ok() {
-                    if let Some(j) = wait_joined(&mut ws).await {
-                        let resumed = cursor.is_some();
-                        if resumed && j["recovered"] != true {
+                cursors.new_session();
+                if send_json(&mut ws, cursors.join(room)).await.is_ok() {
+                    if let Some((epoch, offset, recovered)) = wait_joined(&mut ws).await {
+                        let outcome = cursors.joined(room, &epoch, offset, recovered);
+                        if outcome.since.is_some() && !outcome.resumed {
                             shared.not_recovered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if !resumed || j["recovered"] != true {
-                            *cursor = Some((
-                                j["epoch"].as_str().unwrap_or("").to_owned(),
-                                j["offset"].as_u64().unwrap_or(0),
-                            ));
                         }
                         return Some(ws);
                     }
@@ -192,16 +188,21 @@ async fn connect_and_join(
 }
 
 /// Reads until `joined` (frames before it are replayed history: none, as `joined` comes
-/// first); `None` if the connection ends.
-async fn wait_joined(ws: &mut Ws) -> Option<Value> {
+/// first) and returns its epoch, offset and `recovered`; `None` if the connection ends.
+async fn wait_joined(ws: &mut Ws) -> Option<(String, u64, bool)> {
     loop {
         let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
             .ok()??;
         if let Ok(Message::Text(t)) = frame {
-            let v: Value = serde_json::from_str(t.as_str()).ok()?;
-            if v["type"] == "joined" {
-                return Some(v);
+            if let ReceivedFrame::Joined {
+                epoch,
+                offset,
+                recovered,
+                ..
+            } = parse_frame(t.as_str()).ok()?
+            {
+                return Some((epoch, offset, recovered));
             }
         } else if frame.is_err() {
             return None;
@@ -219,7 +220,8 @@ async fn storm_client(
     shared: Arc<Shared>,
 ) -> Option<u64> {
     let mut cookie = None;
-    let mut cursor: Option<(String, u64)> = None;
+    let mut cursors = Cursors::default();
+    let last_offset = |c: &Cursors| c.at(&room).map(|p| p.offset);
     let mut dropped_at: Option<u64> = None;
     loop {
         let mut ws = connect_and_join(
@@ -228,7 +230,7 @@ async fn storm_client(
             &room,
             source,
             &mut cookie,
-            &mut cursor,
+            &mut cursors,
             &shared,
         )
         .await?;
@@ -246,7 +248,7 @@ async fn storm_client(
                 f = ws.next() => f,
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {
                     if shared.stop.load(Ordering::Relaxed) {
-                        return cursor.map(|(_, o)| o);
+                        return last_offset(&cursors);
                     }
                     continue;
                 }
@@ -256,26 +258,29 @@ async fn storm_client(
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 Some(Ok(_)) => continue,
             };
-            let Ok(v) = serde_json::from_str::<Value>(text.as_str()) else {
+            let Ok(ReceivedFrame::Message { epoch, offset, .. }) = parse_frame(text.as_str())
+            else {
                 continue;
             };
-            if v["type"] != "message" {
-                continue;
-            }
-            let offset = v["offset"].as_u64().unwrap_or(0);
-            if let Some((epoch, last)) = cursor.as_mut() {
-                if v["epoch"].as_str() == Some(epoch.as_str()) {
-                    if offset <= *last {
+            if let Some(at) = cursors.at(&room) {
+                if at.epoch == epoch {
+                    if offset <= at.offset {
                         shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                    } else if offset != *last + 1 {
+                    } else if offset != at.offset + 1 {
                         shared.gaps.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                *last = (*last).max(offset);
+                // Never move back within an epoch: a duplicate leaves the position.
+                let offset = if at.epoch == epoch {
+                    offset.max(at.offset)
+                } else {
+                    offset
+                };
+                cursors.message(&room, &epoch, offset);
             }
         }
         if shared.stop.load(Ordering::Relaxed) {
-            return cursor.map(|(_, o)| o);
+            return last_offset(&cursors);
         }
         dropped_at = Some(unix_ms());
     }

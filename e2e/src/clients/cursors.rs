@@ -1,0 +1,135 @@
+//! Where a resuming client is in each of its rooms, and the one rule every resuming
+//! client here follows: resume each room from the last message processed, keep that
+//! position when the server says the join `recovered` what was asked, and start again
+//! from the server's position otherwise (history gone, a new epoch, or a first join).
+
+use std::collections::HashMap;
+
+use chat_server::protocol::Position;
+use serde_json::Value;
+
+use super::ws::join_frame;
+
+/// Per room: the position of the last message processed, and what the joins of the
+/// current session asked for.
+#[derive(Debug, Default)]
+pub struct Cursors {
+    at: HashMap<String, Position>,
+    asked: HashMap<String, Option<Position>>,
+}
+
+/// What a `joined` frame meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// The `since` this join asked for (for an unsolicited `joined`, the position the
+    /// client was at).
+    pub since: Option<Position>,
+    /// The join resumed from `since` and everything after it follows.
+    pub resumed: bool,
+}
+
+impl Cursors {
+    /// A new session: no join asked yet (positions are kept).
+    pub fn new_session(&mut self) {
+        self.asked.clear();
+    }
+
+    /// The `join` frame for `room`, resuming from the last message processed; remembers
+    /// what it asked.
+    pub fn join(&mut self, room: &str) -> Value {
+        let since = self.at.get(room).cloned();
+        let frame = join_frame(room, since.as_ref().map(|p| (p.epoch.as_str(), p.offset)));
+        self.asked.insert(room.to_owned(), since);
+        frame
+    }
+
+    /// Takes in a `joined` frame: keeps the position when the join recovered what it asked
+    /// for, else starts from the server's `epoch`/`offset`.
+    pub fn joined(&mut self, room: &str, epoch: &str, offset: u64, recovered: bool) -> JoinOutcome {
+        // An unsolicited `joined` (history lost while in the room) answers no join: it
+        // is measured against the current position.
+        let since = match self.asked.remove(room) {
+            Some(since) => since,
+            None => self.at.get(room).cloned(),
+        };
+        let resumed = recovered && since.is_some();
+        if !resumed {
+            self.at.insert(
+                room.to_owned(),
+                Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                },
+            );
+        }
+        JoinOutcome { since, resumed }
+    }
+
+    /// Takes in a `message`: the room's position moves to it.
+    pub fn message(&mut self, room: &str, epoch: &str, offset: u64) {
+        self.at.insert(
+            room.to_owned(),
+            Position {
+                epoch: epoch.to_owned(),
+                offset,
+            },
+        );
+    }
+
+    /// The position in `room`, if the client has one.
+    pub fn at(&self, room: &str) -> Option<&Position> {
+        self.at.get(room)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(epoch: &str, offset: u64) -> Option<Position> {
+        Some(Position {
+            epoch: epoch.into(),
+            offset,
+        })
+    }
+
+    #[test]
+    fn a_first_join_starts_at_the_servers_position() {
+        let mut c = Cursors::default();
+        assert_eq!(c.join("r")["since"], Value::Null);
+        let out = c.joined("r", "e1", 7, true);
+        assert_eq!((out.since, out.resumed), (None, false));
+        assert_eq!(c.at("r").cloned(), pos("e1", 7));
+    }
+
+    #[test]
+    fn a_recovered_resume_keeps_the_position_and_a_lost_one_starts_over() {
+        let mut c = Cursors::default();
+        c.join("r");
+        c.joined("r", "e1", 0, true);
+        c.message("r", "e1", 3);
+        c.new_session();
+        let frame = c.join("r");
+        assert_eq!(frame["since"]["epoch"], "e1");
+        assert_eq!(frame["since"]["offset"], 3);
+        let out = c.joined("r", "e1", 9, true);
+        assert_eq!((out.since, out.resumed), (pos("e1", 3), true));
+        assert_eq!(c.at("r").cloned(), pos("e1", 3), "replay follows from 3");
+        c.new_session();
+        c.join("r");
+        let out = c.joined("r", "e2", 5, false);
+        assert!(!out.resumed);
+        assert_eq!(c.at("r").cloned(), pos("e2", 5));
+    }
+
+    #[test]
+    fn an_unsolicited_joined_is_measured_against_the_current_position() {
+        let mut c = Cursors::default();
+        c.join("r");
+        c.joined("r", "e1", 0, true);
+        c.message("r", "e1", 4);
+        let out = c.joined("r", "e2", 0, false);
+        assert_eq!((out.since, out.resumed), (pos("e1", 4), false));
+        assert_eq!(c.at("r").cloned(), pos("e2", 0));
+    }
+}
