@@ -29,7 +29,7 @@
 # Every tier's runner output goes to target/tier-<tier>.txt; the last line printed is
 # one summary over the tiers run: "N passed, M failed".
 
-# The tier functions are called by name ("$tier"), which shellcheck cannot follow.
+# The tier functions are called by name ("tier_$tier"), which shellcheck cannot follow.
 # shellcheck disable=SC2317
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -123,7 +123,7 @@ begin() {
 timings=()
 finish() { timings+=("$1 $((SECONDS - tier_started)) s"); }
 
-lint() {
+tier_lint() {
   begin lint
   {
     echo "== cargo fmt --check" && cargo fmt --all -- --check &&
@@ -154,7 +154,7 @@ lint() {
   finish lint
 }
 
-unit() {
+tier_unit() {
   begin unit
   # Library and binary unit tests of every crate, the operator's golden, CRD and mock
   # tests, and the generated-docs checks (docs/configuration.md, docs/crd-reference.md).
@@ -173,7 +173,7 @@ build_binaries() {
     { echo "# fail 1 ($1: cargo build failed)" | tee -a "target/tier-$1.txt"; status=1; }
 }
 
-loopback() {
+tier_loopback() {
   begin loopback
   build_binaries loopback
   cargo_tests loopback -p chat-server --test '*' || status=1
@@ -181,14 +181,14 @@ loopback() {
   finish loopback
 }
 
-multinode() {
+tier_multinode() {
   begin multinode
   build_binaries multinode
   cargo_tests multinode -p chatcluster-e2e --test multinode --test redis_failover || status=1
   finish multinode
 }
 
-k8s() {
+tier_k8s() {
   begin k8s
   build_binaries k8s
   echo "== simulated Kubernetes control plane (builds the binaries on the first run)"
@@ -216,10 +216,12 @@ k8s() {
   bash e2e/k8s/stop-cluster.sh "$k8s_state"
   rm -rf "$k8s_state"
   k8s_state=""
+  # Later suites that need a control plane (the images' operator test) start their own.
+  unset CHATCLUSTER_KUBECONFIG CHATCLUSTER_KUBECTL
   finish k8s
 }
 
-fuzz() {
+tier_fuzz() {
   begin fuzz
   echo "== fuzz targets (cargo-fuzz, libFuzzer, nightly; 15 s each from fuzz/seeds)"
   bash e2e/fuzz.sh 15 2>&1 | tee -a target/tier-fuzz.txt || status=1
@@ -227,7 +229,7 @@ fuzz() {
   finish fuzz
 }
 
-soak() {
+tier_soak() {
   begin soak
   build_binaries soak
   echo "== chaos soak (90 s; 3 nodes, haproxy, durable Redis behind Toxiproxy, 200 clients)"
@@ -236,7 +238,7 @@ soak() {
   finish soak
 }
 
-node() {
+tier_node() {
   begin node
   echo "== images without Docker: both Dockerfiles reproduced (release builds of what they ship)"
   if CHATCLUSTER_IMAGE_DIR="$(bash e2e/images/build.sh target/image-build)"; then
@@ -261,7 +263,7 @@ node() {
   finish node
 }
 
-web() {
+tier_web() {
   begin web
   build_binaries web
   echo "== web client in a real browser (node --test, playwright-core, Debian Chromium)"
@@ -274,14 +276,15 @@ web() {
   finish web
 }
 
-quick() {
-  lint fmt-and-clippy
-  unit
-  loopback
+tier_quick() {
+  tier_lint fmt-and-clippy
+  tier_unit
+  tier_loopback
 }
 
+# Prefixed: a function named `node` would shadow the node binary the web tier runs.
 for tier in "${tiers[@]}"; do
-  "$tier"
+  "tier_$tier"
 done
 
 echo

@@ -2,10 +2,13 @@
 //! client here follows: resume each room from the last message processed, keep that
 //! position when the server says the join `recovered` what was asked, and start again
 //! from the server's position otherwise (history gone, a new epoch, or a first join).
+//! When the server says it could not fill a gap in live traffic ([`must_resync`]), the
+//! client processes nothing more on that connection: it reconnects and resumes from its
+//! position, so the replay fills the gap.
 
 use std::collections::HashMap;
 
-use chat_server::protocol::Position;
+use chat_server::protocol::{ErrorCode, Position, ReceivedFrame};
 use serde_json::Value;
 
 use super::ws::join_frame;
@@ -19,6 +22,20 @@ pub struct Cursors {
 }
 
 /// What a `joined` frame meant.
+/// The server could not read history to fill a gap in live traffic (`unavailable`
+/// without a `ref`): what follows on this connection is past the gap, so the client
+/// must stop here, reconnect and resume from its position (docs/protocol.md).
+pub fn must_resync(frame: &ReceivedFrame) -> bool {
+    matches!(
+        frame,
+        ReceivedFrame::Error {
+            code: ErrorCode::Unavailable,
+            client_ref: None,
+            ..
+        }
+    )
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinOutcome {
     /// The `since` this join asked for (for an unsolicited `joined`, the position the
@@ -120,6 +137,19 @@ mod tests {
         let out = c.joined("r", "e2", 5, false);
         assert!(!out.resumed);
         assert_eq!(c.at("r").cloned(), pos("e2", 5));
+    }
+
+    #[test]
+    fn only_an_unavailable_without_ref_asks_for_a_resync() {
+        let error = |code, client_ref: Option<&str>| ReceivedFrame::Error {
+            code,
+            message: "m".into(),
+            client_ref: client_ref.map(str::to_owned),
+        };
+        assert!(must_resync(&error(ErrorCode::Unavailable, None)));
+        assert!(!must_resync(&error(ErrorCode::Unavailable, Some("c1"))));
+        assert!(!must_resync(&error(ErrorCode::RateLimited, None)));
+        assert!(!must_resync(&ReceivedFrame::Pong));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use super::log::{ClientLog, Event, Millis};
-use crate::clients::cursors::Cursors;
+use crate::clients::cursors::{must_resync, Cursors};
 use crate::clients::ws::{connect_with, parse_frame, send_json, ConnectOptions, Ws};
 
 /// What one client does.
@@ -388,21 +388,22 @@ impl Client<'_> {
             ReceivedFrame::Dm { from, body, .. } => {
                 self.log.events.push(Event::DmReceived { from, body })
             }
+            frame if must_resync(&frame) => {
+                self.log
+                    .events
+                    .push(Event::GapUnavailable { at: self.ctl.now() });
+                return Some(Ended::Resync);
+            }
             ReceivedFrame::Error {
                 code, client_ref, ..
-            } => match client_ref.and_then(|r| pending.remove(&r)) {
-                Some(p) => self.log.events.push(Event::Refused {
-                    body: p.body,
-                    code: error_code_name(code),
-                }),
-                None if code == ErrorCode::Unavailable => {
-                    self.log
-                        .events
-                        .push(Event::GapUnavailable { at: self.ctl.now() });
-                    return Some(Ended::Resync);
+            } => {
+                if let Some(p) = client_ref.and_then(|r| pending.remove(&r)) {
+                    self.log.events.push(Event::Refused {
+                        body: p.body,
+                        code: error_code_name(code),
+                    });
                 }
-                None => {}
-            },
+            }
             ReceivedFrame::Reconnect { after_ms, .. } => {
                 return Some(Ended::ReconnectAfter(Duration::from_millis(after_ms)));
             }
