@@ -76,7 +76,8 @@ async function connect() {
     if (token) ws.send(JSON.stringify({ type: "auth", token }));
     ws.send(JSON.stringify(state.pos ? { type: "join", room, since: state.pos } : { type: "join", room }));
   };
-  ws.onmessage = (ev) => handle(JSON.parse(ev.data));
+  // After a resync request nothing more is read from this connection: it is past a gap.
+  ws.onmessage = (ev) => { if (!ws.resyncing) handle(JSON.parse(ev.data), ws); };
   ws.onclose = (ev) => {
     $("text").disabled = $("sendbtn").disabled = true;
     if (state.ws !== ws) return;
@@ -97,7 +98,7 @@ async function connect() {
     setTimeout(() => { if (state.wanted) connect(); }, wait);
   };
 }
-function handle(f) {
+function handle(f, ws) {
   switch (f.type) {
     case "welcome": setStatus("connected as " + f.user + " on " + f.node); scheduleRefresh(f.token_exp); break;
     case "refreshed": scheduleRefresh(f.exp); break;
@@ -117,7 +118,16 @@ function handle(f) {
       f.left.forEach((u) => { state.members.delete(u); line(u + " left", "sys"); });
       renderMembers();
       break;
-    case "error": line("error " + f.code + ": " + f.message, "err"); break;
+    case "error":
+      line("error " + f.code + ": " + f.message, "err");
+      if (f.code === "unavailable" && !f.ref) {
+        // The server could not fill a gap in live traffic: what follows is past it.
+        // Reconnect and rejoin from the last message shown, so the replay fills it.
+        ws.resyncing = true;
+        state.afterMs = 100;
+        ws.close(4000, "resync");
+      }
+      break;
     case "left": line("left " + f.room, "sys"); $("text").disabled = $("sendbtn").disabled = f.room === state.room; break;
     case "reconnect": state.afterMs = f.after_ms; line("server is restarting; reconnecting…", "sys"); break;
   }
