@@ -15,15 +15,12 @@
 // Every wait is for a condition, bounded in time; the chat-server is stopped by PID.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHmac } from "node:crypto";
 import { createServer, request as httpRequest } from "node:http";
 import { connect as tcpConnect } from "node:net";
-import { createInterface } from "node:readline";
 import { launchChromium } from "./browser.js";
+import { startServer, stopServer } from "./server.js";
 
-const SERVER_BIN = process.env.CHAT_SERVER_BIN
-  ?? new URL("../../target/debug/chat-server", import.meta.url).pathname;
 const SECRET = "web-token-test-secret-0123456789abcdef";
 const WAIT = 10_000;
 
@@ -35,43 +32,6 @@ const b64url = (v) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v))
 function jwt(sub, exp) {
   const unsigned = `${b64url({ alg: "HS256", typ: "JWT" })}.${b64url({ sub, exp })}`;
   return `${unsigned}.${createHmac("sha256", SECRET).update(unsigned).digest("base64url")}`;
-}
-
-/** Starts chat-server on ephemeral loopback ports; resolves with its addresses. */
-async function startServer() {
-  const child = spawn(SERVER_BIN, ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-    "--log-format", "json"], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, CHAT_JWT_HS256_SECRET: SECRET, CHAT_ALLOWED_ORIGINS: "*" },
-  });
-  const logs = [];
-  createInterface({ input: child.stderr }).on("line", (l) => logs.push(l));
-  const lines = createInterface({ input: child.stdout });
-  const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
-  try {
-    for await (const line of lines) {
-      logs.push(line);
-      let v;
-      try { v = JSON.parse(line); } catch { continue; }
-      if (v.message === "chat server listening") {
-        lines.on("line", (l) => logs.push(l));
-        return { child, logs, public: v.public_addr, admin: v.admin_addr };
-      }
-    }
-  } finally {
-    clearTimeout(timer);
-  }
-  throw new Error(`chat-server did not start:\n${logs.join("\n")}`);
-}
-
-/** SIGTERM, then SIGKILL by PID after 10 s; resolves once it has exited. */
-async function stopServer(server) {
-  if (server.child.exitCode !== null) return;
-  const exited = new Promise((r) => server.child.once("exit", r));
-  server.child.kill("SIGTERM");
-  const timer = setTimeout(() => server.child.kill("SIGKILL"), 10_000);
-  await exited;
-  clearTimeout(timer);
 }
 
 async function metric(server, name) {
@@ -119,7 +79,7 @@ const waitStatus = (page, re) => page.waitForFunction(
 
 test("the web client refreshes its token before exp, and asks for a new one after a 4003",
   { timeout: 90_000 }, async () => {
-    const server = await startServer();
+    const server = await startServer({ CHAT_JWT_HS256_SECRET: SECRET, CHAT_ALLOWED_ORIGINS: "*" });
     const chatOrigin = `http://${server.public}`;
     let issued = 0;
     const front = await startFront(server.public, () => { issued += 1; return jwt("alice", nowSecs() + 8); });
