@@ -247,6 +247,16 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// The code as the wire spells it (`rate_limited`, …): metric labels and clients.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
 /// WebSocket close codes. 4000–4099 mean "reconnect with backoff", 4400–4499 mean
 /// "do not reconnect"; 1012 means "this node is restarting, reconnect now (after the
 /// `reconnect` frame's `after_ms`)".

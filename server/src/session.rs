@@ -979,10 +979,7 @@ impl Session {
     }
 
     async fn send_error(&mut self, err: FrameError) -> Result<(), Stop> {
-        let code = serde_json::to_value(err.code)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let code = err.code.name();
         self.state
             .metrics
             .frame_errors

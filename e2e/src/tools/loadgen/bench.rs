@@ -81,16 +81,16 @@ struct Servers {
 
 impl Servers {
     /// Starts `n` nodes with `flags` (plus each one's name), on `redis_url` if given.
-    fn start(n: u8, flags: &[&str], redis: Option<Redis>) -> Result<Servers> {
+    fn start(n: u8, flags: &[&str], redis: Option<RedisShape>) -> Result<Servers> {
         let dir = ScratchDir::new("bench")?;
         let (redis_url, redis_pids, single, cluster) = match redis {
             None => (None, Vec::new(), None, None),
-            Some(Redis::Single) => {
+            Some(RedisShape::Single) => {
                 let r = RedisProcess::start(free_port()?, &dir.0)?;
                 let pids = r.pid().into_iter().collect();
                 (Some(r.url()), pids, Some(r), None)
             }
-            Some(Redis::Cluster) => {
+            Some(RedisShape::Cluster) => {
                 let c = RedisCluster::start_masters(3)?;
                 (Some(c.seed_urls()), c.pids(), None, Some(c))
             }
@@ -133,12 +133,6 @@ impl Servers {
         }
         out
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Redis {
-    Single,
-    Cluster,
 }
 
 /// The release (or whichever build this is) `chat-server` next to this binary.
@@ -223,18 +217,15 @@ pub async fn run(scenario: Scenario) -> Result<Report> {
         }
         Scenario::FanoutRedis(n) => {
             let s = tokio::task::block_in_place(|| {
-                Servers::start(n.nodes, &NODE_FLAGS, Some(Redis::Single))
+                Servers::start(n.nodes, &NODE_FLAGS, Some(RedisShape::Single))
             })?;
             let argv = args("fanout", &FANOUT, &s, &n.extra);
             (s, argv)
         }
         Scenario::RoomsRedis(r) => {
-            let redis = match r.redis {
-                RedisShape::Single => Redis::Single,
-                RedisShape::Cluster => Redis::Cluster,
-            };
-            let s =
-                tokio::task::block_in_place(|| Servers::start(r.nodes, &NODE_FLAGS, Some(redis)))?;
+            let s = tokio::task::block_in_place(|| {
+                Servers::start(r.nodes, &NODE_FLAGS, Some(r.redis))
+            })?;
             let defaults = [
                 "--rooms",
                 "200",

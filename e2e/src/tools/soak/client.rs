@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chat_server::protocol::{ErrorCode, ReceivedFrame};
+use chat_server::protocol::ReceivedFrame;
 use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -400,7 +400,7 @@ impl Client<'_> {
                 if let Some(p) = client_ref.and_then(|r| pending.remove(&r)) {
                     self.log.events.push(Event::Refused {
                         body: p.body,
-                        code: error_code_name(code),
+                        code: code.name(),
                     });
                 }
             }
@@ -411,12 +411,4 @@ impl Client<'_> {
         }
         None
     }
-}
-
-/// An error code as the protocol spells it (`rate_limited`, …).
-fn error_code_name(code: ErrorCode) -> String {
-    serde_json::to_value(code)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
