@@ -184,7 +184,7 @@ tier_loopback() {
 tier_multinode() {
   begin multinode
   build_binaries multinode
-  cargo_tests multinode -p chatcluster-e2e --test multinode --test redis_failover || status=1
+  cargo_tests multinode -p chatcluster-e2e --test multinode --test bounds --test redis_failover || status=1
   finish multinode
 }
 

@@ -32,6 +32,7 @@ const SERVER: Crate = Crate {
         "backplane::redis::keys",
         "client_addr",
         "history",
+        "history_budget",
         "protocol",
         "ratelimit",
         "rooms",

@@ -178,14 +178,21 @@ pub struct Args {
     /// Messages kept per room for resume.
     #[arg(long, env = "CHAT_HISTORY_MAX_MESSAGES", default_value_t = 1_000)]
     pub history_max_messages: usize,
-    /// In-memory backplane only: most rooms this node keeps (idle rooms are forgotten
-    /// first; at the cap with every room in use, new rooms are refused).
+    /// Most rooms (with history or members) on this node, or over Redis in the whole
+    /// cluster. Idle rooms are forgotten first, least recently active first; at the cap
+    /// with every room in use, new rooms are refused (`room_limit`).
     #[arg(long, env = "CHAT_MAX_ROOMS", default_value_t = 10_000)]
     pub max_rooms: usize,
-    /// In-memory backplane only: history bytes over all rooms (oldest messages of the
-    /// least active rooms are dropped first).
+    /// History bytes over all rooms on this node, or over Redis in the whole cluster
+    /// (a message costs its sender, body and, in Redis, 64 bytes of overhead). The oldest
+    /// messages of the least recently active rooms are dropped first. Keep it well under
+    /// Redis' `maxmemory` (docs/redis.md).
     #[arg(long, env = "CHAT_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub history_max_bytes: usize,
+    /// Most sessions one user may have open at once (over Redis, in the whole cluster);
+    /// one more is refused with `too_many_sessions` and close 4429. 0: no cap.
+    #[arg(long, env = "CHAT_MAX_SESSIONS_PER_USER", default_value_t = 20)]
+    pub max_sessions_per_user: usize,
     /// Oldest message kept per room for resume (e.g. 90s, 15m, 2h).
     #[arg(long, env = "CHAT_HISTORY_MAX_AGE", default_value = "1h")]
     pub history_max_age: String,
@@ -267,6 +274,7 @@ pub struct Settings {
     pub history_max_age: Duration,
     pub max_rooms: usize,
     pub history_max_bytes: usize,
+    pub max_sessions_per_user: usize,
     pub drain_reconnect_window: Duration,
     pub drain_deadline: Duration,
     pub drain_max_jitter: Duration,
@@ -321,6 +329,7 @@ impl Settings {
             history_max_age: Duration::from_secs(3600),
             max_rooms: 10_000,
             history_max_bytes: 256 * 1024 * 1024,
+            max_sessions_per_user: 20,
             drain_reconnect_window: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(3),
             drain_max_jitter: Duration::from_millis(200),
@@ -620,6 +629,7 @@ impl Settings {
             history_max_age: parse_duration("CHAT_HISTORY_MAX_AGE", &args.history_max_age)?,
             max_rooms: args.max_rooms,
             history_max_bytes: args.history_max_bytes,
+            max_sessions_per_user: args.max_sessions_per_user,
             drain_reconnect_window: parse_duration(
                 "CHAT_DRAIN_RECONNECT_WINDOW",
                 &args.drain_reconnect_window,

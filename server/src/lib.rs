@@ -31,6 +31,7 @@ mod config_reference;
 pub mod drain;
 mod first_frame;
 pub mod history;
+pub mod history_budget;
 mod http;
 mod http_client;
 mod hub;
@@ -51,9 +52,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
-use crate::backplane::memory::{MemoryBackplane, MemoryBudget};
+use crate::backplane::memory::MemoryBackplane;
 use crate::backplane::redis::RedisBackplane;
-use crate::backplane::SharedBackplane;
+use crate::backplane::{Budget, SharedBackplane};
 use crate::config::Settings;
 use crate::history::HistoryLimits;
 use crate::hub::Hub;
@@ -135,23 +136,22 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         max_messages: settings.history_max_messages,
         max_age_ms: settings.history_max_age.as_millis() as u64,
     };
+    let budget = Budget {
+        max_rooms: settings.max_rooms,
+        max_history_bytes: settings.history_max_bytes,
+        max_sessions_per_user: settings.max_sessions_per_user,
+    };
     let backplane: SharedBackplane = match &settings.redis {
         Some(redis) => RedisBackplane::start(
             redis,
             &settings.node_name,
             limits,
+            budget,
             hub.clone(),
             metrics.clone(),
         )?,
         None => {
-            let memory = Arc::new(MemoryBackplane::new(
-                hub.clone(),
-                limits,
-                MemoryBudget {
-                    max_rooms: settings.max_rooms,
-                    max_history_bytes: settings.history_max_bytes,
-                },
-            ));
+            let memory = Arc::new(MemoryBackplane::new(hub.clone(), limits, budget));
             let sweeper = memory.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(60));

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub jwks_keys: IntGauge,
     pub join_hook_calls: IntCounterVec,
     pub permission_denials: IntCounterVec,
+    pub rooms_refused: IntCounter,
+    pub rooms_forgotten: IntCounter,
+    pub history_trimmed_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -166,6 +169,21 @@ impl Metrics {
                 &["action"],
             )
             .expect("static metric definition"),
+            rooms_refused: IntCounter::new(
+                "chat_rooms_refused_total",
+                "Joins refused because the room cap was reached and every room had members (room_limit).",
+            )
+            .expect("static metric definition"),
+            rooms_forgotten: IntCounter::new(
+                "chat_rooms_forgotten_total",
+                "Redis backplane: idle rooms this node forgot (history and offsets) to stay under the room cap.",
+            )
+            .expect("static metric definition"),
+            history_trimmed_bytes: IntCounter::new(
+                "chat_history_trimmed_bytes_total",
+                "Redis backplane: history bytes this node's budget sweeper dropped to keep the cluster under CHAT_HISTORY_MAX_BYTES.",
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -189,6 +207,9 @@ impl Metrics {
             Box::new(m.jwks_keys.clone()),
             Box::new(m.join_hook_calls.clone()),
             Box::new(m.permission_denials.clone()),
+            Box::new(m.rooms_refused.clone()),
+            Box::new(m.rooms_forgotten.clone()),
+            Box::new(m.history_trimmed_bytes.clone()),
         ];
         for c in collectors {
             m.registry

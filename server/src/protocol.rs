@@ -244,6 +244,10 @@ pub enum ErrorCode {
     GrantRevoked,
     /// An `auth` frame on a connection that already has an identity.
     AlreadyAuthenticated,
+    /// A new room was refused: the room cap is reached and every room has members.
+    RoomLimit,
+    /// The user already has the most sessions allowed; the server closes with 4429.
+    TooManySessions,
     Internal,
 }
 
@@ -278,6 +282,8 @@ pub enum CloseCode {
     ProtocolError,
     /// A text frame that is not valid UTF-8.
     InvalidUtf8,
+    /// The user already has the most sessions allowed: do not reconnect until one ends.
+    TooManySessions,
 }
 
 impl CloseCode {
@@ -293,6 +299,7 @@ impl CloseCode {
             CloseCode::TokenExpired => 4003,
             CloseCode::ProtocolError => 1002,
             CloseCode::InvalidUtf8 => 1007,
+            CloseCode::TooManySessions => 4429,
         }
     }
 

@@ -64,6 +64,8 @@ enum Stop {
     Drained,
     /// Drain deadline: close now.
     Forced,
+    /// The user already had the most sessions allowed.
+    TooManySessions,
 }
 
 impl Stop {
@@ -98,6 +100,10 @@ impl Stop {
             )),
             Stop::Drained => Some((CloseCode::ServiceRestart, "node draining; reconnect".into())),
             Stop::Forced => Some((CloseCode::ServiceRestart, "node stopping; reconnect".into())),
+            Stop::TooManySessions => Some((
+                CloseCode::TooManySessions,
+                "too many sessions for this user; close one first".into(),
+            )),
         }
     }
 
@@ -204,12 +210,21 @@ impl Session {
     async fn live(mut self: Box<Self>, inbox: Inbox) {
         let state = self.state.clone();
         state.hub.register(&self.handle);
-        if let Err(e) = state.backplane.register_user(&self.handle.user).await {
-            tracing::warn!(user = %self.handle.user, error = %e, "user registry update failed; restored on reconnect");
-        }
+        let refused = match state.backplane.register_user(&self.handle.user).await {
+            Ok(()) => None,
+            Err(e @ BackplaneError::TooManySessions(_)) => Some(e),
+            Err(e) => {
+                tracing::warn!(user = %self.handle.user, error = %e, "user registry update failed; restored on reconnect");
+                None
+            }
+        };
+        let registered = refused.is_none();
         state.metrics.connections.inc();
         state.metrics.connections_accepted.inc();
-        let stop = self.serve(&inbox).await;
+        let stop = match refused {
+            Some(e) => Box::pin(self.refuse(e)).await,
+            None => self.serve(&inbox).await,
+        };
         match stop {
             Stop::SlowConsumer => state.metrics.slow_consumer_closes.inc(),
             Stop::TokenExpired => state.metrics.sessions_expired.inc(),
@@ -221,8 +236,10 @@ impl Session {
         Box::pin(self.finish(stop, &inbox)).await;
         Box::pin(self.leave_all()).await;
         state.hub.unregister(&self.handle);
-        if let Err(e) = state.backplane.unregister_user(&self.handle.user).await {
-            tracing::warn!(user = %self.handle.user, error = %e, "user registry update failed");
+        if registered {
+            if let Err(e) = state.backplane.unregister_user(&self.handle.user).await {
+                tracing::warn!(user = %self.handle.user, error = %e, "user registry update failed");
+            }
         }
         state.metrics.connections.dec();
         state
@@ -230,6 +247,14 @@ impl Session {
             .connections_closed
             .with_label_values(&[&stop.metric_code(state.settings.max_frame_bytes)])
             .inc();
+    }
+
+    /// Tells a session the backplane refused (the per-user cap) why, before it closes.
+    async fn refuse(&mut self, e: BackplaneError) -> Stop {
+        let _ = self
+            .send_error(FrameError::new(e.code(), e.to_string()))
+            .await;
+        Stop::TooManySessions
     }
 
     async fn serve(&mut self, inbox: &Inbox) -> Stop {
@@ -677,8 +702,11 @@ impl Session {
                 if subscribed {
                     let _ = bp.unsubscribe_room(&room).await;
                 }
+                if let BackplaneError::RoomLimit(_) = e {
+                    self.state.metrics.rooms_refused.inc();
+                }
                 return self
-                    .send_error(FrameError::new(ErrorCode::Unavailable, e.to_string()))
+                    .send_error(FrameError::new(e.code(), e.to_string()))
                     .await;
             }
         };
@@ -887,8 +915,7 @@ impl Session {
     async fn not_sent(&mut self, e: BackplaneError, client_ref: Option<&str>) -> Result<(), Stop> {
         self.state.metrics.publish_errors.inc();
         self.send_error(
-            FrameError::new(ErrorCode::Unavailable, format!("message not sent: {e}"))
-                .with_ref(client_ref),
+            FrameError::new(e.code(), format!("message not sent: {e}")).with_ref(client_ref),
         )
         .await
     }
@@ -1189,6 +1216,7 @@ mod tests {
             (Stop::SlowConsumer, 4000),
             (Stop::Idle, 4001),
             (Stop::Drained, 1012),
+            (Stop::TooManySessions, 4429),
         ];
         for (stop, code) in codes {
             assert_eq!(stop.metric_code(1024), code.to_string(), "{stop:?}");

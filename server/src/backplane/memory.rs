@@ -8,33 +8,27 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use super::{now_us, Backplane, BackplaneError, RoomSnapshot};
+use super::{now_us, Backplane, BackplaneError, Budget, RoomSnapshot};
 use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};
 use crate::hub::Hub;
 use crate::protocol::{Position, ServerFrame};
 use crate::sync::lock;
 
-/// Node-wide bounds, so no client can grow this node's memory without limit by creating
-/// rooms or filling history.
-#[derive(Debug, Clone, Copy)]
-pub struct MemoryBudget {
-    pub max_rooms: usize,
-    pub max_history_bytes: usize,
-}
-
 pub struct MemoryBackplane {
     hub: Arc<Hub>,
     limits: HistoryLimits,
-    budget: MemoryBudget,
+    budget: Budget,
     /// Bytes of history over all rooms.
     history_bytes: AtomicUsize,
     rooms: Mutex<HashMap<String, Arc<Mutex<RoomLog>>>>,
     /// room → user → number of sessions of that user in the room.
     presence: Mutex<HashMap<String, HashMap<String, usize>>>,
+    /// user → open sessions (the per-user cap).
+    sessions: Mutex<HashMap<String, usize>>,
 }
 
 impl MemoryBackplane {
-    pub fn new(hub: Arc<Hub>, limits: HistoryLimits, budget: MemoryBudget) -> Self {
+    pub fn new(hub: Arc<Hub>, limits: HistoryLimits, budget: Budget) -> Self {
         MemoryBackplane {
             hub,
             limits,
@@ -42,6 +36,7 @@ impl MemoryBackplane {
             history_bytes: AtomicUsize::new(0),
             rooms: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -69,8 +64,8 @@ impl MemoryBackplane {
                 }
             }
             if rooms.len() >= self.budget.max_rooms {
-                return Err(BackplaneError::Unavailable(format!(
-                    "this node holds its maximum of {} active rooms",
+                return Err(BackplaneError::RoomLimit(format!(
+                    "this node holds its maximum of {} rooms and every one has members",
                     self.budget.max_rooms
                 )));
             }
@@ -228,6 +223,28 @@ impl Backplane for MemoryBackplane {
         })
     }
 
+    async fn register_user(&self, user: &str) -> Result<(), BackplaneError> {
+        let max = self.budget.max_sessions_per_user;
+        let mut sessions = lock(&self.sessions);
+        let count = sessions.entry(user.to_owned()).or_insert(0);
+        if max > 0 && *count >= max {
+            return Err(BackplaneError::TooManySessions(max));
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    async fn unregister_user(&self, user: &str) -> Result<(), BackplaneError> {
+        let mut sessions = lock(&self.sessions);
+        if let Some(count) = sessions.get_mut(user) {
+            *count -= 1;
+            if *count == 0 {
+                sessions.remove(user);
+            }
+        }
+        Ok(())
+    }
+
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
         let newly_present = {
             let mut presence = lock(&self.presence);
@@ -298,13 +315,14 @@ mod tests {
     use crate::hub::{DeliveryKind, Hub, Outbound, SessionHandle};
 
     fn setup() -> (Arc<Hub>, MemoryBackplane) {
-        setup_with(MemoryBudget {
+        setup_with(Budget {
             max_rooms: 1000,
             max_history_bytes: 1 << 30,
+            max_sessions_per_user: 0,
         })
     }
 
-    fn setup_with(budget: MemoryBudget) -> (Arc<Hub>, MemoryBackplane) {
+    fn setup_with(budget: Budget) -> (Arc<Hub>, MemoryBackplane) {
         let hub = Arc::new(Hub::new());
         let bp = MemoryBackplane::new(
             hub.clone(),
@@ -319,9 +337,10 @@ mod tests {
 
     #[tokio::test]
     async fn room_cap_evicts_idle_rooms_and_refuses_when_all_are_in_use() {
-        let (_hub, bp) = setup_with(MemoryBudget {
+        let (_hub, bp) = setup_with(Budget {
             max_rooms: 2,
             max_history_bytes: 1 << 30,
+            max_sessions_per_user: 0,
         });
         bp.publish("a", "u", "x").await.unwrap();
         bp.publish("b", "u", "x").await.unwrap();
@@ -332,7 +351,8 @@ mod tests {
         bp.presence_join("c", "u").await.unwrap();
         let err = bp.publish("d", "u", "x").await.unwrap_err();
         assert!(
-            err.to_string().contains("maximum of 2 active rooms"),
+            matches!(err, BackplaneError::RoomLimit(_))
+                && err.to_string().contains("maximum of 2 rooms"),
             "{err}"
         );
         // Existing rooms keep working at the cap.
@@ -340,10 +360,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_user_at_the_session_cap_is_refused_until_one_ends() {
+        let (_hub, bp) = setup_with(Budget {
+            max_rooms: 10,
+            max_history_bytes: 1 << 20,
+            max_sessions_per_user: 2,
+        });
+        bp.register_user("ann").await.unwrap();
+        bp.register_user("ann").await.unwrap();
+        let err = bp.register_user("ann").await.unwrap_err();
+        assert!(matches!(err, BackplaneError::TooManySessions(2)), "{err}");
+        bp.register_user("bob").await.unwrap();
+        bp.unregister_user("ann").await.unwrap();
+        bp.register_user("ann").await.unwrap();
+        assert_eq!(lock(&bp.sessions).get("ann"), Some(&2));
+        for _ in 0..2 {
+            bp.unregister_user("ann").await.unwrap();
+        }
+        assert!(
+            !lock(&bp.sessions).contains_key("ann"),
+            "no entry outlives the user's sessions"
+        );
+    }
+
+    #[tokio::test]
     async fn history_stays_within_the_byte_budget() {
-        let (_hub, bp) = setup_with(MemoryBudget {
+        let (_hub, bp) = setup_with(Budget {
             max_rooms: 1000,
             max_history_bytes: 20_000,
+            max_sessions_per_user: 0,
         });
         let body = "z".repeat(500);
         for i in 0..200 {

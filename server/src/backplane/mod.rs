@@ -12,13 +12,44 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use crate::protocol::Position;
+use crate::protocol::{ErrorCode, Position};
 
-/// Why the backplane could not do what was asked. Sessions answer `unavailable`.
+/// Why the backplane could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum BackplaneError {
+    /// Sessions answer `unavailable`: try again later.
     #[error("the backplane is unavailable: {0}")]
     Unavailable(String),
+    /// The room cap is reached and every room has members: sessions answer `room_limit`.
+    #[error("no room can be added: {0}")]
+    RoomLimit(String),
+    /// The user already has the most sessions allowed: the session is refused.
+    #[error("this user already has {0} sessions open, the most allowed")]
+    TooManySessions(usize),
+}
+
+impl BackplaneError {
+    /// The error code a client is sent.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BackplaneError::Unavailable(_) => ErrorCode::Unavailable,
+            BackplaneError::RoomLimit(_) => ErrorCode::RoomLimit,
+            BackplaneError::TooManySessions(_) => ErrorCode::TooManySessions,
+        }
+    }
+}
+
+/// Bounds every backplane enforces, so no client can grow the chat's memory (or Redis')
+/// without limit. In memory they hold per node; over Redis, for the whole cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Most rooms with history or members; idle rooms are forgotten first.
+    pub max_rooms: usize,
+    /// History bytes over all rooms; the least recently active rooms' oldest messages go
+    /// first.
+    pub max_history_bytes: usize,
+    /// Most sessions one user may have open; 0: no cap.
+    pub max_sessions_per_user: usize,
 }
 
 /// The backplane's connection state, as `/admin/status` reports it. Never holds a
@@ -82,13 +113,10 @@ pub trait Backplane: Send + Sync {
         self.unsubscribe_room(room).await
     }
     /// A session of `user` connected to this node (user → node registry for DMs).
-    async fn register_user(&self, _user: &str) -> Result<(), BackplaneError> {
-        Ok(())
-    }
-    /// A session of `user` on this node ended.
-    async fn unregister_user(&self, _user: &str) -> Result<(), BackplaneError> {
-        Ok(())
-    }
+    /// `TooManySessions` when the user is at the per-user cap: nothing was counted.
+    async fn register_user(&self, user: &str) -> Result<(), BackplaneError>;
+    /// A session of `user` on this node ended (after a successful `register_user`).
+    async fn unregister_user(&self, user: &str) -> Result<(), BackplaneError>;
     /// Appends a message to the room's history and fans it out; returns its offset.
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError>;
     /// Current epoch, head, members and the replay for `since` (a client's position).

@@ -3,11 +3,15 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:room:R:meta` | hash | `epoch`, `head` (last assigned offset) |
+//! | `P:room:R:meta` | hash | `epoch`, `head` (last assigned offset), `bytes` (history size) |
 //! | `P:room:R:log` | stream | history; entry id `0-{offset}`, fields `f` (from), `b` (body), `t` (ts ms) |
 //! | `P:room:R:presence` | hash | `{node}\|{user}` → sessions of the user on that node in the room |
 //! | `P:room:R:users` | hash | user → sessions in the room over all nodes (presence) |
 //! | `P:user:U:nodes` | set | nodes holding a session of the user (DM routing) |
+//! | `P:user:U:sessions` | hash | node → sessions of the user on it (the per-user cap) |
+//! | `P:budget:rooms:active` | sorted set | room → last activity (ms): the room cap's index |
+//! | `P:budget:rooms:bytes` | hash | room → history bytes last reported (the byte budget) |
+//! | `P:budget:rooms:sweeper` | string with TTL | the node that runs the budget sweeper |
 //! | `P:node:N:alive` | string with TTL | heartbeat; a node whose key expired is dead |
 //!
 //! Channels: `P:room:R` (a room's messages and presence changes) and `P:node:N` (direct
@@ -78,6 +82,24 @@ impl Keys {
         self.name("user", user, Some("nodes"))
     }
 
+    pub fn user_sessions(&self, user: &str) -> String {
+        self.name("user", user, Some("sessions"))
+    }
+
+    /// The room index, its byte reports and the sweeper's lease share one id, so in
+    /// cluster mode they live in one slot and one script can use them together.
+    pub fn budget_index(&self) -> String {
+        self.name("budget", "rooms", Some("active"))
+    }
+
+    pub fn budget_bytes(&self) -> String {
+        self.name("budget", "rooms", Some("bytes"))
+    }
+
+    pub fn budget_lease(&self) -> String {
+        self.name("budget", "rooms", Some("sweeper"))
+    }
+
     pub fn node_alive(&self, node: &str) -> String {
         self.name("node", node, Some("alive"))
     }
@@ -117,6 +139,10 @@ mod tests {
         assert_eq!(keys.room_users("lobby"), "chat:room:lobby:users");
         assert_eq!(keys.room_channel("lobby"), "chat:room:lobby");
         assert_eq!(keys.user_nodes("ann"), "chat:user:ann:nodes");
+        assert_eq!(keys.user_sessions("ann"), "chat:user:ann:sessions");
+        assert_eq!(keys.budget_index(), "chat:budget:rooms:active");
+        assert_eq!(keys.budget_bytes(), "chat:budget:rooms:bytes");
+        assert_eq!(keys.budget_lease(), "chat:budget:rooms:sweeper");
         assert_eq!(keys.node_alive("chat-0@1f"), "chat:node:chat-0@1f:alive");
         assert_eq!(keys.node_channel("chat-0@1f"), "chat:node:chat-0@1f");
         assert_eq!(keys.node_prefix(), "chat:node:");
@@ -134,6 +160,10 @@ mod tests {
         assert_eq!(keys.room_users("lobby"), "chat:room:{lobby}:users");
         assert_eq!(keys.room_channel("lobby"), "chat:room:{lobby}");
         assert_eq!(keys.user_nodes("ann"), "chat:user:{ann}:nodes");
+        assert_eq!(keys.user_sessions("ann"), "chat:user:{ann}:sessions");
+        assert_eq!(keys.budget_index(), "chat:budget:{rooms}:active");
+        assert_eq!(keys.budget_bytes(), "chat:budget:{rooms}:bytes");
+        assert_eq!(keys.budget_lease(), "chat:budget:{rooms}:sweeper");
         assert_eq!(keys.node_alive("n@1"), "chat:node:{n@1}:alive");
         assert_eq!(keys.node_channel("n@1"), "chat:node:{n@1}");
         assert_eq!(keys.room_of_channel("chat:room:{a:b}"), Some("a:b"));

@@ -5,13 +5,15 @@
 //! - [`scripts`]: the Lua scripts, one `.lua` file each;
 //! - [`replies`]: parsing pub/sub payloads and script replies;
 //! - [`pubsub`]: the subscriptions, classic or sharded;
-//! - [`connection`]: the command connection, its health check and the heartbeat.
+//! - [`connection`]: the command connection, its health check and the heartbeat;
+//! - [`budget`]: the cluster-wide room cap, history byte budget and per-user session cap.
 //!
 //! A node's identity in Redis is its name plus an incarnation id (`chat-0@3f9c…`), new
 //! at every start, so a restarted node never receives DMs meant for its previous life's
 //! sessions. Publishing is one Lua script that assigns the offset, appends to the
 //! history and publishes, so live order equals history order on every node.
 
+mod budget;
 mod connection;
 mod keys;
 mod pubsub;
@@ -29,7 +31,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_us, Backplane, BackplaneError, BackplaneStatus, RoomSnapshot};
+use super::{now_us, Backplane, BackplaneError, BackplaneStatus, Budget, RoomSnapshot};
 use crate::history::{new_epoch, HistoryLimits};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -81,6 +83,9 @@ pub struct RedisBackplane {
     node: String,
     keys: Keys,
     limits: HistoryLimits,
+    budget: Budget,
+    /// Rooms this node admitted into the room index within the last second.
+    admitted: budget::Admitted,
     presence_ttl: Duration,
     target: Target,
     conn: RwLock<Option<CommandConnection>>,
@@ -253,6 +258,7 @@ impl RedisBackplane {
         settings: &RedisSettings,
         node: &str,
         limits: HistoryLimits,
+        budget: Budget,
         hub: Arc<Hub>,
         metrics: Metrics,
     ) -> Result<Arc<RedisBackplane>, RedisConfigError> {
@@ -265,6 +271,8 @@ impl RedisBackplane {
             node: format!("{node}@{}", new_epoch()),
             keys: Keys::new(&settings.key_prefix, settings.cluster),
             limits,
+            budget,
+            admitted: budget::Admitted::default(),
             presence_ttl: settings.presence_ttl,
             target,
             conn: RwLock::new(None),
@@ -285,7 +293,13 @@ impl RedisBackplane {
         tokio::spawn(connection::command_connection_task(Arc::downgrade(&bp)));
         pubsub::spawn(&bp, rx, pushes);
         tokio::spawn(connection::heartbeat_task(Arc::downgrade(&bp)));
+        tokio::spawn(budget::sweeper_task(Arc::downgrade(&bp)));
         Ok(bp)
+    }
+
+    /// The command connection answered its last health check.
+    fn commands_ok(&self) -> bool {
+        self.commands_ok.load(Ordering::Relaxed)
     }
 
     fn cluster(&self) -> bool {
@@ -506,9 +520,24 @@ impl RedisBackplane {
     /// Re-asserts this node's heartbeat, its users' DM routes and its presence.
     async fn restore_registrations(&self) -> Result<(), BackplaneError> {
         self.heartbeat().await?;
-        let users: Vec<String> = lock(&self.local_users).keys().cloned().collect();
-        for user in &users {
-            self.registry_update("SADD", user).await?;
+        let users: Vec<(String, usize)> = lock(&self.local_users)
+            .iter()
+            .map(|(user, n)| (user.clone(), *n))
+            .collect();
+        for (user, sessions) in &users {
+            self.query::<()>(
+                redis::cmd("HSET")
+                    .arg(self.keys.user_sessions(user))
+                    .arg(&self.node)
+                    .arg(sessions),
+            )
+            .await?;
+            self.query::<()>(
+                redis::cmd("SADD")
+                    .arg(self.keys.user_nodes(user))
+                    .arg(&self.node),
+            )
+            .await?;
         }
         let presence: Vec<((String, String), usize)> = lock(&self.local_presence)
             .iter()
@@ -568,14 +597,56 @@ impl RedisBackplane {
         });
     }
 
-    /// Adds this node to (`SADD`) or removes it from (`SREM`) the user's DM routing set.
-    async fn registry_update(&self, command: &str, user: &str) -> Result<(), BackplaneError> {
-        self.query(
-            redis::cmd(command)
-                .arg(self.keys.user_nodes(user))
-                .arg(&self.node),
-        )
-        .await
+    /// Counts one more session of `user` on this node unless the user is at the cap. In
+    /// cluster mode other nodes' heartbeats live in other slots: at the cap, the nodes
+    /// counted are checked here and the dead ones forgotten, then it is tried once more.
+    async fn register_session(&self, user: &str) -> Result<(), BackplaneError> {
+        let max = self.budget.max_sessions_per_user;
+        for attempt in 0..2 {
+            let mut inv = self.scripts.session_register.prepare_invoke();
+            inv.key(self.keys.user_nodes(user))
+                .key(self.keys.user_sessions(user))
+                .arg(&self.node)
+                .arg(max)
+                .arg(if self.cluster() {
+                    String::new()
+                } else {
+                    self.keys.node_prefix()
+                });
+            let reply: Vec<String> = self.run(&inv).await?;
+            let Some((verdict, others)) = reply.split_first() else {
+                return Err(BackplaneError::Unavailable(
+                    "malformed session registration reply".into(),
+                ));
+            };
+            if verdict == "1" {
+                return Ok(());
+            }
+            if attempt == 1 || !self.cluster() {
+                break;
+            }
+            let mut dead = Vec::new();
+            for node in others {
+                let alive: bool = self
+                    .query(redis::cmd("EXISTS").arg(self.keys.node_alive(node)))
+                    .await?;
+                if !alive {
+                    dead.push(node);
+                }
+            }
+            if dead.is_empty() {
+                break;
+            }
+            let mut forget = self.scripts.session_forget_nodes.prepare_invoke();
+            forget
+                .key(self.keys.user_nodes(user))
+                .key(self.keys.user_sessions(user));
+            for node in dead {
+                forget.arg(node);
+            }
+            self.run::<i64>(&forget).await?;
+        }
+        Err(BackplaneError::TooManySessions(max))
     }
 
     /// Heartbeat: marks this node alive and sweeps dead nodes' presence in local rooms.
@@ -801,11 +872,13 @@ impl Backplane for RedisBackplane {
             .arg(self.limits.max_messages)
             .arg(self.limits.max_age_ms)
             .arg(self.history_ttl_secs())
-            .arg(self.keys.room_channel(room));
-        let (_epoch, offset): (String, String) = self.run(&inv).await?;
-        offset
-            .parse()
-            .map_err(|_| BackplaneError::Unavailable("malformed publish reply".into()))
+            .arg(self.keys.room_channel(room))
+            .arg(budget::ENTRY_OVERHEAD_BYTES);
+        let (_epoch, offset, bytes): (String, String, String) = self.run(&inv).await?;
+        let malformed = || BackplaneError::Unavailable("malformed publish reply".into());
+        let offset = offset.parse().map_err(|_| malformed())?;
+        self.published(room, bytes.parse().map_err(|_| malformed())?);
+        Ok(offset)
     }
 
     async fn snapshot(
@@ -825,6 +898,9 @@ impl Backplane for RedisBackplane {
     }
 
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+        // The first of a join's steps that writes the room's keys: the room cap is
+        // checked here.
+        self.admit_room(room).await?;
         let mut inv = self.scripts.presence_join.prepare_invoke();
         inv.key(self.keys.room_presence(room))
             .key(self.keys.room_users(room))
@@ -860,37 +936,31 @@ impl Backplane for RedisBackplane {
     }
 
     async fn register_user(&self, user: &str) -> Result<(), BackplaneError> {
-        let first = {
-            let mut users = lock(&self.local_users);
-            let n = users.entry(user.to_owned()).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
-        if !first {
-            return Ok(());
+        let result = self.register_session(user).await;
+        // Counted locally unless refused, so a registration Redis missed is restored
+        // with the rest after a reconnect.
+        if !matches!(result, Err(BackplaneError::TooManySessions(_))) {
+            *lock(&self.local_users).entry(user.to_owned()).or_insert(0) += 1;
         }
-        self.registry_update("SADD", user).await
+        result
     }
 
     async fn unregister_user(&self, user: &str) -> Result<(), BackplaneError> {
-        let last = {
+        {
             let mut users = lock(&self.local_users);
             match users.get_mut(user) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
+                Some(n) if *n > 1 => *n -= 1,
                 Some(_) => {
                     users.remove(user);
-                    true
                 }
-                None => false,
+                None => return Ok(()),
             }
-        };
-        if !last {
-            return Ok(());
         }
-        self.registry_update("SREM", user).await
+        let mut inv = self.scripts.session_unregister.prepare_invoke();
+        inv.key(self.keys.user_nodes(user))
+            .key(self.keys.user_sessions(user))
+            .arg(&self.node);
+        self.run::<i64>(&inv).await.map(|_| ())
     }
 
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, BackplaneError> {

@@ -13,6 +13,13 @@ pub(super) struct Scripts {
     pub presence_leave: Script,
     pub presence_restore: Script,
     pub presence_sweep: Script,
+    pub room_admit: Script,
+    pub room_forget: Script,
+    pub history_trim: Script,
+    pub lease: Script,
+    pub session_register: Script,
+    pub session_unregister: Script,
+    pub session_forget_nodes: Script,
     /// Single-instance mode only: it reads other nodes' keys, which cluster mode cannot do
     /// in one script.
     pub direct: Script,
@@ -30,6 +37,13 @@ impl Scripts {
             presence_leave: build(include_str!("scripts/presence_leave.lua")),
             presence_restore: build(include_str!("scripts/presence_restore.lua")),
             presence_sweep: build(include_str!("scripts/presence_sweep.lua")),
+            room_admit: build(include_str!("scripts/room_admit.lua")),
+            room_forget: build(include_str!("scripts/room_forget.lua")),
+            history_trim: build(include_str!("scripts/history_trim.lua")),
+            lease: build(include_str!("scripts/lease.lua")),
+            session_register: build(include_str!("scripts/session_register.lua")),
+            session_unregister: build(include_str!("scripts/session_unregister.lua")),
+            session_forget_nodes: build(include_str!("scripts/session_forget_nodes.lua")),
             direct: build(include_str!("scripts/direct.lua")),
         }
     }

@@ -3,5 +3,5 @@
 -- KEYS: meta, log. ARGV: the epoch that went back, the new epoch.
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'head', 0)
+redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'head', 0, 'bytes', 0)
 return 1

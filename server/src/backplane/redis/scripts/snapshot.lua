@@ -7,12 +7,14 @@
 -- Reply: epoch, head, status (fresh|ok|lost), n, n members, then (offset, from, body, ts)*.
 local meta, log, users = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'epoch')
-if not epoch then
+local head = tonumber(redis.call('HGET', meta, 'head') or '0')
+if not epoch or (head > 0 and redis.call('EXISTS', log) == 0) then
+  -- A new room, or one whose history is gone while its offsets are not (see publish).
   epoch = ARGV[3]
+  head = 0
   redis.call('DEL', log)
-  redis.call('HSET', meta, 'epoch', epoch, 'head', 0)
+  redis.call('HSET', meta, 'epoch', epoch, 'head', 0, 'bytes', 0)
 end
-local head = tonumber(redis.call('HGET', meta, 'head'))
 local status = 'fresh'
 local entries = {}
 if ARGV[1] ~= '' then
@@ -24,7 +26,7 @@ if ARGV[1] ~= '' then
     epoch = ARGV[3]
     head = 0
     redis.call('DEL', log)
-    redis.call('HSET', meta, 'epoch', epoch, 'head', 0)
+    redis.call('HSET', meta, 'epoch', epoch, 'head', 0, 'bytes', 0)
     status = 'lost'
   elseif ARGV[1] ~= epoch then
     status = 'lost'

@@ -1,0 +1,605 @@
+//! The cluster-wide bounds over a real Redis (one instance, and a Redis Cluster): the room
+//! cap, the history byte budget, the per-user session cap, and history lost under a room
+//! (evicted keys) starting a new epoch. Then a hostile run against a redis-server with a
+//! memory cap, as the managed Redis runs: flooders, DM sprayers, replay hoarders and a
+//! session hog, while legitimate clients keep chatting.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chat_server::sync::lock;
+use chatcluster_e2e::clients::resuming::{run_publisher, PublisherLog};
+use chatcluster_e2e::clients::ws::{connect, recv_json, send_and_ack, send_json, Ws};
+use chatcluster_e2e::harness::local_cluster::{ClusterOptions, LocalCluster};
+use chatcluster_e2e::wait::eventually;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+#[macro_use]
+mod multinode_support;
+
+use multinode_support::{cluster, cluster_with, serial, spawn_subscribers, Backend};
+
+on_both_backends!(bounds_hold_for_the_whole_cluster);
+
+/// A key of the Redis backplane under the default prefix, hash-tagged on a Redis Cluster.
+fn key(backend: Backend, kind: &str, id: &str, suffix: &str) -> String {
+    match backend {
+        Backend::Single => format!("chat:{kind}:{id}:{suffix}"),
+        Backend::Cluster => format!("chat:{kind}:{{{id}}}:{suffix}"),
+    }
+}
+
+fn redis_int(c: &LocalCluster, args: &[&str]) -> u64 {
+    let out = tokio::task::block_in_place(|| c.redis.cli(args)).expect("redis-cli");
+    out.trim().parse().unwrap_or(0)
+}
+
+/// Opens a session that the server refuses after the upgrade; returns the error frame
+/// and the close code, asserting nothing else arrived.
+async fn refused_session(url: &str, user: &str) -> (Value, u16) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?user={user}"))
+        .await
+        .expect("upgrade");
+    let mut frames = Vec::new();
+    let close = loop {
+        let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("the refusal arrives");
+        match next {
+            Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str::<Value>(&t).unwrap()),
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(frames.len(), 1, "only the error, no welcome: {frames:?}");
+    (frames.remove(0), close)
+}
+
+/// The next frame of type `kind`, skipping others (messages, presence, acks); an error
+/// frame fails the wait unless it is what was asked for.
+async fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let v = recv_json(ws, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("closed while waiting for {kind}"));
+        if v["type"] == kind {
+            return v;
+        }
+        assert_ne!(v["type"], "error", "waiting for {kind}: {v}");
+    }
+}
+
+/// Joins `room` and returns `joined`, skipping other frames first.
+async fn join_skipping(ws: &mut Ws, room: &str, since: Option<(&str, u64)>) -> Value {
+    send_json(ws, chatcluster_e2e::clients::ws::join_frame(room, since))
+        .await
+        .unwrap();
+    next_of(ws, "joined").await
+}
+
+/// Joins `room`, retrying while the cap refuses it: rooms whose last member just left
+/// become idle (and can make way) a moment later.
+async fn join_when_a_room_is_free(ws: &mut Ws, room: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        send_json(ws, json!({"type":"join","room":room}))
+            .await
+            .unwrap();
+        let v = loop {
+            let v = recv_json(ws, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .expect("open");
+            if v["type"] == "joined" || v["type"] == "error" {
+                break v;
+            }
+        };
+        if v["type"] == "joined" {
+            return v;
+        }
+        assert_eq!(v["code"], "room_limit", "{v}");
+        assert!(Instant::now() < deadline, "no room became free for {room}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn metric_sum(c: &LocalCluster, name: &str) -> f64 {
+    tokio::task::block_in_place(|| {
+        (0..c.nodes.len())
+            .map(|i| c.metric(i, name).unwrap_or(0.0))
+            .sum()
+    })
+}
+
+/// Two nodes, one cap each: rooms (4), history bytes (40,000), sessions per user (2).
+async fn bounds_hold_for_the_whole_cluster(backend: Backend) {
+    let _s = serial().await;
+    let c = cluster(
+        backend,
+        2,
+        &[
+            "--max-rooms",
+            "4",
+            "--history-max-bytes",
+            "40000",
+            "--max-sessions-per-user",
+            "2",
+        ],
+    );
+    let (a, b) = (c.nodes[0].ws_url(), c.nodes[1].ws_url());
+
+    // Sessions per user, counted over both nodes: the third is refused with the
+    // documented code and close 4429; once one ends, there is room again.
+    let (ann1, _, _) = connect(&a, "user=ann", None).await.unwrap();
+    let (_ann2, _, _) = connect(&b, "user=ann", None).await.unwrap();
+    let (error, close) = refused_session(&b, "ann").await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["code"], "too_many_sessions", "{error}");
+    assert_eq!(close, 4429);
+    let (error, close) = refused_session(&a, "ann").await;
+    assert_eq!(
+        (error["code"].as_str(), close),
+        (Some("too_many_sessions"), 4429)
+    );
+    drop(ann1);
+    eventually(
+        "ann's closed session to be uncounted",
+        Duration::from_secs(10),
+        || {
+            let a = a.clone();
+            async move { Ok(connect(&a, "user=ann", None).await.ok().map(|_| ())) }
+        },
+    )
+    .await
+    .unwrap();
+
+    // Rooms: four held by members fill the cap; a fifth is refused on either node.
+    let (mut holder, _, _) = connect(&a, "user=holder", None).await.unwrap();
+    let mut epochs = HashMap::new();
+    for room in ["k1", "k2", "k3", "k4"] {
+        let j = join_skipping(&mut holder, room, None).await;
+        epochs.insert(room, j["epoch"].as_str().unwrap().to_owned());
+        send_and_ack(&mut holder, room, "kept", room).await.unwrap();
+    }
+    let (mut other, _, _) = connect(&b, "user=other", None).await.unwrap();
+    send_json(&mut other, json!({"type":"join","room":"k5"}))
+        .await
+        .unwrap();
+    let refusal = next_of(&mut other, "error").await;
+    assert_eq!(refusal["code"], "room_limit", "{refusal}");
+    assert!(metric_sum(&c, "chat_rooms_refused_total").await >= 1.0);
+    // Once k1 has nobody in it, it makes way: its history and offsets are forgotten.
+    send_json(&mut holder, json!({"type":"leave","room":"k1"}))
+        .await
+        .unwrap();
+    next_of(&mut holder, "left").await;
+    let j = join_skipping(&mut other, "k5", None).await;
+    assert_eq!(j["type"], "joined");
+    assert_eq!(
+        redis_int(&c, &["EXISTS", &key(backend, "room", "k1", "meta")]),
+        0,
+        "the idle room's keys are gone"
+    );
+    let (mut back, _, _) = connect(&b, "user=back", None).await.unwrap();
+    send_json(&mut holder, json!({"type":"leave","room":"k2"}))
+        .await
+        .unwrap();
+    next_of(&mut holder, "left").await;
+    let j = join_skipping(&mut back, "k1", Some((&epochs["k1"], 1))).await;
+    assert_eq!(
+        j["recovered"], false,
+        "a forgotten room is never resumed silently: {j}"
+    );
+    assert_ne!(j["epoch"], epochs["k1"].as_str(), "it starts a new epoch");
+    drop((holder, other, back));
+
+    // History bytes: 2 rooms of 30 messages of 3,000 bytes (about 190,000 bytes) against
+    // a budget of 40,000. The sweeper trims the least recently active room first.
+    let (mut writer, _, _) = connect(&a, "user=writer", None).await.unwrap();
+    let body = "h".repeat(3000);
+    let mut heads = HashMap::new();
+    for room in ["h1", "h2"] {
+        let joined = join_when_a_room_is_free(&mut writer, room).await;
+        let epoch = joined["epoch"].as_str().unwrap().to_owned();
+        let mut last = 0;
+        for i in 0..30 {
+            last = send_and_ack(&mut writer, room, &body, &format!("{room}-{i}"))
+                .await
+                .unwrap();
+        }
+        heads.insert(room, (epoch, last));
+        // A second apart, so the index tells which room was active last.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let meta_bytes =
+        |room: &str| redis_int(&c, &["HGET", &key(backend, "room", room, "meta"), "bytes"]);
+    eventually(
+        "history to fit the budget",
+        Duration::from_secs(20),
+        || async { Ok((meta_bytes("h1") + meta_bytes("h2") <= 40_000).then_some(())) },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        meta_bytes("h1"),
+        0,
+        "the older room gave up its history first"
+    );
+    assert!(
+        redis_int(&c, &["XLEN", &key(backend, "room", "h2", "log")]) >= 5,
+        "the newer room keeps its newest messages"
+    );
+    assert!(metric_sum(&c, "chat_history_trimmed_bytes_total").await > 0.0);
+    let (mut reader, _, _) = connect(&b, "user=reader", None).await.unwrap();
+    let (e1, h1) = &heads["h1"];
+    let j = join_skipping(&mut reader, "h1", Some((e1, 1))).await;
+    assert_eq!(
+        j["recovered"], false,
+        "trimmed history is reported, not skipped: {j}"
+    );
+    assert_eq!(j["offset"], *h1, "offsets survive a trim");
+    let (e2, h2) = &heads["h2"];
+    let j = join_skipping(&mut reader, "h2", Some((e2, h2 - 3))).await;
+    assert_eq!(j["recovered"], true, "{j}");
+    for offset in h2 - 2..=*h2 {
+        assert_eq!(next_of(&mut reader, "message").await["offset"], offset);
+    }
+
+    // History lost under a room (its log evicted, its offsets kept) starts a new epoch:
+    // the next message is offset 1 of another epoch, and a resume from the old one is
+    // told `recovered: false`.
+    tokio::task::block_in_place(|| c.redis.cli(&["DEL", &key(backend, "room", "h2", "log")]))
+        .unwrap();
+    let offset = send_and_ack(&mut writer, "h2", "after", "after")
+        .await
+        .unwrap();
+    assert_eq!(offset, 1, "a new epoch restarts the offsets");
+    let live = next_of(&mut reader, "joined").await;
+    assert_eq!(live["recovered"], false, "the session is told: {live}");
+    assert_ne!(live["epoch"], e2.as_str());
+}
+
+/// What the hostile clients got back, summed.
+#[derive(Default)]
+struct HostileTally {
+    acks: AtomicU64,
+    errors: Mutex<HashMap<String, u64>>,
+    /// Room → epoch, from the flooders' joins, for the replay hoarders.
+    epochs: Mutex<HashMap<String, String>>,
+}
+
+impl HostileTally {
+    fn error(&self, code: &str) {
+        *lock(&self.errors).entry(code.to_owned()).or_default() += 1;
+    }
+}
+
+/// Reads a hostile client's frames (so it is not closed as a slow consumer) and tallies
+/// them, until the connection ends.
+async fn tally_frames(mut rx: futures_util::stream::SplitStream<Ws>, tally: Arc<HostileTally>) {
+    while let Some(Ok(m)) = rx.next().await {
+        let Message::Text(t) = m else { continue };
+        let Ok(v) = serde_json::from_str::<Value>(&t) else {
+            continue;
+        };
+        match v["type"].as_str() {
+            Some("ack") => {
+                tally.acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Some("error") => tally.error(v["code"].as_str().unwrap_or("?")),
+            Some("joined") => {
+                if let (Some(room), Some(epoch)) = (v["room"].as_str(), v["epoch"].as_str()) {
+                    lock(&tally.epochs).insert(room.to_owned(), epoch.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A flooder: joins `rooms` and sends maximum-size messages round-robin at just under the
+/// per-connection rate until `stop`.
+async fn flood(
+    url: String,
+    user: String,
+    rooms: Vec<String>,
+    tally: Arc<HostileTally>,
+    stop: Arc<AtomicBool>,
+) {
+    let Ok((ws, _, _)) = connect(&url, &format!("user={user}"), None).await else {
+        tally.error("connect");
+        return;
+    };
+    let (mut tx, rx) = ws.split();
+    let reader = tokio::spawn(tally_frames(rx, tally.clone()));
+    use futures_util::SinkExt;
+    for room in &rooms {
+        let _ = tx
+            .send(Message::Text(
+                json!({"type":"join","room":room}).to_string().into(),
+            ))
+            .await;
+    }
+    let body = "x".repeat(4096);
+    let mut tick = tokio::time::interval(Duration::from_millis(55));
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let room = &rooms[i % rooms.len()];
+        let frame = json!({"type":"send","room":room,"body":body,"ref":format!("{i}")});
+        if tx
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            tally.error("flooder disconnected");
+            break;
+        }
+        i += 1;
+    }
+    let _ = tx.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+}
+
+/// A DM sprayer: direct messages to ids nobody has, far over the DM rate.
+async fn spray_dms(url: String, user: String, tally: Arc<HostileTally>, stop: Arc<AtomicBool>) {
+    let Ok((ws, _, _)) = connect(&url, &format!("user={user}"), None).await else {
+        tally.error("connect");
+        return;
+    };
+    let (mut tx, rx) = ws.split();
+    let reader = tokio::spawn(tally_frames(rx, tally.clone()));
+    use futures_util::SinkExt;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let to = format!("nobody{}", i % 100_000);
+        let frame = json!({"type":"dm","to":to,"body":"x".repeat(4096),"ref":format!("d{i}")});
+        if tx
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        i += 1;
+    }
+    let _ = tx.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+}
+
+/// A replay hoarder: joins the flooded rooms from their first offset and never reads.
+async fn hoard(
+    url: String,
+    user: String,
+    tally: Arc<HostileTally>,
+    stop: Arc<AtomicBool>,
+) -> Option<Ws> {
+    let (mut ws, _, _) = connect(&url, &format!("user={user}"), None).await.ok()?;
+    let epochs: Vec<(String, String)> = lock(&tally.epochs)
+        .iter()
+        .take(20)
+        .map(|(r, e)| (r.clone(), e.clone()))
+        .collect();
+    for (room, epoch) in epochs {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let frame = json!({"type":"join","room":room,"since":{"epoch":epoch,"offset":0}});
+        if send_json(&mut ws, frame).await.is_err() {
+            break;
+        }
+    }
+    Some(ws)
+}
+
+/// Redis' `used_memory`, in bytes.
+fn redis_used_memory(c: &LocalCluster) -> u64 {
+    let info = tokio::task::block_in_place(|| c.redis.cli(&["INFO", "memory"])).unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The managed Redis' shape (maxmemory, `noeviction`) with a cap small enough that the
+/// hostile traffic below would fill it twice over in the run's 30 s without the history
+/// budget: 24 flooders × 18 messages/s × 4 KiB ≈ 1.8 MB/s against 48 MiB.
+const REDIS_MAXMEMORY: u64 = 48 * 1024 * 1024;
+const HISTORY_BUDGET: u64 = 16 * 1024 * 1024;
+/// Each node's resident memory stays under this whatever the clients do.
+const NODE_RSS_BOUND: u64 = 256 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_load_neither_fills_redis_nor_starves_the_legitimate_clients() {
+    let _s = serial().await;
+    let budget = HISTORY_BUDGET.to_string();
+    let mut c = cluster_with(
+        Backend::Single,
+        ClusterOptions {
+            nodes: 2,
+            extra: &[
+                "--history-max-bytes",
+                &budget,
+                "--max-rooms",
+                "600",
+                "--max-sessions-per-user",
+                "4",
+            ],
+            ..ClusterOptions::default()
+        },
+    );
+    let maxmemory = REDIS_MAXMEMORY.to_string();
+    tokio::task::block_in_place(|| {
+        c.redis.cli(&["CONFIG", "SET", "maxmemory", &maxmemory])?;
+        c.redis
+            .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+    })
+    .unwrap();
+    let urls: Vec<String> = c.nodes.iter().map(|n| n.ws_url()).collect();
+    let pids: Vec<u32> = c.nodes.iter().filter_map(|n| n.pid()).collect();
+    let redis_pid = c.redis.single().pid().expect("redis runs");
+
+    // The legitimate side: a publisher on node 0, three subscribers on node 1.
+    let legit = vec!["legit".to_owned()];
+    let stop_subscribers = Arc::new(AtomicBool::new(false));
+    let (logs, sub_tasks) = spawn_subscribers(3, &urls[1], &legit, &stop_subscribers);
+    let warm = multinode_support::wait_subscribers_live(&urls[0], &legit, &logs).await;
+
+    // The hostile side.
+    let tally = Arc::new(HostileTally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut hostile = Vec::new();
+    for f in 0..24 {
+        let rooms: Vec<String> = (0..20).map(|r| format!("flood-{f}-{r}")).collect();
+        hostile.push(tokio::spawn(flood(
+            urls[f % 2].clone(),
+            format!("flooder{f}"),
+            rooms,
+            tally.clone(),
+            stop.clone(),
+        )));
+    }
+    for d in 0..4 {
+        hostile.push(tokio::spawn(spray_dms(
+            urls[d % 2].clone(),
+            format!("sprayer{d}"),
+            tally.clone(),
+            stop.clone(),
+        )));
+    }
+    // One user opens ten sessions: four are let in.
+    let mut hog_sessions = Vec::new();
+    let mut hog_refused = 0;
+    for h in 0..10 {
+        match connect(&urls[h % 2], "user=hog", None).await {
+            Ok((ws, _, _)) => hog_sessions.push(ws),
+            Err(_) => {
+                let (error, close) = refused_session(&urls[h % 2], "hog").await;
+                assert_eq!(
+                    (error["code"].as_str(), close),
+                    (Some("too_many_sessions"), 4429)
+                );
+                hog_refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        hog_sessions.len(),
+        4,
+        "the session cap holds over both nodes"
+    );
+    assert!(hog_refused >= 6);
+
+    let publisher_log = Arc::new(Mutex::new(PublisherLog::default()));
+    let publisher = tokio::spawn(run_publisher(
+        urls[0].clone(),
+        legit.clone(),
+        10,
+        300,
+        publisher_log.clone(),
+    ));
+
+    // Sample Redis and the nodes while it runs; hoarders join once the flood has rooms.
+    let started = Instant::now();
+    let (mut peak_redis, mut peak_rss) = (0u64, 0u64);
+    let mut hoarders = Vec::new();
+    while started.elapsed() < Duration::from_secs(32) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_redis = peak_redis.max(redis_used_memory(&c));
+        for pid in &pids {
+            let rss = chatcluster_e2e::harness::procstat::sample(*pid)
+                .map(|s| s.rss_bytes)
+                .expect("a node was killed");
+            peak_rss = peak_rss.max(rss);
+        }
+        if hoarders.is_empty() && started.elapsed() > Duration::from_secs(10) {
+            for h in 0..8 {
+                if let Some(ws) = hoard(
+                    urls[h % 2].clone(),
+                    format!("hoarder{h}"),
+                    tally.clone(),
+                    stop.clone(),
+                )
+                .await
+                {
+                    hoarders.push(ws);
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    publisher.await.unwrap().unwrap();
+    for h in hostile {
+        h.await.unwrap();
+    }
+    let log = lock(&publisher_log);
+    assert!(
+        log.errors.is_empty(),
+        "the legitimate publisher was refused: {:?}",
+        log.errors
+    );
+    let mut acked = log.acked.clone();
+    drop(log);
+    assert_eq!(acked["legit"].len(), 300);
+    // The subscribers also got the warm-up messages that proved them joined.
+    let room = acked.entry("legit".to_owned()).or_default();
+    for offset in 1..=warm["legit"] {
+        room.insert(offset, "warm-up".to_owned());
+    }
+    chatcluster_e2e::clients::lossless::every_subscriber_got_every_message_once(
+        &acked,
+        &logs,
+        stop_subscribers,
+        sub_tasks,
+    )
+    .await;
+
+    let errors = lock(&tally.errors).clone();
+    let flooded = tally.acks.load(Ordering::Relaxed);
+    println!(
+        "hostile run: Redis used_memory peak {:.1} MiB (maxmemory {} MiB), node RSS peak {:.1} MiB, \
+         flood messages accepted {flooded}, hostile errors {errors:?}, hoarders {}",
+        peak_redis as f64 / 1048576.0,
+        REDIS_MAXMEMORY / 1048576,
+        peak_rss as f64 / 1048576.0,
+        hoarders.len(),
+    );
+    assert!(
+        flooded as f64 * 4096.0 > REDIS_MAXMEMORY as f64,
+        "the flood alone was more than Redis could hold ({flooded} messages)"
+    );
+    assert!(
+        peak_redis < REDIS_MAXMEMORY,
+        "Redis used {peak_redis} bytes of {REDIS_MAXMEMORY}"
+    );
+    assert!(peak_rss < NODE_RSS_BOUND, "a node reached {peak_rss} bytes");
+    assert!(
+        errors.get("rate_limited").copied().unwrap_or(0) > 0,
+        "the DM sprayers were limited: {errors:?}"
+    );
+    assert!(
+        !errors.contains_key("unavailable"),
+        "nothing reached Redis' cap: {errors:?}"
+    );
+    assert!(
+        std::path::Path::new(&format!("/proc/{redis_pid}")).exists(),
+        "Redis was not killed"
+    );
+    for i in 0..c.nodes.len() {
+        assert_eq!(
+            tokio::task::block_in_place(|| c.readyz(i)),
+            200,
+            "node {i} still serves"
+        );
+    }
+    drop(hoarders);
+    drop(hog_sessions);
+}
