@@ -464,6 +464,24 @@ pub struct LimitsSpec {
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c) || isIP(c))")
         .message("limits.trustedProxies: each entry must be an address range such as 10.0.0.0/8 or fd00::/8, or a single address"))]
     pub trusted_proxies: Vec<String>,
+    /// Most rooms (with history or members) over the whole cluster; idle rooms are
+    /// forgotten first, and a new room is refused (`room_limit`) when every room has
+    /// members (`CHAT_MAX_ROOMS`; the server's default, 10000, when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_rooms: Option<i32>,
+    /// History bytes kept over all rooms in Redis; the least recently active rooms'
+    /// oldest messages go first (`CHAT_HISTORY_MAX_BYTES`). Unset: half of the managed
+    /// Redis' `maxmemory`, or the server's default (256 MiB) with an external Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576))]
+    pub history_max_bytes: Option<i64>,
+    /// Most sessions one user may have open over the whole cluster; one more is
+    /// refused with `too_many_sessions` and close code 4429. 0: no cap
+    /// (`CHAT_MAX_SESSIONS_PER_USER`; the server's default, 20, when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_sessions_per_user: Option<i32>,
 }
 
 impl Default for LimitsSpec {
@@ -477,6 +495,9 @@ impl Default for LimitsSpec {
             dm_per_second: default_dm_per_second(),
             connections_per_second_per_source: 0,
             trusted_proxies: Vec::new(),
+            max_rooms: None,
+            history_max_bytes: None,
+            max_sessions_per_user: None,
         }
     }
 }

@@ -86,6 +86,23 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
             s.limits.trusted_proxies.join(","),
         );
     }
+    let history_max_bytes = s
+        .limits
+        .history_max_bytes
+        .map(|b| b as u64)
+        .or_else(|| super::redis::managed_redis_memory(cluster).map(|m| m.history_max_bytes));
+    if let Some(bytes) = history_max_bytes {
+        data.insert("CHAT_HISTORY_MAX_BYTES".to_owned(), bytes.to_string());
+    }
+    if let Some(rooms) = s.limits.max_rooms {
+        data.insert("CHAT_MAX_ROOMS".to_owned(), rooms.to_string());
+    }
+    if let Some(sessions) = s.limits.max_sessions_per_user {
+        data.insert(
+            "CHAT_MAX_SESSIONS_PER_USER".to_owned(),
+            sessions.to_string(),
+        );
+    }
     auth_config(&s.auth, &mut data);
     ConfigMap {
         metadata: n.meta(format!("{}-config", n.name), "chat-server"),

@@ -34,7 +34,7 @@ pub(super) fn redis_statefulset(
     // The config file from the Secret holds `requirepass`: the password stays out of the
     // pod's arguments (visible in the API and in `ps`).
     let config_file = format!("{REDIS_AUTH_DIR}/{REDIS_CONFIG_KEY}");
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         config_file.as_str(),
         "--appendonly",
         if persistence { "yes" } else { "no" },
@@ -46,6 +46,17 @@ pub(super) fn redis_statefulset(
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    if let Some(memory) = managed_redis_memory(cluster) {
+        // Refuse writes at the cap rather than evict: eviction cannot tell history from
+        // heartbeats (both carry a TTL). The servers' history budget (half of this)
+        // keeps Redis well below it; see docs/redis.md.
+        args.extend([
+            "--maxmemory".to_owned(),
+            memory.maxmemory.to_string(),
+            "--maxmemory-policy".to_owned(),
+            "noeviction".to_owned(),
+        ]);
+    }
     let auth_volume = Volume {
         name: "auth".to_owned(),
         secret: Some(SecretVolumeSource {
@@ -183,6 +194,65 @@ pub(super) fn redis_statefulset(
     }
 }
 
+/// Memory settings derived from the managed Redis' memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisMemory {
+    /// Redis' `maxmemory`: three quarters of the limit. The rest covers what Redis does
+    /// not count (the append-only rewrite's fork, client buffers, fragmentation), so the
+    /// pod is never OOM-killed and never crash-loops replaying its file.
+    pub maxmemory: u64,
+    /// The servers' default history budget (`CHAT_HISTORY_MAX_BYTES`): half of
+    /// `maxmemory`, leaving the other half for presence, registrations and the
+    /// streams' own overhead.
+    pub history_max_bytes: u64,
+}
+
+/// The managed Redis' memory settings, when Redis is managed and has a memory limit.
+pub fn managed_redis_memory(cluster: &ChatCluster) -> Option<RedisMemory> {
+    // Without `external`, Redis is managed (with defaults when `managed` is unset).
+    if cluster.spec.redis.external.is_some() {
+        return None;
+    }
+    let resources = cluster
+        .spec
+        .redis
+        .managed
+        .as_ref()
+        .and_then(|m| m.resources.clone())
+        .unwrap_or_else(default_redis_resources);
+    let limit = resources
+        .limits?
+        .get("memory")
+        .and_then(|q| quantity_bytes(&q.0))?;
+    let maxmemory = limit / 4 * 3;
+    Some(RedisMemory {
+        maxmemory,
+        history_max_bytes: maxmemory / 2,
+    })
+}
+
+/// Bytes in a Kubernetes memory quantity (`512Mi`, `1G`, `536870912`); `None` for forms
+/// this does not read (exponents, fractions), which then get no derived settings.
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let q = quantity.trim();
+    let split = q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
 /// Resources of a managed Redis without `resources`: requests enough to be scheduled
 /// honestly, and a memory limit (4x the request) so a runaway Redis is restarted (with
 /// persistence it replays its append-only file) instead of pressing on the node's other
@@ -220,6 +290,8 @@ mod tests {
 
     use crate::build::test_cluster as cluster;
 
+    use super::{managed_redis_memory, quantity_bytes, RedisMemory};
+
     /// Without persistence Redis' data directory is an emptyDir named like the claim it
     /// replaces; the pod template carries the Secrets' revision, so a recreated password
     /// restarts Redis too.
@@ -251,6 +323,50 @@ mod tests {
         assert_eq!(
             template.metadata.unwrap().annotations.unwrap()[SECRETS_REVISION_ANNOTATION],
             "rev-1"
+        );
+    }
+
+    #[test]
+    fn quantities_read_as_bytes() {
+        assert_eq!(quantity_bytes("512Mi"), Some(512 << 20));
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("2G"), Some(2_000_000_000));
+        assert_eq!(quantity_bytes("536870912"), Some(536_870_912));
+        assert_eq!(quantity_bytes("1.5Gi"), None);
+        assert_eq!(quantity_bytes("1e9"), None);
+        assert_eq!(quantity_bytes("Mi"), None);
+    }
+
+    #[test]
+    fn the_default_limit_gives_maxmemory_and_a_history_budget_under_it() {
+        let c = cluster(serde_json::json!({"redis": {"managed": {}}}));
+        assert_eq!(
+            managed_redis_memory(&c),
+            Some(RedisMemory {
+                maxmemory: 384 << 20,
+                history_max_bytes: 192 << 20
+            }),
+            "512Mi limit: maxmemory 384Mi, history 192Mi"
+        );
+        let sts = build(&c, BuildContext::default())
+            .unwrap()
+            .redis_statefulset
+            .unwrap();
+        let args = sts.spec.unwrap().template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap();
+        let at = args
+            .iter()
+            .position(|a| a == "--maxmemory")
+            .expect("--maxmemory");
+        assert_eq!(args[at + 1], (384u64 << 20).to_string());
+        assert_eq!(args[at + 2..at + 4], ["--maxmemory-policy", "noeviction"]);
+        let config = build(&c, BuildContext::default()).unwrap().config_map;
+        assert_eq!(
+            config.data.unwrap()["CHAT_HISTORY_MAX_BYTES"],
+            (192u64 << 20).to_string(),
+            "the servers' history budget is half of maxmemory"
         );
     }
 }
