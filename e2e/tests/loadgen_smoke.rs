@@ -180,6 +180,43 @@ fn idle_holds_connections_from_several_source_addresses() {
     assert!(r["server_rss_after_bytes"].as_u64().unwrap() > 0);
 }
 
+/// A join storm reports every member joined, the server's CPU and what the members
+/// received; above the presence limit the members get counts, not one frame per arrival,
+/// so presence frames stay far under the n²/2 a frame per arrival would cost.
+#[test]
+fn join_storm_reports_cpu_and_bytes_per_member() {
+    let server = ServerProcess::start(
+        &chat_server_binary(LOADGEN).unwrap(),
+        &["--presence-max-members", "50"],
+    )
+    .unwrap();
+    let out = Command::new(LOADGEN)
+        .args(["join-storm", "--url", &server.ws_url()])
+        .args(["--server-pid", &server.pid().to_string()])
+        .args([
+            "--members",
+            "300",
+            "--join-rate",
+            "300",
+            "--quiet-ms",
+            "1500",
+        ])
+        .output()
+        .unwrap();
+    let r = report_of(&out);
+    assert_eq!(r["joined"], 300, "{r}");
+    assert_eq!(r["closed_by_server"], 0, "{r}");
+    assert!(r["server_cpu_secs"].as_f64().unwrap() > 0.0, "{r}");
+    let presence = r["presence_frames"].as_u64().unwrap();
+    // Up to 50 members, every arrival reaches everyone (50 × 51 / 2); after that, at
+    // most a count a second each.
+    assert!(presence >= 1275, "{r}");
+    assert!(
+        presence < 1275 + 300 * 10,
+        "counts, not a frame per arrival: {r}"
+    );
+}
+
 #[test]
 fn refuses_non_loopback_targets() {
     let out = Command::new(LOADGEN)

@@ -37,13 +37,13 @@ test("after an unavailable error without ref the page resumes from the last mess
         c.joins.push(f);
         if (connections.length === 1) {
           // Live: 1, then the gap the server could not fill, then 3 (past the gap).
-          ws.send(JSON.stringify({ type: "joined", room: "lobby", epoch: EPOCH, offset: 0, recovered: true, members: ["alice"] }));
+          ws.send(JSON.stringify({ type: "joined", room: "lobby", epoch: EPOCH, offset: 0, recovered: true, members: ["alice"], member_count: 1 }));
           ws.send(message(1, "before the gap"));
           ws.send(JSON.stringify({ type: "error", code: "unavailable", message: "room `lobby`: history unavailable, messages may be missing" }));
           ws.send(message(3, "after the gap"));
         } else {
           // The resumed join: replay everything after `since`.
-          ws.send(JSON.stringify({ type: "joined", room: "lobby", epoch: EPOCH, offset: 3, recovered: true, members: ["alice"] }));
+          ws.send(JSON.stringify({ type: "joined", room: "lobby", epoch: EPOCH, offset: 3, recovered: true, members: ["alice"], member_count: 1 }));
           ws.send(message(2, "in the gap"));
           ws.send(message(3, "after the gap"));
         }

@@ -193,6 +193,7 @@ test("two tabs chat through a two-node cluster; a drained tab resumes on the oth
       await say(b, "/dm alice psst");
       await logHas(a, "[dm] bob → alice: psst");
       assert.match(await a.textContent("#members"), /alice.*bob|bob.*alice/s);
+      assert.equal(await a.textContent("#count"), "(2)", "the member count the server sent");
 
       // Drain A's node, with A's timers paused: the page gets the notice and the 1012
       // close, and schedules its reconnect on the (held) clock.

@@ -482,6 +482,12 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
     pub max_sessions_per_user: Option<i32>,
+    /// Rooms with more members than this get presence as a member count once a second
+    /// instead of a frame per arrival and departure; 0: always per change
+    /// (`CHAT_PRESENCE_MAX_MEMBERS`; the server's default, 1000, when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000000))]
+    pub presence_max_members: Option<i32>,
 }
 
 impl Default for LimitsSpec {
@@ -498,6 +504,7 @@ impl Default for LimitsSpec {
             max_rooms: None,
             history_max_bytes: None,
             max_sessions_per_user: None,
+            presence_max_members: None,
         }
     }
 }

@@ -189,6 +189,11 @@ pub struct Args {
     /// Redis' `maxmemory` (docs/redis.md).
     #[arg(long, env = "CHAT_HISTORY_MAX_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub history_max_bytes: usize,
+    /// Rooms with more members than this get presence as a member count, at most once a
+    /// second, instead of a frame per arrival and departure (whose traffic grows with the
+    /// square of the room). 0: always a frame per change.
+    #[arg(long, env = "CHAT_PRESENCE_MAX_MEMBERS", default_value_t = 1_000)]
+    pub presence_max_members: usize,
     /// Most sessions one user may have open at once (over Redis, in the whole cluster);
     /// one more is refused with `too_many_sessions` and close 4429. 0: no cap.
     #[arg(long, env = "CHAT_MAX_SESSIONS_PER_USER", default_value_t = 20)]
@@ -275,6 +280,7 @@ pub struct Settings {
     pub max_rooms: usize,
     pub history_max_bytes: usize,
     pub max_sessions_per_user: usize,
+    pub presence_max_members: usize,
     pub drain_reconnect_window: Duration,
     pub drain_deadline: Duration,
     pub drain_max_jitter: Duration,
@@ -330,6 +336,7 @@ impl Settings {
             max_rooms: 10_000,
             history_max_bytes: 256 * 1024 * 1024,
             max_sessions_per_user: 20,
+            presence_max_members: 1_000,
             drain_reconnect_window: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(3),
             drain_max_jitter: Duration::from_millis(200),
@@ -630,6 +637,7 @@ impl Settings {
             max_rooms: args.max_rooms,
             history_max_bytes: args.history_max_bytes,
             max_sessions_per_user: args.max_sessions_per_user,
+            presence_max_members: args.presence_max_members,
             drain_reconnect_window: parse_duration(
                 "CHAT_DRAIN_RECONNECT_WINDOW",
                 &args.drain_reconnect_window,

@@ -145,25 +145,56 @@ impl RoomLog {
         self.entries.is_empty()
     }
 
-    /// Resume decision plus the frames to replay, in offset order.
+    /// Resume decision plus the first page (at most `max` frames) to replay, in offset
+    /// order; the rest comes from [`RoomLog::page`].
     pub fn replay(
         &mut self,
         since: Option<&Position>,
         now_ms: u64,
+        max: usize,
     ) -> (ResumeDecision, Vec<Utf8Bytes>) {
         self.prune(now_ms);
         let oldest = self.entries.front().map(|m| m.offset);
         let decision = resume_decision(&self.epoch, self.head, oldest, since);
         let frames = match decision {
             ResumeDecision::Replay { from, to } => self
-                .entries
-                .iter()
-                .filter(|m| m.offset >= from && m.offset <= to)
-                .map(|m| m.frame.clone())
-                .collect(),
+                .page(&self.epoch.clone(), from - 1, to, max)
+                .map(|page| page.into_iter().map(|(_, f)| f).collect())
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
         (decision, frames)
+    }
+
+    /// The next page of a replay: at most `max` frames with offsets `after + 1 ..= upto`
+    /// of `epoch`, with their offsets. `None` when history no longer holds offset
+    /// `after + 1` of that epoch (trimmed, or the epoch was replaced): the replay cannot
+    /// continue whole.
+    pub fn page(
+        &self,
+        epoch: &str,
+        after: u64,
+        upto: u64,
+        max: usize,
+    ) -> Option<Vec<(u64, Utf8Bytes)>> {
+        if *self.epoch != *epoch || after >= upto {
+            return (*self.epoch == *epoch).then(Vec::new);
+        }
+        // Offsets are contiguous, so the entry for `after + 1` sits at a known index.
+        let oldest = self.entries.front()?.offset;
+        if oldest > after + 1 {
+            return None;
+        }
+        let start = usize::try_from(after + 1 - oldest).ok()?;
+        Some(
+            self.entries
+                .iter()
+                .skip(start)
+                .take_while(|m| m.offset <= upto)
+                .take(max)
+                .map(|m| (m.offset, m.frame.clone()))
+                .collect(),
+        )
     }
 }
 
@@ -271,11 +302,11 @@ mod tests {
             l.append(i, format!("m{}", i + 1).into(), 10);
         }
         assert_eq!(l.head(), 5);
-        let (d, frames) = l.replay(Some(&pos("e", 2)), 10);
+        let (d, frames) = l.replay(Some(&pos("e", 2)), 10, 100);
         assert_eq!(d, ResumeDecision::Replay { from: 3, to: 5 });
         let texts: Vec<&str> = frames.iter().map(|f| f.as_str()).collect();
         assert_eq!(texts, ["m3", "m4", "m5"]);
-        let (d, frames) = l.replay(Some(&pos("e", 1)), 10);
+        let (d, frames) = l.replay(Some(&pos("e", 1)), 10, 100);
         assert_eq!(d, ResumeDecision::NotRecovered);
         assert!(frames.is_empty());
     }
@@ -301,10 +332,51 @@ mod tests {
         l.append(500, "m2".into(), 500);
         l.append(1_200, "m3".into(), 1_200);
         // At t=1200 the cutoff is 200: m1 is gone.
-        let (d, _) = l.replay(Some(&pos("e", 0)), 1_200);
+        let (d, _) = l.replay(Some(&pos("e", 0)), 1_200, 100);
         assert_eq!(d, ResumeDecision::NotRecovered);
-        let (d, frames) = l.replay(Some(&pos("e", 1)), 1_200);
+        let (d, frames) = l.replay(Some(&pos("e", 1)), 1_200, 100);
         assert_eq!(d, ResumeDecision::Replay { from: 2, to: 3 });
         assert_eq!(frames.len(), 2);
+    }
+
+    #[test]
+    fn a_replay_comes_in_pages_and_stops_where_history_was_cut() {
+        let mut l = RoomLog::new(
+            "e".into(),
+            HistoryLimits {
+                max_messages: 10,
+                max_age_ms: 1_000_000,
+            },
+        );
+        for i in 1..=12u64 {
+            l.append(i, Utf8Bytes::from(format!("m{i}")), i);
+        }
+        // 10 kept: 3..=12. From 2: pages of 4.
+        let (d, first) = l.replay(Some(&pos("e", 2)), 12, 4);
+        assert_eq!(d, ResumeDecision::Replay { from: 3, to: 12 });
+        assert_eq!(first.len(), 4);
+        let page = l.page("e", 6, 12, 4).unwrap();
+        assert_eq!(
+            page.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10]
+        );
+        assert_eq!(
+            l.page("e", 10, 12, 4).unwrap().len(),
+            2,
+            "the last page ends at upto"
+        );
+        assert_eq!(
+            l.page("e", 12, 12, 4),
+            Some(Vec::new()),
+            "nothing after the head"
+        );
+        assert_eq!(l.page("other", 6, 12, 4), None, "another epoch");
+        l.drop_oldest();
+        l.drop_oldest();
+        assert_eq!(
+            l.page("e", 3, 12, 4),
+            None,
+            "offset 4 was trimmed meanwhile"
+        );
     }
 }

@@ -12,6 +12,7 @@ use axum::extract::ws::Utf8Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
+use crate::protocol::ServerFrame;
 use crate::rooms::RoomRules;
 use crate::sync::{lock, read, write};
 
@@ -116,6 +117,23 @@ impl SessionHandle {
         true
     }
 
+    /// Counts `bytes` the session is about to write itself (a replay frame) against the
+    /// send-queue bound, as [`SessionHandle::offer`] does for queued frames; each frame's
+    /// bytes are given back with [`SessionHandle::written`]. On overflow nothing is
+    /// counted and the session is marked overflowed, like a queue that overflowed.
+    pub fn reserve(&self, bytes: usize) -> bool {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.queue_limit_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.overflowed.store(true, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Control messages bypass the byte bound: they are tiny and must always arrive.
     pub fn control(&self, out: Outbound) {
         self.push(out);
@@ -187,6 +205,12 @@ pub struct Hub {
     users: RwLock<Members>,
     /// Decides which rooms' members see presence (rooms whose rule hides it get none).
     rules: RoomRules,
+    /// Rooms above this many members get their presence as a count at most once per
+    /// [`Hub::flush_presence_counts`], not one frame per arrival and departure (whose
+    /// traffic grows with the square of the room). 0: no limit.
+    presence_limit: u64,
+    /// Rooms above the limit whose count changed since the last flush, with the latest.
+    pending_counts: Mutex<HashMap<Arc<str>, u64>>,
 }
 
 impl Hub {
@@ -194,11 +218,54 @@ impl Hub {
         Self::default()
     }
 
-    /// A hub that withholds presence in rooms whose rule says so.
-    pub fn with_room_rules(rules: RoomRules) -> Self {
+    /// A hub that withholds presence in rooms whose rule says so, and sends rooms above
+    /// `presence_limit` members (0: none) their presence as a count.
+    pub fn with_room_rules(rules: RoomRules, presence_limit: u64) -> Self {
         Hub {
             rules,
+            presence_limit,
             ..Self::default()
+        }
+    }
+
+    /// `user` arrived in `room` (`joined`) or left it, which now has `member_count`
+    /// members. Up to the presence limit, local members get a frame for the change;
+    /// above it, the count waits for the next flush.
+    pub fn deliver_presence(&self, room: &str, user: &str, joined: bool, member_count: u64) {
+        if self.presence_limit > 0 && member_count > self.presence_limit {
+            let rooms = read(&self.rooms);
+            if let Some((key, _)) = rooms.get_key_value(room) {
+                lock(&self.pending_counts).insert(key.clone(), member_count);
+            }
+            return;
+        }
+        let who = [user.to_owned()];
+        let (joined, left): (&[String], &[String]) = if joined { (&who, &[]) } else { (&[], &who) };
+        let frame: Utf8Bytes = ServerFrame::Presence {
+            room,
+            joined,
+            left,
+            member_count,
+        }
+        .to_json()
+        .into();
+        self.deliver_room_frame(room, &frame);
+    }
+
+    /// Sends each room above the presence limit whose count changed its latest count (the
+    /// server calls this once a second).
+    pub fn flush_presence_counts(&self) {
+        let pending = std::mem::take(&mut *lock(&self.pending_counts));
+        for (room, member_count) in pending {
+            let frame: Utf8Bytes = ServerFrame::Presence {
+                room: &room,
+                joined: &[],
+                left: &[],
+                member_count,
+            }
+            .to_json()
+            .into();
+            self.deliver_room_frame(&room, &frame);
         }
     }
 

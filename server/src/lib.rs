@@ -131,7 +131,19 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         }
         None => None,
     };
-    let hub = Arc::new(Hub::with_room_rules(settings.room_rules.clone()));
+    let hub = Arc::new(Hub::with_room_rules(
+        settings.room_rules.clone(),
+        settings.presence_max_members as u64,
+    ));
+    let counts = Arc::downgrade(&hub);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            let Some(hub) = counts.upgrade() else { return };
+            hub.flush_presence_counts();
+        }
+    });
     let limits = HistoryLimits {
         max_messages: settings.history_max_messages,
         max_age_ms: settings.history_max_age.as_millis() as u64,

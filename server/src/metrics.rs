@@ -164,7 +164,7 @@ impl Metrics {
             permission_denials: IntCounterVec::new(
                 Opts::new(
                     "chat_permission_denials_total",
-                    "Client requests refused by the room rules, grants or DM policy, by action (join, publish, dm, revoked).",
+                    "Client requests refused by the room rules, grants or DM policy, by action (join, publish, dm, revoked, members).",
                 ),
                 &["action"],
             )

@@ -53,10 +53,23 @@ pub enum ClientFrame {
     Auth {
         token: String,
     },
+    /// The next page of a room's member list, after the name `after` (from the start
+    /// when absent).
+    Members {
+        room: String,
+        #[serde(default)]
+        after: Option<String>,
+    },
 }
 
 /// The frame types a client may send, to tell "unknown type" from "bad fields".
-const CLIENT_FRAME_TYPES: [&str; 7] = ["join", "leave", "send", "dm", "ping", "refresh", "auth"];
+const CLIENT_FRAME_TYPES: [&str; 8] = [
+    "join", "leave", "send", "dm", "ping", "refresh", "auth", "members",
+];
+
+/// Most member names one frame carries (`joined`'s first page, each `members` page): a
+/// room of any size costs a join the same.
+pub const MEMBERS_PAGE: usize = 100;
 
 /// Frames the server sends. Borrowed fields keep serialization allocation-light.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -80,10 +93,22 @@ pub enum ServerFrame<'a> {
         epoch: &'a str,
         offset: u64,
         recovered: bool,
+        /// The first page of the member list (at most [`MEMBERS_PAGE`], by name).
         members: &'a [String],
+        /// Members in the room, all of them.
+        member_count: u64,
     },
     Left {
         room: &'a str,
+    },
+    /// A page of a room's member list, answering `members`.
+    Members {
+        room: &'a str,
+        members: &'a [String],
+        member_count: u64,
+        /// The `after` that asks for the next page; absent on the last.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<&'a str>,
     },
     Message {
         room: &'a str,
@@ -107,10 +132,14 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
     },
+    /// Who arrived and left, and how many are in the room now. In a room above the
+    /// server's presence limit, `joined` and `left` are empty and `member_count` comes at
+    /// most once a second.
     Presence {
         room: &'a str,
         joined: &'a [String],
         left: &'a [String],
+        member_count: u64,
     },
     Error {
         code: ErrorCode,
@@ -159,9 +188,17 @@ pub enum ReceivedFrame {
         offset: u64,
         recovered: bool,
         members: Vec<String>,
+        member_count: u64,
     },
     Left {
         room: String,
+    },
+    Members {
+        room: String,
+        members: Vec<String>,
+        member_count: u64,
+        #[serde(default)]
+        next: Option<String>,
     },
     Message {
         room: String,
@@ -189,6 +226,7 @@ pub enum ReceivedFrame {
         room: String,
         joined: Vec<String>,
         left: Vec<String>,
+        member_count: u64,
     },
     Error {
         code: ErrorCode,
@@ -452,6 +490,14 @@ fn validate(frame: &ClientFrame, limits: FrameLimits) -> Result<(), FrameError> 
                 ));
             }
             Ok(())
+        }
+        ClientFrame::Members { room, after } => {
+            validate_room(room)?;
+            match after {
+                // A member's name: a user id, or an anonymous one (`~` and a user id).
+                Some(after) => validate_recipient(after),
+                None => Ok(()),
+            }
         }
     }
 }
@@ -848,6 +894,7 @@ mod tests {
                     offset: 3,
                     recovered: true,
                     members: &members,
+                    member_count: 7,
                 },
                 ReceivedFrame::Joined {
                     room: s("r"),
@@ -855,6 +902,21 @@ mod tests {
                     offset: 3,
                     recovered: true,
                     members: members.clone(),
+                    member_count: 7,
+                },
+            ),
+            (
+                ServerFrame::Members {
+                    room: "r",
+                    members: &members,
+                    member_count: 7,
+                    next: Some("b"),
+                },
+                ReceivedFrame::Members {
+                    room: s("r"),
+                    members: members.clone(),
+                    member_count: 7,
+                    next: Some(s("b")),
                 },
             ),
             (
@@ -922,11 +984,13 @@ mod tests {
                     room: "r",
                     joined: &members,
                     left: &none,
+                    member_count: 2,
                 },
                 ReceivedFrame::Presence {
                     room: s("r"),
                     joined: members.clone(),
                     left: vec![],
+                    member_count: 2,
                 },
             ),
             (
@@ -962,6 +1026,7 @@ mod tests {
                 ServerFrame::Refreshed { .. } => "refreshed",
                 ServerFrame::Joined { .. } => "joined",
                 ServerFrame::Left { .. } => "left",
+                ServerFrame::Members { .. } => "members",
                 ServerFrame::Message { .. } => "message",
                 ServerFrame::Dm { .. } => "dm",
                 ServerFrame::Ack { .. } => "ack",
@@ -977,7 +1042,7 @@ mod tests {
                 "{json}"
             );
         }
-        assert_eq!(kinds.len(), 11, "every kind of server frame is read back");
+        assert_eq!(kinds.len(), 12, "every kind of server frame is read back");
         assert!(ReceivedFrame::parse(r#"{"type":"surprise"}"#).is_err());
     }
 }

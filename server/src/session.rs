@@ -22,7 +22,7 @@ use crate::hub::{DeliveryKind, Inbox, Outbound, SessionHandle};
 use crate::join_hook::Verdict;
 use crate::protocol::{
     parse_client_frame, ClientFrame, CloseCode, ErrorCode, FrameError, FrameLimits, Position,
-    ServerFrame,
+    ServerFrame, MEMBERS_PAGE,
 };
 use crate::ratelimit::TokenBucket;
 use crate::rooms::{DmPolicy, JoinCheck, Member, Pattern, RoomPolicy};
@@ -495,6 +495,7 @@ impl Session {
                 client_ref,
             } => self.direct(&to, &body, client_ref.as_deref()).await,
             ClientFrame::Ping {} => self.write_now(ServerFrame::Pong.to_json()).await,
+            ClientFrame::Members { room, after } => self.members(&room, after.as_deref()).await,
             ClientFrame::Refresh { token } => self.refresh(&token).await,
             ClientFrame::Auth { .. } => {
                 self.send_error(FrameError::new(
@@ -716,6 +717,7 @@ impl Session {
         }
         if !policy.presence {
             snapshot.members.clear();
+            snapshot.member_count = 0;
         }
         if since.is_some() || history_refused {
             let result = if snapshot.recovered {
@@ -744,15 +746,98 @@ impl Session {
             offset: snapshot.head,
             recovered: snapshot.recovered,
             members: &snapshot.members,
+            member_count: snapshot.member_count,
         }
         .to_json();
         self.feed(Message::Text(joined.into())).await?;
-        let replayed = snapshot.replay.len() as u64;
-        for frame in snapshot.replay {
-            self.feed(Message::Text(frame)).await?;
-        }
-        self.state.metrics.messages_delivered.inc_by(replayed);
+        // Replay only a gap that history holds whole.
+        let after = match &since {
+            Some(s) if snapshot.recovered => s.offset,
+            _ => snapshot.head,
+        };
+        let epoch: Arc<str> = snapshot.epoch.as_str().into();
+        let members = (snapshot.members, snapshot.member_count);
+        self.replay(
+            &room,
+            &epoch,
+            after,
+            snapshot.head,
+            snapshot.replay,
+            &members,
+        )
+        .await?;
         self.flush().await
+    }
+
+    /// Writes a replay of `room` from the offset after `after` up to `head`: `first` (the
+    /// snapshot's first page), then page by page from history. A session holds one page
+    /// (at most [`crate::backplane::REPLAY_PAGE_MESSAGES`]) at a time, whatever the gap, and its frames
+    /// count against the send queue's budget as they are written, so a client too slow
+    /// to take them is closed as a slow consumer, as with live traffic. If history loses the rest meanwhile (trimmed, or a
+    /// new epoch), the client is told `recovered: false`; if history cannot be read, it
+    /// is told `unavailable` (no `ref`: resync, docs/protocol.md).
+    async fn replay(
+        &mut self,
+        room: &Arc<str>,
+        epoch: &Arc<str>,
+        after: u64,
+        head: u64,
+        first: Vec<Utf8Bytes>,
+        (members, member_count): &(Vec<String>, u64),
+    ) -> Result<(), Stop> {
+        let mut last = after + first.len() as u64;
+        self.write_page(first).await?;
+        while last < head {
+            let page = match self
+                .state
+                .backplane
+                .history_page(room, epoch, last, head)
+                .await
+            {
+                Ok(Some(page)) if !page.is_empty() => page,
+                Ok(_) => {
+                    let cut = ServerFrame::Joined {
+                        room,
+                        epoch,
+                        offset: head,
+                        recovered: false,
+                        members,
+                        member_count: *member_count,
+                    }
+                    .to_json();
+                    return self.feed(Message::Text(cut.into())).await;
+                }
+                Err(e) => {
+                    let err = FrameError::new(
+                        ErrorCode::Unavailable,
+                        format!("room `{room}`: history unavailable, messages may be missing: {e}"),
+                    );
+                    return self.feed(Message::Text(err.to_json().into())).await;
+                }
+            };
+            last = page.last().map_or(head, |(offset, _)| *offset);
+            self.write_page(page.into_iter().map(|(_, frame)| frame).collect())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one replay page under the send queue's budget: each frame counts as queued
+    /// until written, so live traffic piling up meanwhile overflows the budget and closes
+    /// the session as a slow consumer, exactly as it would without a replay.
+    async fn write_page(&mut self, page: Vec<Utf8Bytes>) -> Result<(), Stop> {
+        let count = page.len() as u64;
+        for frame in page {
+            let len = frame.len();
+            if !self.handle.reserve(len) {
+                return Err(Stop::SlowConsumer);
+            }
+            let written = self.feed(Message::Text(frame)).await;
+            self.handle.written(len);
+            written?;
+        }
+        self.state.metrics.messages_delivered.inc_by(count);
+        Ok(())
     }
 
     /// Sends what this client missed in `room` since its cursor, before the live message
@@ -810,12 +895,22 @@ impl Session {
             }
         };
         let epoch: Arc<str> = snapshot.epoch.as_str().into();
+        let presence = self.rooms.get(room).is_some_and(|c| c.policy.presence);
+        let members = if presence {
+            (snapshot.members, snapshot.member_count)
+        } else {
+            (Vec::new(), 0)
+        };
         if snapshot.recovered {
-            let replayed = snapshot.replay.len() as u64;
-            for frame in snapshot.replay {
-                self.feed(Message::Text(frame)).await?;
-            }
-            self.state.metrics.messages_delivered.inc_by(replayed);
+            self.replay(
+                room,
+                &epoch,
+                since.offset,
+                snapshot.head,
+                snapshot.replay,
+                &members,
+            )
+            .await?;
             if let Some(c) = self.rooms.get_mut(room) {
                 c.last = c.last.max(snapshot.head);
             }
@@ -831,20 +926,51 @@ impl Session {
         };
         cursor.epoch = epoch.clone();
         cursor.last = last;
-        let members: &[String] = if cursor.policy.presence {
-            &snapshot.members
-        } else {
-            &[]
-        };
         let joined = ServerFrame::Joined {
             room,
             epoch: &epoch,
             offset: last,
             recovered: false,
-            members,
+            members: &members.0,
+            member_count: members.1,
         }
         .to_json();
         self.feed(Message::Text(joined.into())).await
+    }
+
+    /// A page of a room's member list, for a member who may see presence.
+    async fn members(&mut self, room: &str, after: Option<&str>) -> Result<(), Stop> {
+        let Some(cursor) = self.rooms.get(room) else {
+            return self.send_error(not_joined(room, None)).await;
+        };
+        if !cursor.policy.presence {
+            self.deny("members");
+            return self
+                .send_error(FrameError::new(
+                    ErrorCode::Forbidden,
+                    format!("room `{room}`: its members are not shown to you"),
+                ))
+                .await;
+        }
+        match self.state.backplane.members_page(room, after).await {
+            Ok((members, member_count)) => {
+                let next = (members.len() == MEMBERS_PAGE)
+                    .then(|| members.last().map(String::as_str))
+                    .flatten();
+                let page = ServerFrame::Members {
+                    room,
+                    members: &members,
+                    member_count,
+                    next,
+                }
+                .to_json();
+                self.write_now(page).await
+            }
+            Err(e) => {
+                self.send_error(FrameError::new(e.code(), e.to_string()))
+                    .await
+            }
+        }
     }
 
     async fn leave(&mut self, room: &str) -> Result<(), Stop> {

@@ -185,15 +185,16 @@ async fn presence_is_per_user_not_per_session() {
     // Alice sees her own arrival announced after `joined`.
     assert_eq!(
         alice.recv().await,
-        json!({"type":"presence","room":"r","joined":["alice"],"left":[]})
+        json!({"type":"presence","room":"r","joined":["alice"],"left":[],"member_count":1})
     );
 
     let mut bob1 = Client::connect(server.public_addr, "bob").await;
     let j = bob1.join("r").await;
     assert_eq!(j["members"], json!(["alice", "bob"]));
+    assert_eq!(j["member_count"], 2);
     assert_eq!(
         alice.recv().await,
-        json!({"type":"presence","room":"r","joined":["bob"],"left":[]})
+        json!({"type":"presence","room":"r","joined":["bob"],"left":[],"member_count":2})
     );
 
     let mut bob2 = Client::connect(server.public_addr, "bob").await;
@@ -206,7 +207,7 @@ async fn presence_is_per_user_not_per_session() {
     bob2.close().await;
     assert_eq!(
         alice.recv().await,
-        json!({"type":"presence","room":"r","joined":[],"left":["bob"]})
+        json!({"type":"presence","room":"r","joined":[],"left":["bob"],"member_count":1})
     );
 }
 

@@ -66,6 +66,36 @@ async fn resume_replays_the_whole_gap_then_live() {
     );
 }
 
+/// A gap many pages long (the backplane hands a replay over 64 messages at a time) comes
+/// whole and in order, then live traffic continues at the seam.
+#[tokio::test]
+async fn a_long_gap_is_replayed_page_by_page_in_order() {
+    let server = start_default().await;
+    let mut publisher = Client::connect(server.public_addr, "pub").await;
+    let epoch = publisher.join("long").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 1..=300 {
+        publish(&mut publisher, "long", &format!("m{i}")).await;
+    }
+    let mut sub = Client::connect(server.public_addr, "sub").await;
+    sub.send(json!({"type":"join","room":"long","since":{"epoch":epoch,"offset":10}}))
+        .await;
+    let j = sub.recv_type("joined").await;
+    assert_eq!(
+        (j["recovered"].as_bool(), j["offset"].as_u64()),
+        (Some(true), Some(300))
+    );
+    for i in 11..=300u64 {
+        let m = sub.recv_type("message").await;
+        assert_eq!(m["offset"], i);
+        assert_eq!(m["body"], format!("m{i}"));
+    }
+    publish(&mut publisher, "long", "m301").await;
+    assert_eq!(sub.recv_type("message").await["offset"], 301);
+}
+
 /// Resumes while a publisher keeps sending: the union of replay and live must be every
 /// offset exactly once, in order.
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! in `chatcluster_e2e::tools::loadgen` so they share the suites' client and are unit-tested.
 
 use anyhow::Result;
-use chatcluster_e2e::tools::loadgen::{bench, fanout, idle};
+use chatcluster_e2e::tools::loadgen::{bench, fanout, idle, join_storm};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -25,6 +25,9 @@ enum Scenario {
     /// N idle connections; reports server RSS per connection.
     #[command(args_override_self = true)]
     Idle(idle::IdleArgs),
+    /// N members join one room as fast as they can; server CPU and bytes per member.
+    #[command(args_override_self = true)]
+    JoinStorm(join_storm::JoinStormArgs),
     /// A scenario with its servers: starts the chat-server nodes next to this binary (and
     /// Redis) on ephemeral ports, runs it, stops them.
     #[command(subcommand)]
@@ -39,6 +42,7 @@ async fn main() -> Result<()> {
     let report = match Cli::parse().scenario {
         Scenario::Fanout(a) => fanout::run(a).await?,
         Scenario::Idle(a) => idle::run(a).await?,
+        Scenario::JoinStorm(a) => join_storm::run(a).await?,
         Scenario::Bench(s) => bench::run(s).await?,
         Scenario::IdleWorker(a) => return idle::worker(a).await,
     };

@@ -17,8 +17,12 @@ pub type Subscribers = (
     std::sync::Arc<std::sync::atomic::AtomicBool>,
 );
 
-/// Starts `n` resuming subscribers (`sub0`, `sub1`, …) to `rooms`, subscriber `i` trying
-/// `urls(i)` in turn, until `stop` is set; returns their logs and tasks.
+/// Subscribers are named `sub0`, `sub1`, … over the whole test process, so groups of
+/// them never share a user (the per-user session cap would refuse the 21st).
+static NEXT_SUBSCRIBER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Starts `n` resuming subscribers to `rooms`, subscriber `i` trying `urls(i)` in turn,
+/// until `stop` is set; returns their logs and tasks.
 pub fn spawn_subscribers(
     n: usize,
     urls: impl Fn(usize) -> Vec<String>,
@@ -33,7 +37,10 @@ pub fn spawn_subscribers(
             let log = Arc::new(Mutex::new(SubscriberLog::default()));
             let task = tokio::spawn(run_resuming_subscriber_over(
                 urls(i),
-                format!("sub{i}"),
+                format!(
+                    "sub{}",
+                    NEXT_SUBSCRIBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ),
                 rooms.to_vec(),
                 log.clone(),
                 stop.clone(),

@@ -97,6 +97,9 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
     if let Some(rooms) = s.limits.max_rooms {
         data.insert("CHAT_MAX_ROOMS".to_owned(), rooms.to_string());
     }
+    if let Some(members) = s.limits.presence_max_members {
+        data.insert("CHAT_PRESENCE_MAX_MEMBERS".to_owned(), members.to_string());
+    }
     if let Some(sessions) = s.limits.max_sessions_per_user {
         data.insert(
             "CHAT_MAX_SESSIONS_PER_USER".to_owned(),
@@ -377,5 +380,53 @@ pub(super) fn pdb(n: &Names) -> PodDisruptionBudget {
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::build::test_cluster as cluster;
+    use crate::build::{build, BuildContext};
+
+    /// The bounds a manifest sets reach the servers; unset ones keep the servers'
+    /// defaults (nothing written), except the history budget, derived from the managed
+    /// Redis' memory.
+    #[test]
+    fn the_limits_reach_the_servers() {
+        let c = cluster(serde_json::json!({"limits": {
+            "maxRooms": 500,
+            "historyMaxBytes": 10485760,
+            "maxSessionsPerUser": 3,
+            "presenceMaxMembers": 250
+        }}));
+        let data = build(&c, BuildContext::default())
+            .unwrap()
+            .config_map
+            .data
+            .unwrap();
+        assert_eq!(data["CHAT_MAX_ROOMS"], "500");
+        assert_eq!(
+            data["CHAT_HISTORY_MAX_BYTES"], "10485760",
+            "the manifest wins"
+        );
+        assert_eq!(data["CHAT_MAX_SESSIONS_PER_USER"], "3");
+        assert_eq!(data["CHAT_PRESENCE_MAX_MEMBERS"], "250");
+
+        let defaults = build(&cluster(serde_json::json!({})), BuildContext::default())
+            .unwrap()
+            .config_map
+            .data
+            .unwrap();
+        for unset in [
+            "CHAT_MAX_ROOMS",
+            "CHAT_MAX_SESSIONS_PER_USER",
+            "CHAT_PRESENCE_MAX_MEMBERS",
+        ] {
+            assert!(!defaults.contains_key(unset), "{unset}");
+        }
+        assert_eq!(
+            defaults["CHAT_HISTORY_MAX_BYTES"],
+            (192u64 << 20).to_string()
+        );
     }
 }

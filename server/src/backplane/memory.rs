@@ -1,17 +1,17 @@
 //! The single-node backplane: history, presence and fanout in process memory. It is the
 //! embedded default (no Redis needed) and the reference the Redis backplane must match.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use super::{now_us, Backplane, BackplaneError, Budget, RoomSnapshot};
+use super::{now_us, Backplane, BackplaneError, Budget, RoomSnapshot, REPLAY_PAGE_MESSAGES};
 use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};
 use crate::hub::Hub;
-use crate::protocol::{Position, ServerFrame};
+use crate::protocol::{Position, ServerFrame, MEMBERS_PAGE};
 use crate::sync::lock;
 
 pub struct MemoryBackplane {
@@ -22,7 +22,8 @@ pub struct MemoryBackplane {
     history_bytes: AtomicUsize,
     rooms: Mutex<HashMap<String, Arc<Mutex<RoomLog>>>>,
     /// room → user → number of sessions of that user in the room.
-    presence: Mutex<HashMap<String, HashMap<String, usize>>>,
+    /// By name, so member pages come in order.
+    presence: Mutex<HashMap<String, BTreeMap<String, usize>>>,
     /// user → open sessions (the per-user cap).
     sessions: Mutex<HashMap<String, usize>>,
 }
@@ -113,20 +114,27 @@ impl MemoryBackplane {
         self.history_bytes.load(Ordering::Relaxed)
     }
 
-    fn members(&self, room: &str) -> Vec<String> {
-        let mut members: Vec<String> = lock(&self.presence)
-            .get(room)
-            .map(|users| users.keys().cloned().collect())
-            .unwrap_or_default();
-        members.sort();
-        members
+    /// A page of `room`'s members by name, after `after` (from the first when `None`),
+    /// and how many members it has.
+    fn member_page(&self, room: &str, after: Option<&str>) -> (Vec<String>, u64) {
+        let presence = lock(&self.presence);
+        let Some(users) = presence.get(room) else {
+            return (Vec::new(), 0);
+        };
+        let page = match after {
+            Some(after) => users
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+                .take(MEMBERS_PAGE)
+                .map(|(u, _)| u.clone())
+                .collect(),
+            None => users.keys().take(MEMBERS_PAGE).cloned().collect(),
+        };
+        (page, users.len() as u64)
     }
 
-    fn announce(&self, room: &str, joined: &[String], left: &[String]) {
-        let frame: Utf8Bytes = ServerFrame::Presence { room, joined, left }
-            .to_json()
-            .into();
-        self.hub.deliver_room_frame(room, &frame);
+    fn announce(&self, room: &str, user: &str, joined: bool) {
+        let member_count = lock(&self.presence).get(room).map_or(0, |u| u.len() as u64);
+        self.hub.deliver_presence(room, user, joined, member_count);
     }
 
     /// Forgets rooms whose history has expired and that nobody is in, so memory stays
@@ -209,18 +217,42 @@ impl Backplane for MemoryBackplane {
         let (epoch, head, decision, replay) = {
             let mut log = lock(&log);
             let before = log.bytes();
-            let (decision, replay) = log.replay(since, now_us() / 1000);
+            let (decision, replay) = log.replay(since, now_us() / 1000, REPLAY_PAGE_MESSAGES);
             self.history_bytes
                 .fetch_sub(before - log.bytes(), Ordering::Relaxed);
             (log.epoch().to_string(), log.head(), decision, replay)
         };
+        let (members, member_count) = self.member_page(room, None);
         Ok(RoomSnapshot {
             epoch,
             head,
             recovered: decision != ResumeDecision::NotRecovered,
             replay,
-            members: self.members(room),
+            members,
+            member_count,
         })
+    }
+
+    async fn history_page(
+        &self,
+        room: &str,
+        epoch: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<Vec<(u64, Utf8Bytes)>>, BackplaneError> {
+        let Some(log) = lock(&self.rooms).get(room).cloned() else {
+            return Ok(None);
+        };
+        let page = lock(&log).page(epoch, after, upto, REPLAY_PAGE_MESSAGES);
+        Ok(page)
+    }
+
+    async fn members_page(
+        &self,
+        room: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, u64), BackplaneError> {
+        Ok(self.member_page(room, after))
     }
 
     async fn register_user(&self, user: &str) -> Result<(), BackplaneError> {
@@ -257,7 +289,7 @@ impl Backplane for MemoryBackplane {
             *count == 1
         };
         if newly_present {
-            self.announce(room, &[user.to_owned()], &[]);
+            self.announce(room, user, true);
         }
         Ok(())
     }
@@ -285,7 +317,7 @@ impl Backplane for MemoryBackplane {
             gone
         };
         if gone {
-            self.announce(room, &[], &[user.to_owned()]);
+            self.announce(room, user, false);
         }
         Ok(())
     }
@@ -447,13 +479,13 @@ mod tests {
         bp.presence_join("r", "a").await.unwrap();
         assert!(matches!(rx.try_recv(), Some(Outbound::Deliver(_))));
         assert!(rx.try_recv().is_none(), "second session is not news");
-        assert_eq!(bp.members("r"), vec!["a".to_string()]);
+        assert_eq!(bp.member_page("r", None), (vec!["a".to_string()], 1));
         bp.presence_leave("r", "a").await.unwrap();
         assert!(rx.try_recv().is_none());
         bp.presence_leave("r", "a").await.unwrap();
         assert!(
             matches!(rx.try_recv(), Some(Outbound::Deliver(d)) if d.frame.as_str().contains("\"left\":[\"a\"]"))
         );
-        assert!(bp.members("r").is_empty());
+        assert_eq!(bp.member_page("r", None), (Vec::new(), 0));
     }
 }

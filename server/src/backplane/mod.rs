@@ -68,6 +68,11 @@ pub struct BackplaneStatus {
     pub last_error_unix_ms: Option<u64>,
 }
 
+/// Most messages a snapshot or a history page carries. A join replays a long gap page by
+/// page, so a session holds at most one page of history in memory; a page of maximum-size
+/// messages (64 × about 4.3 KB) is well under the default send queue.
+pub const REPLAY_PAGE_MESSAGES: usize = 64;
+
 /// A room's state for a joining session.
 #[derive(Debug, Clone)]
 pub struct RoomSnapshot {
@@ -76,10 +81,15 @@ pub struct RoomSnapshot {
     pub head: u64,
     /// False when the client's `since` gap could not be replayed whole.
     pub recovered: bool,
-    /// Frames to replay, in offset order, all with offset ≤ `head`.
+    /// The replay's first page: at most [`REPLAY_PAGE_MESSAGES`] frames, in offset order,
+    /// from the one after `since`. The rest, up to `head`, comes from
+    /// [`Backplane::history_page`].
     pub replay: Vec<Utf8Bytes>,
-    /// Users present in the room (cluster-wide).
+    /// The first page of the users present in the room (cluster-wide), by name: at most
+    /// [`crate::protocol::MEMBERS_PAGE`].
     pub members: Vec<String>,
+    /// How many users are present in the room.
+    pub member_count: u64,
 }
 
 /// The operations sessions need. Implementations must deliver a room's messages to the
@@ -136,6 +146,23 @@ pub trait Backplane: Send + Sync {
     ) -> Result<RoomSnapshot, BackplaneError> {
         self.snapshot(room, Some(cursor)).await
     }
+    /// The next page of a replay: at most [`REPLAY_PAGE_MESSAGES`] frames of `room` with
+    /// offsets `after + 1 ..= upto` in `epoch`, with their offsets. `None` when history no
+    /// longer holds offset `after + 1` of that epoch (trimmed or replaced meanwhile).
+    async fn history_page(
+        &self,
+        room: &str,
+        epoch: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<Vec<(u64, Utf8Bytes)>>, BackplaneError>;
+    /// A page of `room`'s members by name (at most [`crate::protocol::MEMBERS_PAGE`]),
+    /// after `after` (from the first when `None`), and how many members it has.
+    async fn members_page(
+        &self,
+        room: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, u64), BackplaneError>;
     /// A session of `user` joined `room`; announces presence when the user is new there.
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError>;
     /// A session of `user` left `room`; announces presence when it was the user's last.

@@ -7,7 +7,7 @@
 // it, the token field is used, and after a 4003 the client reconnects only once a new
 // token has been pasted there.
 const $ = (id) => document.getElementById(id);
-const state = { ws: null, room: null, pos: null, members: new Set(), retry: 0, wanted: false, ref: 0,
+const state = { ws: null, room: null, pos: null, members: new Set(), memberCount: 0, retry: 0, wanted: false, ref: 0,
   token: null, refreshTimer: null };
 const tokenUrl = sameOrigin(new URLSearchParams(location.search).get("token_url"));
 $("user").value = "guest" + Math.floor(Math.random() * 1000);
@@ -34,6 +34,10 @@ function setStatus(s) { $("status").textContent = s; }
 function renderMembers() {
   const ul = $("members"); ul.textContent = "";
   [...state.members].sort().forEach((m) => { const li = document.createElement("li"); li.textContent = m; ul.appendChild(li); });
+  // A big room lists its first page only (and above the server's presence limit, counts).
+  const more = state.memberCount - state.members.size;
+  if (more > 0) { const li = document.createElement("li"); li.textContent = "… and " + more + " more"; ul.appendChild(li); }
+  $("count").textContent = "(" + state.memberCount + ")";
 }
 async function fetchToken() {
   const r = await fetch(tokenUrl, { credentials: "include" });
@@ -104,7 +108,7 @@ function handle(f, ws) {
     case "refreshed": scheduleRefresh(f.exp); break;
     case "joined":
       state.pos = { epoch: f.epoch, offset: f.offset };
-      state.members = new Set(f.members); renderMembers();
+      state.members = new Set(f.members); state.memberCount = f.member_count; renderMembers();
       line(f.recovered ? "joined " + f.room : "joined " + f.room + " (earlier messages could not be recovered)", "sys");
       $("text").disabled = $("sendbtn").disabled = false; $("text").focus();
       break;
@@ -116,6 +120,7 @@ function handle(f, ws) {
     case "presence":
       f.joined.forEach((u) => { if (!state.members.has(u)) line(u + " joined", "sys"); state.members.add(u); });
       f.left.forEach((u) => { state.members.delete(u); line(u + " left", "sys"); });
+      state.memberCount = f.member_count;
       renderMembers();
       break;
     case "error":

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use super::{fanout, idle, Report};
+use super::{fanout, idle, join_storm, Report};
 use crate::harness::binaries::chat_server_binary;
 use crate::harness::http;
 use crate::harness::process::{free_port, ScratchDir};
@@ -27,6 +27,9 @@ pub enum Scenario {
     Fanout(Extra),
     /// One node: 15,000 idle connections; server memory per connection.
     Idle(Extra),
+    /// One node: 10,000 members join one room at 1,000 a second; server CPU and bytes
+    /// per member.
+    JoinStorm(Extra),
     /// N nodes joined by one redis-server: fanout over every node.
     FanoutRedis(Nodes),
     /// N nodes on one redis-server (`single`) or on a Redis Cluster of 3 masters
@@ -176,6 +179,8 @@ enum Inner {
     Fanout(fanout::FanoutArgs),
     #[command(args_override_self = true)]
     Idle(idle::IdleArgs),
+    #[command(args_override_self = true)]
+    JoinStorm(join_storm::JoinStormArgs),
 }
 
 /// Runs `scenario` with its servers; they are stopped when it returns.
@@ -215,6 +220,16 @@ pub async fn run(scenario: Scenario) -> Result<Report> {
             let argv = args("idle", &defaults, &s, extra);
             (s, argv)
         }
+        Scenario::JoinStorm(extra) => {
+            let s = tokio::task::block_in_place(|| {
+                Servers::start(1, &["--max-connections", "19000"], None)
+            })?;
+            let mut argv = vec!["chat-loadgen".to_owned(), "join-storm".to_owned()];
+            argv.extend(["--url".to_owned(), s.nodes[0].ws_url()]);
+            argv.extend(["--server-pid".to_owned(), s.nodes[0].pid().to_string()]);
+            argv.extend(extra.flags.iter().cloned());
+            (s, argv)
+        }
         Scenario::FanoutRedis(n) => {
             let s = tokio::task::block_in_place(|| {
                 Servers::start(n.nodes, &NODE_FLAGS, Some(RedisShape::Single))
@@ -247,6 +262,7 @@ pub async fn run(scenario: Scenario) -> Result<Report> {
     let report = match Inner::try_parse_from(&argv)? {
         Inner::Fanout(a) => fanout::run(a).await,
         Inner::Idle(a) => idle::run(a).await,
+        Inner::JoinStorm(a) => join_storm::run(a).await,
     };
     drop(servers);
     report

@@ -1,6 +1,7 @@
 //! The `chat-loadgen` benchmark scenarios (loopback only): [`fanout`] measures deliveries,
 //! loss and latency and server CPU per delivery; [`idle`] measures server memory per
-//! held connection. [`tally`] is fanout's pure loss accounting. [`bench`] runs a scenario
+//! held connection; [`join_storm`] measures what a big room costs while it fills.
+//! [`tally`] is fanout's pure loss accounting. [`bench`] runs a scenario
 //! with the servers it needs, on ephemeral ports.
 //!
 //! Every loop here is bounded in count and time, and only loopback targets are accepted
@@ -9,6 +10,7 @@
 pub mod bench;
 pub mod fanout;
 pub mod idle;
+pub mod join_storm;
 pub mod tally;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -7,6 +7,7 @@
 //! | `P:room:R:log` | stream | history; entry id `0-{offset}`, fields `f` (from), `b` (body), `t` (ts ms) |
 //! | `P:room:R:presence` | hash | `{node}\|{user}` → sessions of the user on that node in the room |
 //! | `P:room:R:users` | hash | user → sessions in the room over all nodes (presence) |
+//! | `P:room:R:names` | sorted set | the room's members by name (member pages) |
 //! | `P:user:U:nodes` | set | nodes holding a session of the user (DM routing) |
 //! | `P:user:U:sessions` | hash | node → sessions of the user on it (the per-user cap) |
 //! | `P:budget:rooms:active` | sorted set | room → last activity (ms): the room cap's index |
@@ -74,6 +75,11 @@ impl Keys {
         self.name("room", room, Some("users"))
     }
 
+    /// The room's members by name (a sorted set, all scores 0), for member pages.
+    pub fn room_names(&self, room: &str) -> String {
+        self.name("room", room, Some("names"))
+    }
+
     pub fn room_channel(&self, room: &str) -> String {
         self.name("room", room, None)
     }
@@ -137,6 +143,7 @@ mod tests {
         assert_eq!(keys.room_log("lobby"), "chat:room:lobby:log");
         assert_eq!(keys.room_presence("lobby"), "chat:room:lobby:presence");
         assert_eq!(keys.room_users("lobby"), "chat:room:lobby:users");
+        assert_eq!(keys.room_names("lobby"), "chat:room:lobby:names");
         assert_eq!(keys.room_channel("lobby"), "chat:room:lobby");
         assert_eq!(keys.user_nodes("ann"), "chat:user:ann:nodes");
         assert_eq!(keys.user_sessions("ann"), "chat:user:ann:sessions");
@@ -158,6 +165,7 @@ mod tests {
         assert_eq!(keys.room_log("lobby"), "chat:room:{lobby}:log");
         assert_eq!(keys.room_presence("lobby"), "chat:room:{lobby}:presence");
         assert_eq!(keys.room_users("lobby"), "chat:room:{lobby}:users");
+        assert_eq!(keys.room_names("lobby"), "chat:room:{lobby}:names");
         assert_eq!(keys.room_channel("lobby"), "chat:room:{lobby}");
         assert_eq!(keys.user_nodes("ann"), "chat:user:{ann}:nodes");
         assert_eq!(keys.user_sessions("ann"), "chat:user:{ann}:sessions");

@@ -31,16 +31,18 @@ use redis::cluster::ClusterClientBuilder;
 use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_us, Backplane, BackplaneError, BackplaneStatus, Budget, RoomSnapshot};
+use super::{
+    now_us, Backplane, BackplaneError, BackplaneStatus, Budget, RoomSnapshot, REPLAY_PAGE_MESSAGES,
+};
 use crate::history::{new_epoch, HistoryLimits};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::protocol::{Position, ServerFrame};
+use crate::protocol::{Position, ServerFrame, MEMBERS_PAGE};
 use crate::sync::{lock, read};
 use connection::{CommandConnection, Target};
 use keys::Keys;
 use pubsub::SubCommand;
-use replies::{parse_room_event, parse_snapshot, RoomEvent};
+use replies::{parse_page, parse_room_event, parse_snapshot, RoomEvent};
 use scripts::Scripts;
 
 /// How the Redis backplane connects and names things.
@@ -408,22 +410,13 @@ impl RedisBackplane {
                     self.hub
                         .deliver_room_message(room, &epoch, offset, published_us, &frame);
                 }
-                Some(RoomEvent::Presence { joined, user }) => {
-                    let user = vec![user.to_owned()];
-                    let none: Vec<String> = Vec::new();
-                    let (j, l) = if joined {
-                        (&user, &none)
-                    } else {
-                        (&none, &user)
-                    };
-                    let frame: Utf8Bytes = ServerFrame::Presence {
-                        room,
-                        joined: j,
-                        left: l,
-                    }
-                    .to_json()
-                    .into();
-                    self.hub.deliver_room_frame(room, &frame);
+                Some(RoomEvent::Presence {
+                    joined,
+                    user,
+                    member_count,
+                }) => {
+                    self.hub
+                        .deliver_presence(room, user, joined, member_count.unwrap_or(0));
                 }
                 None => tracing::warn!(channel, "ignoring malformed backplane message"),
             }
@@ -547,6 +540,7 @@ impl RedisBackplane {
             let mut inv = self.scripts.presence_restore.prepare_invoke();
             inv.key(self.keys.room_presence(&room))
                 .key(self.keys.room_users(&room))
+                .key(self.keys.room_names(&room))
                 .arg(&self.node)
                 .arg(&user)
                 .arg(count)
@@ -715,6 +709,7 @@ impl RedisBackplane {
         let mut inv = self.scripts.presence_sweep.prepare_invoke();
         inv.key(self.keys.room_presence(room))
             .key(self.keys.room_users(room))
+            .key(self.keys.room_names(room))
             .arg(self.keys.room_channel(room))
             .arg(recheck_prefix);
         for node in dead {
@@ -734,12 +729,15 @@ impl RedisBackplane {
         inv.key(self.keys.room_meta(room))
             .key(self.keys.room_log(room))
             .key(self.keys.room_users(room))
+            .key(self.keys.room_names(room))
             .arg(since.map_or("", |s| s.epoch.as_str()))
             .arg(since.map_or(0, |s| s.offset))
             .arg(new_epoch())
             .arg(self.history_cutoff_ms())
             .arg(self.history_ttl_secs())
-            .arg(if trusted { "1" } else { "" });
+            .arg(if trusted { "1" } else { "" })
+            .arg(REPLAY_PAGE_MESSAGES)
+            .arg(MEMBERS_PAGE);
         let reply: Vec<String> = self.run(&inv).await?;
         parse_snapshot(room, reply)
     }
@@ -897,6 +895,43 @@ impl Backplane for RedisBackplane {
         self.snapshot_since(room, Some(cursor), true).await
     }
 
+    async fn history_page(
+        &self,
+        room: &str,
+        epoch: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Option<Vec<(u64, Utf8Bytes)>>, BackplaneError> {
+        let mut inv = self.scripts.history_page.prepare_invoke();
+        inv.key(self.keys.room_meta(room))
+            .key(self.keys.room_log(room))
+            .arg(epoch)
+            .arg(after)
+            .arg(upto)
+            .arg(REPLAY_PAGE_MESSAGES)
+            .arg(self.history_cutoff_ms());
+        let reply: Vec<String> = self.run(&inv).await?;
+        parse_page(room, epoch, reply)
+    }
+
+    async fn members_page(
+        &self,
+        room: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<String>, u64), BackplaneError> {
+        let mut inv = self.scripts.members_page.prepare_invoke();
+        inv.key(self.keys.room_users(room))
+            .key(self.keys.room_names(room))
+            .arg(after.unwrap_or(""))
+            .arg(MEMBERS_PAGE);
+        let reply: Vec<String> = self.run(&inv).await?;
+        let mut it = reply.into_iter();
+        let count = it.next().and_then(|c| c.parse().ok()).ok_or_else(|| {
+            BackplaneError::Unavailable("malformed member page from Redis".into())
+        })?;
+        Ok((it.collect(), count))
+    }
+
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
         // The first of a join's steps that writes the room's keys: the room cap is
         // checked here.
@@ -904,6 +939,7 @@ impl Backplane for RedisBackplane {
         let mut inv = self.scripts.presence_join.prepare_invoke();
         inv.key(self.keys.room_presence(room))
             .key(self.keys.room_users(room))
+            .key(self.keys.room_names(room))
             .arg(&self.node)
             .arg(user)
             .arg(self.keys.room_channel(room));
@@ -929,6 +965,7 @@ impl Backplane for RedisBackplane {
         let mut inv = self.scripts.presence_leave.prepare_invoke();
         inv.key(self.keys.room_presence(room))
             .key(self.keys.room_users(room))
+            .key(self.keys.room_names(room))
             .arg(&self.node)
             .arg(user)
             .arg(self.keys.room_channel(room));

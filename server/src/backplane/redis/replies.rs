@@ -1,5 +1,7 @@
 //! Parsing what Redis sends back: pub/sub payloads and the snapshot script's reply.
 
+use axum::extract::ws::Utf8Bytes;
+
 use super::super::{BackplaneError, RoomSnapshot};
 use crate::protocol::ServerFrame;
 
@@ -14,11 +16,14 @@ pub(super) enum RoomEvent<'a> {
     Presence {
         joined: bool,
         user: &'a str,
+        /// The room's members after the change; `None` from a node older than counts.
+        member_count: Option<u64>,
     },
 }
 
-/// `M|offset|published_us|epoch|from|body` or `P|+|user` / `P|-|user`. The body comes
-/// last and may contain `|`; the other fields cannot (validated names, digits, hex).
+/// `M|offset|published_us|epoch|from|body` or `P|+|count|user` / `P|-|count|user` (or,
+/// from a node older than counts, `P|+|user`). The body comes last and may contain `|`;
+/// the other fields cannot (validated names, digits, hex).
 pub(super) fn parse_room_event(payload: &str) -> Option<RoomEvent<'_>> {
     let mut parts = payload.splitn(6, '|');
     match parts.next()? {
@@ -35,9 +40,15 @@ pub(super) fn parse_room_event(payload: &str) -> Option<RoomEvent<'_>> {
                 "-" => false,
                 _ => return None,
             };
+            let first = parts.next()?;
+            let (member_count, user) = match parts.next() {
+                Some(user) => (Some(first.parse().ok()?), user),
+                None => (None, first),
+            };
             Some(RoomEvent::Presence {
                 joined,
-                user: parts.next()?,
+                user,
+                member_count,
             })
         }
         _ => None,
@@ -45,7 +56,8 @@ pub(super) fn parse_room_event(payload: &str) -> Option<RoomEvent<'_>> {
 }
 
 /// Parses the snapshot script's flat reply:
-/// `epoch, head, status (fresh|ok|lost), n, n members..., then (offset, from, body, ts)*`.
+/// `epoch, head, status (fresh|ok|lost), member count, n, n members..., then
+/// (offset, from, body, ts)*`.
 pub(super) fn parse_snapshot(
     room: &str,
     reply: Vec<String>,
@@ -60,40 +72,66 @@ pub(super) fn parse_snapshot(
         "lost" => "lost",
         _ => return Err(bad()),
     };
+    let member_count: u64 = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
     let n: usize = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
-    let mut members: Vec<String> = it.by_ref().take(n).collect();
+    let members: Vec<String> = it.by_ref().take(n).collect();
     if members.len() != n {
         return Err(bad());
     }
-    members.sort();
     let rest: Vec<String> = it.collect();
-    if rest.len() % 4 != 0 {
-        return Err(bad());
-    }
-    let mut replay = Vec::with_capacity(rest.len() / 4);
-    for e in rest.chunks(4) {
-        let offset: u64 = e[0].parse().map_err(|_| bad())?;
-        let ts: u64 = e[3].parse().map_err(|_| bad())?;
-        replay.push(
-            ServerFrame::Message {
-                room,
-                epoch: &epoch,
-                offset,
-                from: &e[1],
-                body: &e[2],
-                ts,
-            }
-            .to_json()
-            .into(),
-        );
-    }
+    let replay = entry_frames(room, &epoch, &rest)
+        .ok_or_else(bad)?
+        .into_iter()
+        .map(|(_, frame)| frame)
+        .collect();
     Ok(RoomSnapshot {
         recovered: status != "lost",
         epoch,
         head,
         replay,
         members,
+        member_count,
     })
+}
+
+/// Parses the history_page script's reply: `gone`, or `ok` then (offset, from, body, ts)*.
+pub(super) fn parse_page(
+    room: &str,
+    epoch: &str,
+    reply: Vec<String>,
+) -> Result<Option<Vec<(u64, Utf8Bytes)>>, BackplaneError> {
+    let bad = || BackplaneError::Unavailable("malformed history page from Redis".into());
+    match reply.split_first() {
+        Some((status, _)) if status == "gone" => Ok(None),
+        Some((status, rest)) if status == "ok" => {
+            entry_frames(room, epoch, rest).map(Some).ok_or_else(bad)
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Message frames, with their offsets, from a flat list of (offset, from, body, ts).
+fn entry_frames(room: &str, epoch: &str, flat: &[String]) -> Option<Vec<(u64, Utf8Bytes)>> {
+    if flat.len() % 4 != 0 {
+        return None;
+    }
+    flat.chunks(4)
+        .map(|e| {
+            let offset: u64 = e[0].parse().ok()?;
+            let ts: u64 = e[3].parse().ok()?;
+            let frame = ServerFrame::Message {
+                room,
+                epoch,
+                offset,
+                from: &e[1],
+                body: &e[2],
+                ts,
+            }
+            .to_json()
+            .into();
+            Some((offset, frame))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -118,16 +156,33 @@ mod tests {
             _ => panic!("not parsed"),
         }
         assert!(matches!(
-            parse_room_event("P|+|bob"),
+            parse_room_event("P|+|12|bob"),
             Some(RoomEvent::Presence {
                 joined: true,
-                user: "bob"
+                user: "bob",
+                member_count: Some(12)
             })
         ));
         assert!(matches!(
-            parse_room_event("P|-|bob"),
-            Some(RoomEvent::Presence { joined: false, .. })
+            parse_room_event("P|-|0|bob"),
+            Some(RoomEvent::Presence {
+                joined: false,
+                member_count: Some(0),
+                ..
+            })
         ));
+        assert!(
+            matches!(
+                parse_room_event("P|+|123"),
+                Some(RoomEvent::Presence {
+                    user: "123",
+                    member_count: None,
+                    ..
+                })
+            ),
+            "an older node's event: the user alone, even one named with digits"
+        );
+        assert!(parse_room_event("P|+|x|bob").is_none());
         assert!(parse_room_event("M|x|1|e|f|b").is_none());
         assert!(parse_room_event("P|?|bob").is_none());
         assert!(parse_room_event("").is_none());
@@ -136,8 +191,8 @@ mod tests {
     #[test]
     fn snapshot_reply_parses_members_and_entries() {
         let reply: Vec<String> = [
-            "e1", "5", "ok", "2", "bob", "alice", "4", "alice", "hi", "1000", "5", "bob", "yo",
-            "1001",
+            "e1", "5", "ok", "250", "2", "alice", "bob", "4", "alice", "hi", "1000", "5", "bob",
+            "yo", "1001",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -148,12 +203,30 @@ mod tests {
             ("e1", 5, true)
         );
         assert_eq!(snap.members, vec!["alice", "bob"]);
+        assert_eq!(snap.member_count, 250, "the count, beyond the first page");
         assert_eq!(snap.replay.len(), 2);
         assert!(snap.replay[0].as_str().contains("\"offset\":4"));
         assert!(parse_snapshot("r", vec!["e".into(), "x".into()]).is_err());
+        let page: Vec<String> = ["ok", "6", "carl", "hey", "1002"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let page = parse_page("r", "e1", page).unwrap().unwrap();
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].0, 6);
+        assert!(page[0].1.as_str().contains("\"from\":\"carl\""));
+        assert_eq!(parse_page("r", "e1", vec!["gone".into()]).unwrap(), None);
+        assert!(parse_page("r", "e1", vec!["ok".into(), "6".into()]).is_err());
         assert!(parse_snapshot(
             "r",
-            vec!["e".into(), "1".into(), "ok".into(), "0".into(), "1".into()]
+            vec![
+                "e".into(),
+                "1".into(),
+                "ok".into(),
+                "1".into(),
+                "0".into(),
+                "1".into()
+            ]
         )
         .is_err());
     }

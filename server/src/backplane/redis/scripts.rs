@@ -8,6 +8,8 @@ use redis::Script;
 pub(super) struct Scripts {
     pub publish: Script,
     pub snapshot: Script,
+    pub history_page: Script,
+    pub members_page: Script,
     pub rotate_epoch: Script,
     pub presence_join: Script,
     pub presence_leave: Script,
@@ -32,6 +34,8 @@ impl Scripts {
         Scripts {
             publish: build(include_str!("scripts/publish.lua")),
             snapshot: build(include_str!("scripts/snapshot.lua")),
+            history_page: build(include_str!("scripts/history_page.lua")),
+            members_page: build(include_str!("scripts/members_page.lua")),
             rotate_epoch: build(include_str!("scripts/rotate_epoch.lua")),
             presence_join: build(include_str!("scripts/presence_join.lua")),
             presence_leave: build(include_str!("scripts/presence_leave.lua")),

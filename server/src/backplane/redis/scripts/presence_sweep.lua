@@ -1,7 +1,7 @@
 -- Removes a room's presence entries of the given dead nodes (their heartbeat keys
 -- expired; the caller checked, as they may live in other cluster slots) and announces
 -- users who are no longer anywhere in the room.
--- KEYS: presence, users. ARGV: room channel, node key prefix, then the dead nodes.
+-- KEYS: presence, users, names. ARGV: room channel, node key prefix, then the dead nodes.
 -- With one Redis instance the prefix is given and each node's heartbeat is checked again
 -- here, atomically with the removal, so a node that came back meanwhile (and restored its
 -- presence) keeps it. In cluster mode the heartbeats live in other slots: it is ''.
@@ -22,7 +22,8 @@ for i = 1, #entries, 2 do
     removed = removed + 1
     if redis.call('HINCRBY', KEYS[2], user, -count) <= 0 then
       redis.call('HDEL', KEYS[2], user)
-      redis.call(PUB, ARGV[1], 'P|-|' .. user)
+      redis.call('ZREM', KEYS[3], user)
+      redis.call(PUB, ARGV[1], 'P|-|' .. redis.call('HLEN', KEYS[2]) .. '|' .. user)
     end
   end
 end

@@ -1,11 +1,14 @@
 -- A room's state for a joining or resuming session: epoch, head, whether the history
 -- since the client's position is complete, the members, and the entries to replay.
--- KEYS: meta, log, users. ARGV: since epoch ('' for a fresh join), since
+-- KEYS: meta, log, users, names. ARGV: since epoch ('' for a fresh join), since
 -- offset, new epoch, history cutoff ms, history TTL s, '1' when `since` is a position the
 -- server delivered (then one beyond the head means history went back in time; from a
--- client it may be a mistake or malice, and must not wipe the room).
--- Reply: epoch, head, status (fresh|ok|lost), n, n members, then (offset, from, body, ts)*.
-local meta, log, users = KEYS[1], KEYS[2], KEYS[3]
+-- client it may be a mistake or malice, and must not wipe the room), the most entries to
+-- return (the replay's first page; the rest comes from history_page), the most member
+-- names to return (the member list's first page).
+-- Reply: epoch, head, status (fresh|ok|lost), member count, n, n members, then
+-- (offset, from, body, ts)*.
+local meta, log, users, names = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local epoch = redis.call('HGET', meta, 'epoch')
 local head = tonumber(redis.call('HGET', meta, 'head') or '0')
 if not epoch or (head > 0 and redis.call('EXISTS', log) == 0) then
@@ -33,10 +36,12 @@ if ARGV[1] ~= '' then
   elseif since == head then
     status = 'ok'
   else
-    entries = redis.call('XRANGE', log, '(0-' .. since, '+')
+    -- The first page only; offsets are contiguous and history is trimmed from the
+    -- oldest, so if the entry after `since` is there, the rest up to the head is too.
+    entries = redis.call('XRANGE', log, '(0-' .. since, '+', 'COUNT', ARGV[7])
     local first = entries[1]
     local cutoff = tonumber(ARGV[4])
-    if #entries ~= head - since or first[1] ~= ('0-' .. (since + 1)) or tonumber(first[2][6]) < cutoff then
+    if not first or first[1] ~= ('0-' .. (since + 1)) or tonumber(first[2][6]) < cutoff then
       status = 'lost'
       entries = {}
     else
@@ -46,8 +51,14 @@ if ARGV[1] ~= '' then
 end
 redis.call('EXPIRE', meta, ARGV[5])
 redis.call('EXPIRE', log, ARGV[5])
-local members = redis.call('HKEYS', users)
-local out = {epoch, tostring(head), status, tostring(#members)}
+-- The member count and the first page of names (a room's names predating the sorted set
+-- are added to it once).
+local count = redis.call('HLEN', users)
+if count > 0 and redis.call('EXISTS', names) == 0 then
+  for _, user in ipairs(redis.call('HKEYS', users)) do redis.call('ZADD', names, 0, user) end
+end
+local members = redis.call('ZRANGE', names, '-', '+', 'BYLEX', 'LIMIT', 0, ARGV[8])
+local out = {epoch, tostring(head), status, tostring(count), tostring(#members)}
 for _, m in ipairs(members) do table.insert(out, m) end
 for _, e in ipairs(entries) do
   table.insert(out, string.sub(e[1], 3))
