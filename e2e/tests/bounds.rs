@@ -5,11 +5,12 @@
 //! session hog, while legitimate clients keep chatting.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_server::sync::lock;
+use chatcluster_e2e::clients::hostile::{flood, hoard, spray_dms, HostileTally};
 use chatcluster_e2e::clients::resuming::{run_publisher, PublisherLog};
 use chatcluster_e2e::clients::ws::{connect, recv_json, send_and_ack, send_json, Ws};
 use chatcluster_e2e::harness::local_cluster::{ClusterOptions, LocalCluster};
@@ -357,10 +358,20 @@ async fn replay_hoarders_hold_one_page_each_and_a_reader_gets_the_whole_gap(back
 
 /// Over Redis, with members on two nodes: `joined` carries the cluster-wide count and the
 /// first page, `members` pages through the rest in order, and above the presence limit a
-/// member on the other node gets counts rather than a frame per arrival.
+/// member on the other node gets counts rather than a frame per arrival. Then the cap on
+/// rooms one user creates, counted over the cluster.
 async fn a_big_room_pages_its_members_and_counts_its_presence_across_nodes(backend: Backend) {
     let _s = serial().await;
-    let c = cluster(backend, 2, &["--presence-max-members", "30"]);
+    let c = cluster(
+        backend,
+        2,
+        &[
+            "--presence-max-members",
+            "30",
+            "--max-new-rooms-per-user-per-hour",
+            "3",
+        ],
+    );
     let urls = [c.nodes[0].ws_url(), c.nodes[1].ws_url()];
     let (mut watcher, _, _) = connect(&urls[1], "user=watcher", None).await.unwrap();
     join_skipping(&mut watcher, "big", None).await;
@@ -406,141 +417,23 @@ async fn a_big_room_pages_its_members_and_counts_its_presence_across_nodes(backe
     assert!((29..=31).contains(&named), "names up to the limit: {named}");
     assert!(counts.len() < 30, "counts are batched: {counts:?}");
     drop(members);
-}
 
-/// What the hostile clients got back, summed.
-#[derive(Default)]
-struct HostileTally {
-    acks: AtomicU64,
-    errors: Mutex<HashMap<String, u64>>,
-    /// Room → epoch, from the flooders' joins, for the replay hoarders.
-    epochs: Mutex<HashMap<String, String>>,
-}
-
-impl HostileTally {
-    fn error(&self, code: &str) {
-        *lock(&self.errors).entry(code.to_owned()).or_default() += 1;
-    }
-}
-
-/// Reads a hostile client's frames (so it is not closed as a slow consumer) and tallies
-/// them, until the connection ends.
-async fn tally_frames(mut rx: futures_util::stream::SplitStream<Ws>, tally: Arc<HostileTally>) {
-    while let Some(Ok(m)) = rx.next().await {
-        let Message::Text(t) = m else { continue };
-        let Ok(v) = serde_json::from_str::<Value>(&t) else {
-            continue;
-        };
-        match v["type"].as_str() {
-            Some("ack") => {
-                tally.acks.fetch_add(1, Ordering::Relaxed);
-            }
-            Some("error") => tally.error(v["code"].as_str().unwrap_or("?")),
-            Some("joined") => {
-                if let (Some(room), Some(epoch)) = (v["room"].as_str(), v["epoch"].as_str()) {
-                    lock(&tally.epochs).insert(room.to_owned(), epoch.to_owned());
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// A flooder: joins `rooms` and sends maximum-size messages round-robin at just under the
-/// per-connection rate until `stop`.
-async fn flood(
-    url: String,
-    user: String,
-    rooms: Vec<String>,
-    tally: Arc<HostileTally>,
-    stop: Arc<AtomicBool>,
-) {
-    let Ok((ws, _, _)) = connect(&url, &format!("user={user}"), None).await else {
-        tally.error("connect");
-        return;
-    };
-    let (mut tx, rx) = ws.split();
-    let reader = tokio::spawn(tally_frames(rx, tally.clone()));
-    use futures_util::SinkExt;
-    for room in &rooms {
-        let _ = tx
-            .send(Message::Text(
-                json!({"type":"join","room":room}).to_string().into(),
-            ))
-            .await;
-    }
-    let body = "x".repeat(4096);
-    let mut tick = tokio::time::interval(Duration::from_millis(55));
-    let mut i = 0usize;
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let room = &rooms[i % rooms.len()];
-        let frame = json!({"type":"send","room":room,"body":body,"ref":format!("{i}")});
-        if tx
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .is_err()
-        {
-            tally.error("flooder disconnected");
-            break;
-        }
-        i += 1;
-    }
-    let _ = tx.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-}
-
-/// A DM sprayer: direct messages to ids nobody has, far over the DM rate.
-async fn spray_dms(url: String, user: String, tally: Arc<HostileTally>, stop: Arc<AtomicBool>) {
-    let Ok((ws, _, _)) = connect(&url, &format!("user={user}"), None).await else {
-        tally.error("connect");
-        return;
-    };
-    let (mut tx, rx) = ws.split();
-    let reader = tokio::spawn(tally_frames(rx, tally.clone()));
-    use futures_util::SinkExt;
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        tick.tick().await;
-        let to = format!("nobody{}", i % 100_000);
-        let frame = json!({"type":"dm","to":to,"body":"x".repeat(4096),"ref":format!("d{i}")});
-        if tx
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .is_err()
-        {
-            break;
-        }
-        i += 1;
-    }
-    let _ = tx.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-}
-
-/// A replay hoarder: joins the flooded rooms from their first offset and never reads.
-async fn hoard(
-    url: String,
-    user: String,
-    tally: Arc<HostileTally>,
-    stop: Arc<AtomicBool>,
-) -> Option<Ws> {
-    let (mut ws, _, _) = connect(&url, &format!("user={user}"), None).await.ok()?;
-    let epochs: Vec<(String, String)> = lock(&tally.epochs)
-        .iter()
-        .take(20)
-        .map(|(r, e)| (r.clone(), e.clone()))
-        .collect();
-    for (room, epoch) in epochs {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let frame = json!({"type":"join","room":room,"since":{"epoch":epoch,"offset":0}});
-        if send_json(&mut ws, frame).await.is_err() {
-            break;
-        }
-    }
-    Some(ws)
+    // Rooms one user creates are counted over the cluster: three, on two nodes, then
+    // the fourth is refused; joining rooms that exist is not creating, and another user
+    // may still create.
+    let (mut maker0, _, _) = connect(&urls[0], "user=maker", None).await.unwrap();
+    let (mut maker1, _, _) = connect(&urls[1], "user=maker", None).await.unwrap();
+    join_skipping(&mut maker0, "new1", None).await;
+    join_skipping(&mut maker0, "new2", None).await;
+    join_skipping(&mut maker1, "new3", None).await;
+    send_json(&mut maker1, json!({"type":"join","room":"new4"}))
+        .await
+        .unwrap();
+    let refused = next_of(&mut maker1, "error").await;
+    assert_eq!(refused["code"], "room_limit", "{refused}");
+    join_skipping(&mut maker1, "big", None).await;
+    let (mut other, _, _) = connect(&urls[1], "user=other", None).await.unwrap();
+    join_skipping(&mut other, "new4", None).await;
 }
 
 /// Redis' `used_memory`, in bytes.
@@ -550,6 +443,81 @@ fn redis_used_memory(c: &LocalCluster) -> u64 {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Redis at `maxmemory` with `noeviction` refuses what would grow it, loudly: a message
+/// is answered `unavailable`, never lost silently. What must land still does: heartbeats
+/// (no node is taken for dead, so no presence is swept), leaving rooms and ending
+/// sessions. Once memory is available again, chat goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_maxmemory_writes_are_refused_loudly_and_no_node_is_taken_for_dead() {
+    let _s = serial().await;
+    let c = cluster(Backend::Single, 2, &["--redis-presence-ttl", "3s"]);
+    let (a, b) = (c.nodes[0].ws_url(), c.nodes[1].ws_url());
+    let (mut alice, _, _) = connect(&a, "user=alice", None).await.unwrap();
+    let (mut bob, _, _) = connect(&b, "user=bob", None).await.unwrap();
+    join_skipping(&mut alice, "r", None).await;
+    join_skipping(&mut bob, "r", None).await;
+    let cli = |args: &[&str]| tokio::task::block_in_place(|| c.redis.cli(args)).unwrap();
+    cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    cli(&["CONFIG", "SET", "maxmemory", "1mb"]);
+
+    send_json(
+        &mut alice,
+        json!({"type":"send","room":"r","body":"x","ref":"full"}),
+    )
+    .await
+    .unwrap();
+    let refused = next_of(&mut alice, "error").await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["ref"].as_str()),
+        (Some("unavailable"), Some("full")),
+        "{refused}"
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("OOM"),
+        "{refused}"
+    );
+    // Three presence TTLs at the cap: heartbeats still land, so both nodes stay alive
+    // and ready, and nobody's presence is swept.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let alive = cli(&["KEYS", "chat:node:*:alive"]);
+    assert_eq!(
+        alive.lines().filter(|l| !l.trim().is_empty()).count(),
+        2,
+        "{alive}"
+    );
+    for i in 0..2 {
+        assert_eq!(
+            tokio::task::block_in_place(|| c.readyz(i)),
+            200,
+            "node {i} ready"
+        );
+    }
+    send_json(&mut bob, json!({"type":"members","room":"r"}))
+        .await
+        .unwrap();
+    let page = next_of(&mut bob, "members").await;
+    assert_eq!(page["members"], json!(["alice", "bob"]), "{page}");
+    // Leaving still lands at the cap: bob hears that alice left.
+    drop(alice);
+    let left = loop {
+        let p = next_of(&mut bob, "presence").await;
+        if p["left"] == json!(["alice"]) {
+            break p;
+        }
+    };
+    assert_eq!(left["member_count"], 1);
+
+    cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    let (mut alice, _, _) = connect(&a, "user=alice", None).await.unwrap();
+    join_skipping(&mut alice, "r", None).await;
+    send_and_ack(&mut alice, "r", "again", "again")
+        .await
+        .unwrap();
 }
 
 /// The managed Redis' shape (maxmemory, `noeviction`) with a cap small enough that the
@@ -606,6 +574,7 @@ async fn a_hostile_load_neither_fills_redis_nor_starves_the_legitimate_clients()
             urls[f % 2].clone(),
             format!("flooder{f}"),
             rooms,
+            18,
             tally.clone(),
             stop.clone(),
         )));

@@ -635,3 +635,161 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
         scale_down.as_secs_f64()
     );
 }
+
+/// Redis' `used_memory` and `maxmemory` from the managed Redis pod, asked directly (the
+/// test runs in the node's network namespace, where pod IPs are reachable), with the
+/// password from the operator's Secret.
+fn managed_redis_memory(s: &Setup) -> Option<(u64, u64)> {
+    let ip = s.get("pod", "chat-redis-0")?["status"]["podIP"]
+        .as_str()?
+        .to_owned();
+    let password = s.kubectl_ok(
+        &[
+            "get",
+            "secret",
+            "chat-redis-auth",
+            "-o",
+            "jsonpath={.data.password}",
+        ],
+        None,
+    );
+    let decoded = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(password.trim().as_bytes())?;
+            child.wait_with_output()
+        })
+        .ok()?;
+    let info = std::process::Command::new("redis-cli")
+        .args(["-h", &ip, "-p", "6379", "INFO", "memory"])
+        .env(
+            "REDISCLI_AUTH",
+            String::from_utf8_lossy(&decoded.stdout).trim(),
+        )
+        .output()
+        .ok()?;
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some((field("used_memory:")?, field("maxmemory:")?))
+}
+
+/// The managed Redis capped at a 64Mi memory limit, with persistence: the operator gives
+/// it `maxmemory` 48 MiB (`noeviction`) and the pods a 24 MiB history budget. Flooders
+/// send maximum-size messages through the ingress at twice what Redis could hold over the
+/// run, while the usual publisher and subscribers chat. Redis stays under `maxmemory`, is
+/// never OOM-killed or restarted (so never replays its append-only file in a loop), and
+/// every acknowledged message reaches every subscriber exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_a_flood_cannot_fill_the_managed_redis() {
+    use chatcluster_e2e::clients::hostile::{flood, HostileTally};
+    use chatcluster_e2e::harness::k8s::data_plane::TEST_DRAIN;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let s = setup("flood").await;
+    s.apply_chat_full(
+        2,
+        &image_a(),
+        true,
+        TEST_DRAIN,
+        "",
+        "      resources:\n        requests: {cpu: 50m, memory: 32Mi}\n        limits: {memory: 64Mi}\n",
+    );
+    s.wait_ready(2, READY_WITHIN).await;
+    let config = s.get("configmap", "chat-config").expect("config map");
+    assert_eq!(
+        config["data"]["CHAT_HISTORY_MAX_BYTES"],
+        (24u64 << 20).to_string(),
+        "half of maxmemory"
+    );
+    let (_, maxmemory) = eventually("Redis answers", Duration::from_secs(30), || async {
+        Ok(managed_redis_memory(&s))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}{}", s.diagnostics()));
+    assert_eq!(maxmemory, 48 << 20, "maxmemory is 3/4 of the 64Mi limit");
+
+    let url = s.url();
+    let tally = Arc::new(HostileTally::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let figures = s
+        .lossless_through("flood", 300, 10, || {
+            let (url, tally, stop, peak) = (url.clone(), tally.clone(), stop.clone(), peak.clone());
+            let s = &s;
+            async move {
+                // 12 flooders × 80 messages/s × 4 KiB ≈ 3.9 MB/s for 25 s: about 98 MB.
+                let flooders: Vec<_> = (0..12)
+                    .map(|f| {
+                        let rooms = (0..10).map(|r| format!("flood-{f}-{r}")).collect();
+                        tokio::spawn(flood(
+                            url.clone(),
+                            format!("flooder{f}"),
+                            rooms,
+                            80,
+                            tally.clone(),
+                            stop.clone(),
+                        ))
+                    })
+                    .collect();
+                let started = Instant::now();
+                while started.elapsed() < Duration::from_secs(25) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Some((used, _)) = tokio::task::block_in_place(|| managed_redis_memory(s))
+                    {
+                        peak.fetch_max(used, Ordering::Relaxed);
+                    }
+                }
+                stop.store(true, Ordering::Relaxed);
+                for f in flooders {
+                    let _ = f.await;
+                }
+            }
+        })
+        .await;
+    report(
+        "a flood against the managed Redis (64Mi)",
+        Instant::now(),
+        figures,
+    );
+    let accepted = tally.acks.load(Ordering::Relaxed);
+    let peak = peak.load(Ordering::Relaxed);
+    let errors = chat_server::sync::lock(&tally.errors).clone();
+    println!(
+        "flood: {accepted} messages of 4 KiB accepted ({:.0} MB), Redis used_memory peak {:.1} MiB of {} MiB, flooders' errors {errors:?}",
+        accepted as f64 * 4096.0 / 1e6,
+        peak as f64 / 1048576.0,
+        maxmemory >> 20
+    );
+    assert!(
+        accepted * 4096 > maxmemory,
+        "the flood was more than Redis could hold ({accepted} messages){}",
+        s.diagnostics()
+    );
+    assert!(
+        peak > 0 && peak < maxmemory,
+        "Redis used {peak} of {maxmemory} bytes"
+    );
+    let redis = s.get("pod", "chat-redis-0").expect("the Redis pod");
+    let status = &redis["status"]["containerStatuses"][0];
+    assert_eq!(
+        status["restartCount"].as_i64(),
+        Some(0),
+        "Redis was never restarted: {status}"
+    );
+    assert!(
+        status["lastState"]["terminated"].is_null(),
+        "never OOM-killed: {status}"
+    );
+}

@@ -468,7 +468,8 @@ pub struct LimitsSpec {
     /// forgotten first, and a new room is refused (`room_limit`) when every room has
     /// members (`CHAT_MAX_ROOMS`; the server's default, 10000, when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 10000000))]
+    // The budget sweeper reads the whole room index every 2 s: keep it in the 100,000s.
+    #[schemars(range(min = 1, max = 100000))]
     pub max_rooms: Option<i32>,
     /// History bytes kept over all rooms in Redis; the least recently active rooms'
     /// oldest messages go first (`CHAT_HISTORY_MAX_BYTES`). Unset: half of the managed
@@ -488,6 +489,12 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10000000))]
     pub presence_max_members: Option<i32>,
+    /// Most rooms one user may create (by joining a room nobody had) per hour over the
+    /// whole cluster; more are refused with `room_limit`. 0: no cap
+    /// (`CHAT_MAX_NEW_ROOMS_PER_USER_PER_HOUR`; the server's default, 1000, when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000000))]
+    pub max_new_rooms_per_user_per_hour: Option<i32>,
 }
 
 impl Default for LimitsSpec {
@@ -505,6 +512,7 @@ impl Default for LimitsSpec {
             history_max_bytes: None,
             max_sessions_per_user: None,
             presence_max_members: None,
+            max_new_rooms_per_user_per_hour: None,
         }
     }
 }

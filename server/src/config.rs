@@ -198,6 +198,16 @@ pub struct Args {
     /// one more is refused with `too_many_sessions` and close 4429. 0: no cap.
     #[arg(long, env = "CHAT_MAX_SESSIONS_PER_USER", default_value_t = 20)]
     pub max_sessions_per_user: usize,
+    /// Most rooms one user may create (by joining a room nobody had) per hour, on this
+    /// node or over Redis in the whole cluster; more are refused with `room_limit`. With
+    /// the room cap, this keeps one user from making every idle room be forgotten.
+    /// 0: no cap.
+    #[arg(
+        long,
+        env = "CHAT_MAX_NEW_ROOMS_PER_USER_PER_HOUR",
+        default_value_t = 1_000
+    )]
+    pub max_new_rooms_per_user_per_hour: usize,
     /// Oldest message kept per room for resume (e.g. 90s, 15m, 2h).
     #[arg(long, env = "CHAT_HISTORY_MAX_AGE", default_value = "1h")]
     pub history_max_age: String,
@@ -280,6 +290,7 @@ pub struct Settings {
     pub max_rooms: usize,
     pub history_max_bytes: usize,
     pub max_sessions_per_user: usize,
+    pub max_new_rooms_per_user_per_hour: usize,
     pub presence_max_members: usize,
     pub drain_reconnect_window: Duration,
     pub drain_deadline: Duration,
@@ -336,6 +347,7 @@ impl Settings {
             max_rooms: 10_000,
             history_max_bytes: 256 * 1024 * 1024,
             max_sessions_per_user: 20,
+            max_new_rooms_per_user_per_hour: 1_000,
             presence_max_members: 1_000,
             drain_reconnect_window: Duration::from_secs(1),
             drain_deadline: Duration::from_secs(3),
@@ -637,6 +649,7 @@ impl Settings {
             max_rooms: args.max_rooms,
             history_max_bytes: args.history_max_bytes,
             max_sessions_per_user: args.max_sessions_per_user,
+            max_new_rooms_per_user_per_hour: args.max_new_rooms_per_user_per_hour,
             presence_max_members: args.presence_max_members,
             drain_reconnect_window: parse_duration(
                 "CHAT_DRAIN_RECONNECT_WINDOW",

@@ -152,6 +152,7 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         max_rooms: settings.max_rooms,
         max_history_bytes: settings.history_max_bytes,
         max_sessions_per_user: settings.max_sessions_per_user,
+        max_new_rooms_per_user_per_hour: settings.max_new_rooms_per_user_per_hour,
     };
     let backplane: SharedBackplane = match &settings.redis {
         Some(redis) => RedisBackplane::start(

@@ -222,7 +222,11 @@ impl Session {
         state.metrics.connections.inc();
         state.metrics.connections_accepted.inc();
         let stop = match refused {
-            Some(e) => Box::pin(self.refuse(e)).await,
+            Some(e) => {
+                // Out of the hub at once: a refused session takes no DMs.
+                state.hub.unregister(&self.handle);
+                Box::pin(self.refuse(e)).await
+            }
             None => self.serve(&inbox).await,
         };
         match stop {

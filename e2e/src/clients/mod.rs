@@ -7,9 +7,11 @@
 //! - [`resuming`]: a subscriber that resumes every room after a reconnect and a
 //!   publisher that resends what was not acknowledged;
 //! - [`lossless`]: many resuming subscribers, and the check that each got every
-//!   acknowledged message exactly once.
+//!   acknowledged message exactly once;
+//! - [`hostile`]: flooders, DM sprayers and replay hoarders for the bounds suites.
 
 pub mod cursors;
+pub mod hostile;
 pub mod lossless;
 pub mod resuming;
 pub mod ws;

@@ -97,6 +97,12 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
     if let Some(rooms) = s.limits.max_rooms {
         data.insert("CHAT_MAX_ROOMS".to_owned(), rooms.to_string());
     }
+    if let Some(rooms) = s.limits.max_new_rooms_per_user_per_hour {
+        data.insert(
+            "CHAT_MAX_NEW_ROOMS_PER_USER_PER_HOUR".to_owned(),
+            rooms.to_string(),
+        );
+    }
     if let Some(members) = s.limits.presence_max_members {
         data.insert("CHAT_PRESENCE_MAX_MEMBERS".to_owned(), members.to_string());
     }
@@ -397,7 +403,8 @@ mod tests {
             "maxRooms": 500,
             "historyMaxBytes": 10485760,
             "maxSessionsPerUser": 3,
-            "presenceMaxMembers": 250
+            "presenceMaxMembers": 250,
+            "maxNewRoomsPerUserPerHour": 40
         }}));
         let data = build(&c, BuildContext::default())
             .unwrap()
@@ -411,6 +418,7 @@ mod tests {
         );
         assert_eq!(data["CHAT_MAX_SESSIONS_PER_USER"], "3");
         assert_eq!(data["CHAT_PRESENCE_MAX_MEMBERS"], "250");
+        assert_eq!(data["CHAT_MAX_NEW_ROOMS_PER_USER_PER_HOUR"], "40");
 
         let defaults = build(&cluster(serde_json::json!({})), BuildContext::default())
             .unwrap()
@@ -421,6 +429,7 @@ mod tests {
             "CHAT_MAX_ROOMS",
             "CHAT_MAX_SESSIONS_PER_USER",
             "CHAT_PRESENCE_MAX_MEMBERS",
+            "CHAT_MAX_NEW_ROOMS_PER_USER_PER_HOUR",
         ] {
             assert!(!defaults.contains_key(unset), "{unset}");
         }

@@ -14,6 +14,9 @@ use crate::hub::Hub;
 use crate::protocol::{Position, ServerFrame, MEMBERS_PAGE};
 use crate::sync::lock;
 
+/// The window of the per-user cap on rooms created.
+const HOUR_MS: u64 = 3_600_000;
+
 pub struct MemoryBackplane {
     hub: Arc<Hub>,
     limits: HistoryLimits,
@@ -26,6 +29,8 @@ pub struct MemoryBackplane {
     presence: Mutex<HashMap<String, BTreeMap<String, usize>>>,
     /// user → open sessions (the per-user cap).
     sessions: Mutex<HashMap<String, usize>>,
+    /// user → (start of the current hour-long window in ms, rooms created in it).
+    rooms_created: Mutex<HashMap<String, (u64, usize)>>,
 }
 
 impl MemoryBackplane {
@@ -38,6 +43,7 @@ impl MemoryBackplane {
             rooms: Mutex::new(HashMap::new()),
             presence: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            rooms_created: Mutex::new(HashMap::new()),
         }
     }
 
@@ -75,6 +81,31 @@ impl MemoryBackplane {
             .entry(room.to_owned())
             .or_insert_with(|| Arc::new(Mutex::new(RoomLog::new(new_epoch(), self.limits))))
             .clone())
+    }
+
+    /// Counts a room `user` is creating, refusing past the per-user cap of the hour.
+    fn count_new_room(&self, user: &str) -> Result<(), BackplaneError> {
+        let max = self.budget.max_new_rooms_per_user_per_hour;
+        if max == 0 {
+            return Ok(());
+        }
+        let now_ms = now_us() / 1000;
+        let mut created = lock(&self.rooms_created);
+        if created.len() > 10_000 {
+            created.retain(|_, (start, _)| now_ms.saturating_sub(*start) < HOUR_MS);
+        }
+        let (start, count) = created.entry(user.to_owned()).or_insert((now_ms, 0));
+        if now_ms.saturating_sub(*start) >= HOUR_MS {
+            *start = now_ms;
+            *count = 0;
+        }
+        if *count >= max {
+            return Err(BackplaneError::RoomLimit(format!(
+                "this user created {max} new rooms within an hour, the most allowed"
+            )));
+        }
+        *count += 1;
+        Ok(())
     }
 
     /// Keeps total history under the byte budget by dropping the oldest messages of the
@@ -278,6 +309,11 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+        let is_new =
+            !lock(&self.rooms).contains_key(room) && !lock(&self.presence).contains_key(room);
+        if is_new {
+            self.count_new_room(user)?;
+        }
         let newly_present = {
             let mut presence = lock(&self.presence);
             let count = presence
@@ -351,6 +387,7 @@ mod tests {
             max_rooms: 1000,
             max_history_bytes: 1 << 30,
             max_sessions_per_user: 0,
+            max_new_rooms_per_user_per_hour: 0,
         })
     }
 
@@ -373,6 +410,7 @@ mod tests {
             max_rooms: 2,
             max_history_bytes: 1 << 30,
             max_sessions_per_user: 0,
+            max_new_rooms_per_user_per_hour: 0,
         });
         bp.publish("a", "u", "x").await.unwrap();
         bp.publish("b", "u", "x").await.unwrap();
@@ -397,6 +435,7 @@ mod tests {
             max_rooms: 10,
             max_history_bytes: 1 << 20,
             max_sessions_per_user: 2,
+            max_new_rooms_per_user_per_hour: 0,
         });
         bp.register_user("ann").await.unwrap();
         bp.register_user("ann").await.unwrap();
@@ -416,11 +455,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_user_creates_at_most_its_cap_of_new_rooms_an_hour() {
+        let (_hub, bp) = setup_with(Budget {
+            max_rooms: 100,
+            max_history_bytes: 1 << 20,
+            max_sessions_per_user: 0,
+            max_new_rooms_per_user_per_hour: 2,
+        });
+        bp.presence_join("a", "ann").await.unwrap();
+        bp.presence_join("b", "ann").await.unwrap();
+        let err = bp.presence_join("c", "ann").await.unwrap_err();
+        assert!(matches!(err, BackplaneError::RoomLimit(_)), "{err}");
+        // Joining rooms that exist costs nothing; others may still create rooms.
+        bp.presence_join("a", "bob").await.unwrap();
+        bp.presence_join("a", "ann").await.unwrap();
+        bp.presence_join("c", "bob").await.unwrap();
+        bp.presence_join("c", "ann").await.unwrap();
+    }
+
+    #[tokio::test]
     async fn history_stays_within_the_byte_budget() {
         let (_hub, bp) = setup_with(Budget {
             max_rooms: 1000,
             max_history_bytes: 20_000,
             max_sessions_per_user: 0,
+            max_new_rooms_per_user_per_hour: 0,
         });
         let body = "z".repeat(500);
         for i in 0..200 {

@@ -50,6 +50,10 @@ pub struct Budget {
     pub max_history_bytes: usize,
     /// Most sessions one user may have open; 0: no cap.
     pub max_sessions_per_user: usize,
+    /// Most rooms one user may bring into existence per hour (rooms are created by the
+    /// first join); 0: no cap. With the room cap, this keeps one user from making every
+    /// other idle room be forgotten.
+    pub max_new_rooms_per_user_per_hour: usize,
 }
 
 /// The backplane's connection state, as `/admin/status` reports it. Never holds a

@@ -162,6 +162,20 @@ impl Setup {
         drain: &str,
         extra: &str,
     ) {
+        self.apply_chat_full(replicas, image, persistence, drain, extra, "");
+    }
+
+    /// [`Setup::apply_chat_drained`] with more of the managed Redis (`redis`: YAML lines
+    /// under `redis.managed:`).
+    pub fn apply_chat_full(
+        &self,
+        replicas: i32,
+        image: &str,
+        persistence: bool,
+        drain: &str,
+        extra: &str,
+        redis: &str,
+    ) {
         let redis_image = std::env::var("CHATCLUSTER_E2E_REDIS_IMAGE")
             .map(|i| format!("      image: {i}\n"))
             .unwrap_or_default();
@@ -185,7 +199,7 @@ impl Setup {
         let manifest = format!(
             "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: chat\n\
              spec:\n  replicas: {replicas}\n  image: {image}\n  imagePullPolicy: IfNotPresent\n\
-             \x20 redis:\n    managed:\n{redis_image}      persistence: {persistence}\n\
+             \x20 redis:\n    managed:\n{redis_image}      persistence: {persistence}\n{redis}\
              \x20 expose:\n{expose}\
              \x20 drain:\n{drain}\
              \x20 limits:\n    messagesPerSecond: 100\n    burst: 100\n{extra}"

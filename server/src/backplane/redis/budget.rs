@@ -29,8 +29,23 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 const SWEEP_EVERY_REPORTS: u64 = 2;
 const LEASE_TTL_MS: u64 = 6_000;
 
-/// Idle rooms tried per refusal before a new room is refused.
-const FORGET_CANDIDATES: isize = 16;
+/// The window of the per-user cap on rooms created.
+const NEW_ROOMS_WINDOW_SECS: u64 = 3600;
+
+/// What the room index said to an admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// The room was in the index already.
+    Known,
+    /// The room is new to the index: someone is creating it.
+    New,
+    /// The index is full.
+    Full,
+}
+
+/// Idle rooms tried per refusal before a new room is refused (the least recently active;
+/// nodes keep rooms with members recent, see `touch_local_rooms`).
+const FORGET_CANDIDATES: isize = 64;
 
 /// This node's view of the index: when it last admitted each room (so a busy room costs
 /// the index one call a second) and the bytes its publishes saw since the last report.
@@ -93,22 +108,57 @@ impl Admitted {
 impl RedisBackplane {
     /// Admits `room` into the cluster's room index before anything creates its keys.
     /// Refused with `RoomLimit` when the index is full and no idle room can make way.
-    pub(super) async fn admit_room(&self, room: &str) -> Result<(), BackplaneError> {
+    /// When `creator` (a joining user) brings the room in, a room new to the index counts
+    /// against that user's rooms created per hour; a publish passes `None`.
+    pub(super) async fn admit_room(
+        &self,
+        room: &str,
+        creator: Option<&str>,
+    ) -> Result<(), BackplaneError> {
         if !self.admitted.due(room) {
             return Ok(());
         }
-        if self.index_admit(room, None).await? {
-            self.admitted.admitted(room);
+        let mut admission = self.index_admit(room, None).await?;
+        if admission == Admission::Full {
+            self.forget_idle_rooms(1).await?;
+            admission = self.index_admit(room, None).await?;
+        }
+        match admission {
+            Admission::Known => {}
+            Admission::New => {
+                if let Some(user) = creator {
+                    self.count_new_room(room, user).await?;
+                }
+            }
+            Admission::Full => {
+                return Err(BackplaneError::RoomLimit(format!(
+                    "the cluster holds its maximum of {} rooms and every one has members",
+                    self.budget.max_rooms
+                )))
+            }
+        }
+        self.admitted.admitted(room);
+        Ok(())
+    }
+
+    /// Counts a room `user` created; over the per-user cap the room leaves the index
+    /// again and the join is refused.
+    async fn count_new_room(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+        let max = self.budget.max_new_rooms_per_user_per_hour;
+        if max == 0 {
             return Ok(());
         }
-        self.forget_idle_rooms(1).await?;
-        if self.index_admit(room, None).await? {
-            self.admitted.admitted(room);
+        let mut inv = self.scripts.rooms_created.prepare_invoke();
+        inv.key(self.keys.user_rooms_created(user))
+            .arg(max)
+            .arg(NEW_ROOMS_WINDOW_SECS);
+        let counted: i64 = self.run(&inv).await?;
+        if counted == 1 {
             return Ok(());
         }
+        self.drop_index_entry(room).await?;
         Err(BackplaneError::RoomLimit(format!(
-            "the cluster holds its maximum of {} rooms and every one has members",
-            self.budget.max_rooms
+            "this user created {max} new rooms within an hour, the most allowed"
         )))
     }
 
@@ -121,15 +171,42 @@ impl RedisBackplane {
     /// and bytes. A refusal only means the index is full: the room exists already, and
     /// the sweeper keeps the count honest.
     async fn report_activity(&self) -> Result<(), BackplaneError> {
-        for (room, bytes) in self.admitted.take_unreported() {
-            if self.index_admit(&room, Some(bytes)).await? {
-                self.admitted.admitted(&room);
+        let mut reports = self.admitted.take_unreported().into_iter();
+        while let Some((room, bytes)) = reports.next() {
+            if let Err(e) = self.index_admit(&room, Some(bytes)).await {
+                // Kept for the next report, with those not sent yet.
+                self.admitted.published(&room, bytes);
+                for (room, bytes) in reports {
+                    self.admitted.published(&room, bytes);
+                }
+                return Err(e);
             }
+            self.admitted.admitted(&room);
         }
         Ok(())
     }
 
-    async fn index_admit(&self, room: &str, bytes: Option<u64>) -> Result<bool, BackplaneError> {
+    /// Marks the rooms with local members active in the index (one command), so the
+    /// rooms the cap forgets first are the idle ones, not quiet rooms with members.
+    pub(super) async fn touch_local_rooms(&self) -> Result<(), BackplaneError> {
+        let rooms = self.hub.local_rooms();
+        if rooms.is_empty() {
+            return Ok(());
+        }
+        let now_ms = now_us() / 1000;
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.keys.budget_index()).arg("XX").arg("GT");
+        for room in rooms.iter() {
+            cmd.arg(now_ms).arg(room.as_ref());
+        }
+        self.query::<()>(&cmd).await
+    }
+
+    async fn index_admit(
+        &self,
+        room: &str,
+        bytes: Option<u64>,
+    ) -> Result<Admission, BackplaneError> {
         let mut inv = self.scripts.room_admit.prepare_invoke();
         inv.key(self.keys.budget_index())
             .key(self.keys.budget_bytes())
@@ -137,8 +214,12 @@ impl RedisBackplane {
             .arg(now_us() / 1000)
             .arg(self.budget.max_rooms)
             .arg(bytes.map(|b| b.to_string()).unwrap_or_default());
-        let admitted: i64 = self.run(&inv).await?;
-        Ok(admitted == 1)
+        let reply: i64 = self.run(&inv).await?;
+        Ok(match reply {
+            1 => Admission::Known,
+            2 => Admission::New,
+            _ => Admission::Full,
+        })
     }
 
     /// Forgets up to `wanted` rooms nobody is in, least recently active first; returns
@@ -216,11 +297,15 @@ impl RedisBackplane {
         let mut rooms = Vec::with_capacity(scores.len());
         for (name, last_active_ms) in scores {
             if last_active_ms < stale_before {
-                // Its keys have expired (or are about to): nothing left to count.
+                // Its history keys have expired and nobody is in it: nothing left to
+                // count. (A room with members stays: a later message recreates its keys.)
                 let exists: bool = self
                     .query(redis::cmd("EXISTS").arg(self.keys.room_meta(&name)))
                     .await?;
-                if !exists {
+                let members: u64 = self
+                    .query(redis::cmd("HLEN").arg(self.keys.room_users(&name)))
+                    .await?;
+                if !exists && members == 0 {
                     self.drop_index_entry(&name).await?;
                     continue;
                 }
@@ -246,13 +331,19 @@ impl RedisBackplane {
             self.metrics
                 .history_trimmed_bytes
                 .inc_by(before.saturating_sub(kept));
-            self.query::<()>(
-                redis::cmd("HSET")
-                    .arg(self.keys.budget_bytes())
-                    .arg(&trim.room)
-                    .arg(kept),
-            )
-            .await?;
+            // At `maxmemory` this write is refused; the next pass reads the room's true
+            // size again from its next report, and the trim itself has freed memory.
+            if let Err(e) = self
+                .query::<()>(
+                    redis::cmd("HSET")
+                        .arg(self.keys.budget_bytes())
+                        .arg(&trim.room)
+                        .arg(kept),
+                )
+                .await
+            {
+                tracing::debug!(error = %e, room = %trim.room, "could not record a trimmed room's size");
+            }
         }
         let over = rooms_over_cap(rooms.len(), self.budget.max_rooms);
         if over > 0 {

@@ -10,6 +10,7 @@
 //! | `P:room:R:names` | sorted set | the room's members by name (member pages) |
 //! | `P:user:U:nodes` | set | nodes holding a session of the user (DM routing) |
 //! | `P:user:U:sessions` | hash | node → sessions of the user on it (the per-user cap) |
+//! | `P:user:U:rooms-created` | string with TTL | rooms the user created in the current hour |
 //! | `P:budget:rooms:active` | sorted set | room → last activity (ms): the room cap's index |
 //! | `P:budget:rooms:bytes` | hash | room → history bytes last reported (the byte budget) |
 //! | `P:budget:rooms:sweeper` | string with TTL | the node that runs the budget sweeper |
@@ -92,6 +93,11 @@ impl Keys {
         self.name("user", user, Some("sessions"))
     }
 
+    /// How many rooms the user created in the current hour-long window (string, TTL).
+    pub fn user_rooms_created(&self, user: &str) -> String {
+        self.name("user", user, Some("rooms-created"))
+    }
+
     /// The room index, its byte reports and the sweeper's lease share one id, so in
     /// cluster mode they live in one slot and one script can use them together.
     pub fn budget_index(&self) -> String {
@@ -147,6 +153,10 @@ mod tests {
         assert_eq!(keys.room_channel("lobby"), "chat:room:lobby");
         assert_eq!(keys.user_nodes("ann"), "chat:user:ann:nodes");
         assert_eq!(keys.user_sessions("ann"), "chat:user:ann:sessions");
+        assert_eq!(
+            keys.user_rooms_created("ann"),
+            "chat:user:ann:rooms-created"
+        );
         assert_eq!(keys.budget_index(), "chat:budget:rooms:active");
         assert_eq!(keys.budget_bytes(), "chat:budget:rooms:bytes");
         assert_eq!(keys.budget_lease(), "chat:budget:rooms:sweeper");
@@ -169,6 +179,10 @@ mod tests {
         assert_eq!(keys.room_channel("lobby"), "chat:room:{lobby}");
         assert_eq!(keys.user_nodes("ann"), "chat:user:{ann}:nodes");
         assert_eq!(keys.user_sessions("ann"), "chat:user:{ann}:sessions");
+        assert_eq!(
+            keys.user_rooms_created("ann"),
+            "chat:user:{ann}:rooms-created"
+        );
         assert_eq!(keys.budget_index(), "chat:budget:{rooms}:active");
         assert_eq!(keys.budget_bytes(), "chat:budget:{rooms}:bytes");
         assert_eq!(keys.budget_lease(), "chat:budget:{rooms}:sweeper");

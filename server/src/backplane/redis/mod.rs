@@ -102,6 +102,9 @@ pub struct RedisBackplane {
     /// Sessions per local user (registry), and per local (room, user) (presence), so both
     /// can be restored after Redis loses data.
     local_users: Mutex<HashMap<String, usize>>,
+    /// Users whose session count in Redis may disagree with `local_users` (an update
+    /// failed); the heartbeat writes the local count.
+    unsynced_users: Mutex<HashSet<String>>,
     local_presence: Mutex<HashMap<(String, String), usize>>,
     /// Per room with local members, the last message received. Offsets of one epoch
     /// arrive in increasing order on a room's channel; one that does not means Redis
@@ -286,6 +289,7 @@ impl RedisBackplane {
             metrics,
             scripts: Scripts::new(settings.cluster),
             local_users: Mutex::new(HashMap::new()),
+            unsynced_users: Mutex::new(HashSet::new()),
             local_presence: Mutex::new(HashMap::new()),
             last_received: Mutex::new(HashMap::new()),
             restoring: AtomicBool::new(false),
@@ -591,6 +595,43 @@ impl RedisBackplane {
         });
     }
 
+    /// Writes this node's session count of each user whose last update failed, so a
+    /// failed unregister cannot keep a user locked out at the cap.
+    async fn reconcile_sessions(&self) {
+        let users: Vec<String> = lock(&self.unsynced_users).drain().collect();
+        for user in users {
+            let count = lock(&self.local_users).get(&user).copied().unwrap_or(0);
+            let sessions = self.keys.user_sessions(&user);
+            let nodes = self.keys.user_nodes(&user);
+            let result = if count > 0 {
+                match self
+                    .query::<()>(redis::cmd("HSET").arg(&sessions).arg(&self.node).arg(count))
+                    .await
+                {
+                    Ok(()) => {
+                        self.query::<()>(redis::cmd("SADD").arg(&nodes).arg(&self.node))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                match self
+                    .query::<()>(redis::cmd("HDEL").arg(&sessions).arg(&self.node))
+                    .await
+                {
+                    Ok(()) => {
+                        self.query::<()>(redis::cmd("SREM").arg(&nodes).arg(&self.node))
+                            .await
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            if result.is_err() {
+                lock(&self.unsynced_users).insert(user);
+            }
+        }
+    }
+
     /// Counts one more session of `user` on this node unless the user is at the cap. In
     /// cluster mode other nodes' heartbeats live in other slots: at the cap, the nodes
     /// counted are checked here and the dead ones forgotten, then it is tried once more.
@@ -646,16 +687,17 @@ impl RedisBackplane {
     /// Heartbeat: marks this node alive and sweeps dead nodes' presence in local rooms.
     async fn heartbeat(&self) -> Result<(), BackplaneError> {
         let mut conn = self.connection()?;
-        let alive: Result<(), _> = redis::cmd("SET")
-            .arg(self.keys.node_alive(&self.node))
-            .arg("1")
-            .arg("EX")
-            .arg(self.ttl_secs())
-            .query_async(&mut conn)
-            .await;
+        let mut beat = self.scripts.heartbeat.prepare_invoke();
+        beat.key(self.keys.node_alive(&self.node))
+            .arg(self.ttl_secs());
+        let alive: Result<i64, _> = beat.invoke_async(&mut conn).await;
         alive.map_err(|e| {
             BackplaneError::Unavailable(format!("Redis: {}", self.record_error("heartbeat", e)))
         })?;
+        self.reconcile_sessions().await;
+        if let Err(e) = self.touch_local_rooms().await {
+            tracing::debug!(error = %e, "could not mark local rooms active; next heartbeat");
+        }
         // A room whose shard is failing over cannot be swept now; the next heartbeat
         // tries again, and this node stays alive meanwhile (its key was set).
         let mut alive_nodes: HashMap<String, bool> = HashMap::new();
@@ -858,6 +900,9 @@ impl Backplane for RedisBackplane {
     }
 
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError> {
+        // The room is in the index (the sweeper may have dropped an idle room's entry
+        // while its members were quiet): its history must count.
+        self.admit_room(room, None).await?;
         let published_us = now_us();
         let mut inv = self.scripts.publish.prepare_invoke();
         inv.key(self.keys.room_meta(room))
@@ -935,7 +980,7 @@ impl Backplane for RedisBackplane {
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
         // The first of a join's steps that writes the room's keys: the room cap is
         // checked here.
-        self.admit_room(room).await?;
+        self.admit_room(room, Some(user)).await?;
         let mut inv = self.scripts.presence_join.prepare_invoke();
         inv.key(self.keys.room_presence(room))
             .key(self.keys.room_users(room))
@@ -974,10 +1019,13 @@ impl Backplane for RedisBackplane {
 
     async fn register_user(&self, user: &str) -> Result<(), BackplaneError> {
         let result = self.register_session(user).await;
-        // Counted locally unless refused, so a registration Redis missed is restored
-        // with the rest after a reconnect.
+        // Counted locally unless refused; one Redis missed is written by the heartbeat
+        // (or restored with the rest after a reconnect).
         if !matches!(result, Err(BackplaneError::TooManySessions(_))) {
             *lock(&self.local_users).entry(user.to_owned()).or_insert(0) += 1;
+        }
+        if let Err(BackplaneError::Unavailable(_)) = result {
+            lock(&self.unsynced_users).insert(user.to_owned());
         }
         result
     }
@@ -997,7 +1045,11 @@ impl Backplane for RedisBackplane {
         inv.key(self.keys.user_nodes(user))
             .key(self.keys.user_sessions(user))
             .arg(&self.node);
-        self.run::<i64>(&inv).await.map(|_| ())
+        let result = self.run::<i64>(&inv).await.map(|_| ());
+        if result.is_err() {
+            lock(&self.unsynced_users).insert(user.to_owned());
+        }
+        result
     }
 
     async fn is_present(&self, room: &str, user: &str) -> Result<bool, BackplaneError> {

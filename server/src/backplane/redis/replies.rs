@@ -21,9 +21,10 @@ pub(super) enum RoomEvent<'a> {
     },
 }
 
-/// `M|offset|published_us|epoch|from|body` or `P|+|count|user` / `P|-|count|user` (or,
-/// from a node older than counts, `P|+|user`). The body comes last and may contain `|`;
-/// the other fields cannot (validated names, digits, hex).
+/// `M|offset|published_us|epoch|from|body` or `P|+|user|count` / `P|-|user|count` (or,
+/// from a node older than counts, `P|+|user`; the count comes last so such a node reads
+/// the user right). The body comes last and may contain `|`; the other fields cannot
+/// (validated names, digits, hex).
 pub(super) fn parse_room_event(payload: &str) -> Option<RoomEvent<'_>> {
     let mut parts = payload.splitn(6, '|');
     match parts.next()? {
@@ -40,10 +41,10 @@ pub(super) fn parse_room_event(payload: &str) -> Option<RoomEvent<'_>> {
                 "-" => false,
                 _ => return None,
             };
-            let first = parts.next()?;
-            let (member_count, user) = match parts.next() {
-                Some(user) => (Some(first.parse().ok()?), user),
-                None => (None, first),
+            let user = parts.next()?;
+            let member_count = match parts.next() {
+                Some(count) => Some(count.parse().ok()?),
+                None => None,
             };
             Some(RoomEvent::Presence {
                 joined,
@@ -156,7 +157,7 @@ mod tests {
             _ => panic!("not parsed"),
         }
         assert!(matches!(
-            parse_room_event("P|+|12|bob"),
+            parse_room_event("P|+|bob|12"),
             Some(RoomEvent::Presence {
                 joined: true,
                 user: "bob",
@@ -164,7 +165,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            parse_room_event("P|-|0|bob"),
+            parse_room_event("P|-|bob|0"),
             Some(RoomEvent::Presence {
                 joined: false,
                 member_count: Some(0),
@@ -180,9 +181,9 @@ mod tests {
                     ..
                 })
             ),
-            "an older node's event: the user alone, even one named with digits"
+            "an older node's event: the user alone"
         );
-        assert!(parse_room_event("P|+|x|bob").is_none());
+        assert!(parse_room_event("P|+|bob|x").is_none());
         assert!(parse_room_event("M|x|1|e|f|b").is_none());
         assert!(parse_room_event("P|?|bob").is_none());
         assert!(parse_room_event("").is_none());

@@ -5,6 +5,9 @@
 
 use redis::Script;
 
+/// The first line of a script that must run at `maxmemory` (see [`Scripts::new`]).
+const ALLOW_OOM: &str = "--! allow-oom\n";
+
 pub(super) struct Scripts {
     pub publish: Script,
     pub snapshot: Script,
@@ -16,9 +19,11 @@ pub(super) struct Scripts {
     pub presence_restore: Script,
     pub presence_sweep: Script,
     pub room_admit: Script,
+    pub rooms_created: Script,
     pub room_forget: Script,
     pub history_trim: Script,
     pub lease: Script,
+    pub heartbeat: Script,
     pub session_register: Script,
     pub session_unregister: Script,
     pub session_forget_nodes: Script,
@@ -30,7 +35,16 @@ pub(super) struct Scripts {
 impl Scripts {
     pub fn new(cluster: bool) -> Scripts {
         let publish_command = if cluster { "SPUBLISH" } else { "PUBLISH" };
-        let build = |body: &str| Script::new(&format!("local PUB = '{publish_command}'\n{body}"));
+        let build = |body: &str| {
+            // A script whose first line is `--! allow-oom` only frees memory (or must run
+            // to free it: the sweeper's lease): it runs even when Redis is at `maxmemory`,
+            // where `noeviction` refuses every other script's writes.
+            let shebang = match body.strip_prefix(ALLOW_OOM) {
+                Some(_) => "#!lua flags=allow-oom\n",
+                None => "",
+            };
+            Script::new(&format!("{shebang}local PUB = '{publish_command}'\n{body}"))
+        };
         Scripts {
             publish: build(include_str!("scripts/publish.lua")),
             snapshot: build(include_str!("scripts/snapshot.lua")),
@@ -42,9 +56,11 @@ impl Scripts {
             presence_restore: build(include_str!("scripts/presence_restore.lua")),
             presence_sweep: build(include_str!("scripts/presence_sweep.lua")),
             room_admit: build(include_str!("scripts/room_admit.lua")),
+            rooms_created: build(include_str!("scripts/rooms_created.lua")),
             room_forget: build(include_str!("scripts/room_forget.lua")),
             history_trim: build(include_str!("scripts/history_trim.lua")),
             lease: build(include_str!("scripts/lease.lua")),
+            heartbeat: build(include_str!("scripts/heartbeat.lua")),
             session_register: build(include_str!("scripts/session_register.lua")),
             session_unregister: build(include_str!("scripts/session_unregister.lua")),
             session_forget_nodes: build(include_str!("scripts/session_forget_nodes.lua")),

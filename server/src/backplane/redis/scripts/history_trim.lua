@@ -1,3 +1,4 @@
+--! allow-oom
 -- Drops a room's oldest messages until its history holds at most the given bytes (the
 -- cluster-wide history budget). Offsets stay: a client resuming from before the new
 -- oldest message gets `recovered: false`, as with any message that aged out.

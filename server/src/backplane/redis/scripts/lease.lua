@@ -1,3 +1,4 @@
+--! allow-oom
 -- Takes or renews a lease held by one node (the budget sweeper runs on one node at a
 -- time). KEYS: lease. ARGV: node, ttl ms. Reply: 1 when this node holds it.
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end

@@ -3,6 +3,6 @@
 redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 1)
 if redis.call('HINCRBY', KEYS[2], ARGV[2], 1) == 1 then
   redis.call('ZADD', KEYS[3], 0, ARGV[2])
-  redis.call(PUB, ARGV[3], 'P|+|' .. redis.call('HLEN', KEYS[2]) .. '|' .. ARGV[2])
+  redis.call(PUB, ARGV[3], 'P|+|' .. ARGV[2] .. '|' .. redis.call('HLEN', KEYS[2]))
 end
 return 1

@@ -10,6 +10,6 @@ local before = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
 redis.call('HINCRBY', KEYS[2], ARGV[2], want - have)
 if before <= 0 and want > 0 then
   redis.call('ZADD', KEYS[3], 0, ARGV[2])
-  redis.call(PUB, ARGV[4], 'P|+|' .. redis.call('HLEN', KEYS[2]) .. '|' .. ARGV[2])
+  redis.call(PUB, ARGV[4], 'P|+|' .. ARGV[2] .. '|' .. redis.call('HLEN', KEYS[2]))
 end
 return 1

@@ -1,3 +1,4 @@
+--! allow-oom
 -- Removes a room's presence entries of the given dead nodes (their heartbeat keys
 -- expired; the caller checked, as they may live in other cluster slots) and announces
 -- users who are no longer anywhere in the room.
@@ -23,7 +24,7 @@ for i = 1, #entries, 2 do
     if redis.call('HINCRBY', KEYS[2], user, -count) <= 0 then
       redis.call('HDEL', KEYS[2], user)
       redis.call('ZREM', KEYS[3], user)
-      redis.call(PUB, ARGV[1], 'P|-|' .. redis.call('HLEN', KEYS[2]) .. '|' .. user)
+      redis.call(PUB, ARGV[1], 'P|-|' .. user .. '|' .. redis.call('HLEN', KEYS[2]))
     end
   end
 end

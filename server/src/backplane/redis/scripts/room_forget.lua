@@ -1,3 +1,4 @@
+--! allow-oom
 -- Forgets a room nobody is in (the cluster-wide room cap): its offsets and history go,
 -- so the next message starts a new epoch and a client resuming from the old one is told
 -- `recovered: false`. A room with members is kept.

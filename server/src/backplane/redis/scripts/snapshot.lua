@@ -51,10 +51,11 @@ if ARGV[1] ~= '' then
 end
 redis.call('EXPIRE', meta, ARGV[5])
 redis.call('EXPIRE', log, ARGV[5])
--- The member count and the first page of names (a room's names predating the sorted set
--- are added to it once).
+-- The member count and the first page of names. The names are rebuilt from the users
+-- when the two disagree (written by a node older than the names, during an upgrade).
 local count = redis.call('HLEN', users)
-if count > 0 and redis.call('EXISTS', names) == 0 then
+if redis.call('ZCARD', names) ~= count then
+  redis.call('DEL', names)
   for _, user in ipairs(redis.call('HKEYS', users)) do redis.call('ZADD', names, 0, user) end
 end
 local members = redis.call('ZRANGE', names, '-', '+', 'BYLEX', 'LIMIT', 0, ARGV[8])
