@@ -33,6 +33,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(!token.is_empty())
         }
         Ok(ClientFrame::Ping {}) => {}
+        Ok(ClientFrame::Members { room, after }) => {
+            assert!(!room.is_empty() && room.len() <= 64);
+            assert!(after.is_none_or(|a| !a.is_empty() && a.len() <= 65));
+        }
         Err(e) => {
             let frame: serde_json::Value =
                 serde_json::from_str(&e.to_json()).expect("an error frame is JSON");

@@ -1,7 +1,8 @@
 //! History and the resume decision: whatever the sequence of appends, prunes and evictions
 //! and whatever `since` a client sends, a resume replays the whole gap, in offset order,
 //! ending at the head, or nothing (never a partial replay), and never panics (including
-//! offsets at the top of the u64 range).
+//! offsets at the top of the u64 range). The replay comes in pages of any size: the
+//! first page and the following ones add up to the whole gap.
 #![no_main]
 
 use chat_server::history::{resume_decision, HistoryLimits, ResumeDecision, RoomLog};
@@ -22,6 +23,8 @@ struct Input {
     max_age_ms: u16,
     ops: Vec<Op>,
     since: Option<(bool, u64)>,
+    /// Messages per replay page.
+    page: u8,
     /// resume_decision on its own, with any head and oldest offset.
     raw: (u64, Option<u64>, u64),
 }
@@ -69,11 +72,24 @@ fuzz_target!(|input: Input| {
         offset,
     });
     let head = log.head();
-    let (decision, frames) = log.replay(since.as_ref(), now);
-    let offsets: Vec<u64> = frames
+    let page = usize::from(input.page).max(1);
+    let (decision, frames) = log.replay(since.as_ref(), now, page);
+    assert!(frames.len() <= page);
+    let mut offsets: Vec<u64> = frames
         .iter()
         .map(|f| f.as_str().parse().expect("frames are their offsets"))
         .collect();
+    if let ResumeDecision::Replay { .. } = decision {
+        // The rest of the gap, page by page, as a joining session asks for it.
+        while let Some(&last) = offsets.last() {
+            if last >= head {
+                break;
+            }
+            let next = log.page("e", last, head, page).expect("nothing was trimmed meanwhile");
+            assert!(!next.is_empty() && next.len() <= page);
+            offsets.extend(next.iter().map(|(o, _)| *o));
+        }
+    }
     match decision {
         ResumeDecision::Fresh => {
             assert!(since.is_none());
