@@ -724,6 +724,7 @@ async fn data_plane_a_flood_cannot_fill_the_managed_redis() {
     let tally = Arc::new(HostileTally::default());
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
+    let run_started = Instant::now();
     let figures = s
         .lossless_through("flood", 300, 10, || {
             let (url, tally, stop, peak) = (url.clone(), tally.clone(), stop.clone(), peak.clone());
@@ -760,7 +761,7 @@ async fn data_plane_a_flood_cannot_fill_the_managed_redis() {
         .await;
     report(
         "a flood against the managed Redis (64Mi)",
-        Instant::now(),
+        run_started,
         figures,
     );
     let accepted = tally.acks.load(Ordering::Relaxed);
