@@ -76,6 +76,16 @@ pub struct SessionHandle {
     pub overflow_notify: Notify,
 }
 
+/// What [`SessionHandle::charge`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    Counted,
+    /// This charge overflowed the bound.
+    Overflowed,
+    /// An earlier one had.
+    AlreadyOverflowed,
+}
+
 /// Above this many slots, an emptied queue gives its memory back (a burst's worth is not
 /// kept for the connection's lifetime; below it, a busy session reuses its buffer).
 const QUEUE_KEEP_SLOTS: usize = 32;
@@ -100,21 +110,20 @@ impl SessionHandle {
     /// which case the session is marked overflowed (it will be closed as a slow consumer)
     /// and nothing more is queued for it.
     pub fn offer(&self, out: Outbound, bytes: usize) -> bool {
-        if self.overflowed.load(Ordering::Relaxed) {
-            return false;
+        match self.charge(bytes) {
+            Charge::Counted => {
+                self.push(out);
+                true
+            }
+            Charge::Overflowed => {
+                // The queued marker reaches an idle session; the notify wakes one that is
+                // blocked writing to a client that stopped reading.
+                self.push(Outbound::Overflowed);
+                self.overflow_notify.notify_one();
+                false
+            }
+            Charge::AlreadyOverflowed => false,
         }
-        let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        if before + bytes > self.queue_limit_bytes {
-            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.overflowed.store(true, Ordering::Relaxed);
-            // The queued marker reaches an idle session; the notify wakes one that is
-            // blocked writing to a client that stopped reading.
-            self.push(Outbound::Overflowed);
-            self.overflow_notify.notify_one();
-            return false;
-        }
-        self.push(out);
-        true
     }
 
     /// Counts `bytes` the session is about to write itself (a replay frame) against the
@@ -122,16 +131,22 @@ impl SessionHandle {
     /// bytes are given back with [`SessionHandle::written`]. On overflow nothing is
     /// counted and the session is marked overflowed, like a queue that overflowed.
     pub fn reserve(&self, bytes: usize) -> bool {
+        self.charge(bytes) == Charge::Counted
+    }
+
+    /// Counts `bytes` against the bound unless that would exceed it (then marks the
+    /// session overflowed and counts nothing).
+    fn charge(&self, bytes: usize) -> Charge {
         if self.overflowed.load(Ordering::Relaxed) {
-            return false;
+            return Charge::AlreadyOverflowed;
         }
         let before = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > self.queue_limit_bytes {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             self.overflowed.store(true, Ordering::Relaxed);
-            return false;
+            return Charge::Overflowed;
         }
-        true
+        Charge::Counted
     }
 
     /// Control messages bypass the byte bound: they are tiny and must always arrive.

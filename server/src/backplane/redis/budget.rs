@@ -108,13 +108,9 @@ impl Admitted {
 impl RedisBackplane {
     /// Admits `room` into the cluster's room index before anything creates its keys.
     /// Refused with `RoomLimit` when the index is full and no idle room can make way.
-    /// When `creator` (a joining user) brings the room in, a room new to the index counts
-    /// against that user's rooms created per hour; a publish passes `None`.
-    pub(super) async fn admit_room(
-        &self,
-        room: &str,
-        creator: Option<&str>,
-    ) -> Result<(), BackplaneError> {
+    /// A room new to the index counts against the joining `user`'s rooms created per
+    /// hour.
+    pub(super) async fn admit_room(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
         if !self.admitted.due(room) {
             return Ok(());
         }
@@ -125,11 +121,7 @@ impl RedisBackplane {
         }
         match admission {
             Admission::Known => {}
-            Admission::New => {
-                if let Some(user) = creator {
-                    self.count_new_room(room, user).await?;
-                }
-            }
+            Admission::New => self.count_new_room(room, user).await?,
             Admission::Full => {
                 return Err(BackplaneError::RoomLimit(format!(
                     "the cluster holds its maximum of {} rooms and every one has members",
@@ -168,8 +160,9 @@ impl RedisBackplane {
     }
 
     /// Reports the rooms this node published to since the last report: their activity
-    /// and bytes. A refusal only means the index is full: the room exists already, and
-    /// the sweeper keeps the count honest.
+    /// and bytes. A report admits its room even into a full index (the room exists, and
+    /// its bytes must count, also after the sweeper dropped an entry while its members
+    /// were quiet); the sweeper brings the count back under the cap.
     async fn report_activity(&self) -> Result<(), BackplaneError> {
         let mut reports = self.admitted.take_unreported().into_iter();
         while let Some((room, bytes)) = reports.next() {

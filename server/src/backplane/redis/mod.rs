@@ -900,9 +900,6 @@ impl Backplane for RedisBackplane {
     }
 
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError> {
-        // The room is in the index (the sweeper may have dropped an idle room's entry
-        // while its members were quiet): its history must count.
-        self.admit_room(room, None).await?;
         let published_us = now_us();
         let mut inv = self.scripts.publish.prepare_invoke();
         inv.key(self.keys.room_meta(room))
@@ -980,7 +977,7 @@ impl Backplane for RedisBackplane {
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
         // The first of a join's steps that writes the room's keys: the room cap is
         // checked here.
-        self.admit_room(room, Some(user)).await?;
+        self.admit_room(room, user).await?;
         let mut inv = self.scripts.presence_join.prepare_invoke();
         inv.key(self.keys.room_presence(room))
             .key(self.keys.room_users(room))
