@@ -172,11 +172,14 @@ fn idle_holds_connections_from_several_source_addresses() {
             "4",
             "--hold",
             "0",
+            "--rooms",
+            "5",
         ])
         .output()
         .unwrap();
     let r = report_of(&out);
     assert_eq!(r["connections"], 200);
+    assert_eq!(r["rooms"], 5);
     assert!(r["server_rss_after_bytes"].as_u64().unwrap() > 0);
 }
 

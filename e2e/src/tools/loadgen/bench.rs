@@ -32,6 +32,10 @@ pub enum Scenario {
     JoinStorm(Extra),
     /// N nodes joined by one redis-server: fanout over every node.
     FanoutRedis(Nodes),
+    /// N nodes joined by one redis-server: idle connections spread over them (each
+    /// node under the open-files limit), each in one of 1,000 rooms; RSS per connection
+    /// of the nodes and of Redis.
+    IdleRedis(Nodes),
     /// N nodes on one redis-server (`single`) or on a Redis Cluster of 3 masters
     /// (`cluster`, sharded pub/sub): 200 rooms × 20 members at 1,000 msg/s; Redis CPU is
     /// reported per server.
@@ -228,6 +232,36 @@ pub async fn run(scenario: Scenario) -> Result<Report> {
             argv.extend(["--url".to_owned(), s.nodes[0].ws_url()]);
             argv.extend(["--server-pid".to_owned(), s.nodes[0].pid().to_string()]);
             argv.extend(extra.flags.iter().cloned());
+            (s, argv)
+        }
+        Scenario::IdleRedis(n) => {
+            let s = tokio::task::block_in_place(|| {
+                Servers::start(
+                    n.nodes,
+                    &["--max-connections", "19000"],
+                    Some(RedisShape::Single),
+                )
+            })?;
+            // 6 nodes: 100,002 connections, 16,667 per node and per client process.
+            let connections = (usize::from(n.nodes) * 16_667).to_string();
+            let workers = usize::from(n.nodes).to_string();
+            let defaults = [
+                "--connections",
+                connections.as_str(),
+                "--workers",
+                workers.as_str(),
+                "--source-ips",
+                "16",
+                // Each connection registers and joins through Redis: 700/s is what six
+                // nodes, Redis and the clients keep up with on 2 cores.
+                "--connect-rate",
+                "700",
+                "--hold",
+                "5",
+                "--rooms",
+                "1000",
+            ];
+            let argv = args("idle", &defaults, &s, &n.extra);
             (s, argv)
         }
         Scenario::FanoutRedis(n) => {

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use super::{connect_retrying, loopback_target, loopback_targets, sample_all, Report};
 
@@ -41,6 +42,14 @@ pub struct IdleArgs {
     /// Seconds to hold the connections after all are open (and RSS is sampled).
     #[arg(long, default_value_t = 5)]
     pub hold: u64,
+    /// Each connection joins one of this many rooms (`idle-0` …), so presence is held
+    /// too; 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub rooms: usize,
+    /// PIDs of Redis processes whose RSS is reported (what the connections' registrations
+    /// and presence cost there).
+    #[arg(long = "redis-pid")]
+    pub redis_pids: Vec<u32>,
 }
 
 /// One worker process of `idle` (the hidden `idle-worker` subcommand).
@@ -56,6 +65,8 @@ pub struct WorkerArgs {
     pub source_ips: u8,
     #[arg(long)]
     pub connect_rate: u32,
+    #[arg(long, default_value_t = 0)]
+    pub rooms: usize,
 }
 
 /// Starts the workers, waits until they hold every connection, samples server RSS, holds,
@@ -73,6 +84,7 @@ pub async fn run(a: IdleArgs) -> Result<Report> {
     }
     loopback_targets(&a.urls)?;
     let before = sample_all(&a.server_pids)?;
+    let redis_before = sample_all(&a.redis_pids)?;
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
     let mut remaining = a.connections;
@@ -83,6 +95,7 @@ pub async fn run(a: IdleArgs) -> Result<Report> {
         cmd.arg("idle-worker")
             .args(["--count", &count.to_string(), "--worker", &w.to_string()])
             .args(["--source-ips", &a.source_ips.to_string()])
+            .args(["--rooms", &a.rooms.to_string()])
             .args([
                 "--connect-rate",
                 &(a.connect_rate / a.workers as u32).max(1).to_string(),
@@ -116,6 +129,7 @@ pub async fn run(a: IdleArgs) -> Result<Report> {
     let connect_secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = sample_all(&a.server_pids)?;
+    let redis_after = sample_all(&a.redis_pids)?;
     tokio::time::sleep(Duration::from_secs(a.hold)).await;
     let held = sample_all(&a.server_pids)?;
     for (mut child, _) in children {
@@ -125,6 +139,8 @@ pub async fn run(a: IdleArgs) -> Result<Report> {
     }
     let delta = after.rss_bytes.saturating_sub(before.rss_bytes);
     let per_conn = delta as f64 / opened.max(1) as f64;
+    let redis_per_conn =
+        redis_after.rss_bytes.saturating_sub(redis_before.rss_bytes) as f64 / opened.max(1) as f64;
     let json = json!({
         "scenario": "idle",
         "connections": opened,
@@ -135,11 +151,21 @@ pub async fn run(a: IdleArgs) -> Result<Report> {
         "server_rss_after_hold_bytes": held.rss_bytes,
         "server_rss_bytes_per_connection": per_conn,
         "server_cpu_us_while_holding": held.cpu_micros.saturating_sub(after.cpu_micros),
+        "rooms": a.rooms,
+        "redis_rss_before_bytes": redis_before.rss_bytes,
+        "redis_rss_after_bytes": redis_after.rss_bytes,
+        "redis_rss_bytes_per_connection": redis_per_conn,
     });
-    let summary = format!(
+    let mut summary = format!(
         "idle: {opened} connections over {} server(s) in {connect_secs:.1}s: server RSS {} -> {} bytes, {:.0} bytes ({:.2} KiB) per connection",
         a.urls.len(), before.rss_bytes, after.rss_bytes, per_conn, per_conn / 1024.0
     );
+    if !a.redis_pids.is_empty() {
+        summary.push_str(&format!(
+            "; Redis RSS {} -> {} bytes, {redis_per_conn:.0} bytes per connection",
+            redis_before.rss_bytes, redis_after.rss_bytes
+        ));
+    }
     let failures = if opened == a.connections {
         Vec::new()
     } else {
@@ -177,6 +203,11 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
         let target = &targets[i % targets.len()];
         let src = target.source(i + a.worker, a.source_ips);
         let mut ws = connect_retrying(target, &format!("user=idle{}-{i}", a.worker), src).await?;
+        if a.rooms > 0 {
+            let room = format!("idle-{}", (i * 7 + a.worker) % a.rooms);
+            let join = json!({"type":"join","room":room}).to_string();
+            ws.send(Message::Text(join.into())).await?;
+        }
         held.push(tokio::spawn(async move {
             // Keep reading so pings are answered; ends when the server closes.
             while let Some(Ok(_)) = ws.next().await {}
