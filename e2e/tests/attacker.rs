@@ -326,6 +326,9 @@ fn flags(idp: &IdentityProvider, hook: &JoinHook, dir: &std::path::Path) -> Vec<
         "2s",
         "--join-hook-cache-ttl",
         "1s",
+        // Rooms past one member get presence as counts: the count path is attacked too.
+        "--presence-max-members",
+        "1",
         "--dm-policy",
         "shared_room",
         "--dm-rate-per-sec",
@@ -476,14 +479,15 @@ impl Peer {
 }
 
 /// Every frame the attacker received: none may belong to a protected room or carry a
-/// protected body, anyone's DM to another user, or a member list or presence event
-/// naming a victim in a room whose presence is hidden.
+/// protected body, anyone's DM to another user, or a member list, count or presence
+/// event of a room whose presence is hidden.
 fn assert_nothing_leaked(attacker: &Peer, protected_rooms: &[&str], victims: &[&str]) {
     for frame in &attacker.seen {
         let text = frame.to_string();
         assert!(!text.contains(MARK), "{}: leaked {frame}", attacker.name);
         let room = frame["room"].as_str().unwrap_or("");
-        if ["message", "joined", "presence"].contains(&frame["type"].as_str().unwrap_or("")) {
+        let kind = frame["type"].as_str().unwrap_or("");
+        if ["message", "joined", "presence", "members"].contains(&kind) {
             assert!(
                 !protected_rooms.iter().any(|p| room.starts_with(p)),
                 "{}: got a frame of protected room {room}: {frame}",
@@ -494,6 +498,18 @@ fn assert_nothing_leaked(attacker: &Peer, protected_rooms: &[&str], victims: &[&
             assert_eq!(frame["to"], attacker.name.as_str(), "{frame}");
         }
         if room.starts_with("quiet.") {
+            assert!(
+                !["presence", "members"].contains(&kind),
+                "presence of a hidden room: {frame}"
+            );
+            assert_eq!(
+                frame
+                    .get("member_count")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0),
+                0,
+                "{frame}"
+            );
             for v in victims {
                 assert!(
                     !text.contains(&format!("\"{v}\"")),
@@ -742,10 +758,23 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
     hook.down.store(false, Ordering::SeqCst);
     assert!(hook.calls.load(Ordering::SeqCst) >= 3);
     assert_eq!(hook.bad_signatures.load(Ordering::SeqCst), 0);
-    // A room whose presence is hidden: members and presence stay empty for everyone.
+    // A room whose presence is hidden: members, the count and presence stay empty for
+    // everyone, and the member list cannot be paged.
     let quiet = mallory.join("quiet.hall").await;
     assert_eq!(quiet["members"], json!([]), "{quiet}");
+    assert_eq!(quiet["member_count"], 0, "{quiet}");
     alice.join("quiet.hall").await;
+    // Two members, over the presence limit of one: a count flush comes and goes.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    mallory
+        .send(json!({"type": "members", "room": "quiet.hall"}))
+        .await;
+    mallory.refused("forbidden").await;
+    // Nor can a room one is not in.
+    mallory
+        .send(json!({"type": "members", "room": "team.red"}))
+        .await;
+    mallory.refused("not_joined").await;
     alice
         .send(json!({"type": "leave", "room": "quiet.hall"}))
         .await;
