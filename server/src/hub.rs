@@ -255,7 +255,9 @@ impl Hub {
             return;
         }
         // Back at or under the limit: a count queued earlier is older than this frame's.
-        lock(&self.pending_counts).remove(room);
+        if self.presence_limit > 0 {
+            lock(&self.pending_counts).remove(room);
+        }
         let who = [user.to_owned()];
         let (joined, left): (&[String], &[String]) = if joined { (&who, &[]) } else { (&[], &who) };
         let frame: Utf8Bytes = ServerFrame::Presence {

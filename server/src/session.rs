@@ -775,11 +775,12 @@ impl Session {
 
     /// Writes a replay of `room` from the offset after `after` up to `head`: `first` (the
     /// snapshot's first page), then page by page from history. A session holds one page
-    /// (at most [`crate::backplane::REPLAY_PAGE_MESSAGES`]) at a time, whatever the gap, and its frames
-    /// count against the send queue's budget as they are written, so a client too slow
-    /// to take them is closed as a slow consumer, as with live traffic. If history loses the rest meanwhile (trimmed, or a
-    /// new epoch), the client is told `recovered: false`; if history cannot be read, it
-    /// is told `unavailable` (no `ref`: resync, docs/protocol.md).
+    /// (at most [`crate::backplane::REPLAY_PAGE_MESSAGES`]) at a time, whatever the gap,
+    /// and its frames count against the send queue's budget as they are written, so a
+    /// client too slow to take them is closed as a slow consumer, as with live traffic.
+    /// If history loses the rest meanwhile (trimmed, or a new epoch), the client is told
+    /// `recovered: false` (with `members`, the room's first page and count); if history
+    /// cannot be read, it is told `unavailable` (no `ref`: resync, docs/protocol.md).
     async fn replay(
         &mut self,
         room: &Arc<str>,
@@ -812,10 +813,7 @@ impl Session {
                     return self.feed(Message::Text(cut.into())).await;
                 }
                 Err(e) => {
-                    let err = FrameError::new(
-                        ErrorCode::Unavailable,
-                        format!("room `{room}`: history unavailable, messages may be missing: {e}"),
-                    );
+                    let err = history_unavailable(room, &e);
                     return self.feed(Message::Text(err.to_json().into())).await;
                 }
             };
@@ -885,10 +883,7 @@ impl Session {
         {
             Ok(s) => s,
             Err(e) => {
-                let err = FrameError::new(
-                    ErrorCode::Unavailable,
-                    format!("room `{room}`: history unavailable, messages may be missing: {e}"),
-                );
+                let err = history_unavailable(room, &e);
                 self.feed(Message::Text(err.to_json().into())).await?;
                 if let (Some((live_epoch, before)), Some(c)) = (live, self.rooms.get_mut(room)) {
                     if *live_epoch == c.epoch {
@@ -1268,6 +1263,15 @@ async fn leave_room_everywhere(
     if let Err(e) = unsubscribed {
         tracing::warn!(room, error = %e, "unsubscribe failed");
     }
+}
+
+/// History could not be read to fill a gap: an `unavailable` without a `ref`, which
+/// tells the client to resync (docs/protocol.md).
+fn history_unavailable(room: &str, e: &BackplaneError) -> FrameError {
+    FrameError::new(
+        ErrorCode::Unavailable,
+        format!("room `{room}`: history unavailable, messages may be missing: {e}"),
+    )
 }
 
 fn not_joined(room: &str, client_ref: Option<&str>) -> FrameError {

@@ -163,11 +163,6 @@ impl MemoryBackplane {
         (page, users.len() as u64)
     }
 
-    fn announce(&self, room: &str, user: &str, joined: bool) {
-        let member_count = lock(&self.presence).get(room).map_or(0, |u| u.len() as u64);
-        self.hub.deliver_presence(room, user, joined, member_count);
-    }
-
     /// Forgets rooms whose history has expired and that nobody is in, so memory stays
     /// bounded by active rooms. A later resume into such a room gets `recovered: false`.
     pub fn evict_idle_rooms(&self) -> usize {
@@ -314,23 +309,22 @@ impl Backplane for MemoryBackplane {
         if is_new {
             self.count_new_room(user)?;
         }
-        let newly_present = {
+        // The room's member count when the user is new there (the news to announce).
+        let arrived = {
             let mut presence = lock(&self.presence);
-            let count = presence
-                .entry(room.to_owned())
-                .or_default()
-                .entry(user.to_owned())
-                .or_insert(0);
-            *count += 1;
-            *count == 1
+            let users = presence.entry(room.to_owned()).or_default();
+            let sessions = users.entry(user.to_owned()).or_insert(0);
+            *sessions += 1;
+            (*sessions == 1).then_some(users.len() as u64)
         };
-        if newly_present {
-            self.announce(room, user, true);
+        if let Some(member_count) = arrived {
+            self.hub.deliver_presence(room, user, true, member_count);
         }
         Ok(())
     }
 
     async fn presence_leave(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+        // The room's member count when this was the user's last session there.
         let gone = {
             let mut presence = lock(&self.presence);
             let Some(users) = presence.get_mut(room) else {
@@ -339,21 +333,21 @@ impl Backplane for MemoryBackplane {
             let gone = match users.get_mut(user) {
                 Some(count) if *count > 1 => {
                     *count -= 1;
-                    false
+                    None
                 }
                 Some(_) => {
                     users.remove(user);
-                    true
+                    Some(users.len() as u64)
                 }
-                None => false,
+                None => None,
             };
             if users.is_empty() {
                 presence.remove(room);
             }
             gone
         };
-        if gone {
-            self.announce(room, user, false);
+        if let Some(member_count) = gone {
+            self.hub.deliver_presence(room, user, false, member_count);
         }
         Ok(())
     }

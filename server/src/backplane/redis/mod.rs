@@ -603,29 +603,20 @@ impl RedisBackplane {
             let count = lock(&self.local_users).get(&user).copied().unwrap_or(0);
             let sessions = self.keys.user_sessions(&user);
             let nodes = self.keys.user_nodes(&user);
-            let result = if count > 0 {
-                match self
-                    .query::<()>(redis::cmd("HSET").arg(&sessions).arg(&self.node).arg(count))
-                    .await
-                {
-                    Ok(()) => {
-                        self.query::<()>(redis::cmd("SADD").arg(&nodes).arg(&self.node))
-                            .await
-                    }
-                    Err(e) => Err(e),
+            let result: Result<(), BackplaneError> = async {
+                if count > 0 {
+                    self.query::<()>(redis::cmd("HSET").arg(&sessions).arg(&self.node).arg(count))
+                        .await?;
+                    self.query(redis::cmd("SADD").arg(&nodes).arg(&self.node))
+                        .await
+                } else {
+                    self.query::<()>(redis::cmd("HDEL").arg(&sessions).arg(&self.node))
+                        .await?;
+                    self.query(redis::cmd("SREM").arg(&nodes).arg(&self.node))
+                        .await
                 }
-            } else {
-                match self
-                    .query::<()>(redis::cmd("HDEL").arg(&sessions).arg(&self.node))
-                    .await
-                {
-                    Ok(()) => {
-                        self.query::<()>(redis::cmd("SREM").arg(&nodes).arg(&self.node))
-                            .await
-                    }
-                    Err(e) => Err(e),
-                }
-            };
+            }
+            .await;
             if result.is_err() {
                 lock(&self.unsynced_users).insert(user);
             }
