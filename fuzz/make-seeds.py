@@ -49,9 +49,19 @@ granted = hs256({"sub": "alice", "exp": far, "iss": "https://issuer.example", "a
                  "rooms": ["team.*", "ops"]})
 room_token = hs256({"sub": "alice", "exp": far, "iss": "https://issuer.example", "aud": "chat",
                     "room": "team.red"})
+# The auth target's first byte: % 5 picks tokens (0, 1), an origin (2), a JWKS document
+# (3) or forwarding headers (4); for tokens, / 5 % 3 picks the public key beside the
+# HS256 secret (RS256, ES256, Ed25519).
+jwks = json.dumps({"keys": [
+    {"kty": "EC", "kid": "e1", "crv": "P-256", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+     "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
+    {"kty": "OKP", "kid": "d1", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+    {"kty": "oct", "kid": "s1", "k": "c2VjcmV0"},
+    {"kty": "EC", "kid": "e2", "use": "enc", "crv": "P-256", "x": "AA", "y": "AA"}]}).encode()
 write("auth", [b"\x00" + token.encode(), b"\x01" + other.encode(), b"\x00alice",
                b"\x00" + granted.encode(), b"\x01" + room_token.encode(),
-               b"\x02https://chat.example", b"\x03" + bytes(range(64))])
+               b"\x05" + token.encode(), b"\x0a" + token.encode(),
+               b"\x02https://chat.example", b"\x03" + jwks, b"\x04" + bytes(range(64))])
 
 # The rooms target reads its fields with `arbitrary`: each &str is length-prefixed
 # except the last; these seeds are rule sets and names it can start mutating from.

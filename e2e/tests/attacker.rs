@@ -184,11 +184,13 @@ impl Drop for IdentityProvider {
     }
 }
 
-/// The application's join hook: allows `alice` into `hook.*` rooms, refuses the rest,
-/// and answers 500 while `down`. Counts calls, and bad signatures (which must stay 0).
+/// The application's join hook: allows `alice` into `hook.*` rooms, refuses the rest
+/// (everything while `withdrawn`), and answers 500 while `down`. Counts calls, and bad
+/// signatures (which must stay 0).
 struct JoinHook {
     addr: SocketAddr,
     down: Arc<AtomicBool>,
+    withdrawn: Arc<AtomicBool>,
     calls: Arc<AtomicUsize>,
     bad_signatures: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -199,12 +201,18 @@ impl JoinHook {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let down = Arc::new(AtomicBool::new(false));
+        let withdrawn = Arc::new(AtomicBool::new(false));
         let calls = Arc::new(AtomicUsize::new(0));
         let bad_signatures = Arc::new(AtomicUsize::new(0));
-        let (d, c, b) = (down.clone(), calls.clone(), bad_signatures.clone());
+        let (d, w, c, b) = (
+            down.clone(),
+            withdrawn.clone(),
+            calls.clone(),
+            bad_signatures.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (d, c, b) = (d.clone(), c.clone(), b.clone());
+                let (d, w, c, b) = (d.clone(), w.clone(), c.clone(), b.clone());
                 tokio::spawn(async move {
                     let Some((headers, body)) = read_request(&mut stream).await else {
                         return;
@@ -220,7 +228,8 @@ impl JoinHook {
                         b.fetch_add(1, Ordering::SeqCst);
                     }
                     let request: Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let allow = request["user"] == "alice"
+                    let allow = !w.load(Ordering::SeqCst)
+                        && request["user"] == "alice"
                         && request["room"].as_str().unwrap_or("").starts_with("hook.");
                     let (status, answer) = if d.load(Ordering::SeqCst) {
                         ("500 Internal Server Error", String::new())
@@ -238,6 +247,7 @@ impl JoinHook {
         JoinHook {
             addr,
             down,
+            withdrawn,
             calls,
             bad_signatures,
             task,
@@ -564,20 +574,8 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
         b64(json!({"alg": "none", "typ": "JWT"})),
         b64(claims("alice", json!({})))
     );
-    let confused = encode(
-        &Header::new(Algorithm::HS256),
-        &claims("alice", json!({})),
-        // The RSA public key the provider publishes (k2), as anyone can fetch it.
-        &EncodingKey::from_secret(&fixture("test-rs256-public.pem")),
-    )
-    .unwrap();
     let cases: Vec<(&str, String, &str)> = vec![
         ("alg none", none, "token rejected"),
-        (
-            "HS256 signed with the RS256 public key",
-            confused,
-            "token rejected",
-        ),
         (
             "wrong aud",
             hs256(&claims("alice", json!({"aud": "other"}))),
@@ -667,6 +665,24 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let k2 = IdentityProvider::sign("k2", &claims("frank", json!({})));
     assert_eq!(Peer::user(&a, &k2).await.name, "frank");
+    // The server now holds the provider's RSA key (k2). A token signed with HS256 using
+    // that public key's PEM as the secret (the classic key confusion) is refused, with
+    // k2's kid and without one.
+    for kid in [Some("k2"), None] {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        let confused = encode(
+            &header,
+            &claims("alice", json!({})),
+            &EncodingKey::from_secret(&fixture("test-rs256-public.pem")),
+        )
+        .unwrap();
+        let refused = Peer::open(&a, "", Some(&confused))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("HS256 over the RSA public key (kid {kid:?}): accepted"));
+        assert_eq!(refused.status, 401, "kid {kid:?}: {}", refused.body);
+    }
     idp.publish(&["k2"]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let k3 = IdentityProvider::sign("k3", &claims("frank", json!({})));
@@ -756,6 +772,33 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
         .await;
     mallory.refused("unavailable").await;
     hook.down.store(false, Ordering::SeqCst);
+    // At refresh the hook is asked again: a withdrawn grant, then a hook that cannot
+    // answer, each end alice's membership of hook.ops.
+    for (what, flag) in [("withdrawn", &hook.withdrawn), ("down", &hook.down)] {
+        flag.store(true, Ordering::SeqCst);
+        // Past the hook answers' cache (1 s).
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        alice
+            .send(json!({"type": "refresh", "token": token("alice")}))
+            .await;
+        alice.expect("refreshed").await;
+        let revoked = alice.refused("grant_revoked").await;
+        assert!(
+            revoked["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("hook.ops"),
+            "{what}: {revoked}"
+        );
+        assert_eq!(alice.expect("left").await["room"], "hook.ops", "{what}");
+        alice
+            .send(json!({"type": "send", "room": "hook.ops", "body": "x", "ref": "h"}))
+            .await;
+        alice.refused("not_joined").await;
+        flag.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        alice.join("hook.ops").await;
+    }
     assert!(hook.calls.load(Ordering::SeqCst) >= 3);
     assert_eq!(hook.bad_signatures.load(Ordering::SeqCst), 0);
     // A room whose presence is hidden: members, the count and presence stay empty for

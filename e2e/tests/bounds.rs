@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chat_server::sync::lock;
 use chatcluster_e2e::clients::hostile::{flood, hoard, spray_dms, HostileTally};
-use chatcluster_e2e::clients::resuming::{run_publisher, PublisherLog};
+use chatcluster_e2e::clients::publisher::{run_publisher, PublisherLog};
 use chatcluster_e2e::clients::ws::{connect, recv_json, send_and_ack, send_json, Ws};
 use chatcluster_e2e::harness::local_cluster::{ClusterOptions, LocalCluster};
 use chatcluster_e2e::wait::eventually;

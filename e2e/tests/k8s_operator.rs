@@ -12,6 +12,7 @@
 #![cfg(chatcluster_heavy)]
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -191,8 +192,20 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
             "spec.auth.joinHook.timeoutMilliseconds",
         ),
         (
+            "spec:\n  auth:\n    joinHook:\n      url: http://app/join\n      concurrency: 2000\n      secretName: h\n",
+            "spec.auth.joinHook.concurrency",
+        ),
+        (
             "spec:\n  auth:\n    dmPolicy: everyone\n",
-            "spec.auth.dmPolicy",
+            "supported values: \"anyone\", \"sharedRoom\", \"nobody\"",
+        ),
+        (
+            "spec:\n  auth:\n    jwtSecretName: Chat_JWT\n",
+            "auth.jwtSecretName must be a Secret name",
+        ),
+        (
+            "spec:\n  auth:\n    jwtSecretName: chat-jwt\n    issuer: 'https://idp /chat'\n",
+            "auth.issuer must be the tokens' exact iss",
         ),
         (
             "spec:\n  limits:\n    dmPerSecond: 0\n",
@@ -258,6 +271,8 @@ async fn every_auth_field_of_the_full_example_is_accepted_with_its_defaults() {
     assert_eq!(auth["rooms"][1]["presence"], true, "defaulted: {auth}");
     assert_eq!(auth["rooms"][2]["anonymous"], true, "defaulted: {auth}");
     assert_eq!(auth["joinHook"]["timeoutMilliseconds"], 2000);
+    assert_eq!(auth["joinHook"]["concurrency"], 64);
+    assert_eq!(auth["joinHook"]["cacheTtlSeconds"], 5);
     assert_eq!(stored["spec"]["limits"]["dmPerSecond"].as_f64(), Some(5.0));
 
     for (name, auth) in [
@@ -1124,6 +1139,124 @@ async fn status_connections_counts_the_clients_of_every_pod() {
     drop(servers);
 }
 
+/// A pod that only looks like one of the cluster's (its labels, a name `NAME-5` whose
+/// ordinal a scale-down would drain) but that the StatefulSet does not own gets nothing
+/// from the operator: no `/admin/*` call with the admin token, no `/metrics` scrape, and
+/// its claimed connections are not counted. What answers on its IP records every request
+/// and claims 1,000 connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_the_statefulset_does_not_own_never_gets_the_admin_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let s = setup("impostor", true).await;
+    assert_eq!(
+        pod_kind(&s.client).await.expect("nodes"),
+        PodKind::Simulated,
+        "this test binds listeners to simulated pods' loopback IPs; on real pods (kind) it \
+         is skipped by e2e/kind/run.sh"
+    );
+    s.apply(&manifest("tok", 1, &IMAGE_A, None));
+    s.wait_ready("tok", READY_WITHIN).await;
+    let server = s.stand_in_for("tok-0").await;
+    let url = format!("ws://{}/ws", server.public_addr);
+    let mut clients = Vec::new();
+    for user in ["ann", "ben"] {
+        let (ws, _, _) = chatcluster_e2e::clients::ws::connect(&url, &format!("user={user}"), None)
+            .await
+            .expect("client connects");
+        clients.push(ws);
+    }
+
+    // The impostor: tok-0's labels and image under another name, controlled by something
+    // else (as a Deployment's pods would be), so the StatefulSet does not adopt it.
+    s.kubectl_ok(&["create", "configmap", "decoy"], None);
+    let decoy = s.get("configmap", "decoy").expect("decoy");
+    let real = s.get("pod", "tok-0").expect("tok-0");
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "tok-5",
+            "labels": real["metadata"]["labels"],
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap", "name": "decoy",
+                "uid": decoy["metadata"]["uid"], "controller": true,
+            }],
+        },
+        "spec": {"containers": [{"name": "chat", "image": real["spec"]["containers"][0]["image"]}]},
+    });
+    s.kubectl_ok(&["apply", "-f", "-"], Some(&pod.to_string()));
+    let ip = eventually("tok-5 Ready with an IP", READY_WITHIN, || async {
+        Ok(s.get("pod", "tok-5").and_then(|p| {
+            let ready = condition(&p, "Ready").is_some_and(|c| c["status"] == "True");
+            p["status"]["podIP"]
+                .as_str()
+                .filter(|ip| ready && ip.starts_with("127."))
+                .map(str::to_owned)
+        }))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}{}", s.operator_log()));
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:9090"))
+        .await
+        .expect("the impostor's admin port");
+    let requests = Arc::new(Mutex::new(Vec::<String>::new()));
+    let recorded = requests.clone();
+    let impostor = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).await.unwrap_or(0);
+            recorded
+                .lock()
+                .expect("requests")
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let body = "chat_connections 1000\n";
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+
+    // Reconciles after the impostor is up: each scrapes the pods and asks the ones a
+    // scale-down would drain (ordinal 5 of 1) for their status, with the token.
+    for round in 1..=3 {
+        s.kubectl_ok(
+            &[
+                "annotate",
+                "chatcluster",
+                "tok",
+                &format!("e2e/poke={round}"),
+                "--overwrite",
+            ],
+            None,
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let counted = eventually(
+        "status.connections = 2",
+        Duration::from_secs(30),
+        || async {
+            Ok(s.get("chatcluster", "tok")
+                .filter(|c| c["status"]["connections"] == 2))
+        },
+    )
+    .await;
+    impostor.abort();
+    if let Err(e) = counted {
+        let status = s.get("chatcluster", "tok").map(|c| c["status"].clone());
+        panic!("{e}: {status:?}{}", s.operator_log());
+    }
+    let requests = requests.lock().expect("requests");
+    assert!(
+        requests.is_empty(),
+        "the operator called a pod it does not own: {requests:?}"
+    );
+    drop(clients);
+    drop(server);
+}
+
 /// A scale-down is an operator-driven drain: the StatefulSet keeps its 3 pods while the
 /// two leaving ones (stand-in servers sharing a real Redis) are drained through their
 /// admin port, their clients get reconnect notices and resume on the survivor, and only
@@ -1131,8 +1264,7 @@ async fn status_connections_counts_the_clients_of_every_pod() {
 /// exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_down_drains_the_leaving_pods_before_the_statefulset_lets_them_go() {
-    use chatcluster_e2e::clients::resuming::{run_publisher, PublisherLog};
-    use std::sync::{Arc, Mutex};
+    use chatcluster_e2e::clients::publisher::{run_publisher, PublisherLog};
 
     let s = setup("drain", true).await;
     let (_redis, _dir, mut servers) = s.three_stand_ins_sharing_redis(2, 20, 100).await;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_server::sync::lock;
-use chatcluster_e2e::clients::resuming::{run_publisher, PublisherLog};
+use chatcluster_e2e::clients::publisher::{run_publisher, PublisherLog};
 use chatcluster_e2e::clients::ws::{connect, join, recv_json, recv_type, send_and_ack, send_json};
 use chatcluster_e2e::harness::binaries::chat_server_binary;
 use chatcluster_e2e::harness::local_cluster::{ClusterOptions, LocalCluster};
@@ -495,6 +495,7 @@ async fn killed_node_clients_resume_elsewhere_and_its_presence_expires(backend: 
             "no gap after the kill"
         );
         assert_eq!(l.duplicates, 0);
+        assert_eq!(l.first_disorder(), None, "messages in offset order");
         if l.reconnects > 0 {
             moved += 1;
         }
@@ -580,6 +581,7 @@ async fn rolling_restart_loses_nothing(backend: Backend) {
     for (i, l) in logs.iter().enumerate() {
         let l = lock(l);
         assert_eq!(l.duplicates, 0, "sub{i} got a duplicate");
+        assert_eq!(l.first_disorder(), None, "sub{i}: messages in offset order");
         for (room, expected) in &acked {
             let got = after_warm_up(&l, room, warm[room]);
             assert_eq!(

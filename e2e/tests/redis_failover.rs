@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_server::sync::lock;
-use chatcluster_e2e::clients::resuming::{PublisherLog, SubscriberLog};
+use chatcluster_e2e::clients::publisher::PublisherLog;
+use chatcluster_e2e::clients::subscriber::SubscriberLog;
 use chatcluster_e2e::clients::ws::{connect, join, recv_json, recv_type, send_and_ack, send_json};
 use chatcluster_e2e::harness::local_cluster::LocalCluster;
 use serde_json::Value;
@@ -113,6 +114,7 @@ async fn assert_nothing_lost_silently(
     for (i, l) in logs.iter().enumerate() {
         let l = lock(l);
         assert_eq!(l.duplicates, 0, "sub{i} got a duplicate");
+        assert_eq!(l.first_disorder(), None, "sub{i}: messages in offset order");
         if l.not_recovered > 0 {
             told += 1;
             continue;

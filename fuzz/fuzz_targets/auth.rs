@@ -1,30 +1,33 @@
-//! Who is connecting: JWTs (an HS256 secret and an RS256 public key configured, issuer
-//! and audience required), room tokens, the Origin allow-list and the client address
-//! behind trusted proxies. Any input is answered with a user or an error, never a panic;
-//! an accepted user id is valid and never in the anonymous `~` namespace, an anonymous
-//! one always is, and an accepted room token names exactly the room asked for.
+//! Who is connecting: JWTs (an HS256 secret with an RS256, ES256 or Ed25519 public key,
+//! issuer and audience required), room tokens, JWKS documents, the Origin allow-list and
+//! the client address behind trusted proxies. Any input is answered with a user or an
+//! error, never a panic; an accepted user id is valid and never in the anonymous `~`
+//! namespace, an anonymous one always is, an accepted room token names exactly the room
+//! asked for, and a JWKS yields at most `MAX_KEYS` keys, each for one of the three
+//! algorithms.
 #![no_main]
 
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use chat_server::auth::jwks::{parse_jwks, MAX_KEYS};
 use chat_server::auth::Authenticator;
 use chat_server::client_addr::{client_address, source_key, TrustedProxies};
 use chat_server::auth::AuthSettings;
 use chat_server::metrics::Metrics;
 use chat_server::protocol::validate_user;
+use jsonwebtoken::Algorithm;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 
-static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
+/// An authenticator with the HS256 secret and `public_key` (a PEM fixture).
+fn authenticator(public_key: &[u8]) -> Authenticator {
     Authenticator::new(
         AuthSettings {
             allow_anonymous: true,
             hs256_secret: Some(b"fuzz-secret-fuzz-secret-fuzz-secret!".to_vec()),
-            public_key_pem: Some(
-                include_bytes!("../../server/tests/fixtures/test-rs256-public.pem").to_vec(),
-            ),
+            public_key_pem: Some(public_key.to_vec()),
             jwks: None,
             issuer: Some("https://issuer.example".into()),
             audience: Some("chat".into()),
@@ -33,6 +36,16 @@ static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
         Metrics::new(),
     )
     .expect("fixture key")
+}
+
+static AUTH: LazyLock<Authenticator> = LazyLock::new(|| {
+    authenticator(include_bytes!("../../server/tests/fixtures/test-rs256-public.pem"))
+});
+static AUTH_ES256: LazyLock<Authenticator> = LazyLock::new(|| {
+    authenticator(include_bytes!("../../server/tests/fixtures/test-es256-public.pem"))
+});
+static AUTH_EDDSA: LazyLock<Authenticator> = LazyLock::new(|| {
+    authenticator(include_bytes!("../../server/tests/fixtures/test-ed25519-public.pem"))
 });
 
 /// The checks are async (a JWKS may need a fetch); with no JWKS configured they never
@@ -59,10 +72,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let text = String::from_utf8_lossy(rest);
-    match mode % 4 {
+    match mode % 5 {
         0 | 1 => RUNTIME.block_on(async {
+            let by_key = [&*AUTH, &*AUTH_ES256, &*AUTH_EDDSA][usize::from(mode / 5 % 3)];
             for result in [
-                AUTH.authenticate(Some(&text), None).await,
+                by_key.authenticate(Some(&text), None).await,
                 AUTH.refresh(&text, "alice").await,
             ] {
                 if let Ok(identity) = result {
@@ -80,6 +94,15 @@ fuzz_target!(|data: &[u8]| {
         }),
         2 => {
             let _ = AUTH.check_origin(Some(&text));
+        }
+        3 => {
+            if let Ok(keys) = parse_jwks(rest) {
+                assert!(!keys.is_empty() && keys.len() <= MAX_KEYS);
+                assert!(keys.values().all(|k| matches!(
+                    k.alg,
+                    Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
+                )));
+            }
         }
         _ => {
             if let Ok(forwarded) = Forwarded::arbitrary(&mut arbitrary::Unstructured::new(rest)) {

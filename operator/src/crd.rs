@@ -539,6 +539,9 @@ pub struct AuthSpec {
     pub allow_anonymous: Option<bool>,
     /// Secret with key `hs256Secret` (at least 32 bytes): the HS256 key of client JWTs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("auth.jwtSecretName must be a Secret name (lowercase letters, digits, '-' and '.')"))]
     pub jwt_secret_name: Option<String>,
     /// Secret with key `publicKey`: a PEM public key (RSA for RS256, EC P-256 for ES256,
     /// Ed25519 for EdDSA) that client JWTs are verified with. Mounted into the pods as a
@@ -559,10 +562,14 @@ pub struct AuthSpec {
     /// a token the same issuer made for another application is not accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^[!-~]+$')")
+        .message("auth.issuer must be the tokens' exact iss: printable ASCII without spaces, e.g. https://auth.example.com/realms/chat"))]
     pub issuer: Option<String>,
     /// Required `aud` of client tokens (see `issuer`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('^[!-~]+$')")
+        .message("auth.audience must be the tokens' exact aud: printable ASCII without spaces, e.g. chat"))]
     pub audience: Option<String>,
     /// Browser origins allowed to connect (any when empty).
     #[serde(default)]
@@ -672,6 +679,17 @@ pub struct JoinHookSpec {
     /// through. Fail open only for rooms where an unauthorized member does no harm.
     #[serde(default)]
     pub fail_open: bool,
+    /// Hook calls in flight at once per pod; a join past it is refused with
+    /// `unavailable`, never let through (unset: the server's default, 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub concurrency: Option<i32>,
+    /// How long a pod keeps the hook's answer for one user and room; 0 keeps none
+    /// (unset: the server's default, 10 s). A withdrawn grant shows at the user's next
+    /// join or token refresh after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub cache_ttl_seconds: Option<i32>,
 }
 
 /// `auth.dmPolicy`.

@@ -421,6 +421,8 @@ fn unset_auth_fields_give_the_pods_nothing() {
         "CHAT_JOIN_HOOK_URL",
         "CHAT_JOIN_HOOK_TIMEOUT",
         "CHAT_JOIN_HOOK_FAIL_OPEN",
+        "CHAT_JOIN_HOOK_CONCURRENCY",
+        "CHAT_JOIN_HOOK_CACHE_TTL",
         "CHAT_DM_POLICY",
     ] {
         assert!(!config.contains_key(key), "{key} without a spec field");
@@ -483,6 +485,8 @@ fn auth_fields_become_the_servers_variables() {
     );
     assert_eq!(config["CHAT_JOIN_HOOK_TIMEOUT"], "2000ms");
     assert_eq!(config["CHAT_JOIN_HOOK_FAIL_OPEN"], "false");
+    assert_eq!(config["CHAT_JOIN_HOOK_CONCURRENCY"], "64");
+    assert_eq!(config["CHAT_JOIN_HOOK_CACHE_TTL"], "5s");
     assert_eq!(config["CHAT_DM_POLICY"], "shared_room");
     assert_eq!(config["CHAT_DM_RATE_PER_SEC"], "5");
     let rules: serde_json::Value = serde_json::from_str(&config["CHAT_ROOM_RULES"]).unwrap();

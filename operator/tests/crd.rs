@@ -174,6 +174,18 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
             "auth.joinHook.secretName must be a Secret name",
         ),
         (
+            json!({"auth": {"jwtSecretName": "Chat JWT"}}),
+            "auth.jwtSecretName must be a Secret name",
+        ),
+        (
+            json!({"auth": {"jwtSecretName": "chat-jwt", "issuer": "https://idp /realms/chat"}}),
+            "auth.issuer must be the tokens' exact iss",
+        ),
+        (
+            json!({"auth": {"jwtSecretName": "chat-jwt", "audience": "chat app"}}),
+            "auth.audience must be the tokens' exact aud",
+        ),
+        (
             json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "http://evil.example/x?"}}),
             "autoscaling.prometheusUrl must be an http:// or https:// base URL",
         ),

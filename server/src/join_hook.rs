@@ -342,6 +342,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hook_slower_than_its_timeout_fails_closed_or_open_and_is_not_cached() {
+        let (url, calls) =
+            hook_answering_after(r#"{"allow":true}"#.into(), Duration::from_millis(800)).await;
+        let mut s = settings(url.clone(), false);
+        s.timeout = Duration::from_millis(200);
+        let closed = JoinHook::new(s, Metrics::new()).unwrap();
+        // The hook would allow: only the cut at the timeout makes this unavailable.
+        assert!(matches!(
+            closed.ask("alice", "r").await,
+            Verdict::Unavailable(why) if why.contains("no answer within")
+        ));
+        assert!(matches!(
+            closed.ask("alice", "r").await,
+            Verdict::Unavailable(_)
+        ));
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "a failure is not cached"
+        );
+        let mut s = settings(url, true);
+        s.timeout = Duration::from_millis(200);
+        let open = JoinHook::new(s, Metrics::new()).unwrap();
+        assert_eq!(open.ask("alice", "r").await, Verdict::Allow);
+    }
+
+    #[tokio::test]
     async fn a_hook_that_is_not_there_fails_closed() {
         let url = Url::parse("http://127.0.0.1:1/join", false).unwrap();
         let hook = JoinHook::new(settings(url, false), Metrics::new()).unwrap();

@@ -637,7 +637,7 @@ impl Session {
                     self.send_error(FrameError::new(
                         ErrorCode::GrantRevoked,
                         format!(
-                            "room `{room}`: the new token no longer grants it; you have left it"
+                            "room `{room}`: no longer granted (by the new token, or by the join hook asked again); you have left it"
                         ),
                     ))
                     .await?;

@@ -307,3 +307,54 @@ async fn connections_waiting_for_their_auth_frame_are_bounded() {
         .await
         .expect("a place was freed");
 }
+
+/// `CHAT_DM_POLICY`: `anyone` reaches a user who shares no room with the sender (and
+/// says `user_offline` for one who is not connected); `nobody` refuses every DM with
+/// `forbidden`, to an online user and an absent one alike, and delivers nothing.
+#[tokio::test]
+async fn dm_policies_anyone_and_nobody() {
+    use chat_server::rooms::DmPolicy;
+    use serde_json::json;
+
+    let s = start(Settings::local_test()).await;
+    let mut a = Client::connect(s.public_addr, "ann").await;
+    let mut b = Client::connect(s.public_addr, "ben").await;
+    a.send(json!({"type": "dm", "to": "ben", "body": "hi", "ref": "d1"}))
+        .await;
+    assert_eq!(a.recv_type("ack").await["ref"], "d1");
+    let dm = b.recv_type("dm").await;
+    assert_eq!(
+        (dm["from"].as_str(), dm["body"].as_str()),
+        (Some("ann"), Some("hi"))
+    );
+    a.send(json!({"type": "dm", "to": "nobody-here", "body": "hi", "ref": "d2"}))
+        .await;
+    assert_eq!(a.recv_type("error").await["code"], "user_offline");
+
+    let mut settings = Settings::local_test();
+    settings.dm_policy = DmPolicy::Nobody;
+    let s = start(settings).await;
+    let mut a = Client::connect(s.public_addr, "ann").await;
+    let mut b = Client::connect(s.public_addr, "ben").await;
+    a.join("lobby").await;
+    b.join("lobby").await;
+    let mut refusals = Vec::new();
+    for (to, r) in [("ben", "d1"), ("nobody-here", "d2")] {
+        a.send(json!({"type": "dm", "to": to, "body": "hi", "ref": r}))
+            .await;
+        let e = a.recv_type("error").await;
+        assert_eq!(
+            (e["code"].as_str(), e["ref"].as_str()),
+            (Some("forbidden"), Some(r)),
+            "{e}"
+        );
+        refusals.push(e["message"].clone());
+    }
+    assert_eq!(
+        refusals[0], refusals[1],
+        "the refusal must not tell who is online"
+    );
+    while let Event::Frame(v) = b.next_event(std::time::Duration::from_millis(500)).await {
+        assert_ne!(v["type"], "dm", "a DM got through: {v}");
+    }
+}

@@ -21,7 +21,6 @@ pub struct Cursors {
     asked: HashMap<String, Option<Position>>,
 }
 
-/// What a `joined` frame meant.
 /// The server could not read history to fill a gap in live traffic (`unavailable`
 /// without a `ref`): what follows on this connection is past the gap, so the client
 /// must stop here, reconnect and resume from its position (docs/protocol.md).
@@ -36,6 +35,22 @@ pub fn must_resync(frame: &ReceivedFrame) -> bool {
     )
 }
 
+/// Where a `message` fell against its room's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The room had no position yet.
+    First,
+    /// Right after the position: the expected next message.
+    Next,
+    /// At or before the position in the same epoch: a duplicate, or out of order.
+    Behind,
+    /// Past the position with `missing` offsets skipped.
+    Gap { missing: u64 },
+    /// From another epoch than the position's (the room's history started over).
+    NewEpoch,
+}
+
+/// What a `joined` frame meant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinOutcome {
     /// The `since` this join asked for (for an unsolicited `joined`, the position the
@@ -82,15 +97,28 @@ impl Cursors {
         JoinOutcome { since, resumed }
     }
 
-    /// Takes in a `message`: the room's position moves to it.
-    pub fn message(&mut self, room: &str, epoch: &str, offset: u64) {
-        self.at.insert(
-            room.to_owned(),
-            Position {
-                epoch: epoch.to_owned(),
-                offset,
+    /// Takes in a `message`: the room's position moves to it, never back within an
+    /// epoch (a duplicate or a late message leaves it). Says where the message fell.
+    pub fn message(&mut self, room: &str, epoch: &str, offset: u64) -> Step {
+        let step = match self.at.get(room) {
+            None => Step::First,
+            Some(at) if at.epoch != epoch => Step::NewEpoch,
+            Some(at) if offset <= at.offset => Step::Behind,
+            Some(at) if offset == at.offset + 1 => Step::Next,
+            Some(at) => Step::Gap {
+                missing: offset - at.offset - 1,
             },
-        );
+        };
+        if step != Step::Behind {
+            self.at.insert(
+                room.to_owned(),
+                Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                },
+            );
+        }
+        step
     }
 
     /// The position in `room`, if the client has one.
@@ -150,6 +178,19 @@ mod tests {
         assert!(!must_resync(&error(ErrorCode::Unavailable, Some("c1"))));
         assert!(!must_resync(&error(ErrorCode::RateLimited, None)));
         assert!(!must_resync(&ReceivedFrame::Pong));
+    }
+
+    #[test]
+    fn a_message_says_where_it_fell_and_never_moves_the_position_back() {
+        let mut c = Cursors::default();
+        assert_eq!(c.message("r", "e1", 5), Step::First);
+        assert_eq!(c.message("r", "e1", 6), Step::Next);
+        assert_eq!(c.message("r", "e1", 9), Step::Gap { missing: 2 });
+        assert_eq!(c.message("r", "e1", 7), Step::Behind);
+        assert_eq!(c.message("r", "e1", 9), Step::Behind);
+        assert_eq!(c.at("r").cloned(), pos("e1", 9));
+        assert_eq!(c.message("r", "e2", 1), Step::NewEpoch);
+        assert_eq!(c.at("r").cloned(), pos("e2", 1));
     }
 
     #[test]

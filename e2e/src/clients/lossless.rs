@@ -1,18 +1,18 @@
 //! Lossless-operation checks shared by the Kubernetes suites: resuming subscribers that
 //! join rooms before traffic starts, and the check that each got every acknowledged
-//! message exactly once (by offsets) and every resume was recovered.
+//! message exactly once, in offset order, and every resume was recovered.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::resuming::{run_resuming_subscriber_over, SubscriberLog};
+use super::subscriber::{run_resuming_subscriber_over, SubscriberLog};
 use crate::wait::eventually;
 
 /// Resuming subscribers, by index and what they hold.
 pub type Subscribers = (
-    Vec<std::sync::Arc<std::sync::Mutex<super::resuming::SubscriberLog>>>,
+    Vec<std::sync::Arc<std::sync::Mutex<SubscriberLog>>>,
     Vec<tokio::task::JoinHandle<()>>,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
 );
@@ -95,11 +95,11 @@ pub async fn subscribers_joined(
 }
 
 /// Waits for the subscribers to catch up with what the publisher had acknowledged
-/// (`acked`), stops them, and checks each got every message exactly once and every
-/// resume was recovered.
+/// (`acked`), stops them, and checks each got every message exactly once, in offset
+/// order (as they arrived, not as the log sorts them), and every resume was recovered.
 pub async fn every_subscriber_got_every_message_once(
     acked: &std::collections::HashMap<String, BTreeMap<u64, String>>,
-    logs: &[std::sync::Arc<std::sync::Mutex<super::resuming::SubscriberLog>>],
+    logs: &[std::sync::Arc<std::sync::Mutex<SubscriberLog>>],
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 ) {
@@ -132,6 +132,7 @@ pub async fn every_subscriber_got_every_message_once(
                 "sub{i} in {room}: every message exactly once"
             );
         }
+        assert_eq!(l.first_disorder(), None, "sub{i}: messages in offset order");
         assert_eq!(l.not_recovered, 0, "sub{i}: every resume was recovered");
     }
 }

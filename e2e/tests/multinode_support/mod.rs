@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_server::sync::lock;
-use chatcluster_e2e::clients::resuming::{PublisherLog, SubscriberLog};
+use chatcluster_e2e::clients::publisher::PublisherLog;
+use chatcluster_e2e::clients::subscriber::SubscriberLog;
 use chatcluster_e2e::clients::ws::{connect, join, send_and_ack};
 use chatcluster_e2e::harness::binaries::chat_server_binary;
 use chatcluster_e2e::harness::local_cluster::{ClusterOptions, LocalCluster};

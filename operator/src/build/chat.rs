@@ -147,6 +147,12 @@ fn auth_config(auth: &AuthSpec, data: &mut BTreeMap<String, String>) {
             put("CHAT_JOIN_HOOK_TIMEOUT", format!("{ms}ms"));
         }
         put("CHAT_JOIN_HOOK_FAIL_OPEN", hook.fail_open.to_string());
+        if let Some(n) = hook.concurrency {
+            put("CHAT_JOIN_HOOK_CONCURRENCY", n.to_string());
+        }
+        if let Some(s) = hook.cache_ttl_seconds {
+            put("CHAT_JOIN_HOOK_CACHE_TTL", format!("{s}s"));
+        }
     }
     if let Some(policy) = auth.dm_policy {
         put("CHAT_DM_POLICY", policy.env_value().to_owned());

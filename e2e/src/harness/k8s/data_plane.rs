@@ -18,7 +18,7 @@ use super::cluster::{
     condition, pod_kind, ready_at_generation, shared_cluster, PodKind, TestCluster, TestNamespace,
 };
 use crate::clients::lossless::{every_subscriber_got_every_message_once, subscribers_joined};
-use crate::clients::resuming::{run_publisher, PublisherLog};
+use crate::clients::publisher::{run_publisher, PublisherLog};
 use crate::clients::ws::{connect, resolve_host};
 use crate::wait::eventually;
 

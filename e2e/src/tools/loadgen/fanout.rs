@@ -9,7 +9,7 @@
 //! shared by publishers and subscribers, and the subscribers' deadline is an `Instant` on
 //! that same clock handed out through a `watch` channel.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::idle::MAX_PER_WORKER;
 use super::tally::{Plan, RoomSpread, Tally};
 use super::{connect_retrying, loopback_targets, sample_all, Report};
+use crate::clients::resuming::{ClientOptions, Received, ResumingClient, Retry};
 use crate::clients::ws::{self as client, parse_frame, Ws};
 use crate::tools::stats::percentiles;
 
@@ -38,6 +39,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 const SETUP_BOUND: Duration = Duration::from_secs(600);
 /// Subscribers' source addresses: 127.0.0.1 ..= 127.0.0.8.
 const SUBSCRIBER_SOURCES: u8 = 8;
+/// Failed connection attempts in a row after which a subscriber gives up.
+const CONNECT_ATTEMPTS: u32 = 50;
 /// Smallest body that holds the `TAG PUBLISHER SEQ SCHEDULED_US` header.
 const MIN_BODY_BYTES: usize = 48;
 
@@ -128,22 +131,46 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
         a.publishers * a.rooms,
         a.rooms
     );
+    // Subscribers end on the deadline or once complete; nothing else stops them.
+    let never = Arc::new(AtomicBool::new(false));
     let mut subs = Vec::with_capacity(a.subscribers);
     for i in 0..a.subscribers {
         let target = &targets[i % targets.len()];
-        let source = target.source(i, SUBSCRIBER_SOURCES);
-        let mut ws = connect_retrying(target, &format!("user=sub{i}"), source).await?;
         let room = i % a.rooms;
-        let joined = client::join(&mut ws, &rooms[room], None).await?;
+        let mut sub = ResumingClient::new(ClientOptions {
+            source: target.source(i, SUBSCRIBER_SOURCES),
+            // A busy 2-core machine may take a while to answer one of thousands of upgrades.
+            connect_within: Duration::from_secs(10),
+            retry: Retry::Backoff,
+            give_up_after: Some(CONNECT_ATTEMPTS),
+            stop_check: Duration::from_secs(1),
+            ..ClientOptions::new(
+                vec![target.url.clone()],
+                format!("sub{i}"),
+                vec![rooms[room].clone()],
+                never.clone(),
+            )
+        });
+        sub.connect()
+            .await
+            .with_context(|| format!("sub{i}: {:?}", sub.connect_failures().recent))?;
         let plan = plans[room].clone();
         let mut tally = Tally::new(&plan);
         // Offsets are checked from the join on, so a gap before the first message shows.
-        tally.joined(
-            joined["epoch"].as_str().context("joined without epoch")?,
-            joined["offset"].as_u64().context("joined without offset")?,
-            true,
-        );
-        let task = tokio::spawn(subscribe(ws, tally, plan, base, deadline_rx.clone()));
+        loop {
+            match sub.next().await {
+                Ok(Received::Joined {
+                    frame: ReceivedFrame::Joined { epoch, offset, .. },
+                    ..
+                }) => {
+                    tally.joined(&epoch, offset, true);
+                    break;
+                }
+                Ok(_) => {}
+                Err(ended) => bail!("sub{i}: the connection ended ({ended:?}) before `joined`"),
+            }
+        }
+        let task = tokio::spawn(subscribe(sub, tally, plan, base, deadline_rx.clone()));
         subs.push((room, task));
     }
     // (room, publisher within the room, connection)
@@ -271,6 +298,7 @@ pub async fn run(a: FanoutArgs) -> Result<Report> {
         "gaps": tally.gaps,
         "offset_repeats": tally.offset_repeats,
         "not_recovered": tally.not_recovered,
+        "reconnects": tally.reconnects,
         "other_traffic": tally.other_traffic,
         "unexpected": tally.unexpected,
         "negative_latencies": tally.negative_latencies,
@@ -325,9 +353,10 @@ fn micros(d: Duration) -> u64 {
 }
 
 /// Reads a subscriber's stream until it has every expected (publisher, seq) or the shared
-/// deadline passes; never on a count, which other traffic in the room could reach.
+/// deadline passes; never on a count, which other traffic in the room could reach. A
+/// subscriber whose connection ends comes back and resumes (counted in the tally).
 async fn subscribe(
-    mut ws: Ws,
+    mut sub: ResumingClient,
     mut tally: Tally,
     plan: Arc<Plan>,
     base: Instant,
@@ -336,7 +365,7 @@ async fn subscribe(
     let sleep = tokio::time::sleep_until(*deadline.borrow_and_update());
     tokio::pin!(sleep);
     let mut watching = true;
-    while !tally.is_complete() {
+    'run: while !tally.is_complete() {
         tokio::select! {
             _ = &mut sleep => break,
             changed = deadline.changed(), if watching => match changed {
@@ -344,40 +373,57 @@ async fn subscribe(
                 // The coordinator is gone; the last deadline still holds.
                 Err(_) => watching = false,
             },
-            next = ws.next() => {
+            received = sub.next() => {
                 let received_us = micros(base.elapsed());
-                match next {
-                    Some(Ok(Message::Text(text))) => {
-                        record(&mut tally, &plan, text.as_str(), received_us)
+                match received {
+                    Ok(received) => record(&mut tally, &plan, received, received_us),
+                    Err(ended) => {
+                        tally.reconnects += 1;
+                        tokio::select! {
+                            _ = &mut sleep => break 'run,
+                            _ = sub.pause(&ended) => {}
+                        }
+                        tokio::select! {
+                            _ = &mut sleep => break 'run,
+                            welcome = sub.connect() => if welcome.is_none() { break 'run },
+                        }
                     }
-                    Some(Ok(_)) => {}
-                    None | Some(Err(_)) => break,
                 }
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+    sub.close().await;
     tally
 }
 
 /// Feeds one server frame to a subscriber's tally (presence and the like are ignored).
-fn record(tally: &mut Tally, plan: &Plan, text: &str, received_us: u64) {
-    match parse_frame(text) {
-        Ok(ReceivedFrame::Message {
-            epoch,
-            offset,
-            body,
+fn record(tally: &mut Tally, plan: &Plan, received: Received, received_us: u64) {
+    match received {
+        Received::Message {
+            frame:
+                ReceivedFrame::Message {
+                    epoch,
+                    offset,
+                    body,
+                    ..
+                },
             ..
-        }) => tally.message(plan, &epoch, offset, &body, received_us),
-        // Unsolicited: the server could not replay a gap and continues from here.
-        Ok(ReceivedFrame::Joined {
-            epoch,
-            offset,
-            recovered,
+        } => tally.message(plan, &epoch, offset, &body, received_us),
+        // A resumed join: the replay that follows continues from the tally's cursor.
+        Received::Joined { outcome, .. } if outcome.resumed => {}
+        // Unsolicited (the server could not replay a gap), or a resume that lost history.
+        Received::Joined {
+            frame:
+                ReceivedFrame::Joined {
+                    epoch,
+                    offset,
+                    recovered,
+                    ..
+                },
             ..
-        }) => tally.joined(&epoch, offset, recovered),
-        Ok(_) => {}
-        Err(_) => tally.unexpected_frame(),
+        } => tally.joined(&epoch, offset, recovered),
+        Received::NotAFrame(_) => tally.unexpected_frame(),
+        Received::Joined { .. } | Received::Message { .. } | Received::Other(_) => {}
     }
 }
 

@@ -138,6 +138,9 @@ pub struct Tally {
     /// Times the server could not replay a gap (`joined` with `recovered: false`, or a
     /// new epoch) so offset continuity was lost.
     pub not_recovered: u64,
+    /// Times the subscriber's connection ended and it came back and resumed (a clean
+    /// benchmark run has none: a resume replays late, and the latencies show it).
+    pub reconnects: u64,
     /// Deliveries received before they were scheduled: impossible on one monotonic
     /// clock, so any is a bug in the load generator, reported instead of clamped.
     pub negative_latencies: u64,
@@ -258,6 +261,7 @@ impl Tally {
         self.gaps += other.gaps;
         self.offset_repeats += other.offset_repeats;
         self.not_recovered += other.not_recovered;
+        self.reconnects += other.reconnects;
         self.negative_latencies += other.negative_latencies;
         self.latencies_us.extend(other.latencies_us);
     }
@@ -271,6 +275,7 @@ impl Tally {
             (self.gaps, "offsets skipped"),
             (self.offset_repeats, "offsets repeated"),
             (self.not_recovered, "unrecovered gaps"),
+            (self.reconnects, "reconnects"),
             (self.unexpected, "malformed messages"),
             (self.negative_latencies, "received before scheduled"),
         ]

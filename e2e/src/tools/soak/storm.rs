@@ -13,17 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use chat_server::protocol::ReceivedFrame;
 use chat_server::sync::lock;
-use futures_util::StreamExt;
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::clients::cursors::Cursors;
-use crate::clients::ws::{connect_with, parse_frame, send_json, ConnectOptions, Refused, Ws};
+use crate::clients::cursors::Step;
+use crate::clients::resuming::{ClientOptions, Ended, Received, ResumingClient, Retry};
+use crate::clients::ws::send_json;
 use crate::harness::local_cluster::{ClusterOptions, LocalCluster};
 use crate::tools::loadgen::idle::MAX_PER_WORKER;
 use crate::tools::loadgen::loopback_target;
@@ -119,99 +116,12 @@ struct Shared {
     duplicates: AtomicU64,
     joined_once: AtomicU64,
     back: AtomicU64,
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
     back_after_ms: Mutex<Vec<u64>>,
 }
 
-/// Connects (retrying: `Retry-After` plus up to 1 s of jitter on 503, else backoff from
-/// 100 ms doubling to 2 s with full jitter) and joins `room`, resuming from where
-/// `cursors` is. Returns the socket once `joined` arrived, or `None` when told to stop.
-async fn connect_and_join(
-    url: &str,
-    user: &str,
-    room: &str,
-    source: std::net::IpAddr,
-    cookie: &mut Option<String>,
-    cursors: &mut Cursors,
-    shared: &Shared,
-) -> Option<Ws> {
-    let mut failures = 0u32;
-    loop {
-        if shared.stop.load(Ordering::Relaxed) {
-            return None;
-        }
-        let opts = ConnectOptions {
-            cookie: cookie.as_deref(),
-            source: Some(source),
-            within: Duration::from_secs(10),
-        };
-        let wait = match connect_with(url, &format!("user={user}"), opts).await {
-            Ok((mut ws, set_cookie, _)) => {
-                if let Some(c) = set_cookie {
-                    *cookie = Some(c);
-                }
-                cursors.new_session();
-                if send_json(&mut ws, cursors.join(room)).await.is_ok() {
-                    if let Some((epoch, offset, recovered)) = wait_joined(&mut ws).await {
-                        let outcome = cursors.joined(room, &epoch, offset, recovered);
-                        if outcome.since.is_some() && !outcome.resumed {
-                            shared.not_recovered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        return Some(ws);
-                    }
-                }
-                failures += 1;
-                Duration::from_millis(100)
-            }
-            Err(e) => match e.downcast_ref::<Refused>() {
-                Some(r) if r.status == 503 => {
-                    shared.refused_503.fetch_add(1, Ordering::Relaxed);
-                    let base = match r.retry_after {
-                        Some(d) => {
-                            shared.with_retry_after.fetch_add(1, Ordering::Relaxed);
-                            d
-                        }
-                        None => Duration::from_secs(1),
-                    };
-                    base + Duration::from_millis(rand::rng().random_range(0..1_000))
-                }
-                _ => {
-                    shared.connect_errors.fetch_add(1, Ordering::Relaxed);
-                    failures += 1;
-                    let cap = (100u64 << failures.min(5)).min(2_000);
-                    Duration::from_millis(rand::rng().random_range(0..=cap))
-                }
-            },
-        };
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// Reads until `joined` (frames before it are replayed history: none, as `joined` comes
-/// first) and returns its epoch, offset and `recovered`; `None` if the connection ends.
-async fn wait_joined(ws: &mut Ws) -> Option<(String, u64, bool)> {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .ok()??;
-        if let Ok(Message::Text(t)) = frame {
-            if let ReceivedFrame::Joined {
-                epoch,
-                offset,
-                recovered,
-                ..
-            } = parse_frame(t.as_str()).ok()?
-            {
-                return Some((epoch, offset, recovered));
-            }
-        } else if frame.is_err() {
-            return None;
-        }
-    }
-}
-
-/// One storm client: connect, join, read; on a drop come back and resume. Returns its
-/// last offset.
+/// One storm client: connect, join, read; on a drop come back (a 503's `Retry-After`
+/// plus jitter, else backoff) and resume. Returns its last offset.
 async fn storm_client(
     url: String,
     user: String,
@@ -219,71 +129,60 @@ async fn storm_client(
     source: std::net::IpAddr,
     shared: Arc<Shared>,
 ) -> Option<u64> {
-    let mut cookie = None;
-    let mut cursors = Cursors::default();
-    let last_offset = |c: &Cursors| c.at(&room).map(|p| p.offset);
+    let mut client = ResumingClient::new(ClientOptions {
+        source: Some(source),
+        connect_within: Duration::from_secs(10),
+        retry: Retry::Backoff,
+        // Up to 19,000 clients per process: a stop may take half a second to be seen.
+        stop_check: Duration::from_millis(500),
+        ..ClientOptions::new(vec![url], user, vec![room.clone()], shared.stop.clone())
+    });
     let mut dropped_at: Option<u64> = None;
-    loop {
-        let mut ws = connect_and_join(
-            &url,
-            &user,
-            &room,
-            source,
-            &mut cookie,
-            &mut cursors,
-            &shared,
-        )
-        .await?;
-        match dropped_at.take() {
-            None => {
-                shared.joined_once.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(t) => {
-                lock(&shared.back_after_ms).push(unix_ms().saturating_sub(t));
-                shared.back.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        loop {
-            let frame = tokio::select! {
-                f = ws.next() => f,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if shared.stop.load(Ordering::Relaxed) {
-                        return last_offset(&cursors);
+    let mut ever_joined = false;
+    while client.connect().await.is_some() {
+        let ended = loop {
+            match client.next().await {
+                Ok(Received::Joined { outcome, .. }) => {
+                    if outcome.since.is_some() && !outcome.resumed {
+                        shared.not_recovered.fetch_add(1, Ordering::Relaxed);
                     }
-                    continue;
+                    if !std::mem::replace(&mut ever_joined, true) {
+                        shared.joined_once.fetch_add(1, Ordering::Relaxed);
+                    } else if let Some(t) = dropped_at.take() {
+                        lock(&shared.back_after_ms).push(unix_ms().saturating_sub(t));
+                        shared.back.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-            };
-            let text = match frame {
-                Some(Ok(Message::Text(t))) => t,
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => continue,
-            };
-            let Ok(ReceivedFrame::Message { epoch, offset, .. }) = parse_frame(text.as_str())
-            else {
-                continue;
-            };
-            if let Some(at) = cursors.at(&room) {
-                if at.epoch == epoch {
-                    if offset <= at.offset {
+                Ok(Received::Message { step, .. }) => match step {
+                    Step::Behind => {
                         shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                    } else if offset != at.offset + 1 {
+                    }
+                    Step::Gap { .. } => {
                         shared.gaps.fetch_add(1, Ordering::Relaxed);
                     }
-                }
-                // Never move back within an epoch: a duplicate leaves the position.
-                let offset = if at.epoch == epoch {
-                    offset.max(at.offset)
-                } else {
-                    offset
-                };
-                cursors.message(&room, &epoch, offset);
+                    Step::First | Step::Next | Step::NewEpoch => {}
+                },
+                Ok(_) => {}
+                Err(ended) => break ended,
             }
+        };
+        if ended == Ended::Stop {
+            break;
         }
-        if shared.stop.load(Ordering::Relaxed) {
-            return last_offset(&cursors);
-        }
-        dropped_at = Some(unix_ms());
+        dropped_at.get_or_insert_with(unix_ms);
+        client.pause(&ended).await;
     }
+    let failed = client.connect_failures();
+    shared
+        .refused_503
+        .fetch_add(failed.refused_503, Ordering::Relaxed);
+    shared
+        .with_retry_after
+        .fetch_add(failed.with_retry_after, Ordering::Relaxed);
+    shared
+        .connect_errors
+        .fetch_add(failed.other, Ordering::Relaxed);
+    client.cursors().at(&room).map(|p| p.offset)
 }
 
 /// The worker: starts its clients at `connect_rate`, prints `ready` once all have joined,
