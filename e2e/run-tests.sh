@@ -100,12 +100,15 @@ fi
 # (a compile error, a killed test binary) or prints no result at all counts as a failure,
 # so a tier that ran nothing cannot pass.
 cargo_tests() {
-  local tier="$1" out="target/tier-$1.txt" rc=0
+  local tier="$1" out="target/tier-$1.txt" rc=0 before
   shift
+  # Only this call's lines count: a tier that runs cargo test twice must not take the
+  # first call's result lines for the second's.
+  before="$(wc -l <"$out")"
   cargo test --locked --no-fail-fast "$@" 2>&1 | tee -a "$out" || rc=$?
-  if ! grep -q '^test result:' "$out"; then
+  if ! tail -n "+$((before + 1))" "$out" | grep -q '^test result:'; then
     echo "# fail 1 ($tier: cargo test $* printed no test result)" | tee -a "$out"
-  elif [ "$rc" -ne 0 ] && ! grep -qE '^test result: FAILED' "$out"; then
+  elif [ "$rc" -ne 0 ] && ! tail -n "+$((before + 1))" "$out" | grep -qE '^test result: FAILED'; then
     echo "# fail 1 ($tier: cargo test $* exited $rc without a failing test)" | tee -a "$out"
   fi
   return "$rc"

@@ -76,10 +76,14 @@ async fn data_plane_gateway_api_route_is_sticky_and_a_scale_down_loses_nothing()
 /// is left, and reports the figures as `what`.
 async fn lossless_scale_down(s: &Setup, what: &str) {
     let started = Instant::now();
-    let figures = s
-        .lossless_through("scale", 400, 20, || async {
-            s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
-        })
+    let leaving = ["chat-1", "chat-2"];
+    let (d, times) = s
+        .watch_drain(
+            &leaving,
+            s.lossless_through("scale", 400, 20, || async {
+                s.kubectl_ok(&["scale", "chatcluster/chat", "--replicas=1"], None);
+            }),
+        )
         .await;
     let scaled = eventually("one pod left", Duration::from_secs(120), || async {
         Ok(s.get("chatcluster", "chat")
@@ -87,7 +91,10 @@ async fn lossless_scale_down(s: &Setup, what: &str) {
     })
     .await;
     assert!(scaled.is_ok(), "{scaled:?}{}", s.diagnostics());
-    report(what, started, figures);
+    d.assert_moved_off(&leaving, &["chat-0"]);
+    times.assert_drained_before_lowered(&leaving);
+    s.assert_operator_drained(&leaving);
+    report(what, started, &d);
 }
 
 /// Through the test's front: a cookie pins a client to its pod; cookie-less clients
@@ -173,19 +180,27 @@ async fn sticky_chat_across_pods(s: &Setup) {
     };
     assert_eq!(dm["from"], bob.as_str());
 
-    // status.connections is read from the real pods' metrics.
+    // status.connections is read from the real pods' metrics: once the closed probes'
+    // connections are gone, exactly the clients still open.
     let open = 4 + extra.len() as i64; // alice, bob, carol, the sticky first + extras
     let counted = eventually(
-        "status.connections to count the open clients",
+        &format!("status.connections to equal the {open} open clients"),
         Duration::from_secs(60),
         || async {
             Ok(s.get("chatcluster", "chat")
                 .and_then(|cc| cc["status"]["connections"].as_i64())
-                .filter(|n| *n >= open))
+                .filter(|n| *n == open))
         },
     )
     .await;
-    assert!(counted.is_ok(), "{counted:?}{}", s.diagnostics());
+    let last = s
+        .get("chatcluster", "chat")
+        .map(|cc| cc["status"]["connections"].clone());
+    assert!(
+        counted.is_ok(),
+        "{counted:?} (last: {last:?}){}",
+        s.diagnostics()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +219,7 @@ async fn data_plane_a_rolling_update_to_another_image_loses_nothing() {
     let image_b = env("CHATCLUSTER_E2E_IMAGE_B");
     let started = Instant::now();
     let progressing_seen = Arc::new(Mutex::new(false));
-    let figures = s
+    let d = s
         .lossless_through("roll", 600, 20, || async {
             s.apply_chat(3, &image_b, false);
             let seen = eventually(
@@ -231,7 +246,10 @@ async fn data_plane_a_rolling_update_to_another_image_loses_nothing() {
         image_b.as_str()
     );
     assert_eq!(sts["status"]["updatedReplicas"], 3, "{sts}");
-    report("rolling update of 3 pods", started, figures);
+    // Every pod was replaced: every subscriber moved at least once.
+    let pods = ["chat-0", "chat-1", "chat-2"];
+    d.assert_moved_off(&pods, &pods);
+    report("rolling update of 3 pods", started, &d);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +276,7 @@ async fn data_plane_a_force_deleted_pod_loses_nothing_and_its_users_presence_exp
     join(&mut ghost, "hall", None).await.expect("join");
 
     let started = Instant::now();
-    let figures = s
+    let d = s
         .lossless_through("force", 400, 20, || async {
             s.kubectl_ok(
                 &[
@@ -273,7 +291,9 @@ async fn data_plane_a_force_deleted_pod_loses_nothing_and_its_users_presence_exp
             );
         })
         .await;
-    report("a pod force-deleted", started, figures);
+    // The pod comes back under its name: its subscribers moved, to either pod.
+    d.assert_moved_off(&[ghost_pod.as_str()], &["chat-0", "chat-1"]);
+    report("a pod force-deleted", started, &d);
 
     // The ghost's session died with its pod, unannounced: its presence expires.
     drop(ghost);
@@ -306,7 +326,7 @@ async fn data_plane_a_killed_container_shim_is_recovered_by_kubelet_and_loses_no
     let pod = s.ready_pods().into_iter().next().expect("a ready pod");
     let restarts_before = s.container_restarts(&pod);
     let started = Instant::now();
-    let figures = s
+    let d = s
         .lossless_through("kill", 400, 20, || async {
             // A failure on the node, not through the API: the pod's containerd shim is
             // killed; kubelet finds the sandbox gone, re-creates it and restarts the container.
@@ -321,7 +341,8 @@ async fn data_plane_a_killed_container_shim_is_recovered_by_kubelet_and_loses_no
     .await;
     assert!(restarted.is_ok(), "{restarted:?}{}", s.diagnostics());
     s.wait_ready(2, READY_WITHIN).await;
-    report("the container's shim killed on the node", started, figures);
+    d.assert_moved_off(&[pod.as_str()], &["chat-0", "chat-1"]);
+    report("the container's shim killed on the node", started, &d);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,7 +361,7 @@ async fn data_plane_the_managed_redis_pod_deleted_with_persistence_keeps_the_his
     // Mid-traffic: publishes fail with `unavailable` while Redis is away and are resent;
     // subscribers lose and duplicate nothing, and their resumes are recovered.
     let started = Instant::now();
-    let figures = s
+    let d = s
         .lossless_through("redis", 300, 20, || async {
             s.kubectl_ok(&["delete", "pod", "chat-redis-0", "--wait=false"], None);
         })
@@ -348,7 +369,7 @@ async fn data_plane_the_managed_redis_pod_deleted_with_persistence_keeps_the_his
     report(
         "the managed Redis pod deleted (persistence on)",
         started,
-        figures,
+        &d,
     );
     s.wait_ready(2, READY_WITHIN).await;
     redis_pod_deleted(&s, true).await;
@@ -464,34 +485,29 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
     let (cluster, ns) = (s.cluster, s.ns.name.clone());
     let watch_times = times.clone();
     let started = Instant::now();
-    let figures = s
-        .lossless_through("auto", 1200, 20, move || async move {
-            drop(idle);
-            watch_times.lock().expect("times").0 = Some(Instant::now());
-            tokio::spawn(async move {
-                let deadline = Instant::now() + Duration::from_secs(180);
-                while Instant::now() < deadline {
-                    let cc = cluster.kubectl_json(&[
-                        "-n",
-                        &ns,
-                        "get",
-                        "chatcluster",
-                        "chat",
-                        "-o",
-                        "json",
-                    ]);
-                    if cc
-                        .is_some_and(|c| c["status"]["replicas"] == 1 && c["spec"]["replicas"] == 1)
-                    {
-                        watch_times.lock().expect("times").1 = Some(Instant::now());
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leaving = ["chat-1", "chat-2"];
+    let traffic = s.lossless_through("auto", 1200, 20, move || async move {
+        drop(idle);
+        watch_times.lock().expect("times").0 = Some(Instant::now());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while Instant::now() < deadline {
+                let cc =
+                    cluster.kubectl_json(&["-n", &ns, "get", "chatcluster", "chat", "-o", "json"]);
+                if cc.is_some_and(|c| c["status"]["replicas"] == 1 && c["spec"]["replicas"] == 1) {
+                    watch_times.lock().expect("times").1 = Some(Instant::now());
+                    return;
                 }
-            });
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    });
+    let ((d, traffic_ended), drain_times) = s
+        .watch_drain(&leaving, async {
+            let d = traffic.await;
+            (d, Instant::now())
         })
         .await;
-    let traffic_ended = Instant::now();
     let down = eventually(
         "one pod left after the load drop",
         Duration::from_secs(120),
@@ -513,7 +529,10 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
         "data-plane figure: autoscaler, load drop to the scale-down done (10 s window, drains included): {:.1} s",
         done.duration_since(dropped).as_secs_f64()
     );
-    report("autoscaler scale-down 3 -> 1", started, figures);
+    d.assert_moved_off(&leaving, &["chat-0"]);
+    drain_times.assert_drained_before_lowered(&leaving);
+    s.assert_operator_drained(&leaving);
+    report("autoscaler scale-down 3 -> 1", started, &d);
     let scaling = s
         .get("chatcluster", "chat")
         .and_then(|cc| condition(&cc, "ScalingActive").cloned());
@@ -725,7 +744,7 @@ async fn data_plane_a_flood_cannot_fill_the_managed_redis() {
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let run_started = Instant::now();
-    let figures = s
+    let d = s
         .lossless_through("flood", 300, 10, || {
             let (url, tally, stop, peak) = (url.clone(), tally.clone(), stop.clone(), peak.clone());
             let s = &s;
@@ -759,11 +778,7 @@ async fn data_plane_a_flood_cannot_fill_the_managed_redis() {
             }
         })
         .await;
-    report(
-        "a flood against the managed Redis (64Mi)",
-        run_started,
-        figures,
-    );
+    report("a flood against the managed Redis (64Mi)", run_started, &d);
     let accepted = tally.acks.load(Ordering::Relaxed);
     let peak = peak.load(Ordering::Relaxed);
     let errors = chat_server::sync::lock(&tally.errors).clone();

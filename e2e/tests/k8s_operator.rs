@@ -569,16 +569,7 @@ async fn generated_secrets_are_created_once_referenced_and_recreated() {
 
     // Deleted by a user: recreated with a new value, and the pods are rolled to read it.
     s.kubectl_ok(&["delete", "secret", "chat-admin", "--wait=true"], None);
-    s.kubectl_ok(
-        &[
-            "annotate",
-            "chatcluster",
-            "chat",
-            "e2e/poke=1",
-            "--overwrite",
-        ],
-        None,
-    );
+    s.poke("chat");
     s.wait_exists("secret", "chat-admin", READY_WITHIN).await;
     assert_ne!(s.secret_value("chat-admin", "token"), token, "a new value");
     let rolled = eventually(
@@ -1109,29 +1100,8 @@ async fn status_connections_counts_the_clients_of_every_pod() {
         }
         servers.push(server);
     }
-    // Any change to the ChatCluster brings a reconcile (and a fresh scrape) now.
-    s.kubectl_ok(
-        &[
-            "annotate",
-            "chatcluster",
-            "chat",
-            "e2e/poke=1",
-            "--overwrite",
-        ],
-        None,
-    );
-    let counted = eventually(
-        "status.connections = 3",
-        Duration::from_secs(30),
-        || async {
-            Ok(s.get("chatcluster", "chat")
-                .filter(|c| c["status"]["connections"] == 3))
-        },
-    )
-    .await;
-    if let Err(e) = counted {
-        panic!("{e}{}", s.operator_log());
-    }
+    s.poke("chat");
+    s.wait_connections("chat", 3).await;
     let table = s.kubectl_ok(&["get", "chat", "chat", "--no-headers"], None);
     let columns: Vec<&str> = table.split_whitespace().collect();
     assert_eq!(columns.get(3), Some(&"3"), "CONNECTIONS column: {table}");
@@ -1221,33 +1191,12 @@ async fn a_pod_the_statefulset_does_not_own_never_gets_the_admin_token() {
 
     // Reconciles after the impostor is up: each scrapes the pods and asks the ones a
     // scale-down would drain (ordinal 5 of 1) for their status, with the token.
-    for round in 1..=3 {
-        s.kubectl_ok(
-            &[
-                "annotate",
-                "chatcluster",
-                "tok",
-                &format!("e2e/poke={round}"),
-                "--overwrite",
-            ],
-            None,
-        );
+    for _ in 0..3 {
+        s.poke("tok");
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
-    let counted = eventually(
-        "status.connections = 2",
-        Duration::from_secs(30),
-        || async {
-            Ok(s.get("chatcluster", "tok")
-                .filter(|c| c["status"]["connections"] == 2))
-        },
-    )
-    .await;
+    s.wait_connections("tok", 2).await;
     impostor.abort();
-    if let Err(e) = counted {
-        let status = s.get("chatcluster", "tok").map(|c| c["status"].clone());
-        panic!("{e}: {status:?}{}", s.operator_log());
-    }
     let requests = requests.lock().expect("requests");
     assert!(
         requests.is_empty(),

@@ -136,9 +136,12 @@ pub enum Received {
 /// Failed connection attempts, as a client's user reports them.
 #[derive(Debug, Default, Clone)]
 pub struct ConnectFailures {
-    /// Upgrades refused with 503, and how many of those carried `Retry-After`.
+    /// Upgrades a chat server refused with 503, and how many of those carried
+    /// `Retry-After` (all should: it is how a node paces its clients).
     pub refused_503: u64,
     pub with_retry_after: u64,
+    /// 503s from a load balancer itself (an HTML error page: no server available).
+    pub balancer_503: u64,
     /// Every other failure (refused with another status, timed out, reset).
     pub other: u64,
     /// The last few failures (address and error), for a test's failure message.
@@ -276,6 +279,10 @@ impl ResumingClient {
         }
         self.failed.recent.push_back(format!("{url}: {e:#}"));
         match e.downcast_ref::<Refused>() {
+            Some(r) if r.status == 503 && r.html => {
+                self.failed.balancer_503 += 1;
+                Some(r.retry_after)
+            }
             Some(r) if r.status == 503 => {
                 self.failed.refused_503 += 1;
                 if r.retry_after.is_some() {

@@ -35,6 +35,9 @@ pub struct Refused {
     pub status: u16,
     /// The `Retry-After` the server sent with the refusal (whole seconds), if any.
     pub retry_after: Option<Duration>,
+    /// The refusal is an HTML page: a load balancer's own error (haproxy's 503 when no
+    /// server is available), not a chat server's, which answers in plain text.
+    pub html: bool,
 }
 
 impl std::fmt::Display for Refused {
@@ -121,9 +124,15 @@ pub async fn connect_with(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .map(Duration::from_secs);
+                let html = resp
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/html"));
                 Err(anyhow::Error::new(Refused {
                     status: resp.status().as_u16(),
                     retry_after,
+                    html,
                 }))
             }
             Err(e) => Err(anyhow::Error::new(e)),

@@ -279,6 +279,24 @@ impl TestNamespace<'_> {
             .kubectl_json(&["-n", &self.name, "get", kind, name, "-o", "json"])
     }
 
+    /// The decoded value of `key` in Secret `name` (panics when either is missing).
+    pub fn secret_value(&self, name: &str, key: &str) -> String {
+        let secret = self.get("secret", name).expect("Secret");
+        let b64 = secret["data"][key].as_str().expect("key").to_owned();
+        let out = std::process::Command::new("base64")
+            .args(["-d"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("base64 -d");
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
     fn scoped<'s>(&'s self, args: &[&'s str]) -> Vec<&'s str> {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend_from_slice(args);

@@ -17,6 +17,7 @@ use serde_json::Value;
 use super::cluster::{
     condition, pod_kind, ready_at_generation, shared_cluster, PodKind, TestCluster, TestNamespace,
 };
+use super::disruption::{Disruption, Journey};
 use crate::clients::lossless::{every_subscriber_got_every_message_once, subscribers_joined};
 use crate::clients::publisher::{run_publisher, PublisherLog};
 use crate::clients::ws::{connect, resolve_host};
@@ -295,15 +296,15 @@ impl Setup {
 
     /// Publishes `total` messages over two rooms at `rate`/s while six resuming
     /// subscribers listen; runs `disrupt` once a tenth are acknowledged, then checks that
-    /// every subscriber got every acknowledged message exactly once. Returns the longest
-    /// time a subscriber had no connection and the number of reconnects.
+    /// every subscriber got every acknowledged message exactly once, in order. Returns
+    /// where the subscribers went ([`Disruption`]).
     pub async fn lossless_through<F, Fut>(
         &self,
         tag: &str,
         total: usize,
         rate: u32,
         disrupt: F,
-    ) -> (Duration, u64)
+    ) -> Disruption
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = ()>,
@@ -323,14 +324,21 @@ impl Setup {
         );
         every_subscriber_got_every_message_once(&acked, &logs, stop, tasks).await;
         // Read once the subscribers have stopped: every reconnect is counted.
-        let mut longest = Duration::ZERO;
-        let mut reconnects = 0;
+        let mut d = Disruption {
+            longest: Duration::ZERO,
+            reconnects: 0,
+            journeys: Vec::new(),
+        };
         for l in &logs {
             let l = l.lock().expect("log");
-            longest = longest.max(l.longest_disconnect);
-            reconnects += l.reconnects;
+            d.longest = d.longest.max(l.longest_disconnect);
+            d.reconnects += l.reconnects;
+            d.journeys.push(Journey {
+                pods: l.nodes_seen.clone(),
+                reconnects: l.reconnects,
+            });
         }
-        (longest, reconnects)
+        d
     }
 
     /// A publisher task sending `total` messages over `rooms` at `rate`/s, returned once
@@ -370,11 +378,12 @@ impl Setup {
 }
 
 /// The figures a lossless test reports (docs/kubernetes-e2e.md quotes them).
-pub fn report(what: &str, started: Instant, (longest, reconnects): (Duration, u64)) {
+pub fn report(what: &str, started: Instant, d: &Disruption) {
     println!(
         "data-plane figure: {what}: 0 lost, 0 duplicated; longest time a subscriber had no \
-         connection {} ms; {reconnects} reconnects; {:.1} s in all",
-        longest.as_millis(),
+         connection {} ms; {} reconnects; {:.1} s in all",
+        d.longest.as_millis(),
+        d.reconnects,
         started.elapsed().as_secs_f64()
     );
 }

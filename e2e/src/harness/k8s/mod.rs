@@ -10,10 +10,13 @@
 //! - [`operator_suite`]: the operator suite's set-up (a namespace and its own operator)
 //!   and its waits; [`stand_in`]: real chat-servers on simulated pods' IPs;
 //! - [`data_plane`]: the data-plane suite's set-up (real pods behind an ingress) and
-//!   its lossless check of a disruption.
+//!   its lossless check of a disruption; [`disruption`]: what a disruption did (where
+//!   subscribers went, the operator's drain Events, drained before the StatefulSet was
+//!   lowered).
 
 pub mod cluster;
 pub mod data_plane;
+pub mod disruption;
 pub mod operator;
 pub mod operator_suite;
 pub mod stand_in;

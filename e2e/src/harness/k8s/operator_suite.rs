@@ -310,22 +310,45 @@ impl Setup {
         }
     }
 
+    /// Annotates ChatCluster `name` (`e2e/poke=N`, a new N each time): any change brings
+    /// a reconcile, and with it a fresh scrape of the pods, now.
+    pub fn poke(&self, name: &str) {
+        static POKES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = POKES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.kubectl_ok(
+            &[
+                "annotate",
+                "chatcluster",
+                name,
+                &format!("e2e/poke={n}"),
+                "--overwrite",
+            ],
+            None,
+        );
+    }
+
+    /// Waits until ChatCluster `name`'s `status.connections` is `n`; panics with the
+    /// status and the operator's log after 30 s.
+    pub async fn wait_connections(&self, name: &str, n: i64) {
+        let counted = eventually(
+            &format!("status.connections = {n}"),
+            Duration::from_secs(30),
+            || async {
+                Ok(self
+                    .get("chatcluster", name)
+                    .filter(|c| c["status"]["connections"] == n))
+            },
+        )
+        .await;
+        if let Err(e) = counted {
+            let status = self.get("chatcluster", name).map(|c| c["status"].clone());
+            panic!("{e}: {status:?}{}", self.operator_log());
+        }
+    }
+
     /// The value under `key` of Secret `name`, decoded.
     pub fn secret_value(&self, name: &str, key: &str) -> String {
-        let secret = self.get("secret", name).expect("Secret");
-        let b64 = secret["data"][key].as_str().expect("key").to_owned();
-        let out = std::process::Command::new("base64")
-            .args(["-d"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().expect("stdin").write_all(b64.as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("base64 -d");
-        String::from_utf8(out.stdout).expect("utf-8")
+        self.ns.secret_value(name, key)
     }
 }
 

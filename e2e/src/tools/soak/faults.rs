@@ -65,9 +65,23 @@ pub struct Fault {
     pub after: Duration,
 }
 
+/// What applying one round of all five kinds takes beyond their holds: a drain waits for
+/// the node to exit and restart, a kill for the restart, a cut for the link to come back
+/// (about 7 s measured on 2 cores, 2026-12-06), with a margin.
+pub const ROUND_APPLY_MARGIN: Duration = Duration::from_secs(12);
+
+/// The shortest fault period that holds one fault of every kind with quiet gaps of
+/// `gap_min` before each.
+pub fn shortest_period_for_every_kind(gap_min: Duration) -> Duration {
+    let holds: Duration = FaultKind::ALL.iter().map(|k| k.hold()).sum();
+    holds + gap_min * FaultKind::ALL.len() as u32 + ROUND_APPLY_MARGIN
+}
+
 /// A random sequence of faults, one at a time, for a fault period of `period`: kinds come
-/// in shuffled rounds of all five (so a short run still sees every kind), nodes at random,
-/// and a random quiet gap of `gap.0..=gap.1` before each. Faults whose start plus hold
+/// in shuffled rounds of all five, nodes at random, and a random quiet gap of
+/// `gap.0..=gap.1` before each. The first round's gaps are shortened where needed so the
+/// whole round fits in the period (with [`ROUND_APPLY_MARGIN`]): a run long enough for
+/// [`shortest_period_for_every_kind`] sees every kind. Faults whose start plus hold
 /// would run past `period` are left out; applying a fault takes longer than its hold
 /// (restarts), so the injector also stops at the end of the period.
 pub fn schedule(
@@ -80,14 +94,23 @@ pub fn schedule(
     let mut out = Vec::new();
     let mut at = Duration::ZERO;
     let mut round: Vec<FaultKind> = Vec::new();
+    // The longest gap that still fits the first round in the period.
+    let kinds = FaultKind::ALL.len() as u32;
+    let holds: Duration = FaultKind::ALL.iter().map(|k| k.hold()).sum();
+    let first_round_gap = period.saturating_sub(holds + ROUND_APPLY_MARGIN) / kinds;
     loop {
         if round.is_empty() {
             round = FaultKind::ALL.to_vec();
             round.shuffle(&mut rng);
         }
         let Some(kind) = round.pop() else { break };
-        let after = if gap.1 > gap.0 {
-            rng.random_range(gap.0..=gap.1)
+        let longest = if out.len() < FaultKind::ALL.len() {
+            gap.1.min(first_round_gap).max(gap.0)
+        } else {
+            gap.1
+        };
+        let after = if longest > gap.0 {
+            rng.random_range(gap.0..=longest)
         } else {
             gap.0
         };
@@ -180,6 +203,24 @@ mod tests {
         // The first round holds every kind once.
         let first: std::collections::BTreeSet<_> = s.iter().take(5).map(|f| f.kind).collect();
         assert_eq!(first.len(), 5, "{s:?}");
+    }
+
+    #[test]
+    fn a_period_long_enough_fits_every_kind_whatever_the_seed() {
+        let gap = (Duration::from_secs(3), Duration::from_secs(8));
+        // The test command's soak: 90 s less 5 s of warm-up and 30 s to settle.
+        let period = Duration::from_secs(55);
+        assert!(period >= shortest_period_for_every_kind(gap.0));
+        for seed in 0..500 {
+            let s = schedule(seed, period, 3, gap);
+            let first: std::collections::BTreeSet<_> = s.iter().take(5).map(|f| f.kind).collect();
+            assert_eq!(first.len(), 5, "seed {seed}: {s:?}");
+            let round: Duration = s.iter().take(5).map(|f| f.after + f.kind.hold()).sum();
+            assert!(
+                round + ROUND_APPLY_MARGIN <= period,
+                "seed {seed}: {round:?}"
+            );
+        }
     }
 
     #[test]

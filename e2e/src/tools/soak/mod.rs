@@ -24,7 +24,7 @@ use crate::harness::process::free_port;
 use crate::harness::toxiproxy::{toxiproxy_binary, Link, Toxiproxy};
 use checker::{CheckOptions, Verdict};
 use client::{ClientSpec, Controls};
-use faults::{Fault, Target};
+use faults::{Fault, FaultKind, Target};
 
 /// Time for every client to connect and join before the first fault.
 const WARM_UP: Duration = Duration::from_secs(5);
@@ -77,11 +77,13 @@ pub struct SoakReport {
     /// Faults that could not be applied or after which the cluster did not recover.
     pub fault_errors: Vec<String>,
     pub verdict: Verdict,
+    /// What the run did too little of to prove anything ([`shortfalls`]).
+    pub shortfalls: Vec<String>,
 }
 
 impl SoakReport {
     pub fn passed(&self) -> bool {
-        self.verdict.passed() && self.fault_errors.is_empty()
+        self.verdict.passed() && self.fault_errors.is_empty() && self.shortfalls.is_empty()
     }
 
     pub fn print(&self, args: &SoakArgs) {
@@ -130,6 +132,9 @@ impl SoakReport {
         );
         for e in &self.fault_errors {
             println!("fault error: {e}");
+        }
+        for e in &self.shortfalls {
+            println!("shortfall: {e}");
         }
         for e in &v.examples {
             println!("problem: {e}");
@@ -262,13 +267,63 @@ pub async fn run(args: SoakArgs) -> Result<SoakReport> {
             history_durable: true,
         },
     );
+    let shortfalls = shortfalls(&args, &applied, &verdict);
     Ok(SoakReport {
         seed,
         elapsed,
         faults: applied,
         fault_errors,
         verdict,
+        shortfalls,
     })
+}
+
+/// A run that checked nothing would pass the checker: what it must at least have done.
+/// Every fault kind applied at least once; half the room messages the clients were
+/// scheduled to send acknowledged (faults refuse some); every acknowledged message
+/// delivered to at least its sender's room (a delivery each); some DMs acknowledged; and
+/// more sessions than clients (the faults made clients reconnect).
+pub fn shortfalls(args: &SoakArgs, applied: &[Fault], v: &Verdict) -> Vec<String> {
+    let mut out = Vec::new();
+    let fault_period = Duration::from_secs(args.seconds).saturating_sub(WARM_UP + SETTLE);
+    for kind in FaultKind::ALL {
+        if !applied.iter().any(|f| f.kind == kind) {
+            let needed = WARM_UP
+                + SETTLE
+                + faults::shortest_period_for_every_kind(Duration::from_secs(args.fault_gap_min));
+            out.push(format!(
+                "fault {} was never applied (a fault period of {} s; every kind needs a run of \
+                 at least {} s)",
+                kind.name(),
+                fault_period.as_secs(),
+                needed.as_secs()
+            ));
+        }
+    }
+    let publishing_ms = args.seconds.saturating_sub(SETTLE.as_secs()) * 1000;
+    let scheduled = args.clients as u64 * publishing_ms / args.publish_every_ms.max(1);
+    if v.acked < scheduled / 2 {
+        out.push(format!(
+            "{} room messages acknowledged, under half of the {scheduled} scheduled",
+            v.acked
+        ));
+    }
+    if v.acked == 0 || v.deliveries < v.acked || v.required_deliveries < v.acked {
+        out.push(format!(
+            "{} deliveries ({} required) for {} acknowledged messages",
+            v.deliveries, v.required_deliveries, v.acked
+        ));
+    }
+    if v.dms_acked == 0 && args.dm_every_ms < args.seconds * 1000 {
+        out.push("no direct message acknowledged".into());
+    }
+    if v.sessions <= args.clients as u64 {
+        out.push(format!(
+            "{} sessions for {} clients: no fault made a client reconnect",
+            v.sessions, args.clients
+        ));
+    }
+    out
 }
 
 /// Progress lines go to stderr, so stdout holds only the report.
@@ -304,4 +359,68 @@ fn client_specs(args: &SoakArgs, seed: u64) -> Vec<ClientSpec> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SoakArgs,
+    }
+
+    fn args() -> SoakArgs {
+        Cli::parse_from(["chat-soak"]).args
+    }
+
+    fn every_kind() -> Vec<Fault> {
+        FaultKind::ALL
+            .iter()
+            .map(|&kind| Fault {
+                kind,
+                node: 0,
+                after: Duration::ZERO,
+            })
+            .collect()
+    }
+
+    /// What the test command's 90 s run gives (2026-12-06).
+    fn busy() -> Verdict {
+        Verdict {
+            sent: 3338,
+            acked: 3059,
+            deliveries: 125_053,
+            required_deliveries: 125_053,
+            dms_acked: 1133,
+            sessions: 366,
+            ..Verdict::default()
+        }
+    }
+
+    #[test]
+    fn a_busy_run_with_every_fault_falls_short_of_nothing() {
+        assert_eq!(
+            shortfalls(&args(), &every_kind(), &busy()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn an_idle_run_or_a_missing_fault_kind_falls_short() {
+        let idle = shortfalls(&args(), &every_kind(), &Verdict::default());
+        assert_eq!(idle.len(), 4, "{idle:?}");
+        let mut some = every_kind();
+        some.retain(|f| f.kind != FaultKind::DrainNode);
+        let missing = shortfalls(&args(), &some, &busy());
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].contains("drain_node"), "{missing:?}");
+        let undisturbed = Verdict {
+            sessions: 200,
+            ..busy()
+        };
+        assert_eq!(shortfalls(&args(), &every_kind(), &undisturbed).len(), 1);
+    }
 }

@@ -81,9 +81,11 @@ pub struct StormWorkerArgs {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct WorkerReport {
     pub clients: usize,
-    /// Refusals with 503, and how many of them carried `Retry-After`.
+    /// Refusals with 503 by a node, and how many of them carried `Retry-After`.
     pub refused_503: u64,
     pub with_retry_after: u64,
+    /// 503s from haproxy itself (no server available).
+    pub balancer_503: u64,
     /// Connection attempts that failed otherwise (haproxy not listening yet, timeouts).
     pub connect_errors: u64,
     pub not_recovered: u64,
@@ -110,6 +112,7 @@ fn unix_ms() -> u64 {
 struct Shared {
     refused_503: AtomicU64,
     with_retry_after: AtomicU64,
+    balancer_503: AtomicU64,
     connect_errors: AtomicU64,
     not_recovered: AtomicU64,
     gaps: AtomicU64,
@@ -179,6 +182,9 @@ async fn storm_client(
     shared
         .with_retry_after
         .fetch_add(failed.with_retry_after, Ordering::Relaxed);
+    shared
+        .balancer_503
+        .fetch_add(failed.balancer_503, Ordering::Relaxed);
     shared
         .connect_errors
         .fetch_add(failed.other, Ordering::Relaxed);
@@ -261,6 +267,7 @@ pub async fn worker(a: StormWorkerArgs) -> Result<()> {
         clients: a.count,
         refused_503: shared.refused_503.load(Ordering::Relaxed),
         with_retry_after: shared.with_retry_after.load(Ordering::Relaxed),
+        balancer_503: shared.balancer_503.load(Ordering::Relaxed),
         connect_errors: shared.connect_errors.load(Ordering::Relaxed),
         not_recovered: shared.not_recovered.load(Ordering::Relaxed),
         gaps: shared.gaps.load(Ordering::Relaxed),
@@ -306,8 +313,11 @@ pub struct StormReport {
     pub back_after_p50_ms: u64,
     pub back_after_p99_ms: u64,
     pub back: usize,
+    /// The nodes' refusals (503), and those with `Retry-After`.
     pub refused_503: u64,
     pub with_retry_after: u64,
+    /// haproxy's own 503s (no server available), counted apart from the nodes'.
+    pub balancer_503: u64,
     pub connect_errors: u64,
     pub published: u64,
     /// Publishes answered `unavailable` (not sent).
@@ -320,8 +330,13 @@ pub struct StormReport {
 }
 
 impl StormReport {
+    /// Every client back and resumed with nothing lost, and the nodes' accept limits did
+    /// their part: they refused (a storm nothing refused proves no pacing), every time
+    /// with 503 and `Retry-After`.
     pub fn passed(&self, clients: usize) -> bool {
         self.back == clients
+            && self.refused_503 > 0
+            && self.with_retry_after == self.refused_503
             && self.not_recovered == 0
             && self.gaps == 0
             && self.duplicates == 0
@@ -355,8 +370,9 @@ impl StormReport {
             self.back_after_p99_ms
         );
         println!(
-            "refusals: {} answered 503 ({} with Retry-After); {} other failed attempts",
-            self.refused_503, self.with_retry_after, self.connect_errors
+            "refusals: {} answered 503 by the nodes ({} with Retry-After); {} 503 from haproxy \
+             itself (no server available); {} other failed attempts",
+            self.refused_503, self.with_retry_after, self.balancer_503, self.connect_errors
         );
         println!(
             "messages: {} published ({} refused as unavailable, not sent); gaps {}, duplicates \
@@ -531,6 +547,7 @@ pub async fn run(a: StormArgs) -> Result<StormReport> {
         back,
         refused_503: sum(|r| r.refused_503),
         with_retry_after: sum(|r| r.with_retry_after),
+        balancer_503: sum(|r| r.balancer_503),
         connect_errors: sum(|r| r.connect_errors),
         published,
         publish_refused,
