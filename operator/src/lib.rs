@@ -8,9 +8,11 @@
 //! - `reconcile/`: the reconcile pipeline, one file per stage. `mod.rs` wires the
 //!   stages (I/O); `validate` (pure) checks the spec; `secrets` (I/O) checks the
 //!   Secrets the spec refers to; `generated_secrets` (I/O) creates the admin token and
-//!   Redis password; `apply` (I/O) applies the built objects and deletes orphans;
-//!   `status` (I/O) observes the workloads and writes `status`; `conditions` and
-//!   `events` (pure) turn what was observed into conditions and Events.
+//!   Redis password; `drain_stage` (I/O) asks the pods that may leave and starts
+//!   their drains; `apply` (I/O) applies the built objects and deletes orphans;
+//!   `status` (I/O) observes the workloads; `report` (I/O) writes `status` and
+//!   publishes the Events; `conditions` and `events` (pure) turn what was observed into
+//!   conditions and Events; `context` is what every reconcile shares.
 //! - `autoscaling/`: the built-in autoscaler. `decision` (pure) decides the replicas and
 //!   holds the outcome the conditions and Events report; `promql` (pure) is the
 //!   connections query (the KEDA ScaledObject asks the same); `control_loop` (I/O)
