@@ -109,14 +109,23 @@ impl Cursors {
                 missing: offset - at.offset - 1,
             },
         };
-        if step != Step::Behind {
-            self.at.insert(
-                room.to_owned(),
-                Position {
-                    epoch: epoch.to_owned(),
-                    offset,
-                },
-            );
+        // In place when the room is known: a load generator takes in every message.
+        match (step, self.at.get_mut(room)) {
+            (Step::Behind, _) => {}
+            (Step::Next | Step::Gap { .. }, Some(at)) => at.offset = offset,
+            (_, Some(at)) => {
+                at.epoch = epoch.to_owned();
+                at.offset = offset;
+            }
+            (_, None) => {
+                self.at.insert(
+                    room.to_owned(),
+                    Position {
+                        epoch: epoch.to_owned(),
+                        offset,
+                    },
+                );
+            }
         }
         step
     }
