@@ -110,10 +110,6 @@ pub enum Ended {
 pub struct Welcome {
     /// The node that answered (`welcome.node`).
     pub node: String,
-    /// The URL it was reached through.
-    pub url: String,
-    /// Whether this is a comeback (the client had a connection before).
-    pub comeback: bool,
 }
 
 /// One frame, after the client has taken it into its cursors.
@@ -148,6 +144,13 @@ pub struct ConnectFailures {
     pub recent: VecDeque<String>,
 }
 
+/// What kind of failed attempt: a 503 refusal (with its `Retry-After`), or anything else.
+#[derive(Debug, Clone, Copy)]
+enum Failure {
+    Refused(Option<Duration>),
+    Other,
+}
+
 /// How many failures [`ConnectFailures::recent`] keeps.
 const RECENT_FAILURES_KEPT: usize = 5;
 
@@ -170,7 +173,6 @@ pub struct ResumingClient {
     next_url: usize,
     /// Failed attempts in a row.
     failures: u32,
-    connected_before: bool,
     connection: Option<Connection>,
     stop_check: Interval,
     failed: ConnectFailures,
@@ -186,7 +188,6 @@ impl ResumingClient {
             cursors: Cursors::default(),
             next_url: 0,
             failures: 0,
-            connected_before: false,
             connection: None,
             stop_check,
             failed: ConnectFailures::default(),
@@ -225,55 +226,48 @@ impl ResumingClient {
                 .urls
                 .get(self.next_url % self.opts.urls.len().max(1))?
                 .clone();
-            let options = ConnectOptions {
-                cookie: self.cookie.as_deref(),
-                source: self.opts.source,
-                within: self.opts.connect_within,
-            };
-            let query = format!("user={}", self.opts.user);
-            match connect_with(&url, &query, options).await {
-                Ok((ws, set_cookie, welcome)) => {
-                    if let Some(c) = set_cookie {
-                        self.cookie = Some(c);
-                    }
-                    self.failures = 0;
-                    let mut connection = Connection { ws, notice: None };
-                    self.cursors.new_session();
-                    let mut joins_sent = true;
-                    for room in &self.opts.rooms {
-                        let join = self.cursors.join(room);
-                        if send_json(&mut connection.ws, join).await.is_err() {
-                            joins_sent = false;
-                            break;
-                        }
-                    }
-                    if joins_sent {
-                        self.connection = Some(connection);
-                        let comeback = std::mem::replace(&mut self.connected_before, true);
-                        return Some(Welcome {
-                            node: welcome["node"].as_str().unwrap_or("").to_owned(),
-                            url,
-                            comeback,
-                        });
-                    }
-                    self.record_failure(&url, &anyhow::anyhow!("closed while joining"));
-                    self.failures += 1;
-                    self.next_url += 1;
-                    self.sleep(self.after_failure(None)).await;
-                }
+            match self.attempt(&url).await {
+                Ok(welcome) => return Some(welcome),
                 Err(e) => {
-                    let retry_after = self.record_failure(&url, &e);
+                    let failure = self.record_failure(&url, &e);
                     self.failures += 1;
                     self.next_url += 1;
-                    self.sleep(self.after_failure(retry_after)).await;
+                    self.sleep(self.after_failure(failure)).await;
                 }
             }
         }
         None
     }
 
-    /// Counts a failed attempt; returns the refusal's wait when it was a 503.
-    fn record_failure(&mut self, url: &str, e: &anyhow::Error) -> Option<Option<Duration>> {
+    /// One connection attempt at `url`: connect (sending the sticky cookie), then a join
+    /// for every room, resuming from the cursors.
+    async fn attempt(&mut self, url: &str) -> anyhow::Result<Welcome> {
+        let options = ConnectOptions {
+            cookie: self.cookie.as_deref(),
+            source: self.opts.source,
+            within: self.opts.connect_within,
+        };
+        let query = format!("user={}", self.opts.user);
+        let (mut ws, set_cookie, welcome) = connect_with(url, &query, options).await?;
+        if let Some(c) = set_cookie {
+            self.cookie = Some(c);
+        }
+        self.failures = 0;
+        self.cursors.new_session();
+        for room in &self.opts.rooms {
+            let join = self.cursors.join(room);
+            send_json(&mut ws, join)
+                .await
+                .map_err(|e| e.context("closed while joining"))?;
+        }
+        self.connection = Some(Connection { ws, notice: None });
+        Ok(Welcome {
+            node: welcome["node"].as_str().unwrap_or("").to_owned(),
+        })
+    }
+
+    /// Counts a failed attempt and says what kind it was.
+    fn record_failure(&mut self, url: &str, e: &anyhow::Error) -> Failure {
         if self.failed.recent.len() == RECENT_FAILURES_KEPT {
             self.failed.recent.pop_front();
         }
@@ -281,31 +275,31 @@ impl ResumingClient {
         match e.downcast_ref::<Refused>() {
             Some(r) if r.status == 503 && r.html => {
                 self.failed.balancer_503 += 1;
-                Some(r.retry_after)
+                Failure::Refused(r.retry_after)
             }
             Some(r) if r.status == 503 => {
                 self.failed.refused_503 += 1;
                 if r.retry_after.is_some() {
                     self.failed.with_retry_after += 1;
                 }
-                Some(r.retry_after)
+                Failure::Refused(r.retry_after)
             }
             _ => {
                 self.failed.other += 1;
-                None
+                Failure::Other
             }
         }
     }
 
-    /// The wait after a failed attempt (`refused`: it was a 503, with its `Retry-After`).
-    fn after_failure(&self, refused: Option<Option<Duration>>) -> Duration {
-        match (self.opts.retry, refused) {
+    /// The wait after a failed attempt.
+    fn after_failure(&self, failure: Failure) -> Duration {
+        match (self.opts.retry, failure) {
             (Retry::Steady(wait), _) => wait,
-            (Retry::Backoff, Some(retry_after)) => {
+            (Retry::Backoff, Failure::Refused(retry_after)) => {
                 retry_after.unwrap_or(Duration::from_secs(1))
                     + Duration::from_millis(rand::rng().random_range(0..1_000))
             }
-            (Retry::Backoff, None) => backoff(self.failures),
+            (Retry::Backoff, Failure::Other) => backoff(self.failures),
         }
     }
 
