@@ -146,6 +146,17 @@ mod tests {
     }
 
     #[test]
+    fn a_clusters_key_is_its_namespace_and_name() {
+        let spec: crate::crd::ChatClusterSpec =
+            serde_json::from_value(serde_json::json!({})).unwrap();
+        let mut c = ChatCluster::new("chat", spec);
+        c.metadata.namespace = Some("team-a".into());
+        assert_eq!(cluster_key(&c), "team-a/chat");
+        c.metadata.name = Some("chat-b".into());
+        assert_eq!(cluster_key(&c), "team-a/chat-b");
+    }
+
+    #[test]
     fn pod_keys_are_scoped_by_cluster_uid_not_name_prefix() {
         let chat = pod_key("uid-chat", "chat-0");
         let chat_b = pod_key("uid-chat-b", "chat-b-0");
