@@ -6,6 +6,8 @@
 # fuzz/artifacts/<target>/ to reproduce with `cargo +nightly fuzz run <target> <file>`.
 #
 # Usage: bash e2e/fuzz.sh [seconds per target, default 15] [target...]
+#        bash e2e/fuzz.sh build    (builds the targets only: the test command does this
+#                                   in the background while other tiers run)
 # Prints one `fuzz <target>: N inputs, ok|FAILED` line per target and `# pass N` /
 # `# fail N` for the test runner's summary. cargo-fuzz is installed (pinned) into the
 # tools cache on the first run; the nightly toolchain by rustup if it is missing.
@@ -39,6 +41,7 @@ fuzz_target_dir="$(tools_cache)/fuzz-target-$nightly"
 fuzz_flags=(--codegen-units 16 --target-dir "$fuzz_target_dir")
 echo "fuzz: building the targets into $fuzz_target_dir" >&2
 (cd fuzz && cargo +nightly fuzz build "${fuzz_flags[@]}")
+[ "$seconds" != build ] || exit 0
 
 pass=0
 fail=0

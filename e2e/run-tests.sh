@@ -78,6 +78,9 @@ cleanup() {
   if [ -n "$node_build_pid" ] && kill -0 "$node_build_pid" 2>/dev/null; then
     kill -- "-$node_build_pid" 2>/dev/null || true
   fi
+  if [ -n "${fuzz_build_pid:-}" ] && kill -0 "$fuzz_build_pid" 2>/dev/null; then
+    kill -- "-$fuzz_build_pid" 2>/dev/null || true
+  fi
   if [ -n "$k8s_state" ]; then
     bash e2e/k8s/stop-cluster.sh "$k8s_state"
     rm -rf "$k8s_state"
@@ -94,6 +97,13 @@ trap cleanup EXIT
 if runs node && [ "${tiers[0]}" != node ]; then
   setsid nice -n 19 bash e2e/node/build-node.sh >target/node-build.log 2>&1 &
   node_build_pid=$!
+fi
+# The fuzz targets' cold build (nightly, sanitizer coverage: about 9 minutes of CPU) the
+# same way: in the background from the start, waited for by the fuzz tier.
+fuzz_build_pid=""
+if runs fuzz && [ "${tiers[0]}" != fuzz ]; then
+  setsid nice -n 19 bash e2e/fuzz.sh build >target/fuzz-build.log 2>&1 &
+  fuzz_build_pid=$!
 fi
 
 # `cargo test` into target/tier-$1.txt. A run that exits non-zero without a failing test
@@ -226,6 +236,14 @@ tier_k8s() {
 
 tier_fuzz() {
   begin fuzz
+  if [ -n "$fuzz_build_pid" ]; then
+    echo "(waiting for the fuzz targets, building in the background since the start)"
+    if ! wait "$fuzz_build_pid"; then
+      echo "the background build of the fuzz targets failed (target/fuzz-build.log); fuzz.sh tries again:" >&2
+      tail -n 20 target/fuzz-build.log >&2
+    fi
+    fuzz_build_pid=""
+  fi
   echo "== fuzz targets (cargo-fuzz, libFuzzer, nightly; 15 s each from fuzz/seeds)"
   bash e2e/fuzz.sh 15 2>&1 | tee -a target/tier-fuzz.txt || status=1
   grep -q '^# pass ' target/tier-fuzz.txt || echo "# fail 1 (the fuzz targets did not run)" >>target/tier-fuzz.txt
