@@ -355,6 +355,14 @@ mod tests {
             ),
             Err(UrlError::TooLong)
         );
+        // Exactly the bound is allowed, one more is not.
+        let at_bound = format!("http://p/{}", "a".repeat(MAX_URL_LEN - "http://p/".len()));
+        assert_eq!(at_bound.len(), MAX_URL_LEN);
+        assert!(check(&at_bound, UrlPolicy::BASE).is_ok());
+        assert_eq!(
+            check(&format!("{at_bound}a"), UrlPolicy::BASE),
+            Err(UrlError::TooLong)
+        );
     }
 
     #[test]
