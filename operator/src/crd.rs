@@ -318,7 +318,8 @@ pub struct DrainSpec {
     pub pre_stop_seconds: i32,
     /// Reconnects per second over the whole cluster while the operator drains pods before
     /// a scale-down: it drains fewer pods at once, or gives each a longer window (up to
-    /// a second before the deadline), to stay under it.
+    /// a second before the deadline), to stay under it, aiming at 85 % of it where the
+    /// deadline leaves room.
     #[serde(default = "default_max_reconnects_per_second")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_reconnects_per_second: i32,
