@@ -344,6 +344,7 @@ mod tests {
             "http://p:1",
             "http://p:65535",
             "http://[fd00::1]:80/x",
+            "http://[fd00::1]/x",
             "http://10.0.0.1",
         ] {
             assert!(check(url, UrlPolicy::BASE).is_ok(), "{url}");

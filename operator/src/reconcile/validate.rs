@@ -296,6 +296,8 @@ mod tests {
             ("{user}", "user"),
             ("a-b_c.d:e@f*", "public"),
             ("*", "grant"),
+            // Exactly the longest pattern.
+            (&"a".repeat(MAX_PATTERN_LEN), "public"),
         ] {
             assert_eq!(room_rule_problem(&rule(pattern, access)), None, "{pattern}");
         }
@@ -323,7 +325,11 @@ mod tests {
                 .unwrap_or_else(|| panic!("{pattern} ({access}) accepted"));
             assert!(problem.contains(expected), "{pattern}: {problem}");
         }
-        let many: Vec<RoomRule> = (0..65).map(|i| rule(&format!("r{i}"), "public")).collect();
+        let mut many: Vec<RoomRule> = (0..MAX_ROOM_RULES)
+            .map(|i| rule(&format!("r{i}"), "public"))
+            .collect();
+        assert!(check_room_rules(&many).is_ok(), "exactly the most rules");
+        many.push(rule("one-more", "public"));
         assert_eq!(
             check_room_rules(&many).unwrap_err().reason,
             "InvalidRoomRules"
