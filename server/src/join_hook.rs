@@ -238,6 +238,41 @@ mod tests {
         hook_answering_after(body, Duration::ZERO).await
     }
 
+    /// What a hook on loopback was asked: the body of its first request.
+    async fn first_request_body() -> (Url, tokio::sync::oneshot::Receiver<Vec<u8>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(
+            &format!("http://{}/join", listener.local_addr().unwrap()),
+            false,
+        )
+        .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers and body: until the body's `}`.
+            while !request.ends_with(b"}") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 14\r\nconnection: close\r\n\r\n{\"allow\":true}";
+            let _ = conn.write_all(answer.as_bytes()).await;
+            let body = request
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map(|at| request[at + 4..].to_vec())
+                .unwrap_or_default();
+            let _ = tx.send(body);
+        });
+        (url, rx)
+    }
+
     /// [`hook_answering`], each answer `delay` late.
     async fn hook_answering_after(
         body: String,
@@ -299,6 +334,13 @@ mod tests {
         );
         assert_eq!(hook.ask("bob", "team.red").await, Verdict::Allow);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        let counted = |result: &str| {
+            hook.metrics
+                .join_hook_calls
+                .with_label_values(&[result])
+                .get()
+        };
+        assert_eq!((counted("allow"), counted("cached")), (2, 1));
 
         let huge = format!(r#"{{"allow":true,"pad":"{}"}}"#, "x".repeat(10_000));
         let (url, _) = hook_answering(huge.clone()).await;
@@ -366,6 +408,60 @@ mod tests {
         s.timeout = Duration::from_millis(200);
         let open = JoinHook::new(s, Metrics::new()).unwrap();
         assert_eq!(open.ask("alice", "r").await, Verdict::Allow);
+    }
+
+    #[tokio::test]
+    async fn the_call_carries_user_room_action_and_the_time_in_seconds() {
+        let (url, body) = first_request_body().await;
+        let hook = JoinHook::new(settings(url, false), Metrics::new()).unwrap();
+        assert_eq!(hook.ask("alice", "team.red").await, Verdict::Allow);
+        let body: serde_json::Value = serde_json::from_slice(&body.await.unwrap()).unwrap();
+        assert_eq!(
+            (&body["user"], &body["room"], &body["action"]),
+            (&"alice".into(), &"team.red".into(), &"join".into())
+        );
+        let now = crate::backplane::now_us() / 1_000_000;
+        let ts = body["ts"].as_u64().unwrap();
+        assert!(
+            ts <= now && ts + 60 > now,
+            "ts {ts} is unix seconds (now {now})"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_answer_cache_is_bounded_and_drops_stale_answers_first() {
+        let url = Url::parse("http://127.0.0.1:1/join", false).unwrap();
+        let mut s = settings(url, false);
+        // Long enough that the fresh half stays fresh while it is written on a busy machine.
+        s.cache_ttl = Duration::from_millis(500);
+        let hook = JoinHook::new(s, Metrics::new()).unwrap();
+        let key = |i: usize| (format!("u{i}"), "r".to_owned());
+        // A small cache is not swept on every answer: a stale one stays until it is full.
+        hook.remember(key(0), true);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        hook.remember(key(1), true);
+        assert_eq!(lock(&hook.cache).len(), 2);
+        // Full, half stale: the stale half goes, the fresh half stays.
+        lock(&hook.cache).clear();
+        for i in 0..MAX_CACHED / 2 {
+            hook.remember(key(i), true);
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for i in MAX_CACHED / 2..MAX_CACHED {
+            hook.remember(key(i), false);
+        }
+        hook.remember(key(MAX_CACHED), true);
+        let cache = lock(&hook.cache);
+        assert_eq!(cache.len(), MAX_CACHED / 2 + 1);
+        assert!(cache.contains_key(&key(MAX_CACHED - 1)) && !cache.contains_key(&key(0)));
+        drop(cache);
+        // Full of fresh answers: all go (the bound holds whatever the TTL).
+        let url = Url::parse("http://127.0.0.1:1/join", false).unwrap();
+        let fresh = JoinHook::new(settings(url, false), Metrics::new()).unwrap();
+        for i in 0..=MAX_CACHED {
+            fresh.remember(key(i), true);
+        }
+        assert_eq!(lock(&fresh.cache).len(), 1);
     }
 
     #[tokio::test]

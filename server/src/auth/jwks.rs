@@ -133,8 +133,7 @@ impl JwksCache {
             why,
         };
         let result = match self.client.get(&self.url).await {
-            Ok(r) if r.status == 200 => parse_jwks(&r.body).map_err(error),
-            Ok(r) => Err(error(format!("answered HTTP {}", r.status))),
+            Ok(r) => keys_from_answer(r.status, &r.body).map_err(error),
             Err(e) => Err(error(e.to_string())),
         };
         match result {
@@ -156,6 +155,15 @@ impl JwksCache {
             }
         }
     }
+}
+
+/// The keys of the provider's answer: only a `200` with a usable key set counts, so a
+/// proxy's error page or an empty set never replaces the keys held.
+pub fn keys_from_answer(status: u16, body: &[u8]) -> Result<HashMap<String, SigningKey>, String> {
+    if status != 200 {
+        return Err(format!("answered HTTP {status}"));
+    }
+    parse_jwks(body)
 }
 
 /// The signing keys of a JWKS document, by `kid`: RSA (RS256), EC P-256 (ES256) and
@@ -286,7 +294,11 @@ mod tests {
             )
             .unwrap(),
         );
+        assert!(cache.is_empty());
+        cache.store(parse_jwks(&doc(&[RSA, EC, OKP])).unwrap());
+        assert_eq!(cache.len(), 3);
         cache.store(parse_jwks(&doc(&[EC])).unwrap());
+        assert!(!cache.is_empty());
         let failures = || metrics.jwks_fetches.with_label_values(&["error"]).get();
         assert!(cache.key("e1").await.is_some());
         assert_eq!(failures(), 0, "a known kid fetches nothing");
@@ -315,6 +327,19 @@ mod tests {
             Metrics::new()
         )
         .is_err());
+    }
+
+    #[test]
+    fn only_a_200_with_usable_keys_is_taken() {
+        let good = doc(&[RSA, EC, OKP]);
+        assert_eq!(keys_from_answer(200, &good).map(|k| k.len()), Ok(3));
+        for status in [201, 204, 302, 404, 500] {
+            assert_eq!(
+                keys_from_answer(status, &good).err(),
+                Some(format!("answered HTTP {status}"))
+            );
+        }
+        assert!(keys_from_answer(200, b"<html>").is_err());
     }
 
     #[test]
