@@ -106,6 +106,18 @@ if runs fuzz && [ "${tiers[0]}" != fuzz ]; then
   fuzz_build_pid=$!
 fi
 
+# Waits for a build started in the background at the top (its pid, what it builds, its
+# log); a failed one shows its log's tail, and the tier's own script builds again.
+wait_for_build() {
+  local pid="$1" what="$2" log="$3"
+  [ -n "$pid" ] || return 0
+  echo "(waiting for $what, building in the background since the start)"
+  if ! wait "$pid"; then
+    echo "the background build of $what failed ($log); the tier builds again:" >&2
+    tail -n 20 "$log" >&2
+  fi
+}
+
 # `cargo test` into target/tier-$1.txt. A run that exits non-zero without a failing test
 # (a compile error, a killed test binary) or prints no result at all counts as a failure,
 # so a tier that ran nothing cannot pass.
@@ -236,14 +248,8 @@ tier_k8s() {
 
 tier_fuzz() {
   begin fuzz
-  if [ -n "$fuzz_build_pid" ]; then
-    echo "(waiting for the fuzz targets, building in the background since the start)"
-    if ! wait "$fuzz_build_pid"; then
-      echo "the background build of the fuzz targets failed (target/fuzz-build.log); fuzz.sh tries again:" >&2
-      tail -n 20 target/fuzz-build.log >&2
-    fi
-    fuzz_build_pid=""
-  fi
+  wait_for_build "$fuzz_build_pid" "the fuzz targets" target/fuzz-build.log
+  fuzz_build_pid=""
   echo "== fuzz targets (cargo-fuzz, libFuzzer, nightly; 15 s each from fuzz/seeds)"
   bash e2e/fuzz.sh 15 2>&1 | tee -a target/tier-fuzz.txt || status=1
   grep -q '^# pass ' target/tier-fuzz.txt || echo "# fail 1 (the fuzz targets did not run)" >>target/tier-fuzz.txt
@@ -266,14 +272,8 @@ tier_node() {
     export CHATCLUSTER_IMAGE_DIR
     cargo_tests node -p chatcluster-e2e --test images || status=1
     echo "== data plane on a real node"
-    if [ -n "$node_build_pid" ]; then
-      echo "(waiting for the node's binaries, building in the background since the start)"
-      if ! wait "$node_build_pid"; then
-        echo "the background build of the node's binaries failed (target/node-build.log); run-suite.sh tries again:" >&2
-        tail -n 20 target/node-build.log >&2
-      fi
-      node_build_pid=""
-    fi
+    wait_for_build "$node_build_pid" "the node's binaries" target/node-build.log
+    node_build_pid=""
     bash e2e/node/run-suite.sh "$CHATCLUSTER_IMAGE_DIR" 2>&1 | tee -a target/tier-node.txt || status=1
   else
     echo "# fail 1 (node: the images did not build)" | tee -a target/tier-node.txt
