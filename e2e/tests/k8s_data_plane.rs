@@ -35,7 +35,7 @@ use chatcluster_e2e::clients::lossless::{
 use chatcluster_e2e::clients::ws::{connect, join, recv_json, recv_type, send_and_ack, send_json};
 use chatcluster_e2e::harness::k8s::cluster::condition;
 use chatcluster_e2e::harness::k8s::data_plane::{env, image_a, report, Front, Setup, READY_WITHIN};
-use chatcluster_e2e::harness::k8s::disruption::{Disruption, Journey};
+use chatcluster_e2e::harness::k8s::disruption::Disruption;
 use chatcluster_e2e::wait::eventually;
 use serde_json::Value;
 
@@ -607,8 +607,7 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
     );
 
     let mut reconnect_times = Vec::new();
-    let mut longest = Duration::ZERO;
-    let mut journeys = Vec::new();
+    let mut all_logs = Vec::new();
     for (room, (logs, tasks, stop)) in groups {
         let room_acked: std::collections::HashMap<String, BTreeMap<u64, String>> = acked
             .get(&room)
@@ -617,15 +616,11 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
             .collect();
         every_subscriber_got_every_message_once(&room_acked, &logs, stop, tasks).await;
         for l in &logs {
-            let l = l.lock().expect("log");
-            reconnect_times.extend(l.reconnect_times.iter().copied());
-            longest = longest.max(l.longest_disconnect);
-            journeys.push(Journey {
-                pods: l.nodes_seen.clone(),
-                reconnects: l.reconnects,
-            });
+            reconnect_times.extend(l.lock().expect("log").reconnect_times.iter().copied());
         }
+        all_logs.extend(logs);
     }
+    let d = Disruption::from_logs(&all_logs);
     // The three leaving pods were drained together, over one shared window.
     let events = s.kubectl_ok(&["get", "events", "-o", "json"], None);
     let events: Value = serde_json::from_str(&events).expect("events JSON");
@@ -657,30 +652,17 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
         rate.peak,
         rate.mean,
         rate.per_second,
-        longest.as_millis(),
+        d.longest.as_millis(),
         scale_down.as_secs_f64()
     );
     let leaving = ["chat-1", "chat-2", "chat-3"];
     s.assert_operator_drained(&leaving);
-    let moved = journeys
-        .iter()
-        .filter(|j| {
-            j.pods
-                .first()
-                .is_some_and(|p| leaving.contains(&p.as_str()))
-        })
-        .count();
+    let moved = d.assert_moved_off(&leaving, &["chat-0"]);
     assert_eq!(
         reconnect_times.len(),
         moved,
         "each client of a leaving pod reconnected once, the others not at all"
     );
-    Disruption {
-        longest,
-        reconnects: moved as u64,
-        journeys,
-    }
-    .assert_moved_off(&leaving, &["chat-0"]);
     // The pacing holds: no second over 1.1 × the budget, the mean within it.
     let budget = f64::from(SCALE_DOWN_BUDGET);
     assert!(

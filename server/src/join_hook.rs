@@ -139,6 +139,10 @@ impl JoinHook {
     }
 
     fn remember(&self, key: (String, String), allow: bool) {
+        // A zero TTL keeps no answer (none would ever be read).
+        if self.settings.cache_ttl.is_zero() {
+            return;
+        }
         let mut cache = lock(&self.cache);
         if cache.len() >= MAX_CACHED {
             let ttl = self.settings.cache_ttl;

@@ -100,33 +100,31 @@ impl Cursors {
     /// Takes in a `message`: the room's position moves to it, never back within an
     /// epoch (a duplicate or a late message leaves it). Says where the message fell.
     pub fn message(&mut self, room: &str, epoch: &str, offset: u64) -> Step {
-        let step = match self.at.get(room) {
-            None => Step::First,
-            Some(at) if at.epoch != epoch => Step::NewEpoch,
-            Some(at) if offset <= at.offset => Step::Behind,
-            Some(at) if offset == at.offset + 1 => Step::Next,
-            Some(at) => Step::Gap {
-                missing: offset - at.offset - 1,
-            },
+        // One look-up, and in place when the room is known: a load generator takes in
+        // every message.
+        let Some(at) = self.at.get_mut(room) else {
+            self.at.insert(
+                room.to_owned(),
+                Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                },
+            );
+            return Step::First;
         };
-        // In place when the room is known: a load generator takes in every message.
-        match (step, self.at.get_mut(room)) {
-            (Step::Behind, _) => {}
-            (Step::Next | Step::Gap { .. }, Some(at)) => at.offset = offset,
-            (_, Some(at)) => {
-                at.epoch = epoch.to_owned();
-                at.offset = offset;
+        let step = if at.epoch != epoch {
+            at.epoch = epoch.to_owned();
+            Step::NewEpoch
+        } else if offset <= at.offset {
+            return Step::Behind;
+        } else if offset == at.offset + 1 {
+            Step::Next
+        } else {
+            Step::Gap {
+                missing: offset - at.offset - 1,
             }
-            (_, None) => {
-                self.at.insert(
-                    room.to_owned(),
-                    Position {
-                        epoch: epoch.to_owned(),
-                        offset,
-                    },
-                );
-            }
-        }
+        };
+        at.offset = offset;
         step
     }
 

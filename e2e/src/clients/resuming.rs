@@ -66,8 +66,9 @@ pub struct ClientOptions {
     /// Give up after this many failed attempts in a row (`None`: until stopped).
     pub give_up_after: Option<u32>,
     /// Set to end the client: [`ResumingClient::connect`] returns `None` and
-    /// [`ResumingClient::next`] ends with [`Ended::Stop`] within `stop_check`.
-    pub stop: Arc<AtomicBool>,
+    /// [`ResumingClient::next`] ends with [`Ended::Stop`] within `stop_check`. `None`: a
+    /// client its user stops by dropping it (no timer runs while it waits for frames).
+    pub stop: Option<Arc<AtomicBool>>,
     /// How often a client waiting for a frame looks at `stop` (and at a drain notice's
     /// deadline). Thousands of clients in one process look less often.
     pub stop_check: Duration,
@@ -75,8 +76,8 @@ pub struct ClientOptions {
 
 impl ClientOptions {
     /// A client of `user` in `rooms` through `urls`, steady 50 ms retries, 5 s attempts,
-    /// stopped by `stop`.
-    pub fn new(urls: Vec<String>, user: String, rooms: Vec<String>, stop: Arc<AtomicBool>) -> Self {
+    /// no stop flag.
+    pub fn new(urls: Vec<String>, user: String, rooms: Vec<String>) -> Self {
         ClientOptions {
             urls,
             user,
@@ -85,7 +86,7 @@ impl ClientOptions {
             connect_within: Duration::from_secs(5),
             retry: Retry::Steady(Duration::from_millis(50)),
             give_up_after: None,
-            stop,
+            stop: None,
             stop_check: Duration::from_millis(100),
         }
     }
@@ -205,7 +206,10 @@ impl ResumingClient {
     }
 
     fn stopped(&self) -> bool {
-        self.opts.stop.load(Ordering::Relaxed)
+        self.opts
+            .stop
+            .as_ref()
+            .is_some_and(|stop| stop.load(Ordering::Relaxed))
     }
 
     /// Connects, trying the URLs in turn and waiting between failed attempts as
@@ -346,10 +350,12 @@ impl ResumingClient {
                 return Err(Ended::Broken);
             };
             let notice_deadline = connection.notice.map(|(_, deadline)| deadline);
+            // The timer runs only when there is something to look at.
+            let watching = self.opts.stop.is_some() || notice_deadline.is_some();
             let message = tokio::select! {
                 m = connection.ws.next() => m,
-                _ = self.stop_check.tick() => {
-                    if self.opts.stop.load(Ordering::Relaxed) {
+                _ = self.stop_check.tick(), if watching => {
+                    if self.stopped() {
                         self.close().await;
                         return Err(Ended::Stop);
                     }

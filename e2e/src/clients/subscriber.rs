@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chat_server::protocol::ReceivedFrame;
 use chat_server::sync::lock;
 
-use super::resuming::{ClientOptions, Ended, Received, ResumingClient, Retry};
+use super::resuming::{ClientOptions, Ended, Received, ResumingClient};
 
 /// What a resuming subscriber saw, shared with the test.
 #[derive(Debug, Default)]
@@ -70,9 +70,9 @@ pub async fn run_resuming_subscriber_over(
     stop: Arc<AtomicBool>,
 ) {
     let mut client = ResumingClient::new(ClientOptions {
-        retry: Retry::Steady(Duration::from_millis(50)),
         give_up_after: Some(GIVE_UP_AFTER),
-        ..ClientOptions::new(urls, user, rooms, stop)
+        stop: Some(stop),
+        ..ClientOptions::new(urls, user, rooms)
     });
     let mut disconnected_at: Option<Instant> = None;
     loop {

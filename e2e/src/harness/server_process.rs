@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 
-/// A running chat-server process; killed on drop if still running.
 /// How long a started server may take to log that it listens.
 const LISTENING_WITHIN: Duration = Duration::from_secs(30);
 
+/// A running chat-server process; killed on drop if still running.
 pub struct ServerProcess {
     pub child: Child,
     pub public_addr: SocketAddr,

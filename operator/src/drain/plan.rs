@@ -70,7 +70,7 @@ pub struct PodView {
 /// The share of `maxReconnectsPerSecond` a drain's window is stretched to, where the
 /// deadline leaves room. Clients do not reconnect exactly when told: each connect takes
 /// its own time on a busy survivor, so drains paced at the budget itself had single
-/// seconds at 1.2 to 1.3 times it on real pods. Aiming lower keeps the busiest second
+/// seconds at 1.18 to 1.24 times it on real pods. Aiming lower keeps the busiest second
 /// near the budget (docs/benchmarks.md, "Scale-down 4 → 1").
 pub const PACING: f64 = 0.85;
 

@@ -17,7 +17,7 @@ use serde_json::Value;
 use super::cluster::{
     condition, pod_kind, ready_at_generation, shared_cluster, PodKind, TestCluster, TestNamespace,
 };
-use super::disruption::{Disruption, Journey};
+use super::disruption::Disruption;
 use crate::clients::lossless::{every_subscriber_got_every_message_once, subscribers_joined};
 use crate::clients::publisher::{run_publisher, PublisherLog};
 use crate::clients::ws::{connect, resolve_host};
@@ -324,21 +324,7 @@ impl Setup {
         );
         every_subscriber_got_every_message_once(&acked, &logs, stop, tasks).await;
         // Read once the subscribers have stopped: every reconnect is counted.
-        let mut d = Disruption {
-            longest: Duration::ZERO,
-            reconnects: 0,
-            journeys: Vec::new(),
-        };
-        for l in &logs {
-            let l = l.lock().expect("log");
-            d.longest = d.longest.max(l.longest_disconnect);
-            d.reconnects += l.reconnects;
-            d.journeys.push(Journey {
-                pods: l.nodes_seen.clone(),
-                reconnects: l.reconnects,
-            });
-        }
-        d
+        Disruption::from_logs(&logs)
     }
 
     /// A publisher task sending `total` messages over `rooms` at `rate`/s, returned once

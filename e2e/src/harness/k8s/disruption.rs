@@ -7,11 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use chat_server::sync::lock;
 
 use serde_json::Value;
 
 use super::data_plane::Setup;
+use crate::clients::subscriber::SubscriberLog;
 use crate::harness::http;
 
 /// One subscriber's way through a disruption.
@@ -32,11 +36,32 @@ pub struct Disruption {
 }
 
 impl Disruption {
+    /// What the subscribers of `logs` went through (read once they have stopped, so
+    /// every reconnect is counted).
+    pub fn from_logs(logs: &[Arc<Mutex<SubscriberLog>>]) -> Disruption {
+        let mut d = Disruption {
+            longest: Duration::ZERO,
+            reconnects: 0,
+            journeys: Vec::with_capacity(logs.len()),
+        };
+        for l in logs {
+            let l = lock(l);
+            d.longest = d.longest.max(l.longest_disconnect);
+            d.reconnects += l.reconnects;
+            d.journeys.push(Journey {
+                pods: l.nodes_seen.clone(),
+                reconnects: l.reconnects,
+            });
+        }
+        d
+    }
+
     /// Every subscriber that began on one of `leaving` reconnected at least once and ended
     /// on one of `staying`; and at least one began on a leaving pod, or the check proves
     /// nothing. Names, not instances: a pod re-created under its name (a force-delete, a
-    /// rollout) counts as staying when listed there.
-    pub fn assert_moved_off(&self, leaving: &[&str], staying: &[&str]) {
+    /// rollout) counts as staying when listed there. Returns how many began on a leaving
+    /// pod.
+    pub fn assert_moved_off(&self, leaving: &[&str], staying: &[&str]) -> usize {
         let mut moved = 0;
         for (i, j) in self.journeys.iter().enumerate() {
             let (Some(first), Some(last)) = (j.pods.first(), j.pods.last()) else {
@@ -60,6 +85,7 @@ impl Disruption {
             "no subscriber began on a leaving pod ({leaving:?}): {:?}",
             self.journeys
         );
+        moved
     }
 }
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::{connect_retrying, loopback_target, loopback_targets, sample_all, Report};
+use crate::clients::ws::{join_frame, send_json};
 
 /// Most connections one client process may hold: the open-files limit is 20,000.
 pub const MAX_PER_WORKER: usize = 19_000;
@@ -205,8 +205,7 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
         let mut ws = connect_retrying(target, &format!("user=idle{}-{i}", a.worker), src).await?;
         if a.rooms > 0 {
             let room = format!("idle-{}", (i * 7 + a.worker) % a.rooms);
-            let join = json!({"type":"join","room":room}).to_string();
-            ws.send(Message::Text(join.into())).await?;
+            send_json(&mut ws, join_frame(&room, None)).await?;
         }
         held.push(tokio::spawn(async move {
             // Keep reading so pings are answered; ends when the server closes.

@@ -87,12 +87,8 @@ pub async fn run_client(url: String, spec: ClientSpec, ctl: Arc<Controls>) -> Cl
     let mut connection = ResumingClient::new(ClientOptions {
         source: spec.source,
         retry: Retry::Backoff,
-        ..ClientOptions::new(
-            vec![url],
-            spec.user.clone(),
-            spec.rooms.clone(),
-            ctl.stop.clone(),
-        )
+        stop: Some(ctl.stop.clone()),
+        ..ClientOptions::new(vec![url], spec.user.clone(), spec.rooms.clone())
     });
     let mut c = Client {
         spec: &spec,

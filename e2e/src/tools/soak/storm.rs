@@ -138,10 +138,10 @@ async fn storm_client(
         retry: Retry::Backoff,
         // Up to 19,000 clients per process: a stop may take half a second to be seen.
         stop_check: Duration::from_millis(500),
-        ..ClientOptions::new(vec![url], user, vec![room.clone()], shared.stop.clone())
+        stop: Some(shared.stop.clone()),
+        ..ClientOptions::new(vec![url], user, vec![room.clone()])
     });
     let mut dropped_at: Option<u64> = None;
-    let mut ever_joined = false;
     while client.connect().await.is_some() {
         let ended = loop {
             match client.next().await {
@@ -149,11 +149,17 @@ async fn storm_client(
                     if outcome.since.is_some() && !outcome.resumed {
                         shared.not_recovered.fetch_add(1, Ordering::Relaxed);
                     }
-                    if !std::mem::replace(&mut ever_joined, true) {
-                        shared.joined_once.fetch_add(1, Ordering::Relaxed);
-                    } else if let Some(t) = dropped_at.take() {
-                        lock(&shared.back_after_ms).push(unix_ms().saturating_sub(t));
-                        shared.back.fetch_add(1, Ordering::Relaxed);
+                    // One room: a join with no position to resume from is the first
+                    // (a drop before it does not count as a comeback).
+                    match (outcome.since.is_none(), dropped_at.take()) {
+                        (true, _) => {
+                            shared.joined_once.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (false, Some(t)) => {
+                            lock(&shared.back_after_ms).push(unix_ms().saturating_sub(t));
+                            shared.back.fetch_add(1, Ordering::Relaxed);
+                        }
+                        (false, None) => {}
                     }
                 }
                 Ok(Received::Message { step, .. }) => match step {
@@ -176,18 +182,14 @@ async fn storm_client(
         client.pause(&ended).await;
     }
     let failed = client.connect_failures();
-    shared
-        .refused_503
-        .fetch_add(failed.refused_503, Ordering::Relaxed);
-    shared
-        .with_retry_after
-        .fetch_add(failed.with_retry_after, Ordering::Relaxed);
-    shared
-        .balancer_503
-        .fetch_add(failed.balancer_503, Ordering::Relaxed);
-    shared
-        .connect_errors
-        .fetch_add(failed.other, Ordering::Relaxed);
+    for (total, n) in [
+        (&shared.refused_503, failed.refused_503),
+        (&shared.with_retry_after, failed.with_retry_after),
+        (&shared.balancer_503, failed.balancer_503),
+        (&shared.connect_errors, failed.other),
+    ] {
+        total.fetch_add(n, Ordering::Relaxed);
+    }
     client.cursors().at(&room).map(|p| p.offset)
 }
 
