@@ -118,6 +118,30 @@ pub struct Args {
     /// beyond loopback (except with --dev).
     #[arg(long, env = "CHAT_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// The server API's address (served only when a key is set by CHAT_API_KEYS or
+    /// CHAT_API_KEYS_FILE).
+    #[arg(long, env = "CHAT_API_LISTEN", default_value = "127.0.0.1:9091")]
+    pub api_listen: String,
+    /// Comma-separated server API keys (16 to 256 printable ASCII bytes each, no spaces
+    /// or commas). Several keys at once let a key be rotated.
+    #[arg(long, env = "CHAT_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+    /// A file of server API keys, one per line (`#` starts a comment line); read again
+    /// every 10 s, so a rotated key takes effect without a restart.
+    #[arg(long, env = "CHAT_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Requests per second each server API endpoint takes on this node (429 beyond).
+    #[arg(long, env = "CHAT_API_RATE_PER_SEC", default_value_t = 200.0)]
+    pub api_rate_per_sec: f64,
+    /// Requests each endpoint takes in a burst above that rate.
+    #[arg(long, env = "CHAT_API_BURST", default_value_t = 400)]
+    pub api_burst: u32,
+    /// Largest server API request body, in bytes (413 beyond).
+    #[arg(long, env = "CHAT_API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub api_max_body_bytes: usize,
+    /// How long a publish's idempotency key is remembered.
+    #[arg(long, env = "CHAT_API_IDEMPOTENCY_TTL", default_value = "10m")]
+    pub api_idempotency_ttl: String,
     /// Largest WebSocket message a client may send, in bytes (larger: close 1009).
     #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
     pub max_frame_bytes: usize,
@@ -301,6 +325,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `None`: the in-memory backplane.
     pub redis: Option<crate::backplane::redis::RedisSettings>,
+    /// `None`: no server API (no key configured).
+    pub api: Option<crate::api::ApiSettings>,
 }
 
 /// A configuration value that cannot be used, with what to do about it.
@@ -357,6 +383,7 @@ impl Settings {
             ws_read_buffer_bytes: 512,
             log_format: LogFormat::Pretty,
             redis: None,
+            api: None,
         }
     }
 
@@ -530,6 +557,9 @@ impl Settings {
                 return fail("CHAT_JOIN_HOOK_CONCURRENCY must be at least 1".into());
             }
         }
+        if let Some(api) = &self.api {
+            api.validate().map_err(ConfigError)?;
+        }
         if auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return fail("CHAT_JWT_HS256_SECRET must be at least 32 bytes".into());
         }
@@ -678,6 +708,33 @@ impl Settings {
                     )?,
                     ca_file: args.redis_ca_file.clone(),
                 }),
+            },
+            api: {
+                let keys: Vec<String> = args
+                    .api_keys
+                    .iter()
+                    .flat_map(|k| k.split(','))
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                let keys_file = args.api_keys_file.clone();
+                if keys.is_empty() && keys_file.is_none() {
+                    None
+                } else {
+                    Some(crate::api::ApiSettings {
+                        listen: addr("CHAT_API_LISTEN", &args.api_listen)?,
+                        keys,
+                        keys_file,
+                        rate_per_sec: args.api_rate_per_sec,
+                        burst: args.api_burst,
+                        max_body_bytes: args.api_max_body_bytes,
+                        idempotency_ttl: parse_duration(
+                            "CHAT_API_IDEMPOTENCY_TTL",
+                            &args.api_idempotency_ttl,
+                        )?,
+                    })
+                }
             },
         };
         settings.validate()?;

@@ -136,6 +136,21 @@ impl RoomLog {
         self.bytes
     }
 
+    /// At most `max` retained messages with offsets above `after` and times at or after
+    /// `min_ts_ms`, in offset order (the server API's history read).
+    pub fn read(&self, after: u64, min_ts_ms: u64, max: usize) -> Vec<(u64, Utf8Bytes)> {
+        let start = self.entries.front().map_or(0, |m| {
+            usize::try_from(after.saturating_sub(m.offset - 1)).unwrap_or(usize::MAX)
+        });
+        self.entries
+            .iter()
+            .skip(start)
+            .filter(|m| m.offset > after && m.ts_ms >= min_ts_ms)
+            .take(max)
+            .map(|m| (m.offset, m.frame.clone()))
+            .collect()
+    }
+
     /// Newest message time, used to forget idle rooms.
     pub fn last_ts(&self) -> Option<u64> {
         self.entries.back().map(|m| m.ts_ms)
@@ -378,5 +393,28 @@ mod tests {
             None,
             "offset 4 was trimmed meanwhile"
         );
+    }
+
+    #[test]
+    fn a_read_starts_where_history_does_and_skips_expired_messages() {
+        let mut l = log(10, 1_000_000);
+        for i in 1..=12u64 {
+            l.append(i, Utf8Bytes::from(format!("m{i}")), i);
+        }
+        let offsets = |v: Vec<(u64, Utf8Bytes)>| v.into_iter().map(|(o, _)| o).collect::<Vec<_>>();
+        assert_eq!(
+            offsets(l.read(0, 0, 4)),
+            vec![3, 4, 5, 6],
+            "3 is the oldest kept"
+        );
+        assert_eq!(offsets(l.read(9, 0, 4)), vec![10, 11, 12]);
+        assert_eq!(offsets(l.read(12, 0, 4)), Vec::<u64>::new());
+        assert_eq!(offsets(l.read(u64::MAX, 0, 4)), Vec::<u64>::new());
+        assert_eq!(
+            offsets(l.read(0, 11, 4)),
+            vec![11, 12],
+            "older than the cutoff"
+        );
+        assert_eq!(offsets(l.read(5, 0, 1)), vec![6]);
     }
 }

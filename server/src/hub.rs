@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use crate::protocol::ServerFrame;
 use crate::rooms::RoomRules;
 use crate::sync::{lock, read, write};
+use crate::user_command::UserCommand;
 
 /// One ready-made frame, shared by every session it goes to.
 #[derive(Debug)]
@@ -55,6 +56,8 @@ pub enum Outbound {
     ForceClose,
     /// The send queue overflowed: close as a slow consumer.
     Overflowed,
+    /// The application's command for this session's user (server API).
+    Command(Arc<UserCommand>),
 }
 
 /// The hub's and the drain controller's handle on one connected session.
@@ -376,6 +379,20 @@ impl Hub {
             return 0;
         };
         offer_all(sessions, DeliveryKind::Direct, frame)
+    }
+
+    /// Hands the application's `command` to every local session of `user`, past the
+    /// send-queue bound (a slow client must still be disconnected); returns how many.
+    pub fn command_user(&self, user: &str, command: UserCommand) -> usize {
+        let users = read(&self.users);
+        let Some(sessions) = users.get(user) else {
+            return 0;
+        };
+        let command = Arc::new(command);
+        for session in sessions {
+            session.control(Outbound::Command(command.clone()));
+        }
+        sessions.len()
     }
 
     pub fn user_session_count(&self, user: &str) -> usize {

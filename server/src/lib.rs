@@ -22,6 +22,7 @@
 //! Public modules are those the tests, the fuzz targets and the e2e tools use.
 
 mod admission;
+pub mod api;
 pub mod auth;
 pub mod backplane;
 pub mod client_addr;
@@ -44,6 +45,7 @@ pub mod rooms;
 mod session;
 mod state;
 pub mod sync;
+pub mod user_command;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,6 +75,8 @@ pub enum StartError {
     JoinHook(String),
     #[error(transparent)]
     Redis(#[from] backplane::redis::RedisConfigError),
+    #[error("invalid configuration: {0}")]
+    ApiKeys(#[from] api::keys::KeysError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -86,6 +90,8 @@ pub enum StartError {
 pub struct RunningServer {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The server API's address, when it is on (an API key is configured).
+    pub api_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
 }
 
@@ -164,7 +170,12 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
             metrics.clone(),
         )?,
         None => {
-            let memory = Arc::new(MemoryBackplane::new(hub.clone(), limits, budget));
+            let memory = Arc::new(MemoryBackplane::new(
+                hub.clone(),
+                limits,
+                budget,
+                &settings.node_name,
+            ));
             let sweeper = memory.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -175,6 +186,18 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
             });
             memory
         }
+    };
+    let api = match &settings.api {
+        Some(api) => {
+            let keys = Arc::new(api::keys::ApiKeys::load(
+                api.keys.clone(),
+                api.keys_file.clone(),
+            )?);
+            let listener = bind("server API", api.listen).await?;
+            let addr = local_addr("server API", api.listen, &listener)?;
+            Some((api.clone(), keys, listener, addr))
+        }
+        None => None,
     };
     let public = bind("public", settings.listen).await?;
     let admin = bind("admin", settings.admin_listen).await?;
@@ -188,10 +211,16 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         header_read_timeout: state.settings.header_read_timeout,
         max_pending: state.settings.max_pending_connections,
     };
-    for (port, listener, router) in [
+    let mut ports = vec![
         ("public", public, http::public_router(state.clone())),
         ("admin", admin, http::admin_router(state.clone())),
-    ] {
+    ];
+    let api_addr = api.map(|(settings, keys, listener, addr)| {
+        api::spawn_keys_reload(keys.clone());
+        ports.push(("api", listener, api::router(state.clone(), settings, keys)));
+        addr
+    });
+    for (port, listener, router) in ports {
         tokio::spawn(listener::serve(
             port,
             listener,
@@ -201,10 +230,11 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
             state.metrics.clone(),
         ));
     }
-    tracing::info!(%public_addr, %admin_addr, node = %state.settings.node_name, backplane = state.backplane.kind(), "chat server listening");
+    tracing::info!(%public_addr, %admin_addr, ?api_addr, node = %state.settings.node_name, backplane = state.backplane.kind(), "chat server listening");
     Ok(RunningServer {
         public_addr,
         admin_addr,
+        api_addr,
         state,
     })
 }

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub rooms_refused: IntCounter,
     pub rooms_forgotten: IntCounter,
     pub history_trimmed_bytes: IntCounter,
+    pub api_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -184,6 +185,14 @@ impl Metrics {
                 "Redis backplane: history bytes this node's budget sweeper dropped to keep the cluster under CHAT_HISTORY_MAX_BYTES.",
             )
             .expect("static metric definition"),
+            api_requests: IntCounterVec::new(
+                Opts::new(
+                    "chat_api_requests_total",
+                    "Server API requests, by endpoint and HTTP status.",
+                ),
+                &["endpoint", "status"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -210,6 +219,7 @@ impl Metrics {
             Box::new(m.rooms_refused.clone()),
             Box::new(m.rooms_forgotten.clone()),
             Box::new(m.history_trimmed_bytes.clone()),
+            Box::new(m.api_requests.clone()),
         ];
         for c in collectors {
             m.registry

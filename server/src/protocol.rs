@@ -280,6 +280,8 @@ pub enum ErrorCode {
     /// A `refresh` token no longer grants a room this session was in: the session has
     /// left it (a `left` frame follows).
     GrantRevoked,
+    /// The application took the user out of the room (server API): a `left` frame follows.
+    Removed,
     /// An `auth` frame on a connection that already has an identity.
     AlreadyAuthenticated,
     /// A new room was refused: the room cap is reached and every room has members.

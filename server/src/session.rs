@@ -28,6 +28,7 @@ use crate::ratelimit::TokenBucket;
 use crate::rooms::{DmPolicy, JoinCheck, Member, Pattern, RoomPolicy};
 use crate::state::AppState;
 use crate::sync::lock;
+use crate::user_command::UserCommand;
 
 /// Most queued frames written before one flush.
 const MAX_BATCH: usize = 256;
@@ -42,7 +43,7 @@ const FLOOD_BURSTS: u32 = 4;
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Why the session loop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Stop {
     /// The client sent a close frame (its code, if any) or the stream ended.
     PeerClosed(Option<u16>),
@@ -66,12 +67,20 @@ enum Stop {
     Forced,
     /// The user already had the most sessions allowed.
     TooManySessions,
+    /// The application disconnected the user (server API) with this code and reason.
+    Disconnected {
+        code: u16,
+        reason: Arc<str>,
+    },
 }
 
 impl Stop {
     /// The close frame we send, if any.
-    fn close(self, max_frame_bytes: usize) -> Option<(CloseCode, String)> {
-        match self {
+    fn close(&self, max_frame_bytes: usize) -> Option<(u16, String)> {
+        if let Stop::Disconnected { code, reason } = self {
+            return Some((*code, reason.to_string()));
+        }
+        let (code, reason) = match self {
             Stop::PeerClosed(_) | Stop::Broken | Stop::WriteTimeout => None,
             Stop::SlowConsumer => Some((
                 CloseCode::SlowConsumer,
@@ -104,13 +113,17 @@ impl Stop {
                 CloseCode::TooManySessions,
                 "too many sessions for this user; close one first".into(),
             )),
-        }
+            Stop::Disconnected { .. } => None,
+        }?;
+        Some((code.code(), reason))
     }
 
     /// Label for `chat_connections_closed_total{code}`.
-    fn metric_code(self, max_frame_bytes: usize) -> String {
+    fn metric_code(&self, max_frame_bytes: usize) -> String {
         match (self, self.close(max_frame_bytes)) {
-            (_, Some((code, _))) => code.code().to_string(),
+            // The application's own codes: one label, so the label set stays bounded.
+            (Stop::Disconnected { .. }, _) => "application".into(),
+            (_, Some((code, _))) => code.to_string(),
             (Stop::PeerClosed(Some(code)), None) => match code {
                 // Client-chosen codes: keep the label set bounded.
                 1000..=1015 => code.to_string(),
@@ -237,7 +250,7 @@ impl Session {
         tracing::debug!(session = self.handle.id, user = %self.handle.user, ?stop, "session ending");
         // Boxed, like every path a connection rarely takes, so that an idle connection's
         // task is sized for its serve loop only (see docs/benchmarks.md, idle connections).
-        Box::pin(self.finish(stop, &inbox)).await;
+        Box::pin(self.finish(&stop, &inbox)).await;
         Box::pin(self.leave_all()).await;
         state.hub.unregister(&self.handle);
         if registered {
@@ -385,6 +398,7 @@ impl Session {
                 }
                 Outbound::ForceClose => return Err(Stop::Forced),
                 Outbound::Overflowed => return Err(Stop::SlowConsumer),
+                Outbound::Command(command) => Box::pin(self.obey(&command)).await?,
             }
         }
         self.state.metrics.messages_delivered.inc_by(delivered);
@@ -594,6 +608,29 @@ impl Session {
             .permission_denials
             .with_label_values(&[action])
             .inc();
+    }
+
+    /// Carries out the application's command (server API) for this session's user.
+    async fn obey(&mut self, command: &UserCommand) -> Result<(), Stop> {
+        match command {
+            UserCommand::Disconnect { code, reason } => Err(Stop::Disconnected {
+                code: *code,
+                reason: reason.as_str().into(),
+            }),
+            UserCommand::RemoveFromRoom { room } => {
+                let Some((room, _)) = self.rooms.remove_entry(room.as_str()) else {
+                    return Ok(());
+                };
+                leave_room_everywhere(&self.state, &self.handle, &room, true).await;
+                self.send_error(FrameError::new(
+                    ErrorCode::Removed,
+                    format!("room `{room}`: the application removed you; you have left it"),
+                ))
+                .await?;
+                self.write_now(ServerFrame::Left { room: &room }.to_json())
+                    .await
+            }
+        }
     }
 
     /// After a `refresh`: rooms entered through the old token's grants or the join hook
@@ -1162,7 +1199,7 @@ impl Session {
 
     /// Sends our close frame (if the stop calls for one) and waits briefly for the
     /// client's answer (or a drain force-close).
-    async fn finish(&mut self, stop: Stop, inbox: &Inbox) {
+    async fn finish(&mut self, stop: &Stop, inbox: &Inbox) {
         let Some((code, reason)) = stop.close(self.state.settings.max_frame_bytes) else {
             if let Stop::PeerClosed(_) = stop {
                 // tungstenite queued the close reply; flushing sends it (clean close).
@@ -1171,7 +1208,7 @@ impl Session {
             return;
         };
         let close = Message::Close(Some(CloseFrame {
-            code: code.code(),
+            code,
             reason: Utf8Bytes::from(reason),
         }));
         let send_wait = self

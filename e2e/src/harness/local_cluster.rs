@@ -21,6 +21,8 @@ pub struct Node {
     pub name: String,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// The server API's port (served when the cluster has an API key).
+    pub api: SocketAddr,
     /// The Redis this node talks to (Redis itself, or a proxy in front of it).
     pub redis_url: String,
     pub process: Option<ServerProcess>,
@@ -45,6 +47,7 @@ pub struct LocalCluster {
     max_connections: u32,
     binary: PathBuf,
     extra: Vec<String>,
+    api_key: Option<String>,
     _dir: ScratchDir,
 }
 
@@ -77,6 +80,8 @@ pub struct ClusterOptions<'a> {
     /// `--redis-cluster` and the seed URLs. `durable_redis` and `redis_port` then do not
     /// apply.
     pub redis_cluster: bool,
+    /// Turns the server API on, on each node's `api` port, with this key.
+    pub api_key: Option<&'a str>,
 }
 
 impl LocalCluster {
@@ -140,6 +145,7 @@ impl LocalCluster {
                 name: format!("s{}", i + 1),
                 public: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
                 admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+                api: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
                 redis_url: opts
                     .node_redis_urls
                     .get(i)
@@ -158,6 +164,7 @@ impl LocalCluster {
             max_connections: opts.max_connections.unwrap_or(4096),
             binary: binary.to_owned(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            api_key: opts.api_key.map(str::to_owned),
             _dir: dir,
         };
         for i in 0..opts.nodes {
@@ -173,6 +180,10 @@ impl LocalCluster {
     pub fn start_node(&mut self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
         let mut args: Vec<&str> = vec!["--redis-url", &node.redis_url, "--node-name", &node.name];
+        let api = node.api.to_string();
+        if let Some(key) = &self.api_key {
+            args.extend(["--api-listen", &api, "--api-keys", key]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         let process = ServerProcess::start_on(
             &self.binary,

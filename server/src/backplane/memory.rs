@@ -8,7 +8,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
-use super::{now_us, Backplane, BackplaneError, Budget, RoomSnapshot, REPLAY_PAGE_MESSAGES};
+use std::time::Duration;
+
+use super::idempotency::IdempotencyCache;
+use super::{
+    now_us, Backplane, BackplaneError, Budget, HistoryRead, NodeSessions, Published, RoomInfo,
+    RoomSnapshot, UserCommand, REPLAY_PAGE_MESSAGES,
+};
 use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};
 use crate::hub::Hub;
 use crate::protocol::{Position, ServerFrame, MEMBERS_PAGE};
@@ -31,11 +37,20 @@ pub struct MemoryBackplane {
     sessions: Mutex<HashMap<String, usize>>,
     /// user → (start of the current hour-long window in ms, rooms created in it).
     rooms_created: Mutex<HashMap<String, (u64, usize)>>,
+    /// The server API's idempotency keys.
+    idempotency: Mutex<IdempotencyCache>,
+    /// This node's name, for the server API's session list.
+    node: String,
 }
 
+/// Most idempotency keys remembered at once (about 100 bytes each).
+const MAX_IDEMPOTENCY_KEYS: usize = 100_000;
+
 impl MemoryBackplane {
-    pub fn new(hub: Arc<Hub>, limits: HistoryLimits, budget: Budget) -> Self {
+    pub fn new(hub: Arc<Hub>, limits: HistoryLimits, budget: Budget, node: &str) -> Self {
         MemoryBackplane {
+            idempotency: Mutex::new(IdempotencyCache::new(MAX_IDEMPOTENCY_KEYS)),
+            node: node.to_owned(),
             hub,
             limits,
             budget,
@@ -182,6 +197,49 @@ impl MemoryBackplane {
     }
 }
 
+impl MemoryBackplane {
+    /// Appends to the room's history and fans out; the room's epoch and the offset.
+    fn publish_now(
+        &self,
+        room: &str,
+        from: &str,
+        body: &str,
+    ) -> Result<(String, u64), BackplaneError> {
+        let log = self.room(room)?;
+        let mut log = lock(&log);
+        let published_us = now_us();
+        let bytes_before = log.bytes();
+        let ts = published_us / 1000;
+        let offset = log.next_offset();
+        let frame: Utf8Bytes = ServerFrame::Message {
+            room,
+            epoch: log.epoch(),
+            offset,
+            from,
+            body,
+            ts,
+        }
+        .to_json()
+        .into();
+        log.append(ts, frame.clone(), ts);
+        let epoch = log.epoch().to_string();
+        // Fan out while holding the room lock so delivery order equals offset order.
+        self.hub
+            .deliver_room_message(room, log.epoch(), offset, published_us, &frame);
+        let bytes_after = log.bytes();
+        drop(log);
+        if bytes_after >= bytes_before {
+            self.history_bytes
+                .fetch_add(bytes_after - bytes_before, Ordering::Relaxed);
+        } else {
+            self.history_bytes
+                .fetch_sub(bytes_before - bytes_after, Ordering::Relaxed);
+        }
+        self.enforce_history_budget();
+        Ok((epoch, offset))
+    }
+}
+
 #[async_trait]
 impl Backplane for MemoryBackplane {
     fn kind(&self) -> &'static str {
@@ -201,37 +259,116 @@ impl Backplane for MemoryBackplane {
     }
 
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError> {
-        let log = self.room(room)?;
-        let mut log = lock(&log);
-        let published_us = now_us();
-        let bytes_before = log.bytes();
-        let ts = published_us / 1000;
-        let offset = log.next_offset();
-        let frame: Utf8Bytes = ServerFrame::Message {
-            room,
-            epoch: log.epoch(),
+        self.publish_now(room, from, body).map(|(_, offset)| offset)
+    }
+
+    async fn publish_once(
+        &self,
+        room: &str,
+        from: &str,
+        body: &str,
+        key: Option<&str>,
+        key_ttl: Duration,
+    ) -> Result<Published, BackplaneError> {
+        let Some(key) = key else {
+            let (epoch, offset) = self.publish_now(room, from, body)?;
+            return Ok(Published {
+                epoch,
+                offset,
+                duplicate: false,
+            });
+        };
+        // Held across the publish, so two calls with one key cannot both publish.
+        let mut keys = lock(&self.idempotency);
+        let now_ms = now_us() / 1000;
+        if let Some((epoch, offset)) = keys.get(room, key, now_ms) {
+            return Ok(Published {
+                epoch,
+                offset,
+                duplicate: true,
+            });
+        }
+        let (epoch, offset) = self.publish_now(room, from, body)?;
+        let expires = now_ms.saturating_add(key_ttl.as_millis() as u64);
+        keys.insert(room, key, &epoch, offset, expires);
+        Ok(Published {
+            epoch,
             offset,
-            from,
-            body,
-            ts,
+            duplicate: false,
+        })
+    }
+
+    async fn send_user_command(
+        &self,
+        user: &str,
+        command: &UserCommand,
+    ) -> Result<usize, BackplaneError> {
+        Ok(self.hub.command_user(user, command.clone()))
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<NodeSessions>, BackplaneError> {
+        Ok(lock(&self.sessions)
+            .get(user)
+            .map(|&n| NodeSessions {
+                node: self.node.clone(),
+                sessions: n as u64,
+            })
+            .into_iter()
+            .collect())
+    }
+
+    async fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, BackplaneError> {
+        let Some(log) = lock(&self.rooms).get(room).cloned() else {
+            return Ok(None);
+        };
+        let (epoch, head) = {
+            let log = lock(&log);
+            (log.epoch().to_string(), log.head())
+        };
+        Ok(Some(RoomInfo {
+            room: room.to_owned(),
+            epoch,
+            head,
+            members: self.member_page(room, None).1,
+        }))
+    }
+
+    async fn rooms_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomInfo>, BackplaneError> {
+        let mut names: Vec<String> = lock(&self.rooms)
+            .keys()
+            .filter(|name| after.is_none_or(|after| name.as_str() > after))
+            .cloned()
+            .collect();
+        names.sort_unstable();
+        let mut page = Vec::with_capacity(limit.min(names.len()));
+        for name in names.into_iter().take(limit) {
+            if let Some(info) = self.room_info(&name).await? {
+                page.push(info);
+            }
         }
-        .to_json()
-        .into();
-        log.append(ts, frame.clone(), ts);
-        // Fan out while holding the room lock so delivery order equals offset order.
-        self.hub
-            .deliver_room_message(room, log.epoch(), offset, published_us, &frame);
-        let bytes_after = log.bytes();
-        drop(log);
-        if bytes_after >= bytes_before {
-            self.history_bytes
-                .fetch_add(bytes_after - bytes_before, Ordering::Relaxed);
-        } else {
-            self.history_bytes
-                .fetch_sub(bytes_before - bytes_after, Ordering::Relaxed);
-        }
-        self.enforce_history_budget();
-        Ok(offset)
+        Ok(page)
+    }
+
+    async fn history_read(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<HistoryRead>, BackplaneError> {
+        let Some(log) = lock(&self.rooms).get(room).cloned() else {
+            return Ok(None);
+        };
+        let cutoff = (now_us() / 1000).saturating_sub(self.limits.max_age_ms);
+        let log = lock(&log);
+        Ok(Some(HistoryRead {
+            epoch: log.epoch().to_string(),
+            head: log.head(),
+            messages: log.read(after, cutoff, limit),
+        }))
     }
 
     async fn snapshot(
@@ -394,6 +531,7 @@ mod tests {
                 max_age_ms: 60_000,
             },
             budget,
+            "node-1",
         );
         (hub, bp)
     }

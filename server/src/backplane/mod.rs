@@ -4,6 +4,7 @@
 //! Redis implementation are interchangeable; both deliver to this node's sessions by
 //! calling the [`crate::hub::Hub`]'s `deliver_*` methods directly.
 
+pub mod idempotency;
 pub mod memory;
 pub mod redis;
 
@@ -13,6 +14,7 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 
 use crate::protocol::{ErrorCode, Position};
+pub use crate::user_command::UserCommand;
 
 /// Why the backplane could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +180,83 @@ pub trait Backplane: Send + Sync {
     /// (in memory), or how many nodes' pub/sub connections took it (Redis): 0 means
     /// nobody has it, anything above 0 that it was delivered or is on its way.
     async fn send_direct(&self, from: &str, to: &str, body: &str) -> Result<usize, BackplaneError>;
+
+    // What the server API needs besides the above: cluster-wide, so any node answers.
+
+    /// [`Backplane::publish`] with an idempotency key: a key already used for `room`
+    /// within `key_ttl` publishes nothing and returns the first publish's position.
+    async fn publish_once(
+        &self,
+        room: &str,
+        from: &str,
+        body: &str,
+        key: Option<&str>,
+        key_ttl: std::time::Duration,
+    ) -> Result<Published, BackplaneError>;
+    /// Sends `command` to every session of `user`, on whichever nodes hold them. Returns
+    /// how many sessions (in memory) or nodes (Redis) it reached; 0: the user has none.
+    async fn send_user_command(
+        &self,
+        user: &str,
+        command: &UserCommand,
+    ) -> Result<usize, BackplaneError>;
+    /// The nodes holding sessions of `user`, and how many each holds.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<NodeSessions>, BackplaneError>;
+    /// A room's epoch, head and member count; `None` when the room does not exist (it is
+    /// not created by asking).
+    async fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, BackplaneError>;
+    /// Rooms by name after `after`, at most `limit`.
+    async fn rooms_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomInfo>, BackplaneError>;
+    /// At most `limit` messages of `room` with offsets above `after`, from what history
+    /// still holds; `None` when the room does not exist.
+    async fn history_read(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<HistoryRead>, BackplaneError>;
+}
+
+/// A message published through the server API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub epoch: String,
+    pub offset: u64,
+    /// The idempotency key had been used for this room: nothing was published again and
+    /// `epoch` and `offset` are the first publish's.
+    pub duplicate: bool,
+}
+
+/// A room as the server API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    pub room: String,
+    pub epoch: String,
+    /// Last assigned offset (0: no message yet).
+    pub head: u64,
+    /// Users present, over the cluster.
+    pub members: u64,
+}
+
+/// A page of a room's history for the server API.
+#[derive(Debug, Clone)]
+pub struct HistoryRead {
+    pub epoch: String,
+    pub head: u64,
+    /// Message frames (as clients receive them) with their offsets, in offset order.
+    /// The first may come after the offset asked for when history no longer holds it.
+    pub messages: Vec<(u64, Utf8Bytes)>,
+}
+
+/// Sessions of a user on one node, for the server API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSessions {
+    pub node: String,
+    pub sessions: u64,
 }
 
 /// Shared handle used throughout the server.

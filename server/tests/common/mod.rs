@@ -217,6 +217,19 @@ pub async fn http_request_with(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_exchange(addr, method, path, token, headers, body).await;
+    (status, body)
+}
+
+/// One request; the status, the response's head (status line and headers) and its body.
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("connect admin");
     let auth = token
@@ -234,7 +247,7 @@ pub async fn http_request_with(
     let mut buf = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
         .await
-        .expect("admin answers in time")
+        .expect("the server answers in time")
         .expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text
@@ -242,8 +255,8 @@ pub async fn http_request_with(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status line");
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// Value of a metric line such as `chat_connections 3` from `/metrics`.

@@ -109,8 +109,12 @@ impl RedisBackplane {
     /// Admits `room` into the cluster's room index before anything creates its keys.
     /// Refused with `RoomLimit` when the index is full and no idle room can make way.
     /// A room new to the index counts against the joining `user`'s rooms created per
-    /// hour.
-    pub(super) async fn admit_room(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
+    /// hour; one the application creates (`None`: server API) against no user's.
+    pub(super) async fn admit_room(
+        &self,
+        room: &str,
+        user: Option<&str>,
+    ) -> Result<(), BackplaneError> {
         if !self.admitted.due(room) {
             return Ok(());
         }
@@ -121,7 +125,11 @@ impl RedisBackplane {
         }
         match admission {
             Admission::Known => {}
-            Admission::New => self.count_new_room(room, user).await?,
+            Admission::New => {
+                if let Some(user) = user {
+                    self.count_new_room(room, user).await?
+                }
+            }
             Admission::Full => {
                 return Err(BackplaneError::RoomLimit(format!(
                     "the cluster holds its maximum of {} rooms and every one has members",

@@ -8,6 +8,7 @@
 //! | `P:room:R:presence` | hash | `{node}\|{user}` → sessions of the user on that node in the room |
 //! | `P:room:R:users` | hash | user → sessions in the room over all nodes (presence) |
 //! | `P:room:R:names` | sorted set | the room's members by name (member pages) |
+//! | `P:room:R:idem:K` | string with TTL | `epoch\|offset` of the server API's publish with idempotency key K |
 //! | `P:user:U:nodes` | set | nodes holding a session of the user (DM routing) |
 //! | `P:user:U:sessions` | hash | node → sessions of the user on it (the per-user cap) |
 //! | `P:user:U:rooms-created` | string with TTL | rooms the user created in the current hour |
@@ -81,6 +82,13 @@ impl Keys {
         self.name("room", room, Some("names"))
     }
 
+    /// The server API's idempotency key `key` for a publish to `room` (the room's slot).
+    pub fn room_idempotency(&self, room: &str, key: &str) -> String {
+        let mut k = self.name("room", room, Some("idem:"));
+        k.push_str(key);
+        k
+    }
+
     pub fn room_channel(&self, room: &str) -> String {
         self.name("room", room, None)
     }
@@ -151,6 +159,10 @@ mod tests {
         assert_eq!(keys.room_users("lobby"), "chat:room:lobby:users");
         assert_eq!(keys.room_names("lobby"), "chat:room:lobby:names");
         assert_eq!(keys.room_channel("lobby"), "chat:room:lobby");
+        assert_eq!(
+            keys.room_idempotency("lobby", "k1"),
+            "chat:room:lobby:idem:k1"
+        );
         assert_eq!(keys.user_nodes("ann"), "chat:user:ann:nodes");
         assert_eq!(keys.user_sessions("ann"), "chat:user:ann:sessions");
         assert_eq!(
@@ -177,6 +189,10 @@ mod tests {
         assert_eq!(keys.room_users("lobby"), "chat:room:{lobby}:users");
         assert_eq!(keys.room_names("lobby"), "chat:room:{lobby}:names");
         assert_eq!(keys.room_channel("lobby"), "chat:room:{lobby}");
+        assert_eq!(
+            keys.room_idempotency("lobby", "k1"),
+            "chat:room:{lobby}:idem:k1"
+        );
         assert_eq!(keys.user_nodes("ann"), "chat:user:{ann}:nodes");
         assert_eq!(keys.user_sessions("ann"), "chat:user:{ann}:sessions");
         assert_eq!(

@@ -32,7 +32,8 @@ use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    now_us, Backplane, BackplaneError, BackplaneStatus, Budget, RoomSnapshot, REPLAY_PAGE_MESSAGES,
+    now_us, Backplane, BackplaneError, BackplaneStatus, Budget, HistoryRead, NodeSessions,
+    Published, RoomInfo, RoomSnapshot, UserCommand, REPLAY_PAGE_MESSAGES,
 };
 use crate::history::{new_epoch, HistoryLimits};
 use crate::hub::Hub;
@@ -42,7 +43,9 @@ use crate::sync::{lock, read};
 use connection::{CommandConnection, Target};
 use keys::Keys;
 use pubsub::SubCommand;
-use replies::{parse_page, parse_room_event, parse_snapshot, RoomEvent};
+use replies::{
+    parse_history_read, parse_page, parse_room_event, parse_room_info, parse_snapshot, RoomEvent,
+};
 use scripts::Scripts;
 
 /// How the Redis backplane connects and names things.
@@ -425,12 +428,20 @@ impl RedisBackplane {
                 None => tracing::warn!(channel, "ignoring malformed backplane message"),
             }
         } else if channel == self.node_channel() {
-            match payload.strip_prefix("D|").and_then(|r| r.split_once('|')) {
-                Some((to, frame)) => {
+            // `D|user|frame`: a direct message; `C|user|json`: the application's command.
+            let (kind, rest) = payload.split_at_checked(2).unwrap_or(("", ""));
+            match (kind, rest.split_once('|')) {
+                ("D|", Some((to, frame))) => {
                     self.hub
                         .deliver_user_frame(to, &Utf8Bytes::from(frame.to_owned()));
                 }
-                None => tracing::warn!(channel, "ignoring malformed direct message"),
+                ("C|", Some((user, command))) => match UserCommand::parse(command) {
+                    Some(command) => {
+                        self.hub.command_user(user, command);
+                    }
+                    None => tracing::warn!(channel, "ignoring malformed user command"),
+                },
+                _ => tracing::warn!(channel, "ignoring malformed direct message"),
             }
         }
     }
@@ -779,10 +790,13 @@ impl RedisBackplane {
     /// node's channel in the node's, so this is one `SMEMBERS` and one `SPUBLISH` per
     /// node rather than one script. Counts the nodes whose pub/sub connection received
     /// it; forgets nodes that nobody listens for and whose heartbeat expired.
-    async fn send_direct_sharded(&self, to: &str, frame: &str) -> Result<usize, BackplaneError> {
-        let user_nodes = self.keys.user_nodes(to);
+    async fn send_to_user_nodes_sharded(
+        &self,
+        user: &str,
+        payload: &str,
+    ) -> Result<usize, BackplaneError> {
+        let user_nodes = self.keys.user_nodes(user);
         let nodes: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(&user_nodes)).await?;
-        let payload = format!("D|{to}|{frame}");
         let mut reached = 0usize;
         let mut failure = None;
         for node in nodes {
@@ -792,7 +806,7 @@ impl RedisBackplane {
                 .query(
                     redis::cmd("SPUBLISH")
                         .arg(self.keys.node_channel(&node))
-                        .arg(&payload),
+                        .arg(payload),
                 )
                 .await
             {
@@ -818,6 +832,62 @@ impl RedisBackplane {
             Some(e) if reached == 0 => Err(e),
             _ => Ok(reached),
         }
+    }
+
+    /// The publish script, with an idempotency key (and its lifetime) when given.
+    async fn publish_with(
+        &self,
+        room: &str,
+        from: &str,
+        body: &str,
+        idempotency: Option<(&str, Duration)>,
+    ) -> Result<Published, BackplaneError> {
+        let published_us = now_us();
+        let mut inv = self.scripts.publish.prepare_invoke();
+        inv.key(self.keys.room_meta(room))
+            .key(self.keys.room_log(room))
+            .arg(from)
+            .arg(body)
+            .arg(published_us)
+            .arg(new_epoch())
+            .arg(published_us / 1000)
+            .arg(self.limits.max_messages)
+            .arg(self.limits.max_age_ms)
+            .arg(self.history_ttl_secs())
+            .arg(self.keys.room_channel(room))
+            .arg(budget::ENTRY_OVERHEAD_BYTES);
+        if let Some((key, ttl)) = idempotency {
+            inv.key(self.keys.room_idempotency(room, key))
+                .arg(ttl.as_secs().max(1));
+        }
+        let reply: Vec<String> = self.run(&inv).await?;
+        let malformed = || BackplaneError::Unavailable("malformed publish reply".into());
+        let [epoch, offset, bytes] = <[String; 3]>::try_from(reply).map_err(|_| malformed())?;
+        let offset = offset.parse().map_err(|_| malformed())?;
+        // A repeated key answers the first publish's position and `dup`.
+        let duplicate = bytes == "dup";
+        if !duplicate {
+            self.published(room, bytes.parse().map_err(|_| malformed())?);
+        }
+        Ok(Published {
+            epoch,
+            offset,
+            duplicate,
+        })
+    }
+
+    /// Publishes `payload` on the node channel of every live node holding a session of
+    /// `user`; how many nodes' pub/sub connections took it.
+    async fn send_to_user_nodes(&self, user: &str, payload: &str) -> Result<usize, BackplaneError> {
+        if self.cluster() {
+            return self.send_to_user_nodes_sharded(user, payload).await;
+        }
+        let mut inv = self.scripts.direct.prepare_invoke();
+        inv.key(self.keys.user_nodes(user))
+            .arg(self.keys.node_prefix())
+            .arg(payload);
+        let reached: i64 = self.run(&inv).await?;
+        Ok(usize::try_from(reached).unwrap_or(0))
     }
 }
 
@@ -891,25 +961,9 @@ impl Backplane for RedisBackplane {
     }
 
     async fn publish(&self, room: &str, from: &str, body: &str) -> Result<u64, BackplaneError> {
-        let published_us = now_us();
-        let mut inv = self.scripts.publish.prepare_invoke();
-        inv.key(self.keys.room_meta(room))
-            .key(self.keys.room_log(room))
-            .arg(from)
-            .arg(body)
-            .arg(published_us)
-            .arg(new_epoch())
-            .arg(published_us / 1000)
-            .arg(self.limits.max_messages)
-            .arg(self.limits.max_age_ms)
-            .arg(self.history_ttl_secs())
-            .arg(self.keys.room_channel(room))
-            .arg(budget::ENTRY_OVERHEAD_BYTES);
-        let (_epoch, offset, bytes): (String, String, String) = self.run(&inv).await?;
-        let malformed = || BackplaneError::Unavailable("malformed publish reply".into());
-        let offset = offset.parse().map_err(|_| malformed())?;
-        self.published(room, bytes.parse().map_err(|_| malformed())?);
-        Ok(offset)
+        self.publish_with(room, from, body, None)
+            .await
+            .map(|p| p.offset)
     }
 
     async fn snapshot(
@@ -968,7 +1022,7 @@ impl Backplane for RedisBackplane {
     async fn presence_join(&self, room: &str, user: &str) -> Result<(), BackplaneError> {
         // The first of a join's steps that writes the room's keys: the room cap is
         // checked here.
-        self.admit_room(room, user).await?;
+        self.admit_room(room, Some(user)).await?;
         let mut inv = self.scripts.presence_join.prepare_invoke();
         inv.key(self.keys.room_presence(room))
             .key(self.keys.room_users(room))
@@ -1057,16 +1111,100 @@ impl Backplane for RedisBackplane {
             ts: now_us() / 1000,
         }
         .to_json();
-        if self.cluster() {
-            return self.send_direct_sharded(to, &frame).await;
+        self.send_to_user_nodes(to, &format!("D|{to}|{frame}"))
+            .await
+    }
+
+    async fn publish_once(
+        &self,
+        room: &str,
+        from: &str,
+        body: &str,
+        key: Option<&str>,
+        key_ttl: Duration,
+    ) -> Result<Published, BackplaneError> {
+        // Rooms the application creates count against the room cap like any other.
+        self.admit_room(room, None).await?;
+        self.publish_with(room, from, body, key.map(|k| (k, key_ttl)))
+            .await
+    }
+
+    async fn send_user_command(
+        &self,
+        user: &str,
+        command: &UserCommand,
+    ) -> Result<usize, BackplaneError> {
+        self.send_to_user_nodes(user, &format!("C|{user}|{}", command.to_json()))
+            .await
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<NodeSessions>, BackplaneError> {
+        let counts: Vec<(String, u64)> = self
+            .query(redis::cmd("HGETALL").arg(self.keys.user_sessions(user)))
+            .await?;
+        let mut nodes = Vec::with_capacity(counts.len());
+        for (node, sessions) in counts {
+            // A dead node's count lingers until its sessions are forgotten: not listed.
+            let alive: bool = self
+                .query(redis::cmd("EXISTS").arg(self.keys.node_alive(&node)))
+                .await?;
+            if alive && sessions > 0 {
+                nodes.push(NodeSessions { node, sessions });
+            }
         }
-        let mut inv = self.scripts.direct.prepare_invoke();
-        inv.key(self.keys.user_nodes(to))
-            .arg(self.keys.node_prefix())
-            .arg(to)
-            .arg(frame);
-        let reached: i64 = self.run(&inv).await?;
-        Ok(usize::try_from(reached).unwrap_or(0))
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+
+    async fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, BackplaneError> {
+        let mut inv = self.scripts.room_info.prepare_invoke();
+        inv.key(self.keys.room_meta(room))
+            .key(self.keys.room_users(room));
+        let reply: Vec<String> = self.run(&inv).await?;
+        parse_room_info(room, reply)
+    }
+
+    async fn rooms_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RoomInfo>, BackplaneError> {
+        // The room index scores rooms by activity; by name is ZRANGE BYLEX over equal
+        // scores only, so the names are read whole and sorted here (the index holds at
+        // most the room cap).
+        let mut names: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.keys.budget_index())
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
+        names.retain(|n| after.is_none_or(|a| n.as_str() > a));
+        names.sort_unstable();
+        let mut page = Vec::with_capacity(limit.min(names.len()));
+        for name in names.into_iter().take(limit) {
+            if let Some(info) = self.room_info(&name).await? {
+                page.push(info);
+            }
+        }
+        Ok(page)
+    }
+
+    async fn history_read(
+        &self,
+        room: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<HistoryRead>, BackplaneError> {
+        let mut inv = self.scripts.history_read.prepare_invoke();
+        inv.key(self.keys.room_meta(room))
+            .key(self.keys.room_log(room))
+            .arg(after)
+            .arg(limit)
+            .arg(self.history_cutoff_ms());
+        let reply: Vec<String> = self.run(&inv).await?;
+        parse_history_read(room, reply)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 
-use super::super::{BackplaneError, RoomSnapshot};
+use super::super::{BackplaneError, HistoryRead, RoomInfo, RoomSnapshot};
 use crate::protocol::ServerFrame;
 
 pub(super) enum RoomEvent<'a> {
@@ -109,6 +109,44 @@ pub(super) fn parse_page(
         }
         _ => Err(bad()),
     }
+}
+
+/// The room info script's reply: `None` for a room that does not exist.
+pub(super) fn parse_room_info(
+    room: &str,
+    reply: Vec<String>,
+) -> Result<Option<RoomInfo>, BackplaneError> {
+    let bad = || BackplaneError::Unavailable("malformed room info from Redis".into());
+    match <[String; 3]>::try_from(reply) {
+        Ok([epoch, head, members]) => Ok(Some(RoomInfo {
+            room: room.to_owned(),
+            epoch,
+            head: head.parse().map_err(|_| bad())?,
+            members: members.parse().map_err(|_| bad())?,
+        })),
+        Err(reply) if reply.is_empty() => Ok(None),
+        Err(_) => Err(bad()),
+    }
+}
+
+/// The history read script's reply: `None` for a room that does not exist.
+pub(super) fn parse_history_read(
+    room: &str,
+    reply: Vec<String>,
+) -> Result<Option<HistoryRead>, BackplaneError> {
+    let bad = || BackplaneError::Unavailable("malformed history read from Redis".into());
+    let [epoch, head, rest @ ..] = reply.as_slice() else {
+        return if reply.is_empty() {
+            Ok(None)
+        } else {
+            Err(bad())
+        };
+    };
+    Ok(Some(HistoryRead {
+        head: head.parse().map_err(|_| bad())?,
+        messages: entry_frames(room, epoch, rest).ok_or_else(bad)?,
+        epoch: epoch.clone(),
+    }))
 }
 
 /// Message frames, with their offsets, from a flat list of (offset, from, body, ts).

@@ -2,10 +2,19 @@
 -- it, in one step, so live order equals history order on every node. Keeps the room's
 -- history bytes in `meta.bytes` (each entry costs sender + body + a fixed overhead), so
 -- the cluster-wide history budget can be enforced.
--- KEYS: meta, log. ARGV: from, body, published_us, new epoch, now ms, max messages,
--- max age ms, history TTL s, room channel, entry overhead bytes.
--- `PUB` is PUBLISH or SPUBLISH (cluster mode). Reply: epoch, offset, the room's bytes.
-local meta, log = KEYS[1], KEYS[2]
+-- KEYS: meta, log, and (server API) an idempotency key. ARGV: from, body, published_us,
+-- new epoch, now ms, max messages, max age ms, history TTL s, room channel, entry
+-- overhead bytes, and with the idempotency key its lifetime in seconds.
+-- `PUB` is PUBLISH or SPUBLISH (cluster mode). Reply: epoch, offset, the room's bytes; or,
+-- when the idempotency key was used already, that publish's epoch, offset and 'dup'.
+local meta, log, idem = KEYS[1], KEYS[2], KEYS[3]
+if idem then
+  local seen = redis.call('GET', idem)
+  if seen then
+    local bar = string.find(seen, '|', 1, true)
+    return {string.sub(seen, 1, bar - 1), string.sub(seen, bar + 1), 'dup'}
+  end
+end
 local overhead = tonumber(ARGV[10])
 local epoch = redis.call('HGET', meta, 'epoch')
 local head = tonumber(redis.call('HGET', meta, 'head') or '0')
@@ -40,5 +49,6 @@ if bytes < 0 then
 end
 redis.call('EXPIRE', meta, ARGV[8])
 redis.call('EXPIRE', log, ARGV[8])
+if idem then redis.call('SET', idem, epoch .. '|' .. offset, 'EX', ARGV[11]) end
 redis.call(PUB, ARGV[9], 'M|' .. offset .. '|' .. ARGV[3] .. '|' .. epoch .. '|' .. ARGV[1] .. '|' .. ARGV[2])
 return {epoch, tostring(offset), tostring(bytes)}
