@@ -211,6 +211,14 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
             "spec:\n  limits:\n    dmPerSecond: 0\n",
             "limits.dmPerSecond must be at least 0.01",
         ),
+        (
+            "spec:\n  api:\n    enabled: true\n    fromNamespaces: [backend, Backend_2]\n",
+            "api.fromNamespaces: each entry must be a namespace name",
+        ),
+        (
+            "spec:\n  api:\n    enabled: true\n    keysSecretName: API_Keys\n",
+            "api.keysSecretName must be a Secret name",
+        ),
     ];
     let too_many_rooms: String = (0..65)
         .map(|i| format!("    - pattern: room{i}\n      access: public\n"))
@@ -481,6 +489,230 @@ async fn a_missing_or_short_jwt_secret_is_degraded_naming_it_until_fixed() {
         env.contains("\"name\":\"chat-jwt\"") && env.contains("\"optional\":false"),
         "the JWT Secret is a required reference: {env}"
     );
+}
+
+/// The server API (`spec.api`): the generated keys Secret (one key of the server's shape,
+/// owned, never overwritten), the `NAME-api` Service, the pods' port, variables and keys
+/// volume, and the NetworkPolicy rule; a Secret of the user's that is missing or lacks
+/// key `keys` is Degraded naming it; turning the API off removes the Service, the rule
+/// and the pods' port, and keeps the generated keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_api_gets_keys_a_service_a_port_and_a_network_policy_rule() {
+    let s = setup("api", true).await;
+    let with_api = |api: &str| format!("{}  api:\n{api}", manifest("chat", 1, &IMAGE_A, None));
+    s.apply(&with_api(
+        "    enabled: true\n    fromNamespaces: [backend]\n",
+    ));
+    s.wait_ready("chat", READY_WITHIN).await;
+
+    // The generated Secret: one random key on a line, of the shape the server takes.
+    let secret = s.wait_exists("secret", "chat-api-keys", READY_WITHIN).await;
+    let owners = secret["metadata"]["ownerReferences"].to_string();
+    assert!(owners.contains("ChatCluster"), "owned: {owners}");
+    let keys = s.secret_value("chat-api-keys", "keys");
+    let key = keys.strip_suffix('\n').unwrap_or(&keys);
+    assert!(
+        !key.contains('\n'),
+        "one key: {} lines",
+        keys.lines().count()
+    );
+    assert!(
+        (32..=256).contains(&key.len())
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "a URL-safe random key of 32 to 256 characters, {} here",
+        key.len()
+    );
+
+    // The Service: the API port of the chat pods, in the cluster only.
+    let svc = s.wait_exists("service", "chat-api", READY_WITHIN).await;
+    assert_eq!(svc["spec"]["type"], "ClusterIP");
+    let ports = svc["spec"]["ports"].as_array().expect("ports");
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0]["name"], "api");
+    assert_eq!(ports[0]["port"], 8081);
+    assert_eq!(ports[0]["targetPort"], "api");
+    let selector = &svc["spec"]["selector"];
+    assert_eq!(selector["app.kubernetes.io/component"], "chat-server");
+    assert_eq!(selector["app.kubernetes.io/instance"], "chat");
+    let client_ports =
+        s.get("service", "chat").expect("client Service")["spec"]["ports"].to_string();
+    assert!(
+        !client_ports.contains("8081"),
+        "clients' Service: {client_ports}"
+    );
+
+    // The pods: the port, the variables, the Secret's key `keys` mounted read-only.
+    let sts = s.get("statefulset", "chat").expect("statefulset");
+    let pod = &sts["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let api_port = container["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "api")
+        .unwrap_or_else(|| panic!("no api port: {}", container["ports"]));
+    assert_eq!(api_port["containerPort"], 8081);
+    let config = s.get("configmap", "chat-config").expect("configmap");
+    assert_eq!(config["data"]["CHAT_API_LISTEN"], "0.0.0.0:8081");
+    assert_eq!(config["data"]["CHAT_API_KEYS_FILE"], "/etc/chat/api/keys");
+    assert_eq!(
+        container["envFrom"][0]["configMapRef"]["name"],
+        "chat-config"
+    );
+    let volume = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "api-keys")
+        .unwrap_or_else(|| panic!("no api-keys volume: {}", pod["volumes"]));
+    assert_eq!(volume["secret"]["secretName"], "chat-api-keys");
+    assert_eq!(
+        volume["secret"]["items"],
+        serde_json::json!([{"key": "keys", "path": "keys"}])
+    );
+    assert_eq!(volume["secret"]["defaultMode"], 0o440);
+    assert_eq!(pod["securityContext"]["fsGroup"], 65532);
+    let mount = container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["name"] == "api-keys")
+        .unwrap_or_else(|| panic!("no api-keys mount: {}", container["volumeMounts"]));
+    assert_eq!(mount["mountPath"], "/etc/chat/api");
+    assert_eq!(mount["readOnly"], true);
+
+    // The NetworkPolicy: the API port from this namespace and `fromNamespaces` only,
+    // beside the unchanged public and admin rules.
+    let policy = s.get("networkpolicy", "chat").expect("networkpolicy");
+    let rules = policy["spec"]["ingress"].as_array().expect("rules").clone();
+    let rule_for = |port: i64| {
+        rules
+            .iter()
+            .find(|r| r["ports"][0]["port"] == port)
+            .unwrap_or_else(|| panic!("no rule for port {port}: {rules:?}"))
+            .clone()
+    };
+    let sources = |rule: &Value| -> Vec<String> {
+        rule["from"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    let api_rule = rule_for(8081);
+    assert_eq!(
+        api_rule["from"].as_array().map(Vec::len),
+        Some(2),
+        "nothing but the two namespaces: {api_rule}"
+    );
+    assert_eq!(sources(&api_rule), [s.ns.name.as_str(), "backend"]);
+    assert!(
+        rule_for(8080)["from"].is_null(),
+        "the public port stays open"
+    );
+    assert_eq!(
+        sources(&rule_for(9090)),
+        [s.ns.name.as_str()],
+        "the operator's"
+    );
+
+    // Never overwritten: a key the user adds stays.
+    let rotated = format!(
+        "{key}\n# the new key, for the clients that moved\n{}\n",
+        "n".repeat(40)
+    );
+    let patch = serde_json::json!({"stringData": {"keys": rotated}}).to_string();
+    s.kubectl_ok(&["patch", "secret", "chat-api-keys", "-p", &patch], None);
+    s.poke("chat");
+    s.wait_operator_idle().await;
+    assert_eq!(
+        s.secret_value("chat-api-keys", "keys"),
+        rotated,
+        "the user's edit is kept"
+    );
+
+    // A Secret of the user's that does not exist: Degraded, naming it and the key.
+    s.apply(&with_api(
+        "    enabled: true\n    keysSecretName: app-api-keys\n    fromNamespaces: [backend]\n",
+    ));
+    let message = s.wait_degraded("chat", "SecretMissing").await;
+    assert!(
+        message.contains("app-api-keys")
+            && message.contains("spec.api.keysSecretName")
+            && message.contains("`keys`"),
+        "names the Secret, the field and the key: {message}"
+    );
+    let sts = s.get("statefulset", "chat").expect("statefulset");
+    assert!(
+        sts["spec"]["template"]["spec"]["volumes"]
+            .to_string()
+            .contains("chat-api-keys"),
+        "no pod template is applied against a missing Secret"
+    );
+    // It exists, without key `keys`.
+    s.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "app-api-keys",
+            "--from-literal=key=0123456789abcdef",
+        ],
+        None,
+    );
+    let message = s.wait_degraded("chat", "SecretKeyMissing").await;
+    assert!(
+        message.contains("app-api-keys") && message.contains("no key `keys`"),
+        "{message}"
+    );
+    // Fixed: the pods mount the user's Secret.
+    let app_key = "app-".repeat(8);
+    let patch = serde_json::json!({"stringData": {"keys": format!("{app_key}\n")}}).to_string();
+    s.kubectl_ok(&["patch", "secret", "app-api-keys", "-p", &patch], None);
+    s.wait_ready("chat", READY_WITHIN).await;
+    let mounted = eventually("the pods to mount app-api-keys", READY_WITHIN, || async {
+        Ok(s.get("statefulset", "chat").filter(|sts| {
+            sts["spec"]["template"]["spec"]["volumes"]
+                .to_string()
+                .contains("\"secretName\":\"app-api-keys\"")
+        }))
+    })
+    .await;
+    assert!(mounted.is_ok(), "{mounted:?}{}", s.operator_log());
+
+    // Off: no Service, no rule, no port; the generated keys are kept for a comeback.
+    s.apply(&with_api("    enabled: false\n"));
+    s.wait_gone("service", "chat-api", READY_WITHIN).await;
+    let off = eventually(
+        "the API gone from the pods and the policy",
+        READY_WITHIN,
+        || async {
+            let sts = s.get("statefulset", "chat");
+            let policy = s.get("networkpolicy", "chat");
+            Ok(sts.zip(policy).filter(|(sts, policy)| {
+                let pod = sts["spec"]["template"]["spec"].to_string();
+                !pod.contains("8081")
+                    && !pod.contains("api-keys")
+                    && !policy["spec"].to_string().contains("8081")
+            }))
+        },
+    )
+    .await;
+    assert!(off.is_ok(), "{off:?}{}", s.operator_log());
+    let config = s.get("configmap", "chat-config").expect("configmap");
+    assert!(
+        !config["data"].to_string().contains("CHAT_API_"),
+        "{}",
+        config["data"]
+    );
+    assert_eq!(s.secret_value("chat-api-keys", "keys"), rotated);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

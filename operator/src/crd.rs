@@ -19,6 +19,9 @@ pub const JWT_KEY: &str = "hs256Secret";
 pub const JWT_PUBLIC_KEY: &str = "publicKey";
 /// Key of the join hook's HMAC key in `auth.joinHook.secretName`.
 pub const JOIN_HOOK_SECRET_KEY: &str = "hookSecret";
+/// Key of the server API's keys (one per line) in `api.keysSecretName` and in the
+/// generated `NAME-api-keys` Secret.
+pub const API_KEYS_KEY: &str = "keys";
 
 /// Desired state of a ChatCluster.
 // clippy reads `type_ = "integer"` in two separate `printcolumn(...)` lists as a
@@ -92,12 +95,49 @@ pub struct ChatClusterSpec {
     /// Client authentication.
     #[serde(default)]
     pub auth: AuthSpec,
-    /// NetworkPolicies for the admin port and the managed Redis.
+    /// NetworkPolicies for the admin port, the API port and the managed Redis.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
     /// Monitoring objects (a PodMonitor) for a Prometheus-operator setup.
     #[serde(default, skip_serializing_if = "is_default")]
     pub monitoring: MonitoringSpec,
+    /// The server API (`/api/v1/...` on port 8081): the application's own way in
+    /// (publish, direct messages, disconnect, presence, history), authenticated by API
+    /// keys. Off by default.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub api: ApiSpec,
+}
+
+/// `spec.api`: the chat pods' server API port, its keys and who may reach it.
+///
+/// The keys live in a Secret mounted into the pods as a file that the server re-reads
+/// every 10 s, so rotating a key (add the new line, move the clients, remove the old
+/// line) needs no restart. See docs/operator.md, "The server API".
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiSpec {
+    /// Serve the API: port `api` (8081) on the chat pods, the Service `NAME-api` and,
+    /// with `networkPolicy.enabled`, a rule that lets only this namespace and
+    /// `fromNamespaces` reach it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Secret in the ChatCluster's namespace whose key `keys` holds the API keys, one
+    /// per line (blank lines and lines starting with `#` are ignored; each key 16 to 256
+    /// printable ASCII characters, no spaces or commas). Unset: the operator generates
+    /// `NAME-api-keys` with one random key, once, and never overwrites it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("api.keysSecretName must be a Secret name (lowercase letters, digits, '-' and '.')"))]
+    pub keys_secret_name: Option<String>,
+    /// More namespaces (by name) whose pods may reach the API port when the operator's
+    /// NetworkPolicies are on, e.g. where your application's backend runs. The
+    /// ChatCluster's own namespace is always allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 63)))]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("api.fromNamespaces: each entry must be a namespace name (lowercase letters, digits and '-', starting and ending with a letter or digit)"))]
+    pub from_namespaces: Vec<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -110,8 +150,9 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct NetworkPolicySpec {
     /// Create them: the chat pods' admin port (metrics, /admin/*) reachable only from the
-    /// operator's namespace and `adminFromNamespaces`; the managed Redis only from this
-    /// cluster's chat pods. The public port stays open.
+    /// operator's namespace and `adminFromNamespaces`; with `api.enabled`, the API port
+    /// only from this namespace and `api.fromNamespaces`; the managed Redis only from
+    /// this cluster's chat pods. The public port stays open.
     #[serde(default = "default_true")]
     pub enabled: bool,
     /// More namespaces (by name) whose pods may reach the admin port, e.g. where your

@@ -16,7 +16,10 @@ use common::{cluster, fake_apiserver};
 async fn every_object_is_server_side_applied_with_one_field_manager() {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(svc, "default");
-    let c = cluster(json!({"expose": {"ingress": {"host": "chat.example.com"}}}));
+    let c = cluster(json!({
+        "expose": {"ingress": {"host": "chat.example.com"}},
+        "api": {"enabled": true}
+    }));
     let desired = build(&c, BuildContext::default()).unwrap();
     // Server-side apply answers with the applied object; echo it.
     let server = fake_apiserver(handle, |_, _, body| (StatusCode::OK, body.clone()));
@@ -38,6 +41,7 @@ async fn every_object_is_server_side_applied_with_one_field_manager() {
             "/api/v1/namespaces/ns1/configmaps/chat-config",
             "/api/v1/namespaces/ns1/services/chat-headless",
             "/api/v1/namespaces/ns1/services/chat",
+            "/api/v1/namespaces/ns1/services/chat-api",
             "/apis/apps/v1/namespaces/ns1/statefulsets/chat",
             "/apis/policy/v1/namespaces/ns1/poddisruptionbudgets/chat",
             "/apis/networking.k8s.io/v1/namespaces/ns1/ingresses/chat",
@@ -79,7 +83,12 @@ async fn removing_expose_deletes_only_this_clusters_ingress() {
                 json!({"apiVersion": "apps/v1", "kind": "StatefulSetList", "metadata": {}, "items": [owned("chat-redis", "uid-1")]})
             }
             ("GET", p) if p.ends_with("/services") => {
-                json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [owned("chat-redis", "uid-1")]})
+                let items = if uri.query().is_some_and(|q| q.contains("redis")) {
+                    vec![owned("chat-redis", "uid-1")]
+                } else {
+                    Vec::new()
+                };
+                json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": items})
             }
             ("DELETE", _) => {
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
@@ -117,5 +126,75 @@ async fn removing_expose_deletes_only_this_clusters_ingress() {
             .contains("labelSelector=app.kubernetes.io%2Finstance%3Dchat"),
         "{}",
         list.1
+    );
+}
+
+/// Turning the server API off deletes its Service, found by its own component label:
+/// the chat Services (`chat`, `chat-headless`) are never listed as its orphans.
+#[tokio::test]
+async fn turning_the_api_off_deletes_its_service_only() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(svc, "default");
+    let off = cluster(json!({"api": {"enabled": false}}));
+    let on = cluster(json!({"api": {"enabled": true}}));
+    let server = fake_apiserver(handle, |method, uri, _| {
+        let owned = |name: &str| json!({"metadata": {"name": name, "ownerReferences": [{"apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster", "name": "chat", "uid": "uid-1", "controller": true}]}});
+        let query = uri.query().unwrap_or_default();
+        let answer = match (method.as_str(), uri.path()) {
+            ("GET", p) if p.ends_with("/services") && query.contains("component%3Dapi") => {
+                json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {}, "items": [owned("chat-api")]})
+            }
+            ("GET", p) if p.ends_with("/statefulsets") || p.ends_with("/services") => {
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [owned("chat-redis")]})
+            }
+            ("GET", p) if p.ends_with("/networkpolicies") => {
+                let name = if query.contains("redis") {
+                    "chat-redis"
+                } else {
+                    "chat"
+                };
+                json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": [owned(name)]})
+            }
+            ("GET", _) => json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": []}),
+            ("DELETE", _) => {
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        (StatusCode::OK, answer)
+    });
+    let still_on = delete_orphans(
+        &client,
+        "ns1",
+        "chat",
+        "uid-1",
+        &build(&on, BuildContext::default()).unwrap(),
+        Served::default(),
+    )
+    .await
+    .unwrap();
+    let turned_off = delete_orphans(
+        &client,
+        "ns1",
+        "chat",
+        "uid-1",
+        &build(&off, BuildContext::default()).unwrap(),
+        Served::default(),
+    )
+    .await
+    .unwrap();
+    drop(client);
+    let seen = server.await.unwrap();
+    assert!(still_on.is_empty(), "{still_on:?}");
+    assert_eq!(turned_off, ["Service/chat-api"]);
+    let deletes: Vec<&str> = seen
+        .iter()
+        .filter(|(m, _, _)| m == Method::DELETE)
+        .map(|(_, u, _)| u.as_str())
+        .collect();
+    assert_eq!(deletes.len(), 1, "{deletes:?}");
+    assert!(
+        deletes[0].starts_with("/api/v1/namespaces/ns1/services/chat-api"),
+        "{deletes:?}"
     );
 }

@@ -40,6 +40,7 @@ fn to_yaml(d: &Desired) -> String {
         chat_statefulset,
         headless_service,
         client_service,
+        api_service,
         pdb,
         ingress,
         http_route,
@@ -58,6 +59,7 @@ fn to_yaml(d: &Desired) -> String {
         yaml(headless_service),
         yaml(client_service),
     ];
+    docs.extend(api_service.iter().map(|o| yaml(o)));
     docs.extend(pdb.iter().map(|o| yaml(o)));
     docs.extend(ingress.iter().map(|o| yaml(o)));
     docs.extend(http_route.iter().map(|o| yaml(o)));
@@ -139,6 +141,54 @@ fn optional_kinds_only_where_served_and_asked_for() {
         d.pod_monitor.is_some(),
         "the PodMonitor is independent of the engine"
     );
+}
+
+/// The server API with its generated keys: the `NAME-api` Service, the pods' port,
+/// variables and keys volume, and the NetworkPolicy's API rule in the golden file.
+#[test]
+fn api_cluster_objects() {
+    let c = example("api.yaml");
+    let d = build(
+        &c,
+        BuildContext {
+            operator_namespace: Some("chatcluster-system".into()),
+            ..BuildContext::default()
+        },
+    )
+    .unwrap();
+    let service = d.api_service.as_ref().expect("the API Service");
+    assert_eq!(service.metadata.name.as_deref(), Some("chat-api"));
+    let pod = pod_spec(&d);
+    let keys = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.secret.as_ref())
+        .expect("the keys volume");
+    assert_eq!(keys.secret_name.as_deref(), Some("chat-api-keys"));
+    let policy = d.network_policy.as_ref().expect("a NetworkPolicy");
+    let api_from: Vec<String> = policy
+        .spec
+        .iter()
+        .flat_map(|s| s.ingress.iter().flatten())
+        .filter(|r| {
+            r.ports
+                .iter()
+                .flatten()
+                .any(|p| p.port == Some(IntOrString::Int(8081)))
+        })
+        .flat_map(|r| r.from.iter().flatten())
+        .filter_map(|p| {
+            p.namespace_selector
+                .as_ref()?
+                .match_labels
+                .as_ref()?
+                .get("kubernetes.io/metadata.name")
+                .cloned()
+        })
+        .collect();
+    assert_eq!(api_from, ["default", "backend"]);
+    golden("api", &to_yaml(&d));
 }
 
 #[test]

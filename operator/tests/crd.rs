@@ -225,6 +225,18 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
             json!({"networkPolicy": {"adminFromNamespaces": ["monitoring", "Not A Namespace"]}}),
             "each entry must be a namespace name",
         ),
+        (
+            json!({"api": {"enabled": true, "fromNamespaces": ["backend", "-backend"]}}),
+            "api.fromNamespaces: each entry must be a namespace name",
+        ),
+        (
+            json!({"api": {"enabled": true, "fromNamespaces": ["apps.prod"]}}),
+            "api.fromNamespaces: each entry must be a namespace name",
+        ),
+        (
+            json!({"api": {"enabled": true, "keysSecretName": "Api_Keys"}}),
+            "api.keysSecretName must be a Secret name",
+        ),
     ];
     for (spec, expected) in cases {
         let err = validate_spec(&spec).expect_err(&format!("{spec} should be rejected"));
@@ -260,6 +272,9 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
         json!({"autoscaling": {"maxReplicas": 3, "prometheusUrl": "http://[::1]:9090"}}),
         json!({"redis": {"external": {"secretName": "redis-url"}}}),
         json!({"networkPolicy": {"adminFromNamespaces": ["monitoring", "kube-prometheus-0"]}}),
+        json!({"api": {"enabled": true}}),
+        json!({"api": {"enabled": true, "keysSecretName": "chat.api-keys",
+            "fromNamespaces": ["backend", "0ps"]}}),
     ] {
         assert!(
             validate_spec(&ok).is_ok(),
@@ -285,7 +300,7 @@ fn validate_spec(spec: &serde_json::Value) -> Result<(), String> {
 /// The examples a user applies are valid ChatClusters.
 #[test]
 fn examples_pass_the_crd_rules() {
-    for file in ["minimal.yaml", "full.yaml"] {
+    for file in ["minimal.yaml", "full.yaml", "keda.yaml", "api.yaml"] {
         let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
         let doc: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

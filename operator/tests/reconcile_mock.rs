@@ -243,3 +243,111 @@ async fn a_cluster_being_deleted_is_not_applied() {
     assert_eq!(action, Action::await_change());
     assert!(seen.is_empty(), "no request at all: {seen:?}");
 }
+
+/// With the server API on and no Secret of the user's, the operator generates
+/// `NAME-api-keys` (one random key on a line) before anything is applied, then applies
+/// the `NAME-api` Service with the rest.
+#[tokio::test]
+async fn the_api_keys_are_generated_and_the_api_service_applied() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(svc);
+    let server = fake(handle);
+    reconcile(
+        Arc::new(cluster(json!({"api": {"enabled": true}}))),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    drop(ctx);
+    let seen = server.await.unwrap();
+    let created: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|(m, u, _)| m == Method::POST && u.contains("/secrets"))
+        .map(|(_, _, s)| s)
+        .collect();
+    let names: Vec<&str> = created
+        .iter()
+        .map(|s| s["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["chat-admin", "chat-redis-auth", "chat-api-keys"]);
+    let keys = created[2]["stringData"]["keys"]
+        .as_str()
+        .expect("key `keys`");
+    let key = keys.strip_suffix('\n').expect("one line");
+    assert!(
+        key.len() >= 32 && key.bytes().all(|b| b.is_ascii_alphanumeric()),
+        "a long URL-safe random key"
+    );
+    let first_apply = seen
+        .iter()
+        .position(|(m, u, _)| m == Method::PATCH && u.contains("force=true"))
+        .unwrap();
+    let last_secret = seen
+        .iter()
+        .rposition(|(m, u, _)| m == Method::POST && u.contains("/secrets"))
+        .unwrap();
+    assert!(
+        last_secret < first_apply,
+        "the Secret exists before the pods"
+    );
+    assert!(
+        seen.iter().any(|(m, u, _)| m == Method::PATCH
+            && u.starts_with("/api/v1/namespaces/ns1/services/chat-api?")),
+        "the API Service is applied"
+    );
+    // The keys file is re-read by the servers: its Secret does not restart the pods.
+    let sts = seen
+        .iter()
+        .find(|(m, u, _)| m == Method::PATCH && u.contains("/statefulsets/chat?"))
+        .map(|(_, _, b)| b)
+        .unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["metadata"]["annotations"]["chatcluster.dev/secrets-revision"],
+        "uid-\"chat-admin\",uid-\"chat-redis-auth\""
+    );
+}
+
+/// `api.keysSecretName` naming a Secret that does not exist: Degraded, naming the
+/// Secret, the field and the key, and nothing is applied (as for the JWT Secret).
+#[tokio::test]
+async fn a_missing_api_keys_secret_of_the_users_is_degraded_naming_it() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(svc);
+    let server = fake(handle);
+    let action = reconcile(
+        Arc::new(cluster(
+            json!({"api": {"enabled": true, "keysSecretName": "app-api-keys"}}),
+        )),
+        ctx.clone(),
+    )
+    .await
+    .unwrap();
+    drop(ctx);
+    let seen = server.await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(chatcluster_operator::reconcile::SECRET_RECHECK)
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|(m, u, _)| m == Method::PATCH && u.contains("force=true")),
+        "nothing applied: {seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|(m, u, _)| m == Method::POST && u.contains("/secrets")),
+        "nothing generated either"
+    );
+    let degraded = condition(written_status(&seen), "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "SecretMissing");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("Secret ns1/app-api-keys")
+            && message.contains("spec.api.keysSecretName")
+            && message.contains("`keys`"),
+        "{message}"
+    );
+}

@@ -14,7 +14,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::pod::*;
 use super::*;
-use crate::crd::{AuthSpec, ChatCluster, RoomRule, JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY};
+use crate::crd::{
+    ApiSpec, AuthSpec, ChatCluster, RoomRule, API_KEYS_KEY, JOIN_HOOK_SECRET_KEY, JWT_KEY,
+    JWT_PUBLIC_KEY,
+};
 
 /// Server configuration as `CHAT_*` environment variables.
 pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
@@ -113,6 +116,10 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
         );
     }
     auth_config(&s.auth, &mut data);
+    if s.api.enabled {
+        data.insert("CHAT_API_LISTEN".to_owned(), format!("0.0.0.0:{API_PORT}"));
+        data.insert("CHAT_API_KEYS_FILE".to_owned(), api_keys_path());
+    }
     ConfigMap {
         metadata: n.meta(format!("{}-config", n.name), "chat-server"),
         data: Some(data),
@@ -189,6 +196,28 @@ const JWT_PUBLIC_KEY_DIR: &str = "/etc/chat-server/jwt";
 const JWT_PUBLIC_KEY_FILE: &str = "public-key.pem";
 /// The volume's name in the pod.
 const JWT_PUBLIC_KEY_VOLUME: &str = "jwt-public-key";
+
+/// Directory of the mounted API keys: a read-only volume of its own. The whole directory
+/// is mounted (never a `subPath`, which the kubelet does not refresh), so a key added to
+/// the Secret reaches the file the server re-reads.
+const API_KEYS_DIR: &str = "/etc/chat/api";
+/// The volume's name in the pod.
+const API_KEYS_VOLUME: &str = "api-keys";
+/// The chat-server's user and group (the image's `nonroot`); the group is also the pod's
+/// `fsGroup` with the API on, so the server can read the keys file at mode 0440.
+const CHAT_SERVER_UID: i64 = 65532;
+
+/// Where the pods find the API keys (`CHAT_API_KEYS_FILE`).
+fn api_keys_path() -> String {
+    format!("{API_KEYS_DIR}/{API_KEYS_KEY}")
+}
+
+/// The Secret the pods read the API keys from: the user's, or the generated one.
+fn api_keys_secret(n: &Names, api: &ApiSpec) -> String {
+    api.keys_secret_name
+        .clone()
+        .unwrap_or_else(|| api_keys_secret_name(n.name))
+}
 
 /// A stable 64-bit FNV-1a hash of the configuration, put on the pod template so a
 /// configuration change rolls the pods.
@@ -268,34 +297,37 @@ pub(super) fn chat_statefulset(
             false,
         ));
     }
+    let mut volumes = Vec::new();
+    let mut volume_mounts = Vec::new();
     // The public key as a file (the server reads a path): only that key of the Secret,
-    // in a volume of its own. World-readable: it is a public key, and the pod has no
-    // fsGroup that would let the server's user read a stricter mode.
-    let (volumes, volume_mounts) = match &s.auth.public_key_secret_name {
-        Some(secret) => (
-            Some(vec![Volume {
-                name: JWT_PUBLIC_KEY_VOLUME.to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(secret.clone()),
-                    items: Some(vec![KeyToPath {
-                        key: JWT_PUBLIC_KEY.to_owned(),
-                        path: JWT_PUBLIC_KEY_FILE.to_owned(),
-                        mode: None,
-                    }]),
-                    default_mode: Some(0o444),
-                    optional: Some(false),
-                }),
-                ..Volume::default()
-            }]),
-            Some(vec![VolumeMount {
-                name: JWT_PUBLIC_KEY_VOLUME.to_owned(),
-                mount_path: JWT_PUBLIC_KEY_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }]),
-        ),
-        None => (None, None),
-    };
+    // in a volume of its own. World-readable: it is a public key, and without the API
+    // the pod has no fsGroup that would let the server's user read a stricter mode.
+    if let Some(secret) = &s.auth.public_key_secret_name {
+        volumes.push(secret_volume(
+            JWT_PUBLIC_KEY_VOLUME,
+            secret,
+            JWT_PUBLIC_KEY,
+            JWT_PUBLIC_KEY_FILE,
+            0o444,
+        ));
+        volume_mounts.push(read_only_mount(JWT_PUBLIC_KEY_VOLUME, JWT_PUBLIC_KEY_DIR));
+    }
+    let mut ports = vec![port("ws", PUBLIC_PORT), port("admin", ADMIN_PORT)];
+    // The API keys: only the key `keys` of the Secret, readable by the owner (root) and
+    // the pod's fsGroup (the server's group), nobody else.
+    if s.api.enabled {
+        ports.push(port("api", API_PORT));
+        volumes.push(secret_volume(
+            API_KEYS_VOLUME,
+            &api_keys_secret(n, &s.api),
+            API_KEYS_KEY,
+            API_KEYS_KEY,
+            0o440,
+        ));
+        volume_mounts.push(read_only_mount(API_KEYS_VOLUME, API_KEYS_DIR));
+    }
+    let volumes = (!volumes.is_empty()).then_some(volumes);
+    let volume_mounts = (!volume_mounts.is_empty()).then_some(volume_mounts);
     let grace = i64::from(s.drain.pre_stop_seconds)
         + i64::from(s.drain.deadline_seconds)
         + GRACE_MARGIN_SECONDS;
@@ -303,7 +335,7 @@ pub(super) fn chat_statefulset(
         name: "chat-server".to_owned(),
         image: Some(s.image.clone()),
         image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_owned()),
-        ports: Some(vec![port("ws", PUBLIC_PORT), port("admin", ADMIN_PORT)]),
+        ports: Some(ports),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
                 name: format!("{}-config", n.name),
@@ -364,8 +396,11 @@ pub(super) fn chat_statefulset(
                     termination_grace_period_seconds: Some(grace),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
+                        run_as_user: Some(CHAT_SERVER_UID),
+                        run_as_group: Some(CHAT_SERVER_UID),
+                        // Only with the API, so the pods of clusters without it keep
+                        // their template across an operator upgrade.
+                        fs_group: s.api.enabled.then_some(CHAT_SERVER_UID),
                         seccomp_profile: Some(runtime_default_seccomp()),
                         ..PodSecurityContext::default()
                     }),
@@ -377,6 +412,34 @@ pub(super) fn chat_statefulset(
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
+    }
+}
+
+/// A volume with one key of Secret `secret`, as file `path`, at `mode`. Required
+/// (`optional: false`): the operator checks the Secret before it applies the pods.
+fn secret_volume(volume: &str, secret: &str, key: &str, path: &str, mode: i32) -> Volume {
+    Volume {
+        name: volume.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items: Some(vec![KeyToPath {
+                key: key.to_owned(),
+                path: path.to_owned(),
+                mode: None,
+            }]),
+            default_mode: Some(mode),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn read_only_mount(volume: &str, dir: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: dir.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
     }
 }
 
@@ -399,6 +462,123 @@ pub(super) fn pdb(n: &Names) -> PodDisruptionBudget {
 mod tests {
     use crate::build::test_cluster as cluster;
     use crate::build::{build, BuildContext};
+
+    /// The chat pod spec and the configuration built for `spec`.
+    fn pod_and_config(
+        spec: serde_json::Value,
+    ) -> (
+        k8s_openapi::api::core::v1::PodSpec,
+        std::collections::BTreeMap<String, String>,
+    ) {
+        let d = build(&cluster(spec), BuildContext::default()).unwrap();
+        let pod = d.chat_statefulset.spec.unwrap().template.spec.unwrap();
+        (pod, d.config_map.data.unwrap())
+    }
+
+    #[test]
+    fn the_api_gives_the_pods_its_port_listen_address_and_keys_file() {
+        let (pod, config) = pod_and_config(serde_json::json!({"api": {"enabled": true}}));
+        assert_eq!(config["CHAT_API_LISTEN"], "0.0.0.0:8081");
+        assert_eq!(config["CHAT_API_KEYS_FILE"], "/etc/chat/api/keys");
+        let c = &pod.containers[0];
+        let api = c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("api"))
+            .expect("an api port");
+        assert_eq!(
+            (api.container_port, api.protocol.as_deref()),
+            (8081, Some("TCP"))
+        );
+        let volumes = pod.volumes.as_ref().expect("the keys volume");
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].name, "api-keys");
+        let secret = volumes[0].secret.as_ref().expect("a Secret volume");
+        assert_eq!(
+            secret.secret_name.as_deref(),
+            Some("chat-api-keys"),
+            "the generated Secret"
+        );
+        let items = secret.items.as_ref().unwrap();
+        assert_eq!(items.len(), 1, "only the key `keys`");
+        assert_eq!(
+            (items[0].key.as_str(), items[0].path.as_str()),
+            ("keys", "keys")
+        );
+        assert_eq!(secret.default_mode, Some(0o440), "not world-readable");
+        assert_eq!(secret.optional, Some(false));
+        let mounts = c.volume_mounts.as_ref().unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].name, "api-keys");
+        assert_eq!(mounts[0].mount_path, "/etc/chat/api");
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(
+            mounts[0].sub_path, None,
+            "a subPath mount is never refreshed"
+        );
+        assert_eq!(
+            config["CHAT_API_KEYS_FILE"],
+            format!("{}/{}", mounts[0].mount_path, items[0].path),
+            "the variable names the mounted file"
+        );
+        let sc = pod.security_context.as_ref().unwrap();
+        assert_eq!(
+            sc.fs_group, sc.run_as_group,
+            "the server's group may read the 0440 file"
+        );
+        assert!(sc.fs_group.is_some());
+
+        // The user's Secret instead of the generated one, beside the JWT public key.
+        let (pod, _) = pod_and_config(serde_json::json!({
+            "api": {"enabled": true, "keysSecretName": "app-api-keys"},
+            "auth": {"publicKeySecretName": "jwt-pub"}
+        }));
+        let names: Vec<(&str, Option<&str>)> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| {
+                let secret = v.secret.as_ref().and_then(|s| s.secret_name.as_deref());
+                (v.name.as_str(), secret)
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("jwt-public-key", Some("jwt-pub")),
+                ("api-keys", Some("app-api-keys"))
+            ]
+        );
+    }
+
+    #[test]
+    fn with_the_api_off_the_pods_get_none_of_it() {
+        for spec in [
+            serde_json::json!({}),
+            serde_json::json!({"api": {"enabled": false, "keysSecretName": "k", "fromNamespaces": ["b"]}}),
+        ] {
+            let (pod, config) = pod_and_config(spec.clone());
+            assert!(
+                !config.keys().any(|k| k.starts_with("CHAT_API_")),
+                "{spec}: {config:?}"
+            );
+            let c = &pod.containers[0];
+            let ports: Vec<&str> = c
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| p.name.as_deref())
+                .collect();
+            assert_eq!(ports, ["ws", "admin"], "{spec}");
+            assert!(pod.volumes.is_none() && c.volume_mounts.is_none(), "{spec}");
+            assert_eq!(
+                pod.security_context.unwrap().fs_group,
+                None,
+                "{spec}: the template of a cluster without the API is unchanged"
+            );
+        }
+    }
 
     /// The bounds a manifest sets reach the servers; unset ones keep the servers'
     /// defaults (nothing written), except the history budget, derived from the managed

@@ -28,14 +28,20 @@ use expose::{http_route, ingress};
 pub use pod::SECRETS_REVISION_ANNOTATION;
 use redis::{redis_service, redis_statefulset};
 pub use secrets::{
-    admin_secret_name, generated_secret, generated_secret_names, redis_auth_secret_name,
-    ADMIN_TOKEN_KEY, REDIS_CONFIG_KEY, REDIS_PASSWORD_KEY,
+    admin_secret_name, api_keys_secret_name, generated_secret, generated_secret_names,
+    pods_read_at_start, redis_auth_secret_name, ADMIN_TOKEN_KEY, REDIS_CONFIG_KEY,
+    REDIS_PASSWORD_KEY,
 };
-use services::{client_service, headless_service};
+use services::{api_service, client_service, headless_service};
 
 pub const PUBLIC_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9090;
+/// The server API's port on the chat pods (`spec.api`), and of the `NAME-api` Service.
+pub const API_PORT: i32 = 8081;
 pub const REDIS_PORT: i32 = 6379;
+/// `app.kubernetes.io/component` of the objects that exist only for the server API
+/// (`spec.api`): the orphan stage deletes them by it once the API is off.
+pub const API_COMPONENT: &str = "api";
 /// The sticky-session cookie set by the ingress (and the HTTPRoute's session persistence).
 pub const AFFINITY_COOKIE: &str = "CHATNODE";
 /// Added to the drain deadline and preStop for terminationGracePeriodSeconds.
@@ -86,6 +92,8 @@ pub struct Desired {
     pub chat_statefulset: StatefulSet,
     pub headless_service: Service,
     pub client_service: Service,
+    /// With `api.enabled`: Service `NAME-api`, the server API port of the chat pods.
+    pub api_service: Option<Service>,
     pub pdb: Option<PodDisruptionBudget>,
     pub ingress: Option<Ingress>,
     /// Gateway API HTTPRoute (no typed struct in k8s-openapi), as JSON.
@@ -93,7 +101,8 @@ pub struct Desired {
     pub redis_statefulset: Option<StatefulSet>,
     pub redis_service: Option<Service>,
     /// With `networkPolicy.enabled`: the chat pods' admin port only from the operator's
-    /// and the listed namespaces.
+    /// and the listed namespaces; with `api.enabled`, their API port only from the
+    /// cluster's own namespace and `api.fromNamespaces`.
     pub network_policy: Option<NetworkPolicy>,
     /// With `networkPolicy.enabled` and a managed Redis: Redis only from the chat pods.
     pub redis_network_policy: Option<NetworkPolicy>,
@@ -209,6 +218,7 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
         config_map,
         headless_service: headless_service(&n),
         client_service: client_service(&n),
+        api_service: spec.api.enabled.then(|| api_service(&n)),
         pdb: (spec.effective_replicas() > 1).then(|| pdb(&n)),
         ingress: spec
             .expose
@@ -235,7 +245,13 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
                         .map(String::as_str),
                 )
                 .collect();
-            network_policy::chat_network_policy(&n, &admin)
+            // The cluster's own namespace first: the application usually runs beside it.
+            let api: Option<Vec<&str>> = spec.api.enabled.then(|| {
+                std::iter::once(n.namespace)
+                    .chain(spec.api.from_namespaces.iter().map(String::as_str))
+                    .collect()
+            });
+            network_policy::chat_network_policy(&n, &admin, api.as_deref())
         }),
         redis_network_policy: (managed && spec.network_policy.enabled)
             .then(|| network_policy::redis_network_policy(&n)),

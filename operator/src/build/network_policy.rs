@@ -7,7 +7,9 @@
 //!   from the operator's namespace and the namespaces listed in
 //!   `networkPolicy.adminFromNamespaces` (your Prometheus'). With neither, no one
 //!   reaches the admin port over the network (kubelet probes from the pod's own node
-//!   are let through by the usual implementations).
+//!   are let through by the usual implementations). With `api.enabled`, their API port
+//!   only from the ChatCluster's own namespace and `api.fromNamespaces`: the keys
+//!   authenticate each call, the policy keeps everyone else from trying.
 //! - `NAME-redis` (managed Redis only): Redis takes connections only from this cluster's
 //!   chat-server pods.
 
@@ -19,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
-use super::{selector_labels, Names, ADMIN_PORT, PUBLIC_PORT, REDIS_PORT};
+use super::{selector_labels, Names, ADMIN_PORT, API_PORT, PUBLIC_PORT, REDIS_PORT};
 
 /// The label every namespace carries with its own name (Kubernetes ≥ 1.21).
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -58,37 +60,50 @@ fn ingress_policy(
     }
 }
 
-/// The chat-server pods' policy. `admin_namespaces`: who may reach the admin port (the
-/// operator's namespace first, then the spec's list), deduplicated, empty ones dropped.
-pub(super) fn chat_network_policy(n: &Names, admin_namespaces: &[&str]) -> NetworkPolicy {
-    let mut namespaces: Vec<&str> = Vec::new();
-    for ns in admin_namespaces {
-        if !ns.is_empty() && !namespaces.contains(ns) {
-            namespaces.push(ns);
+/// A rule letting the pods of `namespaces` (by name; deduplicated, empty ones dropped)
+/// reach `port`; `None` when no namespace is left, because an empty `from` would let
+/// every source in.
+fn from_namespaces_rule(port: i32, namespaces: &[&str]) -> Option<NetworkPolicyIngressRule> {
+    let mut unique: Vec<&str> = Vec::new();
+    for ns in namespaces {
+        if !ns.is_empty() && !unique.contains(ns) {
+            unique.push(ns);
         }
     }
+    (!unique.is_empty()).then(|| NetworkPolicyIngressRule {
+        ports: Some(vec![tcp(port)]),
+        from: Some(
+            unique
+                .iter()
+                .map(|ns| NetworkPolicyPeer {
+                    namespace_selector: Some(pods(BTreeMap::from([(
+                        NAMESPACE_NAME_LABEL.to_owned(),
+                        (*ns).to_owned(),
+                    )]))),
+                    ..NetworkPolicyPeer::default()
+                })
+                .collect(),
+        ),
+    })
+}
+
+/// The chat-server pods' policy. `admin_namespaces`: who may reach the admin port (the
+/// operator's namespace first, then the spec's list). `api_namespaces`: with the server
+/// API on, who may reach its port (the cluster's own namespace first, then
+/// `api.fromNamespaces`); `None` leaves the port out, so nothing reaches it.
+pub(super) fn chat_network_policy(
+    n: &Names,
+    admin_namespaces: &[&str],
+    api_namespaces: Option<&[&str]>,
+) -> NetworkPolicy {
     let mut rules = vec![NetworkPolicyIngressRule {
         ports: Some(vec![tcp(PUBLIC_PORT)]),
         // No `from`: every source.
         from: None,
     }];
-    // An empty `from` would mean every source: with no namespace there is no rule.
-    if !namespaces.is_empty() {
-        rules.push(NetworkPolicyIngressRule {
-            ports: Some(vec![tcp(ADMIN_PORT)]),
-            from: Some(
-                namespaces
-                    .iter()
-                    .map(|ns| NetworkPolicyPeer {
-                        namespace_selector: Some(pods(BTreeMap::from([(
-                            NAMESPACE_NAME_LABEL.to_owned(),
-                            (*ns).to_owned(),
-                        )]))),
-                        ..NetworkPolicyPeer::default()
-                    })
-                    .collect(),
-            ),
-        });
+    rules.extend(from_namespaces_rule(ADMIN_PORT, admin_namespaces));
+    if let Some(api) = api_namespaces {
+        rules.extend(from_namespaces_rule(API_PORT, api));
     }
     ingress_policy(n, n.name.to_owned(), "chat-server", rules)
 }
@@ -116,17 +131,16 @@ mod tests {
 
     use crate::build::test_cluster as cluster;
 
-    fn admin_sources(p: &NetworkPolicy) -> Option<Vec<String>> {
+    /// The namespaces (by name) the rule for `port` lets in; `None` without such a rule.
+    fn sources(p: &NetworkPolicy, port: i32) -> Option<Vec<String>> {
         let rules = p.spec.as_ref()?.ingress.as_ref()?;
-        let admin = rules.iter().find(|r| {
-            r.ports.as_ref().is_some_and(|ps| {
-                ps.iter()
-                    .any(|p| p.port == Some(IntOrString::Int(ADMIN_PORT)))
-            })
+        let rule = rules.iter().find(|r| {
+            r.ports
+                .as_ref()
+                .is_some_and(|ps| ps.iter().any(|p| p.port == Some(IntOrString::Int(port))))
         })?;
         Some(
-            admin
-                .from
+            rule.from
                 .iter()
                 .flatten()
                 .filter_map(|peer| {
@@ -141,6 +155,142 @@ mod tests {
         )
     }
 
+    /// Whether `policy` lets a pod with `pod_labels` in namespace `from_ns` reach `port`
+    /// (TCP) of the pods it selects: NetworkPolicy's semantics for the fields these
+    /// builders use, so the tests ask what a network plugin would answer instead of
+    /// reading the rules' shape. Fields it does not evaluate make it panic, so a builder
+    /// that starts using them cannot pass by accident.
+    fn admits(
+        policy: &NetworkPolicy,
+        from_ns: &str,
+        pod_labels: &BTreeMap<String, String>,
+        port: i32,
+    ) -> bool {
+        let policy_ns = policy.metadata.namespace.as_deref().expect("namespaced");
+        let spec = policy.spec.as_ref().expect("a spec");
+        if !spec.policy_types.iter().flatten().any(|t| t == "Ingress") {
+            return true;
+        }
+        let ns_labels = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), from_ns.to_owned())]);
+        let selects = |selector: &LabelSelector, labels: &BTreeMap<String, String>| {
+            assert!(
+                selector
+                    .match_expressions
+                    .as_ref()
+                    .is_none_or(Vec::is_empty),
+                "matchExpressions are not evaluated here"
+            );
+            selector
+                .match_labels
+                .iter()
+                .flatten()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        };
+        spec.ingress.iter().flatten().any(|rule| {
+            let port_ok = rule.ports.as_ref().is_none_or(Vec::is_empty)
+                || rule.ports.iter().flatten().any(|p| {
+                    let tcp = p.protocol.as_deref().unwrap_or("TCP") == "TCP";
+                    let same = match &p.port {
+                        None => true,
+                        Some(IntOrString::Int(n)) => *n == port && p.end_port.is_none(),
+                        Some(IntOrString::String(name)) => {
+                            panic!("named port {name} is not evaluated here")
+                        }
+                    };
+                    tcp && same
+                });
+            let from_ok = rule.from.as_ref().is_none_or(Vec::is_empty)
+                || rule.from.iter().flatten().any(|peer| {
+                    assert!(peer.ip_block.is_none(), "ipBlock is not evaluated here");
+                    let ns_ok = match &peer.namespace_selector {
+                        None => from_ns == policy_ns,
+                        Some(sel) => selects(sel, &ns_labels),
+                    };
+                    let pod_ok = peer
+                        .pod_selector
+                        .as_ref()
+                        .is_none_or(|sel| selects(sel, pod_labels));
+                    ns_ok && pod_ok
+                });
+            port_ok && from_ok
+        })
+    }
+
+    /// A pod of some application (not a chat pod) in the namespace the question is about.
+    fn app_pod() -> BTreeMap<String, String> {
+        BTreeMap::from([("app".to_owned(), "backend".to_owned())])
+    }
+
+    #[test]
+    fn the_api_port_admits_only_the_clusters_namespace_and_the_listed_ones() {
+        let c = cluster(serde_json::json!({
+            "api": {"enabled": true, "fromNamespaces": ["backend", "apps", "backend"]},
+            "networkPolicy": {"adminFromNamespaces": ["monitoring"]}
+        }));
+        let ctx = BuildContext {
+            operator_namespace: Some("chatcluster-system".into()),
+            ..BuildContext::default()
+        };
+        let chat = build(&c, ctx)
+            .unwrap()
+            .network_policy
+            .expect("on by default");
+        assert_eq!(
+            chat.spec.as_ref().unwrap().pod_selector,
+            Some(pods(selector_labels("chat", "chat-server"))),
+            "the policy is about the chat pods"
+        );
+        let pod = app_pod();
+        assert!(admits(&chat, "apps", &pod, API_PORT), "own namespace");
+        assert!(admits(&chat, "backend", &pod, API_PORT), "listed");
+        for outsider in ["elsewhere", "monitoring", "chatcluster-system"] {
+            assert!(
+                !admits(&chat, outsider, &pod, API_PORT),
+                "a pod in {outsider} must not reach the API port"
+            );
+        }
+        // The other rules are as they were: the public port open to every pod, the admin
+        // port to the operator's and the admin namespaces only.
+        assert!(admits(&chat, "elsewhere", &pod, PUBLIC_PORT));
+        assert!(admits(&chat, "monitoring", &pod, ADMIN_PORT));
+        assert!(admits(&chat, "chatcluster-system", &pod, ADMIN_PORT));
+        assert!(!admits(&chat, "backend", &pod, ADMIN_PORT), "API only");
+        assert!(!admits(&chat, "apps", &pod, ADMIN_PORT));
+        // Any other port stays closed.
+        assert!(!admits(&chat, "apps", &pod, 8082));
+        // The cluster's own namespace ("apps") and the listed one, each once.
+        assert_eq!(
+            sources(&chat, API_PORT).unwrap(),
+            ["apps", "backend"],
+            "deduplicated, own namespace first"
+        );
+    }
+
+    #[test]
+    fn with_the_api_off_nothing_reaches_its_port() {
+        let ctx = || BuildContext {
+            operator_namespace: Some("chatcluster-system".into()),
+            ..BuildContext::default()
+        };
+        // `fromNamespaces` alone opens nothing.
+        let off = cluster(serde_json::json!({"api": {"fromNamespaces": ["backend"]}}));
+        let chat = build(&off, ctx()).unwrap().network_policy.unwrap();
+        assert_eq!(sources(&chat, API_PORT), None);
+        for ns in ["apps", "backend", "chatcluster-system"] {
+            assert!(!admits(&chat, ns, &app_pod(), API_PORT), "{ns}");
+        }
+        assert_eq!(
+            chat.spec.unwrap().ingress.unwrap().len(),
+            2,
+            "public and admin rules only"
+        );
+        // And with the NetworkPolicies off, the operator makes none for the API either.
+        let unpoliced = cluster(serde_json::json!({
+            "api": {"enabled": true}, "networkPolicy": {"enabled": false}
+        }));
+        assert!(build(&unpoliced, ctx()).unwrap().network_policy.is_none());
+    }
+
     #[test]
     fn the_admin_port_is_open_only_to_the_operator_and_listed_namespaces() {
         let c = cluster(serde_json::json!({
@@ -153,7 +303,7 @@ mod tests {
         let d = build(&c, ctx).unwrap();
         let chat = d.network_policy.expect("on by default");
         assert_eq!(
-            admin_sources(&chat).unwrap(),
+            sources(&chat, ADMIN_PORT).unwrap(),
             ["chatcluster-system", "monitoring", "ops"]
         );
         let rules = chat.spec.as_ref().unwrap().ingress.as_ref().unwrap();
@@ -172,7 +322,7 @@ mod tests {
         // An empty `from` would open it to everyone.
         let d = build(&cluster(serde_json::json!({})), BuildContext::default()).unwrap();
         let chat = d.network_policy.unwrap();
-        assert_eq!(admin_sources(&chat), None);
+        assert_eq!(sources(&chat, ADMIN_PORT), None);
         assert_eq!(chat.spec.unwrap().ingress.unwrap().len(), 1);
     }
 

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::build::{Desired, Served, MANAGED_BY};
+use crate::build::{Desired, Served, API_COMPONENT, MANAGED_BY};
 use crate::crd::ChatCluster;
 
 /// The field manager of every server-side apply this operator makes.
@@ -113,13 +113,14 @@ impl Workloads {
 }
 
 /// Applies every desired object, in an order that never leaves a gap: the
-/// NetworkPolicies first (Redis and the admin port are never open while they start),
-/// then Redis (the chat pods find it sooner), the chat pods' ServiceAccount and
-/// ConfigMap before the StatefulSet that uses them, the Services, and last what routes
-/// clients in (PDB, Ingress, HTTPRoute); the PodMonitor once there are pods to scrape,
-/// and the ScaledObject last, once what it scales exists. `Desired` is destructured without `..`, so a
-/// kind added to it does not compile until it is applied here. Returns the StatefulSets
-/// as the API server stored them (with their status), for the status stage.
+/// NetworkPolicies first (Redis, the admin port and the API port are never open while
+/// they start), then Redis (the chat pods find it sooner), the chat pods' ServiceAccount
+/// and ConfigMap before the StatefulSet that uses them, the Services, and last what
+/// routes clients in (PDB, Ingress, HTTPRoute); the PodMonitor once there are pods to
+/// scrape, and the ScaledObject last, once what it scales exists. `Desired` is
+/// destructured without `..`, so a kind added to it does not compile until it is applied
+/// here. Returns the StatefulSets as the API server stored them (with their status), for
+/// the status stage.
 pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<Workloads, kube::Error> {
     let Desired {
         network_policy,
@@ -130,6 +131,7 @@ pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<Workloads, 
         config_map,
         headless_service,
         client_service,
+        api_service,
         chat_statefulset,
         pdb,
         ingress,
@@ -151,6 +153,9 @@ pub async fn apply(client: &Client, ns: &str, d: &Desired) -> Result<Workloads, 
     apply_one::<ConfigMap>(client, ns, config_map).await?;
     apply_one::<Service>(client, ns, headless_service).await?;
     apply_one::<Service>(client, ns, client_service).await?;
+    if let Some(s) = api_service {
+        apply_one::<Service>(client, ns, s).await?;
+    }
     let chat = apply_one::<StatefulSet>(client, ns, chat_statefulset).await?;
     if let Some(p) = pdb {
         apply_one::<PodDisruptionBudget>(client, ns, p).await?;
@@ -245,6 +250,8 @@ pub async fn delete_orphans(
     let ingress = d.ingress.as_ref().and_then(|i| name(&i.metadata));
     let redis_sts = d.redis_statefulset.as_ref().and_then(|s| name(&s.metadata));
     let redis_svc = d.redis_service.as_ref().and_then(|s| name(&s.metadata));
+    let api = format!("{mine},app.kubernetes.io/component={API_COMPONENT}");
+    let api_svc = d.api_service.as_ref().and_then(|s| name(&s.metadata));
     let chat_policy = d.network_policy.as_ref().and_then(|p| name(&p.metadata));
     let redis_policy = d
         .redis_network_policy
@@ -309,6 +316,18 @@ pub async fn delete_orphans(
             &redis,
             owner_uid,
             redis_svc.as_deref(),
+        )
+        .await?,
+    );
+    // The server API's Service, once `api.enabled` is off (the generated keys Secret is
+    // kept: turning the API back on finds the same keys).
+    deleted.extend(
+        delete_orphans_of(
+            Api::<Service>::namespaced(client.clone(), ns),
+            "Service",
+            &api,
+            owner_uid,
+            api_svc.as_deref(),
         )
         .await?,
     );

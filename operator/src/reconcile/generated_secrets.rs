@@ -1,9 +1,11 @@
 //! The Secrets the operator generates for each ChatCluster (the admin token, the managed
-//! Redis' password): created once with a random value, then kept as they are, so pods and
-//! Redis keep agreeing across reconciles and operator restarts. A generated Secret that
-//! was deleted is created again with a new value; its new uid changes the pod templates'
-//! `chatcluster.dev/secrets-revision`, so the pods restart and read it. Values are never
-//! logged.
+//! Redis' password, the server API keys): created once with a random value, then kept as
+//! they are, so pods and Redis keep agreeing across reconciles and operator restarts, and
+//! a key the user added to the API keys is never overwritten. A generated Secret that
+//! was deleted is created again with a new value; if the pods read it only at start, its
+//! new uid changes the pod templates' `chatcluster.dev/secrets-revision`, so the pods
+//! restart and read it (the API keys file is re-read by the server instead). Values are
+//! never logged.
 
 use std::io::Read;
 
@@ -12,7 +14,8 @@ use kube::api::{Api, PostParams};
 use kube::Client;
 
 use crate::build::{
-    admin_secret_name, generated_secret, generated_secret_names, BuildError, ADMIN_TOKEN_KEY,
+    admin_secret_name, generated_secret, generated_secret_names, pods_read_at_start, BuildError,
+    ADMIN_TOKEN_KEY,
 };
 use crate::crd::ChatCluster;
 
@@ -26,7 +29,8 @@ pub enum GeneratedSecretError {
     Random(#[from] std::io::Error),
 }
 
-/// 32 random bytes, hex-encoded (64 characters): a token or password.
+/// 32 random bytes, hex-encoded (64 characters): a token, password or API key (URL-safe,
+/// and within the server's 16 to 256 printable characters for a key).
 pub fn random_value() -> Result<String, std::io::Error> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
@@ -76,12 +80,18 @@ pub async fn ensure(
         };
         secrets.push(secret);
     }
-    let admin = admin_secret_name(cluster.metadata.name.as_deref().unwrap_or_default());
+    let cluster_name = cluster.metadata.name.as_deref().unwrap_or_default();
+    let admin = admin_secret_name(cluster_name);
     let admin_token = secrets
         .iter()
         .find(|s| s.metadata.name.as_deref() == Some(admin.as_str()))
         .and_then(|s| s.data.as_ref()?.get(ADMIN_TOKEN_KEY))
         .map(|v| String::from_utf8_lossy(&v.0).into_owned());
+    // Only the Secrets the pods read at start count: a recreated API keys Secret reaches
+    // the pods through the kubelet's refresh of the mounted file, without a restart.
+    secrets.retain(|s| {
+        pods_read_at_start(cluster_name, s.metadata.name.as_deref().unwrap_or_default())
+    });
     Ok(Generated {
         revision: revision(&secrets),
         admin_token,

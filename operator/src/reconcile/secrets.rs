@@ -1,5 +1,5 @@
 //! The Secrets a ChatCluster refers to (the JWT keys, the join hook's key, an external
-//! Redis URL), checked
+//! Redis URL, the user's server API keys), checked
 //! before anything is applied. A missing Secret, a missing key or a value the chat-server
 //! would refuse becomes `Degraded` with a message naming the Secret and the key, instead
 //! of pods that fail at start. The check itself is pure; `check_all` reads the Secrets.
@@ -8,13 +8,16 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
 use super::validate::Invalid;
-use crate::crd::{ChatClusterSpec, JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY};
+use crate::crd::{ChatClusterSpec, API_KEYS_KEY, JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY};
 
 /// The chat-server refuses a shorter HS256 key (`CHAT_JWT_HS256_SECRET`).
 pub const MIN_JWT_KEY_BYTES: usize = 32;
 /// Shortest join-hook HMAC key accepted: as long as the HS256 key, so the signature is
 /// not the weak link.
 pub const MIN_JOIN_HOOK_KEY_BYTES: usize = 32;
+/// Shortest and longest server API key the chat-server takes (`CHAT_API_KEYS_FILE`).
+pub const MIN_API_KEY_BYTES: usize = 16;
+pub const MAX_API_KEY_BYTES: usize = 256;
 
 /// One Secret key the spec needs, and what its value must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +39,10 @@ pub enum Requirement {
     /// A `redis://` or `rediss://` URL; for a Redis Cluster, one or more separated by
     /// commas, all with the same scheme.
     RedisUrls { cluster: bool },
+    /// Server API keys, one per line (blank lines and `#` comments aside), as the
+    /// chat-server reads them: at least one, each of `MIN_API_KEY_BYTES` to
+    /// `MAX_API_KEY_BYTES` printable ASCII characters without spaces or commas.
+    ApiKeys,
 }
 
 /// Every Secret key `spec` refers to.
@@ -63,6 +70,20 @@ pub fn references(spec: &ChatClusterSpec) -> Vec<SecretKeyRef> {
             secret: secret.clone(),
             key: JOIN_HOOK_SECRET_KEY.to_owned(),
             requirement: Requirement::MinBytes(MIN_JOIN_HOOK_KEY_BYTES),
+        });
+    }
+    // Only while the API is on: a Secret named by a disabled API is not mounted.
+    if let Some(secret) = spec
+        .api
+        .keys_secret_name
+        .as_ref()
+        .filter(|_| spec.api.enabled)
+    {
+        out.push(SecretKeyRef {
+            field: "spec.api.keysSecretName",
+            secret: secret.clone(),
+            key: API_KEYS_KEY.to_owned(),
+            requirement: Requirement::ApiKeys,
         });
     }
     if let Some(ext) = &spec.redis.external {
@@ -113,6 +134,7 @@ pub fn check(reference: &SecretKeyRef, ns: &str, secret: Option<&Secret>) -> Res
         )),
         Requirement::RedisUrls { cluster } => redis_urls_problem(value, *cluster),
         Requirement::PemPublicKey => public_key_problem(value),
+        Requirement::ApiKeys => api_keys_problem(value),
         _ => None,
     };
     match problem {
@@ -144,6 +166,35 @@ fn public_key_problem(value: &[u8]) -> Option<String> {
     .any(|begin| text.trim_start().starts_with(begin));
     (!armored).then(|| {
         "must be a PEM public key starting with -----BEGIN PUBLIC KEY----- (RSA, EC P-256 or Ed25519)"
+            .to_owned()
+    })
+}
+
+/// What is wrong with a server API keys file, if anything (never quoting a key): the
+/// chat-server refuses a file with no key or a malformed line (at start it does not
+/// start; later it keeps the keys it had), so the pods would not get these keys. A line
+/// is taken without the whitespace around it, as the server does, so CRLF line ends work.
+fn api_keys_problem(value: &[u8]) -> Option<String> {
+    let Ok(text) = std::str::from_utf8(value) else {
+        return Some("must be text: API keys, one per line".to_owned());
+    };
+    let mut keys = 0;
+    for (number, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let printable = line.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+        if !printable || !(MIN_API_KEY_BYTES..=MAX_API_KEY_BYTES).contains(&line.len()) {
+            return Some(format!(
+                "has an unusable line {number}: an API key is {MIN_API_KEY_BYTES} to {MAX_API_KEY_BYTES} printable ASCII characters without spaces or commas (this one is {} bytes{})",
+                line.len(),
+                if printable { "" } else { " and holds a space, a comma or a character that is not printable ASCII" }
+            ));
+        }
+        keys += 1;
+    }
+    (keys == 0).then(|| {
+        "holds no API key, which the chat-server refuses: put one key per line (blank lines and lines starting with # are ignored)"
             .to_owned()
     })
 }
@@ -314,6 +365,98 @@ mod tests {
         let e = check(r, "ns", Some(&secret("pub", b"x"))).unwrap_err();
         assert_eq!(e.reason, "SecretKeyMissing");
         assert!(e.message.contains("no key `publicKey`"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_users_api_keys_secret_is_checked_only_while_the_api_is_on() {
+        let on = references(&spec(
+            json!({"api": {"enabled": true, "keysSecretName": "app-keys"}}),
+        ));
+        let names: Vec<(&str, &str, &str)> = on
+            .iter()
+            .map(|r| (r.field, r.secret.as_str(), r.key.as_str()))
+            .collect();
+        assert_eq!(names, [("spec.api.keysSecretName", "app-keys", "keys")]);
+        assert!(
+            references(&spec(
+                json!({"api": {"enabled": false, "keysSecretName": "app-keys"}})
+            ))
+            .is_empty(),
+            "not mounted, not needed"
+        );
+        assert!(
+            references(&spec(json!({"api": {"enabled": true}}))).is_empty(),
+            "the generated Secret is the operator's own"
+        );
+
+        let r = &on[0];
+        let e = check(r, "apps", None).unwrap_err();
+        assert_eq!(e.reason, "SecretMissing");
+        assert!(
+            e.message.contains("Secret apps/app-keys")
+                && e.message.contains("spec.api.keysSecretName")
+                && e.message.contains("key `keys`"),
+            "{}",
+            e.message
+        );
+        let e = check(r, "apps", Some(&secret("api-keys", b"x"))).unwrap_err();
+        assert_eq!(e.reason, "SecretKeyMissing");
+        assert!(
+            e.message.contains("Secret apps/app-keys") && e.message.contains("no key `keys`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn api_keys_are_one_per_line_of_the_servers_shape() {
+        let r = &references(&spec(
+            json!({"api": {"enabled": true, "keysSecretName": "k"}}),
+        ))[0];
+        let ok = |value: &[u8]| check(r, "ns", Some(&secret(API_KEYS_KEY, value)));
+        let key = "0123456789abcdef0123456789abcdef";
+        assert_eq!(ok(format!("{key}\n").as_bytes()), Ok(()));
+        // Rotation: two keys, comments, blank lines, CRLF line ends.
+        let rotating =
+            format!("# new\r\n{key}-new\r\n\r\n# old, remove once clients moved\r\n{key}\r\n");
+        assert_eq!(ok(rotating.as_bytes()), Ok(()));
+        assert_eq!(ok(&[b'k'; 16]), Ok(()), "the shortest key");
+        assert_eq!(ok(&[b'k'; 256]), Ok(()), "the longest key");
+
+        for (value, expected) in [
+            (&b""[..], "holds no API key"),
+            (b"# only a comment\n\n", "holds no API key"),
+            (&[b'k'; 15], "has an unusable line 1:"),
+            (&[b'k'; 257], "(this one is 257 bytes)"),
+            (
+                b"# c\n0123456789abcdef 0123456789\n",
+                "has an unusable line 2:",
+            ),
+            (
+                b"0123456789abcdef,0123456789abcdef",
+                "holds a space, a comma",
+            ),
+            (
+                b"0123456789abcdef\t0123456789abcdef",
+                "holds a space, a comma",
+            ),
+            (
+                "0123456789abcdef\u{e9}0123456789".as_bytes(),
+                "not printable ASCII",
+            ),
+            (&[0xff, 0xfe, b'k'], "must be text"),
+        ] {
+            let e = ok(value).unwrap_err();
+            assert_eq!(e.reason, "SecretInvalid", "{value:?}");
+            assert!(e.message.contains(expected), "{value:?}: {}", e.message);
+            assert!(e.message.contains("Secret ns/k"), "{}", e.message);
+        }
+        let e = ok(b"0123456789abcdef secret-part-of-a-key").unwrap_err();
+        assert!(
+            !e.message.contains("secret-part"),
+            "never the value: {}",
+            e.message
+        );
     }
 
     #[test]
