@@ -21,11 +21,12 @@ use chatcluster_e2e::harness::local_cluster::LocalCluster;
 use chatcluster_e2e::harness::process::{free_port, wait_listening, ScratchDir};
 use chatcluster_e2e::harness::server_process::ServerProcess;
 use chatcluster_e2e::harness::tls::TestCa;
+use chatcluster_e2e::harness::webhook_receiver::read_request;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -258,41 +259,6 @@ impl JoinHook {
 impl Drop for JoinHook {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-/// Headers (lower-cased) and body of one HTTP/1.1 request.
-async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let headers = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let length: usize = headers
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some((headers, buf[end + 4..end + 4 + length].to_vec()));
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
     }
 }
 

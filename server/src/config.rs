@@ -142,6 +142,36 @@ pub struct Args {
     /// How long a publish's idempotency key is remembered.
     #[arg(long, env = "CHAT_API_IDEMPOTENCY_TTL", default_value = "10m")]
     pub api_idempotency_ttl: String,
+    /// Where events for the application are POSTed (http:// or https://); unset: no
+    /// events. See docs/api.md.
+    #[arg(long, env = "CHAT_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// The HMAC-SHA256 key of each event's `X-Chat-Signature` (at least 32 bytes).
+    #[arg(long, env = "CHAT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// PEM file of the CA that signed the webhook's TLS certificate (https, private CA).
+    #[arg(long, env = "CHAT_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+    /// Comma-separated room patterns (`*` matches any run) whose messages are events;
+    /// empty: no message events.
+    #[arg(long, env = "CHAT_WEBHOOK_ROOMS", default_value = "")]
+    pub webhook_rooms: String,
+    /// One POST's timeout.
+    #[arg(long, env = "CHAT_WEBHOOK_TIMEOUT", default_value = "5s")]
+    pub webhook_timeout: String,
+    /// Longest wait between two attempts (they start 1 s apart and double).
+    #[arg(long, env = "CHAT_WEBHOOK_RETRY_MAX", default_value = "30s")]
+    pub webhook_retry_max: String,
+    /// After failing this long, an event goes to the dead-letter list.
+    #[arg(long, env = "CHAT_WEBHOOK_GIVE_UP_AFTER", default_value = "1h")]
+    pub webhook_give_up_after: String,
+    /// Most events waiting (per shard over Redis); past it the oldest is dropped.
+    #[arg(long, env = "CHAT_WEBHOOK_MAX_BACKLOG", default_value_t = 100_000)]
+    pub webhook_max_backlog: usize,
+    /// Over Redis: streams the events are spread over (by room or user), each delivered
+    /// in order by one pod at a time.
+    #[arg(long, env = "CHAT_WEBHOOK_SHARDS", default_value_t = 4)]
+    pub webhook_shards: u32,
     /// Largest WebSocket message a client may send, in bytes (larger: close 1009).
     #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
     pub max_frame_bytes: usize,
@@ -327,6 +357,8 @@ pub struct Settings {
     pub redis: Option<crate::backplane::redis::RedisSettings>,
     /// `None`: no server API (no key configured).
     pub api: Option<crate::api::ApiSettings>,
+    /// `None`: no events for the application.
+    pub webhook: Option<crate::events::WebhookSettings>,
 }
 
 /// A configuration value that cannot be used, with what to do about it.
@@ -384,6 +416,7 @@ impl Settings {
             log_format: LogFormat::Pretty,
             redis: None,
             api: None,
+            webhook: None,
         }
     }
 
@@ -560,6 +593,12 @@ impl Settings {
         if let Some(api) = &self.api {
             api.validate().map_err(ConfigError)?;
         }
+        if let Some(webhook) = &self.webhook {
+            webhook.validate().map_err(ConfigError)?;
+            if self.redis.as_ref().is_some_and(|r| r.cluster) {
+                return fail("CHAT_WEBHOOK_URL does not work with CHAT_REDIS_CLUSTER yet: an event is recorded by the script that stores its message, and a room's hash slot cannot hold the cluster's event streams. Use one Redis instance (with replicas) for events".into());
+            }
+        }
         if auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return fail("CHAT_JWT_HS256_SECRET must be at least 32 bytes".into());
         }
@@ -735,6 +774,31 @@ impl Settings {
                         )?,
                     })
                 }
+            },
+            webhook: match args.webhook_url.as_deref().filter(|u| !u.is_empty()) {
+                None => None,
+                Some(url) => Some(crate::events::WebhookSettings {
+                    url: crate::http_client::Url::parse(url, false)
+                        .map_err(|e| ConfigError(format!("CHAT_WEBHOOK_URL: {e}")))?,
+                    ca_file: args.webhook_ca_file.clone(),
+                    secret: args.webhook_secret.clone().unwrap_or_default().into_bytes(),
+                    rooms: args
+                        .webhook_rooms
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(|p| crate::rooms::Pattern::parse(p, false))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| ConfigError(format!("CHAT_WEBHOOK_ROOMS: {e}")))?,
+                    timeout: parse_duration("CHAT_WEBHOOK_TIMEOUT", &args.webhook_timeout)?,
+                    retry_max: parse_duration("CHAT_WEBHOOK_RETRY_MAX", &args.webhook_retry_max)?,
+                    give_up_after: parse_duration(
+                        "CHAT_WEBHOOK_GIVE_UP_AFTER",
+                        &args.webhook_give_up_after,
+                    )?,
+                    max_backlog: args.webhook_max_backlog,
+                    shards: args.webhook_shards,
+                }),
             },
         };
         settings.validate()?;

@@ -16,12 +16,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use tokio::sync::Semaphore;
 
 use crate::http_client::{HttpClient, Url};
 use crate::metrics::Metrics;
+pub use crate::signature::sign;
 use crate::sync::lock;
 
 /// Most (user, room) answers kept.
@@ -174,23 +173,6 @@ pub fn request_body(user: &str, room: &str, ts: u64) -> Vec<u8> {
     serde_json::json!({"user": user, "room": room, "action": "join", "ts": ts})
         .to_string()
         .into_bytes()
-}
-
-/// `sha256=<hex of HMAC-SHA256(secret, body)>`.
-pub fn sign(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        // HMAC takes keys of any length; this branch cannot happen.
-        Err(_) => return String::new(),
-    };
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
 }
 
 /// What a status and body mean: 200 with `{"allow": bool}` is an answer, 403 and 404

@@ -30,11 +30,12 @@ pub mod config;
 #[cfg(test)]
 mod config_reference;
 pub mod drain;
+pub mod events;
 mod first_frame;
 pub mod history;
 pub mod history_budget;
 mod http;
-mod http_client;
+pub mod http_client;
 mod hub;
 pub mod join_hook;
 mod listener;
@@ -43,6 +44,7 @@ pub mod protocol;
 mod ratelimit;
 pub mod rooms;
 mod session;
+pub mod signature;
 mod state;
 pub mod sync;
 pub mod user_command;
@@ -77,6 +79,8 @@ pub enum StartError {
     Redis(#[from] backplane::redis::RedisConfigError),
     #[error("invalid configuration: {0}")]
     ApiKeys(#[from] api::keys::KeysError),
+    #[error("invalid configuration: CHAT_WEBHOOK_CA_FILE: {0}")]
+    Webhook(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -160,6 +164,12 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         max_sessions_per_user: settings.max_sessions_per_user,
         max_new_rooms_per_user_per_hour: settings.max_new_rooms_per_user_per_hour,
     };
+    let poster = match &settings.webhook {
+        Some(webhook) => Some(
+            events::Poster::new(webhook.clone(), metrics.clone()).map_err(StartError::Webhook)?,
+        ),
+        None => None,
+    };
     let backplane: SharedBackplane = match &settings.redis {
         Some(redis) => RedisBackplane::start(
             redis,
@@ -168,14 +178,16 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
             budget,
             hub.clone(),
             metrics.clone(),
+            poster,
         )?,
         None => {
-            let memory = Arc::new(MemoryBackplane::new(
-                hub.clone(),
-                limits,
-                budget,
-                &settings.node_name,
-            ));
+            let mut memory = MemoryBackplane::new(hub.clone(), limits, budget, &settings.node_name);
+            if let (Some(webhook), Some(poster)) = (&settings.webhook, poster) {
+                let queue = events::memory::MemoryEvents::new(webhook.max_backlog, metrics.clone());
+                queue.spawn_deliverer(poster);
+                memory = memory.with_events(queue, webhook.rooms.clone());
+            }
+            let memory = Arc::new(memory);
             let sweeper = memory.clone();
             tokio::spawn(async move {
                 let mut every = tokio::time::interval(Duration::from_secs(60));

@@ -34,6 +34,12 @@ pub struct Metrics {
     pub rooms_forgotten: IntCounter,
     pub history_trimmed_bytes: IntCounter,
     pub api_requests: IntCounterVec,
+    pub events_recorded: IntCounterVec,
+    pub events_delivered: IntCounter,
+    pub events_failed_attempts: IntCounter,
+    pub events_dead_lettered: IntCounter,
+    pub events_dropped: IntCounter,
+    pub events_lag: IntGauge,
 }
 
 impl Metrics {
@@ -193,6 +199,39 @@ impl Metrics {
                 &["endpoint", "status"],
             )
             .expect("static metric definition"),
+            events_recorded: IntCounterVec::new(
+                Opts::new(
+                    "chat_events_recorded_total",
+                    "Events for the application this node recorded, by type.",
+                ),
+                &["type"],
+            )
+            .expect("static metric definition"),
+            events_delivered: IntCounter::new(
+                "chat_events_delivered_total",
+                "Events this node delivered (the backend answered 2xx).",
+            )
+            .expect("static metric definition"),
+            events_failed_attempts: IntCounter::new(
+                "chat_events_failed_attempts_total",
+                "Event deliveries that failed and will be retried or given up.",
+            )
+            .expect("static metric definition"),
+            events_dead_lettered: IntCounter::new(
+                "chat_events_dead_lettered_total",
+                "Events given up after CHAT_WEBHOOK_GIVE_UP_AFTER and moved to the dead-letter list.",
+            )
+            .expect("static metric definition"),
+            events_dropped: IntCounter::new(
+                "chat_events_dropped_total",
+                "Events dropped undelivered because CHAT_WEBHOOK_MAX_BACKLOG were waiting.",
+            )
+            .expect("static metric definition"),
+            events_lag: IntGauge::new(
+                "chat_events_lag",
+                "Events recorded and not yet delivered: in memory, the queue; over Redis, the streams this node delivers.",
+            )
+            .expect("static metric definition"),
             registry,
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -220,6 +259,12 @@ impl Metrics {
             Box::new(m.rooms_forgotten.clone()),
             Box::new(m.history_trimmed_bytes.clone()),
             Box::new(m.api_requests.clone()),
+            Box::new(m.events_recorded.clone()),
+            Box::new(m.events_delivered.clone()),
+            Box::new(m.events_failed_attempts.clone()),
+            Box::new(m.events_dead_lettered.clone()),
+            Box::new(m.events_dropped.clone()),
+            Box::new(m.events_lag.clone()),
         ];
         for c in collectors {
             m.registry

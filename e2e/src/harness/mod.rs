@@ -11,6 +11,7 @@
 //! - [`local_cluster`]: Redis, N chat-server nodes and haproxy together;
 //! - [`toxiproxy`], [`prometheus`], [`tls`], [`procstat`]: fault injection, a real
 //!   Prometheus, a private CA, a process's CPU and memory;
+//! - [`webhook_receiver`]: the application's backend receiving events;
 //! - [`k8s`]: a Kubernetes cluster, a namespace per test, the operator as a process,
 //!   and the set-up of the operator and data-plane suites (which drive [`clients`]);
 //! - [`node`]: what a node agent does on a real node (the data-plane suite).
@@ -31,3 +32,4 @@ pub mod redis_cluster;
 pub mod server_process;
 pub mod tls;
 pub mod toxiproxy;
+pub mod webhook_receiver;

@@ -15,9 +15,12 @@ use super::{
     now_us, Backplane, BackplaneError, Budget, HistoryRead, NodeSessions, Published, RoomInfo,
     RoomSnapshot, UserCommand, REPLAY_PAGE_MESSAGES,
 };
+use crate::events::memory::MemoryEvents;
+use crate::events::{dm_payload, message_payload, user_payload, EventKind};
 use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};
 use crate::hub::Hub;
 use crate::protocol::{Position, ServerFrame, MEMBERS_PAGE};
+use crate::rooms::Pattern;
 use crate::sync::lock;
 
 /// The window of the per-user cap on rooms created.
@@ -41,6 +44,14 @@ pub struct MemoryBackplane {
     idempotency: Mutex<IdempotencyCache>,
     /// This node's name, for the server API's session list.
     node: String,
+    /// Events for the application, when a webhook is configured.
+    events: Option<EventHooks>,
+}
+
+/// Where the in-memory backplane records events, and which rooms' messages are events.
+struct EventHooks {
+    queue: Arc<MemoryEvents>,
+    rooms: Vec<Pattern>,
 }
 
 /// Most idempotency keys remembered at once (about 100 bytes each).
@@ -51,6 +62,7 @@ impl MemoryBackplane {
         MemoryBackplane {
             idempotency: Mutex::new(IdempotencyCache::new(MAX_IDEMPOTENCY_KEYS)),
             node: node.to_owned(),
+            events: None,
             hub,
             limits,
             budget,
@@ -59,6 +71,19 @@ impl MemoryBackplane {
             presence: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
             rooms_created: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records events in `queue`: messages of rooms matching `rooms`, offline DMs, users'
+    /// first and last sessions.
+    pub fn with_events(mut self, queue: Arc<MemoryEvents>, rooms: Vec<Pattern>) -> Self {
+        self.events = Some(EventHooks { queue, rooms });
+        self
+    }
+
+    fn record(&self, kind: EventKind, payload: impl FnOnce() -> serde_json::Value) {
+        if let Some(hooks) = &self.events {
+            hooks.queue.record(kind, payload());
         }
     }
 
@@ -120,6 +145,9 @@ impl MemoryBackplane {
             )));
         }
         *count += 1;
+        if *count == 1 {
+            self.record(EventKind::UserConnected, || user_payload(user));
+        }
         Ok(())
     }
 
@@ -223,6 +251,16 @@ impl MemoryBackplane {
         .into();
         log.append(ts, frame.clone(), ts);
         let epoch = log.epoch().to_string();
+        // Under the room's lock: a room's events queue in offset order.
+        if self
+            .events
+            .as_ref()
+            .is_some_and(|h| h.rooms.iter().any(|p| p.matches(room)))
+        {
+            self.record(EventKind::Message, || {
+                message_payload(room, &epoch, offset, from, body, ts)
+            });
+        }
         // Fan out while holding the room lock so delivery order equals offset order.
         self.hub
             .deliver_room_message(room, log.epoch(), offset, published_us, &frame);
@@ -435,6 +473,7 @@ impl Backplane for MemoryBackplane {
             *count -= 1;
             if *count == 0 {
                 sessions.remove(user);
+                self.record(EventKind::UserDisconnected, || user_payload(user));
             }
         }
         Ok(())
@@ -504,7 +543,13 @@ impl Backplane for MemoryBackplane {
         }
         .to_json()
         .into();
-        Ok(self.hub.deliver_user_frame(to, &frame))
+        let reached = self.hub.deliver_user_frame(to, &frame);
+        if reached == 0 {
+            self.record(EventKind::DmOffline, || {
+                dm_payload(from, to, body, now_us() / 1000)
+            });
+        }
+        Ok(reached)
     }
 }
 

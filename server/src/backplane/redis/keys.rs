@@ -15,6 +15,9 @@
 //! | `P:budget:rooms:active` | sorted set | room → last activity (ms): the room cap's index |
 //! | `P:budget:rooms:bytes` | hash | room → history bytes last reported (the byte budget) |
 //! | `P:budget:rooms:sweeper` | string with TTL | the node that runs the budget sweeper |
+//! | `P:events:S` | stream | events for the application of shard S (a room's or a user's shard), consumer group `deliver`; an entry is deleted once delivered |
+//! | `P:events:S:lease` | string with TTL | the node delivering shard S |
+//! | `P:events:dead` | list | events given up (JSON with `error`), newest first, at most 10,000 |
 //! | `P:node:N:alive` | string with TTL | heartbeat; a node whose key expired is dead |
 //!
 //! Channels: `P:room:R` (a room's messages and presence changes) and `P:node:N` (direct
@@ -120,6 +123,19 @@ impl Keys {
         self.name("budget", "rooms", Some("sweeper"))
     }
 
+    /// Events of shard `shard` (single-instance mode only: see `config.rs`).
+    pub fn events_stream(&self, shard: u32) -> String {
+        format!("{}:events:{shard}", self.prefix)
+    }
+
+    pub fn events_lease(&self, shard: u32) -> String {
+        format!("{}:events:{shard}:lease", self.prefix)
+    }
+
+    pub fn events_dead(&self) -> String {
+        format!("{}:events:dead", self.prefix)
+    }
+
     pub fn node_alive(&self, node: &str) -> String {
         self.name("node", node, Some("alive"))
     }
@@ -175,6 +191,9 @@ mod tests {
         assert_eq!(keys.node_alive("chat-0@1f"), "chat:node:chat-0@1f:alive");
         assert_eq!(keys.node_channel("chat-0@1f"), "chat:node:chat-0@1f");
         assert_eq!(keys.node_prefix(), "chat:node:");
+        assert_eq!(keys.events_stream(3), "chat:events:3");
+        assert_eq!(keys.events_lease(3), "chat:events:3:lease");
+        assert_eq!(keys.events_dead(), "chat:events:dead");
         assert_eq!(keys.room_of_channel("chat:room:a:b"), Some("a:b"));
         assert_eq!(keys.room_of_channel("chat:node:chat-0@1f"), None);
         assert_eq!(keys.room_of_channel("other:room:a"), None);

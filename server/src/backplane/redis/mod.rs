@@ -15,6 +15,7 @@
 
 mod budget;
 mod connection;
+mod events;
 mod keys;
 mod pubsub;
 mod replies;
@@ -35,6 +36,7 @@ use super::{
     now_us, Backplane, BackplaneError, BackplaneStatus, Budget, HistoryRead, NodeSessions,
     Published, RoomInfo, RoomSnapshot, UserCommand, REPLAY_PAGE_MESSAGES,
 };
+use crate::events::EventKind;
 use crate::history::{new_epoch, HistoryLimits};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -122,6 +124,8 @@ pub struct RedisBackplane {
     last_error: Mutex<Option<(String, u64)>>,
     /// The Redis passwords, removed from every error text this node logs or reports.
     secrets: Vec<String>,
+    /// Events for the application, when a webhook is configured.
+    events: Option<crate::events::WebhookSettings>,
 }
 
 /// The last message a node received in a room.
@@ -269,6 +273,7 @@ impl RedisBackplane {
         budget: Budget,
         hub: Arc<Hub>,
         metrics: Metrics,
+        events: Option<crate::events::Poster>,
     ) -> Result<Arc<RedisBackplane>, RedisConfigError> {
         // TLS to Redis (`rediss://`) uses rustls, which needs one process-wide crypto
         // provider; without it the first TLS handshake panics. Already installed: fine.
@@ -298,11 +303,15 @@ impl RedisBackplane {
             restoring: AtomicBool::new(false),
             last_error: Mutex::new(None),
             secrets,
+            events: events.as_ref().map(|p| p.settings().clone()),
         });
         tokio::spawn(connection::command_connection_task(Arc::downgrade(&bp)));
         pubsub::spawn(&bp, rx, pushes);
         tokio::spawn(connection::heartbeat_task(Arc::downgrade(&bp)));
         tokio::spawn(budget::sweeper_task(Arc::downgrade(&bp)));
+        if let Some(poster) = events {
+            events::spawn_deliverers(&bp, poster);
+        }
         Ok(bp)
     }
 
@@ -650,6 +659,12 @@ impl RedisBackplane {
                 } else {
                     self.keys.node_prefix()
                 });
+            if let Some(events) = &self.events {
+                inv.key(self.keys.events_stream(events.shard_of(user)))
+                    .arg(user)
+                    .arg(events.max_backlog)
+                    .arg(now_us() / 1000);
+            }
             let reply: Vec<String> = self.run(&inv).await?;
             let Some((verdict, others)) = reply.split_first() else {
                 return Err(BackplaneError::Unavailable(
@@ -657,6 +672,9 @@ impl RedisBackplane {
                 ));
             };
             if verdict == "1" {
+                if self.events.is_some() && !others.is_empty() {
+                    self.event_recorded(EventKind::UserConnected, others[0] == "1");
+                }
                 return Ok(());
             }
             if attempt == 1 || !self.cluster() {
@@ -856,13 +874,32 @@ impl RedisBackplane {
             .arg(self.history_ttl_secs())
             .arg(self.keys.room_channel(room))
             .arg(budget::ENTRY_OVERHEAD_BYTES);
-        if let Some((key, ttl)) = idempotency {
-            inv.key(self.keys.room_idempotency(room, key))
-                .arg(ttl.as_secs().max(1));
+        let events = self.events.as_ref().filter(|e| e.wants_room(room));
+        match (idempotency, events) {
+            (None, None) => {}
+            (Some((key, ttl)), None) => {
+                inv.key(self.keys.room_idempotency(room, key))
+                    .arg(ttl.as_secs().max(1));
+            }
+            (idempotency, Some(events)) => {
+                let (key, ttl) = match idempotency {
+                    Some((key, ttl)) => (self.keys.room_idempotency(room, key), ttl.as_secs()),
+                    None => (String::new(), 0),
+                };
+                inv.key(key)
+                    .key(self.keys.events_stream(events.shard_of(room)))
+                    .arg(ttl.max(1))
+                    .arg(events.max_backlog)
+                    .arg(room);
+            }
         }
         let reply: Vec<String> = self.run(&inv).await?;
         let malformed = || BackplaneError::Unavailable("malformed publish reply".into());
-        let [epoch, offset, bytes] = <[String; 3]>::try_from(reply).map_err(|_| malformed())?;
+        let [epoch, offset, bytes, dropped] =
+            <[String; 4]>::try_from(reply).map_err(|_| malformed())?;
+        if events.is_some() && bytes != "dup" {
+            self.event_recorded(EventKind::Message, dropped == "1");
+        }
         let offset = offset.parse().map_err(|_| malformed())?;
         // A repeated key answers the first publish's position and `dup`.
         let duplicate = bytes == "dup";
@@ -874,6 +911,17 @@ impl RedisBackplane {
             offset,
             duplicate,
         })
+    }
+
+    /// Counts an event a script recorded (and one it dropped to make room).
+    fn event_recorded(&self, kind: EventKind, dropped: bool) {
+        self.metrics
+            .events_recorded
+            .with_label_values(&[kind.name()])
+            .inc();
+        if dropped {
+            self.metrics.events_dropped.inc();
+        }
     }
 
     /// Publishes `payload` on the node channel of every live node holding a session of
@@ -1087,7 +1135,17 @@ impl Backplane for RedisBackplane {
         inv.key(self.keys.user_nodes(user))
             .key(self.keys.user_sessions(user))
             .arg(&self.node);
-        let result = self.run::<i64>(&inv).await.map(|_| ());
+        if let Some(events) = &self.events {
+            inv.key(self.keys.events_stream(events.shard_of(user)))
+                .arg(user)
+                .arg(events.max_backlog)
+                .arg(now_us() / 1000);
+        }
+        let result = self.run::<i64>(&inv).await.map(|recorded| {
+            if recorded > 0 {
+                self.event_recorded(EventKind::UserDisconnected, recorded == 2);
+            }
+        });
         if result.is_err() {
             lock(&self.unsynced_users).insert(user.to_owned());
         }
@@ -1111,8 +1169,33 @@ impl Backplane for RedisBackplane {
             ts: now_us() / 1000,
         }
         .to_json();
-        self.send_to_user_nodes(to, &format!("D|{to}|{frame}"))
-            .await
+        let reached = self
+            .send_to_user_nodes(to, &format!("D|{to}|{frame}"))
+            .await?;
+        if reached == 0 {
+            if let Some(events) = &self.events {
+                // Only after the DM was refused (nobody took it): the sender is told the
+                // user is offline, and the application that it may notify them.
+                let mut inv = self.scripts.event_add.prepare_invoke();
+                inv.key(self.keys.events_stream(events.shard_of(to)))
+                    .arg(events.max_backlog)
+                    .arg(vec![
+                        "k",
+                        EventKind::DmOffline.name(),
+                        "f",
+                        from,
+                        "u",
+                        to,
+                        "b",
+                        body,
+                    ])
+                    .arg("t")
+                    .arg(now_us() / 1000);
+                let dropped: i64 = self.run(&inv).await?;
+                self.event_recorded(EventKind::DmOffline, dropped == 1);
+            }
+        }
+        Ok(reached)
     }
 
     async fn publish_once(

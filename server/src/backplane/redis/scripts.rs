@@ -32,6 +32,7 @@ pub(super) struct Scripts {
     /// Single-instance mode only: it reads other nodes' keys, which cluster mode cannot do
     /// in one script.
     pub direct: Script,
+    pub event_add: Script,
 }
 
 impl Scripts {
@@ -69,6 +70,7 @@ impl Scripts {
             session_unregister: build(include_str!("scripts/session_unregister.lua")),
             session_forget_nodes: build(include_str!("scripts/session_forget_nodes.lua")),
             direct: build(include_str!("scripts/direct.lua")),
+            event_add: build(include_str!("scripts/event_add.lua")),
         }
     }
 }

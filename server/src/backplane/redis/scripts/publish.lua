@@ -2,17 +2,21 @@
 -- it, in one step, so live order equals history order on every node. Keeps the room's
 -- history bytes in `meta.bytes` (each entry costs sender + body + a fixed overhead), so
 -- the cluster-wide history budget can be enforced.
--- KEYS: meta, log, and (server API) an idempotency key. ARGV: from, body, published_us,
--- new epoch, now ms, max messages, max age ms, history TTL s, room channel, entry
--- overhead bytes, and with the idempotency key its lifetime in seconds.
--- `PUB` is PUBLISH or SPUBLISH (cluster mode). Reply: epoch, offset, the room's bytes; or,
--- when the idempotency key was used already, that publish's epoch, offset and 'dup'.
-local meta, log, idem = KEYS[1], KEYS[2], KEYS[3]
+-- Records the message's event for the application in the same step when asked.
+-- KEYS: meta, log, then optionally an idempotency key ('' for none: server API) and the
+-- events stream. ARGV: from, body, published_us, new epoch, now ms, max messages, max age
+-- ms, history TTL s, room channel, entry overhead bytes, then the idempotency key's
+-- lifetime in seconds, the events stream's most entries and the room.
+-- `PUB` is PUBLISH or SPUBLISH (cluster mode). Reply: epoch, offset, the room's bytes,
+-- and 1 when an undelivered event was dropped to make room (else 0); or, when the
+-- idempotency key was used already, that publish's epoch, offset, 'dup' and 0.
+local meta, log, idem, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+if idem == '' then idem = nil end
 if idem then
   local seen = redis.call('GET', idem)
   if seen then
     local bar = string.find(seen, '|', 1, true)
-    return {string.sub(seen, 1, bar - 1), string.sub(seen, bar + 1), 'dup'}
+    return {string.sub(seen, 1, bar - 1), string.sub(seen, bar + 1), 'dup', '0'}
   end
 end
 local overhead = tonumber(ARGV[10])
@@ -50,5 +54,12 @@ end
 redis.call('EXPIRE', meta, ARGV[8])
 redis.call('EXPIRE', log, ARGV[8])
 if idem then redis.call('SET', idem, epoch .. '|' .. offset, 'EX', ARGV[11]) end
+local dropped = 0
+if events then
+  local max = tonumber(ARGV[12])
+  if redis.call('XLEN', events) >= max then dropped = 1 end
+  redis.call('XADD', events, 'MAXLEN', max, '*', 'k', 'message', 'r', ARGV[13], 'e', epoch,
+    'o', offset, 'f', ARGV[1], 'b', ARGV[2], 't', ARGV[5])
+end
 redis.call(PUB, ARGV[9], 'M|' .. offset .. '|' .. ARGV[3] .. '|' .. epoch .. '|' .. ARGV[1] .. '|' .. ARGV[2])
-return {epoch, tostring(offset), tostring(bytes)}
+return {epoch, tostring(offset), tostring(bytes), tostring(dropped)}

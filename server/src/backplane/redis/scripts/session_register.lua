@@ -1,9 +1,13 @@
 -- One more session of a user on a node, unless the user already has the most sessions
 -- allowed over the cluster. Counts per node, so a dead node's sessions can be forgotten.
--- KEYS: the user's nodes (DM routing), the user's sessions per node. ARGV: node, most
--- sessions (0: no cap), node key prefix ('' in cluster mode, where other nodes'
--- heartbeats live in other slots and the caller checks them).
--- Reply: {1} when registered; {0, other nodes counted...} when at the cap.
+-- With the events stream given, the user's first session in the cluster records a
+-- `user.connected` event in the same step.
+-- KEYS: the user's nodes (DM routing), the user's sessions per node, optionally the
+-- events stream. ARGV: node, most sessions (0: no cap), node key prefix ('' in cluster
+-- mode, where other nodes' heartbeats live in other slots and the caller checks them),
+-- then with the stream: the user, the stream's most entries, now ms.
+-- Reply: {1} when registered (and {1, 1} when an undelivered event was dropped to make
+-- room); {0, other nodes counted...} when at the cap.
 local nodes, sessions, node = KEYS[1], KEYS[2], ARGV[1]
 local max, prefix = tonumber(ARGV[2]), ARGV[3]
 if max > 0 then
@@ -27,4 +31,14 @@ if max > 0 then
 end
 redis.call('HINCRBY', sessions, node, 1)
 redis.call('SADD', nodes, node)
+if KEYS[3] then
+  local total = 0
+  for _, n in ipairs(redis.call('HVALS', sessions)) do total = total + tonumber(n) end
+  if total == 1 then
+    local dropped = 0
+    if redis.call('XLEN', KEYS[3]) >= tonumber(ARGV[5]) then dropped = 1 end
+    redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], '*', 'k', 'user.connected', 'u', ARGV[4], 't', ARGV[6])
+    return {1, dropped}
+  end
+end
 return {1}
