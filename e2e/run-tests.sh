@@ -8,9 +8,12 @@
 #   unit       unit tests of every crate, the operator's golden and mock tests, the
 #              generated-docs checks, the module-layout check
 #   loopback   real chat-server processes and WebSocket clients on 127.0.0.1: protocol,
-#              resume, drain, limits, auth, the attacker suite, the load generator's smoke test
+#              resume, drain, limits, auth, the server API, the attacker suite, the load
+#              generator's smoke test, docs/api.md's example backend, the API's OpenAPI
+#              document (openapi-spec-validator, Schemathesis)
 #   multinode  several chat-servers over a real redis-server or Redis Cluster behind a real
-#              haproxy with cookie stickiness; Redis failover through Toxiproxy
+#              haproxy with cookie stickiness; Redis failover through Toxiproxy; the server
+#              API across nodes; events to a real receiver (down 30 s, a killed deliverer)
 #   k8s        the operator against a simulated control plane (kube-apiserver, etcd,
 #              controller-manager, scheduler, KWOK), the Helm charts, a real Prometheus
 #   fuzz       the fuzz targets for 15 s each (cargo-fuzz, nightly)
@@ -55,7 +58,7 @@ need() {
   done
 }
 need cargo
-runs loopback && need redis-server openssl curl
+runs loopback && need redis-server openssl curl python3
 runs multinode && need redis-server haproxy go
 runs lint && need shellcheck luacheck go python3
 runs k8s && need go curl redis-server
@@ -202,14 +205,16 @@ tier_loopback() {
   begin loopback
   build_binaries loopback
   cargo_tests loopback -p chat-server --test '*' || status=1
-  cargo_tests loopback -p chatcluster-e2e --test attacker --test loadgen_smoke --test operator_config || status=1
+  cargo_tests loopback -p chatcluster-e2e --test attacker --test loadgen_smoke --test operator_config --test api_example || status=1
+  echo "== the server API against its OpenAPI document (openapi-spec-validator, Schemathesis)"
+  bash e2e/api-check.sh 2>&1 | tee -a target/tier-loopback.txt || status=1
   finish loopback
 }
 
 tier_multinode() {
   begin multinode
   build_binaries multinode
-  cargo_tests multinode -p chatcluster-e2e --test multinode --test bounds --test redis_failover || status=1
+  cargo_tests multinode -p chatcluster-e2e --test multinode --test bounds --test redis_failover --test server_api --test events || status=1
   finish multinode
 }
 

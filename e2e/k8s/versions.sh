@@ -79,6 +79,13 @@ HADOLINT_VERSION=2.15.1
 # shellcheck disable=SC2034 # read by e2e/checkov.sh, which sources this file
 CHECKOV_VERSION=3.3.30
 
+# The server API's OpenAPI document is checked by openapi-spec-validator and exercised by
+# Schemathesis (e2e/api-check.sh installs both from PyPI).
+# shellcheck disable=SC2034 # read by e2e/api-check.sh, which sources this file
+OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
+# shellcheck disable=SC2034
+SCHEMATHESIS_VERSION=4.32.5
+
 # The CRDs of optional APIs the operator creates objects of, taken from the released
 # source of their projects (Go module zips from the module proxy) by fetch-crds.sh: KEDA's
 # ScaledObject and the Prometheus operator's PodMonitor.
