@@ -19,8 +19,8 @@ pub const MAX_BROADCAST_ROOMS: usize = 100;
 /// Most messages one history read returns.
 pub const MAX_HISTORY_PAGE: usize = 100;
 
-/// Most rooms one room list returns.
-pub const MAX_ROOMS_PAGE: usize = 1_000;
+/// Most rooms one room list returns (each is one read of the room over Redis).
+pub const MAX_ROOMS_PAGE: usize = 100;
 
 /// A request that cannot be carried out: the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]

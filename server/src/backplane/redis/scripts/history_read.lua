@@ -4,6 +4,8 @@
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'head')
 if not meta[1] then return {} end
 local out = {meta[1], meta[2] or '0'}
+-- Nothing comes after the largest offset (and '(0-<u64 max>' is no valid range start).
+if ARGV[1] == '18446744073709551615' then return out end
 local entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
 for _, e in ipairs(entries) do
   if tonumber(e[2][6]) >= tonumber(ARGV[3]) then

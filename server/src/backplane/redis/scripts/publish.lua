@@ -56,9 +56,9 @@ redis.call('EXPIRE', log, ARGV[8])
 if idem then redis.call('SET', idem, epoch .. '|' .. offset, 'EX', ARGV[11]) end
 local dropped = 0
 if events then
-  local max = tonumber(ARGV[12])
-  if redis.call('XLEN', events) >= max then dropped = 1 end
-  redis.call('XADD', events, 'MAXLEN', max, '*', 'k', 'message', 'r', ARGV[13], 'e', epoch,
+  local backlog = tonumber(ARGV[12])
+  if redis.call('XLEN', events) >= backlog then dropped = 1 end
+  redis.call('XADD', events, 'MAXLEN', backlog, '*', 'k', 'message', 'r', ARGV[13], 'e', epoch,
     'o', offset, 'f', ARGV[1], 'b', ARGV[2], 't', ARGV[5])
 end
 redis.call(PUB, ARGV[9], 'M|' .. offset .. '|' .. ARGV[3] .. '|' .. epoch .. '|' .. ARGV[1] .. '|' .. ARGV[2])
