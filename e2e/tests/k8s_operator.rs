@@ -715,6 +715,210 @@ async fn the_server_api_gets_keys_a_service_a_port_and_a_network_policy_rule() {
     assert_eq!(s.secret_value("chat-api-keys", "keys"), rotated);
 }
 
+/// Events to the application (`spec.events`): the API server refuses a webhook URL of
+/// another scheme or with a space, an empty or comma-holding room pattern, bounds the
+/// server refuses and events with a Redis Cluster, each with its message; a signing
+/// Secret that is missing, lacks key `secret` or holds a key under 32 bytes is Degraded
+/// naming it, and nothing is applied; once fixed, the ConfigMap carries the webhook's
+/// settings and the pods take the key from the Secret (never the ConfigMap), the
+/// NetworkPolicies stay ingress-only (the webhook is reachable), and turning events off
+/// removes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_get_the_webhook_settings_and_the_signing_secret_reference() {
+    let s = setup("events", true).await;
+    let events_doc = |name: &str, redis: &str, events: &str| {
+        format!(
+            "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\nspec:\n{redis}  events:\n{events}"
+        )
+    };
+    let valid = "    webhookUrl: http://app/events\n    secretName: app-events\n";
+    let cases = [
+        (
+            String::new(),
+            "    webhookUrl: ftp://app/events\n    secretName: app-events\n".to_owned(),
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            String::new(),
+            "    webhookUrl: 'http://app/chat events'\n    secretName: app-events\n".to_owned(),
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            String::new(),
+            format!("{valid}    rooms: ['support.*', '']\n"),
+            "events.rooms: each pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
+        ),
+        (
+            String::new(),
+            format!("{valid}    rooms: ['lobby,vip']\n"),
+            "events.rooms: each pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
+        ),
+        (
+            String::new(),
+            "    webhookUrl: http://app/events\n    secretName: App_Events\n".to_owned(),
+            "events.secretName must be a Secret name",
+        ),
+        (
+            String::new(),
+            format!("{valid}    retryMaxSeconds: 120\n    giveUpAfterSeconds: 60\n"),
+            "events.retryMaxSeconds (default 30) must be at most events.giveUpAfterSeconds",
+        ),
+        (
+            String::new(),
+            format!("{valid}    shards: 65\n"),
+            "spec.events.shards",
+        ),
+        (
+            String::new(),
+            "    secretName: app-events\n".to_owned(),
+            "spec.events.webhookUrl: Required value",
+        ),
+        (
+            "  redis:\n    external:\n      secretName: redis-seeds\n      cluster: true\n"
+                .to_owned(),
+            valid.to_owned(),
+            "events need a single Redis instance, not a Redis Cluster",
+        ),
+    ];
+    for (redis, events, message) in cases {
+        let doc = events_doc("bad", &redis, &events);
+        let out = s.kubectl(&["apply", "-f", "-"], Some(&doc));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{doc}");
+        assert!(
+            stderr.contains(message),
+            "the rejection of\n{doc}\nshould say {message:?}; kubectl said: {stderr}"
+        );
+        assert!(s.get("chatcluster", "bad").is_none(), "nothing stored");
+    }
+
+    // The signing Secret does not exist: Degraded, naming it, and nothing is applied.
+    let url = format!("http://app.{}.svc:8000/chat/events", s.ns.name);
+    let with_events = format!(
+        "{}  events:\n    webhookUrl: {url}\n    secretName: app-events\n    rooms: ['support.*', lobby]\n    retryMaxSeconds: 10\n    shards: 2\n",
+        manifest("chat", 1, &IMAGE_A, None)
+    );
+    s.apply(&with_events);
+    let message = s.wait_degraded("chat", "SecretMissing").await;
+    assert!(
+        message.contains("app-events")
+            && message.contains("spec.events.secretName")
+            && message.contains("`secret`"),
+        "names the Secret, the field and the key: {message}"
+    );
+    assert!(
+        s.get("statefulset", "chat").is_none(),
+        "nothing is applied against a missing Secret"
+    );
+    // It exists, without key `secret`.
+    s.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "app-events",
+            &format!("--from-literal=hookSecret={}", "h".repeat(40)),
+        ],
+        None,
+    );
+    let message = s.wait_degraded("chat", "SecretKeyMissing").await;
+    assert!(
+        message.contains("app-events") && message.contains("no key `secret`"),
+        "{message}"
+    );
+    // A key the chat-server would refuse: 31 bytes.
+    let short = "short-signing-key-of-31-bytes..";
+    assert_eq!(short.len(), 31);
+    let patch = serde_json::json!({"stringData": {"secret": short}}).to_string();
+    s.kubectl_ok(&["patch", "secret", "app-events", "-p", &patch], None);
+    let message = s.wait_degraded("chat", "SecretInvalid").await;
+    assert!(
+        message.contains("app-events")
+            && message.contains("31 bytes")
+            && message.contains("at least 32"),
+        "{message}"
+    );
+    assert!(!message.contains(short), "never the value: {message}");
+    assert!(
+        s.get("statefulset", "chat").is_none(),
+        "still nothing applied"
+    );
+
+    // Fixed: Ready, the settings in the ConfigMap, the key from the Secret.
+    let key = "e".repeat(32);
+    let patch = serde_json::json!({"stringData": {"secret": key}}).to_string();
+    s.kubectl_ok(&["patch", "secret", "app-events", "-p", &patch], None);
+    let cc = s.wait_ready("chat", READY_WITHIN).await;
+    assert_eq!(
+        condition(&cc, "Degraded").map(|c| c["status"].clone()),
+        Some("False".into())
+    );
+    let config = s.get("configmap", "chat-config").expect("configmap");
+    let webhook: BTreeMap<String, Value> = config["data"]
+        .as_object()
+        .expect("data")
+        .iter()
+        .filter(|(k, _)| k.starts_with("CHAT_WEBHOOK_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    assert_eq!(
+        webhook,
+        BTreeMap::from([
+            ("CHAT_WEBHOOK_RETRY_MAX".to_owned(), "10s".into()),
+            ("CHAT_WEBHOOK_ROOMS".to_owned(), "support.*,lobby".into()),
+            ("CHAT_WEBHOOK_SHARDS".to_owned(), "2".into()),
+            ("CHAT_WEBHOOK_URL".to_owned(), url.clone().into()),
+        ]),
+        "the settings, and never the signing key"
+    );
+    assert!(
+        !config["data"].to_string().contains(&key),
+        "the key is not in the ConfigMap"
+    );
+    let sts = s.get("statefulset", "chat").expect("statefulset");
+    let container = &sts["spec"]["template"]["spec"]["containers"][0];
+    let secret_env = container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == "CHAT_WEBHOOK_SECRET")
+        .unwrap_or_else(|| panic!("no CHAT_WEBHOOK_SECRET: {}", container["env"]));
+    assert_eq!(
+        secret_env["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "app-events", "key": "secret", "optional": false}),
+        "a required reference to the Secret's key"
+    );
+    assert!(secret_env.get("value").is_none(), "{secret_env}");
+    assert_eq!(
+        container["envFrom"][0]["configMapRef"]["name"],
+        "chat-config"
+    );
+    // The operator's policies restrict ingress only: the pods' POSTs go out.
+    for policy in ["chat", "chat-redis"] {
+        let p = s.get("networkpolicy", policy).expect("networkpolicy");
+        assert_eq!(
+            p["spec"]["policyTypes"],
+            serde_json::json!(["Ingress"]),
+            "{policy}"
+        );
+        assert!(p["spec"]["egress"].is_null(), "{policy}: {}", p["spec"]);
+    }
+
+    // Off: the variables and the reference go, the user's Secret stays.
+    s.apply(&manifest("chat", 1, &IMAGE_A, None));
+    let off = eventually("the events gone from the pods", READY_WITHIN, || async {
+        let sts = s.get("statefulset", "chat");
+        let config = s.get("configmap", "chat-config");
+        Ok(sts.zip(config).filter(|(sts, config)| {
+            !chat_container_env(sts).contains("CHAT_WEBHOOK_")
+                && !config["data"].to_string().contains("CHAT_WEBHOOK_")
+        }))
+    })
+    .await;
+    assert!(off.is_ok(), "{off:?}{}", s.operator_log());
+    assert_eq!(s.secret_value("app-events", "secret"), key);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_autoscaling_kubectl_scale_outside_the_bounds_runs_clamped() {
     let s = setup("clamp", true).await;

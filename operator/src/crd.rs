@@ -19,6 +19,8 @@ pub const JWT_KEY: &str = "hs256Secret";
 pub const JWT_PUBLIC_KEY: &str = "publicKey";
 /// Key of the join hook's HMAC key in `auth.joinHook.secretName`.
 pub const JOIN_HOOK_SECRET_KEY: &str = "hookSecret";
+/// Key of the events' HMAC key in `events.secretName`.
+pub const EVENTS_SECRET_KEY: &str = "secret";
 /// Key of the server API's keys (one per line) in `api.keysSecretName` and in the
 /// generated `NAME-api-keys` Secret.
 pub const API_KEYS_KEY: &str = "keys";
@@ -57,6 +59,11 @@ pub const API_KEYS_KEY: &str = "keys";
         json_path = ".metadata.creationTimestamp"
     )
 )]
+// The chat-server refuses a webhook with a Redis Cluster: each event is recorded by the
+// script that stores its message, and the events streams cannot share the room's hash
+// slot. Refused here, so the pods never start into that error.
+#[x_kube(validation = Rule::new("!has(self.events) || !has(self.redis) || !has(self.redis.external) || !has(self.redis.external.cluster) || !self.redis.external.cluster")
+    .message("events need a single Redis instance, not a Redis Cluster (the chat-server records each event together with its message); remove spec.events, or set spec.redis.external.cluster: false with a single-instance Redis URL (or use the managed Redis)"))]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {
     /// Number of chat-server pods. With `autoscaling` set, the autoscaler writes it, and
@@ -106,6 +113,72 @@ pub struct ChatClusterSpec {
     /// keys. Off by default.
     #[serde(default, skip_serializing_if = "is_default")]
     pub api: ApiSpec,
+    /// Events to the application's backend: room messages, direct messages to offline
+    /// users and users' first and last sessions, POSTed to `webhookUrl` and signed with
+    /// the key in `secretName`, delivered at least once. Unset: no events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsSpec>,
+}
+
+/// `spec.events`: where the chat pods POST events for the application and how.
+///
+/// Every field becomes a `CHAT_WEBHOOK_*` variable of the pods (the signing key through
+/// a Secret reference, never the ConfigMap); unset optional fields keep the server's
+/// defaults. See docs/operator.md, "Events to the application".
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// The server refuses a longest wait between attempts above the time it keeps trying.
+#[x_kube(validation = Rule::new("(has(self.retryMaxSeconds) ? self.retryMaxSeconds : 30) <= (has(self.giveUpAfterSeconds) ? self.giveUpAfterSeconds : 3600)")
+    .message("events.retryMaxSeconds (default 30) must be at most events.giveUpAfterSeconds (default 3600)"))]
+#[serde(rename_all = "camelCase")]
+pub struct EventsSpec {
+    /// `http://` or `https://` URL the events are POSTed to, e.g.
+    /// `http://app.default.svc:8000/chat/events` (`CHAT_WEBHOOK_URL`).
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(crate::urls::CEL_HTTP_URL_WITH_QUERY)
+        .message("events.webhookUrl must be an http:// or https:// URL with a host and no spaces, user:password@ or fragment (#), at most 2048 characters, e.g. http://app.default.svc:8000/chat/events"))]
+    pub webhook_url: String,
+    /// Secret in the ChatCluster's namespace whose key `secret` (at least 32 bytes) is
+    /// the HMAC-SHA256 key of every event's `X-Chat-Signature`, so the application can
+    /// tell the pods' calls from anyone else's (`CHAT_WEBHOOK_SECRET`). Read at start:
+    /// after changing it, restart the pods.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')")
+        .message("events.secretName must be a Secret name (lowercase letters, digits, '-' and '.')"))]
+    pub secret_name: String,
+    /// Room patterns whose messages are events: A-Z a-z 0-9 `_ - . : @` and `*` for any
+    /// run of characters, e.g. `support.*` (`CHAT_WEBHOOK_ROOMS`). Empty: no message
+    /// events; offline direct messages and users' connects and disconnects are always
+    /// sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(p, p.matches('^[A-Za-z0-9_.:@*-]+$'))")
+        .message("events.rooms: each pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and * (any run of characters), e.g. support.*"))]
+    pub rooms: Vec<String>,
+    /// How long one POST may take (`CHAT_WEBHOOK_TIMEOUT`; unset: the server's 5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub timeout_milliseconds: Option<i32>,
+    /// Longest wait between two attempts at one event; they start 1 s apart and double
+    /// (`CHAT_WEBHOOK_RETRY_MAX`; unset: the server's 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub retry_max_seconds: Option<i32>,
+    /// After failing this long an event goes to the dead-letter list
+    /// (`CHAT_WEBHOOK_GIVE_UP_AFTER`; unset: the server's 3600 s; at most 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub give_up_after_seconds: Option<i32>,
+    /// Most events waiting per shard; past it the oldest undelivered ones are dropped
+    /// (`CHAT_WEBHOOK_MAX_BACKLOG`; unset: the server's 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_backlog: Option<i32>,
+    /// Streams the events are spread over by room or user, each delivered in order by
+    /// one pod at a time (`CHAT_WEBHOOK_SHARDS`; unset: the server's 4). Lowering it
+    /// strands the events still waiting in the streams above the new count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub shards: Option<i32>,
 }
 
 /// `spec.api`: the chat pods' server API port, its keys and who may reach it.

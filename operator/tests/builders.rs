@@ -599,6 +599,69 @@ fn auth_fields_become_the_servers_variables() {
     );
 }
 
+/// The events of full.yaml and api.yaml, as the variables the server reads: the
+/// settings in the ConfigMap, the signing key from key `secret` of the named Secret.
+#[test]
+fn events_fields_become_the_servers_variables() {
+    for (file, expected) in [
+        (
+            "full.yaml",
+            vec![
+                ("CHAT_WEBHOOK_URL", "http://app.chat.svc:8000/chat/events"),
+                ("CHAT_WEBHOOK_ROOMS", "team.*,announcements"),
+                ("CHAT_WEBHOOK_TIMEOUT", "5000ms"),
+                ("CHAT_WEBHOOK_RETRY_MAX", "30s"),
+                ("CHAT_WEBHOOK_GIVE_UP_AFTER", "3600s"),
+                ("CHAT_WEBHOOK_MAX_BACKLOG", "100000"),
+                ("CHAT_WEBHOOK_SHARDS", "4"),
+            ],
+        ),
+        (
+            "api.yaml",
+            vec![
+                (
+                    "CHAT_WEBHOOK_URL",
+                    "http://backend.backend.svc:8000/chat/events",
+                ),
+                ("CHAT_WEBHOOK_ROOMS", "support.*"),
+            ],
+        ),
+    ] {
+        let d = build(&example(file), BuildContext::default()).unwrap();
+        let config = d.config_map.data.as_ref().unwrap();
+        let webhook: Vec<(&str, &str)> = config
+            .iter()
+            .filter(|(k, _)| k.starts_with("CHAT_WEBHOOK_"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(webhook, expected, "{file}");
+        let env = chat_env(&d);
+        let secret = env
+            .iter()
+            .find(|e| e.name == "CHAT_WEBHOOK_SECRET")
+            .unwrap_or_else(|| panic!("{file}: {env:?}"));
+        let r = secret
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("from a Secret");
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str(), r.optional),
+            ("chat-events", "secret", Some(false)),
+            "{file}"
+        );
+    }
+    // Without `events`: nothing of it.
+    let d = build(&example("minimal.yaml"), BuildContext::default()).unwrap();
+    let config = d.config_map.data.as_ref().unwrap();
+    assert!(!config.keys().any(|k| k.starts_with("CHAT_WEBHOOK_")));
+    assert!(!chat_env(&d)
+        .iter()
+        .any(|e| e.name.starts_with("CHAT_WEBHOOK_")));
+}
+
 /// A join hook with only its URL and signing Secret: the fail-closed default is
 /// written, no timeout (the server's), and the signing key from the Secret.
 #[test]

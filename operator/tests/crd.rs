@@ -237,6 +237,60 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
             json!({"api": {"enabled": true, "keysSecretName": "Api_Keys"}}),
             "api.keysSecretName must be a Secret name",
         ),
+        (
+            json!({"events": {"webhookUrl": "ftp://app/events", "secretName": "e"}}),
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            json!({"events": {"webhookUrl": "app.default.svc/events", "secretName": "e"}}),
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/chat events", "secretName": "e"}}),
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/events\n", "secretName": "e"}}),
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://u:p@app/events", "secretName": "e"}}),
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/events", "secretName": "Events_Key"}}),
+            "events.secretName must be a Secret name",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/events", "secretName": "e",
+                "rooms": ["support.*", ""]}}),
+            "events.rooms: each pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/events", "secretName": "e",
+                "rooms": ["lobby,vip"]}}),
+            "events.rooms: each pattern must be 1 to 64",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/events", "secretName": "e",
+                "rooms": ["inbox.{user}"]}}),
+            "events.rooms: each pattern must be 1 to 64",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/events", "secretName": "e",
+                "retryMaxSeconds": 120, "giveUpAfterSeconds": 60}}),
+            "events.retryMaxSeconds (default 30) must be at most events.giveUpAfterSeconds",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/events", "secretName": "e",
+                "giveUpAfterSeconds": 10}}),
+            "events.retryMaxSeconds (default 30) must be at most events.giveUpAfterSeconds",
+        ),
+        (
+            json!({"events": {"webhookUrl": "http://app/events", "secretName": "e"},
+                "redis": {"external": {"secretName": "r", "cluster": true}}}),
+            "events need a single Redis instance, not a Redis Cluster",
+        ),
     ];
     for (spec, expected) in cases {
         let err = validate_spec(&spec).expect_err(&format!("{spec} should be rejected"));
@@ -275,6 +329,21 @@ fn cel_rules_reject_impossible_specs_with_clear_messages() {
         json!({"api": {"enabled": true}}),
         json!({"api": {"enabled": true, "keysSecretName": "chat.api-keys",
             "fromNamespaces": ["backend", "0ps"]}}),
+        json!({"events": {"webhookUrl": "http://app.default.svc:8000/chat/events",
+            "secretName": "app-events"}}),
+        json!({"events": {"webhookUrl": "https://[::1]:8443/events?tenant=a",
+            "secretName": "app.events", "rooms": ["support.*", "*", "a_b-c.d:e@f"],
+            "timeoutMilliseconds": 60000, "retryMaxSeconds": 604800,
+            "giveUpAfterSeconds": 604800, "maxBacklog": 1000000, "shards": 64}}),
+        json!({"events": {"webhookUrl": "http://app/e", "secretName": "e",
+            "giveUpAfterSeconds": 30}}),
+        // One Redis instance, managed or external: events work.
+        json!({"events": {"webhookUrl": "http://app/e", "secretName": "e"},
+            "redis": {"external": {"secretName": "r"}}}),
+        json!({"events": {"webhookUrl": "http://app/e", "secretName": "e"},
+            "redis": {"external": {"secretName": "r", "cluster": false}}}),
+        // A Redis Cluster without events.
+        json!({"redis": {"external": {"secretName": "r", "cluster": true}}}),
     ] {
         assert!(
             validate_spec(&ok).is_ok(),

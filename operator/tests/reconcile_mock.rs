@@ -76,8 +76,37 @@ fn fake_answering_applies(
     handle: Handle,
     rejection: Option<(StatusCode, serde_json::Value)>,
 ) -> tokio::task::JoinHandle<Seen> {
+    fake_with(handle, rejection, Vec::new())
+}
+
+/// Like [`fake`], but the user's Secrets `secrets` (objects with `metadata.name` and
+/// `data`) exist in `ns1`: a GET of one of them answers it.
+fn fake_with_secrets(
+    handle: Handle,
+    secrets: Vec<serde_json::Value>,
+) -> tokio::task::JoinHandle<Seen> {
+    fake_with(handle, None, secrets)
+}
+
+fn fake_with(
+    handle: Handle,
+    rejection: Option<(StatusCode, serde_json::Value)>,
+    secrets: Vec<serde_json::Value>,
+) -> tokio::task::JoinHandle<Seen> {
     common::fake_apiserver(handle, move |method, uri, body| {
         let path = uri.path();
+        let user_secret = secrets.iter().find(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .is_some_and(|name| path == format!("/api/v1/namespaces/ns1/secrets/{name}"))
+        });
+        if let (true, Some(secret)) = (method == Method::GET, user_secret) {
+            let mut secret = secret.clone();
+            secret["apiVersion"] = json!("v1");
+            secret["kind"] = json!("Secret");
+            secret["metadata"]["namespace"] = json!("ns1");
+            return (StatusCode::OK, secret);
+        }
         match method.as_str() {
             "PATCH" if path.ends_with("/status") => (StatusCode::OK, {
                 let mut c = json!({"apiVersion": "chatcluster.dev/v1alpha1", "kind": "ChatCluster", "metadata": {"name": "chat", "namespace": "ns1"}, "spec": {}});
@@ -350,4 +379,144 @@ async fn a_missing_api_keys_secret_of_the_users_is_degraded_naming_it() {
             && message.contains("`keys`"),
         "{message}"
     );
+}
+
+/// `events` with the user's signing-key Secret `app-events`.
+fn events_spec() -> serde_json::Value {
+    json!({"events": {
+        "webhookUrl": "https://app.example/chat/events",
+        "secretName": "app-events",
+        "rooms": ["support.*"]
+    }})
+}
+
+/// Secret `app-events` with key `key` holding `value` (base64, as the API server sends it).
+fn events_secret(key: &str, value: &[u8]) -> serde_json::Value {
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("app-events".into()),
+            ..Default::default()
+        },
+        data: Some([(key.to_owned(), k8s_openapi::ByteString(value.to_vec()))].into()),
+        ..Default::default()
+    };
+    serde_json::to_value(secret).unwrap()
+}
+
+/// Asserts the reconcile stopped at the Secret check: requeued to look again, nothing
+/// applied or generated, Degraded with `reason`; returns the condition's message.
+fn stopped_at_the_secret(action: Action, seen: &Seen, reason: &str) -> String {
+    assert_eq!(
+        action,
+        Action::requeue(chatcluster_operator::reconcile::SECRET_RECHECK)
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|(m, u, _)| m == Method::PATCH && u.contains("force=true")),
+        "nothing applied: {seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|(m, u, _)| m == Method::POST && u.contains("/secrets")),
+        "nothing generated either"
+    );
+    let degraded = condition(written_status(seen), "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], reason);
+    degraded["message"].as_str().unwrap().to_owned()
+}
+
+/// `events.secretName` naming a Secret that does not exist: Degraded, naming the Secret,
+/// the field and the key, and nothing is applied (as for the join hook's Secret).
+#[tokio::test]
+async fn a_missing_events_secret_is_degraded_naming_it() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(svc);
+    let server = fake(handle);
+    let action = reconcile(Arc::new(cluster(events_spec())), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    let seen = server.await.unwrap();
+    let message = stopped_at_the_secret(action, &seen, "SecretMissing");
+    assert!(
+        message.contains("Secret ns1/app-events")
+            && message.contains("spec.events.secretName")
+            && message.contains("`secret`"),
+        "{message}"
+    );
+}
+
+/// The Secret exists without key `secret`, or with a key shorter than the 32 bytes the
+/// chat-server requires: Degraded naming the Secret and key (never the value), nothing
+/// applied.
+#[tokio::test]
+async fn an_events_secret_without_the_key_or_with_a_short_one_is_degraded() {
+    for (secret, reason, expected) in [
+        (
+            events_secret("hookSecret", &[b'k'; 40]),
+            "SecretKeyMissing",
+            "Secret ns1/app-events (named by spec.events.secretName) has no key `secret`",
+        ),
+        (
+            events_secret("secret", b"a-short-signing-key"),
+            "SecretInvalid",
+            "key `secret` of Secret ns1/app-events (named by spec.events.secretName) is 19 bytes; it must be at least 32",
+        ),
+    ] {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let ctx = context(svc);
+        let server = fake_with_secrets(handle, vec![secret]);
+        let action = reconcile(Arc::new(cluster(events_spec())), ctx.clone())
+            .await
+            .unwrap();
+        drop(ctx);
+        let seen = server.await.unwrap();
+        let message = stopped_at_the_secret(action, &seen, reason);
+        assert!(message.contains(expected), "{message}");
+        assert!(!message.contains("short-signing"), "never the value: {message}");
+    }
+}
+
+/// With a usable Secret, the ConfigMap carries the webhook's settings and the chat
+/// StatefulSet takes the key from the Secret, never from the ConfigMap.
+#[tokio::test]
+async fn with_a_usable_events_secret_the_pods_get_the_webhook() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(svc);
+    let key = [b'k'; 32];
+    let server = fake_with_secrets(handle, vec![events_secret("secret", &key)]);
+    reconcile(Arc::new(cluster(events_spec())), ctx.clone())
+        .await
+        .unwrap();
+    drop(ctx);
+    let seen = server.await.unwrap();
+    let applied = |fragment: &str| {
+        seen.iter()
+            .find(|(m, u, _)| m == Method::PATCH && u.contains(fragment))
+            .map(|(_, _, b)| b)
+            .unwrap_or_else(|| panic!("no apply of {fragment}: {seen:?}"))
+    };
+    let data = &applied("/configmaps/chat-config?")["data"];
+    assert_eq!(data["CHAT_WEBHOOK_URL"], "https://app.example/chat/events");
+    assert_eq!(data["CHAT_WEBHOOK_ROOMS"], "support.*");
+    assert!(data.get("CHAT_WEBHOOK_SECRET").is_none(), "{data}");
+    assert!(
+        !data.to_string().contains("kkkkkkkk"),
+        "the key is nowhere in the ConfigMap"
+    );
+    let env = &applied("/statefulsets/chat?")["spec"]["template"]["spec"]["containers"][0]["env"];
+    let secret = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "CHAT_WEBHOOK_SECRET")
+        .unwrap_or_else(|| panic!("no CHAT_WEBHOOK_SECRET: {env}"));
+    assert_eq!(
+        secret["valueFrom"]["secretKeyRef"],
+        json!({"name": "app-events", "key": "secret", "optional": false})
+    );
+    assert!(secret.get("value").is_none(), "{secret}");
 }

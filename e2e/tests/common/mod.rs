@@ -59,6 +59,7 @@ pub fn pod_environment(example: &str) -> BTreeMap<String, String> {
                     "token" => "an-admin-token-the-operator-generated".into(),
                     "password" => "a-redis-password-the-operator-generated".into(),
                     "hookSecret" => "a-join-hook-secret-at-least-32-bytes-long".into(),
+                    "secret" => "an-events-signing-key-at-least-32-bytes".into(),
                     other => panic!("unexpected secret key {other}"),
                 }
             }

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::pod::*;
 use super::*;
 use crate::crd::{
-    ApiSpec, AuthSpec, ChatCluster, RoomRule, API_KEYS_KEY, JOIN_HOOK_SECRET_KEY, JWT_KEY,
-    JWT_PUBLIC_KEY,
+    ApiSpec, AuthSpec, ChatCluster, EventsSpec, RoomRule, API_KEYS_KEY, EVENTS_SECRET_KEY,
+    JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY,
 };
 
 /// Server configuration as `CHAT_*` environment variables.
@@ -120,6 +120,9 @@ pub(super) fn config_map(n: &Names, cluster: &ChatCluster) -> ConfigMap {
         data.insert("CHAT_API_LISTEN".to_owned(), format!("0.0.0.0:{API_PORT}"));
         data.insert("CHAT_API_KEYS_FILE".to_owned(), api_keys_path());
     }
+    if let Some(events) = &s.events {
+        events_config(events, &mut data);
+    }
     ConfigMap {
         metadata: n.meta(format!("{}-config", n.name), "chat-server"),
         data: Some(data),
@@ -163,6 +166,34 @@ fn auth_config(auth: &AuthSpec, data: &mut BTreeMap<String, String>) {
     }
     if let Some(policy) = auth.dm_policy {
         put("CHAT_DM_POLICY", policy.env_value().to_owned());
+    }
+}
+
+/// The events' settings (`CHAT_WEBHOOK_*`) but the signing key, which the pods get from
+/// its Secret: the URL always, the rest only when the spec sets it, so an unset field
+/// means the server's own default (the CRD does not pin a copy of it that could drift).
+fn events_config(events: &EventsSpec, data: &mut BTreeMap<String, String>) {
+    let mut put = |key: &str, value: String| {
+        data.insert(key.to_owned(), value);
+    };
+    put("CHAT_WEBHOOK_URL", events.webhook_url.clone());
+    if !events.rooms.is_empty() {
+        put("CHAT_WEBHOOK_ROOMS", events.rooms.join(","));
+    }
+    if let Some(ms) = events.timeout_milliseconds {
+        put("CHAT_WEBHOOK_TIMEOUT", format!("{ms}ms"));
+    }
+    if let Some(s) = events.retry_max_seconds {
+        put("CHAT_WEBHOOK_RETRY_MAX", format!("{s}s"));
+    }
+    if let Some(s) = events.give_up_after_seconds {
+        put("CHAT_WEBHOOK_GIVE_UP_AFTER", format!("{s}s"));
+    }
+    if let Some(n) = events.max_backlog {
+        put("CHAT_WEBHOOK_MAX_BACKLOG", n.to_string());
+    }
+    if let Some(n) = events.shards {
+        put("CHAT_WEBHOOK_SHARDS", n.to_string());
     }
 }
 
@@ -294,6 +325,17 @@ pub(super) fn chat_statefulset(
             "CHAT_JOIN_HOOK_SECRET",
             &hook.secret_name,
             JOIN_HOOK_SECRET_KEY,
+            false,
+        ));
+    }
+    // The events' signing key, like the join hook's: a required reference, so the value
+    // never sits in the ConfigMap and a Secret deleted after the operator's check stops
+    // the pod at CreateContainerConfigError, naming it.
+    if let Some(events) = &s.events {
+        env.push(env_secret(
+            "CHAT_WEBHOOK_SECRET",
+            &events.secret_name,
+            EVENTS_SECRET_KEY,
             false,
         ));
     }
@@ -578,6 +620,123 @@ mod tests {
                 "{spec}: the template of a cluster without the API is unchanged"
             );
         }
+    }
+
+    /// The `CHAT_WEBHOOK_SECRET` entry of the chat container's env, if any.
+    fn webhook_secret_env(
+        pod: &k8s_openapi::api::core::v1::PodSpec,
+    ) -> Option<&k8s_openapi::api::core::v1::EnvVar> {
+        pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "CHAT_WEBHOOK_SECRET")
+    }
+
+    #[test]
+    fn events_give_the_pods_the_webhook_settings_and_the_secret_reference() {
+        use std::collections::BTreeMap;
+        let (pod, config) = pod_and_config(serde_json::json!({"events": {
+            "webhookUrl": "https://app.example/chat/events?v=1",
+            "secretName": "app-events",
+            "rooms": ["support.*", "orders:*", "lobby"],
+            "timeoutMilliseconds": 2500,
+            "retryMaxSeconds": 60,
+            "giveUpAfterSeconds": 7200,
+            "maxBacklog": 5000,
+            "shards": 8
+        }}));
+        let webhook: BTreeMap<&str, &str> = config
+            .iter()
+            .filter(|(k, _)| k.starts_with("CHAT_WEBHOOK_"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            webhook,
+            BTreeMap::from([
+                ("CHAT_WEBHOOK_URL", "https://app.example/chat/events?v=1"),
+                ("CHAT_WEBHOOK_ROOMS", "support.*,orders:*,lobby"),
+                ("CHAT_WEBHOOK_TIMEOUT", "2500ms"),
+                ("CHAT_WEBHOOK_RETRY_MAX", "60s"),
+                ("CHAT_WEBHOOK_GIVE_UP_AFTER", "7200s"),
+                ("CHAT_WEBHOOK_MAX_BACKLOG", "5000"),
+                ("CHAT_WEBHOOK_SHARDS", "8"),
+            ]),
+            "the signing key is never in the ConfigMap"
+        );
+        let secret = webhook_secret_env(&pod).expect("CHAT_WEBHOOK_SECRET");
+        assert_eq!(secret.value, None, "never inline");
+        let from = secret
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .expect("a secretKeyRef");
+        assert_eq!(
+            (from.name.as_str(), from.key.as_str(), from.optional),
+            ("app-events", "secret", Some(false)),
+            "the Secret's key `secret`, required"
+        );
+        assert!(
+            pod.volumes.is_none() && pod.security_context.unwrap().fs_group.is_none(),
+            "nothing mounted: the key is an environment variable"
+        );
+    }
+
+    #[test]
+    fn events_with_only_the_required_fields_leave_the_servers_defaults() {
+        let (pod, config) = pod_and_config(serde_json::json!({"events": {
+            "webhookUrl": "http://app.default.svc:8000/chat/events",
+            "secretName": "app-events"
+        }}));
+        let keys: Vec<&str> = config
+            .keys()
+            .filter(|k| k.starts_with("CHAT_WEBHOOK_"))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            ["CHAT_WEBHOOK_URL"],
+            "no rooms: no message events (the server's default)"
+        );
+        assert!(webhook_secret_env(&pod).is_some());
+    }
+
+    #[test]
+    fn without_events_the_pods_get_no_webhook_and_keep_their_template() {
+        let (pod, config) = pod_and_config(serde_json::json!({}));
+        assert!(
+            !config.keys().any(|k| k.starts_with("CHAT_WEBHOOK_")),
+            "{config:?}"
+        );
+        assert!(webhook_secret_env(&pod).is_none());
+        // Turning events on is a configuration change, so the pods roll into it.
+        let before = build(&cluster(serde_json::json!({})), BuildContext::default()).unwrap();
+        let with_events = build(
+            &cluster(serde_json::json!({"events": {
+                "webhookUrl": "http://app/events", "secretName": "e"
+            }})),
+            BuildContext::default(),
+        )
+        .unwrap();
+        let hash = |d: &crate::build::Desired| {
+            d.chat_statefulset
+                .spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .as_ref()
+                .unwrap()["chatcluster.dev/config-hash"]
+                .clone()
+        };
+        assert_ne!(
+            hash(&before),
+            hash(&with_events),
+            "turning events on rolls the pods"
+        );
     }
 
     /// The bounds a manifest sets reach the servers; unset ones keep the servers'

@@ -12,6 +12,11 @@
 //!   authenticate each call, the policy keeps everyone else from trying.
 //! - `NAME-redis` (managed Redis only): Redis takes connections only from this cluster's
 //!   chat-server pods.
+//!
+//! Both restrict ingress only (`policyTypes: [Ingress]`): what the chat pods dial out to
+//! (Redis, a JWKS URL, the join hook, the events' webhook) is never blocked by them. A
+//! namespace with its own default-deny egress policy must allow those itself
+//! (docs/operator.md, "Events to the application").
 
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -289,6 +294,29 @@ mod tests {
             "api": {"enabled": true}, "networkPolicy": {"enabled": false}
         }));
         assert!(build(&unpoliced, ctx()).unwrap().network_policy.is_none());
+    }
+
+    /// The pods' way out is never the operator's to close: with events (a webhook the
+    /// pods POST to) every policy it makes is still ingress-only, with no egress rule.
+    #[test]
+    fn the_policies_never_restrict_egress_so_the_webhook_is_reachable() {
+        let c = cluster(serde_json::json!({
+            "events": {"webhookUrl": "https://app.example/events", "secretName": "e"},
+            "api": {"enabled": true}
+        }));
+        let d = build(&c, BuildContext::default()).unwrap();
+        let policies = [d.network_policy, d.redis_network_policy];
+        assert!(policies.iter().all(Option::is_some), "both on by default");
+        for policy in policies.iter().flatten() {
+            let spec = policy.spec.as_ref().unwrap();
+            assert_eq!(
+                spec.policy_types.as_deref(),
+                Some(&["Ingress".to_owned()][..]),
+                "{:?}",
+                policy.metadata.name
+            );
+            assert!(spec.egress.is_none(), "{:?}", policy.metadata.name);
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The Secrets a ChatCluster refers to (the JWT keys, the join hook's key, an external
-//! Redis URL, the user's server API keys), checked
+//! Redis URL, the user's server API keys, the events' signing key), checked
 //! before anything is applied. A missing Secret, a missing key or a value the chat-server
 //! would refuse becomes `Degraded` with a message naming the Secret and the key, instead
 //! of pods that fail at start. The check itself is pure; `check_all` reads the Secrets.
@@ -8,13 +8,17 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
 use super::validate::Invalid;
-use crate::crd::{ChatClusterSpec, API_KEYS_KEY, JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY};
+use crate::crd::{
+    ChatClusterSpec, API_KEYS_KEY, EVENTS_SECRET_KEY, JOIN_HOOK_SECRET_KEY, JWT_KEY, JWT_PUBLIC_KEY,
+};
 
 /// The chat-server refuses a shorter HS256 key (`CHAT_JWT_HS256_SECRET`).
 pub const MIN_JWT_KEY_BYTES: usize = 32;
 /// Shortest join-hook HMAC key accepted: as long as the HS256 key, so the signature is
 /// not the weak link.
 pub const MIN_JOIN_HOOK_KEY_BYTES: usize = 32;
+/// The chat-server refuses a shorter events signing key (`CHAT_WEBHOOK_SECRET`).
+pub const MIN_EVENTS_KEY_BYTES: usize = 32;
 /// Shortest and longest server API key the chat-server takes (`CHAT_API_KEYS_FILE`).
 pub const MIN_API_KEY_BYTES: usize = 16;
 pub const MAX_API_KEY_BYTES: usize = 256;
@@ -70,6 +74,14 @@ pub fn references(spec: &ChatClusterSpec) -> Vec<SecretKeyRef> {
             secret: secret.clone(),
             key: JOIN_HOOK_SECRET_KEY.to_owned(),
             requirement: Requirement::MinBytes(MIN_JOIN_HOOK_KEY_BYTES),
+        });
+    }
+    if let Some(events) = &spec.events {
+        out.push(SecretKeyRef {
+            field: "spec.events.secretName",
+            secret: events.secret_name.clone(),
+            key: EVENTS_SECRET_KEY.to_owned(),
+            requirement: Requirement::MinBytes(MIN_EVENTS_KEY_BYTES),
         });
     }
     // Only while the API is on: a Secret named by a disabled API is not mounted.
@@ -334,6 +346,60 @@ mod tests {
         let e = check(hook, "ns", Some(&secret(JOIN_HOOK_SECRET_KEY, b"short"))).unwrap_err();
         assert_eq!(e.reason, "SecretInvalid");
         assert!(e.message.contains("at least 32"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_events_signing_key_is_checked_like_the_join_hooks() {
+        let refs = references(&spec(json!({"events": {
+            "webhookUrl": "https://app.example/events",
+            "secretName": "app-events"
+        }})));
+        let names: Vec<(&str, &str, &str)> = refs
+            .iter()
+            .map(|r| (r.field, r.secret.as_str(), r.key.as_str()))
+            .collect();
+        assert_eq!(names, [("spec.events.secretName", "app-events", "secret")]);
+        let r = &refs[0];
+
+        let e = check(r, "apps", None).unwrap_err();
+        assert_eq!(e.reason, "SecretMissing");
+        assert!(
+            e.message.contains("Secret apps/app-events")
+                && e.message.contains("spec.events.secretName")
+                && e.message.contains("key `secret`"),
+            "{}",
+            e.message
+        );
+        let e = check(r, "apps", Some(&secret("hookSecret", &[b'k'; 40]))).unwrap_err();
+        assert_eq!(e.reason, "SecretKeyMissing");
+        assert!(
+            e.message.contains("Secret apps/app-events") && e.message.contains("no key `secret`"),
+            "{}",
+            e.message
+        );
+        let e = check(
+            r,
+            "apps",
+            Some(&secret("secret", b"thirty-one-bytes-of-signing-key")),
+        )
+        .unwrap_err();
+        assert_eq!(e.reason, "SecretInvalid");
+        assert!(
+            e.message.contains("is 31 bytes; it must be at least 32")
+                && e.message.contains("Secret apps/app-events"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("signing-key"), "never the value");
+        assert_eq!(
+            check(r, "apps", Some(&secret("secret", &[b'k'; 32]))),
+            Ok(()),
+            "32 bytes is enough"
+        );
+        assert!(
+            references(&spec(json!({}))).is_empty(),
+            "no events, no Secret"
+        );
     }
 
     #[test]

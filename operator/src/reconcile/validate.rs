@@ -1,9 +1,9 @@
 //! Validation, the first stage of reconcile. Pure. It re-runs the CRD's own CEL rules
 //! in-process (so a cluster whose CRD was installed without them still gets clear
 //! errors) and adds checks CEL cannot express, such as name lengths that the objects
-//! derived from the ChatCluster's name must fit. The URL and room-rule checks repeat
-//! CEL rules in Rust: the operator calls the Prometheus URL itself, and the pods must
-//! never get a room rule or URL the server would refuse at start.
+//! derived from the ChatCluster's name must fit. The URL, room-rule and event-room checks
+//! repeat CEL rules in Rust: the operator calls the Prometheus URL itself, and the pods
+//! must never get a room pattern or URL the server would refuse at start.
 
 use std::sync::LazyLock;
 
@@ -69,8 +69,49 @@ pub fn validate(cluster: &ChatCluster) -> Result<(), Invalid> {
     }
     check_urls(&cluster.spec)?;
     check_room_rules(&cluster.spec.auth.rooms)?;
+    if let Some(events) = &cluster.spec.events {
+        check_event_rooms(&events.rooms)?;
+    }
     Ok(())
 }
+
+/// `events.rooms` as the server parses `CHAT_WEBHOOK_ROOMS` (the CEL rule again, in
+/// Rust, with the pattern's position): one pattern it refuses would stop every pod at
+/// start, and the list is joined with commas, so a pattern may hold none.
+fn check_event_rooms(patterns: &[String]) -> Result<(), Invalid> {
+    if patterns.len() > MAX_EVENT_ROOMS {
+        return Err(invalid(
+            "InvalidEventRooms",
+            format!(
+                "spec.events.rooms has {} patterns; at most {MAX_EVENT_ROOMS} (use * to cover more rooms with one)",
+                patterns.len()
+            ),
+        ));
+    }
+    for (i, pattern) in patterns.iter().enumerate() {
+        let charset_ok = pattern
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:@*".contains(&b));
+        if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN || !charset_ok {
+            return Err(invalid(
+                "InvalidEventRooms",
+                format!(
+                    "spec.events.rooms[{i}] (`{}`): each pattern must be 1 to {MAX_PATTERN_LEN} of A-Z a-z 0-9 _ - . : @ and * (any run of characters)",
+                    // Quoted, escaped and cut: it is the user's text, of any length.
+                    pattern
+                        .chars()
+                        .take(MAX_PATTERN_LEN + 1)
+                        .collect::<String>()
+                        .escape_default()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Most `events.rooms` patterns a spec takes (the CRD's `maxItems`).
+pub const MAX_EVENT_ROOMS: usize = 64;
 
 /// The spec's URLs, strictly (see `crate::urls`): the CEL rules say the same, but the
 /// operator's own Prometheus calls must not depend on the API server having run them.
@@ -94,6 +135,12 @@ fn check_urls(spec: &ChatClusterSpec) -> Result<(), Invalid> {
             "spec.auth.joinHook.url",
             "InvalidJoinHookUrl",
             spec.auth.join_hook.as_ref().map(|h| h.url.as_str()),
+            UrlPolicy::ENDPOINT,
+        ),
+        (
+            "spec.events.webhookUrl",
+            "InvalidWebhookUrl",
+            spec.events.as_ref().map(|e| e.webhook_url.as_str()),
             UrlPolicy::ENDPOINT,
         ),
     ];
@@ -281,6 +328,65 @@ mod tests {
                 "auth": {"jwksUrl": "https://idp/keys", "joinHook": {"url": "http://app/join?v=1", "secretName": "h"}}
             }))),
             Ok(())
+        );
+    }
+
+    #[test]
+    fn the_webhook_url_and_event_rooms_are_checked_without_the_cel_stage() {
+        let spec = |v: Value| -> ChatClusterSpec { serde_json::from_value(v).unwrap() };
+        let events = |url: &str| json!({"events": {"webhookUrl": url, "secretName": "e"}});
+        for bad in [
+            "ftp://app/events",
+            "app.default.svc/events",
+            "http://app/ev ents",
+            "http://app/events#x",
+        ] {
+            let e = check_urls(&spec(events(bad))).unwrap_err();
+            assert_eq!(e.reason, "InvalidWebhookUrl", "{bad}");
+            assert!(e.message.contains("spec.events.webhookUrl"), "{e}");
+        }
+        let e = check_urls(&spec(events("https://u:hunter2@app/events"))).unwrap_err();
+        assert_eq!(e.reason, "InvalidWebhookUrl");
+        assert!(!e.message.contains("hunter2"), "never the credentials: {e}");
+        for good in [
+            "http://app.default.svc:8000/chat/events",
+            "https://app/e?v=2",
+        ] {
+            assert_eq!(check_urls(&spec(events(good))), Ok(()), "{good}");
+        }
+
+        let rooms = |patterns: Vec<String>| check_event_rooms(&patterns);
+        assert_eq!(
+            rooms(vec!["support.*".into(), "a_b-c.d:e@f*".into(), "*".into()]),
+            Ok(())
+        );
+        assert_eq!(rooms(vec!["a".repeat(MAX_PATTERN_LEN)]), Ok(()));
+        for bad in [
+            "",
+            "lobby,vip",
+            "lobby room",
+            "inbox.{user}",
+            &"a".repeat(65),
+        ] {
+            let e = rooms(vec!["ok".into(), bad.to_owned()]).unwrap_err();
+            assert_eq!(e.reason, "InvalidEventRooms", "{bad:?}");
+            assert!(e.message.starts_with("spec.events.rooms[1]"), "{e}");
+        }
+        let many: Vec<String> = (0..=MAX_EVENT_ROOMS).map(|i| format!("r{i}")).collect();
+        assert!(rooms(many[..MAX_EVENT_ROOMS].to_vec()).is_ok());
+        assert_eq!(rooms(many).unwrap_err().reason, "InvalidEventRooms");
+
+        // Through `validate`: a Redis Cluster is refused by the CRD's rule, run here too.
+        let e = validate(&cluster(
+            "chat",
+            json!({"events": {"webhookUrl": "http://app/e", "secretName": "e"},
+                "redis": {"external": {"secretName": "r", "cluster": true}}}),
+        ))
+        .unwrap_err();
+        assert_eq!(e.reason, "InvalidSpec");
+        assert!(
+            e.message.contains("events need a single Redis instance"),
+            "{e}"
         );
     }
 
