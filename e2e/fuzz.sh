@@ -19,7 +19,7 @@ source e2e/k8s/versions.sh
 seconds="${1:-15}"
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(client_frame resume auth rooms config operator_validate)
+[ "${#targets[@]}" -gt 0 ] || targets=(client_frame resume auth rooms config operator_validate api_request)
 
 CARGO_FUZZ_VERSION=0.13.2
 fuzz_root="$(tools_cache)/cargo-fuzz-$CARGO_FUZZ_VERSION"

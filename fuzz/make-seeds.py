@@ -92,3 +92,21 @@ write("operator_validate", [b"\x00" + json.dumps(s).encode() for s in [
     {"monitoring": {"podMonitor": {"labels": {"release": "prometheus"}, "intervalSeconds": 15}},
      "networkPolicy": {"adminFromNamespaces": ["monitoring"]}},
 ]])
+
+# api_request: the first byte % 11 picks the request type (see the target).
+api_bodies = [
+    (0, {"room": "lobby", "body": "hi", "from": "ann", "idempotency_key": "k-1"}),
+    (1, {"rooms": ["a", "b"], "body": "all hands"}),
+    (2, {"to": "~anon1", "body": "x"}),
+    (3, {"user": "mallory", "code": 4403, "reason": "banned"}),
+    (4, {"room": "lobby", "user": "mallory"}),
+    (5, {"room": "lobby", "after": "bob"}),
+    (6, {"room": "lobby", "after": 5.0, "limit": 10}),
+    (7, {"after": "a", "limit": None}),
+    (8, {"room": "lobby"}),
+    (9, {"user": "ann"}),
+    (10, {"kind": "disconnect", "code": 4400, "reason": ""}),
+    (10, {"kind": "remove_from_room", "room": "lobby"}),
+]
+write("api_request", [bytes([k]) + json.dumps(v).encode() for k, v in api_bodies]
+      + [b"\x00[\"lobby\",\"x\"]", b"\x06{\"room\":\"r\",\"after\":18446744073709551616}"])
