@@ -16,8 +16,12 @@
 //!   `drain` (the drain's phases and pacing);
 //! - messages: `history` (*pure*: a room's log and resume), `backplane` (in-memory for
 //!   one node, `backplane::redis` for many);
+//! - the application's side: `api` (the server API; `api::model` is its requests and
+//!   answers), `user_command` (disconnect and remove-from-room, as nodes pass them),
+//!   `events` (events to the application's webhook, delivered at least once), `signature`
+//!   (the HMAC of what the server posts to the application);
 //! - around them: `config` (flags → settings), `state` (what every task shares),
-//!   `metrics`, `http_client` (JWKS and join hook), `sync`.
+//!   `metrics`, `http_client` (JWKS, join hook, webhook), `sync`.
 //!
 //! Public modules are those the tests, the fuzz targets and the e2e tools use.
 

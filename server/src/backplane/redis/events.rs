@@ -239,11 +239,7 @@ impl RedisBackplane {
 
     /// `XREADGROUP` of up to [`BATCH`] entries from `from` (`0`: this node's pending;
     /// `>`: new). A pending entry trimmed meanwhile comes with no fields.
-    async fn read_group(
-        &self,
-        stream: &str,
-        from: &str,
-    ) -> Result<Vec<Entry>, BackplaneError> {
+    async fn read_group(&self, stream: &str, from: &str) -> Result<Vec<Entry>, BackplaneError> {
         let reply: Value = self
             .query(
                 redis::cmd("XREADGROUP")
