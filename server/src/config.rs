@@ -356,7 +356,7 @@ pub struct Settings {
     /// `None`: the in-memory backplane.
     pub redis: Option<crate::backplane::redis::RedisSettings>,
     /// `None`: no server API (no key configured).
-    pub api: Option<crate::api::ApiSettings>,
+    pub api: Option<ApiSettings>,
     /// `None`: no events for the application.
     pub webhook: Option<crate::events::WebhookSettings>,
 }
@@ -761,7 +761,7 @@ impl Settings {
                 if keys.is_empty() && keys_file.is_none() {
                     None
                 } else {
-                    Some(crate::api::ApiSettings {
+                    Some(ApiSettings {
                         listen: addr("CHAT_API_LISTEN", &args.api_listen)?,
                         keys,
                         keys_file,
@@ -804,6 +804,60 @@ impl Settings {
         settings.validate()?;
         Ok(settings)
     }
+}
+
+/// The server API's configuration (`CHAT_API_*`).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    /// Keys given directly (`CHAT_API_KEYS`).
+    pub keys: Vec<String>,
+    /// A file of keys read again every [`KEYS_RELOAD_EVERY`] (`CHAT_API_KEYS_FILE`).
+    pub keys_file: Option<PathBuf>,
+    pub rate_per_sec: f64,
+    pub burst: u32,
+    pub max_body_bytes: usize,
+    pub idempotency_ttl: Duration,
+}
+
+impl ApiSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        for key in &self.keys {
+            check_api_key(key).map_err(|e| format!("CHAT_API_KEYS: {e}"))?;
+        }
+        if !(self.rate_per_sec > 0.0 && self.rate_per_sec.is_finite()) || self.burst == 0 {
+            return Err("CHAT_API_RATE_PER_SEC must be > 0 and CHAT_API_BURST at least 1".into());
+        }
+        if !(1024..=16 << 20).contains(&self.max_body_bytes) {
+            return Err("CHAT_API_MAX_BODY_BYTES must be between 1024 and 16777216".into());
+        }
+        if self.idempotency_ttl < Duration::from_secs(1)
+            || self.idempotency_ttl > Duration::from_secs(24 * 3600)
+        {
+            return Err("CHAT_API_IDEMPOTENCY_TTL must be between 1s and 24h".into());
+        }
+        Ok(())
+    }
+}
+
+/// Shortest and longest server API key.
+pub const API_KEY_LEN: std::ops::RangeInclusive<usize> = 16..=256;
+
+/// Whether `key` can be a server API key: 16 to 256 bytes of printable ASCII, no space or
+/// comma (a comma separates keys in `CHAT_API_KEYS`).
+pub fn check_api_key(key: &str) -> Result<(), String> {
+    if !API_KEY_LEN.contains(&key.len()) {
+        return Err(format!(
+            "a key is {} bytes; use {} to {}",
+            key.len(),
+            API_KEY_LEN.start(),
+            API_KEY_LEN.end()
+        ));
+    }
+    if !key.bytes().all(|c| c.is_ascii_graphic() && c != b',') {
+        return Err("a key must be printable ASCII without spaces or commas".into());
+    }
+    Ok(())
 }
 
 fn default_node_name() -> String {

@@ -32,6 +32,7 @@ use futures_util::future::Either;
 
 use crate::client_addr::{client_address, source_key};
 use crate::drain::{parse_drain_request, plan_drain, Phase};
+pub use crate::signature::same_secret;
 use crate::state::AppState;
 use crate::sync::lock;
 
@@ -259,16 +260,6 @@ async fn require_admin_token(
         }
     }
     next.run(request).await
-}
-
-/// Compares a presented secret with the expected one in constant time: both are hashed
-/// first, so neither the content nor the length of the expected one leaks through timing.
-pub fn same_secret(presented: &str, expected: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    use subtle::ConstantTimeEq;
-    let a = Sha256::digest(presented.as_bytes());
-    let b = Sha256::digest(expected.as_bytes());
-    a.ct_eq(&b).into()
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {

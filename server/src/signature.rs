@@ -1,5 +1,6 @@
 //! HMAC-SHA256 signatures of request bodies the server sends to the application (the join
-//! hook's calls, the events): `sha256=<hex>` in `X-Chat-Signature`. Pure.
+//! hook's calls, the events): `sha256=<hex>` in `X-Chat-Signature`; and the constant-time
+//! comparison of a presented secret (the admin token, API keys). Pure.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -27,6 +28,16 @@ pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
     use subtle::ConstantTimeEq;
     let expected = sign(secret, body);
     expected.len() == header.len() && bool::from(expected.as_bytes().ct_eq(header.as_bytes()))
+}
+
+/// Compares a presented secret with the expected one in constant time: both are hashed
+/// first, so neither the content nor the length of the expected one leaks through timing.
+pub fn same_secret(presented: &str, expected: &str) -> bool {
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    let a = Sha256::digest(presented.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.ct_eq(&b).into()
 }
 
 #[cfg(test)]

@@ -8,25 +8,7 @@ use std::sync::RwLock;
 
 use crate::sync::{read, write};
 
-/// Shortest and longest key.
-pub const KEY_LEN: std::ops::RangeInclusive<usize> = 16..=256;
-
-/// Whether `key` can be an API key: 16 to 256 bytes of printable ASCII, no space or comma
-/// (a comma separates keys in `CHAT_API_KEYS`).
-pub fn check_key(key: &str) -> Result<(), String> {
-    if !KEY_LEN.contains(&key.len()) {
-        return Err(format!(
-            "a key is {} bytes; use {} to {}",
-            key.len(),
-            KEY_LEN.start(),
-            KEY_LEN.end()
-        ));
-    }
-    if !key.bytes().all(|c| c.is_ascii_graphic() && c != b',') {
-        return Err("a key must be printable ASCII without spaces or commas".into());
-    }
-    Ok(())
-}
+pub use crate::config::{check_api_key as check_key, API_KEY_LEN as KEY_LEN};
 
 /// The keys of a keys file: one per line; blank lines and lines starting with `#` skipped.
 /// An invalid line is an error naming its number (never its content: it may be a key).
@@ -94,7 +76,7 @@ impl ApiKeys {
             .iter()
             .chain(from_file.iter())
             .fold(false, |found, key| {
-                found | crate::http::same_secret(presented, key)
+                found | crate::signature::same_secret(presented, key)
             })
     }
 }

@@ -12,8 +12,6 @@ pub mod keys;
 pub mod model;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,39 +36,7 @@ pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
 /// How often the keys file is read again.
 pub const KEYS_RELOAD_EVERY: Duration = Duration::from_secs(10);
 
-/// The server API's configuration (`CHAT_API_*`).
-#[derive(Debug, Clone)]
-pub struct ApiSettings {
-    pub listen: SocketAddr,
-    /// Keys given directly (`CHAT_API_KEYS`).
-    pub keys: Vec<String>,
-    /// A file of keys read again every [`KEYS_RELOAD_EVERY`] (`CHAT_API_KEYS_FILE`).
-    pub keys_file: Option<PathBuf>,
-    pub rate_per_sec: f64,
-    pub burst: u32,
-    pub max_body_bytes: usize,
-    pub idempotency_ttl: Duration,
-}
-
-impl ApiSettings {
-    pub fn validate(&self) -> Result<(), String> {
-        for key in &self.keys {
-            keys::check_key(key).map_err(|e| format!("CHAT_API_KEYS: {e}"))?;
-        }
-        if !(self.rate_per_sec > 0.0 && self.rate_per_sec.is_finite()) || self.burst == 0 {
-            return Err("CHAT_API_RATE_PER_SEC must be > 0 and CHAT_API_BURST at least 1".into());
-        }
-        if !(1024..=16 << 20).contains(&self.max_body_bytes) {
-            return Err("CHAT_API_MAX_BODY_BYTES must be between 1024 and 16777216".into());
-        }
-        if self.idempotency_ttl < Duration::from_secs(1)
-            || self.idempotency_ttl > Duration::from_secs(24 * 3600)
-        {
-            return Err("CHAT_API_IDEMPOTENCY_TTL must be between 1s and 24h".into());
-        }
-        Ok(())
-    }
-}
+pub use crate::config::ApiSettings;
 
 /// What the API's handlers share.
 pub struct ApiState {
