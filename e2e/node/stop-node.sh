@@ -29,7 +29,7 @@ stop_pid() {
   kill -9 "$pid" 2>/dev/null || true
 }
 
-for name in traefik coredns kube-proxy kubelet; do
+for name in traefik coredns kube-router kube-proxy kubelet; do
   pidfile="$state/pids/$name.pid"
   [[ -f "$pidfile" ]] || continue
   stop_pid "$(cat "$pidfile")"

@@ -75,7 +75,10 @@ fn next_handled(backend: &Backend, kind: &str) -> Value {
 
 async fn next_of(ws: &mut Ws, kind: &str) -> Value {
     loop {
-        let f = recv_json(ws, Duration::from_secs(5)).await.unwrap().unwrap();
+        let f = recv_json(ws, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
         if f["type"] == kind {
             return f;
         }
@@ -131,7 +134,9 @@ async fn the_documented_backend_receives_verified_events_publishes_and_disconnec
     )
     .unwrap();
 
-    let (mut mallory, _, _) = connect(&server.ws_url(), "user=mallory", None).await.unwrap();
+    let (mut mallory, _, _) = connect(&server.ws_url(), "user=mallory", None)
+        .await
+        .unwrap();
     join(&mut mallory, "lobby", None).await.unwrap();
     assert_eq!(
         next_handled(&backend, "user.connected")["payload"]["user"],
@@ -192,7 +197,10 @@ async fn the_documented_backend_receives_verified_events_publishes_and_disconnec
             other => panic!("expected the close, got {other:?}"),
         }
     };
-    assert_eq!((u16::from(close.code), close.reason.as_str()), (4403, "banned"));
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (4403, "banned")
+    );
     assert_eq!(
         next_handled(&backend, "user.disconnected")["payload"]["user"],
         "mallory"

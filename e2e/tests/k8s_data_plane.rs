@@ -9,8 +9,8 @@
 //!   there with the test's own Ingress host in the `Host` header;
 //! - `CHATCLUSTER_E2E_GATEWAY` (`namespace/name`) and `CHATCLUSTER_E2E_GATEWAY_ADDRESS`
 //!   (`address:port`): a Gateway API Gateway (Envoy Gateway) that HTTPRoutes attach to;
-//! - `CHATCLUSTER_E2E_NODE_IP`: an address of the test's host that pods reach (the
-//!   autoscaler test runs Prometheus there; `CHATCLUSTER_PROMETHEUS` names its binary);
+//! - `CHATCLUSTER_E2E_PROMETHEUS_IMAGE`: the Prometheus image the autoscaler test runs
+//!   as a pod;
 //! - `CHATCLUSTER_E2E_IMAGE`, `CHATCLUSTER_E2E_IMAGE_B`: the chat-server image and a
 //!   second tag of it (the rollout); `CHATCLUSTER_E2E_REDIS_IMAGE` (optional): the managed
 //!   Redis image.
@@ -435,23 +435,34 @@ async fn redis_pod_deleted(s: &Setup, persistence: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_down() {
     let s = setup("autoscale").await;
-    // A real Prometheus on the node's address discovers the pods through the API server
-    // (kubernetes_sd_configs, pod role) and scrapes their admin port; the operator pod
-    // queries it with its default query: 20 connections per pod, a 10 s window.
-    let config =
-        chatcluster_e2e::harness::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name);
-    let node_ip: std::net::IpAddr = env("CHATCLUSTER_E2E_NODE_IP")
-        .parse()
-        .expect("CHATCLUSTER_E2E_NODE_IP is an IP address");
+    // Prometheus as users run it: a pod in its own namespace, with its own RBAC, that
+    // discovers the chat pods through the API server (kubernetes_sd_configs, pod role)
+    // and scrapes their admin port, which the ChatCluster's NetworkPolicy (enforced on
+    // this node) opens to it through adminFromNamespaces. The operator pod queries it
+    // with its default query: 20 connections per pod, a 10 s window.
+    let client = s.cluster.client().await.expect("client");
+    let monitoring = chatcluster_e2e::harness::k8s::cluster::TestNamespace::create(
+        s.cluster,
+        &client,
+        "autoscale-mon",
+    )
+    .await
+    .expect("namespace");
     let prometheus = tokio::task::block_in_place(|| {
-        let binary = chatcluster_e2e::harness::prometheus::prometheus_binary()?;
-        chatcluster_e2e::harness::prometheus::PrometheusProcess::start_on(&binary, &config, node_ip)
+        chatcluster_e2e::harness::k8s::prometheus_pod::PrometheusPod::deploy(
+            s.cluster,
+            &monitoring,
+            &s.ns.name,
+            &env("CHATCLUSTER_E2E_PROMETHEUS_IMAGE"),
+            READY_WITHIN,
+        )
     })
-    .expect("Prometheus starts");
+    .unwrap_or_else(|e| panic!("Prometheus as a pod: {e:#}{}", s.diagnostics()));
     let autoscaling = format!(
         "  autoscaling:\n    minReplicas: 1\n    maxReplicas: 3\n    targetConnectionsPerPod: 20\n\
-         \x20   scaleDownStabilizationSeconds: 10\n    prometheusUrl: {}\n",
-        prometheus.base_url
+         \x20   scaleDownStabilizationSeconds: 10\n    prometheusUrl: {}\n\
+         \x20 networkPolicy:\n    adminFromNamespaces: [{}]\n",
+        prometheus.base_url, monitoring.name
     );
     s.apply_chat_with(1, &image_a(), false, &autoscaling);
     s.wait_ready(1, READY_WITHIN).await;
@@ -831,4 +842,168 @@ async fn data_plane_a_flood_cannot_fill_the_managed_redis() {
         status["lastState"]["terminated"].is_null(),
         "never OOM-killed: {status}"
     );
+}
+
+/// What one probe pod found reaching each target, round by round: `(target, open)`.
+type Probed = Vec<Vec<(String, bool)>>;
+
+/// Runs a pod in `namespace` (the Redis image's `redis-cli`, a plain TCP client) that
+/// tries each target (`name=address:port`) once a second for `rounds` rounds. A
+/// connection refused (the policy's REJECT), unroutable or not answered within 5 s is
+/// closed; anything else (a `PONG`, an HTTP server closing on the unexpected request) is
+/// open. (The image's static busybox `wget` cannot be the client: it crashes resolving
+/// an address in a pod.) kube-router adds a new pod's address to its sets on its own
+/// schedule, so allowed targets are judged by the last round, denied ones by every round.
+fn probe_from(s: &Setup, namespace: &str, targets: &[(&str, String)], rounds: u32) -> Probed {
+    let list = targets
+        .iter()
+        .map(|(name, addr)| format!("{name}={addr}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let script = format!(
+        "for round in $(busybox seq 1 {rounds}); do for t in {list}; do addr=${{t#*=}}; \
+         out=$(busybox timeout 5 /usr/bin/redis-cli -h ${{addr%:*}} -p ${{addr##*:}} PING 2>&1); \
+         rc=$?; case \"$out\" in *refused*|*'No route'*) v=closed;; \
+         *) if [ $rc -ge 124 ]; then v=closed; else v=open; fi;; esac; \
+         echo \"$round ${{t%%=*}} $v\"; done; busybox sleep 1; done"
+    );
+    let image = std::env::var("CHATCLUSTER_E2E_REDIS_IMAGE")
+        .unwrap_or_else(|_| "docker.io/chatcluster/redis:e2e".into());
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "probe", "namespace": namespace},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "probe", "image": image, "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", script],
+        }]},
+    });
+    s.cluster
+        .kubectl_ok(&["apply", "-f", "-"], Some(&pod.to_string()))
+        .unwrap_or_else(|e| panic!("probe pod in {namespace}: {e:#}"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let phase = s
+            .cluster
+            .kubectl_json(&["-n", namespace, "get", "pod", "probe", "-o", "json"])
+            .and_then(|p| p["status"]["phase"].as_str().map(str::to_owned));
+        if matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "probe pod in {namespace}: {phase:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = s
+        .cluster
+        .kubectl_ok(&["-n", namespace, "logs", "probe"], None)
+        .expect("probe log");
+    let mut by_round: BTreeMap<u32, Vec<(String, bool)>> = BTreeMap::new();
+    for line in log.lines() {
+        let mut f = line.split_whitespace();
+        if let (Some(r), Some(name), Some(v)) = (f.next(), f.next(), f.next()) {
+            if let Ok(r) = r.parse() {
+                by_round
+                    .entry(r)
+                    .or_default()
+                    .push((name.to_owned(), v == "open"));
+            }
+        }
+    }
+    assert_eq!(
+        by_round.len() as u32,
+        rounds,
+        "probe log from {namespace}:\n{log}"
+    );
+    by_round.into_values().collect()
+}
+
+/// Asserts what `probed` found: each target in `open` reachable in the last round, each
+/// other target closed in every round.
+fn assert_reach(from: &str, probed: &Probed, open: &[&str]) {
+    for (i, round) in probed.iter().enumerate() {
+        for (target, reached) in round {
+            let allowed = open.contains(&target.as_str());
+            if !allowed {
+                assert!(
+                    !reached,
+                    "from {from}: {target} must be closed, reached in round {}",
+                    i + 1
+                );
+            } else if i + 1 == probed.len() {
+                assert!(
+                    reached,
+                    "from {from}: {target} must be open, closed in the last round: {probed:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The operator's NetworkPolicies, enforced on a real node by kube-router's policy
+/// controller: from another namespace only the public port answers; the namespace listed
+/// in `adminFromNamespaces` and the operator's reach the admin port; only the cluster's
+/// own namespace reaches the server API; nobody but the chat pods reaches the managed
+/// Redis. (The node itself is always let through: clients in the node's network, like
+/// the ingress controller and this test, are not what is under test here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_network_policies_are_enforced() {
+    let s = setup("netpol").await;
+    let client = s.cluster.client().await.expect("client");
+    let other = chatcluster_e2e::harness::k8s::cluster::TestNamespace::create(
+        s.cluster, &client, "np-other",
+    )
+    .await
+    .expect("namespace");
+    let monitoring =
+        chatcluster_e2e::harness::k8s::cluster::TestNamespace::create(s.cluster, &client, "np-mon")
+            .await
+            .expect("namespace");
+    let extra = format!(
+        "  api:\n    enabled: true\n  networkPolicy:\n    adminFromNamespaces: [{}]\n",
+        monitoring.name
+    );
+    s.apply_chat_with(1, &image_a(), false, &extra);
+    s.wait_ready(1, READY_WITHIN).await;
+    let ip_of = |component: &str| {
+        let pods = s
+            .cluster
+            .kubectl_json(&[
+                "-n",
+                &s.ns.name,
+                "get",
+                "pods",
+                "-l",
+                &format!("app.kubernetes.io/component={component}"),
+                "-o",
+                "json",
+            ])
+            .expect("pods");
+        pods["items"][0]["status"]["podIP"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {component} pod IP: {pods}"))
+            .to_owned()
+    };
+    let (chat, redis) = (ip_of("chat-server"), ip_of("redis"));
+    let targets = [
+        ("public", format!("{chat}:8080")),
+        ("admin", format!("{chat}:9090")),
+        ("api", format!("{chat}:8081")),
+        ("redis", format!("{redis}:6379")),
+    ];
+    let rounds = 12;
+    let from_other = probe_from(&s, &other.name, &targets, rounds);
+    let from_monitoring = probe_from(&s, &monitoring.name, &targets, rounds);
+    let from_own = probe_from(&s, &s.ns.name, &targets, rounds);
+    println!(
+        "network policies: other {from_other:?}\nmonitoring {from_monitoring:?}\nown {from_own:?}"
+    );
+    assert_reach("another namespace", &from_other, &["public"]);
+    assert_reach(
+        "adminFromNamespaces",
+        &from_monitoring,
+        &["public", "admin"],
+    );
+    assert_reach("the cluster's own namespace", &from_own, &["public", "api"]);
 }

@@ -1892,7 +1892,7 @@ async fn the_autoscaler_follows_prometheus_scraping_the_pods() {
     let operator_port = s.operator.as_ref().expect("operator").metrics_port;
     let config = format!(
         "{}  - job_name: operator\n    static_configs:\n      - targets: [\"127.0.0.1:{operator_port}\"]\n",
-        chatcluster_e2e::harness::prometheus::pod_scrape_config(&s.cluster.kubeconfig, &s.ns.name)
+        chatcluster_e2e::harness::prometheus::pod_scrape_config(Some(&s.cluster.kubeconfig), &s.ns.name)
     );
     let binary =
         chatcluster_e2e::harness::prometheus::prometheus_binary().expect("Prometheus binary");

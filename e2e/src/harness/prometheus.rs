@@ -23,18 +23,22 @@ pub fn prometheus_binary() -> Result<PathBuf> {
 }
 
 /// A scrape configuration (1 s interval) that discovers the chat-server pods of
-/// `namespace` through `kubernetes_sd_configs` (pod role, with `kubeconfig`) and relabels
+/// `namespace` through `kubernetes_sd_configs` (pod role, with `kubeconfig`; `None` for a
+/// Prometheus running as a pod, which uses its ServiceAccount) and relabels
 /// them as a standard pod scrape does: pods annotated `prometheus.io/scrape: "true"`, their
 /// container port named `admin`, `namespace` and `pod` labels (what the autoscaler's
 /// default query expects).
-pub fn pod_scrape_config(kubeconfig: &Path, namespace: &str) -> String {
+pub fn pod_scrape_config(kubeconfig: Option<&Path>, namespace: &str) -> String {
+    let kubeconfig = kubeconfig
+        .map(|k| format!("        kubeconfig_file: {}\n", k.display()))
+        .unwrap_or_default();
     format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
          scrape_configs:\n\
          \x20 - job_name: chat-pods\n\
          \x20   kubernetes_sd_configs:\n\
          \x20     - role: pod\n\
-         \x20       kubeconfig_file: {kubeconfig}\n\
+         {kubeconfig}\
          \x20       namespaces:\n\
          \x20         names: [{namespace}]\n\
          \x20   relabel_configs:\n\
@@ -47,8 +51,7 @@ pub fn pod_scrape_config(kubeconfig: &Path, namespace: &str) -> String {
          \x20     - source_labels: [__meta_kubernetes_namespace]\n\
          \x20       target_label: namespace\n\
          \x20     - source_labels: [__meta_kubernetes_pod_name]\n\
-         \x20       target_label: pod\n",
-        kubeconfig = kubeconfig.display()
+         \x20       target_label: pod\n"
     )
 }
 

@@ -12,11 +12,12 @@
 //! - [`data_plane`]: the data-plane suite's set-up (real pods behind an ingress) and
 //!   its lossless check of a disruption; [`disruption`]: what a disruption did (where
 //!   subscribers went, the operator's drain Events, drained before the StatefulSet was
-//!   lowered).
+//!   lowered); [`prometheus_pod`]: Prometheus deployed as a pod with its own RBAC.
 
 pub mod cluster;
 pub mod data_plane;
 pub mod disruption;
 pub mod operator;
 pub mod operator_suite;
+pub mod prometheus_pod;
 pub mod stand_in;
