@@ -371,24 +371,8 @@ impl Backplane for MemoryBackplane {
         }))
     }
 
-    async fn rooms_page(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<RoomInfo>, BackplaneError> {
-        let mut names: Vec<String> = lock(&self.rooms)
-            .keys()
-            .filter(|name| after.is_none_or(|after| name.as_str() > after))
-            .cloned()
-            .collect();
-        names.sort_unstable();
-        let mut page = Vec::with_capacity(limit.min(names.len()));
-        for name in names.into_iter().take(limit) {
-            if let Some(info) = self.room_info(&name).await? {
-                page.push(info);
-            }
-        }
-        Ok(page)
+    async fn room_names(&self) -> Result<Vec<String>, BackplaneError> {
+        Ok(lock(&self.rooms).keys().cloned().collect())
     }
 
     async fn history_read(

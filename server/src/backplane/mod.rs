@@ -205,12 +205,26 @@ pub trait Backplane: Send + Sync {
     /// A room's epoch, head and member count; `None` when the room does not exist (it is
     /// not created by asking).
     async fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, BackplaneError>;
+    /// The names of every room there is (with history or members): at most the room cap.
+    async fn room_names(&self) -> Result<Vec<String>, BackplaneError>;
     /// Rooms by name after `after`, at most `limit`.
     async fn rooms_page(
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<RoomInfo>, BackplaneError>;
+    ) -> Result<Vec<RoomInfo>, BackplaneError> {
+        let mut names = self.room_names().await?;
+        names.retain(|n| after.is_none_or(|a| n.as_str() > a));
+        names.sort_unstable();
+        let mut page = Vec::with_capacity(limit.min(names.len()));
+        for name in names.into_iter().take(limit) {
+            // A room forgotten since it was listed is left out.
+            if let Some(info) = self.room_info(&name).await? {
+                page.push(info);
+            }
+        }
+        Ok(page)
+    }
     /// At most `limit` messages of `room` with offsets above `after`, from what history
     /// still holds; `None` when the room does not exist.
     async fn history_read(

@@ -1247,31 +1247,15 @@ impl Backplane for RedisBackplane {
         parse_room_info(room, reply)
     }
 
-    async fn rooms_page(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<RoomInfo>, BackplaneError> {
-        // The room index scores rooms by activity; by name is ZRANGE BYLEX over equal
-        // scores only, so the names are read whole and sorted here (the index holds at
-        // most the room cap).
-        let mut names: Vec<String> = self
-            .query(
-                redis::cmd("ZRANGE")
-                    .arg(self.keys.budget_index())
-                    .arg(0)
-                    .arg(-1),
-            )
-            .await?;
-        names.retain(|n| after.is_none_or(|a| n.as_str() > a));
-        names.sort_unstable();
-        let mut page = Vec::with_capacity(limit.min(names.len()));
-        for name in names.into_iter().take(limit) {
-            if let Some(info) = self.room_info(&name).await? {
-                page.push(info);
-            }
-        }
-        Ok(page)
+    async fn room_names(&self) -> Result<Vec<String>, BackplaneError> {
+        // The room index: every room with history or members, at most the room cap.
+        self.query(
+            redis::cmd("ZRANGE")
+                .arg(self.keys.budget_index())
+                .arg(0)
+                .arg(-1),
+        )
+        .await
     }
 
     async fn history_read(
