@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatcluster_e2e::harness::binaries::chat_server_binary;
-use chatcluster_e2e::harness::local_cluster::LocalCluster;
+use chatcluster_e2e::harness::local_cluster::{ClusterOptions, LocalCluster};
 use chatcluster_e2e::harness::process::{free_port, wait_listening, ScratchDir};
 use chatcluster_e2e::harness::server_process::ServerProcess;
 use chatcluster_e2e::harness::tls::TestCa;
@@ -262,9 +262,10 @@ impl Drop for JoinHook {
     }
 }
 
-/// The servers under attack: one process, or three nodes over Redis.
+/// The servers under attack: one process (and its server API's address), or three nodes
+/// over Redis.
 enum Servers {
-    Single(ServerProcess),
+    Single(ServerProcess, SocketAddr),
     Cluster(Box<LocalCluster>),
 }
 
@@ -272,11 +273,22 @@ impl Servers {
     /// The WebSocket URL of node `i` (every `i` is the one node of a single server).
     fn url(&self, i: usize) -> String {
         match self {
-            Servers::Single(s) => s.ws_url(),
+            Servers::Single(s, _) => s.ws_url(),
             Servers::Cluster(c) => c.nodes[i % c.nodes.len()].ws_url(),
         }
     }
+
+    /// The server API's address on node `i`.
+    fn api(&self, i: usize) -> SocketAddr {
+        match self {
+            Servers::Single(_, api) => *api,
+            Servers::Cluster(c) => c.nodes[i % c.nodes.len()].api,
+        }
+    }
 }
+
+/// The server API's key (the application's; no attacker holds it).
+const API_KEY: &str = "attacker-suite-application-api-key";
 
 /// Flags of every node: every key source, issuer and audience, the room rules, the join
 /// hook, the shared-room DM policy and a small DM burst.
@@ -868,6 +880,83 @@ async fn attack(servers: &Servers, idp: &mut IdentityProvider, hook: &JoinHook) 
     }
     assert!(limited, "six DMs at once passed a burst of three");
 
+    // --- The server API without its key ----------------------------------------------
+    // Mallory holds a valid client token; neither it, a guessed key nor no key opens the
+    // application's API on any node. Every answer is a bare 401 that carries nothing of
+    // a room or a user, and nothing the calls asked for happens.
+    let mallory_token = token("mallory");
+    let calls = [
+        ("history", json!({"room": "team.red"})),
+        ("presence", json!({"room": "team.red"})),
+        ("room", json!({"room": "lobby"})),
+        ("rooms", json!({})),
+        ("user_sessions", json!({"user": "alice"})),
+        (
+            "publish",
+            json!({"room": "lobby", "body": "spoofed-by-mallory", "from": "alice"}),
+        ),
+        ("dm", json!({"to": "alice", "body": "spoofed-by-mallory"})),
+        ("disconnect", json!({"user": "alice"})),
+        (
+            "remove_from_room",
+            json!({"room": "lobby", "user": "alice"}),
+        ),
+    ];
+    for node in 0..3 {
+        let api = servers.api(node);
+        for key in [
+            None,
+            Some("guessed-key-guessed-key-1"),
+            Some(mallory_token.as_str()),
+        ] {
+            for (endpoint, body) in &calls {
+                let body = body.to_string();
+                let path = format!("/api/v1/{endpoint}");
+                let answer = tokio::task::block_in_place(|| {
+                    chatcluster_e2e::harness::http::request(
+                        api,
+                        "POST",
+                        &path,
+                        chatcluster_e2e::harness::http::Options {
+                            json: Some(&body),
+                            bearer: key,
+                            timeout: Some(Duration::from_secs(3)),
+                        },
+                    )
+                })
+                .unwrap_or_else(|| panic!("{endpoint}: the API answers"));
+                assert_eq!(
+                    answer.status, 401,
+                    "{endpoint} with {key:?}: {}",
+                    answer.raw
+                );
+                let v: Value = serde_json::from_str(&answer.body).expect("a JSON answer");
+                assert_eq!(
+                    (v.as_object().map(|o| o.len()), v["error"]["code"].as_str()),
+                    (Some(1), Some("unauthorized")),
+                    "{endpoint}: {v}"
+                );
+                assert_eq!(v["error"].as_object().map(|o| o.len()), Some(2), "{v}");
+                for secret in [MARK, "team.red", "alice", "lobby"] {
+                    assert!(
+                        !answer.body.contains(secret),
+                        "{endpoint} leaked {secret}: {v}"
+                    );
+                }
+            }
+        }
+    }
+    alice.settle(Duration::from_millis(300)).await;
+    assert!(
+        alice.closed.is_none(),
+        "alice was disconnected: {:?}",
+        alice.closed
+    );
+    assert!(
+        alice.seen.iter().all(|f| f["body"] != "spoofed-by-mallory"),
+        "a refused call reached alice"
+    );
+
     // --- Every frame the attackers got ------------------------------------------------
     mallory.settle(Duration::from_millis(500)).await;
     fake.settle(Duration::from_millis(200)).await;
@@ -915,13 +1004,29 @@ async fn run_suite(start: impl FnOnce(&[&str]) -> Servers) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacker_suite_single_node_in_memory() {
-    run_suite(|args| Servers::Single(ServerProcess::start(&binary(), args).unwrap())).await;
+    run_suite(|args| {
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+        let api_listen = api.to_string();
+        let mut args = args.to_vec();
+        args.extend(["--api-listen", &api_listen, "--api-keys", API_KEY]);
+        Servers::Single(ServerProcess::start(&binary(), &args).unwrap(), api)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attacker_suite_three_nodes_over_redis() {
     run_suite(|args| {
-        let c = LocalCluster::start(&binary(), 3, args).unwrap();
+        let c = LocalCluster::start_with(
+            &binary(),
+            ClusterOptions {
+                nodes: 3,
+                extra: args,
+                api_key: Some(API_KEY),
+                ..ClusterOptions::default()
+            },
+        )
+        .unwrap();
         c.wait_ready(Duration::from_secs(30)).unwrap();
         Servers::Cluster(Box::new(c))
     })

@@ -67,15 +67,7 @@ fn webhook(receiver: &WebhookReceiver, rooms: &str, give_up_after: Duration) -> 
 }
 
 async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let body = tokio::task::block_in_place(|| {
-        chatcluster_e2e::harness::http::get(admin, "/metrics")
-            .map(|r| r.body)
-            .unwrap_or_default()
-    });
-    body.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    tokio::task::block_in_place(|| chatcluster_e2e::harness::http::metric(admin, name))
         .unwrap_or(0.0)
 }
 

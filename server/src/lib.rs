@@ -21,7 +21,7 @@
 //!   `events` (events to the application's webhook, delivered at least once), `signature`
 //!   (the HMAC of what the server posts to the application);
 //! - around them: `config` (flags → settings), `state` (what every task shares),
-//!   `metrics`, `http_client` (JWKS, join hook, webhook), `sync`.
+//!   `metrics`, `http_client` (JWKS, join hook, webhook), `sync`, `clock`.
 //!
 //! Public modules are those the tests, the fuzz targets and the e2e tools use.
 
@@ -30,6 +30,7 @@ pub mod api;
 pub mod auth;
 pub mod backplane;
 pub mod client_addr;
+mod clock;
 pub mod config;
 #[cfg(test)]
 mod config_reference;

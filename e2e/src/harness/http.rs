@@ -79,6 +79,16 @@ pub fn status_of(addr: SocketAddr, path: &str) -> (u16, String) {
     get(addr, path).map_or((0, String::new()), |r| (r.status, r.body))
 }
 
+/// The value on the line `name VALUE` of `addr`'s `/metrics` (no labels, or the labels
+/// written into `name`); `None` when nothing answers or the line is not there.
+pub fn metric(addr: SocketAddr, name: &str) -> Option<f64> {
+    let body = get(addr, "/metrics")?.body;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -299,11 +299,7 @@ impl LocalCluster {
 
     /// Value of a metric on node `i`.
     pub fn metric(&self, i: usize, name: &str) -> Option<f64> {
-        let body = http::get(self.nodes[i].admin, "/metrics")?.body;
-        body.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        http::metric(self.nodes[i].admin, name)
     }
 }
 

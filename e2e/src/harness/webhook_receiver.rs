@@ -155,16 +155,8 @@ impl Drop for WebhookReceiver {
 /// something else or stalls for 5 s.
 pub async fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        read_more(stream, &mut buf).await?;
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let headers = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             let length: usize = headers
@@ -173,14 +165,7 @@ pub async fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             while buf.len() < end + 4 + length {
-                let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
-                    .await
-                    .ok()?
-                    .ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
+                read_more(stream, &mut buf).await?;
             }
             return Some((headers, buf[end + 4..end + 4 + length].to_vec()));
         }
@@ -188,4 +173,18 @@ pub async fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
             return None;
         }
     }
+}
+
+/// Appends what the peer sends next to `buf`; `None` when it closed or stalled 5 s.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+        .await
+        .ok()?
+        .ok()?;
+    if n == 0 {
+        return None;
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Some(())
 }

@@ -117,12 +117,7 @@ pub async fn disconnect(
     State(api): State<Arc<ApiState>>,
     ApiBody(req): ApiBody<DisconnectRequest>,
 ) -> Answer {
-    let command = req.command()?;
-    let reached = api
-        .app
-        .backplane
-        .send_user_command(&req.user, &command)
-        .await?;
+    let reached = command_user(&api, &req.user, req.command()?).await?;
     Ok(Json(json!({ "user": req.user, "reached": reached })))
 }
 
@@ -130,17 +125,21 @@ pub async fn remove_from_room(
     State(api): State<Arc<ApiState>>,
     ApiBody(req): ApiBody<RemoveFromRoomRequest>,
 ) -> Answer {
-    let command = req.command()?;
-    let reached = api
-        .app
-        .backplane
-        .send_user_command(&req.user, &command)
-        .await?;
+    let reached = command_user(&api, &req.user, req.command()?).await?;
     Ok(Json(json!({
         "room": req.room,
         "user": req.user,
         "reached": reached,
     })))
+}
+
+/// Sends `command` to `user`'s sessions on every node; how many it reached.
+async fn command_user(
+    api: &ApiState,
+    user: &str,
+    command: crate::user_command::UserCommand,
+) -> Result<usize, ApiError> {
+    Ok(api.app.backplane.send_user_command(user, &command).await?)
 }
 
 pub async fn presence(

@@ -232,7 +232,7 @@ impl MemoryBackplane {
         room: &str,
         from: &str,
         body: &str,
-    ) -> Result<(String, u64), BackplaneError> {
+    ) -> Result<(Arc<str>, u64), BackplaneError> {
         let log = self.room(room)?;
         let mut log = lock(&log);
         let published_us = now_us();
@@ -250,7 +250,7 @@ impl MemoryBackplane {
         .to_json()
         .into();
         log.append(ts, frame.clone(), ts);
-        let epoch = log.epoch().to_string();
+        let epoch = log.epoch().clone();
         // Under the room's lock: a room's events queue in offset order.
         if self
             .events
@@ -311,7 +311,7 @@ impl Backplane for MemoryBackplane {
         let Some(key) = key else {
             let (epoch, offset) = self.publish_now(room, from, body)?;
             return Ok(Published {
-                epoch,
+                epoch: epoch.to_string(),
                 offset,
                 duplicate: false,
             });
@@ -330,7 +330,7 @@ impl Backplane for MemoryBackplane {
         let expires = now_ms.saturating_add(key_ttl.as_millis() as u64);
         keys.insert(room, key, &epoch, offset, expires);
         Ok(Published {
-            epoch,
+            epoch: epoch.to_string(),
             offset,
             duplicate: false,
         })

@@ -276,11 +276,4 @@ pub struct NodeSessions {
 /// Shared handle used throughout the server.
 pub type SharedBackplane = Arc<dyn Backplane>;
 
-/// Microseconds since the Unix epoch (wall clock; message `ts` fields). 0 if the clock
-/// reads before 1970.
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use crate::clock::now_us;

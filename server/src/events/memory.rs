@@ -35,7 +35,7 @@ impl MemoryEvents {
             dead: Mutex::new(VecDeque::new()),
             wake: Notify::new(),
             next_id: AtomicU64::new(1),
-            id_prefix: super::now_ms().to_string(),
+            id_prefix: (crate::clock::now_us() / 1000).to_string(),
             max_backlog: max_backlog.max(1),
             metrics,
         })
@@ -52,7 +52,7 @@ impl MemoryEvents {
         let event = Event {
             id,
             kind,
-            ts_ms: super::now_ms(),
+            ts_ms: crate::clock::now_us() / 1000,
             payload,
         };
         {

@@ -23,15 +23,6 @@ use crate::http_client::{HttpClient, Url};
 use crate::metrics::Metrics;
 use crate::rooms::Pattern;
 
-/// Milliseconds since the Unix epoch (0 if the clock reads before 1970): when an event
-/// was recorded.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
