@@ -353,26 +353,7 @@ async fn a_missing_api_keys_secret_of_the_users_is_degraded_naming_it() {
     .unwrap();
     drop(ctx);
     let seen = server.await.unwrap();
-    assert_eq!(
-        action,
-        Action::requeue(chatcluster_operator::reconcile::SECRET_RECHECK)
-    );
-    assert!(
-        !seen
-            .iter()
-            .any(|(m, u, _)| m == Method::PATCH && u.contains("force=true")),
-        "nothing applied: {seen:?}"
-    );
-    assert!(
-        !seen
-            .iter()
-            .any(|(m, u, _)| m == Method::POST && u.contains("/secrets")),
-        "nothing generated either"
-    );
-    let degraded = condition(written_status(&seen), "Degraded");
-    assert_eq!(degraded["status"], "True");
-    assert_eq!(degraded["reason"], "SecretMissing");
-    let message = degraded["message"].as_str().unwrap();
+    let message = stopped_at_the_secret(action, &seen, "SecretMissing");
     assert!(
         message.contains("Secret ns1/app-api-keys")
             && message.contains("spec.api.keysSecretName")

@@ -89,10 +89,7 @@ fn check_event_rooms(patterns: &[String]) -> Result<(), Invalid> {
         ));
     }
     for (i, pattern) in patterns.iter().enumerate() {
-        let charset_ok = pattern
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.:@*".contains(&b));
-        if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN || !charset_ok {
+        if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN || !pattern_chars_ok(pattern) {
             return Err(invalid(
                 "InvalidEventRooms",
                 format!(
@@ -183,15 +180,19 @@ pub const MAX_ROOM_RULES: usize = 64;
 /// Longest room rule pattern (the CRD's `maxLength`).
 pub const MAX_PATTERN_LEN: usize = 64;
 
+/// Whether a room pattern holds only room-name characters and `*` (the server's rule).
+fn pattern_chars_ok(pattern: &str) -> bool {
+    pattern
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_-.:@*".contains(&b))
+}
+
 /// What is wrong with one room rule, if anything (pure).
 pub fn room_rule_problem(rule: &RoomRule) -> Option<String> {
     let pattern = rule.pattern.as_str();
     let placeholders = pattern.matches("{user}").count();
     let rest = pattern.replace("{user}", "");
-    let charset_ok = rest
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"_-.:@*".contains(&b));
-    if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN || !charset_ok {
+    if pattern.is_empty() || pattern.len() > MAX_PATTERN_LEN || !pattern_chars_ok(&rest) {
         return Some(format!("pattern must be 1 to {MAX_PATTERN_LEN} of A-Z a-z 0-9 _ - . : @ and * (any run of characters), plus {{user}} in access: user rules"));
     }
     match (rule.access, placeholders) {
