@@ -10,8 +10,9 @@
 # the same control plane serves a real node instead: the API server listens and
 # advertises on that address (pods reach it through the "kubernetes" Service, whose
 # endpoint it maintains), Service IPs come from K8S_E2E_SERVICE_CIDR, the API server
-# reaches kubelets with a client certificate, KWOK is not started, and
-# STATE_DIR/pki/node.kubeconfig is written for the node's components.
+# reaches kubelets with a client certificate, the aggregation layer is configured (a
+# front-proxy CA and client certificate, for APIServices such as KEDA's), KWOK is not
+# started, and STATE_DIR/pki/node.kubeconfig is written for the node's components.
 #
 # Usage: e2e/k8s/start-cluster.sh [STATE_DIR]     (default /tmp/chatcluster-k8s)
 # Writes STATE_DIR/kubeconfig (admin), STATE_DIR/kubectl (a matching kubectl),
@@ -85,6 +86,17 @@ if [[ -n "$node_ip" ]]; then
   printf 'extendedKeyUsage=clientAuth\n' >"$pki/client.ext"
   openssl x509 -req -in "$pki/apiserver-kubelet-client.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
     -CAcreateserial -days 2 -extfile "$pki/client.ext" -out "$pki/apiserver-kubelet-client.crt" 2>/dev/null
+  # The aggregation layer (KEDA's metrics API server is an APIService): a front-proxy CA
+  # of its own, and the client certificate the API server presents when it proxies a
+  # request to an extension API server, which reads that CA from the
+  # extension-apiserver-authentication ConfigMap to trust the forwarded user.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=chatcluster-e2e-front-proxy-ca" \
+    -keyout "$pki/front-proxy-ca.key" -out "$pki/front-proxy-ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=front-proxy-client" \
+    -keyout "$pki/front-proxy-client.key" -out "$pki/front-proxy-client.csr" 2>/dev/null
+  openssl x509 -req -in "$pki/front-proxy-client.csr" -CA "$pki/front-proxy-ca.crt" \
+    -CAkey "$pki/front-proxy-ca.key" -CAcreateserial -days 2 -extfile "$pki/client.ext" \
+    -out "$pki/front-proxy-client.crt" 2>/dev/null
 fi
 openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
 openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
@@ -159,14 +171,22 @@ wait_for etcd 60 curl -fsS "http://127.0.0.1:$etcd_port/health"
 # test proves the operator has.
 # Simulated cluster: the "kubernetes" Service's endpoint reconciler is off (Endpoints
 # may not hold loopback addresses, and nothing dials the Service). Real node: pods reach
-# the API server through that Service, so its endpoint is maintained.
+# the API server through that Service, so its endpoint is maintained, and the
+# aggregation layer is on (requestheader and proxy-client flags) for KEDA's APIService.
 api_mode=(--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --endpoint-reconciler-type none)
 if [[ -n "$node_ip" ]]; then
   api_mode=(--bind-address "$node_ip" --advertise-address "$node_ip"
     --endpoint-reconciler-type lease
     --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt"
     --kubelet-client-key "$pki/apiserver-kubelet-client.key"
-    --kubelet-preferred-address-types "InternalIP,Hostname")
+    --kubelet-preferred-address-types "InternalIP,Hostname"
+    --requestheader-client-ca-file "$pki/front-proxy-ca.crt"
+    --requestheader-allowed-names front-proxy-client
+    --requestheader-username-headers X-Remote-User
+    --requestheader-group-headers X-Remote-Group
+    --requestheader-extra-headers-prefix X-Remote-Extra-
+    --proxy-client-cert-file "$pki/front-proxy-client.crt"
+    --proxy-client-key-file "$pki/front-proxy-client.key")
 fi
 start kube-apiserver "$bin/kube-apiserver" \
   --etcd-servers "http://127.0.0.1:$etcd_port" \

@@ -141,6 +141,13 @@ kube_router_bin_dir() {
   echo "$(tools_cache)/kube-router-v$KUBE_ROUTER_VERSION-$(go env GOVERSION)/bin"
 }
 
+# KEDA itself (KEDA_VERSION above) runs on the real node: its operator and metrics API
+# server, built by e2e/node/build-node.sh from the wrapper module e2e/node/keda (bump its
+# go.mod with KEDA_VERSION), with KEDA's config/ (kustomize) copied from the module.
+keda_dir() {
+  echo "$(tools_cache)/keda-v$KEDA_VERSION-$(go env GOVERSION)"
+}
+
 # Traefik, the ingress controller of the real node (e2e/node/traefik is the wrapper
 # module that carries Traefik's replace directives; bump its go.mod with this line).
 TRAEFIK_VERSION=3.6.12

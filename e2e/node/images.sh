@@ -7,16 +7,18 @@
 #   docker.io/envoyproxy/gateway:vX                Envoy Gateway (controller, certgen, shutdown manager)
 #   docker.io/envoyproxy/envoy:distroless-vY       Envoy, the proxy Envoy Gateway deploys
 #   docker.io/chatcluster/prometheus:e2e           the pinned Prometheus (e2e/k8s/build-prometheus.sh)
+#   ghcr.io/kedacore/keda:VERSION                  KEDA's operator (/keda), built by build-node.sh
+#   ghcr.io/kedacore/keda-metrics-apiserver:VERSION  its metrics API server (/keda-adapter)
 # The production runtime image is gcr.io/distroless/cc-debian12:nonroot; here its stand-in
 # is a base layer with exactly the shared libraries the binaries load (found with ldd),
 # /etc/passwd and /etc/group with root and nonroot (65532), CA certificates and a /tmp.
 # What differs from distroless: Debian's libraries of this machine rather than
 # distroless' build of them, no tzdata, no /etc/os-release.
 #
-# Usage: e2e/node/images.sh IMAGE_BUILD_DIR NODE_BIN ENVOY_GATEWAY_DIR OUT PROMETHEUS
-#   IMAGE_BUILD_DIR: output of e2e/images/build.sh; NODE_BIN and ENVOY_GATEWAY_DIR:
-#   e2e/node/build-node.sh's first and third lines; PROMETHEUS: the binary
-#   e2e/k8s/build-prometheus.sh prints; writes OUT/*.tar and prints OUT.
+# Usage: e2e/node/images.sh IMAGE_BUILD_DIR NODE_BIN ENVOY_GATEWAY_DIR OUT PROMETHEUS KEDA_DIR
+#   IMAGE_BUILD_DIR: output of e2e/images/build.sh; NODE_BIN, ENVOY_GATEWAY_DIR and
+#   KEDA_DIR: e2e/node/build-node.sh's first, third and fifth lines; PROMETHEUS: the
+#   binary e2e/k8s/build-prometheus.sh prints; writes OUT/*.tar and prints OUT.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,6 +27,7 @@ node_bin="$2"
 eg="$3"
 out="$4"
 prometheus="$5"
+keda="$6"
 # shellcheck source=e2e/k8s/versions.sh
 source "$here/../k8s/versions.sh"
 rm -rf "$out"
@@ -83,6 +86,14 @@ mkdir -p "$prom/bin"
 cp "$prometheus" "$prom/bin/prometheus"
 copy_libraries "$prom" "$prometheus"
 
+# KEDA's images hold one static binary each, at the path KEDA's manifests run.
+keda_operator="$layers/keda"
+mkdir -p "$keda_operator"
+cp "$keda/bin/keda" "$keda_operator/keda"
+keda_adapter="$layers/keda-adapter"
+mkdir -p "$keda_adapter"
+cp "$keda/bin/keda-adapter" "$keda_adapter/keda-adapter"
+
 pack() { "$out/ociimage" "$@" >&2; }
 pack -name docker.io/chatcluster/chat-server:e2e -out "$out/chat-server.tar" \
   -imagebuild-config "$build/chat-server/config.json" "$base" "$build/chat-server/rootfs"
@@ -99,4 +110,9 @@ pack -name "docker.io/envoyproxy/envoy:distroless-v$ENVOY_VERSION" -out "$out/en
   -entrypoint '["/usr/local/bin/envoy"]' -user 65532:65532 "$base" "$envoy"
 pack -name docker.io/chatcluster/prometheus:e2e -out "$out/prometheus.tar" \
   -entrypoint '["/bin/prometheus"]' -user 65532:65532 "$base" "$prom"
+pack -name "ghcr.io/kedacore/keda:$KEDA_VERSION" -out "$out/keda.tar" \
+  -entrypoint '["/keda"]' -user 65532:65532 "$base" "$keda_operator"
+pack -name "ghcr.io/kedacore/keda-metrics-apiserver:$KEDA_VERSION" \
+  -out "$out/keda-metrics-apiserver.tar" \
+  -entrypoint '["/keda-adapter"]' -user 65532:65532 "$base" "$keda_adapter"
 echo "$out"

@@ -23,10 +23,11 @@ export CHATCLUSTER_HEAVY_TESTS=1
 built="$("$here/build-node.sh")"
 node_bin="$(sed -n 1p <<<"$built")"
 eg="$(sed -n 3p <<<"$built")"
+keda="$(sed -n 5p <<<"$built")"
 helm="$(bash e2e/k8s/build-helm.sh)"
 # The autoscaler test runs this Prometheus as a pod (its image is packed below).
 prometheus="$(bash e2e/k8s/build-prometheus.sh)"
-images="$(bash "$here/images.sh" "$build" "$node_bin" "$eg" target/node-images "$prometheus")"
+images="$(bash "$here/images.sh" "$build" "$node_bin" "$eg" target/node-images "$prometheus" "$keda")"
 # The test binary is built before the node starts (cargo needs no network inside it).
 cargo test -p chatcluster-e2e --test k8s_data_plane --locked --no-run
 
@@ -147,6 +148,45 @@ in_node "$helm" install chatcluster-operator charts/chatcluster-operator \
   --set image.pullPolicy=Never --wait --timeout 180s >/dev/null ||
   fail_with_node_state chatcluster-system
 echo "run-suite: operator chart installed and Available in $((SECONDS - start)) s"
+
+echo "== KEDA (its own manifests: CRDs, RBAC, operator, metrics API server, APIService)"
+start=$SECONDS
+# KEDA's config/ as released, with an overlay that does what KEDA's release process and a
+# registry would: the version's image tags, images from the node (imagePullPolicy Never),
+# and no admission webhooks (not installed here, so the operator's certificate rotation
+# must not patch them). The operator makes the certificates (kedaorg-certs) and writes
+# their CA into the APIService, through which the API server reaches the metrics server.
+mkdir -p "$state/keda/overlay"
+cp -r "$keda/config" "$state/keda/config"
+cat >"$state/keda/overlay/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../config/general
+- ../config/crd
+- ../config/rbac
+- ../config/service_account
+- ../config/manager
+- ../config/metrics-server
+images:
+- {name: ghcr.io/kedacore/keda, newTag: "$KEDA_VERSION"}
+- {name: ghcr.io/kedacore/keda-metrics-apiserver, newTag: "$KEDA_VERSION"}
+patches:
+- target: {kind: Deployment, name: keda-operator}
+  patch: |-
+    - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: Never}
+    - {op: add, path: /spec/template/spec/containers/0/args/-, value: --enable-webhook-patching=false}
+- target: {kind: Deployment, name: keda-metrics-apiserver}
+  patch: |-
+    - {op: replace, path: /spec/template/spec/containers/0/imagePullPolicy, value: Never}
+EOF
+node_kubectl apply --server-side -k "$state/keda/overlay" >/dev/null ||
+  fail_with_node_state keda
+node_kubectl wait -n keda --for=condition=Available deployment/keda-operator \
+  deployment/keda-metrics-apiserver --timeout=240s >/dev/null || fail_with_node_state keda
+node_kubectl wait --for=condition=Available apiservice/v1beta1.external.metrics.k8s.io \
+  --timeout=120s >/dev/null || fail_with_node_state keda
+echo "run-suite: KEDA v$KEDA_VERSION installed, its APIService Available in $((SECONDS - start)) s"
 
 echo "== data-plane suite (real pods; Traefik's ingress-nginx provider and Envoy Gateway)"
 in_node env CHATCLUSTER_KUBECONFIG="$state/kubeconfig" CHATCLUSTER_KUBECTL="$state/kubectl" \

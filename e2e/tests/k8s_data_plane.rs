@@ -434,17 +434,47 @@ async fn redis_pod_deleted(s: &Setup, persistence: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_down() {
-    let s = setup("autoscale").await;
+    autoscaled_up_and_down(Engine::Builtin).await;
+}
+
+/// KEDA as users run it (run-suite.sh installs KEDA's operator and metrics API server as
+/// pods from KEDA's own manifests, registered through the APIService): with
+/// `engine: keda` the operator only makes the ScaledObject, KEDA's HPA scales the
+/// ChatCluster 1 → 3 → 1 through `/scale`, and the operator drains the scale-down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_plane_the_autoscaler_on_keda_scales_through_its_hpa_up_and_down() {
+    autoscaled_up_and_down(Engine::Keda).await;
+}
+
+/// Who writes `spec.replicas` in [`autoscaled_up_and_down`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Engine {
+    /// The operator's own loop.
+    Builtin,
+    /// KEDA's HorizontalPodAutoscaler, from the operator's ScaledObject.
+    Keda,
+}
+
+/// KEDA's HPA for the ScaledObject `chat` (KEDA names it `keda-hpa-<name>`).
+const KEDA_HPA: &str = "keda-hpa-chat";
+
+async fn autoscaled_up_and_down(engine: Engine) {
+    let tag = match engine {
+        Engine::Builtin => "autoscale",
+        Engine::Keda => "keda",
+    };
+    let s = setup(tag).await;
     // Prometheus as users run it: a pod in its own namespace, with its own RBAC, that
     // discovers the chat pods through the API server (kubernetes_sd_configs, pod role)
     // and scrapes their admin port, which the ChatCluster's NetworkPolicy (enforced on
-    // this node) opens to it through adminFromNamespaces. The operator pod queries it
-    // with its default query: 20 connections per pod, a 10 s window.
+    // this node) opens to it through adminFromNamespaces. The operator pod (builtin) or
+    // KEDA's operator pod (keda) queries it with the default query: 20 connections per
+    // pod, a 10 s window.
     let client = s.cluster.client().await.expect("client");
     let monitoring = chatcluster_e2e::harness::k8s::cluster::TestNamespace::create(
         s.cluster,
         &client,
-        "autoscale-mon",
+        &format!("{tag}-mon"),
     )
     .await
     .expect("namespace");
@@ -458,14 +488,42 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
         )
     })
     .unwrap_or_else(|e| panic!("Prometheus as a pod: {e:#}{}", s.diagnostics()));
+    let engine_line = match engine {
+        Engine::Builtin => "",
+        Engine::Keda => "    engine: keda\n",
+    };
     let autoscaling = format!(
-        "  autoscaling:\n    minReplicas: 1\n    maxReplicas: 3\n    targetConnectionsPerPod: 20\n\
+        "  autoscaling:\n{engine_line}    minReplicas: 1\n    maxReplicas: 3\n    targetConnectionsPerPod: 20\n\
          \x20   scaleDownStabilizationSeconds: 10\n    prometheusUrl: {}\n\
          \x20 networkPolicy:\n    adminFromNamespaces: [{}]\n",
         prometheus.base_url, monitoring.name
     );
+    // What failed, with KEDA's side when KEDA scales.
+    let diagnostics = || match engine {
+        Engine::Builtin => s.diagnostics(),
+        Engine::Keda => format!("{}{}", s.diagnostics(), keda_diagnostics(&s)),
+    };
     s.apply_chat_with(1, &image_a(), false, &autoscaling);
     s.wait_ready(1, READY_WITHIN).await;
+    if engine == Engine::Keda {
+        // The operator made the ScaledObject, KEDA took it (Ready) and made its HPA on
+        // the ChatCluster's /scale.
+        let taken = eventually("KEDA's HPA for the ScaledObject", READY_WITHIN, || async {
+            let ready = s
+                .get("scaledobject", "chat")
+                .and_then(|so| condition(&so, "Ready").cloned())
+                .is_some_and(|c| c["status"] == "True");
+            Ok(s.get("hpa", KEDA_HPA).filter(|_| ready))
+        })
+        .await;
+        let hpa = taken.unwrap_or_else(|e| panic!("{e}{}", diagnostics()));
+        let target = &hpa["spec"]["scaleTargetRef"];
+        assert_eq!(
+            (target["kind"].as_str(), target["name"].as_str()),
+            (Some("ChatCluster"), Some("chat")),
+            "{hpa}"
+        );
+    }
 
     // Load step: 50 idle clients need 3 pods.
     let url = s.url();
@@ -482,23 +540,28 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
             .filter(|c| c["status"]["readyReplicas"] == 3 && c["spec"]["replicas"] == 3))
     })
     .await;
-    assert!(up.is_ok(), "{up:?}{}", s.diagnostics());
+    assert!(up.is_ok(), "{up:?}{}", diagnostics());
     println!(
-        "data-plane figure: autoscaler, load step (50 connections, 20 per pod) to 3 ready pods: {:.1} s",
+        "data-plane figure: autoscaler ({engine:?}), load step (50 connections, 20 per pod) to 3 ready pods: {:.1} s",
         stepped.elapsed().as_secs_f64()
     );
     s.wait_ready(3, READY_WITHIN).await;
 
-    // Load drop mid-traffic: the idle clients leave; the operator scales down to 1 after
-    // the window, draining the two highest pods while subscribers listen and a publisher
-    // sends (60 s of traffic, long enough to span the window and the drains).
+    // Load drop mid-traffic: the idle clients leave; the scale-down to 1 comes after the
+    // window, and the operator drains the two highest pods while subscribers listen and
+    // a publisher sends (long enough to span the window and the drains: 60 s, or 120 s
+    // through KEDA, whose HPA samples every 15 s).
     // A watcher notes when the scale-down is done (spec and status at one replica).
     let times: Arc<Mutex<(Option<Instant>, Option<Instant>)>> = Arc::new(Mutex::new((None, None)));
     let (cluster, ns) = (s.cluster, s.ns.name.clone());
     let watch_times = times.clone();
     let started = Instant::now();
     let leaving = ["chat-1", "chat-2"];
-    let traffic = s.lossless_through("auto", 1200, 20, move || async move {
+    let messages = match engine {
+        Engine::Builtin => 1200,
+        Engine::Keda => 2400,
+    };
+    let traffic = s.lossless_through(tag, messages, 20, move || async move {
         drop(idle);
         watch_times.lock().expect("times").0 = Some(Instant::now());
         tokio::spawn(async move {
@@ -529,7 +592,7 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
         },
     )
     .await;
-    assert!(down.is_ok(), "{down:?}{}", s.diagnostics());
+    assert!(down.is_ok(), "{down:?}{}", diagnostics());
     let (Some(dropped), Some(done)) = *times.lock().expect("times") else {
         panic!("the load drop or the scale-down was not timed");
     };
@@ -538,13 +601,17 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
         "the scale-down finished after the subscribers stopped: the loss check did not cover it"
     );
     println!(
-        "data-plane figure: autoscaler, load drop to the scale-down done (10 s window, drains included): {:.1} s",
+        "data-plane figure: autoscaler ({engine:?}), load drop to the scale-down done (10 s window, drains included): {:.1} s",
         done.duration_since(dropped).as_secs_f64()
     );
     d.assert_moved_off(&leaving, &["chat-0"]);
     drain_times.assert_drained_before_lowered(&leaving);
     s.assert_operator_drained(&leaving);
-    report("autoscaler scale-down 3 -> 1", started, &d);
+    report(
+        &format!("autoscaler ({engine:?}) scale-down 3 -> 1"),
+        started,
+        &d,
+    );
     let scaling = s
         .get("chatcluster", "chat")
         .and_then(|cc| condition(&cc, "ScalingActive").cloned());
@@ -553,7 +620,60 @@ async fn data_plane_the_autoscaler_follows_prometheus_scraping_real_pods_up_and_
         Some(Value::from("True")),
         "the autoscaler read Prometheus: {scaling:?}"
     );
+    if engine == Engine::Keda {
+        assert_eq!(
+            scaling.as_ref().and_then(|c| c["reason"].as_str()),
+            Some("KedaScaledObject"),
+            "{scaling:?}"
+        );
+        // KEDA's HPA made both changes: its own Events say so.
+        let rescales = hpa_rescales(&s);
+        for size in [3, 1] {
+            assert!(
+                rescales
+                    .iter()
+                    .any(|m| m.starts_with(&format!("New size: {size};"))),
+                "KEDA's HPA did not rescale to {size}: {rescales:?}{}",
+                diagnostics()
+            );
+        }
+    }
     drop(prometheus);
+}
+
+/// The messages of KEDA's HPA's `SuccessfulRescale` Events ("New size: N; reason: …").
+fn hpa_rescales(s: &Setup) -> Vec<String> {
+    s.ns.kubectl_ok(
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={KEDA_HPA},reason=SuccessfulRescale"),
+            "-o",
+            "json",
+        ],
+        None,
+    )
+    .ok()
+    .and_then(|out| serde_json::from_str::<Value>(&out).ok())
+    .and_then(|v| v["items"].as_array().cloned())
+    .unwrap_or_default()
+    .iter()
+    .filter_map(|e| e["message"].as_str().map(str::to_owned))
+    .collect()
+}
+
+/// The ScaledObject, KEDA's HPA and the last lines of KEDA's two pods, for a failure.
+fn keda_diagnostics(s: &Setup) -> String {
+    let text = |args: &[&str]| s.cluster.kubectl_text(args);
+    let ns = s.ns.name.as_str();
+    format!(
+        "\n--- ScaledObject and HPA ---\n{}\n{}\n--- KEDA operator log ---\n{}\n--- KEDA metrics API server log ---\n{}",
+        text(&["-n", ns, "get", "scaledobject", "chat", "-o", "yaml"]),
+        text(&["-n", ns, "describe", "hpa", KEDA_HPA]),
+        text(&["-n", "keda", "logs", "deploy/keda-operator", "--tail", "40"]),
+        text(&["-n", "keda", "logs", "deploy/keda-metrics-apiserver", "--tail", "20"]),
+    )
 }
 
 /// Connections held by the 4 → 1 scale-down below (several thousand, in rooms of 100).

@@ -136,6 +136,20 @@ impl TestCluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// kubectl's stdout and stderr, or the error that kept it from running: for a failure
+    /// message, where whatever kubectl says is worth showing.
+    pub fn kubectl_text(&self, args: &[&str]) -> String {
+        self.kubectl(args, None)
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_else(|e| e.to_string())
+    }
+
     /// kubectl `args` (ending in `-o json`) parsed, or None when kubectl fails (e.g. the
     /// object does not exist).
     pub fn kubectl_json(&self, args: &[&str]) -> Option<serde_json::Value> {

@@ -114,18 +114,7 @@ impl Setup {
 
     /// The operator's recent log and this namespace's pods, for a failure message.
     pub fn diagnostics(&self) -> String {
-        let text = |args: &[&str]| {
-            self.cluster
-                .kubectl(args, None)
-                .map(|o| {
-                    format!(
-                        "{}{}",
-                        String::from_utf8_lossy(&o.stdout),
-                        String::from_utf8_lossy(&o.stderr)
-                    )
-                })
-                .unwrap_or_else(|e| e.to_string())
-        };
+        let text = |args: &[&str]| self.cluster.kubectl_text(args);
         format!(
             "\n--- pods ---\n{}\n--- operator log ---\n{}",
             text(&["-n", &self.ns.name, "get", "pods", "-o", "wide"]),
