@@ -122,6 +122,14 @@ wait_for_build() {
   fi
 }
 
+# Whether FILE has a line matching the extended regex RE after its first SKIP lines. One
+# awk over the file, not `tail | grep -q`: under pipefail, grep -q quitting at the first
+# match can kill tail with SIGPIPE, and the pipeline then reads as "no match" (it once
+# failed a tier whose every test passed).
+printed_since() {
+  awk -v skip="$2" -v re="$3" 'NR > skip && $0 ~ re { found = 1 } END { exit !found }' "$1"
+}
+
 # `cargo test` into target/tier-$1.txt. A run that exits non-zero without a failing test
 # (a compile error, a killed test binary) or prints no result at all counts as a failure,
 # so a tier that ran nothing cannot pass.
@@ -132,9 +140,9 @@ cargo_tests() {
   # first call's result lines for the second's.
   before="$(wc -l <"$out")"
   cargo test --locked --no-fail-fast "$@" 2>&1 | tee -a "$out" || rc=$?
-  if ! tail -n "+$((before + 1))" "$out" | grep -q '^test result:'; then
+  if ! printed_since "$out" "$before" '^test result:'; then
     echo "# fail 1 ($tier: cargo test $* printed no test result)" | tee -a "$out"
-  elif [ "$rc" -ne 0 ] && ! tail -n "+$((before + 1))" "$out" | grep -qE '^test result: FAILED'; then
+  elif [ "$rc" -ne 0 ] && ! printed_since "$out" "$before" '^test result: FAILED'; then
     echo "# fail 1 ($tier: cargo test $* exited $rc without a failing test)" | tee -a "$out"
   fi
   return "$rc"

@@ -219,6 +219,44 @@ async fn invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_messag
             "spec:\n  api:\n    enabled: true\n    keysSecretName: API_Keys\n",
             "api.keysSecretName must be a Secret name",
         ),
+        // Events to the application: the webhook's URL, room patterns, Secret name and
+        // bounds, and no events with a Redis Cluster.
+        (
+            "spec:\n  events:\n    webhookUrl: ftp://app/events\n    secretName: app-events\n",
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            "spec:\n  events:\n    webhookUrl: 'http://app/chat events'\n    secretName: app-events\n",
+            "events.webhookUrl must be an http:// or https:// URL",
+        ),
+        (
+            "spec:\n  events:\n    webhookUrl: http://app/events\n    secretName: app-events\n    rooms: ['support.*', '']\n",
+            "events.rooms: each pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
+        ),
+        (
+            "spec:\n  events:\n    webhookUrl: http://app/events\n    secretName: app-events\n    rooms: ['lobby,vip']\n",
+            "events.rooms: each pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
+        ),
+        (
+            "spec:\n  events:\n    webhookUrl: http://app/events\n    secretName: App_Events\n",
+            "events.secretName must be a Secret name",
+        ),
+        (
+            "spec:\n  events:\n    webhookUrl: http://app/events\n    secretName: app-events\n    retryMaxSeconds: 120\n    giveUpAfterSeconds: 60\n",
+            "events.retryMaxSeconds (default 30) must be at most events.giveUpAfterSeconds",
+        ),
+        (
+            "spec:\n  events:\n    webhookUrl: http://app/events\n    secretName: app-events\n    shards: 65\n",
+            "spec.events.shards",
+        ),
+        (
+            "spec:\n  events:\n    secretName: app-events\n",
+            "spec.events.webhookUrl: Required value",
+        ),
+        (
+            "spec:\n  redis:\n    external:\n      secretName: redis-seeds\n      cluster: true\n  events:\n    webhookUrl: http://app/events\n    secretName: app-events\n",
+            "events need a single Redis instance, not a Redis Cluster",
+        ),
     ];
     let too_many_rooms: String = (0..65)
         .map(|i| format!("    - pattern: room{i}\n      access: public\n"))
@@ -715,83 +753,16 @@ async fn the_server_api_gets_keys_a_service_a_port_and_a_network_policy_rule() {
     assert_eq!(s.secret_value("chat-api-keys", "keys"), rotated);
 }
 
-/// Events to the application (`spec.events`): the API server refuses a webhook URL of
-/// another scheme or with a space, an empty or comma-holding room pattern, bounds the
-/// server refuses and events with a Redis Cluster, each with its message; a signing
-/// Secret that is missing, lacks key `secret` or holds a key under 32 bytes is Degraded
-/// naming it, and nothing is applied; once fixed, the ConfigMap carries the webhook's
+/// Events to the application (`spec.events`; the API server's refusals of bad values are
+/// in `invalid_chatclusters_are_rejected_by_the_api_server_with_the_cel_message`): a
+/// signing Secret that is missing, lacks key `secret` or holds a key under 32 bytes is
+/// Degraded naming it, and nothing is applied; once fixed, the ConfigMap carries the webhook's
 /// settings and the pods take the key from the Secret (never the ConfigMap), the
 /// NetworkPolicies stay ingress-only (the webhook is reachable), and turning events off
 /// removes both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_get_the_webhook_settings_and_the_signing_secret_reference() {
     let s = setup("events", true).await;
-    let events_doc = |name: &str, redis: &str, events: &str| {
-        format!(
-            "apiVersion: chatcluster.dev/v1alpha1\nkind: ChatCluster\nmetadata:\n  name: {name}\nspec:\n{redis}  events:\n{events}"
-        )
-    };
-    let valid = "    webhookUrl: http://app/events\n    secretName: app-events\n";
-    let cases = [
-        (
-            String::new(),
-            "    webhookUrl: ftp://app/events\n    secretName: app-events\n".to_owned(),
-            "events.webhookUrl must be an http:// or https:// URL",
-        ),
-        (
-            String::new(),
-            "    webhookUrl: 'http://app/chat events'\n    secretName: app-events\n".to_owned(),
-            "events.webhookUrl must be an http:// or https:// URL",
-        ),
-        (
-            String::new(),
-            format!("{valid}    rooms: ['support.*', '']\n"),
-            "events.rooms: each pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
-        ),
-        (
-            String::new(),
-            format!("{valid}    rooms: ['lobby,vip']\n"),
-            "events.rooms: each pattern must be 1 to 64 of A-Z a-z 0-9 _ - . : @ and *",
-        ),
-        (
-            String::new(),
-            "    webhookUrl: http://app/events\n    secretName: App_Events\n".to_owned(),
-            "events.secretName must be a Secret name",
-        ),
-        (
-            String::new(),
-            format!("{valid}    retryMaxSeconds: 120\n    giveUpAfterSeconds: 60\n"),
-            "events.retryMaxSeconds (default 30) must be at most events.giveUpAfterSeconds",
-        ),
-        (
-            String::new(),
-            format!("{valid}    shards: 65\n"),
-            "spec.events.shards",
-        ),
-        (
-            String::new(),
-            "    secretName: app-events\n".to_owned(),
-            "spec.events.webhookUrl: Required value",
-        ),
-        (
-            "  redis:\n    external:\n      secretName: redis-seeds\n      cluster: true\n"
-                .to_owned(),
-            valid.to_owned(),
-            "events need a single Redis instance, not a Redis Cluster",
-        ),
-    ];
-    for (redis, events, message) in cases {
-        let doc = events_doc("bad", &redis, &events);
-        let out = s.kubectl(&["apply", "-f", "-"], Some(&doc));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "accepted:\n{doc}");
-        assert!(
-            stderr.contains(message),
-            "the rejection of\n{doc}\nshould say {message:?}; kubectl said: {stderr}"
-        );
-        assert!(s.get("chatcluster", "bad").is_none(), "nothing stored");
-    }
-
     // The signing Secret does not exist: Degraded, naming it, and nothing is applied.
     let url = format!("http://app.{}.svc:8000/chat/events", s.ns.name);
     let with_events = format!(

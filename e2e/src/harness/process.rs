@@ -9,18 +9,53 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+/// A free TCP port on 127.0.0.1 for a listener the test starts next (bound and released
+/// here; the caller binds it later).
+///
+/// Picked at random below the kernel's ephemeral range, never twice in one test process.
+/// A port the kernel hands out for `:0` is also what it gives outgoing connections
+/// (clients, Redis links): between the pick and the bind one of those could take it,
+/// which once failed a node's start with "address already in use".
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_ports(1)?[0])
 }
 
-/// `n` distinct free ports on 127.0.0.1: all are held at once while they are picked, so
-/// none repeats (each may still be taken by another process before it is used).
+/// `n` distinct free ports on 127.0.0.1, picked as [`free_port`] picks one.
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let held = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+    use rand::Rng;
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(Default::default);
+    let mut handed_out = handed_out.lock().unwrap_or_else(|e| e.into_inner());
+    let below = ephemeral_low().clamp(LISTENER_PORTS_FROM + 1_000, u16::MAX);
+    let mut rng = rand::rng();
+    let mut ports = Vec::with_capacity(n);
+    let mut tries = 0;
+    while ports.len() < n {
+        tries += 1;
+        if tries > 10_000 {
+            bail!("no free port on 127.0.0.1 between {LISTENER_PORTS_FROM} and {below}");
+        }
+        let port = rng.random_range(LISTENER_PORTS_FROM..below);
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// The lowest port [`free_ports`] picks: above the registered services most machines run.
+const LISTENER_PORTS_FROM: u16 = 10_000;
+
+/// The first port of the kernel's ephemeral range (read, never written), Linux's default
+/// when it cannot be read.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -101,4 +136,29 @@ pub fn signal(pid: u32, sig: &str) -> Result<()> {
         bail!("kill -{sig} {pid} failed");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let ports = free_ports(200).expect("ports");
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        let more = free_ports(50).expect("more ports");
+        assert!(
+            more.iter().all(|p| !distinct.contains(p)),
+            "a later call handed out an earlier port"
+        );
+        let below = ephemeral_low();
+        for port in ports.iter().chain(&more) {
+            assert!(
+                (LISTENER_PORTS_FROM..below).contains(port),
+                "{port} is outside {LISTENER_PORTS_FROM}..{below}"
+            );
+            TcpListener::bind(("127.0.0.1", *port)).expect("the port is free");
+        }
+    }
 }

@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, Container, EnvFromSource, KeyToPath, Lifecycle,
-    LifecycleHandler, PodSecurityContext, PodSpec, PodTemplateSpec, SecretVolumeSource,
-    SleepAction, Volume, VolumeMount,
+    ConfigMap, ConfigMapEnvSource, Container, EnvFromSource, Lifecycle, LifecycleHandler,
+    PodSecurityContext, PodSpec, PodTemplateSpec, SleepAction,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -348,8 +347,7 @@ pub(super) fn chat_statefulset(
         volumes.push(secret_volume(
             JWT_PUBLIC_KEY_VOLUME,
             secret,
-            JWT_PUBLIC_KEY,
-            JWT_PUBLIC_KEY_FILE,
+            &[(JWT_PUBLIC_KEY, JWT_PUBLIC_KEY_FILE)],
             0o444,
         ));
         volume_mounts.push(read_only_mount(JWT_PUBLIC_KEY_VOLUME, JWT_PUBLIC_KEY_DIR));
@@ -362,8 +360,7 @@ pub(super) fn chat_statefulset(
         volumes.push(secret_volume(
             API_KEYS_VOLUME,
             &api_keys_secret(n, &s.api),
-            API_KEYS_KEY,
-            API_KEYS_KEY,
+            &[(API_KEYS_KEY, API_KEYS_KEY)],
             0o440,
         ));
         volume_mounts.push(read_only_mount(API_KEYS_VOLUME, API_KEYS_DIR));
@@ -454,34 +451,6 @@ pub(super) fn chat_statefulset(
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
-    }
-}
-
-/// A volume with one key of Secret `secret`, as file `path`, at `mode`. Required
-/// (`optional: false`): the operator checks the Secret before it applies the pods.
-fn secret_volume(volume: &str, secret: &str, key: &str, path: &str, mode: i32) -> Volume {
-    Volume {
-        name: volume.to_owned(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(secret.to_owned()),
-            items: Some(vec![KeyToPath {
-                key: key.to_owned(),
-                path: path.to_owned(),
-                mode: None,
-            }]),
-            default_mode: Some(mode),
-            optional: Some(false),
-        }),
-        ..Volume::default()
-    }
-}
-
-fn read_only_mount(volume: &str, dir: &str) -> VolumeMount {
-    VolumeMount {
-        name: volume.to_owned(),
-        mount_path: dir.to_owned(),
-        read_only: Some(true),
-        ..VolumeMount::default()
     }
 }
 

@@ -246,12 +246,15 @@ pub fn build(cluster: &ChatCluster, ctx: BuildContext) -> Result<Desired, BuildE
                 )
                 .collect();
             // The cluster's own namespace first: the application usually runs beside it.
-            let api: Option<Vec<&str>> = spec.api.enabled.then(|| {
+            // With the API off the list is empty: no rule, the port closed.
+            let api: Vec<&str> = if spec.api.enabled {
                 std::iter::once(n.namespace)
                     .chain(spec.api.from_namespaces.iter().map(String::as_str))
                     .collect()
-            });
-            network_policy::chat_network_policy(&n, &admin, api.as_deref())
+            } else {
+                Vec::new()
+            };
+            network_policy::chat_network_policy(&n, &admin, &api)
         }),
         redis_network_policy: (managed && spec.network_policy.enabled)
             .then(|| network_policy::redis_network_policy(&n)),

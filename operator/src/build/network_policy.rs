@@ -95,11 +95,11 @@ fn from_namespaces_rule(port: i32, namespaces: &[&str]) -> Option<NetworkPolicyI
 /// The chat-server pods' policy. `admin_namespaces`: who may reach the admin port (the
 /// operator's namespace first, then the spec's list). `api_namespaces`: with the server
 /// API on, who may reach its port (the cluster's own namespace first, then
-/// `api.fromNamespaces`); `None` leaves the port out, so nothing reaches it.
+/// `api.fromNamespaces`). A port whose list is empty gets no rule, so nothing reaches it.
 pub(super) fn chat_network_policy(
     n: &Names,
     admin_namespaces: &[&str],
-    api_namespaces: Option<&[&str]>,
+    api_namespaces: &[&str],
 ) -> NetworkPolicy {
     let mut rules = vec![NetworkPolicyIngressRule {
         ports: Some(vec![tcp(PUBLIC_PORT)]),
@@ -107,9 +107,7 @@ pub(super) fn chat_network_policy(
         from: None,
     }];
     rules.extend(from_namespaces_rule(ADMIN_PORT, admin_namespaces));
-    if let Some(api) = api_namespaces {
-        rules.extend(from_namespaces_rule(API_PORT, api));
-    }
+    rules.extend(from_namespaces_rule(API_PORT, api_namespaces));
     ingress_policy(n, n.name.to_owned(), "chat-server", rules)
 }
 

@@ -1,11 +1,12 @@
 //! Pieces shared by the pod templates (chat server and managed Redis): environment,
-//! probes, the restricted security context, ports, template annotations.
+//! probes, the restricted security context, ports, Secret volumes, template annotations.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, Probe,
-    SeccompProfile, SecretKeySelector, SecurityContext,
+    Capabilities, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    ObjectFieldSelector, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -103,4 +104,44 @@ pub(super) fn template_annotations(
         annotations.insert(SECRETS_REVISION_ANNOTATION.to_owned(), revision.clone());
     }
     (!annotations.is_empty()).then_some(annotations)
+}
+
+/// A volume with the keys of Secret `secret`, each as the file named by its pair
+/// (`(key, path)`), at `mode`. Required (`optional: false`): the operator checks the
+/// Secret before it applies the pods.
+pub(super) fn secret_volume(
+    volume: &str,
+    secret: &str,
+    files: &[(&str, &str)],
+    mode: i32,
+) -> Volume {
+    Volume {
+        name: volume.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items: Some(
+                files
+                    .iter()
+                    .map(|(key, path)| KeyToPath {
+                        key: (*key).to_owned(),
+                        path: (*path).to_owned(),
+                        mode: None,
+                    })
+                    .collect(),
+            ),
+            default_mode: Some(mode),
+            optional: Some(false),
+        }),
+        ..Volume::default()
+    }
+}
+
+/// `volume` mounted read-only at `dir`.
+pub(super) fn read_only_mount(volume: &str, dir: &str) -> VolumeMount {
+    VolumeMount {
+        name: volume.to_owned(),
+        mount_path: dir.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
 }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ExecAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretVolumeSource,
-    Service, ServiceSpec, TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
+    Container, ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service, ServiceSpec, TCPSocketAction,
+    Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -57,25 +57,15 @@ pub(super) fn redis_statefulset(
             "noeviction".to_owned(),
         ]);
     }
-    let auth_volume = Volume {
-        name: "auth".to_owned(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(redis_auth_secret_name(n.name)),
-            items: Some(
-                [REDIS_CONFIG_KEY, REDIS_PASSWORD_KEY]
-                    .iter()
-                    .map(|key| KeyToPath {
-                        key: (*key).to_owned(),
-                        path: (*key).to_owned(),
-                        mode: None,
-                    })
-                    .collect(),
-            ),
-            default_mode: Some(0o440),
-            optional: Some(false),
-        }),
-        ..Volume::default()
-    };
+    let auth_volume = secret_volume(
+        "auth",
+        &redis_auth_secret_name(n.name),
+        &[
+            (REDIS_CONFIG_KEY, REDIS_CONFIG_KEY),
+            (REDIS_PASSWORD_KEY, REDIS_PASSWORD_KEY),
+        ],
+        0o440,
+    );
     let data_volume = (!persistence).then(|| Volume {
         name: "data".to_owned(),
         empty_dir: Some(Default::default()),
@@ -147,12 +137,7 @@ pub(super) fn redis_statefulset(
                 mount_path: "/data".to_owned(),
                 ..VolumeMount::default()
             },
-            VolumeMount {
-                name: "auth".to_owned(),
-                mount_path: REDIS_AUTH_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
+            read_only_mount("auth", REDIS_AUTH_DIR),
         ]),
         security_context: Some(restricted_container_security()),
         ..Container::default()
