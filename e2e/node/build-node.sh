@@ -166,6 +166,7 @@ fi
 # KEDA's manifests (kustomize bases: CRDs, RBAC, operator, metrics API server and its
 # APIService), applied by run-suite.sh with an overlay of ours.
 if [[ ! -d "$keda/config" ]]; then
+  (cd "$here/keda" && go mod download github.com/kedacore/keda/v2)
   keda_src="$(cd "$here/keda" && go list -m -f '{{.Dir}}' github.com/kedacore/keda/v2)"
   rm -rf "$keda/config.tmp"
   cp -r "$keda_src/config" "$keda/config.tmp"
