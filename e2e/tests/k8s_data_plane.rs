@@ -182,11 +182,15 @@ async fn sticky_chat_across_pods(s: &Setup) {
     assert_eq!(dm["from"], bob.as_str());
 
     // status.connections is read from the real pods' metrics: once the closed probes'
-    // connections are gone, exactly the clients still open.
+    // connections are gone, exactly the clients still open. A Ready cluster with nothing
+    // changing is reconciled (and its status refreshed) once a minute, so the wait must
+    // span one such period after the probes closed, with room to spare.
     let open = 4 + extra.len() as i64; // alice, bob, carol, the sticky first + extras
+    let refreshed_within =
+        chatcluster_operator::reconcile::requeue_after(true) + Duration::from_secs(30);
     let counted = eventually(
         &format!("status.connections to equal the {open} open clients"),
-        Duration::from_secs(60),
+        refreshed_within,
         || async {
             Ok(s.get("chatcluster", "chat")
                 .and_then(|cc| cc["status"]["connections"].as_i64())
