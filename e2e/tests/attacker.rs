@@ -52,7 +52,7 @@ const RULES: &str = r#"[
 ]"#;
 
 fn now() -> u64 {
-    chat_server::backplane::now_us() / 1_000_000
+    chat_server::clock::now_us() / 1_000_000
 }
 
 fn fixture(name: &str) -> Vec<u8> {

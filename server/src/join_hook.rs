@@ -154,7 +154,7 @@ impl JoinHook {
     }
 
     async fn call(&self, user: &str, room: &str) -> Answer {
-        let ts = crate::backplane::now_us() / 1_000_000;
+        let ts = crate::clock::now_us() / 1_000_000;
         let body = request_body(user, room, ts);
         let signature = sign(&self.settings.secret, &body);
         match self
@@ -406,7 +406,7 @@ mod tests {
             (&body["user"], &body["room"], &body["action"]),
             (&"alice".into(), &"team.red".into(), &"join".into())
         );
-        let now = crate::backplane::now_us() / 1_000_000;
+        let now = crate::clock::now_us() / 1_000_000;
         let ts = body["ts"].as_u64().unwrap();
         assert!(
             ts <= now && ts + 60 > now,

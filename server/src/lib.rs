@@ -30,7 +30,7 @@ pub mod api;
 pub mod auth;
 pub mod backplane;
 pub mod client_addr;
-mod clock;
+pub mod clock;
 pub mod config;
 #[cfg(test)]
 mod config_reference;

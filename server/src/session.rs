@@ -17,7 +17,8 @@ use futures_util::SinkExt;
 
 use crate::admission::Held;
 use crate::auth::{Identity, EXP_LEEWAY_SECS};
-use crate::backplane::{now_us, BackplaneError};
+use crate::backplane::BackplaneError;
+use crate::clock::now_us;
 use crate::hub::{DeliveryKind, Inbox, Outbound, SessionHandle};
 use crate::join_hook::Verdict;
 use crate::protocol::{

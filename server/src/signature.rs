@@ -53,4 +53,13 @@ mod tests {
         assert!(!verify(b"other", b"{\"a\":1}", &s));
         assert!(!verify(b"secret", b"{\"a\":1}", &s[..s.len() - 1]));
     }
+
+    #[test]
+    fn admin_tokens_compare_whole() {
+        assert!(same_secret("s3cret-token", "s3cret-token"));
+        assert!(!same_secret("s3cret-toke", "s3cret-token"));
+        assert!(!same_secret("s3cret-token!", "s3cret-token"));
+        assert!(!same_secret("", "s3cret-token"));
+        assert!(!same_secret("S3cret-token", "s3cret-token"));
+    }
 }

@@ -9,7 +9,8 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_server::api::{ApiSettings, OPENAPI_DOCUMENT};
+use chat_server::api::OPENAPI_DOCUMENT;
+use chat_server::config::ApiSettings;
 use chat_server::config::Settings;
 use common::*;
 use serde_json::{json, Value};

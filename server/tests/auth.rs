@@ -19,7 +19,7 @@ struct Claims<'a> {
 }
 
 fn now() -> u64 {
-    chat_server::backplane::now_us() / 1_000_000
+    chat_server::clock::now_us() / 1_000_000
 }
 
 fn hs256(sub: &str, exp: u64, secret: &str) -> String {

@@ -8,7 +8,7 @@ use std::sync::RwLock;
 
 use crate::sync::{read, write};
 
-pub use crate::config::{check_api_key as check_key, API_KEY_LEN as KEY_LEN};
+use crate::config::check_api_key;
 
 /// The keys of a keys file: one per line; blank lines and lines starting with `#` skipped.
 /// An invalid line is an error naming its number (never its content: it may be a key).
@@ -19,7 +19,7 @@ pub fn parse_keys_file(text: &str) -> Result<Vec<String>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        check_key(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        check_api_key(line).map_err(|e| format!("line {}: {e}", i + 1))?;
         keys.push(line.to_owned());
     }
     Ok(keys)
@@ -112,8 +112,8 @@ mod tests {
         assert!(err.starts_with("line 2:"), "{err}");
         assert!(!err.contains("short"), "never echo a key: {err}");
         assert!(parse_keys_file("has a,comma-in-it-ok").is_err());
-        assert!(check_key(&"k".repeat(256)).is_ok());
-        assert!(check_key(&"k".repeat(257)).is_err());
+        assert!(check_api_key(&"k".repeat(256)).is_ok());
+        assert!(check_api_key(&"k".repeat(257)).is_err());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub const OPENAPI_DOCUMENT: &str = include_str!("openapi.json");
 /// How often the keys file is read again.
 pub const KEYS_RELOAD_EVERY: Duration = Duration::from_secs(10);
 
-pub use crate::config::ApiSettings;
+use crate::config::ApiSettings;
 
 /// What the API's handlers share.
 pub struct ApiState {

@@ -249,7 +249,7 @@ impl Authenticator {
                 session: user.to_owned(),
             });
         }
-        let now = crate::backplane::now_us() / 1_000_000;
+        let now = crate::clock::now_us() / 1_000_000;
         if claims.exp > now.saturating_add(ROOM_TOKEN_MAX_SECS) {
             return Err(AuthError::RoomTokenTooLong(ROOM_TOKEN_MAX_SECS));
         }
@@ -345,7 +345,7 @@ mod tests {
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
     fn now() -> u64 {
-        crate::backplane::now_us() / 1_000_000
+        crate::clock::now_us() / 1_000_000
     }
 
     fn fixture(name: &str) -> Vec<u8> {

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use super::idempotency::IdempotencyCache;
 use super::{
-    now_us, Backplane, BackplaneError, Budget, HistoryRead, NodeSessions, Published, RoomInfo,
+    Backplane, BackplaneError, Budget, HistoryRead, NodeSessions, Published, RoomInfo,
     RoomSnapshot, UserCommand, REPLAY_PAGE_MESSAGES,
 };
+use crate::clock::now_us;
 use crate::events::memory::MemoryEvents;
 use crate::events::{dm_payload, message_payload, user_payload, EventKind};
 use crate::history::{new_epoch, HistoryLimits, ResumeDecision, RoomLog};

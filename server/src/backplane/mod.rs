@@ -275,5 +275,3 @@ pub struct NodeSessions {
 
 /// Shared handle used throughout the server.
 pub type SharedBackplane = Arc<dyn Backplane>;
-
-pub use crate::clock::now_us;

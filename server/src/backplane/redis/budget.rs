@@ -14,7 +14,8 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use super::RedisBackplane;
-use crate::backplane::{now_us, BackplaneError};
+use crate::backplane::BackplaneError;
+use crate::clock::now_us;
 use crate::history_budget::{least_recently_active, plan_trims, rooms_over_cap, IndexedRoom};
 use crate::sync::lock;
 

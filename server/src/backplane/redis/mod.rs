@@ -33,9 +33,10 @@ use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    now_us, Backplane, BackplaneError, BackplaneStatus, Budget, HistoryRead, NodeSessions,
-    Published, RoomInfo, RoomSnapshot, UserCommand, REPLAY_PAGE_MESSAGES,
+    Backplane, BackplaneError, BackplaneStatus, Budget, HistoryRead, NodeSessions, Published,
+    RoomInfo, RoomSnapshot, UserCommand, REPLAY_PAGE_MESSAGES,
 };
+use crate::clock::now_us;
 use crate::events::EventKind;
 use crate::history::{new_epoch, HistoryLimits};
 use crate::hub::Hub;
