@@ -647,24 +647,11 @@ async fn autoscaled_up_and_down(engine: Engine) {
 
 /// The messages of KEDA's HPA's `SuccessfulRescale` Events ("New size: N; reason: …").
 fn hpa_rescales(s: &Setup) -> Vec<String> {
-    s.ns.kubectl_ok(
-        &[
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.name={KEDA_HPA},reason=SuccessfulRescale"),
-            "-o",
-            "json",
-        ],
-        None,
-    )
-    .ok()
-    .and_then(|out| serde_json::from_str::<Value>(&out).ok())
-    .and_then(|v| v["items"].as_array().cloned())
-    .unwrap_or_default()
-    .iter()
-    .filter_map(|e| e["message"].as_str().map(str::to_owned))
-    .collect()
+    s.ns.events()
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == KEDA_HPA && e["reason"] == "SuccessfulRescale")
+        .filter_map(|e| e["message"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// The ScaledObject, KEDA's HPA and the last lines of KEDA's two pods, for a failure.
@@ -757,17 +744,14 @@ async fn data_plane_a_scale_down_from_4_to_1_with_thousands_of_connections_is_pa
     }
     let d = Disruption::from_logs(&all_logs);
     // The three leaving pods were drained together, over one shared window.
-    let events = s.kubectl_ok(&["get", "events", "-o", "json"], None);
-    let events: Value = serde_json::from_str(&events).expect("events JSON");
-    let windows: Vec<String> = events["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["reason"] == "DrainStarted")
-        .filter_map(|e| e["message"].as_str())
-        .filter_map(|m| m.split(" connections over ").nth(1))
-        .filter_map(|rest| rest.split(' ').next().map(str::to_owned))
-        .collect();
+    let windows: Vec<String> =
+        s.ns.events()
+            .iter()
+            .filter(|e| e["reason"] == "DrainStarted")
+            .filter_map(|e| e["message"].as_str())
+            .filter_map(|m| m.split(" connections over ").nth(1))
+            .filter_map(|rest| rest.split(' ').next().map(str::to_owned))
+            .collect();
     assert_eq!(
         windows.len(),
         3,

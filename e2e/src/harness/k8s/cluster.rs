@@ -293,6 +293,16 @@ impl TestNamespace<'_> {
             .kubectl_json(&["-n", &self.name, "get", kind, name, "-o", "json"])
     }
 
+    /// Every Event in the namespace (`kubectl get events -o json`'s items); none when
+    /// kubectl fails or answers something else.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        self.kubectl_ok(&["get", "events", "-o", "json"], None)
+            .ok()
+            .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+            .and_then(|v| v["items"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
     /// The decoded value of `key` in Secret `name` (panics when either is missing).
     pub fn secret_value(&self, name: &str, key: &str) -> String {
         let secret = self.get("secret", name).expect("Secret");

@@ -149,11 +149,7 @@ impl Setup {
     pub fn assert_operator_drained(&self, leaving: &[&str]) {
         let events: Vec<(String, String, String)> = self
             .ns
-            .kubectl_ok(&["get", "events", "-o", "json"], None)
-            .ok()
-            .and_then(|out| serde_json::from_str::<Value>(&out).ok())
-            .and_then(|v| v["items"].as_array().cloned())
-            .unwrap_or_default()
+            .events()
             .iter()
             .map(|e| {
                 let field = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
