@@ -34,9 +34,10 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::hub::{Hub, Outbound};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::sync::lock;
+use crate::wire::Outbound;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -569,7 +570,7 @@ async fn run_drain(
                     "drain deadline passed: force-closing"
                 );
                 for s in &left {
-                    s.control(Outbound::ForceClose);
+                    s.wire.control(Outbound::ForceClose);
                 }
             });
             if forced {
@@ -603,7 +604,7 @@ async fn send_notices(
     };
     for (session, offset) in sessions.iter().zip(offsets) {
         tokio::time::sleep_until(start + offset).await;
-        if !drain.while_draining(generation, || session.control(notice())) {
+        if !drain.while_draining(generation, || session.wire.control(notice())) {
             return;
         }
         told.insert(session.id);
@@ -612,7 +613,7 @@ async fn send_notices(
     drain.while_draining(generation, || {
         for session in hub.sessions() {
             if !told.contains(&session.id) {
-                session.control(notice());
+                session.wire.control(notice());
             }
         }
     });

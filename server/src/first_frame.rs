@@ -6,12 +6,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::Message;
 
 use crate::admission::Held;
 use crate::auth::AuthError;
 use crate::protocol::{parse_client_frame, ClientFrame, CloseCode, FrameLimits};
 use crate::state::AppState;
+use crate::upgrade::Reader;
+use crate::wire::Wire;
 
 /// Longest close reason a WebSocket close frame may carry is 123 bytes.
 const MAX_CLOSE_REASON: usize = 120;
@@ -20,7 +24,7 @@ const MAX_CLOSE_REASON: usize = 120;
 /// `awaiting` counts this connection among those not yet authenticated until then.
 pub async fn authenticate_then_run(
     state: Arc<AppState>,
-    mut socket: WebSocket,
+    (wire, mut reader): (Arc<Wire>, Reader),
     slot: Held,
     awaiting: Option<Held>,
 ) {
@@ -28,18 +32,18 @@ pub async fn authenticate_then_run(
     let limits = FrameLimits {
         max_body_bytes: state.settings.max_body_bytes,
     };
-    let refused = match tokio::time::timeout(wait, first_text(&mut socket)).await {
+    let refused = match tokio::time::timeout(wait, first_text(&mut reader)).await {
         Err(_) => (
             CloseCode::Policy,
             format!("no `auth` frame within {}s", wait.as_secs()),
         ),
-        Ok(None) => return,
+        Ok(None) => return wire.shut_down(),
         Ok(Some(text)) => match parse_client_frame(&text, limits) {
             Ok(ClientFrame::Auth { token }) => {
                 match state.auth.authenticate(Some(&token), None).await {
                     Ok(identity) => {
                         drop(awaiting);
-                        return crate::session::run(state, socket, identity, slot).await;
+                        return crate::session::run(state, (wire, reader), identity, slot).await;
                     }
                     Err(e) => (close_code_for(&e), e.to_string()),
                 }
@@ -57,10 +61,12 @@ pub async fn authenticate_then_run(
         .inc();
     let (code, reason) = refused;
     let close = Message::Close(Some(CloseFrame {
-        code: code.code(),
-        reason: Utf8Bytes::from(cut(&reason, MAX_CLOSE_REASON)),
+        code: code.code().into(),
+        reason: cut(&reason, MAX_CLOSE_REASON).into(),
     }));
-    let _ = tokio::time::timeout(state.settings.write_timeout, socket.send(close)).await;
+    wire.close();
+    let _ = tokio::time::timeout(state.settings.write_timeout, reader.send(close)).await;
+    wire.shut_down();
 }
 
 /// An expired token may be replaced and the client reconnect (4003); any other refusal is
@@ -74,12 +80,12 @@ pub fn close_code_for(e: &AuthError) -> CloseCode {
 
 /// The first data frame's text (a binary frame reads as empty text, which is not
 /// `auth`); `None` when the client went away first.
-async fn first_text(socket: &mut WebSocket) -> Option<String> {
+async fn first_text(reader: &mut Reader) -> Option<String> {
     loop {
-        match socket.recv().await? {
+        match reader.next().await? {
             Ok(Message::Text(t)) => return Some(t.as_str().to_owned()),
             Ok(Message::Binary(_)) => return Some(String::new()),
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
             Ok(Message::Close(_)) | Err(_) => return None,
         }
     }

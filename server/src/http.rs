@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Query, Request, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +35,7 @@ use crate::drain::{parse_drain_request, plan_drain, Phase};
 use crate::signature::same_secret;
 use crate::state::AppState;
 use crate::sync::lock;
+use crate::upgrade::WsUpgrade;
 
 const WEB_CLIENT: &str = include_str!("web/index.html");
 const WEB_CLIENT_JS: &str = include_str!("web/app.js");
@@ -43,9 +44,6 @@ const WEB_CLIENT_CSS: &str = include_str!("web/app.css");
 /// The web client's Content-Security-Policy: its own script and style only, connections
 /// (the WebSocket, `token_url`) to its own origin only, and no framing by other sites.
 const WEB_CLIENT_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// Frames of one batch are coalesced up to this many bytes before a socket write.
-const WRITE_COALESCE_BYTES: usize = 16 * 1024;
 
 pub fn public_router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -117,7 +115,7 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: WsUpgrade,
 ) -> Response {
     let phase = state.drain.phase();
     if phase != Phase::Serving {
@@ -221,23 +219,29 @@ async fn upgrade(
         };
     let settings = &state.settings;
     let session_state = state.clone();
-    ws.read_buffer_size(settings.ws_read_buffer_bytes)
-        .write_buffer_size(WRITE_COALESCE_BYTES)
-        .max_write_buffer_size(settings.send_queue_bytes.saturating_mul(2))
-        .max_message_size(settings.max_frame_bytes)
-        .max_frame_size(settings.max_frame_bytes)
-        .on_upgrade(move |socket| match identity {
+    // tungstenite reads the client's frames; everything the server sends is framed by
+    // `wire` (tungstenite writes only its pongs and close frames, at once).
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(settings.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(Some(settings.max_frame_bytes))
+        .max_frame_size(Some(settings.max_frame_bytes));
+    ws.on_upgrade(
+        config,
+        settings.send_queue_bytes,
+        move |client| match identity {
             Some(identity) => {
-                Either::Left(crate::session::run(session_state, socket, identity, slot))
+                Either::Left(crate::session::run(session_state, client, identity, slot))
             }
             // Boxed: only connections that authenticate in their first frame pay for it.
             None => Either::Right(Box::pin(crate::first_frame::authenticate_then_run(
                 session_state,
-                socket,
+                client,
                 slot,
                 awaiting,
             ))),
-        })
+        },
+    )
 }
 
 async fn require_admin_token(

@@ -11,9 +11,11 @@
 //!   rules), `join_hook` (the application's answer), `client_addr` and `ratelimit`
 //!   (*pure*: addresses and token buckets);
 //! - connections: `listener` (accept, header timeout, pending cap), `admission` (*pure*:
-//!   connection places), `http` (routes, upgrade checks), `first_frame` (the `auth`
-//!   frame), `session` (one WebSocket), `hub` (this node's sessions and rooms, fan-out),
-//!   `drain` (the drain's phases and pacing);
+//!   connection places), `http` (routes, upgrade checks), `upgrade` (the WebSocket
+//!   handshake, keeping the socket), `first_frame` (the `auth` frame), `session` (one
+//!   WebSocket), `wire` (a connection's outbound side: direct writes, its queue, framing),
+//!   `hub` (this node's sessions and rooms), `fan_out` (offering a delivery to many
+//!   sessions; big rooms on two threads), `drain` (the drain's phases and pacing);
 //! - messages: `history` (*pure*: a room's log and resume), `backplane` (in-memory for
 //!   one node, `backplane::redis` for many);
 //! - the application's side: `api` (the server API; `api::model` is its requests and
@@ -36,6 +38,7 @@ pub mod config;
 mod config_reference;
 pub mod drain;
 pub mod events;
+mod fan_out;
 mod first_frame;
 pub mod history;
 pub mod history_budget;
@@ -52,7 +55,9 @@ mod session;
 pub mod signature;
 mod state;
 pub mod sync;
+mod upgrade;
 pub mod user_command;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +70,7 @@ use crate::backplane::memory::MemoryBackplane;
 use crate::backplane::redis::RedisBackplane;
 use crate::backplane::{Budget, SharedBackplane};
 use crate::config::Settings;
+use crate::fan_out::DeliveryMetrics;
 use crate::history::HistoryLimits;
 use crate::hub::Hub;
 use crate::join_hook::JoinHook;
@@ -146,10 +152,18 @@ pub async fn start(settings: Settings) -> Result<RunningServer, StartError> {
         }
         None => None,
     };
-    let hub = Arc::new(Hub::with_room_rules(
-        settings.room_rules.clone(),
-        settings.presence_max_members as u64,
-    ));
+    let hub = Arc::new(
+        Hub::with_room_rules(
+            settings.room_rules.clone(),
+            settings.presence_max_members as u64,
+        )
+        .counting(DeliveryMetrics {
+            delivered: metrics.messages_delivered.clone(),
+            latency: metrics.delivery_latency.clone(),
+            direct: metrics.delivery_paths.with_label_values(&["direct"]),
+            queued: metrics.delivery_paths.with_label_values(&["queued"]),
+        }),
+    );
     let counts = Arc::downgrade(&hub);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));

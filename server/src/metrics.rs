@@ -16,6 +16,9 @@ pub struct Metrics {
     pub upgrades_rejected: IntCounterVec,
     pub messages_received: IntCounter,
     pub messages_delivered: IntCounter,
+    /// Deliveries offered to sessions, by `path`: `direct` (written by the fan-out) or
+    /// `queued` (left to the session task).
+    pub delivery_paths: IntCounterVec,
     pub publish_errors: IntCounter,
     pub frame_errors: IntCounterVec,
     pub delivery_latency: Histogram,
@@ -77,6 +80,14 @@ impl Metrics {
             messages_delivered: IntCounter::new(
                 "chat_messages_delivered_total",
                 "Room and direct messages written to client sockets.",
+            )
+            .expect("static metric definition"),
+            delivery_paths: IntCounterVec::new(
+                Opts::new(
+                    "chat_deliveries_total",
+                    "Room, presence and direct messages offered to sessions, by path: written to the socket by the fan-out (direct) or left to the session task (queued: the socket was busy, or the session was writing a replay or a reply).",
+                ),
+                &["path"],
             )
             .expect("static metric definition"),
             publish_errors: IntCounter::new(
@@ -241,6 +252,7 @@ impl Metrics {
             Box::new(m.upgrades_rejected.clone()),
             Box::new(m.messages_received.clone()),
             Box::new(m.messages_delivered.clone()),
+            Box::new(m.delivery_paths.clone()),
             Box::new(m.publish_errors.clone()),
             Box::new(m.frame_errors.clone()),
             Box::new(m.delivery_latency.clone()),
@@ -301,6 +313,7 @@ mod tests {
         m.connections_closed.with_label_values(&["1000"]).inc();
         m.resumes.with_label_values(&["recovered"]).inc();
         m.delivery_latency.observe(0.001);
+        m.delivery_paths.with_label_values(&["direct"]).inc();
         m.pending_closed
             .with_label_values(&["public", "header_timeout"])
             .inc();
@@ -312,6 +325,7 @@ mod tests {
             "chat_connections_closed_total{code=\"1000\"}",
             "chat_messages_received_total",
             "chat_messages_delivered_total",
+            "chat_deliveries_total{path=\"direct\"}",
             "chat_publish_errors_total",
             "chat_delivery_latency_seconds_bucket",
             "chat_slow_consumer_closes_total",

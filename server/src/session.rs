@@ -1,25 +1,30 @@
-//! One WebSocket connection: a single task that reads client frames, writes queued
-//! frames in batches, enforces the per-connection limits and runs the close handshake.
+//! One WebSocket connection: a single task that reads client frames, writes its replies
+//! and whatever the fan-out queued for it, enforces the per-connection limits and runs
+//! the close handshake. Live traffic that finds nothing ahead of it on the connection is
+//! written by the fan-out itself and never wakes this task (`wire`).
 //!
 //! Joining a room with `since` subscribes first and reads the snapshot second, so every
 //! message after the snapshot's head arrives through the queue; the session remembers the
-//! last offset it wrote per room and drops anything at or below it. That is how replay
-//! and live traffic meet with no gap and no duplicate.
+//! last offset it wrote per room (its cursor, which the fan-out reads too) and drops
+//! anything at or below it. That is how replay and live traffic meet with no gap and no
+//! duplicate. While the session writes anything of its own, the fan-out queues instead of
+//! writing, so nothing overtakes a replay.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use axum::extract::ws::Utf8Bytes;
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::Message;
 
 use crate::admission::Held;
 use crate::auth::{Identity, EXP_LEEWAY_SECS};
 use crate::backplane::BackplaneError;
 use crate::clock::now_us;
-use crate::hub::{DeliveryKind, Inbox, Outbound, SessionHandle};
 use crate::join_hook::Verdict;
 use crate::protocol::{
     parse_client_frame, ClientFrame, CloseCode, ErrorCode, FrameError, FrameLimits, Position,
@@ -29,7 +34,12 @@ use crate::ratelimit::TokenBucket;
 use crate::rooms::{DmPolicy, JoinCheck, Member, Pattern, RoomPolicy};
 use crate::state::AppState;
 use crate::sync::lock;
+use crate::upgrade::Reader;
 use crate::user_command::UserCommand;
+use crate::wire::{
+    ping_frame, put_text_frame, text_frame, CursorState, DeliveryKind, Inbox, Outbound, RoomCursor,
+    Sent, SessionHandle, Wire,
+};
 
 /// Most queued frames written before one flush.
 const MAX_BATCH: usize = 256;
@@ -139,9 +149,8 @@ impl Stop {
 /// Where a session is in one room's history, and what it may do there.
 #[derive(Debug)]
 struct Cursor {
-    epoch: Arc<str>,
-    /// Last offset written to the client (replayed or live).
-    last: u64,
+    /// The epoch and last offset written, shared with the hub's member entry.
+    live: Arc<RoomCursor>,
     policy: RoomPolicy,
     /// What admitted the session, which decides what `refresh` checks again.
     grant: Grant,
@@ -163,7 +172,8 @@ enum Grant {
 struct Session {
     state: Arc<AppState>,
     handle: Arc<SessionHandle>,
-    socket: WebSocket,
+    /// The client's frames (tungstenite over the connection's socket).
+    reader: Reader,
     /// Joined rooms and how far this client has been sent in each.
     rooms: HashMap<Arc<str>, Cursor>,
     bucket: TokenBucket,
@@ -188,13 +198,13 @@ struct Session {
 /// and whatever it moves them into, which would hold the socket two or three times.
 pub fn run(
     state: Arc<AppState>,
-    socket: WebSocket,
+    (wire, reader): (Arc<Wire>, Reader),
     identity: Identity,
     slot: Held,
 ) -> impl Future<Output = ()> + Send {
     let id = state.next_session_id();
-    let (handle, inbox) =
-        SessionHandle::new(id, identity.user.into(), state.settings.send_queue_bytes);
+    let handle = SessionHandle::new(id, identity.user.into(), wire.clone());
+    let inbox = Inbox(wire);
     let settings = &state.settings;
     let session = Session {
         bucket: TokenBucket::new(settings.rate_per_sec, settings.rate_burst, Instant::now()),
@@ -211,7 +221,7 @@ pub fn run(
         },
         state: state.clone(),
         handle,
-        socket,
+        reader,
         rooms: HashMap::new(),
         last_seen: Instant::now(),
         _slot: slot,
@@ -252,6 +262,7 @@ impl Session {
         // Boxed, like every path a connection rarely takes, so that an idle connection's
         // task is sized for its serve loop only (see docs/benchmarks.md, idle connections).
         Box::pin(self.finish(&stop, &inbox)).await;
+        self.handle.wire.shut_down();
         Box::pin(self.leave_all()).await;
         state.hub.unregister(&self.handle);
         if registered {
@@ -286,6 +297,8 @@ impl Session {
         if let Err(stop) = Box::pin(self.write_now(welcome)).await {
             return stop;
         }
+        // From here the fan-out may write to the socket itself.
+        inbox.settle();
         let ping_every = self.state.settings.ping_interval;
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -300,11 +313,16 @@ impl Session {
                     if let Err(stop) = Box::pin(self.write_batch(out, inbox)).await {
                         return stop;
                     }
+                    inbox.settle();
                 }
-                msg = self.socket.recv() => {
+                msg = self.reader.next() => {
+                    // Whatever the frame makes the session write (a join's replay
+                    // above all), live traffic must not overtake it.
+                    self.handle.wire.hold();
                     if let Err(stop) = Box::pin(self.on_socket(msg)).await {
                         return stop;
                     }
+                    inbox.settle();
                     if self.token_exp != expiring {
                         expiring = self.token_exp;
                         let left = time_left(expiring, now_us());
@@ -316,8 +334,7 @@ impl Session {
                     if self.last_seen.elapsed() > ping_every * 2 {
                         return Stop::Idle;
                     }
-                    let ping = Message::Ping(Default::default());
-                    if let Err(stop) = Box::pin(self.guarded(ping)).await {
+                    if let Err(stop) = Box::pin(self.send(ping_frame())).await {
                         return stop;
                     }
                 }
@@ -325,20 +342,22 @@ impl Session {
         }
     }
 
-    /// Writes `first` and whatever else is already queued, then flushes once.
+    /// Writes `first` and whatever else is already queued, in one socket write where
+    /// nothing has to be fetched in between.
     async fn write_batch(&mut self, first: Outbound, inbox: &Inbox) -> Result<(), Stop> {
         let mut next = Some(first);
-        let mut written = 0usize;
+        let mut taken = 0usize;
         let mut delivered = 0u64;
+        let mut batch = BytesMut::new();
         let now = now_us();
         while let Some(out) = next.take() {
-            written += 1;
-            if written < MAX_BATCH {
+            taken += 1;
+            if taken < MAX_BATCH {
                 next = inbox.try_recv();
             }
             match out {
                 Outbound::Deliver(d) => {
-                    self.handle.written(d.frame.len());
+                    self.handle.wire.written(d.frame.len());
                     match &d.kind {
                         DeliveryKind::Room {
                             room,
@@ -346,24 +365,25 @@ impl Session {
                             offset,
                             published_us,
                         } => {
-                            let Some(cursor) = self.rooms.get(room) else {
+                            let Some(cursor) = self.rooms.get(room).map(|c| c.live.clone()) else {
                                 continue; // left the room since this was queued
                             };
-                            if *epoch != cursor.epoch || *offset > cursor.last + 1 {
+                            let at = cursor.get();
+                            if at.epoch.as_deref() != Some(&**epoch) || *offset > at.last + 1 {
                                 // History broke or live traffic skipped offsets (the
-                                // backplane reconnected): fill from history first.
+                                // backplane reconnected): fill from history first, after
+                                // what this batch holds so far.
+                                self.send_batch(&mut batch).await?;
                                 Box::pin(self.catch_up(room, epoch, offset.saturating_sub(1)))
                                     .await?;
                             }
-                            let Some(cursor) = self.rooms.get_mut(room) else {
-                                continue;
-                            };
-                            if *epoch != cursor.epoch || *offset <= cursor.last {
+                            let at = cursor.get();
+                            if at.epoch.as_deref() != Some(&**epoch) || *offset <= at.last {
                                 // Already replayed, or from an epoch that history has
                                 // since replaced (the client was told recovered: false).
                                 continue;
                             }
-                            cursor.last = *offset;
+                            cursor.advance(*offset);
                             self.state
                                 .metrics
                                 .delivery_latency
@@ -372,6 +392,7 @@ impl Session {
                         }
                         DeliveryKind::Resync { room } => {
                             if self.rooms.contains_key(room) {
+                                self.send_batch(&mut batch).await?;
                                 Box::pin(self.catch_up_all(room)).await?;
                             }
                             continue;
@@ -385,7 +406,7 @@ impl Session {
                             }
                         }
                     }
-                    self.feed(Message::Text(d.frame.clone())).await?;
+                    batch.extend_from_slice(&d.frame);
                 }
                 Outbound::Reconnect { after_ms } => {
                     let notice = ServerFrame::Reconnect {
@@ -393,20 +414,29 @@ impl Session {
                         after_ms,
                     }
                     .to_json();
-                    self.feed(Message::Text(notice.into())).await?;
-                    self.flush().await?;
+                    put_text_frame(&mut batch, notice.as_bytes());
+                    self.send_batch(&mut batch).await?;
                     return Err(Stop::Drained);
                 }
+                // What the batch holds is not sent: the client resumes from what it has.
                 Outbound::ForceClose => return Err(Stop::Forced),
                 Outbound::Overflowed => return Err(Stop::SlowConsumer),
-                Outbound::Command(command) => Box::pin(self.obey(&command)).await?,
+                Outbound::Command(command) => {
+                    self.send_batch(&mut batch).await?;
+                    Box::pin(self.obey(&command)).await?
+                }
+                // Bytes wait for the socket: the send below flushes them.
+                Outbound::Flush => {}
             }
         }
         self.state.metrics.messages_delivered.inc_by(delivered);
-        self.flush().await
+        self.send_batch(&mut batch).await
     }
 
-    async fn on_socket(&mut self, msg: Option<Result<Message, axum::Error>>) -> Result<(), Stop> {
+    async fn on_socket(
+        &mut self,
+        msg: Option<Result<Message, tungstenite::Error>>,
+    ) -> Result<(), Stop> {
         let msg = match msg {
             None => return Err(Stop::PeerClosed(None)),
             Some(Ok(msg)) => msg,
@@ -428,7 +458,9 @@ impl Session {
             // Control frames count against the rate like any frame (tungstenite has
             // already queued the pong; it keeps only the latest one unsent).
             Message::Ping(_) | Message::Pong(_) => self.charge().map(|_| ()),
-            Message::Close(frame) => Err(Stop::PeerClosed(frame.map(|f| f.code))),
+            Message::Close(frame) => Err(Stop::PeerClosed(frame.map(|f| f.code.into()))),
+            // Raw frames are never returned by a read.
+            Message::Frame(_) => Ok(()),
         }
     }
 
@@ -619,9 +651,10 @@ impl Session {
                 reason: reason.as_str().into(),
             }),
             UserCommand::RemoveFromRoom { room } => {
-                let Some((room, _)) = self.rooms.remove_entry(room.as_str()) else {
+                let Some((room, cursor)) = self.rooms.remove_entry(room.as_str()) else {
                     return Ok(());
                 };
+                cursor.live.detach();
                 leave_room_everywhere(&self.state, &self.handle, &room, true).await;
                 self.send_error(FrameError::new(
                     ErrorCode::Removed,
@@ -669,7 +702,9 @@ impl Session {
                     }
                 }
                 None => {
-                    self.rooms.remove(&room);
+                    if let Some(cursor) = self.rooms.remove(&room) {
+                        cursor.live.detach();
+                    }
                     self.deny("revoked");
                     leave_room_everywhere(&self.state, &self.handle, &room, true).await;
                     self.send_error(FrameError::new(
@@ -721,8 +756,12 @@ impl Session {
         let since = since.filter(|_| policy.history);
         let room: Arc<str> = room.into();
         let bp = self.state.backplane.clone();
-        // Membership first, snapshot second: see the module comment.
-        self.state.hub.join_room(room.clone(), &self.handle);
+        // Membership first, snapshot second: see the module comment. The cursor is not
+        // live until set below, so the fan-out queues the room's traffic meanwhile.
+        let live = Arc::new(RoomCursor::default());
+        self.state
+            .hub
+            .join_room(room.clone(), &self.handle, live.clone());
         let user = &self.handle.user;
         let mut subscribed = false;
         let mut present = false;
@@ -773,11 +812,15 @@ impl Session {
                 .with_label_values(&[result])
                 .inc();
         }
+        live.set(CursorState {
+            epoch: Some(snapshot.epoch.as_str().into()),
+            last: snapshot.head,
+            presence: policy.presence,
+        });
         self.rooms.insert(
             room.clone(),
             Cursor {
-                epoch: snapshot.epoch.as_str().into(),
-                last: snapshot.head,
+                live,
                 policy,
                 grant,
             },
@@ -791,7 +834,7 @@ impl Session {
             member_count: snapshot.member_count,
         }
         .to_json();
-        self.feed(Message::Text(joined.into())).await?;
+        self.write_now(joined).await?;
         // Replay only a gap that history holds whole.
         let after = match &since {
             Some(s) if snapshot.recovered => s.offset,
@@ -807,8 +850,7 @@ impl Session {
             snapshot.replay,
             &members,
         )
-        .await?;
-        self.flush().await
+        .await
     }
 
     /// Writes a replay of `room` from the offset after `after` up to `head`: `first` (the
@@ -848,11 +890,11 @@ impl Session {
                         member_count: *member_count,
                     }
                     .to_json();
-                    return self.feed(Message::Text(cut.into())).await;
+                    return self.write_now(cut).await;
                 }
                 Err(e) => {
                     let err = history_unavailable(room, &e);
-                    return self.feed(Message::Text(err.to_json().into())).await;
+                    return self.write_now(err.to_json()).await;
                 }
             };
             last = page.last().map_or(head, |(offset, _)| *offset);
@@ -862,20 +904,22 @@ impl Session {
         Ok(())
     }
 
-    /// Writes one replay page under the send queue's budget: each frame counts as queued
-    /// until written, so live traffic piling up meanwhile overflows the budget and closes
-    /// the session as a slow consumer, exactly as it would without a replay.
+    /// Writes one replay page, in one socket write, under the send queue's budget: each
+    /// frame must fit beside what is queued, so live traffic piling up meanwhile
+    /// overflows the budget and closes the session as a slow consumer, exactly as it
+    /// would without a replay.
     async fn write_page(&mut self, page: Vec<Utf8Bytes>) -> Result<(), Stop> {
         let count = page.len() as u64;
+        let mut batch = BytesMut::new();
         for frame in page {
             let len = frame.len();
-            if !self.handle.reserve(len) {
+            if !self.handle.wire.reserve(len) {
                 return Err(Stop::SlowConsumer);
             }
-            let written = self.feed(Message::Text(frame)).await;
-            self.handle.written(len);
-            written?;
+            self.handle.wire.written(len);
+            put_text_frame(&mut batch, frame.as_bytes());
         }
+        self.send_batch(&mut batch).await?;
         self.state.metrics.messages_delivered.inc_by(count);
         Ok(())
     }
@@ -906,12 +950,13 @@ impl Session {
         room: &Arc<str>,
         live: Option<(&Arc<str>, u64)>,
     ) -> Result<(), Stop> {
-        let Some(cursor) = self.rooms.get(room) else {
+        let Some(cursor) = self.rooms.get(room).map(|c| c.live.clone()) else {
             return Ok(());
         };
+        let at = cursor.get();
         let since = Position {
-            epoch: cursor.epoch.to_string(),
-            offset: cursor.last,
+            epoch: at.epoch.as_deref().unwrap_or_default().to_owned(),
+            offset: at.last,
         };
         let snapshot = match self
             .state
@@ -922,10 +967,10 @@ impl Session {
             Ok(s) => s,
             Err(e) => {
                 let err = history_unavailable(room, &e);
-                self.feed(Message::Text(err.to_json().into())).await?;
-                if let (Some((live_epoch, before)), Some(c)) = (live, self.rooms.get_mut(room)) {
-                    if *live_epoch == c.epoch {
-                        c.last = c.last.max(before);
+                self.write_now(err.to_json()).await?;
+                if let Some((live_epoch, before)) = live {
+                    if cursor.get().epoch.as_deref() == Some(&**live_epoch) {
+                        cursor.advance(before);
                     }
                 }
                 return Ok(());
@@ -948,9 +993,7 @@ impl Session {
                 &members,
             )
             .await?;
-            if let Some(c) = self.rooms.get_mut(room) {
-                c.last = c.last.max(snapshot.head);
-            }
+            cursor.advance(snapshot.head);
             return Ok(());
         }
         // Continue right before the live message only if it belongs to the new epoch.
@@ -958,11 +1001,11 @@ impl Session {
             Some((live_epoch, before)) if **live_epoch == *epoch => before.min(snapshot.head),
             _ => snapshot.head,
         };
-        let Some(cursor) = self.rooms.get_mut(room) else {
-            return Ok(());
-        };
-        cursor.epoch = epoch.clone();
-        cursor.last = last;
+        cursor.set(CursorState {
+            epoch: Some(epoch.clone()),
+            last,
+            presence,
+        });
         let joined = ServerFrame::Joined {
             room,
             epoch: &epoch,
@@ -972,7 +1015,7 @@ impl Session {
             member_count: members.1,
         }
         .to_json();
-        self.feed(Message::Text(joined.into())).await
+        self.write_now(joined).await
     }
 
     /// A page of a room's member list, for a member who may see presence.
@@ -1011,9 +1054,10 @@ impl Session {
     }
 
     async fn leave(&mut self, room: &str) -> Result<(), Stop> {
-        if self.rooms.remove(room).is_none() {
+        let Some(cursor) = self.rooms.remove(room) else {
             return self.send_error(not_joined(room, None)).await;
-        }
+        };
+        cursor.live.detach();
         leave_room_everywhere(&self.state, &self.handle, room, true).await;
         self.write_now(ServerFrame::Left { room }.to_json()).await
     }
@@ -1179,45 +1223,61 @@ impl Session {
     }
 
     async fn write_now(&mut self, text: String) -> Result<(), Stop> {
-        self.guarded(Message::Text(text.into())).await
+        self.send(text_frame(text.as_bytes())).await
     }
 
-    /// Sends and flushes one message, giving up on overflow or write timeout.
-    async fn guarded(&mut self, msg: Message) -> Result<(), Stop> {
-        let timeout = self.state.settings.write_timeout;
-        guard(&self.handle, timeout, self.socket.send(msg)).await
+    /// Writes `bytes` after everything already handed to the socket, and waits until the
+    /// socket has taken them all, giving up on overflow or write timeout.
+    async fn send(&mut self, bytes: Bytes) -> Result<(), Stop> {
+        match self.handle.wire.write_own(bytes) {
+            Sent::Done => Ok(()),
+            Sent::Broken => Err(Stop::Broken),
+            Sent::Pending => self.flush_unsent().await,
+        }
     }
 
-    async fn feed(&mut self, msg: Message) -> Result<(), Stop> {
-        let timeout = self.state.settings.write_timeout;
-        guard(&self.handle, timeout, self.socket.feed(msg)).await
+    /// Sends a batch of frames (emptying it), or only flushes when it is empty.
+    async fn send_batch(&mut self, batch: &mut BytesMut) -> Result<(), Stop> {
+        if batch.is_empty() {
+            return self.flush_unsent().await;
+        }
+        self.send(batch.split().freeze()).await
     }
 
-    async fn flush(&mut self) -> Result<(), Stop> {
-        let timeout = self.state.settings.write_timeout;
-        guard(&self.handle, timeout, self.socket.flush()).await
+    /// Waits until the socket has taken every byte handed to it.
+    async fn flush_unsent(&self) -> Result<(), Stop> {
+        let wire = &self.handle.wire;
+        // Most flushes finish at once: they need no timer and no overflow waiter. The
+        // slow path is boxed so that its timer does not enlarge every connection's task.
+        match wire.flush() {
+            Sent::Done => Ok(()),
+            Sent::Broken => Err(Stop::Broken),
+            Sent::Pending => Box::pin(wait_flushed(wire, self.state.settings.write_timeout)).await,
+        }
     }
 
     /// Sends our close frame (if the stop calls for one) and waits briefly for the
     /// client's answer (or a drain force-close).
     async fn finish(&mut self, stop: &Stop, inbox: &Inbox) {
+        // Nothing more from the fan-out: the close frame comes last.
+        self.handle.wire.close();
         let Some((code, reason)) = stop.close(self.state.settings.max_frame_bytes) else {
             if let Stop::PeerClosed(_) = stop {
                 // tungstenite queued the close reply; flushing sends it (clean close).
-                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, self.socket.flush()).await;
+                let _ = tokio::time::timeout(CLOSE_HANDSHAKE_WAIT, self.reader.flush()).await;
             }
             return;
         };
         let close = Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
+            code: code.into(),
+            reason: reason.into(),
         }));
         let send_wait = self
             .state
             .settings
             .write_timeout
             .min(CLOSE_HANDSHAKE_WAIT * 5);
-        if tokio::time::timeout(send_wait, self.socket.send(close))
+        if tokio::time::timeout(send_wait, self.reader.send(close))
             .await
             .map_or(true, |r| r.is_err())
         {
@@ -1226,7 +1286,7 @@ impl Session {
         let id = self.handle.id;
         let wait_for_peer = async {
             loop {
-                match self.socket.recv().await {
+                match self.reader.next().await {
                     Some(Ok(Message::Close(_))) => break "close answered",
                     Some(Ok(_)) => continue,
                     Some(Err(_)) => break "socket error",
@@ -1245,37 +1305,25 @@ impl Session {
     }
 }
 
-/// Runs a socket write unless the send queue overflows or the write times out first.
-async fn guard(
-    handle: &SessionHandle,
-    timeout: Duration,
-    write: impl Future<Output = Result<(), axum::Error>>,
-) -> Result<(), Stop> {
-    let mut write = std::pin::pin!(write);
-    // Most writes finish at once (into the frame buffer, or a socket with room): they
-    // need no timer and no overflow waiter, which cost more than the write itself. The
-    // slow path is boxed so that its timer does not enlarge every connection's task.
-    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-        Poll::Ready(r) => r.map_err(|_| Stop::Broken),
-        Poll::Pending => Box::pin(guard_blocked(handle, timeout, write)).await,
-    }
-}
-
-/// A write that must wait for the client: bounded by the write timeout and by the send
-/// queue overflowing meanwhile.
-async fn guard_blocked(
-    handle: &SessionHandle,
-    timeout: Duration,
-    write: impl Future<Output = Result<(), axum::Error>>,
-) -> Result<(), Stop> {
+/// Waits for the socket to take every unsent byte, bounded by the write timeout and by
+/// the send queue overflowing meanwhile.
+async fn wait_flushed(wire: &Wire, timeout: Duration) -> Result<(), Stop> {
+    let flushed = async {
+        loop {
+            if wire.writable().await.is_err() {
+                return Err(Stop::Broken);
+            }
+            match wire.flush() {
+                Sent::Done => return Ok(()),
+                Sent::Broken => return Err(Stop::Broken),
+                Sent::Pending => {}
+            }
+        }
+    };
     tokio::select! {
         biased;
-        r = tokio::time::timeout(timeout, write) => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Stop::Broken),
-            Err(_) => Err(Stop::WriteTimeout),
-        },
-        _ = handle.overflow_notify.notified() => Err(Stop::SlowConsumer),
+        r = tokio::time::timeout(timeout, flushed) => r.unwrap_or(Err(Stop::WriteTimeout)),
+        _ = wire.overflow_notify.notified() => Err(Stop::SlowConsumer),
     }
 }
 
@@ -1320,16 +1368,15 @@ fn not_joined(room: &str, client_ref: Option<&str>) -> FrameError {
     .with_ref(client_ref)
 }
 
-fn classify_read_error(e: axum::Error) -> Stop {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => Stop::TooBig,
-        Some(tungstenite::Error::Protocol(p)) => match p {
+fn classify_read_error(e: tungstenite::Error) -> Stop {
+    match e {
+        tungstenite::Error::Capacity(_) => Stop::TooBig,
+        tungstenite::Error::Protocol(p) => match p {
             // The peer went away without a close: nothing to answer.
             tungstenite::error::ProtocolError::ResetWithoutClosingHandshake => Stop::Broken,
             _ => Stop::ProtocolViolation,
         },
-        Some(tungstenite::Error::Utf8(_)) => Stop::InvalidUtf8,
+        tungstenite::Error::Utf8(_) => Stop::InvalidUtf8,
         _ => Stop::Broken,
     }
 }

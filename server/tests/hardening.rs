@@ -484,6 +484,6 @@ async fn joining_and_leaving_100_rooms_in_a_loop_leaves_nothing_behind() {
     assert_eq!(status["rooms"], 0, "{status}");
     let sessions = server.state.hub.sessions();
     assert_eq!(sessions.len(), 1);
-    assert_eq!(sessions[0].queued_bytes(), 0, "send queue not drained");
+    assert_eq!(sessions[0].wire.queued_bytes(), 0, "send queue not drained");
     c.close().await;
 }

@@ -9,17 +9,6 @@ use chat_server::config::Settings;
 use common::*;
 use serde_json::{json, Value};
 
-async fn publish(c: &mut Client, room: &str, body: &str) -> u64 {
-    c.send(json!({"type":"send","room":room,"body":body,"ref":body}))
-        .await;
-    loop {
-        let v = c.recv().await;
-        if v["type"] == "ack" && v["ref"] == body {
-            return v["offset"].as_u64().expect("ack has an offset");
-        }
-    }
-}
-
 #[tokio::test]
 async fn resume_replays_the_whole_gap_then_live() {
     let server = start_default().await;

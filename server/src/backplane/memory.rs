@@ -541,7 +541,8 @@ impl Backplane for MemoryBackplane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hub::{DeliveryKind, Hub, Outbound, SessionHandle};
+    use crate::hub::Hub;
+    use crate::wire::{DeliveryKind, Outbound, RoomCursor, SessionHandle};
 
     fn setup() -> (Arc<Hub>, MemoryBackplane) {
         setup_with(Budget {
@@ -664,9 +665,9 @@ mod tests {
     #[tokio::test]
     async fn publish_assigns_offsets_and_fans_out_in_order() {
         let (hub, bp) = setup();
-        let (s, rx) = SessionHandle::new(1, "u".into(), 1 << 20);
+        let (s, rx) = SessionHandle::detached(1, "u", 1 << 20);
         hub.register(&s);
-        hub.join_room("r".into(), &s);
+        hub.join_room("r".into(), &s, Arc::new(RoomCursor::default()));
         for i in 1..=3 {
             assert_eq!(bp.publish("r", "u", "hi").await.unwrap(), i);
         }
@@ -693,9 +694,9 @@ mod tests {
     #[tokio::test]
     async fn presence_counts_sessions_per_user() {
         let (hub, bp) = setup();
-        let (s, rx) = SessionHandle::new(1, "a".into(), 1 << 20);
+        let (s, rx) = SessionHandle::detached(1, "a", 1 << 20);
         hub.register(&s);
-        hub.join_room("r".into(), &s);
+        hub.join_room("r".into(), &s, Arc::new(RoomCursor::default()));
         bp.presence_join("r", "a").await.unwrap();
         bp.presence_join("r", "a").await.unwrap();
         assert!(matches!(rx.try_recv(), Some(Outbound::Deliver(_))));
@@ -705,7 +706,7 @@ mod tests {
         assert!(rx.try_recv().is_none());
         bp.presence_leave("r", "a").await.unwrap();
         assert!(
-            matches!(rx.try_recv(), Some(Outbound::Deliver(d)) if d.frame.as_str().contains("\"left\":[\"a\"]"))
+            matches!(rx.try_recv(), Some(Outbound::Deliver(d)) if String::from_utf8_lossy(&d.frame).contains("\"left\":[\"a\"]"))
         );
         assert_eq!(bp.member_page("r", None), (Vec::new(), 0));
     }

@@ -290,3 +290,16 @@ pub async fn wait_for_metric(addr: SocketAddr, name: &str, value: f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sends `body` to `room` (with `body` as its ref) and waits for its ack; returns the
+/// offset the message got.
+pub async fn publish(c: &mut Client, room: &str, body: &str) -> u64 {
+    c.send(json!({"type":"send","room":room,"body":body,"ref":body}))
+        .await;
+    loop {
+        let v = c.recv().await;
+        if v["type"] == "ack" && v["ref"] == body {
+            return v["offset"].as_u64().expect("ack has an offset");
+        }
+    }
+}
