@@ -59,7 +59,7 @@ impl Share {
 /// A big room's delivery for the helper thread: its half of `members`.
 struct Job {
     delivery: Arc<Delivery>,
-    members: Arc<[RoomMember]>,
+    members: Arc<Vec<RoomMember>>,
 }
 
 /// The node's fan-out: its metrics and, once a big room needed it, its helper thread.
@@ -81,7 +81,7 @@ impl FanOut {
 
     /// Offers `delivery` to a room's `members`; returns how many took it (those handed
     /// to the helper count as taken).
-    pub fn to_room(&self, delivery: Arc<Delivery>, members: Arc<[RoomMember]>) -> usize {
+    pub fn to_room(&self, delivery: Arc<Delivery>, members: Arc<Vec<RoomMember>>) -> usize {
         if members.len() <= SPLIT_AT {
             return offer_room(&delivery, &members, Share::All, self.metrics.as_ref());
         }
@@ -210,7 +210,7 @@ mod tests {
             members.push(RoomMember { session, cursor });
             inboxes.push(inbox);
         }
-        let members: Arc<[RoomMember]> = members.into();
+        let members = Arc::new(members);
         for offset in 1..=20 {
             let kind = DeliveryKind::Room {
                 room: "r".into(),

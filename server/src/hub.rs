@@ -23,10 +23,11 @@ type Members = HashMap<Arc<str>, Vec<Arc<SessionHandle>>>;
 #[derive(Debug, Default)]
 pub struct Hub {
     sessions: RwLock<HashMap<u64, Arc<SessionHandle>>>,
-    /// Each room's members as a shared slice, replaced on every join and leave: the
-    /// fan-out takes the slice and lets go of the lock before writing to any socket, so
-    /// a big room's writes never hold up joins and leaves elsewhere.
-    rooms: RwLock<HashMap<Arc<str>, Arc<[RoomMember]>>>,
+    /// Each room's members, shared with the fan-outs under way: a fan-out takes the list
+    /// and lets go of the lock before writing to any socket, so a big room's writes never
+    /// hold up joins and leaves elsewhere. A join or leave changes the list in place,
+    /// or a copy of it while a fan-out still holds it.
+    rooms: RwLock<HashMap<Arc<str>, Arc<Vec<RoomMember>>>>,
     users: RwLock<Members>,
     /// Decides which rooms' members see presence (rooms whose rule hides it get none).
     rules: RoomRules,
@@ -54,7 +55,8 @@ impl Hub {
         }
     }
 
-    /// Counts the deliveries the fan-out writes itself in `metrics`.
+    /// Counts in `metrics` the messages the fan-out writes itself, and each delivery's
+    /// path.
     pub fn counting(self, metrics: DeliveryMetrics) -> Self {
         Hub {
             fan_out: FanOut::counting(metrics),
@@ -124,9 +126,9 @@ impl Hub {
             cursor,
         };
         let mut rooms = write(&self.rooms);
-        let members = rooms.entry(room).or_insert_with(|| Arc::from([]));
+        let members = rooms.entry(room).or_default();
         if !members.iter().any(|m| m.session.id == session.id) {
-            *members = members.iter().cloned().chain([member]).collect();
+            Arc::make_mut(members).push(member);
         }
     }
 
@@ -137,11 +139,7 @@ impl Hub {
         let mut rooms = write(&self.rooms);
         if let Some(members) = rooms.get_mut(room) {
             if members.iter().any(|m| m.session.id == session_id) {
-                *members = members
-                    .iter()
-                    .filter(|m| m.session.id != session_id)
-                    .cloned()
-                    .collect();
+                Arc::make_mut(members).retain(|m| m.session.id != session_id);
             }
             if members.is_empty() {
                 rooms.remove(room);
@@ -150,7 +148,7 @@ impl Hub {
     }
 
     /// The room's key and members, taken from under the lock.
-    fn members(&self, room: &str) -> Option<(Arc<str>, Arc<[RoomMember]>)> {
+    fn members(&self, room: &str) -> Option<(Arc<str>, Arc<Vec<RoomMember>>)> {
         let rooms = read(&self.rooms);
         let (key, members) = rooms.get_key_value(room)?;
         Some((key.clone(), members.clone()))

@@ -92,8 +92,8 @@ pub struct RoomCursor(Mutex<CursorState>);
 
 #[derive(Debug, Clone, Default)]
 pub struct CursorState {
-    /// `None` until the session has written the room's `joined`: everything before that
-    /// is queued, to be checked by the session.
+    /// `None` until the session has the room's snapshot, and again once it has left the
+    /// room: meanwhile the fan-out queues everything for the session to check.
     pub epoch: Option<Arc<str>>,
     /// Last offset written to the client (replayed or live).
     pub last: u64,
@@ -165,9 +165,11 @@ pub fn step(kind: &DeliveryKind, cursor: Option<&CursorState>) -> Step {
         (DeliveryKind::Resync { .. }, _) => Step::Queue,
         (_, None) => Step::Queue,
         (_, Some(CursorState { epoch: None, .. })) => Step::Queue,
+        // Presence comes in bursts to the same socket (a join storm sends every member
+        // a frame per arrival): queued, the session task writes a burst in one `send`.
         (DeliveryKind::Presence { .. }, Some(c)) => {
             if c.presence {
-                Step::Write
+                Step::Queue
             } else {
                 Step::Drop
             }
@@ -722,7 +724,7 @@ mod tests {
             presence: true,
             ..live
         };
-        assert_eq!(step(&presence, Some(&sees)), Step::Write);
+        assert_eq!(step(&presence, Some(&sees)), Step::Queue, "batched by the session");
         assert_eq!(step(&presence, Some(&joining)), Step::Queue);
         assert_eq!(step(&DeliveryKind::Direct, None), Step::Write);
         let resync = DeliveryKind::Resync { room: "r".into() };
