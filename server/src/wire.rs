@@ -1,10 +1,11 @@
 //! A connection's outbound side, shared by its session task and the fan-out.
 //!
-//! The fan-out writes a delivery straight to the client's socket, with one non-blocking
-//! `send` and no task wake-up, when nothing may come before it: the queue is empty, no
-//! bytes wait for the socket, and the session task is not in the middle of writing frames
-//! of its own (a batch it took off the queue, a join's replay, a reply). Otherwise the
-//! delivery is queued and the session task writes it, as before.
+//! The fan-out writes a room message or a direct message straight to the client's
+//! socket, with one non-blocking `send` and no task wake-up, when nothing may come
+//! before it: the queue is empty, no bytes wait for the socket, and the session task is
+//! not in the middle of writing frames of its own (a batch it took off the queue, a
+//! join's replay, a reply). Otherwise the delivery is queued and the session task writes
+//! it, as before; presence frames always are (see [`step`]).
 //!
 //! Bytes the socket did not take (the rest of a partial write, or a whole frame on
 //! EAGAIN) wait in `unsent`, ahead of everything written later, until the session task
@@ -724,7 +725,11 @@ mod tests {
             presence: true,
             ..live
         };
-        assert_eq!(step(&presence, Some(&sees)), Step::Queue, "batched by the session");
+        assert_eq!(
+            step(&presence, Some(&sees)),
+            Step::Queue,
+            "batched by the session"
+        );
         assert_eq!(step(&presence, Some(&joining)), Step::Queue);
         assert_eq!(step(&DeliveryKind::Direct, None), Step::Write);
         let resync = DeliveryKind::Resync { room: "r".into() };
