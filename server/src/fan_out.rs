@@ -82,21 +82,18 @@ impl FanOut {
     /// Offers `delivery` to a room's `members`; returns how many took it (those handed
     /// to the helper count as taken).
     pub fn to_room(&self, delivery: Arc<Delivery>, members: Arc<Vec<RoomMember>>) -> usize {
-        if members.len() <= SPLIT_AT {
-            return offer_room(&delivery, &members, Share::All, self.metrics.as_ref());
+        let metrics = self.metrics.as_ref();
+        if let Some(helper) = (members.len() > SPLIT_AT).then(|| self.helper()).flatten() {
+            let handed = members.iter().filter(|m| Share::OddIds.takes(m)).count();
+            let job = Job {
+                delivery: delivery.clone(),
+                members: members.clone(),
+            };
+            if helper.send(job).is_ok() {
+                return handed + offer_room(&delivery, &members, Share::EvenIds, metrics);
+            }
         }
-        let Some(helper) = self.helper() else {
-            return offer_room(&delivery, &members, Share::All, self.metrics.as_ref());
-        };
-        let handed = members.iter().filter(|m| Share::OddIds.takes(m)).count();
-        let job = Job {
-            delivery: delivery.clone(),
-            members: members.clone(),
-        };
-        if helper.send(job).is_err() {
-            return offer_room(&delivery, &members, Share::All, self.metrics.as_ref());
-        }
-        handed + offer_room(&delivery, &members, Share::EvenIds, self.metrics.as_ref())
+        offer_room(&delivery, &members, Share::All, metrics)
     }
 
     /// Offers `delivery` (a direct message) to a user's sessions; returns how many took it.

@@ -1308,21 +1308,14 @@ impl Session {
 /// Waits for the socket to take every unsent byte, bounded by the write timeout and by
 /// the send queue overflowing meanwhile.
 async fn wait_flushed(wire: &Wire, timeout: Duration) -> Result<(), Stop> {
-    let flushed = async {
-        loop {
-            if wire.writable().await.is_err() {
-                return Err(Stop::Broken);
-            }
-            match wire.flush() {
-                Sent::Done => return Ok(()),
-                Sent::Broken => return Err(Stop::Broken),
-                Sent::Pending => {}
-            }
-        }
-    };
+    let flushed = std::future::poll_fn(|cx| wire.poll_flushed(cx));
     tokio::select! {
         biased;
-        r = tokio::time::timeout(timeout, flushed) => r.unwrap_or(Err(Stop::WriteTimeout)),
+        r = tokio::time::timeout(timeout, flushed) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stop::Broken),
+            Err(_) => Err(Stop::WriteTimeout),
+        },
         _ = wire.overflow_notify.notified() => Err(Stop::SlowConsumer),
     }
 }

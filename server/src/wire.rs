@@ -229,6 +229,20 @@ struct Outbox {
     broken: bool,
 }
 
+impl Outbox {
+    /// The next queued item; taking one stops the direct path until the session settles.
+    fn pop(&mut self) -> Option<Outbound> {
+        let out = self.queue.pop_front();
+        if out.is_some() {
+            self.session_writing = true;
+        }
+        if self.queue.is_empty() && self.queue.capacity() > QUEUE_KEEP_SLOTS {
+            self.queue = VecDeque::new();
+        }
+        out
+    }
+}
+
 /// Above this many slots, an emptied queue gives its memory back (a burst's worth is not
 /// kept for the connection's lifetime; below it, a busy session reuses its buffer).
 const QUEUE_KEEP_SLOTS: usize = 32;
@@ -397,11 +411,20 @@ impl Wire {
         Sent::Done
     }
 
-    /// Waits until the socket may take more bytes.
-    pub async fn writable(&self) -> io::Result<()> {
-        match &self.socket {
-            Some(socket) => socket.writable().await,
-            None => Err(io::ErrorKind::NotConnected.into()),
+    /// Writes `unsent` as the socket takes it: ready once all of it is written, or with
+    /// an error once the socket failed.
+    pub fn poll_flushed(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match self.flush() {
+                Sent::Done => return Poll::Ready(Ok(())),
+                Sent::Broken => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                // Only a wire with a socket has bytes pending.
+                Sent::Pending => {
+                    if let Some(socket) = &self.socket {
+                        ready!(socket.poll_write_ready(cx))?;
+                    }
+                }
+            }
         }
     }
 
@@ -514,15 +537,7 @@ pub struct Inbox(pub Arc<Wire>);
 impl Inbox {
     /// The next queued item, if any.
     pub fn try_recv(&self) -> Option<Outbound> {
-        let mut outbox = lock(&self.0.outbox);
-        let out = outbox.queue.pop_front();
-        if out.is_some() {
-            outbox.session_writing = true;
-        }
-        if outbox.queue.is_empty() && outbox.queue.capacity() > QUEUE_KEEP_SLOTS {
-            outbox.queue = VecDeque::new();
-        }
-        out
+        lock(&self.0.outbox).pop()
     }
 
     /// The session task has written everything it took: the fan-out may write directly
@@ -554,10 +569,10 @@ impl Inbox {
     }
 
     fn next_item(&self) -> Option<Outbound> {
-        if let Some(out) = self.try_recv() {
+        let mut outbox = lock(&self.0.outbox);
+        if let Some(out) = outbox.pop() {
             return Some(out);
         }
-        let outbox = lock(&self.0.outbox);
         let must_flush = !outbox.unsent.is_empty() || outbox.broken;
         (must_flush && !outbox.closing).then_some(Outbound::Flush)
     }
@@ -604,16 +619,7 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        loop {
-            match self.0.flush() {
-                Sent::Done => return Poll::Ready(Ok(())),
-                Sent::Broken => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-                Sent::Pending => match &self.0.socket {
-                    Some(socket) => ready!(socket.poll_write_ready(cx))?,
-                    None => return Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-                },
-            }
-        }
+        self.0.poll_flushed(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -919,13 +925,9 @@ mod tests {
                 Outbound::Flush => {}
                 other => panic!("unexpected {other:?}"),
             }
-            loop {
-                match wire.flush() {
-                    Sent::Done => break,
-                    Sent::Pending => wire.writable().await.expect("writable"),
-                    Sent::Broken => panic!("socket broke"),
-                }
-            }
+            std::future::poll_fn(|cx| wire.poll_flushed(cx))
+                .await
+                .expect("the socket took every byte");
         }
         inbox.settle();
     }
