@@ -64,7 +64,6 @@ pub async fn authenticate_then_run(
         code: code.code().into(),
         reason: cut(&reason, MAX_CLOSE_REASON).into(),
     }));
-    wire.close();
     let _ = tokio::time::timeout(state.settings.write_timeout, reader.send(close)).await;
     wire.shut_down();
 }
